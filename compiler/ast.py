@@ -1,0 +1,251 @@
+"""The syntax tree. Every node keeps its source span so that any later stage can point
+at the exact text an error is about."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Span(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+    """Exclusive end column, 1-based like `col`."""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    span: Span
+
+
+# ---- types ------------------------------------------------------------------------------
+
+
+class TypeRef(Node):
+    name: str
+    args: list[TypeRef] = Field(default_factory=list)
+
+    def __str__(self) -> str:
+        if not self.args:
+            return self.name
+        return f"{self.name}[{', '.join(str(a) for a in self.args)}]"
+
+
+# ---- expressions ------------------------------------------------------------------------
+
+
+class Name(Node):
+    id: str
+
+
+class Const(Node):
+    value: str | bool | int | float
+
+
+class ListExpr(Node):
+    items: list[Expr]
+
+
+class DictExpr(Node):
+    keys: list[Ident]
+    values: list[Expr]
+
+
+class Attr(Node):
+    value: Expr
+    attr: Ident
+
+
+class Index(Node):
+    value: Expr
+    index: Expr
+
+
+class Keyword(Node):
+    name: Ident
+    value: Expr
+
+
+class Call(Node):
+    func: Ident
+    args: list[Expr]
+    kwargs: list[Keyword] = Field(default_factory=list)
+
+
+class BinOp(Node):
+    op: str
+    left: Expr
+    right: Expr
+
+
+class UnaryOp(Node):
+    op: Literal["-", "not"]
+    operand: Expr
+
+
+class MapExpr(Node):
+    """`map x in xs: body` and `[body for x in xs if cond]`."""
+
+    var: Ident
+    iterable: Expr
+    body: Expr
+    where: Expr | None = None
+
+
+Expr = Union[Name, Const, ListExpr, DictExpr, Attr, Index, Call, BinOp, UnaryOp, MapExpr]
+
+
+class Ident(Node):
+    """A name in a declaring or selecting position, kept with its own span."""
+
+    name: str
+
+
+# ---- statements -------------------------------------------------------------------------
+
+
+class Assign(Node):
+    targets: list[Ident]
+    value: Expr
+
+
+class If(Node):
+    cond: Expr
+    then: list[Stmt]
+    orelse: list[Stmt] = Field(default_factory=list)
+
+
+class Binding(Node):
+    name: Ident
+    value: Expr
+
+
+class Loop(Node):
+    """`repeat at most N ...` (var is None) or `for x in xs ...` over a list in order."""
+
+    var: Ident | None = None
+    iterable: Expr | None = None
+    max_iters: int | None = None
+    carried: list[Binding] = Field(default_factory=list)
+    body: list[Stmt]
+    until: Expr | None = None
+
+
+Stmt = Union[Assign, If, Loop]
+
+
+# ---- templates --------------------------------------------------------------------------
+
+
+class TemplateText(Node):
+    text: str
+
+
+class Placeholder(Node):
+    path: list[Ident]
+    """`{{review.summary}}` is ["review", "summary"]."""
+    options: list[Keyword] = Field(default_factory=list)
+
+
+class Template(Node):
+    parts: list[TemplateText | Placeholder]
+
+
+# ---- declarations -----------------------------------------------------------------------
+
+
+class Param(Node):
+    name: Ident
+    type: TypeRef
+    default: Expr | None = None
+
+
+class Output(Node):
+    name: Ident
+    type: TypeRef
+
+
+class Decorator(Node):
+    name: Ident
+    args: list[Expr] = Field(default_factory=list)
+    kwargs: list[Keyword] = Field(default_factory=list)
+
+
+class ImportDecl(Node):
+    path: str | None = None
+    """A relative file path (`import "lib/util.llmflow"`)."""
+    module: str | None = None
+    """A standard-library module (`import text`)."""
+
+
+class ModelDecl(Node):
+    name: Ident
+    backend: Ident
+    args: list[Expr] = Field(default_factory=list)
+    kwargs: list[Keyword] = Field(default_factory=list)
+
+
+class EnumDecl(Node):
+    name: Ident
+    members: list[Ident]
+
+
+class RecordDecl(Node):
+    name: Ident
+    fields: list[Output]
+
+
+class FnDecl(Node):
+    name: Ident
+    params: list[Param]
+    outputs: list[Output]
+    template: Template
+    decorators: list[Decorator] = Field(default_factory=list)
+
+
+class ExternDecl(Node):
+    name: Ident
+    params: list[Param]
+    outputs: list[Output]
+    """Named outputs, or one output named "result" for `-> T`."""
+    single: bool
+    """Declared as `-> T`: the Python function returns the value itself."""
+    target: str
+    target_span: Span
+    decorators: list[Decorator] = Field(default_factory=list)
+
+
+class FlowDecl(Node):
+    name: Ident
+    params: list[Param]
+    outputs: list[Output]
+    body: list[Stmt]
+    decorators: list[Decorator] = Field(default_factory=list)
+
+
+Decl = Union[ImportDecl, ModelDecl, EnumDecl, RecordDecl, FnDecl, ExternDecl, FlowDecl]
+
+
+class Module(BaseModel):
+    file: str
+    decls: list[Decl]
+    source: str = Field(repr=False)
+
+
+def _rebuild() -> None:
+    for model in list(globals().values()):
+        if isinstance(model, type) and issubclass(model, BaseModel) and model is not BaseModel:
+            model.model_rebuild()
+
+
+_rebuild()

@@ -1,0 +1,1102 @@
+"""Names, types, templates, decorators, models and cycles: every error of a program in
+one pass.
+
+Flow bodies are single-assignment dataflow, so statement order does not matter: a
+variable's type is computed on first use, and a variable met again while its own type is
+being computed is a dependency cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from llmflow.compiler import ast
+from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
+from llmflow.compiler.models import LOCAL_MODELS, ModelSpec, default_model
+from llmflow.compiler.modules import Program
+from llmflow.compiler.types import (
+    ANY,
+    BOOL,
+    FLOAT,
+    INT,
+    PRIMS,
+    STR,
+    AnyT,
+    EnumT,
+    ListT,
+    Prim,
+    RecordT,
+    Type,
+    assignable,
+    is_numeric,
+    unify,
+)
+from llmflow.stdlib.builtins import BUILTINS, Builtin
+
+OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature"}
+MODEL_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "context": int,
+    "chat": bool,
+    "skills": dict,
+    "base_url": str,
+    "api_key_env": str,
+    "price_in": (int, float),
+    "price_out": (int, float),
+    "rpm": int,
+    "tpm": int,
+    "concurrency": int,
+    "n_ctx": int,
+}
+BACKENDS = ("local", "openai", "openai_compatible")
+DECORATORS = ("model", "needs")
+
+
+# ---- symbols ----------------------------------------------------------------------------
+
+
+@dataclass
+class Signature:
+    params: list[tuple[str, Type, ast.Expr | None]]
+    """Name, type, default expression (None: required)."""
+    outputs: list[tuple[str, Type]]
+
+    def result(self, name: str) -> Type:
+        if len(self.outputs) == 1:
+            return self.outputs[0][1]
+        return RecordT(name=f"{name} outputs", fields=tuple(self.outputs))
+
+
+@dataclass
+class FnSym:
+    decl: ast.FnDecl
+    module: str
+    sig: Signature
+    pin: str | None = None
+    needs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ExternSym:
+    decl: ast.ExternDecl
+    module: str
+    sig: Signature
+    func: Callable[..., Any] | None = None
+
+
+@dataclass
+class FlowSym:
+    decl: ast.FlowDecl
+    module: str
+    sig: Signature
+
+
+@dataclass
+class TypeSym:
+    decl: ast.EnumDecl | ast.RecordDecl
+    module: str
+    type: Type | None = None
+
+
+@dataclass
+class ModelSym:
+    decl: ast.ModelDecl
+    module: str
+    spec: ModelSpec | None = None
+
+
+Symbol = FnSym | ExternSym | FlowSym | TypeSym | ModelSym
+Callee = FnSym | ExternSym | FlowSym | TypeSym | Builtin
+
+
+@dataclass
+class Checked:
+    """The program with every name resolved and every expression typed."""
+
+    program: Program
+    symbols: dict[str, dict[str, Symbol]]
+    """Per module: every name it can see."""
+    types: dict[int, Type] = field(default_factory=dict)
+    """id(expression) → its type."""
+    callees: dict[int, Callee] = field(default_factory=dict)
+    """id(call) → what it calls."""
+    bound_args: dict[int, list[ast.Expr | None]] = field(default_factory=dict)
+    """id(call) → one argument per parameter, in order (None: the parameter's default)."""
+    extra_kwargs: dict[int, list[ast.Keyword]] = field(default_factory=dict)
+    """id(call) → keyword arguments a variadic builtin takes beyond its parameters."""
+    enum_values: dict[int, str] = field(default_factory=dict)
+    """id(attr) → the enum member an `Enum.member` expression stands for."""
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    default_model: str = ""
+
+    def flow(self, name: str) -> FlowSym | None:
+        sym = self.symbols[self.program.main].get(name)
+        return sym if isinstance(sym, FlowSym) else None
+
+    def flows(self) -> list[str]:
+        main = self.program.modules[self.program.main]
+        return [d.name.name for d in main.decls if isinstance(d, ast.FlowDecl)]
+
+
+# ---- scopes -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Def:
+    name: str
+    span: ast.Span
+    compute: Callable[[], Type]
+    type: Type | None = None
+    busy: bool = False
+
+
+class _Scope:
+    def __init__(self, parent: _Scope | None = None) -> None:
+        self.parent = parent
+        self.defs: dict[str, _Def] = {}
+        self.branch_only: dict[str, ast.Span] = {}
+        """Names assigned in only some branches of an if: visible nowhere else."""
+        self.loop_locals: dict[str, ast.Span] = {}
+
+    def find(self, name: str) -> _Def | None:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.defs:
+                return scope.defs[name]
+            scope = scope.parent
+        return None
+
+    def names(self) -> set[str]:
+        scope: _Scope | None = self
+        out: set[str] = set()
+        while scope is not None:
+            out |= scope.defs.keys()
+            scope = scope.parent
+        return out
+
+    def hint_for(self, name: str) -> str:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.branch_only:
+                return (
+                    f"'{name}' is assigned in only one branch of the if on line "
+                    f"{scope.branch_only[name].line}; assign it in every branch to use it after"
+                )
+            if name in scope.loop_locals:
+                return (
+                    f"'{name}' is local to the loop on line {scope.loop_locals[name].line}; "
+                    "carry it with `with` to use it after the loop"
+                )
+            scope = scope.parent
+        return ""
+
+
+# ---- the checker ------------------------------------------------------------------------
+
+
+class Checker:
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.diags: list[Diagnostic] = []
+        self.checked = Checked(program=program, symbols={})
+        self.module = program.main
+        self.flow_calls: list[tuple[str, str, ast.Span]] = []
+        self.current_flow: str | None = None
+        self._resolving_types: set[str] = set()
+        self._computing: list[_Def] = []
+
+    def error(self, kind: str, message: str, span: ast.Span | None, label: str = "", hint: str = "") -> None:
+        self.diags.append(Diagnostic(kind=kind, message=message, span=span, label=label, hint=hint))
+
+    # -- entry point
+
+    def run(self) -> tuple[Checked, list[Diagnostic]]:
+        self._declare()
+        for name, module in self.program.modules.items():
+            self.module = name
+            for decl in module.decls:
+                if isinstance(decl, ast.EnumDecl | ast.RecordDecl):
+                    self._type_of_decl(decl.name.name, decl.name.span)
+        for name, module in self.program.modules.items():
+            self.module = name
+            for decl in module.decls:
+                if isinstance(decl, ast.ModelDecl):
+                    self._check_model(decl)
+        self._collect_models()
+        for name, module in self.program.modules.items():
+            self.module = name
+            for decl in module.decls:
+                if isinstance(decl, ast.FnDecl):
+                    self._check_fn(decl)
+                elif isinstance(decl, ast.ExternDecl):
+                    self._check_extern(decl)
+                elif isinstance(decl, ast.FlowDecl):
+                    self._check_flow(decl)
+        self._check_flow_cycles()
+        self.diags.sort(key=sort_key)
+        return self.checked, self.diags
+
+    # -- declarations and scopes
+
+    def _declare(self) -> None:
+        own: dict[str, dict[str, Symbol]] = {}
+        for name, module in self.program.modules.items():
+            table: dict[str, Symbol] = {}
+            for decl in module.decls:
+                sym = self._symbol(decl, name)
+                if sym is None:
+                    continue
+                key = decl.name.name  # type: ignore[union-attr]
+                if key in table:
+                    first = table[key].decl.name.span  # type: ignore[union-attr]
+                    self.error(
+                        "declaration",
+                        f"'{key}' is declared twice",
+                        decl.name.span,  # type: ignore[union-attr]
+                        hint=f"first declared on line {first.line}",
+                    )
+                    continue
+                if key in BUILTINS:
+                    self.error(
+                        "declaration",
+                        f"'{key}' is the name of a builtin function",
+                        decl.name.span,  # type: ignore[union-attr]
+                        hint="choose another name",
+                    )
+                table[key] = sym
+            own[name] = table
+        for name in self.program.modules:
+            visible: dict[str, Symbol] = {}
+            for dep in self.program.imports.get(name, []):
+                visible.update(own.get(dep, {}))
+            visible.update(own[name])
+            self.checked.symbols[name] = visible
+
+    def _symbol(self, decl: ast.Decl, module: str) -> Symbol | None:
+        empty = Signature([], [])
+        match decl:
+            case ast.FnDecl():
+                return FnSym(decl, module, empty)
+            case ast.ExternDecl():
+                return ExternSym(decl, module, empty)
+            case ast.FlowDecl():
+                return FlowSym(decl, module, empty)
+            case ast.EnumDecl() | ast.RecordDecl():
+                return TypeSym(decl, module)
+            case ast.ModelDecl():
+                return ModelSym(decl, module)
+        return None
+
+    def _lookup(self, name: str) -> Symbol | None:
+        return self.checked.symbols[self.module].get(name)
+
+    # -- types
+
+    def _type_of_decl(self, name: str, span: ast.Span) -> Type:
+        sym = self._lookup(name)
+        assert isinstance(sym, TypeSym)
+        if sym.type is not None:
+            return sym.type
+        key = f"{sym.module}:{name}"
+        if key in self._resolving_types:
+            self.error("cycle", f"record '{name}' contains itself", span,
+                       hint="a record cannot hold a value of its own type, even indirectly")
+            return ANY
+        self._resolving_types.add(key)
+        saved, self.module = self.module, sym.module
+        decl = sym.decl
+        if isinstance(decl, ast.EnumDecl):
+            members: list[str] = []
+            for m in decl.members:
+                if m.name in members:
+                    self.error("declaration", f"enum member '{m.name}' is listed twice", m.span)
+                members.append(m.name)
+            sym.type = EnumT(name=name, members=tuple(members))
+        else:
+            fields: list[tuple[str, Type]] = []
+            for f in decl.fields:
+                if any(f.name.name == n for n, _ in fields):
+                    self.error("declaration", f"field '{f.name.name}' is declared twice", f.name.span)
+                    continue
+                fields.append((f.name.name, self.resolve_type(f.type)))
+            sym.type = RecordT(name=name, fields=tuple(fields))
+        self.module = saved
+        self._resolving_types.discard(key)
+        return sym.type
+
+    def resolve_type(self, ref: ast.TypeRef) -> Type:
+        if ref.name == "list":
+            if len(ref.args) != 1:
+                self.error("type", "list takes one type argument", ref.span, hint="write list[str]")
+                return ListT(item=ANY)
+            return ListT(item=self.resolve_type(ref.args[0]))
+        if ref.args:
+            self.error("type", f"type '{ref.name}' takes no type arguments", ref.span)
+        if ref.name in PRIMS:
+            return PRIMS[ref.name]
+        sym = self._lookup(ref.name)
+        if isinstance(sym, TypeSym):
+            return self._type_of_decl(ref.name, ref.span)
+        type_names = [*PRIMS, "list"] + [
+            n for n, s in self.checked.symbols[self.module].items() if isinstance(s, TypeSym)
+        ]
+        self.error(
+            "unknown-name",
+            f"unknown type '{ref.name}'",
+            ref.span,
+            hint=did_you_mean(ref.name, type_names) or "types: str, int, float, bool, list[T], enums, records",
+        )
+        return ANY
+
+    # -- models
+
+    def _const_value(self, expr: ast.Expr) -> Any:
+        match expr:
+            case ast.Const(value=value):
+                return value
+            case ast.ListExpr(items=items):
+                return [self._const_value(i) for i in items]
+            case ast.DictExpr(keys=keys, values=values):
+                return {k.name: self._const_value(v) for k, v in zip(keys, values)}
+            case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float() as v)):
+                return -v
+        self.error("type", "expected a constant here", expr.span, hint="write a string, number, list or {key: value}")
+        return None
+
+    def _check_model(self, decl: ast.ModelDecl) -> None:
+        sym = self._lookup(decl.name.name)
+        backend = decl.backend.name
+        if backend not in BACKENDS:
+            self.error("unknown-name", f"unknown model backend '{backend}'", decl.backend.span,
+                       hint=did_you_mean(backend, BACKENDS) or "backends: " + ", ".join(BACKENDS))
+            return
+        if len(decl.args) != 1 or not isinstance(decl.args[0], ast.Const) or not isinstance(decl.args[0].value, str):
+            self.error("type", f"{backend}(...) takes the model's id as its one positional argument",
+                       decl.span, hint=f'write {backend}("{"smollm2-135m" if backend == "local" else "gpt-4o-mini"}")')
+            return
+        model_id = decl.args[0].value
+        options: dict[str, Any] = {}
+        for kw in decl.kwargs:
+            key = kw.name.name
+            if key == "api_key":
+                self.error("declaration", "API keys do not belong in program text", kw.span,
+                           hint='name the environment variable that holds it: api_key_env="MY_KEY"')
+                continue
+            if key not in MODEL_OPTIONS:
+                self.error("unknown-name", f"unknown model option '{key}'", kw.name.span,
+                           hint=did_you_mean(key, MODEL_OPTIONS) or "options: " + ", ".join(MODEL_OPTIONS))
+                continue
+            value = self._const_value(kw.value)
+            expected = MODEL_OPTIONS[key]
+            if value is None:
+                continue
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                names = expected.__name__ if isinstance(expected, type) else "number"
+                self.error("type", f"model option '{key}' expects {names}", kw.value.span)
+                continue
+            if key == "skills":
+                bad = [k for k, v in value.items() if not isinstance(v, int | float) or not 0 <= v <= 1]
+                if bad:
+                    self.error("type", f"skill '{bad[0]}' must be a number from 0 to 1", kw.value.span)
+                    continue
+            options[key] = value
+        chat = options.pop("chat", True)
+        context = options.pop("context", None)
+        skills = options.pop("skills", {})
+        if backend == "local":
+            if model_id in LOCAL_MODELS:
+                chat = LOCAL_MODELS[model_id].chat
+                context = context or LOCAL_MODELS[model_id].context
+            elif not model_id.endswith(".gguf"):
+                self.error("unknown-name", f"unknown embedded model '{model_id}'", decl.args[0].span,
+                           hint=did_you_mean(model_id, LOCAL_MODELS)
+                           or "embedded models: " + ", ".join(LOCAL_MODELS) + ", or a path to a .gguf file")
+                return
+        assert isinstance(sym, ModelSym)
+        sym.spec = ModelSpec(name=decl.name.name, backend=backend, id=model_id, context=context,
+                             chat=chat, skills=skills, options=options)
+
+    def _collect_models(self) -> None:
+        for module in self.program.modules:
+            for sym in self.checked.symbols[module].values():
+                if isinstance(sym, ModelSym) and sym.spec is not None:
+                    self.checked.models[sym.spec.name] = sym.spec
+        main = self.program.modules[self.program.main]
+        declared = [d.name.name for d in main.decls if isinstance(d, ast.ModelDecl)]
+        declared = [n for n in declared if n in self.checked.models]
+        if declared:
+            self.checked.default_model = declared[0]
+        else:
+            spec = default_model()
+            self.checked.models.setdefault(spec.name, spec)
+            self.checked.default_model = spec.name
+
+    # -- parameters, outputs, decorators
+
+    def _params(self, params: list[ast.Param]) -> list[tuple[str, Type, ast.Expr | None]]:
+        out: list[tuple[str, Type, ast.Expr | None]] = []
+        for p in params:
+            if any(p.name.name == n for n, _, _ in out):
+                self.error("declaration", f"parameter '{p.name.name}' is declared twice", p.name.span)
+                continue
+            t = self.resolve_type(p.type)
+            if p.default is not None:
+                value_type = self.expr(p.default, _Scope())
+                if not isinstance(p.default, ast.Const | ast.ListExpr | ast.UnaryOp | ast.Attr):
+                    self.error("type", "a default value must be a constant", p.default.span)
+                elif not assignable(value_type, t):
+                    self.error("type", f"default value of '{p.name.name}' is {value_type}, not {t}", p.default.span)
+            out.append((p.name.name, t, p.default))
+        return out
+
+    def _outputs(self, outputs: list[ast.Output], params: list[tuple[str, Type, ast.Expr | None]]) -> list[tuple[str, Type]]:
+        out: list[tuple[str, Type]] = []
+        for o in outputs:
+            if any(o.name.name == n for n, _ in out) or any(o.name.name == n for n, _, _ in params):
+                self.error("declaration", f"'{o.name.name}' is declared twice", o.name.span,
+                           hint="inputs and outputs need distinct names")
+                continue
+            out.append((o.name.name, self.resolve_type(o.type)))
+        return out
+
+    def _check_decorators(self, decl: ast.FnDecl | ast.ExternDecl | ast.FlowDecl, sym: Symbol) -> None:
+        for dec in decl.decorators:
+            name = dec.name.name
+            if name not in DECORATORS:
+                self.error("unknown-name", f"unknown decorator '@{name}'", dec.name.span,
+                           hint=did_you_mean(name, DECORATORS) or "decorators: @model(name), @needs(skill >= q)")
+                continue
+            if not isinstance(sym, FnSym):
+                self.error("declaration", f"@{name} applies only to semantic functions (fn)", dec.span)
+                continue
+            if name == "model":
+                if len(dec.args) != 1 or dec.kwargs or not isinstance(dec.args[0], ast.Name):
+                    self.error("type", "@model takes one model name", dec.span, hint="write @model(small)")
+                    continue
+                target = dec.args[0].id
+                if not isinstance(self._lookup(target), ModelSym):
+                    models = [n for n, s in self.checked.symbols[self.module].items() if isinstance(s, ModelSym)]
+                    self.error("unknown-name", f"unknown model '{target}'", dec.args[0].span,
+                               hint=did_you_mean(target, models) or "declare it: model small = local(\"smollm2-135m\")")
+                    continue
+                sym.pin = target
+            else:
+                for arg in dec.args:
+                    if (
+                        isinstance(arg, ast.BinOp) and arg.op == ">=" and isinstance(arg.left, ast.Name)
+                        and isinstance(arg.right, ast.Const) and isinstance(arg.right.value, int | float)
+                        and not isinstance(arg.right.value, bool) and 0 <= arg.right.value <= 1
+                    ):
+                        sym.needs[arg.left.id] = float(arg.right.value)
+                    else:
+                        self.error("type", "@needs takes skill requirements like reasoning >= 0.7",
+                                   arg.span, hint="a skill name, >=, and a number from 0 to 1")
+                if not dec.args:
+                    self.error("type", "@needs takes at least one skill requirement", dec.span,
+                               hint="write @needs(reasoning >= 0.7)")
+
+    # -- semantic functions
+
+    def _check_fn(self, decl: ast.FnDecl) -> None:
+        sym = self._lookup(decl.name.name)
+        assert isinstance(sym, FnSym)
+        params = self._params(decl.params)
+        outputs = self._outputs(decl.outputs, params)
+        sym.sig = Signature(params, outputs)
+        self._check_decorators(decl, sym)
+        inputs = {n: t for n, t, _ in params}
+        outs = dict(outputs)
+        generated: set[str] = set()
+        fn = decl.name.name
+        for part in decl.template.parts:
+            if not isinstance(part, ast.Placeholder) or not part.path:
+                continue
+            head = part.path[0]
+            if head.name in outs and head.name not in generated:
+                generated.add(head.name)
+                if len(part.path) > 1:
+                    self.error("template", f"'{head.name}' is generated here, so it has no fields yet",
+                               part.path[1].span, hint=f"generate the whole value with {{{{{head.name}}}}}")
+                self._check_options(part)
+                continue
+            if head.name in inputs:
+                t = inputs[head.name]
+            elif head.name in outs:
+                t = outs[head.name]
+            else:
+                self.error("template", f"unknown variable '{head.name}'", head.span,
+                           label=f"not an input or output of `{fn}`",
+                           hint=did_you_mean(head.name, [*inputs, *outs]))
+                continue
+            if part.options:
+                self.error("template", "options apply where an output is generated",
+                           part.options[0].span,
+                           hint=f"'{head.name}' is {'an input' if head.name in inputs else 'already generated'}; "
+                           "put options on the output's first placeholder")
+            for sel in part.path[1:]:
+                t = self._field(t, sel)
+        for o in decl.outputs:
+            if o.name.name in outs and o.name.name not in generated:
+                self.error("output", f"output '{o.name.name}' is never generated", o.name.span,
+                           hint=f"add {{{{{o.name.name}}}}} to the template where the model should write it")
+
+    def _check_options(self, part: ast.Placeholder) -> None:
+        for opt in part.options:
+            key = opt.name.name
+            if key not in OUTPUT_OPTIONS:
+                self.error("unknown-name", f"unknown option '{key}'", opt.name.span,
+                           hint=did_you_mean(key, OUTPUT_OPTIONS) or "options: max_tokens, stop, temperature")
+                continue
+            value = self._const_value(opt.value)
+            if key == "max_tokens" and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                self.error("type", "max_tokens must be a positive integer", opt.value.span)
+            elif key == "stop" and not (
+                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            ):
+                self.error("type", "stop must be a string or a list of strings", opt.value.span)
+            elif key == "temperature" and not (
+                isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 2
+            ):
+                self.error("type", "temperature must be a number from 0 to 2", opt.value.span)
+
+    def _field(self, t: Type, sel: ast.Ident) -> Type:
+        if isinstance(t, AnyT):
+            return ANY
+        if isinstance(t, RecordT):
+            ft = t.field(sel.name)
+            if ft is not None:
+                return ft
+            self.error("unknown-name", f"{t} has no field '{sel.name}'", sel.span,
+                       hint=did_you_mean(sel.name, [n for n, _ in t.fields])
+                       or "fields: " + ", ".join(n for n, _ in t.fields))
+            return ANY
+        self.error("type", f"{t} has no fields", sel.span)
+        return ANY
+
+    # -- externs
+
+    def _check_extern(self, decl: ast.ExternDecl) -> None:
+        sym = self._lookup(decl.name.name)
+        assert isinstance(sym, ExternSym)
+        params = self._params(decl.params)
+        sym.sig = Signature(params, self._outputs(decl.outputs, params))
+        self._check_decorators(decl, sym)
+        module_name, _, attr = decl.target.partition(":")
+        if not module_name or not attr:
+            self.error("extern", f"'{decl.target}' does not name a Python function", decl.target_span,
+                       hint='write "package.module:function"')
+            return
+        base = str(self.program.base_dir)
+        if base not in sys.path:
+            sys.path.insert(0, base)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # any error while importing user code is the user's to see
+            self.error("extern", f"cannot import '{module_name}': {exc}", decl.target_span,
+                       hint=f"modules are looked up beside {self.program.main} and on PYTHONPATH")
+            return
+        func = module
+        for part in attr.split("."):
+            func = getattr(func, part, None)
+            if func is None:
+                names = [n for n in dir(module) if not n.startswith("_")]
+                self.error("extern", f"module '{module_name}' has no attribute '{attr}'", decl.target_span,
+                           hint=did_you_mean(attr, names))
+                return
+        if not callable(func):
+            self.error("extern", f"'{decl.target}' is not callable", decl.target_span)
+            return
+        try:
+            inspect.signature(func).bind(*[None] * len(params))
+        except TypeError:
+            self.error("extern", f"'{decl.target}' cannot be called with {len(params)} argument"
+                       f"{'s' if len(params) != 1 else ''}", decl.target_span,
+                       hint=f"its Python signature is {attr}{inspect.signature(func)}")
+            return
+        except ValueError:
+            pass  # builtins without a signature: trust the declaration
+        sym.func = func
+
+    # -- flows
+
+    def _check_flow(self, decl: ast.FlowDecl) -> None:
+        sym = self._lookup(decl.name.name)
+        assert isinstance(sym, FlowSym)
+        params = self._params(decl.params)
+        outputs = self._outputs(decl.outputs, params)
+        sym.sig = Signature(params, outputs)
+        self._check_decorators(decl, sym)
+        self.current_flow = f"{self.module}:{decl.name.name}"
+        scope = _Scope()
+        for name, t, _ in params:
+            p = next(p for p in decl.params if p.name.name == name)
+            scope.defs[name] = _Def(name, p.name.span, lambda t=t: t, type=t)
+        deferred: list[Callable[[], None]] = []
+        self._collect(decl.body, scope, deferred)
+        for name, t in outputs:
+            out_decl = next(o for o in decl.outputs if o.name.name == name)
+            d = scope.defs.get(name)
+            if d is None:
+                self.error("output", f"output '{name}' of flow '{decl.name.name}' is never assigned",
+                           out_decl.name.span, hint=scope.hint_for(name) or f"assign it in the body: {name} = ...")
+                continue
+            got = self._force(d)
+            if not assignable(got, t):
+                self.error("type", f"output '{name}' is declared {t} but assigned {got}", d.span)
+        self._finish(scope, deferred)
+        self.current_flow = None
+
+    def _finish(self, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
+        for d in list(scope.defs.values()):
+            self._force(d)
+        for check in deferred:
+            check()
+
+    def _force(self, d: _Def) -> Type:
+        if d.type is not None:
+            return d.type
+        if d.busy:
+            names = [x.name for x in self._computing[self._computing.index(d):]] + [d.name]
+            self.error("cycle", f"dependency cycle: {' → '.join(names)}", d.span,
+                       hint="a flow variable cannot be computed from its own value; "
+                       "use a loop (`repeat` or `for` with `with`) to refine a value")
+            d.type = ANY
+            return ANY
+        d.busy = True
+        self._computing.append(d)
+        t = d.compute()
+        self._computing.pop()
+        d.busy = False
+        if d.type is None:
+            d.type = t
+        return d.type
+
+    def _define(self, scope: _Scope, name: ast.Ident, compute: Callable[[], Type]) -> _Def | None:
+        existing = scope.find(name.name)
+        if existing is not None:
+            self.error("assign", f"variable '{name.name}' is assigned twice", name.span,
+                       hint=f"first assigned on line {existing.span.line}; flow variables hold one value "
+                       "(a loop carries changing values with `with`)")
+            return None
+        d = _Def(name.name, name.span, compute)
+        scope.defs[name.name] = d
+        return d
+
+    def _collect(self, stmts: list[ast.Stmt], scope: _Scope, deferred: list[Callable[[], None]],
+                 carried: dict[str, _Def] | None = None, nexts: dict[str, ast.Assign] | None = None) -> None:
+        for stmt in stmts:
+            if isinstance(stmt, ast.Assign):
+                self._collect_assign(stmt, scope, carried, nexts)
+            elif isinstance(stmt, ast.If):
+                self._collect_if(stmt, scope, deferred)
+            else:
+                self._collect_loop(stmt, scope, deferred)
+
+    def _collect_assign(self, stmt: ast.Assign, scope: _Scope, carried: dict[str, _Def] | None,
+                        nexts: dict[str, ast.Assign] | None) -> None:
+        value_type: list[Type] = []
+
+        def whole() -> Type:
+            if not value_type:
+                value_type.append(self.expr(stmt.value, scope))
+            return value_type[0]
+
+        if len(stmt.targets) > 1:
+            def part(i: int) -> Type:
+                t = whole()
+                if isinstance(t, AnyT):
+                    return ANY
+                if not isinstance(t, RecordT) or len(t.fields) != len(stmt.targets):
+                    n = len(t.fields) if isinstance(t, RecordT) else 1
+                    if i == 0:
+                        self.error("type", f"{len(stmt.targets)} names but the value has {n} "
+                                   f"part{'s' if n != 1 else ''}", stmt.value.span,
+                                   hint="unpack the outputs of a function with several outputs")
+                    return ANY
+                return t.fields[i][1]
+        for i, target in enumerate(stmt.targets):
+            compute = (lambda i=i: part(i)) if len(stmt.targets) > 1 else whole
+            if carried is not None and nexts is not None and target.name in carried:
+                if target.name in nexts:
+                    self.error("assign", f"loop variable '{target.name}' is assigned twice in one iteration",
+                               target.span, hint=f"first assigned on line {nexts[target.name].span.line}")
+                    continue
+                nexts[target.name] = stmt
+                d = carried[target.name]
+
+                def check_next(d: _Def = d, compute: Callable[[], Type] = compute, target: ast.Ident = target) -> Type:
+                    got = compute()
+                    want = self._force(d)
+                    if not assignable(got, want):
+                        self.error("type", f"'{target.name}' is carried as {want} but assigned {got}", target.span)
+                    return want
+
+                scope.defs.setdefault(f"{target.name}'next", _Def(f"{target.name}'next", target.span, check_next))
+                continue
+            self._define(scope, target, compute)
+
+    def _collect_if(self, stmt: ast.If, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
+        then_scope, else_scope = _Scope(scope), _Scope(scope)
+        self._collect(stmt.then, then_scope, deferred)
+        self._collect(stmt.orelse, else_scope, deferred)
+
+        def check_cond() -> None:
+            t = self.expr(stmt.cond, scope)
+            if not assignable(t, BOOL):
+                self.error("type", f"condition is {t}, not bool", stmt.cond.span,
+                           hint="compare it: x == Verdict.yes, len(items) > 0")
+
+        deferred.append(check_cond)
+        deferred.append(lambda: self._finish(then_scope, []))
+        deferred.append(lambda: self._finish(else_scope, []))
+        for name, d in then_scope.defs.items():
+            if "'" in name:
+                continue
+            other = else_scope.defs.get(name)
+            if other is None:
+                scope.branch_only[name] = stmt.span
+                continue
+
+            def join(a: _Def = d, b: _Def = other, name: str = name) -> Type:
+                ta, tb = self._force(a), self._force(b)
+                joined = unify(ta, tb)
+                if joined is None:
+                    self.error("type", f"'{name}' is {ta} in one branch and {tb} in the other", b.span)
+                    return ANY
+                return joined
+
+            self._define(scope, ast.Ident(name=name, span=d.span), join)
+        for name in else_scope.defs:
+            if name not in then_scope.defs and "'" not in name:
+                scope.branch_only[name] = stmt.span
+
+    def _collect_loop(self, stmt: ast.Loop, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
+        body = _Scope(scope)
+        if stmt.var is not None and stmt.iterable is not None:
+            iterable = stmt.iterable
+
+            def item() -> Type:
+                t = self.expr(iterable, scope)
+                if isinstance(t, ListT):
+                    return t.item
+                if not isinstance(t, AnyT):
+                    self.error("type", f"for loops run over a list, not {t}", iterable.span)
+                return ANY
+
+            body.defs[stmt.var.name] = _Def(stmt.var.name, stmt.var.span, item)
+        elif stmt.max_iters is not None and stmt.max_iters < 1:
+            self.error("type", "a loop runs at most 1 or more times", stmt.span)
+        carried: dict[str, _Def] = {}
+        for binding in stmt.carried:
+            def init(b: ast.Binding = binding) -> Type:
+                return self.expr(b.value, scope)
+
+            outer = self._define(scope, binding.name, init)
+            if outer is None:
+                continue
+            inner = _Def(binding.name.name, binding.name.span, lambda outer=outer: self._force(outer))
+            body.defs[binding.name.name] = inner
+            carried[binding.name.name] = inner
+        nexts: dict[str, ast.Assign] = {}
+        body_deferred: list[Callable[[], None]] = []
+        self._collect(stmt.body, body, body_deferred, carried, nexts)
+        for name, d in body.defs.items():
+            if name not in carried and "'" not in name and (stmt.var is None or name != stmt.var.name):
+                scope.loop_locals[name] = d.span
+        if stmt.until is not None:
+            until = stmt.until
+
+            def check_until() -> None:
+                t = self.expr(until, body)
+                if not assignable(t, BOOL):
+                    self.error("type", f"`until` condition is {t}, not bool", until.span)
+
+            body_deferred.append(check_until)
+        deferred.append(lambda: self._finish(body, body_deferred))
+
+    # -- expressions
+
+    def expr(self, e: ast.Expr, scope: _Scope) -> Type:
+        t = self._expr(e, scope)
+        self.checked.types[id(e)] = t
+        return t
+
+    def _expr(self, e: ast.Expr, scope: _Scope) -> Type:
+        match e:
+            case ast.Const(value=bool()):
+                return BOOL
+            case ast.Const(value=int()):
+                return INT
+            case ast.Const(value=float()):
+                return FLOAT
+            case ast.Const():
+                return STR
+            case ast.Name():
+                return self._name(e, scope)
+            case ast.ListExpr(items=items):
+                t: Type = ANY
+                for item in items:
+                    it = self.expr(item, scope)
+                    joined = unify(t, it) if not isinstance(t, AnyT) else it
+                    if joined is None:
+                        self.error("type", f"list items must have one type: {t} and {it}", item.span)
+                        joined = t
+                    t = joined
+                return ListT(item=t)
+            case ast.DictExpr():
+                self.error("type", "{key: value} literals appear only in model declarations",
+                           e.span, hint="build a record with its name: Review(summary=s, score=3)")
+                return ANY
+            case ast.Attr():
+                return self._attr(e, scope)
+            case ast.Index(value=value, index=index):
+                vt, it = self.expr(value, scope), self.expr(index, scope)
+                if not assignable(it, INT):
+                    self.error("type", f"index must be int, not {it}", index.span)
+                if isinstance(vt, ListT):
+                    return vt.item
+                if vt == STR or isinstance(vt, AnyT):
+                    return vt
+                self.error("type", f"cannot index {vt}", value.span)
+                return ANY
+            case ast.Call():
+                return self._call(e, scope)
+            case ast.BinOp():
+                return self._binop(e, scope)
+            case ast.UnaryOp(op="not", operand=operand):
+                t = self.expr(operand, scope)
+                if not assignable(t, BOOL):
+                    self.error("type", f"`not` needs a bool, not {t}", operand.span)
+                return BOOL
+            case ast.UnaryOp(operand=operand):
+                t = self.expr(operand, scope)
+                if not is_numeric(t):
+                    self.error("type", f"cannot negate {t}", operand.span)
+                return t
+            case ast.MapExpr():
+                return self._map(e, scope)
+        raise AssertionError(f"unhandled expression {e!r}")
+
+    def _name(self, e: ast.Name, scope: _Scope) -> Type:
+        d = scope.find(e.id)
+        if d is not None:
+            return self._force(d)
+        sym = self._lookup(e.id)
+        if isinstance(sym, TypeSym):
+            self.error("type", f"'{e.id}' is a type, not a value", e.span,
+                       hint=f"pick a member: {e.id}.{sym.decl.members[0].name}"
+                       if isinstance(sym.decl, ast.EnumDecl) and sym.decl.members else "")
+            return ANY
+        if sym is not None or e.id in BUILTINS:
+            self.error("type", f"'{e.id}' is a function, not a value", e.span, hint=f"call it: {e.id}(...)")
+            return ANY
+        self.error("unknown-name", f"unknown variable '{e.id}'", e.span,
+                   hint=scope.hint_for(e.id) or did_you_mean(e.id, scope.names()))
+        return ANY
+
+    def _attr(self, e: ast.Attr, scope: _Scope) -> Type:
+        if isinstance(e.value, ast.Name) and scope.find(e.value.id) is None:
+            sym = self._lookup(e.value.id)
+            if isinstance(sym, TypeSym) and isinstance(sym.decl, ast.EnumDecl):
+                enum = self._type_of_decl(e.value.id, e.value.span)
+                if isinstance(enum, EnumT) and e.attr.name not in enum.members:
+                    self.error("unknown-name", f"'{e.attr.name}' is not a member of {enum.name}", e.attr.span,
+                               hint=did_you_mean(e.attr.name, enum.members)
+                               or "members: " + ", ".join(enum.members))
+                    return ANY
+                self.checked.enum_values[id(e)] = e.attr.name
+                return enum
+        return self._field(self.expr(e.value, scope), e.attr)
+
+    def _binop(self, e: ast.BinOp, scope: _Scope) -> Type:
+        lt, rt = self.expr(e.left, scope), self.expr(e.right, scope)
+        if e.op in ("and", "or"):
+            for side, t in ((e.left, lt), (e.right, rt)):
+                if not assignable(t, BOOL):
+                    self.error("type", f"`{e.op}` needs bool operands, not {t}", side.span)
+            return BOOL
+        if e.op in ("==", "!="):
+            self._check_enum_literal(lt, e.right)
+            self._check_enum_literal(rt, e.left)
+            if unify(lt, rt) is None and not (isinstance(lt, EnumT) and rt == STR or isinstance(rt, EnumT) and lt == STR):
+                self.error("type", f"cannot compare {lt} with {rt}", e.span)
+            return BOOL
+        if e.op in ("<", "<=", ">", ">="):
+            if not (is_numeric(lt) and is_numeric(rt) or lt == rt == STR):
+                self.error("type", f"cannot order {lt} and {rt}", e.span)
+            return BOOL
+        if e.op == "+":
+            if lt == rt == STR or isinstance(lt, AnyT) or isinstance(rt, AnyT):
+                return lt if not isinstance(lt, AnyT) else rt
+            if isinstance(lt, ListT) and isinstance(rt, ListT):
+                joined = unify(lt, rt)
+                if joined is not None:
+                    return joined
+            if is_numeric(lt) and is_numeric(rt):
+                return FLOAT if FLOAT in (lt, rt) else INT
+            hint = "convert with str(...) first" if STR in (lt, rt) else ""
+            self.error("type", f"cannot add {lt} and {rt}", e.span, hint=hint)
+            return ANY
+        if is_numeric(lt) and is_numeric(rt):
+            return FLOAT if e.op == "/" or FLOAT in (lt, rt) else INT
+        self.error("type", f"`{e.op}` needs numbers, not {lt} and {rt}", e.span)
+        return ANY
+
+    def _check_enum_literal(self, t: Type, other: ast.Expr) -> None:
+        if isinstance(t, EnumT) and isinstance(other, ast.Const) and isinstance(other.value, str):
+            if other.value not in t.members:
+                self.error("type", f"'{other.value}' is not a member of {t.name}", other.span,
+                           hint=did_you_mean(other.value, t.members) or "members: " + ", ".join(t.members))
+
+    def _map(self, e: ast.MapExpr, scope: _Scope) -> Type:
+        it = self.expr(e.iterable, scope)
+        if isinstance(it, ListT):
+            item: Type = it.item
+        else:
+            if not isinstance(it, AnyT):
+                self.error("type", f"map runs over a list, not {it}", e.iterable.span)
+            item = ANY
+        inner = _Scope(scope)
+        inner.defs[e.var.name] = _Def(e.var.name, e.var.span, lambda: item, type=item)
+        if e.where is not None:
+            wt = self.expr(e.where, inner)
+            if not assignable(wt, BOOL):
+                self.error("type", f"filter condition is {wt}, not bool", e.where.span)
+        return ListT(item=self.expr(e.body, inner))
+
+    def _call(self, e: ast.Call, scope: _Scope) -> Type:
+        name = e.func.name
+        sym = self._lookup(name)
+        arg_types = [self.expr(a, scope) for a in e.args]
+        kw_types = {kw.name.name: self.expr(kw.value, scope) for kw in e.kwargs}
+        if isinstance(sym, FnSym | ExternSym | FlowSym):
+            self.checked.callees[id(e)] = sym
+            if isinstance(sym, FlowSym) and self.current_flow is not None:
+                self.flow_calls.append((self.current_flow, f"{sym.module}:{name}", e.func.span))
+            params = [(n, t, d is not None) for n, t, d in self._signature(sym).params]
+            self._bind(e, name, params, arg_types, kw_types)
+            return self._signature(sym).result(name)
+        if isinstance(sym, TypeSym) and isinstance(sym.decl, ast.RecordDecl):
+            record = self._type_of_decl(name, e.func.span)
+            self.checked.callees[id(e)] = sym
+            if isinstance(record, RecordT):
+                self._bind(e, name, [(n, t, False) for n, t in record.fields], arg_types, kw_types)
+            return record
+        if name in BUILTINS:
+            builtin = BUILTINS[name]
+            self.checked.callees[id(e)] = builtin
+            params = [(p.name, p.type or ANY, not p.required) for p in builtin.params]
+            ok = self._bind(e, name, params, arg_types, kw_types, variadic=builtin.variadic)
+            if not ok:
+                return ANY
+            bound = self.checked.bound_args[id(e)]
+            types = [self.checked.types[id(a)] if a is not None else ANY for a in bound]
+            result = builtin.result(types)
+            if isinstance(result, str):
+                self.error("type", f"{name}() {result}", e.span)
+                return ANY
+            return result
+        callables = [n for n, s in self.checked.symbols[self.module].items()
+                     if isinstance(s, FnSym | ExternSym | FlowSym)] + list(BUILTINS)
+        self.error("unknown-name", f"unknown function '{name}'", e.func.span,
+                   hint=did_you_mean(name, callables))
+        return ANY
+
+    def _signature(self, sym: FnSym | ExternSym | FlowSym) -> Signature:
+        if not sym.sig.outputs and not sym.sig.params and (sym.decl.params or sym.decl.outputs):
+            saved, self.module = self.module, sym.module
+            params = self._params_quiet(sym.decl.params)
+            outputs = [(o.name.name, self._quiet_type(o.type)) for o in sym.decl.outputs]
+            self.module = saved
+            return Signature(params, outputs)
+        return sym.sig
+
+    def _params_quiet(self, params: list[ast.Param]) -> list[tuple[str, Type, ast.Expr | None]]:
+        return [(p.name.name, self._quiet_type(p.type), p.default) for p in params]
+
+    def _quiet_type(self, ref: ast.TypeRef) -> Type:
+        """Resolve a type of a declaration not checked yet, without reporting its errors
+        twice (they are reported when that declaration is checked)."""
+        before = len(self.diags)
+        t = self.resolve_type(ref)
+        del self.diags[before:]
+        return t
+
+    def _bind(self, e: ast.Call, name: str, params: list[tuple[str, Type, bool]], args: list[Type],
+              kwargs: dict[str, Type], variadic: bool = False) -> bool:
+        bound: list[ast.Expr | None] = [None] * len(params)
+        ok = True
+        if len(e.args) > len(params):
+            self.error("type", f"{name}() takes {len(params)} argument{'s' if len(params) != 1 else ''} "
+                       f"but {len(e.args)} were given", e.args[len(params)].span)
+            ok = False
+        for i, arg in enumerate(e.args[: len(params)]):
+            bound[i] = arg
+        names = [p[0] for p in params]
+        extra: list[ast.Keyword] = []
+        for kw in e.kwargs:
+            if kw.name.name not in names:
+                if variadic:
+                    extra.append(kw)
+                    continue
+                self.error("unknown-name", f"{name}() has no parameter '{kw.name.name}'", kw.name.span,
+                           hint=did_you_mean(kw.name.name, names) or "parameters: " + ", ".join(names))
+                ok = False
+                continue
+            i = names.index(kw.name.name)
+            if bound[i] is not None:
+                self.error("type", f"{name}() got '{kw.name.name}' twice", kw.span)
+                ok = False
+                continue
+            bound[i] = kw.value
+        for i, (pname, ptype, has_default) in enumerate(params):
+            arg = bound[i]
+            if arg is None:
+                if not has_default:
+                    self.error("type", f"{name}() is missing argument '{pname}' ({ptype})", e.span)
+                    ok = False
+                continue
+            got = self.checked.types.get(id(arg), ANY)
+            if not assignable(got, ptype):
+                self.error("type", f"argument '{pname}' of {name}() expects {ptype}, got {got}", arg.span,
+                           hint="convert with str(...)" if ptype == STR and isinstance(got, Prim) else "")
+                ok = False
+        self.checked.bound_args[id(e)] = bound
+        if extra:
+            self.checked.extra_kwargs[id(e)] = extra
+        return ok
+
+    # -- cycles between flows
+
+    def _check_flow_cycles(self) -> None:
+        graph = nx.DiGraph()
+        for caller, callee, span in self.flow_calls:
+            graph.add_edge(caller, callee, span=span)
+        reported: set[frozenset[str]] = set()
+        for cycle in nx.simple_cycles(graph):
+            key = frozenset(cycle)
+            if key in reported:
+                continue
+            reported.add(key)
+            first = min(cycle)
+            i = cycle.index(first)
+            ordered = cycle[i:] + cycle[:i]
+            span = graph.edges[ordered[0], ordered[1 % len(ordered)]]["span"]
+            path = " → ".join(n.split(":")[-1] for n in [*ordered, ordered[0]])
+            self.error("cycle", f"dependency cycle between flows: {path}", span,
+                       hint="flows expand into one graph before running; "
+                       "iterate with `repeat` or `for` instead of recursion")
+
+
+def check(program: Program) -> tuple[Checked, list[Diagnostic]]:
+    return Checker(program).run()
+
+
+__all__ = ["Checked", "Checker", "FlowSym", "FnSym", "ExternSym", "TypeSym", "ModelSym", "check",
+           "FLOAT", "INT", "STR"]

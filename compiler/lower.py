@@ -1,0 +1,413 @@
+"""Checked AST → IR graph for one flow.
+
+Flows called by the flow are inlined, so the optimizer and the runtime see the whole
+program as one graph. Names are lowered on first use (statement order does not matter),
+so a value nothing reads never becomes a node.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from llmflow.compiler import ast
+from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym
+from llmflow.compiler.ir import Graph, InputSpec, IRNode, LLMCall, OutputSpec, Plan, Segment
+from llmflow.compiler.types import ANY, RecordT, Type, unify
+from llmflow.stdlib.builtins import Builtin
+
+
+class _Env:
+    """The names visible in one scope, lowered into one graph on demand."""
+
+    def __init__(self, graph: Graph, parent: _Env | None = None, first_port: int = 0) -> None:
+        self.graph = graph
+        self.parent = parent
+        self.thunks: dict[str, Callable[[], str]] = {}
+        self.memo: dict[str, str] = {}
+        self.first_port = first_port
+        self.captures: list[str] = []
+        """Producers in the parent graph this subgraph reads, in port order."""
+        self._capture_nodes: dict[str, str] = {}
+        self.new_id: Callable[[], str] = parent.new_id if parent else (lambda: "")
+
+    def get(self, name: str) -> str:
+        if name in self.memo:
+            return self.memo[name]
+        if name in self.thunks:
+            self.memo[name] = self.thunks[name]()
+            return self.memo[name]
+        assert self.parent is not None, f"checker let an unknown name through: {name}"
+        outer = self.parent.get(name)
+        if self.parent.graph is self.graph:
+            return outer
+        return self.capture(outer)
+
+    def capture(self, outer: str) -> str:
+        if outer not in self._capture_nodes:
+            assert self.parent is not None
+            producer = self.parent.graph.node(outer)
+            port = self.first_port + len(self.captures)
+            self.captures.append(outer)
+            node = self.graph.add(IRNode(
+                id=self.new_id(), kind="input", label=producer.var or producer.label,
+                type=producer.type, var=producer.var, value=f"port:{port}",
+            ))
+            self._capture_nodes[outer] = node.id
+        return self._capture_nodes[outer]
+
+
+def _assigned(stmts: list[ast.Stmt]) -> list[str]:
+    """The names a statement list makes visible after it."""
+    names: list[str] = []
+    for stmt in stmts:
+        if isinstance(stmt, ast.Assign):
+            names += [t.name for t in stmt.targets]
+        elif isinstance(stmt, ast.If):
+            other = set(_assigned(stmt.orelse))
+            names += [n for n in _assigned(stmt.then) if n in other]
+        else:
+            names += [b.name.name for b in stmt.carried]
+    return names
+
+
+class Lowerer:
+    def __init__(self, checked: Checked) -> None:
+        self.checked = checked
+        self._ids = itertools.count(1)
+
+    def new_id(self) -> str:
+        return f"n{next(self._ids)}"
+
+    def type_of(self, expr: ast.Expr) -> Type:
+        return self.checked.types.get(id(expr), ANY)
+
+    def add(self, env: _Env, **fields: Any) -> str:
+        return env.graph.add(IRNode(id=self.new_id(), **fields)).id
+
+    def const(self, env: _Env, value: Any, type_: Type, span: ast.Span | None = None) -> str:
+        return self.add(env, kind="const", label=repr(value) if not isinstance(value, str) else _short(value),
+                        type=type_, value=value, span=span)
+
+    def field(self, env: _Env, source: str, name: str, type_: Type, var: str | None = None) -> str:
+        return self.add(env, kind="builtin", op="field", label=f".{name}", type=type_, args=[source],
+                        value=name, var=var)
+
+    # -- flows
+
+    def lower_flow(self, name: str) -> Plan:
+        sym = self.checked.flow(name)
+        assert sym is not None
+        graph = Graph()
+        env = _Env(graph)
+        env.new_id = self.new_id
+        inputs: list[InputSpec] = []
+        for (pname, ptype, default), param in zip(sym.sig.params, sym.decl.params):
+            node = graph.add(IRNode(id=self.new_id(), kind="input", label=pname, type=ptype, var=pname,
+                                    value=pname, span=param.name.span))
+            env.memo[pname] = node.id
+            inputs.append(InputSpec(
+                name=pname, type=ptype, required=default is None,
+                default=_const_value(default, self.checked) if default is not None else None,
+            ))
+        self.collect(sym.decl.body, env)
+        for oname, otype in sym.sig.outputs:
+            out = self.add(env, kind="output", label=oname, type=otype, args=[env.get(oname)], value=oname,
+                           var=oname)
+            graph.outputs[oname] = out
+        return Plan(
+            flow=name,
+            file=self.checked.program.main,
+            inputs=inputs,
+            outputs=dict(sym.sig.outputs),
+            graph=graph,
+            models=self.checked.models,
+            default_model=self.checked.default_model,
+        )
+
+    def collect(self, stmts: list[ast.Stmt], env: _Env, nexts: dict[str, ast.Assign] | None = None) -> None:
+        for stmt in stmts:
+            if isinstance(stmt, ast.Assign):
+                self.collect_assign(stmt, env, nexts)
+            elif isinstance(stmt, ast.If):
+                self.collect_if(stmt, env)
+            else:
+                self.collect_loop(stmt, env)
+
+    def collect_assign(self, stmt: ast.Assign, env: _Env, nexts: dict[str, ast.Assign] | None) -> None:
+        if nexts is not None and any(t.name in nexts for t in stmt.targets):
+            return  # a loop-carried variable's next value: the loop lowers it
+        if len(stmt.targets) == 1:
+            target = stmt.targets[0].name
+            env.thunks[target] = lambda: self.expr(stmt.value, env, var=target)
+            return
+        whole = _Once(lambda: self.expr(stmt.value, env))
+        value_type = self.type_of(stmt.value)
+        assert isinstance(value_type, RecordT)
+        for target, (fname, ftype) in zip(stmt.targets, value_type.fields):
+            env.thunks[target.name] = (
+                lambda fname=fname, ftype=ftype, target=target: self.field(env, whole(), fname, ftype, target.name)
+            )
+
+    def collect_if(self, stmt: ast.If, env: _Env) -> None:
+        exports = [n for n in _assigned(stmt.then) if n in set(_assigned(stmt.orelse))]
+        branch = _Once(lambda: self.lower_if(stmt, env, exports))
+        for name in exports:
+            env.thunks[name] = lambda name=name: self.field(
+                env, branch(), name, _record_field(env.graph.node(branch()).type, name), name
+            )
+
+    def lower_if(self, stmt: ast.If, env: _Env, exports: list[str]) -> str:
+        cond = self.expr(stmt.cond, env)
+        bodies: dict[str, Graph] = {}
+        captures: list[str] = []
+        types: dict[str, Type] = {}
+        for key, stmts in (("then", stmt.then), ("else", stmt.orelse)):
+            graph = Graph()
+            sub = _Env(graph, env, first_port=1 + len(captures))
+            self.collect(stmts, sub)
+            graph.outputs = {name: sub.get(name) for name in exports}
+            for name, node_id in graph.outputs.items():
+                t = graph.node(node_id).type
+                types[name] = unify(types.get(name, t), t) or t
+            captures += sub.captures
+            bodies[key] = graph
+        record = RecordT(name="if", fields=tuple((n, types[n]) for n in exports))
+        return self.add(env, kind="branch", label="if", type=record, args=[cond, *captures], bodies=bodies,
+                        span=stmt.span)
+
+    def collect_loop(self, stmt: ast.Loop, env: _Env) -> None:
+        loop = _Once(lambda: self.lower_loop(stmt, env))
+        for binding in stmt.carried:
+            name = binding.name.name
+            env.thunks[name] = lambda name=name: self.field(
+                env, loop(), name, _record_field(env.graph.node(loop()).type, name), name
+            )
+
+    def lower_loop(self, stmt: ast.Loop, env: _Env) -> str:
+        args: list[str] = []
+        if stmt.iterable is not None:
+            args.append(self.expr(stmt.iterable, env))
+        carried = [b.name.name for b in stmt.carried]
+        types: dict[str, Type] = {}
+        for b in stmt.carried:
+            args.append(self.expr(b.value, env, var=b.name.name))
+            types[b.name.name] = env.graph.node(args[-1]).type
+        graph = Graph()
+        body = _Env(graph, env, first_port=len(args))
+        if stmt.var is not None:
+            iter_type = env.graph.node(args[0]).type
+            item_type = getattr(iter_type, "item", ANY)
+            body.memo[stmt.var.name] = self.add(body, kind="input", label=stmt.var.name, type=item_type,
+                                                var=stmt.var.name, value="item")
+        for name in carried:
+            body.memo[name] = self.add(body, kind="input", label=name, type=types[name], var=name,
+                                       value=f"carried:{name}")
+        nexts: dict[str, ast.Assign] = {}
+        for s in stmt.body:
+            if isinstance(s, ast.Assign):
+                for t in s.targets:
+                    if t.name in carried:
+                        nexts[t.name] = s
+        self.collect(stmt.body, body, nexts)
+        next_ids: dict[str, str] = {}
+        for name in carried:
+            assign = nexts.get(name)
+            if assign is None:
+                next_ids[name] = body.memo[name]
+            elif len(assign.targets) == 1:
+                next_ids[name] = self.expr(assign.value, body, var=name)
+            else:
+                value_type = self.type_of(assign.value)
+                assert isinstance(value_type, RecordT)
+                i = [t.name for t in assign.targets].index(name)
+                fname, ftype = value_type.fields[i]
+                next_ids[name] = self.field(body, self.expr(assign.value, body), fname, ftype, name)
+        graph.outputs = {f"next:{name}": next_ids[name] for name in carried}
+        if stmt.until is not None:
+            after = _Env(graph, body)
+            after.memo.update(next_ids)
+            graph.outputs["until"] = self.expr(stmt.until, after)
+        record = RecordT(name="loop", fields=tuple((n, types[n]) for n in carried))
+        label = f"for {stmt.var.name}" if stmt.var is not None else f"repeat ≤{stmt.max_iters}"
+        return self.add(env, kind="loop", label=label, type=record, args=args + body.captures,
+                        bodies={"body": graph}, loop_max=stmt.max_iters, carried=carried, span=stmt.span)
+
+    # -- expressions
+
+    def expr(self, e: ast.Expr, env: _Env, var: str | None = None) -> str:
+        node_id = self._expr(e, env)
+        node = env.graph.node(node_id)
+        if var is not None and node.var is None and node.kind != "input":
+            node.var = var
+            for _, _, data in env.graph.g.out_edges(node_id, data=True):
+                data["var"] = var
+        return node_id
+
+    def _expr(self, e: ast.Expr, env: _Env) -> str:
+        t = self.type_of(e)
+        match e:
+            case ast.Const(value=value):
+                return self.const(env, value, t, e.span)
+            case ast.Name(id=name):
+                return env.get(name)
+            case ast.ListExpr(items=items):
+                args = [self.expr(i, env) for i in items]
+                return self.add(env, kind="builtin", op="list", label="[…]", type=t, args=args, span=e.span)
+            case ast.Attr():
+                if id(e) in self.checked.enum_values:
+                    return self.const(env, self.checked.enum_values[id(e)], t, e.span)
+                return self.field(env, self.expr(e.value, env), e.attr.name, t)
+            case ast.Index(value=value, index=index):
+                args = [self.expr(value, env), self.expr(index, env)]
+                return self.add(env, kind="builtin", op="index", label="[i]", type=t, args=args, span=e.span)
+            case ast.BinOp(op=op, left=left, right=right):
+                args = [self.expr(left, env), self.expr(right, env)]
+                return self.add(env, kind="builtin", op=op, label=op, type=t, args=args, span=e.span)
+            case ast.UnaryOp(op=op, operand=operand):
+                name = "neg" if op == "-" else "not"
+                return self.add(env, kind="builtin", op=name, label=op, type=t,
+                                args=[self.expr(operand, env)], span=e.span)
+            case ast.MapExpr():
+                return self.lower_map(e, env)
+            case ast.Call():
+                return self.call(e, env)
+        raise AssertionError(f"unhandled expression {e!r}")
+
+    def lower_map(self, e: ast.MapExpr, env: _Env) -> str:
+        iterable = self.expr(e.iterable, env)
+        graph = Graph()
+        body = _Env(graph, env, first_port=1)
+        item_type = getattr(env.graph.node(iterable).type, "item", ANY)
+        body.memo[e.var.name] = self.add(body, kind="input", label=e.var.name, type=item_type, var=e.var.name,
+                                         value="item")
+        if e.where is not None:
+            graph.outputs["where"] = self.expr(e.where, body)
+        graph.outputs["value"] = self.expr(e.body, body)
+        source = env.graph.node(iterable)
+        label = f"map {e.var.name} in {source.var or source.label}"
+        return self.add(env, kind="map", label=label, type=self.type_of(e), args=[iterable, *body.captures],
+                        bodies={"body": graph}, span=e.span)
+
+    def _bound(self, e: ast.Call, env: _Env, defaults: list[Any], types: list[Type]) -> list[str]:
+        args = []
+        for arg, default, t in zip(self.checked.bound_args[id(e)], defaults, types):
+            if arg is not None:
+                args.append(self.expr(arg, env))
+            else:
+                args.append(self.const(env, default, t))
+        return args
+
+    def call(self, e: ast.Call, env: _Env) -> str:
+        callee = self.checked.callees[id(e)]
+        t = self.type_of(e)
+        name = e.func.name
+        if isinstance(callee, Builtin):
+            defaults = [None if p.required else p.default for p in callee.params]
+            types = [p.type or ANY for p in callee.params]
+            args = self._bound(e, env, defaults, types)
+            extra = self.checked.extra_kwargs.get(id(e), [])
+            args += [self.expr(kw.value, env) for kw in extra]
+            return self.add(env, kind="builtin", op=name, label=f"{name}()", type=t, args=args, span=e.span,
+                            value=[kw.name.name for kw in extra] or None)
+        if isinstance(callee, TypeSym):
+            assert isinstance(t, RecordT)
+            args = self._bound(e, env, [None] * len(t.fields), [ft for _, ft in t.fields])
+            return self.add(env, kind="builtin", op="record", label=name, type=t, args=args, span=e.span,
+                            value=[n for n, _ in t.fields])
+        params = callee.sig.params
+        defaults = [_const_value(d, self.checked) if d is not None else None for _, _, d in params]
+        args = self._bound(e, env, defaults, [pt for _, pt, _ in params])
+        if isinstance(callee, FlowSym):
+            return self.inline(callee, args, env)
+        if isinstance(callee, ExternSym):
+            return self.add(env, kind="extern", label=name, type=t, args=args, span=e.span,
+                            extern=callee.decl.target, extern_single=callee.decl.single)
+        assert isinstance(callee, FnSym)
+        return self.add(env, kind="llm", label=name, type=t, args=args, span=e.span,
+                        call=self.llm_call(callee))
+
+    def inline(self, flow: FlowSym, args: list[str], env: _Env) -> str:
+        inner = _Env(env.graph)
+        inner.new_id = self.new_id
+        for (pname, _, _), arg in zip(flow.sig.params, args):
+            inner.memo[pname] = arg
+        self.collect(flow.decl.body, inner)
+        outputs = [inner.get(name) for name, _ in flow.sig.outputs]
+        if len(outputs) == 1:
+            return outputs[0]
+        result = flow.sig.result(flow.decl.name.name)
+        return self.add(env, kind="builtin", op="record", label=flow.decl.name.name, type=result, args=outputs,
+                        value=[n for n, _ in flow.sig.outputs])
+
+    def llm_call(self, fn: FnSym) -> LLMCall:
+        outputs = dict(fn.sig.outputs)
+        params = {n for n, _, _ in fn.sig.params}
+        segments: list[Segment] = []
+        specs: list[OutputSpec] = []
+        for part in fn.decl.template.parts:
+            if isinstance(part, ast.TemplateText):
+                segments.append(Segment(text=part.text))
+                continue
+            head, path = part.path[0].name, [p.name for p in part.path[1:]]
+            if head in params:
+                segments.append(Segment(input=head, path=path))
+            elif any(s.name == head for s in specs):
+                segments.append(Segment(ref=head, path=path))
+            else:
+                options = {kw.name.name: _const_value(kw.value, self.checked) for kw in part.options}
+                stop = options.get("stop")
+                specs.append(OutputSpec(
+                    name=head, type=outputs[head], max_tokens=options.get("max_tokens"),
+                    stop=[stop] if isinstance(stop, str) else stop, temperature=options.get("temperature"),
+                ))
+                segments.append(Segment(output=head))
+        return LLMCall(
+            function=fn.decl.name.name,
+            params=[n for n, _, _ in fn.sig.params],
+            outputs=specs,
+            segments=segments,
+            model=fn.pin or self.checked.default_model,
+            pinned=fn.pin is not None,
+            needs=fn.needs,
+        )
+
+
+class _Once:
+    """A memoized thunk: a branch or loop is lowered once, however many names it exports."""
+
+    def __init__(self, fn: Callable[[], str]) -> None:
+        self.fn = fn
+        self.value: str | None = None
+
+    def __call__(self) -> str:
+        if self.value is None:
+            self.value = self.fn()
+        return self.value
+
+
+def _record_field(t: Type, name: str) -> Type:
+    return t.field(name) or ANY if isinstance(t, RecordT) else ANY
+
+
+def _const_value(expr: ast.Expr, checked: Checked) -> Any:
+    match expr:
+        case ast.Const(value=value):
+            return value
+        case ast.ListExpr(items=items):
+            return [_const_value(i, checked) for i in items]
+        case ast.UnaryOp(op="-", operand=operand):
+            return -_const_value(operand, checked)
+        case ast.Attr() if id(expr) in checked.enum_values:
+            return checked.enum_values[id(expr)]
+    raise AssertionError(f"not a constant: {expr!r}")
+
+
+def _short(text: str, limit: int = 24) -> str:
+    flat = text.replace("\n", "⏎")
+    return repr(flat if len(flat) <= limit else flat[: limit - 1] + "…")
+
+
+def lower(checked: Checked, flow: str) -> Plan:
+    return Lowerer(checked).lower_flow(flow)

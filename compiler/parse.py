@@ -1,0 +1,531 @@
+"""Source text → AST, with every syntax error of a file reported in one run.
+
+The file is cut into top-level declarations (a line that starts at column 1 with a
+declaration keyword or a decorator) and each piece is parsed on its own, so one broken
+declaration does not hide the errors, or the meaning, of the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.tree import Meta
+
+from llmflow.compiler import ast
+from llmflow.compiler.diagnostics import Diagnostic
+
+_GRAMMAR = Path(__file__).with_name("grammar.lark")
+_DECL_START = re.compile(r"(import|model|enum|record|extern|fn|flow)\b|@")
+
+
+@cache
+def _parser() -> Lark:
+    return Lark(
+        _GRAMMAR.read_text(),
+        parser="lalr",
+        start=["start", "placeholder"],
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]:
+    decls: list[ast.Decl] = []
+    diags: list[Diagnostic] = []
+    for first_line, chunk in _split_declarations(source):
+        padded = "\n" * first_line + chunk
+        try:
+            tree = _parser().parse(padded, start="start")
+        except UnexpectedInput as err:
+            diags.append(_syntax_error(err, file, padded))
+            continue
+        builder = _Builder(file)
+        decls.extend(builder.transform(tree).children)
+        diags.extend(builder.diagnostics)
+    return ast.Module(file=file, decls=decls, source=source), diags
+
+
+def _split_declarations(source: str) -> list[tuple[int, str]]:
+    """Cut the source at declaration starts that are outside strings and comments."""
+    lines = source.splitlines(keepends=True)
+    starts: list[int] = []
+    in_triple = False
+    previous_was_decorator = False
+    for number, line in enumerate(lines):
+        if not in_triple and _DECL_START.match(line):
+            if not previous_was_decorator:
+                starts.append(number)
+            previous_was_decorator = line.startswith("@")
+        elif line.strip() and not line.lstrip().startswith("#"):
+            previous_was_decorator = False
+        in_triple = _ends_inside_triple(line, in_triple)
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    bounds = starts + [len(lines)]
+    return [(a, "".join(lines[a:b])) for a, b in zip(bounds, bounds[1:]) if a < b]
+
+
+def _ends_inside_triple(line: str, in_triple: bool) -> bool:
+    i = 0
+    while i < len(line):
+        if in_triple:
+            end = line.find('"""', i)
+            if end < 0:
+                return True
+            in_triple, i = False, end + 3
+        elif line.startswith('"""', i):
+            in_triple, i = True, i + 3
+        elif line[i] == '"':
+            i += 1
+            while i < len(line) and line[i] not in '"\n':
+                i += 2 if line[i] == "\\" else 1
+            i += 1
+        elif line[i] == "#":
+            return False
+        else:
+            i += 1
+    return in_triple
+
+
+# ---- syntax errors ----------------------------------------------------------------------
+
+_TOKEN_NAMES = {
+    "NAME": "a name",
+    "STRING": "a string",
+    "TRIPLE": 'a """template"""',
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "COMP_OP": "a comparison",
+    "MUL_OP": "an operator",
+    "$END": "end of file",
+}
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TOKEN_NAMES:
+        return _TOKEN_NAMES[terminal]
+    for term in _parser().terminals:
+        if term.name == terminal and term.pattern.type == "str":
+            return f"'{term.pattern.value}'"
+    return terminal.lower()
+
+
+def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
+    line, col = err.line, err.column
+    width = 1
+    if isinstance(err, UnexpectedToken):
+        token = err.token
+        if token.type == "$END":
+            message = "unexpected end of file"
+            line, col = _end_position(text)
+        else:
+            message = f"unexpected {_describe(token.type) if token.type in _TOKEN_NAMES else repr(str(token))}"
+            width = max(1, len(str(token).split("\n")[0]))
+        expected = sorted({_describe(t) for t in err.expected if not t.startswith("__")})
+    elif isinstance(err, UnexpectedCharacters):
+        message = f"unexpected character {text[err.pos_in_stream]!r}"
+        expected = sorted({_describe(t) for t in err.allowed or ()})
+    else:
+        assert isinstance(err, UnexpectedEOF)
+        message = "unexpected end of file"
+        line, col = _end_position(text)
+        expected = sorted({_describe(t) for t in err.expected})
+    hint = ""
+    if expected and len(expected) <= 8:
+        hint = "expected " + (expected[0] if len(expected) == 1 else "one of " + ", ".join(expected))
+    span = ast.Span(file=file, line=line, col=col, end_line=line, end_col=col + width)
+    return Diagnostic(kind="syntax", message=message, span=span, hint=hint)
+
+
+def _end_position(text: str) -> tuple[int, int]:
+    stripped = text.rstrip()
+    lines = stripped.splitlines() or [""]
+    return len(lines), len(lines[-1]) + 1
+
+
+# ---- tree → AST -------------------------------------------------------------------------
+
+
+def _unquote(token: str) -> str:
+    return json.loads(token)
+
+
+class _Builder(Transformer):
+    """The one place that knows the parse tree's shape."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+        self.diagnostics: list[Diagnostic] = []
+
+    # spans
+    def _span(self, meta: Meta | Token) -> ast.Span:
+        return ast.Span(
+            file=self.file,
+            line=meta.line,
+            col=meta.column,
+            end_line=meta.end_line,
+            end_col=meta.end_column,
+        )
+
+    def _ident(self, token: Token) -> ast.Ident:
+        return ast.Ident(name=str(token), span=self._span(token))
+
+    # declarations
+    def start(self, children: list) -> Tree:
+        return Tree("decls", children)
+
+    @v_args(meta=True)
+    def import_file(self, meta: Meta, children: list) -> ast.ImportDecl:
+        return ast.ImportDecl(span=self._span(meta), path=_unquote(children[0]))
+
+    @v_args(meta=True)
+    def import_std(self, meta: Meta, children: list) -> ast.ImportDecl:
+        return ast.ImportDecl(span=self._span(meta), module=".".join(str(c) for c in children))
+
+    @v_args(meta=True)
+    def model_decl(self, meta: Meta, children: list) -> ast.ModelDecl:
+        name, backend, args = children
+        positional, keywords = args or ([], [])
+        return ast.ModelDecl(
+            span=self._span(meta),
+            name=self._ident(name),
+            backend=self._ident(backend),
+            args=positional,
+            kwargs=keywords,
+        )
+
+    @v_args(meta=True)
+    def enum_decl(self, meta: Meta, children: list) -> ast.EnumDecl:
+        name, *members = [c for c in children if c is not None]
+        return ast.EnumDecl(
+            span=self._span(meta),
+            name=self._ident(name),
+            members=[self._ident(m) for m in members],
+        )
+
+    @v_args(meta=True)
+    def record_decl(self, meta: Meta, children: list) -> ast.RecordDecl:
+        name, *fields = [c for c in children if c is not None]
+        return ast.RecordDecl(span=self._span(meta), name=self._ident(name), fields=fields)
+
+    @v_args(meta=True)
+    def field(self, meta: Meta, children: list) -> ast.Output:
+        return ast.Output(span=self._span(meta), name=self._ident(children[0]), type=children[1])
+
+    output = field
+
+    def outputs(self, children: list) -> list[ast.Output]:
+        return children
+
+    def params(self, children: list) -> list[ast.Param]:
+        return [c for c in children if c is not None]
+
+    @v_args(meta=True)
+    def param(self, meta: Meta, children: list) -> ast.Param:
+        name, type_, default = children
+        return ast.Param(span=self._span(meta), name=self._ident(name), type=type_, default=default)
+
+    @v_args(meta=True)
+    def type(self, meta: Meta, children: list) -> ast.TypeRef:
+        name, *args = [c for c in children if c is not None]
+        return ast.TypeRef(span=self._span(meta), name=str(name), args=args)
+
+    @v_args(meta=True)
+    def decorator(self, meta: Meta, children: list) -> ast.Decorator:
+        name, args = children
+        positional, keywords = args or ([], [])
+        return ast.Decorator(
+            span=self._span(meta), name=self._ident(name), args=positional, kwargs=keywords
+        )
+
+    @v_args(meta=True)
+    def fn_decl(self, meta: Meta, children: list) -> ast.FnDecl:
+        *decorators, name, params, outputs, template = children
+        return ast.FnDecl(
+            span=self._span(meta),
+            name=self._ident(name),
+            params=params or [],
+            outputs=outputs,
+            template=self._template(template),
+            decorators=decorators,
+        )
+
+    @v_args(meta=True)
+    def extern_decl(self, meta: Meta, children: list) -> ast.ExternDecl:
+        *decorators, name, params, returns, target = children
+        single = isinstance(returns, ast.TypeRef)
+        outputs = (
+            [ast.Output(span=returns.span, name=ast.Ident(name="result", span=returns.span), type=returns)]
+            if single
+            else returns
+        )
+        return ast.ExternDecl(
+            span=self._span(meta),
+            name=self._ident(name),
+            params=params or [],
+            outputs=outputs,
+            single=single,
+            target=_unquote(target),
+            target_span=self._span(target),
+            decorators=decorators,
+        )
+
+    @v_args(meta=True)
+    def flow_decl(self, meta: Meta, children: list) -> ast.FlowDecl:
+        *decorators, name, params, outputs, body = children
+        return ast.FlowDecl(
+            span=self._span(meta),
+            name=self._ident(name),
+            params=params or [],
+            outputs=outputs,
+            body=body,
+            decorators=decorators,
+        )
+
+    # statements
+    def block(self, children: list) -> list[ast.Stmt]:
+        return children
+
+    @v_args(meta=True)
+    def assign(self, meta: Meta, children: list) -> ast.Assign:
+        *targets, value = children
+        return ast.Assign(span=self._span(meta), targets=targets, value=value)
+
+    def target(self, children: list) -> ast.Ident:
+        return self._ident(children[0])
+
+    @v_args(meta=True)
+    def if_stmt(self, meta: Meta, children: list) -> ast.If:
+        cond, then, orelse = children
+        if isinstance(orelse, ast.If):
+            orelse = [orelse]
+        return ast.If(span=self._span(meta), cond=cond, then=then, orelse=orelse or [])
+
+    @v_args(meta=True)
+    def repeat_stmt(self, meta: Meta, children: list) -> ast.Loop:
+        count, carried, body, until = children
+        return ast.Loop(
+            span=self._span(meta),
+            max_iters=int(count),
+            carried=carried or [],
+            body=body,
+            until=until,
+        )
+
+    @v_args(meta=True)
+    def for_stmt(self, meta: Meta, children: list) -> ast.Loop:
+        var, iterable, carried, body, until = children
+        return ast.Loop(
+            span=self._span(meta),
+            var=self._ident(var),
+            iterable=iterable,
+            carried=carried or [],
+            body=body,
+            until=until,
+        )
+
+    def carry(self, children: list) -> list[ast.Binding]:
+        return children
+
+    @v_args(meta=True)
+    def binding(self, meta: Meta, children: list) -> ast.Binding:
+        return ast.Binding(span=self._span(meta), name=self._ident(children[0]), value=children[1])
+
+    def until(self, children: list) -> ast.Expr:
+        return children[0]
+
+    # expressions
+    @v_args(meta=True)
+    def map_expr(self, meta: Meta, children: list) -> ast.MapExpr:
+        var, iterable, body = children
+        return ast.MapExpr(span=self._span(meta), var=self._ident(var), iterable=iterable, body=body)
+
+    @v_args(meta=True)
+    def comprehension(self, meta: Meta, children: list) -> ast.MapExpr:
+        body, var, iterable, where = children
+        return ast.MapExpr(
+            span=self._span(meta), var=self._ident(var), iterable=iterable, body=body, where=where
+        )
+
+    def _binary(self, meta: Meta, op: str, left: ast.Expr, right: ast.Expr) -> ast.BinOp:
+        return ast.BinOp(span=self._span(meta), op=op, left=left, right=right)
+
+    @v_args(meta=True)
+    def or_op(self, meta: Meta, children: list) -> ast.BinOp:
+        return self._binary(meta, "or", children[0], children[1])
+
+    @v_args(meta=True)
+    def and_op(self, meta: Meta, children: list) -> ast.BinOp:
+        return self._binary(meta, "and", children[0], children[1])
+
+    @v_args(meta=True)
+    def not_op(self, meta: Meta, children: list) -> ast.UnaryOp:
+        return ast.UnaryOp(span=self._span(meta), op="not", operand=children[0])
+
+    @v_args(meta=True)
+    def neg(self, meta: Meta, children: list) -> ast.UnaryOp:
+        return ast.UnaryOp(span=self._span(meta), op="-", operand=children[1])
+
+    @v_args(meta=True)
+    def compare(self, meta: Meta, children: list) -> ast.BinOp:
+        return self._binary(meta, str(children[1]), children[0], children[2])
+
+    binop = compare
+
+    @v_args(meta=True)
+    def attr(self, meta: Meta, children: list) -> ast.Attr:
+        return ast.Attr(span=self._span(meta), value=children[0], attr=self._ident(children[1]))
+
+    @v_args(meta=True)
+    def index(self, meta: Meta, children: list) -> ast.Index:
+        return ast.Index(span=self._span(meta), value=children[0], index=children[1])
+
+    @v_args(meta=True)
+    def call(self, meta: Meta, children: list) -> ast.Call:
+        func, args = children
+        positional, keywords = args or ([], [])
+        return ast.Call(span=self._span(meta), func=self._ident(func), args=positional, kwargs=keywords)
+
+    def args(self, children: list) -> tuple[list[ast.Expr], list[ast.Keyword]]:
+        positional = [c for c in children if c is not None and not isinstance(c, ast.Keyword)]
+        keywords = [c for c in children if isinstance(c, ast.Keyword)]
+        for kw in keywords:
+            later = [p for p in positional if (p.span.line, p.span.col) > (kw.span.line, kw.span.col)]
+            if later:
+                self.diagnostics.append(
+                    Diagnostic(
+                        kind="syntax",
+                        message="positional argument after a keyword argument",
+                        span=later[0].span,
+                    )
+                )
+                break
+        return positional, keywords
+
+    @v_args(meta=True)
+    def kwarg(self, meta: Meta, children: list) -> ast.Keyword:
+        return ast.Keyword(span=self._span(meta), name=self._ident(children[0]), value=children[1])
+
+    option = kwarg
+
+    @v_args(meta=True)
+    def pair(self, meta: Meta, children: list) -> ast.Keyword:
+        return ast.Keyword(span=self._span(meta), name=self._ident(children[0]), value=children[1])
+
+    @v_args(meta=True)
+    def dict(self, meta: Meta, children: list) -> ast.DictExpr:
+        pairs = [c for c in children if c is not None]
+        return ast.DictExpr(
+            span=self._span(meta), keys=[p.name for p in pairs], values=[p.value for p in pairs]
+        )
+
+    @v_args(meta=True)
+    def list(self, meta: Meta, children: list) -> ast.ListExpr:
+        return ast.ListExpr(span=self._span(meta), items=[c for c in children if c is not None])
+
+    def name(self, children: list) -> ast.Name:
+        token = children[0]
+        return ast.Name(span=self._span(token), id=str(token))
+
+    def _const(self, token: Token, value: str | bool | int | float) -> ast.Const:
+        return ast.Const(span=self._span(token), value=value)
+
+    def string(self, children: list) -> ast.Const:
+        return self._const(children[0], _unquote(children[0]))
+
+    def triple(self, children: list) -> ast.Const:
+        return self._const(children[0], str(children[0])[3:-3])
+
+    def int(self, children: list) -> ast.Const:
+        return self._const(children[0], int(children[0]))
+
+    def float(self, children: list) -> ast.Const:
+        return self._const(children[0], float(children[0]))
+
+    @v_args(meta=True)
+    def true(self, meta: Meta, children: list) -> ast.Const:
+        return ast.Const(span=self._span(meta), value=True)
+
+    @v_args(meta=True)
+    def false(self, meta: Meta, children: list) -> ast.Const:
+        return ast.Const(span=self._span(meta), value=False)
+
+    # templates
+    def _template(self, token: Token) -> ast.Template:
+        template, diags = parse_template(str(token), token.line, token.column, self.file)
+        self.diagnostics.extend(diags)
+        return template
+
+    def placeholder(self, children: list) -> tuple[list[Token], list[ast.Keyword]]:
+        names = [c for c in children if isinstance(c, Token)]
+        options = [c for c in children if isinstance(c, ast.Keyword)]
+        return names, options
+
+
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+
+def parse_template(
+    token: str, line: int, col: int, file: str
+) -> tuple[ast.Template, list[Diagnostic]]:
+    """Split a `\"\"\"...\"\"\"` template into text and placeholders, keeping positions.
+
+    One newline right after the opening quotes is dropped, so a template may start on
+    the line below its declaration.
+    """
+    body = token[3:-3]
+    offset = 3
+    if body.startswith("\n"):
+        body, offset = body[1:], offset + 1
+
+    def position(index: int) -> tuple[int, int]:
+        before = token[: offset + index]
+        newlines = before.count("\n")
+        if newlines == 0:
+            return line, col + len(before)
+        return line + newlines, len(before) - before.rfind("\n")
+
+    def span(start: int, end: int) -> ast.Span:
+        (l1, c1), (l2, c2) = position(start), position(end)
+        return ast.Span(file=file, line=l1, col=c1, end_line=l2, end_col=c2)
+
+    parts: list[ast.TemplateText | ast.Placeholder] = []
+    diags: list[Diagnostic] = []
+    cursor = 0
+    for match in _PLACEHOLDER.finditer(body):
+        if match.start() > cursor:
+            parts.append(ast.TemplateText(span=span(cursor, match.start()), text=body[cursor : match.start()]))
+        inner_start = match.start(1)
+        inner = match.group(1)
+        l1, c1 = position(inner_start)
+        # Pad so lark reports positions in the file's own coordinates.
+        padded = "\n" * (l1 - 1) + " " * (c1 - 1) + inner
+        builder = _Builder(file)
+        try:
+            names, options = builder.transform(_parser().parse(padded, start="placeholder"))
+        except UnexpectedInput as err:
+            diag = _syntax_error(err, file, padded)
+            diag.message = f"malformed placeholder: {diag.message}"
+            diag.hint = 'write {{name}} or {{name | max_tokens=60, stop="\\n"}}'
+            diags.append(diag)
+            # Keep the name so that later stages do not report it as missing too.
+            names = [Token("NAME", m, line=l1, column=c1, end_line=l1, end_column=c1 + len(m))
+                     for m in re.findall(r"^\s*([A-Za-z_]\w*)", inner)]
+            options = []
+        parts.append(
+            ast.Placeholder(
+                span=span(inner_start, match.end(1)),
+                path=[builder._ident(n) for n in names],
+                options=options,
+            )
+        )
+        cursor = match.end()
+    if cursor < len(body):
+        parts.append(ast.TemplateText(span=span(cursor, len(body)), text=body[cursor:]))
+    return ast.Template(span=span(0, len(body)), parts=parts), diags

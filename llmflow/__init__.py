@@ -1,0 +1,17 @@
+"""llmflow: compile programs that call several LLMs into a plan, then run it."""
+
+from llmflow.api import bind_inputs, compile, run, run_async
+from llmflow.compiler.ir import Plan
+from llmflow.errors import CompileError, InputError, LLMFlowError, RunError
+
+__all__ = [
+    "CompileError",
+    "InputError",
+    "LLMFlowError",
+    "Plan",
+    "RunError",
+    "bind_inputs",
+    "compile",
+    "run",
+    "run_async",
+]

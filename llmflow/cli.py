@@ -1,0 +1,280 @@
+"""The `llmflow` command. Data on stdout, progress and errors on stderr; exit 0 on
+success, 1 on a program, input or run error, 2 on a usage error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from llmflow.api import compile, run_async
+from llmflow.compiler import check_file
+from llmflow.compiler.diagnostics import Diagnostic, render
+from llmflow.compiler.ir import IRNode, Plan
+from llmflow.compiler.models import LOCAL_MODELS
+from llmflow.compiler.types import Prim
+from llmflow.errors import CompileError, InputError, LLMFlowError
+from llmflow.runtime.backends.base import BackendError
+from llmflow.runtime.calls import CallStats
+from llmflow.runtime.scheduler import RunResult
+
+EXAMPLES = {
+    "run": "llmflow run examples/hello.llmflow -i name=Ada\n"
+    "  llmflow run examples/qa_over_doc.llmflow -i doc=@paper.txt -i 'questions=[\"Who?\", \"When?\"]' --json",
+    "check": "llmflow check examples/*.llmflow",
+    "plan": "llmflow plan examples/qa_over_doc.llmflow --json",
+    "models": "llmflow models examples/hello.llmflow",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmflow",
+        description="Compile and run programs that call several LLMs.",
+        epilog="Run `llmflow COMMAND --help` for a command's options and an example.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help, description=help, epilog=f"example:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show Python tracebacks for internal errors")
+        return sub
+
+    run = command("run", "Run a program's flow and print its outputs.")
+    run.add_argument("program", help="a .llmflow file")
+    run.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE",
+                     help="an input; NAME=@FILE reads it from a file; non-string inputs are JSON")
+    run.add_argument("--flow", help="the flow to run (default: main, or the only flow)")
+    run.add_argument("--json", action="store_true", help="print the outputs as one JSON object")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    check = command("check", "Check programs and report every error in them.")
+    check.add_argument("programs", nargs="+", metavar="program")
+
+    plan = command("plan", "Compile a program and show its plan (the dataflow graph).")
+    plan.add_argument("program")
+    plan.add_argument("--flow", help="the flow to plan (default: main, or the only flow)")
+    plan.add_argument("--json", action="store_true", help="the whole plan as JSON")
+
+    models = command("models", "List the models a program can use (and the embedded ones).")
+    models.add_argument("program", nargs="?")
+    models.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": _run, "check": _check, "plan": _plan, "models": _models}[args.command]
+    try:
+        return handler(args)
+    except CompileError as err:
+        sys.stderr.write(err.render())
+        count = len(err.diagnostics)
+        sys.stderr.write(f"{count} error{'s' if count != 1 else ''}\n")
+        return 1
+    except (LLMFlowError, BackendError) as err:
+        sys.stderr.write(f"error: {err}\n".replace("\n", "\nerror: ", str(err).count("\n")))
+        return 1
+    except FileNotFoundError as err:
+        sys.stderr.write(f"error: no such file: {err.filename}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        else:
+            sys.stderr.write(f"internal error: {type(err).__name__}: {err}\n(run with --debug for a traceback)\n")
+        return 1
+
+
+# ---- run --------------------------------------------------------------------------------
+
+
+def parse_inputs(plan: Plan, pairs: list[str]) -> dict[str, Any]:
+    """`name=value` pairs → values: strings as given, other types as JSON."""
+    types = {spec.name: spec.type for spec in plan.inputs}
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            problems.append(f"input '{pair}' needs a value: -i {pair}=VALUE (or -i {pair}=@FILE)")
+            continue
+        if raw.startswith("@"):
+            path = Path(raw[1:])
+            try:
+                raw = path.read_text(encoding="utf-8")
+            except OSError as err:
+                problems.append(f"input '{name}': cannot read {path}: {err.strerror}")
+                continue
+        if types.get(name) == Prim(name="str") or name not in types:
+            values[name] = raw
+            continue
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError as err:
+            problems.append(f"input '{name}' expects {types[name]} written as JSON: {err.msg} in {raw[:60]!r}")
+    if problems:
+        raise InputError("\n".join(problems))
+    return values
+
+
+class _Progress:
+    """One line per finished call on stderr, and a summary at the end."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = time.perf_counter()
+        self.done = 0
+
+    def __call__(self, kind: str, node: IRNode, info: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if kind == "done" and node.kind == "llm":
+            self.done += 1
+            stats: CallStats = info["stats"]
+            retry = f", {stats.retries} retr{'y' if stats.retries == 1 else 'ies'}" if stats.retries else ""
+            sys.stderr.write(
+                f"  [{self.done}] {node.label} on {stats.model}: {stats.input_tokens} → "
+                f"{stats.output_tokens} tokens, {stats.seconds:.2f}s{retry}\n"
+            )
+        elif kind == "expand":
+            sys.stderr.write(f"  {node.label}: {info['items']} items\n")
+
+    def summary(self, result: RunResult) -> None:
+        if self.quiet:
+            return
+        calls = result.calls
+        prompt = sum(c.input_tokens for c in calls)
+        reused = sum(c.cached_tokens for c in calls)
+        out = sum(c.output_tokens for c in calls)
+        elapsed = time.perf_counter() - self.started
+        sys.stderr.write(
+            f"{len(calls)} call{'s' if len(calls) != 1 else ''}, {prompt} prompt tokens "
+            f"({reused} reused), {out} output tokens, {elapsed:.1f}s\n"
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
+    plan = compile(args.program, args.flow)
+    inputs = parse_inputs(plan, args.input)
+    progress = _Progress(args.quiet)
+    result = asyncio.run(run_async(plan, inputs, on_event=progress))
+    progress.summary(result)
+    if args.json:
+        sys.stdout.write(json.dumps(result.outputs, ensure_ascii=False, indent=2) + "\n")
+    else:
+        _print_outputs(result.outputs, len(plan.outputs))
+    if result.failures:
+        sources: dict[str, str] = {}
+        for failure in result.failures:
+            span = failure.node.span
+            if span and span.file not in sources:
+                try:
+                    sources[span.file] = Path(span.file).read_text(encoding="utf-8")
+                except OSError:
+                    pass
+            diag = Diagnostic(kind="run", message=f"{failure.node.label} failed: {failure.message}", span=span)
+            sys.stderr.write(render(diag, sources) + "\n")
+        missing = [n for n in plan.outputs if n not in result.outputs]
+        sys.stderr.write(f"not computed: {', '.join(missing)}\n")
+        return 1
+    return 0
+
+
+def _print_outputs(outputs: dict[str, Any], declared: int) -> None:
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2)
+
+    if declared == 1 and len(outputs) == 1:
+        sys.stdout.write(text(next(iter(outputs.values()))) + "\n")
+        return
+    for name, value in outputs.items():
+        rendered = text(value)
+        sep = "\n" if "\n" in rendered else " "
+        sys.stdout.write(f"{name}:{sep}{rendered}\n")
+
+
+# ---- check, plan, models ----------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    failed = 0
+    for program in args.programs:
+        try:
+            check_file(program)
+        except CompileError as err:
+            sys.stderr.write(err.render())
+            failed += len(err.diagnostics)
+        except FileNotFoundError:
+            sys.stderr.write(f"error: no such file: {program}\n")
+            failed += 1
+    files = len(args.programs)
+    sys.stderr.write(
+        f"{files} file{'s' if files != 1 else ''} checked: "
+        + (f"{failed} error{'s' if failed != 1 else ''}\n" if failed else "no errors\n")
+    )
+    return 1 if failed else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    plan = compile(args.program, args.flow)
+    if args.json:
+        sys.stdout.write(json.dumps(plan.to_json(), ensure_ascii=False, indent=2) + "\n")
+        return 0
+    sys.stdout.write(f"flow {plan.flow} in {plan.file}\n")
+    sys.stdout.write("inputs: " + ", ".join(f"{i.name}: {i.type}" for i in plan.inputs) + "\n")
+    sys.stdout.write("outputs: " + ", ".join(f"{n}: {t}" for n, t in plan.outputs.items()) + "\n")
+    _print_graph(plan.graph.nodes, plan, "")
+    return 0
+
+
+def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
+    for node in nodes:
+        detail = f" on {node.call.model}" if node.call else ""
+        args = f"({', '.join(node.args)})" if node.args else ""
+        var = f" → {node.var}" if node.var else ""
+        sys.stdout.write(f"{indent}{node.id} {node.kind} {node.label}{args}{detail}: {node.type}{var}\n")
+        for key, body in node.bodies.items():
+            sys.stdout.write(f"{indent}  {key}:\n")
+            _print_graph(body.nodes, plan, indent + "    ")
+
+
+def _models(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    if args.program:
+        checked = check_file(args.program)
+        for spec in checked.models.values():
+            rows.append({"name": spec.name, "backend": spec.backend, "id": spec.id, "context": spec.context,
+                         "skills": spec.skills, "default": spec.name == checked.default_model})
+    else:
+        for name, local in LOCAL_MODELS.items():
+            rows.append({"name": name, "backend": "local", "id": name, "context": local.context,
+                         "skills": {}, "default": name == "smollm2-135m", "description": local.description})
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    for row in rows:
+        skills = ", ".join(f"{k}={v}" for k, v in row["skills"].items())
+        default = "  (default)" if row["default"] else ""
+        sys.stdout.write(
+            f"{row['name']:<14} {row['backend']:<8} {row['id']:<22} context {row['context'] or '?':<6}"
+            f" {skills}{default}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

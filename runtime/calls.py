@@ -1,0 +1,140 @@
+"""Running one semantic-function call: render the template, generate each output in turn,
+validate it, and retry once with the validation error fed back.
+
+A template lowers to a conversation: the text up to an output is a user turn, the output
+is the assistant's reply, and the text after it opens the next user turn. A completion
+model reads the same turns concatenated, which is exactly the template with its outputs
+filled in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from llmflow.compiler.ir import LLMCall, OutputSpec
+from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
+from llmflow.runtime.values import InvalidValue, describe_type, parse_output, render
+
+ATTEMPTS = 2
+"""One try and one retry with the validation error fed back."""
+
+
+class CallFailed(Exception):
+    """A call could not produce a valid value; the message names function and output."""
+
+
+class CallStats(BaseModel):
+    function: str
+    model: str
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    generations: int = 0
+    retries: int = 0
+
+    def add(self, gen: Generation) -> None:
+        self.input_tokens += gen.input_tokens
+        self.cached_tokens += gen.cached_tokens
+        self.output_tokens += gen.output_tokens
+        self.seconds += gen.seconds
+        self.generations += 1
+
+
+def default_max_tokens(t: Type) -> int:
+    if isinstance(t, Prim) and t.name != "str" or isinstance(t, EnumT):
+        return 16
+    if isinstance(t, ListT | RecordT):
+        return 512
+    return 256
+
+
+def constraint_for(t: Type) -> Constraint | None:
+    match t:
+        case EnumT(members=members):
+            return Constraint(choices=list(members))
+        case Prim(name="int" | "float" | "bool" as name):
+            return Constraint(pattern=name)
+        case ListT() | RecordT():
+            return Constraint(json_schema=json_schema(t))
+    return None
+
+
+def _select(value: Any, path: list[str]) -> Any:
+    for name in path:
+        value = value[name]
+    return value
+
+
+async def run_call(call: LLMCall, args: list[Any], model: ModelSpec, backend: Backend) -> tuple[Any, CallStats]:
+    """Generate every output of one call; the value is the output, or a dict of outputs."""
+    stats = CallStats(function=call.function, model=model.name)
+    values = dict(zip(call.params, args, strict=True))
+    outputs: dict[str, Any] = {}
+    specs = {o.name: o for o in call.outputs}
+    turns: list[Turn] = []
+    pending = ""
+    for segment in call.segments:
+        if segment.text is not None:
+            pending += segment.text
+        elif segment.input is not None:
+            pending += render(_select(values[segment.input], segment.path))
+        elif segment.ref is not None:
+            pending += render(_select(outputs[segment.ref], segment.path))
+        else:
+            assert segment.output is not None
+            spec = specs[segment.output]
+            prompt = pending.strip() if model.chat else pending.rstrip(" ")
+            turns.append(Turn(role="user", text=prompt))
+            pending = ""
+            value, text = await _generate(call, spec, turns, model, backend, stats)
+            outputs[spec.name] = value
+            turns.append(Turn(role="assistant", text=text))
+            if len(outputs) == len(specs):
+                break
+    if len(call.outputs) == 1:
+        return outputs[call.outputs[0].name], stats
+    return outputs, stats
+
+
+async def _generate(
+    call: LLMCall, spec: OutputSpec, turns: list[Turn], model: ModelSpec, backend: Backend, stats: CallStats
+) -> tuple[Any, str]:
+    stop = spec.stop
+    if stop is None:
+        # A base model rambles on; without a stop it ends its answer at the line's end.
+        stop = ["\n"] if not model.chat and spec.type == Prim(name="str") else []
+    request = GenerationRequest(
+        model=model.name,
+        turns=turns,
+        max_tokens=spec.max_tokens or default_max_tokens(spec.type),
+        stop=stop,
+        temperature=spec.temperature or 0.0,
+        constraint=constraint_for(spec.type),
+    )
+    error = ""
+    for attempt in range(ATTEMPTS):
+        generation = await backend.generate(request)
+        stats.add(generation)
+        text = generation.text if not model.chat else generation.text.strip()
+        try:
+            return parse_output(spec.type, text), text
+        except InvalidValue as err:
+            error = str(err)
+        if attempt + 1 < ATTEMPTS:
+            stats.retries += 1
+            lead_in = turns[-1].text.rsplit("\n", 1)[-1] if not model.chat else ""
+            feedback = f"That answer is not valid: {error}. Reply with only {describe_type(spec.type)}."
+            request = request.model_copy(update={"turns": [
+                *turns,
+                Turn(role="assistant", text=text),
+                Turn(role="user", text=f"\n{feedback}\n{lead_in}" if lead_in else feedback),
+            ]})
+    kind = "text" if isinstance(spec.type, AnyT) else str(spec.type)
+    raise CallFailed(
+        f"{call.function}(): output '{spec.name}' is not a valid {kind} after {ATTEMPTS} attempts: {error}"
+    )

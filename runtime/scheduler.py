@@ -1,0 +1,257 @@
+"""The dataflow scheduler: every node is a task that starts the moment its inputs exist.
+
+Nodes run on demand: the run asks for the flow's outputs, each node asks for its
+arguments, so independent work is in flight together (no lock-step rounds) and a node
+nothing needs never runs. `map`, `branch` and `loop` expand their subgraphs when the
+list or condition they depend on is known. A failed node fails only what depends on it:
+every other output is still computed and returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmflow.compiler.ir import Graph, IRNode, Plan
+from llmflow.runtime.backends.base import Backend, BackendError
+from llmflow.runtime.calls import CallFailed, CallStats, run_call
+from llmflow.runtime.values import InvalidValue, validate
+from llmflow.stdlib.builtins import BUILTINS
+
+Event = Callable[[str, IRNode, dict[str, Any]], None]
+"""Progress callback: ("start" | "done" | "failed" | "expand", node, details)."""
+
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "%": operator.mod,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "and": lambda a, b: a and b,
+    "or": lambda a, b: a or b,
+}
+
+
+class NodeFailed(Exception):
+    """A node could not compute its value. Raised again, unchanged, by every node that
+    depends on it, so each failure is reported once, at its source."""
+
+    def __init__(self, node: IRNode, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+    def where(self) -> str:
+        span = self.node.span
+        return f"{span}: " if span else ""
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, Any]
+    failures: list[NodeFailed]
+    calls: list[CallStats] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class _Frame:
+    """One execution of one graph: the top-level flow, or one map item, branch or
+    loop iteration."""
+
+    def __init__(self, graph: Graph, bindings: dict[str, Any]) -> None:
+        self.graph = graph
+        self.bindings = bindings
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+
+
+class Scheduler:
+    def __init__(self, plan: Plan, backend: Backend, on_event: Event | None = None) -> None:
+        self.plan = plan
+        self.backend = backend
+        self.on_event = on_event or (lambda _kind, _node, _info: None)
+        self.calls: list[CallStats] = []
+        self._all_tasks: list[asyncio.Task[Any]] = []
+        self._externs: dict[str, Callable[..., Any]] = {}
+
+    async def run(self, inputs: dict[str, Any]) -> RunResult:
+        frame = _Frame(self.plan.graph, dict(inputs))
+        names = list(self.plan.graph.outputs)
+        results = await asyncio.gather(
+            *(self._get(frame, self.plan.graph.outputs[n]) for n in names), return_exceptions=True
+        )
+        # Let everything still in flight finish, so no computed value is lost.
+        while pending := [t for t in self._all_tasks if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+        outputs: dict[str, Any] = {}
+        failures: dict[int, NodeFailed] = {}
+        for name, result in zip(names, results):
+            if isinstance(result, NodeFailed):
+                failures.setdefault(id(result), result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                outputs[name] = result
+        return RunResult(outputs=outputs, failures=list(failures.values()), calls=self.calls)
+
+    # -- demand-driven evaluation
+
+    def _get(self, frame: _Frame, node_id: str) -> asyncio.Task[Any]:
+        task = frame.tasks.get(node_id)
+        if task is None:
+            node = frame.graph.node(node_id)
+            task = asyncio.ensure_future(self._node(frame, node))
+            frame.tasks[node_id] = task
+            self._all_tasks.append(task)
+        return task
+
+    async def _node(self, frame: _Frame, node: IRNode) -> Any:
+        args = list(await asyncio.gather(*(self._get(frame, a) for a in node.args)))
+        try:
+            return await self._compute(frame, node, args)
+        except (NodeFailed, asyncio.CancelledError):
+            raise
+        except (CallFailed, BackendError, InvalidValue) as err:
+            raise NodeFailed(node, str(err)) from err
+        except Exception as err:  # extern and builtin code: report, don't crash the run
+            raise NodeFailed(node, f"{type(err).__name__}: {err}") from err
+
+    async def _compute(self, frame: _Frame, node: IRNode, args: list[Any]) -> Any:
+        match node.kind:
+            case "input":
+                return frame.bindings[node.value]
+            case "const":
+                return node.value
+            case "output":
+                return args[0]
+            case "builtin":
+                return _builtin(node, args)
+            case "llm":
+                return await self._llm(node, args)
+            case "extern":
+                return await self._extern(node, args)
+            case "map":
+                return await self._map(frame, node, args)
+            case "branch":
+                chosen = node.bodies["then" if args[0] else "else"]
+                sub = _Frame(chosen, _ports(args))
+                return {name: await self._get(sub, out) for name, out in chosen.outputs.items()}
+            case "loop":
+                return await self._loop(node, args)
+        raise AssertionError(f"unknown node kind {node.kind}")
+
+    async def _llm(self, node: IRNode, args: list[Any]) -> Any:
+        assert node.call is not None
+        model = self.plan.models[node.call.model]
+        self.on_event("start", node, {"model": model.name})
+        value, stats = await run_call(node.call, args, model, self.backend)
+        self.calls.append(stats)
+        self.on_event("done", node, {"stats": stats})
+        return value
+
+    async def _extern(self, node: IRNode, args: list[Any]) -> Any:
+        assert node.extern is not None
+        func = self._externs.get(node.extern)
+        if func is None:
+            module, _, attr = node.extern.partition(":")
+            func = importlib.import_module(module)
+            for part in attr.split("."):
+                func = getattr(func, part)
+            self._externs[node.extern] = func
+        self.on_event("start", node, {})
+        if inspect.iscoroutinefunction(func):
+            result = await func(*args)
+        else:
+            result = await asyncio.to_thread(func, *args)
+        try:
+            value = validate(node.type, result, strict=False)
+        except InvalidValue as err:
+            raise NodeFailed(node, f"{node.extern} returned a value that is not {node.type}: {err}") from err
+        self.on_event("done", node, {})
+        return value
+
+    async def _map(self, frame: _Frame, node: IRNode, args: list[Any]) -> list[Any]:
+        items, body = args[0], node.bodies["body"]
+        self.on_event("expand", node, {"items": len(items)})
+        ports = _ports(args)
+
+        async def one(item: Any) -> tuple[bool, Any]:
+            sub = _Frame(body, {**ports, "item": item})
+            if "where" in body.outputs and not await self._get(sub, body.outputs["where"]):
+                return False, None
+            return True, await self._get(sub, body.outputs["value"])
+
+        results = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [value for keep, value in results if keep]  # type: ignore[misc]
+
+    async def _loop(self, node: IRNode, args: list[Any]) -> dict[str, Any]:
+        body = node.bodies["body"]
+        ports = _ports(args)
+        has_list = node.loop_max is None
+        items = args[0] if has_list else range(node.loop_max or 0)
+        first = 1 if has_list else 0
+        carried = dict(zip(node.carried, args[first : first + len(node.carried)], strict=True))
+        for item in items:
+            bindings = {**ports, **{f"carried:{k}": v for k, v in carried.items()}}
+            if has_list:
+                bindings["item"] = item
+            sub = _Frame(body, bindings)
+            names = list(body.outputs)
+            values = await asyncio.gather(*(self._get(sub, body.outputs[n]) for n in names))
+            done = dict(zip(names, values))
+            carried = {k: done[f"next:{k}"] for k in node.carried}
+            if done.get("until"):
+                break
+        return carried
+
+
+def _ports(args: list[Any]) -> dict[str, Any]:
+    return {f"port:{i}": v for i, v in enumerate(args)}
+
+
+def _builtin(node: IRNode, args: list[Any]) -> Any:
+    op = node.op
+    assert op is not None
+    if op == "field":
+        return args[0][node.value]
+    if op == "record":
+        return dict(zip(node.value, args, strict=True))
+    if op == "list":
+        return args
+    if op == "index":
+        try:
+            return args[0][args[1]]
+        except IndexError:
+            raise NodeFailed(node, f"index {args[1]} is out of range (length {len(args[0])})") from None
+    if op == "neg":
+        return -args[0]
+    if op == "not":
+        return not args[0]
+    if op in _OPERATORS:
+        if op == "/" and args[1] == 0:
+            raise NodeFailed(node, "division by zero")
+        return _OPERATORS[op](args[0], args[1])
+    builtin = BUILTINS[op]
+    keywords = node.value or []
+    positional = args[: len(args) - len(keywords)]
+    named = dict(zip(keywords, args[len(positional):], strict=True))
+    try:
+        return builtin.impl(*positional, **named)
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise NodeFailed(node, f"{op}(): {err}") from err
