@@ -458,10 +458,12 @@ class Checker:
     def _outputs(self, outputs: list[ast.Output], params: list[tuple[str, Type, ast.Expr | None]]) -> list[tuple[str, Type]]:
         out: list[tuple[str, Type]] = []
         for o in outputs:
-            if any(o.name.name == n for n, _ in out) or any(o.name.name == n for n, _, _ in params):
-                self.error("declaration", f"'{o.name.name}' is declared twice", o.name.span,
-                           hint="inputs and outputs need distinct names")
+            if any(o.name.name == n for n, _ in out):
+                self.error("declaration", f"output '{o.name.name}' is declared twice", o.name.span)
                 continue
+            if any(o.name.name == n for n, _, _ in params):
+                self.error("declaration", f"'{o.name.name}' is both an input and an output", o.name.span,
+                           hint="inputs and outputs need distinct names")
             out.append((o.name.name, self.resolve_type(o.type)))
         return out
 

@@ -1,0 +1,20 @@
+"""Python functions that test programs bind with `extern fn`."""
+
+import asyncio
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+async def shout(text: str) -> str:
+    await asyncio.sleep(0)
+    return text.upper()
+
+
+def stats(text: str) -> dict:
+    return {"words": len(text.split()), "chars": len(text)}
+
+
+def broken(text: str) -> int:
+    return "not a number"  # type: ignore[return-value]

@@ -1,0 +1,245 @@
+"""The dataflow scheduler on a scripted backend: concurrency, expansion, branches,
+loops, validation retries, externs, and failures that keep what was computed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+import llmflow
+from llmflow.runtime.backends.base import GenerationRequest
+from llmflow.runtime.backends.scripted import ScriptedBackend
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def last_user(request: GenerationRequest) -> str:
+    return [t.text for t in request.turns if t.role == "user"][-1]
+
+
+def run(plan, inputs, backend):
+    return asyncio.run(llmflow.run_async(plan, inputs, backend=backend))
+
+
+ECHO = """
+fn echo(x: str) -> y: str
+\"\"\"Echo {{x}}: {{y}}\"\"\"
+"""
+
+
+def test_independent_calls_are_in_flight_together(compile_source):
+    plan = compile_source(ECHO + """
+    flow main(a: str, b: str) -> ya: str, yb: str {
+        ya = echo(a)
+        yb = echo(b)
+    }
+    """)
+    backend = ScriptedBackend(lambda r: last_user(r).upper(), delay=0.2)
+    result = run(plan, {"a": "one", "b": "two"}, backend)
+    assert result.outputs == {"ya": "ECHO ONE:", "yb": "ECHO TWO:"}
+    assert backend.max_in_flight == 2
+
+
+def test_map_over_a_list_known_only_at_run_time(compile_source):
+    plan = compile_source(ECHO + """
+    flow main(text: str) -> ys: list[str] {
+        ys = map w in split(text, " "): echo(w)
+    }
+    """)
+    backend = ScriptedBackend(lambda r: last_user(r).split()[1].rstrip(":"), delay=0.05)
+    result = run(plan, {"text": "a b c d e"}, backend)
+    assert result.outputs["ys"] == ["a", "b", "c", "d", "e"]
+    assert backend.max_in_flight == 5
+
+
+def test_a_node_starts_as_soon_as_its_inputs_exist(compile_source):
+    # fast → after_fast must not wait for the slow sibling (no lock-step rounds).
+    plan = compile_source(ECHO + """
+    flow main(a: str) -> slow: str, second: str {
+        slow = echo("slow")
+        first = echo(a)
+        second = echo(first)
+    }
+    """)
+
+    async def script(request: GenerationRequest) -> str:
+        await asyncio.sleep(0.5 if "slow" in last_user(request) else 0.05)
+        return "done"
+
+    backend = ScriptedBackend(script)
+    result = run(plan, {"a": "x"}, backend)
+    assert result.ok
+    by_prompt = {last_user(s.request): s for s in backend.served}
+    slow, second = by_prompt["Echo slow:"], by_prompt["Echo done:"]
+    assert second.end < slow.end
+
+
+def test_branch_runs_only_the_chosen_side(compile_source):
+    plan = compile_source("""
+    enum Mood { happy, sad }
+    fn mood(text: str) -> m: Mood
+    \"\"\"Mood of {{text}}? {{m}}\"\"\"
+    fn cheer(text: str) -> r: str
+    \"\"\"Cheer up {{text}}: {{r}}\"\"\"
+    flow main(text: str) -> m: Mood, reply: str {
+        m = mood(text)
+        if m == Mood.happy {
+            reply = "great"
+        } else {
+            reply = cheer(text)
+        }
+    }
+    """)
+    backend = ScriptedBackend(lambda r: "Happy." if "Mood of" in last_user(r) else "there there")
+    result = run(plan, {"text": "t"}, backend)
+    assert result.outputs == {"m": "happy", "reply": "great"}
+    assert len(backend.served) == 1
+    assert backend.served[0].request.constraint.choices == ["happy", "sad"]
+
+
+def test_loop_carries_values_and_stops_at_until(compile_source):
+    plan = compile_source(ECHO + """
+    flow main(seed: str) -> text: str, rounds: int {
+        repeat at most 10 with text = seed, rounds = 0 {
+            text = echo(text)
+            rounds = rounds + 1
+        } until rounds >= 3
+    }
+    """)
+    backend = ScriptedBackend(lambda r: last_user(r).replace("Echo ", "").rstrip(":") + "!")
+    result = run(plan, {"seed": "hi"}, backend)
+    assert result.outputs == {"text": "hi!!!", "rounds": 3}
+
+
+def test_for_loop_runs_in_order_over_the_list(compile_source):
+    plan = compile_source("""
+    fn add(acc: str, item: str) -> out: str
+    \"\"\"{{acc}}+{{item}} {{out}}\"\"\"
+    flow main(items: list[str]) -> acc: str {
+        for it in items with acc = "" {
+            acc = add(acc, it)
+        }
+    }
+    """)
+    backend = ScriptedBackend(lambda r: last_user(r).split()[0].lstrip("+"), delay=0.01)
+    result = run(plan, {"items": ["a", "b", "c"]}, backend)
+    assert result.outputs == {"acc": "a+b+c"}
+    assert backend.max_in_flight == 1
+
+
+def test_invalid_output_is_retried_with_the_error_fed_back(compile_source):
+    plan = compile_source("""
+    fn count(text: str) -> n: int
+    \"\"\"How many words in {{text}}? {{n}}\"\"\"
+    flow main(text: str) -> n: int { n = count(text) }
+    """)
+    replies = iter(["many", "3"])
+    backend = ScriptedBackend(lambda r: next(replies))
+    result = run(plan, {"text": "a b c"}, backend)
+    assert result.outputs == {"n": 3}
+    retry = backend.served[1].request
+    assert [t.role for t in retry.turns] == ["user", "assistant", "user"]
+    assert "not valid" in retry.turns[-1].text and "an integer" in retry.turns[-1].text
+    assert result.calls[0].retries == 1
+
+
+def test_a_failed_call_names_function_and_output_and_keeps_other_outputs(compile_source):
+    plan = compile_source(ECHO + """
+    fn count(text: str) -> n: int
+    \"\"\"How many words in {{text}}? {{n}}\"\"\"
+    flow main(text: str) -> n: int, y: str, z: str {
+        n = count(text)
+        y = echo(text)
+        z = echo(str(n))
+    }
+    """)
+    backend = ScriptedBackend(lambda r: "ok" if r.turns[0].text.startswith("Echo") else "lots")
+    result = run(plan, {"text": "a b"}, backend)
+    assert result.outputs == {"y": "ok"}
+    (failure,) = result.failures
+    assert failure.node.label == "count"
+    assert "count(): output 'n' is not a valid int after 2 attempts" in failure.message
+    with pytest.raises(llmflow.RunError) as err:
+        llmflow.run(plan, {"text": "a b"}, backend=ScriptedBackend(backend.script))
+    assert err.value.outputs == {"y": "ok"}
+
+
+def test_several_outputs_generate_in_order_each_continuing_the_text(compile_source):
+    plan = compile_source("""
+    fn qa(doc: str) -> q: str, a: str
+    \"\"\"{{doc}} Question: {{q}} Answer: {{a}}\"\"\"
+    flow main(doc: str) -> q: str, a: str { q, a = qa(doc) }
+    """)
+    backend = ScriptedBackend(lambda r: "why?" if len(r.turns) == 1 else "because")
+    result = run(plan, {"doc": "D."}, backend)
+    assert result.outputs == {"q": "why?", "a": "because"}
+    second = backend.served[1].request.turns
+    assert [(t.role, t.text) for t in second] == [
+        ("user", "D. Question:"), ("assistant", "why?"), ("user", "Answer:"),
+    ]
+
+
+def test_externs_sync_async_and_named_outputs(compile_source):
+    plan = compile_source("""
+    extern fn word_count(text: str) -> int = "extern_tools:word_count"
+    extern fn shout(text: str) -> str = "extern_tools:shout"
+    extern fn stats(text: str) -> words: int, chars: int = "extern_tools:stats"
+    flow main(text: str) -> n: int, loud: str, chars: int {
+        n = word_count(text)
+        loud = shout(text)
+        chars = stats(text).chars
+    }
+    """)
+    result = run(plan, {"text": "a bc"}, ScriptedBackend(lambda r: ""))
+    assert result.outputs == {"n": 2, "loud": "A BC", "chars": 4}
+
+
+def test_extern_returning_the_wrong_type_fails_that_node(compile_source):
+    plan = compile_source("""
+    extern fn broken(text: str) -> int = "extern_tools:broken"
+    flow main(text: str) -> n: int { n = broken(text) }
+    """)
+    result = run(plan, {"text": "x"}, ScriptedBackend(lambda r: ""))
+    assert "extern_tools:broken returned a value that is not int" in result.failures[0].message
+
+
+def test_comprehension_filters_and_picks_fields(compile_source):
+    plan = compile_source("""
+    record Item { name: str, keep: bool }
+    flow main(names: list[str]) -> kept: list[str] {
+        items = [Item(name=n, keep=len(n) > 1) for n in names]
+        kept = [i.name for i in items if i.keep]
+    }
+    """)
+    result = run(plan, {"names": ["a", "bb", "ccc"]}, ScriptedBackend(lambda r: ""))
+    assert result.outputs == {"kept": ["bb", "ccc"]}
+
+
+def test_a_value_nothing_reads_is_never_computed(compile_source):
+    plan = compile_source(ECHO + """
+    flow main(a: str) -> y: str {
+        unused = echo("never")
+        y = echo(a)
+    }
+    """)
+    backend = ScriptedBackend(lambda r: "ok")
+    run(plan, {"a": "x"}, backend)
+    assert [last_user(s.request) for s in backend.served] == ["Echo x:"]
+
+
+def test_inputs_are_checked_and_named(compile_source):
+    plan = compile_source("""
+    flow main(doc: str, questions: list[str], k: int = 2) -> k2: int { k2 = k * 2 }
+    """)
+    with pytest.raises(llmflow.InputError) as err:
+        llmflow.bind_inputs(plan, {"questions": ["a", 3], "dok": "x"})
+    message = str(err.value)
+    assert "unknown input 'dok'; did you mean 'doc'?" in message
+    assert "missing input 'doc' (str)" in message
+    assert "input 'questions' expects list[str]" in message
+    assert llmflow.bind_inputs(plan, {"doc": "d", "questions": []}) == {"doc": "d", "questions": [], "k": 2}
+    result = run(plan, {"doc": "d", "questions": [], "k": 5}, ScriptedBackend(lambda r: ""))
+    assert result.outputs == {"k2": 10}

@@ -1,0 +1,81 @@
+"""The command line: exit codes, where output goes, input parsing. No model runs here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmflow.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def at_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+
+
+def test_check_reports_success_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "examples/hello.llmflow", "examples/qa_over_doc.llmflow"]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "2 files checked: no errors\n"
+
+
+def test_check_prints_every_error_with_position_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.llmflow"
+    bad.write_text('flow main(x: str) -> y: str {\n    y = uper(x)\n    z = w\n}\n')
+    assert main(["check", str(bad)]) == 1
+    _, err = capsys.readouterr()
+    assert f"{bad}:2:9: error: unknown function 'uper'" in err
+    assert "hint: did you mean 'upper'?" in err
+    assert f"{bad}:3:9: error: unknown variable 'w'" in err
+    assert "Traceback" not in err
+    assert err.endswith("2 errors\n")
+
+
+def test_run_names_a_missing_or_ill_typed_input(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "examples/qa_over_doc.llmflow", "-i", "doc=x", "-i", "questions=not json"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "input 'questions' expects list[str] written as JSON" in err
+    assert main(["run", "examples/qa_over_doc.llmflow", "-i", "questions=[1]"]) == 1
+    _, err = capsys.readouterr()
+    assert "missing input 'doc' (str)" in err
+    assert "input 'questions' expects list[str]" in err
+
+
+def test_run_reads_an_input_from_a_file_and_reports_unreadable_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "examples/hello.llmflow", "-i", "name=@no/such/file.txt"]) == 1
+    _, err = capsys.readouterr()
+    assert "input 'name': cannot read no/such/file.txt" in err
+
+
+def test_plan_json_is_the_ir_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "examples/qa_over_doc.llmflow", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["flow"] == "main"
+    kinds = [n["kind"] for n in plan["graph"]["nodes"]]
+    assert kinds == ["input", "input", "map", "output"]
+    body = plan["graph"]["nodes"][2]["bodies"]["body"]
+    (call,) = [n for n in body["nodes"] if n["kind"] == "llm"]
+    assert call["call"]["function"] == "answer"
+    assert {e["var"] for e in body["edges"]} == {"q", "doc"}
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run"])
+    assert exit_.value.code == 2
+
+
+def test_models_lists_the_embedded_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "gemma3-270m" in out

@@ -1,0 +1,59 @@
+"""Every example runs end to end on the embedded model (a few seconds each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmflow.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = "examples/data/lighthouse.txt"
+
+pytestmark = pytest.mark.model
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    code = main(["run", *args, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in err
+    return json.loads(out)
+
+
+@pytest.fixture(autouse=True)
+def at_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+
+
+def test_hello(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, "examples/hello.llmflow", "-i", "name=Ada")
+    assert list(out) == ["greeting"] and out["greeting"].strip()
+
+
+def test_qa_over_doc(capsys: pytest.CaptureFixture[str]) -> None:
+    questions = json.dumps(["Who designed the tower?", "When was the light automated?"])
+    out = run_json(capsys, "examples/qa_over_doc.llmflow", "-i", f"doc=@{DOC}", "-i", f"questions={questions}")
+    assert len(out["answers"]) == 2 and all(a.strip() for a in out["answers"])
+
+
+def test_map_reduce_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, "examples/map_reduce_summary.llmflow", "-i", f"text=@{DOC}", "-i", "chunk_size=1000")
+    assert len(out["parts"]) == 2 and out["summary"].strip()
+
+
+def test_chain_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, "examples/chain_summary.llmflow", "-i", f"text=@{DOC}", "-i", "chunk_size=1000")
+    assert out["steps"] == 2 and out["summary"].strip()
+
+
+@pytest.mark.parametrize("review", ["Great blender, quiet and strong.", "The lid cracked after two days."])
+def test_review_triage(capsys: pytest.CaptureFixture[str], review: str) -> None:
+    out = run_json(capsys, "examples/review_triage.llmflow", "-i", f"review={review}")
+    assert out["sentiment"] in {"positive", "negative", "mixed"}
+    if out["sentiment"] == "positive":
+        assert out["action"].strip()
+    else:
+        assert out["action"].startswith("ticket: ")
