@@ -22,18 +22,27 @@ def check_file(path: str | os.PathLike[str], source: str | None = None) -> Check
     return checked
 
 
-def compile_file(path: str | os.PathLike[str], flow: str | None = None, source: str | None = None) -> Plan:
+def compile_file(
+    path: str | os.PathLike[str], flow: str | None = None, source: str | None = None
+) -> Plan:
     checked = check_file(path, source)
     flows = checked.flows()
     if flow is None:
-        if "main" in flows or len(flows) != 1:
-            flow = "main"
-        else:
-            flow = flows[0]
+        flow = "main" if "main" in flows or len(flows) != 1 else flows[0]
     if checked.flow(flow) is None:
-        hint = f"flows in {checked.program.main}: {', '.join(flows)}" if flows else "declare one: flow main(...) -> ... { }"
+        hint = (
+            f"flows in {checked.program.main}: {', '.join(flows)}"
+            if flows
+            else "declare one: flow main(...) -> ... { }"
+        )
         raise CompileError(
-            [Diagnostic(kind="declaration", message=f"no flow '{flow}' in {checked.program.main}", hint=hint)],
+            [
+                Diagnostic(
+                    kind="declaration",
+                    message=f"no flow '{flow}' in {checked.program.main}",
+                    hint=hint,
+                )
+            ],
             checked.program.sources,
         )
     return lower(checked, flow)

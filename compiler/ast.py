@@ -3,7 +3,7 @@ at the exact text an error is about."""
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,7 +102,7 @@ class MapExpr(Node):
     where: Expr | None = None
 
 
-Expr = Union[Name, Const, ListExpr, DictExpr, Attr, Index, Call, BinOp, UnaryOp, MapExpr]
+Expr = Name | Const | ListExpr | DictExpr | Attr | Index | Call | BinOp | UnaryOp | MapExpr
 
 
 class Ident(Node):
@@ -141,7 +141,7 @@ class Loop(Node):
     until: Expr | None = None
 
 
-Stmt = Union[Assign, If, Loop]
+Stmt = Assign | If | Loop
 
 
 # ---- templates --------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class FlowDecl(Node):
     decorators: list[Decorator] = Field(default_factory=list)
 
 
-Decl = Union[ImportDecl, ModelDecl, EnumDecl, RecordDecl, FnDecl, ExternDecl, FlowDecl]
+Decl = ImportDecl | ModelDecl | EnumDecl | RecordDecl | FnDecl | ExternDecl | FlowDecl
 
 
 class Module(BaseModel):

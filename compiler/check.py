@@ -211,7 +211,9 @@ class Checker:
         self._resolving_types: set[str] = set()
         self._computing: list[_Def] = []
 
-    def error(self, kind: str, message: str, span: ast.Span | None, label: str = "", hint: str = "") -> None:
+    def error(
+        self, kind: str, message: str, span: ast.Span | None, label: str = "", hint: str = ""
+    ) -> None:
         self.diags.append(Diagnostic(kind=kind, message=message, span=span, label=label, hint=hint))
 
     # -- entry point
@@ -305,8 +307,12 @@ class Checker:
             return sym.type
         key = f"{sym.module}:{name}"
         if key in self._resolving_types:
-            self.error("cycle", f"record '{name}' contains itself", span,
-                       hint="a record cannot hold a value of its own type, even indirectly")
+            self.error(
+                "cycle",
+                f"record '{name}' contains itself",
+                span,
+                hint="a record cannot hold a value of its own type, even indirectly",
+            )
             return ANY
         self._resolving_types.add(key)
         saved, self.module = self.module, sym.module
@@ -322,7 +328,9 @@ class Checker:
             fields: list[tuple[str, Type]] = []
             for f in decl.fields:
                 if any(f.name.name == n for n, _ in fields):
-                    self.error("declaration", f"field '{f.name.name}' is declared twice", f.name.span)
+                    self.error(
+                        "declaration", f"field '{f.name.name}' is declared twice", f.name.span
+                    )
                     continue
                 fields.append((f.name.name, self.resolve_type(f.type)))
             sym.type = RecordT(name=name, fields=tuple(fields))
@@ -350,7 +358,8 @@ class Checker:
             "unknown-name",
             f"unknown type '{ref.name}'",
             ref.span,
-            hint=did_you_mean(ref.name, type_names) or "types: str, int, float, bool, list[T], enums, records",
+            hint=did_you_mean(ref.name, type_names)
+            or "types: str, int, float, bool, list[T], enums, records",
         )
         return ANY
 
@@ -363,34 +372,60 @@ class Checker:
             case ast.ListExpr(items=items):
                 return [self._const_value(i) for i in items]
             case ast.DictExpr(keys=keys, values=values):
-                return {k.name: self._const_value(v) for k, v in zip(keys, values)}
+                return {k.name: self._const_value(v) for k, v in zip(keys, values, strict=True)}
             case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float() as v)):
                 return -v
-        self.error("type", "expected a constant here", expr.span, hint="write a string, number, list or {key: value}")
+        self.error(
+            "type",
+            "expected a constant here",
+            expr.span,
+            hint="write a string, number, list or {key: value}",
+        )
         return None
 
     def _check_model(self, decl: ast.ModelDecl) -> None:
         sym = self._lookup(decl.name.name)
         backend = decl.backend.name
         if backend not in BACKENDS:
-            self.error("unknown-name", f"unknown model backend '{backend}'", decl.backend.span,
-                       hint=did_you_mean(backend, BACKENDS) or "backends: " + ", ".join(BACKENDS))
+            self.error(
+                "unknown-name",
+                f"unknown model backend '{backend}'",
+                decl.backend.span,
+                hint=did_you_mean(backend, BACKENDS) or "backends: " + ", ".join(BACKENDS),
+            )
             return
-        if len(decl.args) != 1 or not isinstance(decl.args[0], ast.Const) or not isinstance(decl.args[0].value, str):
-            self.error("type", f"{backend}(...) takes the model's id as its one positional argument",
-                       decl.span, hint=f'write {backend}("{"smollm2-135m" if backend == "local" else "gpt-4o-mini"}")')
+        example = "smollm2-135m" if backend == "local" else "gpt-4o-mini"
+        if (
+            len(decl.args) != 1
+            or not isinstance(decl.args[0], ast.Const)
+            or not isinstance(decl.args[0].value, str)
+        ):
+            self.error(
+                "type",
+                f"{backend}(...) takes the model's id as its one positional argument",
+                decl.span,
+                hint=f'write {backend}("{example}")',
+            )
             return
         model_id = decl.args[0].value
         options: dict[str, Any] = {}
         for kw in decl.kwargs:
             key = kw.name.name
             if key == "api_key":
-                self.error("declaration", "API keys do not belong in program text", kw.span,
-                           hint='name the environment variable that holds it: api_key_env="MY_KEY"')
+                self.error(
+                    "declaration",
+                    "API keys do not belong in program text",
+                    kw.span,
+                    hint='name the environment variable that holds it: api_key_env="MY_KEY"',
+                )
                 continue
             if key not in MODEL_OPTIONS:
-                self.error("unknown-name", f"unknown model option '{key}'", kw.name.span,
-                           hint=did_you_mean(key, MODEL_OPTIONS) or "options: " + ", ".join(MODEL_OPTIONS))
+                self.error(
+                    "unknown-name",
+                    f"unknown model option '{key}'",
+                    kw.name.span,
+                    hint=did_you_mean(key, MODEL_OPTIONS) or "options: " + ", ".join(MODEL_OPTIONS),
+                )
                 continue
             value = self._const_value(kw.value)
             expected = MODEL_OPTIONS[key]
@@ -401,9 +436,13 @@ class Checker:
                 self.error("type", f"model option '{key}' expects {names}", kw.value.span)
                 continue
             if key == "skills":
-                bad = [k for k, v in value.items() if not isinstance(v, int | float) or not 0 <= v <= 1]
+                bad = [
+                    k for k, v in value.items() if not isinstance(v, int | float) or not 0 <= v <= 1
+                ]
                 if bad:
-                    self.error("type", f"skill '{bad[0]}' must be a number from 0 to 1", kw.value.span)
+                    self.error(
+                        "type", f"skill '{bad[0]}' must be a number from 0 to 1", kw.value.span
+                    )
                     continue
             options[key] = value
         chat = options.pop("chat", True)
@@ -414,13 +453,26 @@ class Checker:
                 chat = LOCAL_MODELS[model_id].chat
                 context = context or LOCAL_MODELS[model_id].context
             elif not model_id.endswith(".gguf"):
-                self.error("unknown-name", f"unknown embedded model '{model_id}'", decl.args[0].span,
-                           hint=did_you_mean(model_id, LOCAL_MODELS)
-                           or "embedded models: " + ", ".join(LOCAL_MODELS) + ", or a path to a .gguf file")
+                self.error(
+                    "unknown-name",
+                    f"unknown embedded model '{model_id}'",
+                    decl.args[0].span,
+                    hint=did_you_mean(model_id, LOCAL_MODELS)
+                    or "embedded models: "
+                    + ", ".join(LOCAL_MODELS)
+                    + ", or a path to a .gguf file",
+                )
                 return
         assert isinstance(sym, ModelSym)
-        sym.spec = ModelSpec(name=decl.name.name, backend=backend, id=model_id, context=context,
-                             chat=chat, skills=skills, options=options)
+        sym.spec = ModelSpec(
+            name=decl.name.name,
+            backend=backend,
+            id=model_id,
+            context=context,
+            chat=chat,
+            skills=skills,
+            options=options,
+        )
 
     def _collect_models(self) -> None:
         for module in self.program.modules:
@@ -443,7 +495,9 @@ class Checker:
         out: list[tuple[str, Type, ast.Expr | None]] = []
         for p in params:
             if any(p.name.name == n for n, _, _ in out):
-                self.error("declaration", f"parameter '{p.name.name}' is declared twice", p.name.span)
+                self.error(
+                    "declaration", f"parameter '{p.name.name}' is declared twice", p.name.span
+                )
                 continue
             t = self.resolve_type(p.type)
             if p.default is not None:
@@ -451,57 +505,99 @@ class Checker:
                 if not isinstance(p.default, ast.Const | ast.ListExpr | ast.UnaryOp | ast.Attr):
                     self.error("type", "a default value must be a constant", p.default.span)
                 elif not assignable(value_type, t):
-                    self.error("type", f"default value of '{p.name.name}' is {value_type}, not {t}", p.default.span)
+                    self.error(
+                        "type",
+                        f"default value of '{p.name.name}' is {value_type}, not {t}",
+                        p.default.span,
+                    )
             out.append((p.name.name, t, p.default))
         return out
 
-    def _outputs(self, outputs: list[ast.Output], params: list[tuple[str, Type, ast.Expr | None]]) -> list[tuple[str, Type]]:
+    def _outputs(
+        self, outputs: list[ast.Output], params: list[tuple[str, Type, ast.Expr | None]]
+    ) -> list[tuple[str, Type]]:
         out: list[tuple[str, Type]] = []
         for o in outputs:
             if any(o.name.name == n for n, _ in out):
                 self.error("declaration", f"output '{o.name.name}' is declared twice", o.name.span)
                 continue
             if any(o.name.name == n for n, _, _ in params):
-                self.error("declaration", f"'{o.name.name}' is both an input and an output", o.name.span,
-                           hint="inputs and outputs need distinct names")
+                self.error(
+                    "declaration",
+                    f"'{o.name.name}' is both an input and an output",
+                    o.name.span,
+                    hint="inputs and outputs need distinct names",
+                )
             out.append((o.name.name, self.resolve_type(o.type)))
         return out
 
-    def _check_decorators(self, decl: ast.FnDecl | ast.ExternDecl | ast.FlowDecl, sym: Symbol) -> None:
+    def _check_decorators(
+        self, decl: ast.FnDecl | ast.ExternDecl | ast.FlowDecl, sym: Symbol
+    ) -> None:
         for dec in decl.decorators:
             name = dec.name.name
             if name not in DECORATORS:
-                self.error("unknown-name", f"unknown decorator '@{name}'", dec.name.span,
-                           hint=did_you_mean(name, DECORATORS) or "decorators: @model(name), @needs(skill >= q)")
+                self.error(
+                    "unknown-name",
+                    f"unknown decorator '@{name}'",
+                    dec.name.span,
+                    hint=did_you_mean(name, DECORATORS)
+                    or "decorators: @model(name), @needs(skill >= q)",
+                )
                 continue
             if not isinstance(sym, FnSym):
-                self.error("declaration", f"@{name} applies only to semantic functions (fn)", dec.span)
+                self.error(
+                    "declaration", f"@{name} applies only to semantic functions (fn)", dec.span
+                )
                 continue
             if name == "model":
                 if len(dec.args) != 1 or dec.kwargs or not isinstance(dec.args[0], ast.Name):
-                    self.error("type", "@model takes one model name", dec.span, hint="write @model(small)")
+                    self.error(
+                        "type", "@model takes one model name", dec.span, hint="write @model(small)"
+                    )
                     continue
                 target = dec.args[0].id
                 if not isinstance(self._lookup(target), ModelSym):
-                    models = [n for n, s in self.checked.symbols[self.module].items() if isinstance(s, ModelSym)]
-                    self.error("unknown-name", f"unknown model '{target}'", dec.args[0].span,
-                               hint=did_you_mean(target, models) or "declare it: model small = local(\"smollm2-135m\")")
+                    models = [
+                        n
+                        for n, s in self.checked.symbols[self.module].items()
+                        if isinstance(s, ModelSym)
+                    ]
+                    self.error(
+                        "unknown-name",
+                        f"unknown model '{target}'",
+                        dec.args[0].span,
+                        hint=did_you_mean(target, models)
+                        or 'declare it: model small = local("smollm2-135m")',
+                    )
                     continue
                 sym.pin = target
             else:
                 for arg in dec.args:
                     if (
-                        isinstance(arg, ast.BinOp) and arg.op == ">=" and isinstance(arg.left, ast.Name)
-                        and isinstance(arg.right, ast.Const) and isinstance(arg.right.value, int | float)
-                        and not isinstance(arg.right.value, bool) and 0 <= arg.right.value <= 1
+                        isinstance(arg, ast.BinOp)
+                        and arg.op == ">="
+                        and isinstance(arg.left, ast.Name)
+                        and isinstance(arg.right, ast.Const)
+                        and isinstance(arg.right.value, int | float)
+                        and not isinstance(arg.right.value, bool)
+                        and 0 <= arg.right.value <= 1
                     ):
                         sym.needs[arg.left.id] = float(arg.right.value)
                     else:
-                        self.error("type", "@needs takes skill requirements like reasoning >= 0.7",
-                                   arg.span, hint="a skill name, >=, and a number from 0 to 1")
+                        self.error(
+                            "type",
+                            "@needs takes skill requirements like reasoning >= 0.7",
+                            arg.span,
+                            hint="a skill name, >=, and a number from 0 to 1",
+                        )
                 if not dec.args:
-                    self.error("type", "@needs takes at least one skill requirement", dec.span,
-                               hint="write @needs(reasoning >= 0.7)")
+                    self.error(
+                        "type",
+                        "@needs takes at least one skill requirement",
+                        dec.span,
+                        hint="write @needs(reasoning >= 0.7)",
+                    )
 
     # -- semantic functions
 
@@ -523,8 +619,12 @@ class Checker:
             if head.name in outs and head.name not in generated:
                 generated.add(head.name)
                 if len(part.path) > 1:
-                    self.error("template", f"'{head.name}' is generated here, so it has no fields yet",
-                               part.path[1].span, hint=f"generate the whole value with {{{{{head.name}}}}}")
+                    self.error(
+                        "template",
+                        f"'{head.name}' is generated here, so it has no fields yet",
+                        part.path[1].span,
+                        hint=f"generate the whole value with {{{{{head.name}}}}}",
+                    )
                 self._check_options(part)
                 continue
             if head.name in inputs:
@@ -532,34 +632,53 @@ class Checker:
             elif head.name in outs:
                 t = outs[head.name]
             else:
-                self.error("template", f"unknown variable '{head.name}'", head.span,
-                           label=f"not an input or output of `{fn}`",
-                           hint=did_you_mean(head.name, [*inputs, *outs]))
+                self.error(
+                    "template",
+                    f"unknown variable '{head.name}'",
+                    head.span,
+                    label=f"not an input or output of `{fn}`",
+                    hint=did_you_mean(head.name, [*inputs, *outs]),
+                )
                 continue
+            what = "an input" if head.name in inputs else "already generated"
             if part.options:
-                self.error("template", "options apply where an output is generated",
-                           part.options[0].span,
-                           hint=f"'{head.name}' is {'an input' if head.name in inputs else 'already generated'}; "
-                           "put options on the output's first placeholder")
+                self.error(
+                    "template",
+                    "options apply where an output is generated",
+                    part.options[0].span,
+                    hint=f"'{head.name}' is {what}; put options on the output's first placeholder",
+                )
             for sel in part.path[1:]:
                 t = self._field(t, sel)
         for o in decl.outputs:
             if o.name.name in outs and o.name.name not in generated:
-                self.error("output", f"output '{o.name.name}' is never generated", o.name.span,
-                           hint=f"add {{{{{o.name.name}}}}} to the template where the model should write it")
+                self.error(
+                    "output",
+                    f"output '{o.name.name}' is never generated",
+                    o.name.span,
+                    hint=f"add {{{{{o.name.name}}}}} to the template where the model writes it",
+                )
 
     def _check_options(self, part: ast.Placeholder) -> None:
         for opt in part.options:
             key = opt.name.name
             if key not in OUTPUT_OPTIONS:
-                self.error("unknown-name", f"unknown option '{key}'", opt.name.span,
-                           hint=did_you_mean(key, OUTPUT_OPTIONS) or "options: max_tokens, stop, temperature")
+                self.error(
+                    "unknown-name",
+                    f"unknown option '{key}'",
+                    opt.name.span,
+                    hint=did_you_mean(key, OUTPUT_OPTIONS)
+                    or "options: max_tokens, stop, temperature",
+                )
                 continue
             value = self._const_value(opt.value)
-            if key == "max_tokens" and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            if key == "max_tokens" and not (
+                isinstance(value, int) and not isinstance(value, bool) and value > 0
+            ):
                 self.error("type", "max_tokens must be a positive integer", opt.value.span)
             elif key == "stop" and not (
-                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+                isinstance(value, str)
+                or (isinstance(value, list) and all(isinstance(v, str) for v in value))
             ):
                 self.error("type", "stop must be a string or a list of strings", opt.value.span)
             elif key == "temperature" and not (
@@ -574,9 +693,13 @@ class Checker:
             ft = t.field(sel.name)
             if ft is not None:
                 return ft
-            self.error("unknown-name", f"{t} has no field '{sel.name}'", sel.span,
-                       hint=did_you_mean(sel.name, [n for n, _ in t.fields])
-                       or "fields: " + ", ".join(n for n, _ in t.fields))
+            self.error(
+                "unknown-name",
+                f"{t} has no field '{sel.name}'",
+                sel.span,
+                hint=did_you_mean(sel.name, [n for n, _ in t.fields])
+                or "fields: " + ", ".join(n for n, _ in t.fields),
+            )
             return ANY
         self.error("type", f"{t} has no fields", sel.span)
         return ANY
@@ -591,8 +714,12 @@ class Checker:
         self._check_decorators(decl, sym)
         module_name, _, attr = decl.target.partition(":")
         if not module_name or not attr:
-            self.error("extern", f"'{decl.target}' does not name a Python function", decl.target_span,
-                       hint='write "package.module:function"')
+            self.error(
+                "extern",
+                f"'{decl.target}' does not name a Python function",
+                decl.target_span,
+                hint='write "package.module:function"',
+            )
             return
         base = str(self.program.base_dir)
         if base not in sys.path:
@@ -600,16 +727,24 @@ class Checker:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # any error while importing user code is the user's to see
-            self.error("extern", f"cannot import '{module_name}': {exc}", decl.target_span,
-                       hint=f"modules are looked up beside {self.program.main} and on PYTHONPATH")
+            self.error(
+                "extern",
+                f"cannot import '{module_name}': {exc}",
+                decl.target_span,
+                hint=f"modules are looked up beside {self.program.main} and on PYTHONPATH",
+            )
             return
         func = module
         for part in attr.split("."):
             func = getattr(func, part, None)
             if func is None:
                 names = [n for n in dir(module) if not n.startswith("_")]
-                self.error("extern", f"module '{module_name}' has no attribute '{attr}'", decl.target_span,
-                           hint=did_you_mean(attr, names))
+                self.error(
+                    "extern",
+                    f"module '{module_name}' has no attribute '{attr}'",
+                    decl.target_span,
+                    hint=did_you_mean(attr, names),
+                )
                 return
         if not callable(func):
             self.error("extern", f"'{decl.target}' is not callable", decl.target_span)
@@ -617,9 +752,13 @@ class Checker:
         try:
             inspect.signature(func).bind(*[None] * len(params))
         except TypeError:
-            self.error("extern", f"'{decl.target}' cannot be called with {len(params)} argument"
-                       f"{'s' if len(params) != 1 else ''}", decl.target_span,
-                       hint=f"its Python signature is {attr}{inspect.signature(func)}")
+            self.error(
+                "extern",
+                f"'{decl.target}' cannot be called with {len(params)} argument"
+                f"{'s' if len(params) != 1 else ''}",
+                decl.target_span,
+                hint=f"its Python signature is {attr}{inspect.signature(func)}",
+            )
             return
         except ValueError:
             pass  # builtins without a signature: trust the declaration
@@ -645,8 +784,12 @@ class Checker:
             out_decl = next(o for o in decl.outputs if o.name.name == name)
             d = scope.defs.get(name)
             if d is None:
-                self.error("output", f"output '{name}' of flow '{decl.name.name}' is never assigned",
-                           out_decl.name.span, hint=scope.hint_for(name) or f"assign it in the body: {name} = ...")
+                self.error(
+                    "output",
+                    f"output '{name}' of flow '{decl.name.name}' is never assigned",
+                    out_decl.name.span,
+                    hint=scope.hint_for(name) or f"assign it in the body: {name} = ...",
+                )
                 continue
             got = self._force(d)
             if not assignable(got, t):
@@ -664,10 +807,14 @@ class Checker:
         if d.type is not None:
             return d.type
         if d.busy:
-            names = [x.name for x in self._computing[self._computing.index(d):]] + [d.name]
-            self.error("cycle", f"dependency cycle: {' → '.join(names)}", d.span,
-                       hint="a flow variable cannot be computed from its own value; "
-                       "use a loop (`repeat` or `for` with `with`) to refine a value")
+            names = [x.name for x in self._computing[self._computing.index(d) :]] + [d.name]
+            self.error(
+                "cycle",
+                f"dependency cycle: {' → '.join(names)}",
+                d.span,
+                hint="a flow variable cannot be computed from its own value; "
+                "use a loop (`repeat` or `for` with `with`) to refine a value",
+            )
             d.type = ANY
             return ANY
         d.busy = True
@@ -682,16 +829,26 @@ class Checker:
     def _define(self, scope: _Scope, name: ast.Ident, compute: Callable[[], Type]) -> _Def | None:
         existing = scope.find(name.name)
         if existing is not None:
-            self.error("assign", f"variable '{name.name}' is assigned twice", name.span,
-                       hint=f"first assigned on line {existing.span.line}; flow variables hold one value "
-                       "(a loop carries changing values with `with`)")
+            self.error(
+                "assign",
+                f"variable '{name.name}' is assigned twice",
+                name.span,
+                hint=f"first assigned on line {existing.span.line}; flow variables hold one value "
+                "(a loop carries changing values with `with`)",
+            )
             return None
         d = _Def(name.name, name.span, compute)
         scope.defs[name.name] = d
         return d
 
-    def _collect(self, stmts: list[ast.Stmt], scope: _Scope, deferred: list[Callable[[], None]],
-                 carried: dict[str, _Def] | None = None, nexts: dict[str, ast.Assign] | None = None) -> None:
+    def _collect(
+        self,
+        stmts: list[ast.Stmt],
+        scope: _Scope,
+        deferred: list[Callable[[], None]],
+        carried: dict[str, _Def] | None = None,
+        nexts: dict[str, ast.Assign] | None = None,
+    ) -> None:
         for stmt in stmts:
             if isinstance(stmt, ast.Assign):
                 self._collect_assign(stmt, scope, carried, nexts)
@@ -700,8 +857,13 @@ class Checker:
             else:
                 self._collect_loop(stmt, scope, deferred)
 
-    def _collect_assign(self, stmt: ast.Assign, scope: _Scope, carried: dict[str, _Def] | None,
-                        nexts: dict[str, ast.Assign] | None) -> None:
+    def _collect_assign(
+        self,
+        stmt: ast.Assign,
+        scope: _Scope,
+        carried: dict[str, _Def] | None,
+        nexts: dict[str, ast.Assign] | None,
+    ) -> None:
         value_type: list[Type] = []
 
         def whole() -> Type:
@@ -710,6 +872,7 @@ class Checker:
             return value_type[0]
 
         if len(stmt.targets) > 1:
+
             def part(i: int) -> Type:
                 t = whole()
                 if isinstance(t, AnyT):
@@ -717,29 +880,46 @@ class Checker:
                 if not isinstance(t, RecordT) or len(t.fields) != len(stmt.targets):
                     n = len(t.fields) if isinstance(t, RecordT) else 1
                     if i == 0:
-                        self.error("type", f"{len(stmt.targets)} names but the value has {n} "
-                                   f"part{'s' if n != 1 else ''}", stmt.value.span,
-                                   hint="unpack the outputs of a function with several outputs")
+                        self.error(
+                            "type",
+                            f"{len(stmt.targets)} names but the value has {n} "
+                            f"part{'s' if n != 1 else ''}",
+                            stmt.value.span,
+                            hint="unpack the outputs of a function with several outputs",
+                        )
                     return ANY
                 return t.fields[i][1]
+
         for i, target in enumerate(stmt.targets):
             compute = (lambda i=i: part(i)) if len(stmt.targets) > 1 else whole
             if carried is not None and nexts is not None and target.name in carried:
                 if target.name in nexts:
-                    self.error("assign", f"loop variable '{target.name}' is assigned twice in one iteration",
-                               target.span, hint=f"first assigned on line {nexts[target.name].span.line}")
+                    self.error(
+                        "assign",
+                        f"loop variable '{target.name}' is assigned twice in one iteration",
+                        target.span,
+                        hint=f"first assigned on line {nexts[target.name].span.line}",
+                    )
                     continue
                 nexts[target.name] = stmt
                 d = carried[target.name]
 
-                def check_next(d: _Def = d, compute: Callable[[], Type] = compute, target: ast.Ident = target) -> Type:
+                def check_next(
+                    d: _Def = d, compute: Callable[[], Type] = compute, target: ast.Ident = target
+                ) -> Type:
                     got = compute()
                     want = self._force(d)
                     if not assignable(got, want):
-                        self.error("type", f"'{target.name}' is carried as {want} but assigned {got}", target.span)
+                        self.error(
+                            "type",
+                            f"'{target.name}' is carried as {want} but assigned {got}",
+                            target.span,
+                        )
                     return want
 
-                scope.defs.setdefault(f"{target.name}'next", _Def(f"{target.name}'next", target.span, check_next))
+                scope.defs.setdefault(
+                    f"{target.name}'next", _Def(f"{target.name}'next", target.span, check_next)
+                )
                 continue
             self._define(scope, target, compute)
 
@@ -751,8 +931,12 @@ class Checker:
         def check_cond() -> None:
             t = self.expr(stmt.cond, scope)
             if not assignable(t, BOOL):
-                self.error("type", f"condition is {t}, not bool", stmt.cond.span,
-                           hint="compare it: x == Verdict.yes, len(items) > 0")
+                self.error(
+                    "type",
+                    f"condition is {t}, not bool",
+                    stmt.cond.span,
+                    hint="compare it: x == Verdict.yes, len(items) > 0",
+                )
 
         deferred.append(check_cond)
         deferred.append(lambda: self._finish(then_scope, []))
@@ -769,7 +953,9 @@ class Checker:
                 ta, tb = self._force(a), self._force(b)
                 joined = unify(ta, tb)
                 if joined is None:
-                    self.error("type", f"'{name}' is {ta} in one branch and {tb} in the other", b.span)
+                    self.error(
+                        "type", f"'{name}' is {ta} in one branch and {tb} in the other", b.span
+                    )
                     return ANY
                 return joined
 
@@ -778,7 +964,9 @@ class Checker:
             if name not in then_scope.defs and "'" not in name:
                 scope.branch_only[name] = stmt.span
 
-    def _collect_loop(self, stmt: ast.Loop, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
+    def _collect_loop(
+        self, stmt: ast.Loop, scope: _Scope, deferred: list[Callable[[], None]]
+    ) -> None:
         body = _Scope(scope)
         if stmt.var is not None and stmt.iterable is not None:
             iterable = stmt.iterable
@@ -796,20 +984,27 @@ class Checker:
             self.error("type", "a loop runs at most 1 or more times", stmt.span)
         carried: dict[str, _Def] = {}
         for binding in stmt.carried:
+
             def init(b: ast.Binding = binding) -> Type:
                 return self.expr(b.value, scope)
 
             outer = self._define(scope, binding.name, init)
             if outer is None:
                 continue
-            inner = _Def(binding.name.name, binding.name.span, lambda outer=outer: self._force(outer))
+            inner = _Def(
+                binding.name.name, binding.name.span, lambda outer=outer: self._force(outer)
+            )
             body.defs[binding.name.name] = inner
             carried[binding.name.name] = inner
         nexts: dict[str, ast.Assign] = {}
         body_deferred: list[Callable[[], None]] = []
         self._collect(stmt.body, body, body_deferred, carried, nexts)
         for name, d in body.defs.items():
-            if name not in carried and "'" not in name and (stmt.var is None or name != stmt.var.name):
+            if (
+                name not in carried
+                and "'" not in name
+                and (stmt.var is None or name != stmt.var.name)
+            ):
                 scope.loop_locals[name] = d.span
         if stmt.until is not None:
             until = stmt.until
@@ -847,13 +1042,19 @@ class Checker:
                     it = self.expr(item, scope)
                     joined = unify(t, it) if not isinstance(t, AnyT) else it
                     if joined is None:
-                        self.error("type", f"list items must have one type: {t} and {it}", item.span)
+                        self.error(
+                            "type", f"list items must have one type: {t} and {it}", item.span
+                        )
                         joined = t
                     t = joined
                 return ListT(item=t)
             case ast.DictExpr():
-                self.error("type", "{key: value} literals appear only in model declarations",
-                           e.span, hint="build a record with its name: Review(summary=s, score=3)")
+                self.error(
+                    "type",
+                    "{key: value} literals appear only in model declarations",
+                    e.span,
+                    hint="build a record with its name: Review(summary=s, score=3)",
+                )
                 return ANY
             case ast.Attr():
                 return self._attr(e, scope)
@@ -891,15 +1092,26 @@ class Checker:
             return self._force(d)
         sym = self._lookup(e.id)
         if isinstance(sym, TypeSym):
-            self.error("type", f"'{e.id}' is a type, not a value", e.span,
-                       hint=f"pick a member: {e.id}.{sym.decl.members[0].name}"
-                       if isinstance(sym.decl, ast.EnumDecl) and sym.decl.members else "")
+            self.error(
+                "type",
+                f"'{e.id}' is a type, not a value",
+                e.span,
+                hint=f"pick a member: {e.id}.{sym.decl.members[0].name}"
+                if isinstance(sym.decl, ast.EnumDecl) and sym.decl.members
+                else "",
+            )
             return ANY
         if sym is not None or e.id in BUILTINS:
-            self.error("type", f"'{e.id}' is a function, not a value", e.span, hint=f"call it: {e.id}(...)")
+            self.error(
+                "type", f"'{e.id}' is a function, not a value", e.span, hint=f"call it: {e.id}(...)"
+            )
             return ANY
-        self.error("unknown-name", f"unknown variable '{e.id}'", e.span,
-                   hint=scope.hint_for(e.id) or did_you_mean(e.id, scope.names()))
+        self.error(
+            "unknown-name",
+            f"unknown variable '{e.id}'",
+            e.span,
+            hint=scope.hint_for(e.id) or did_you_mean(e.id, scope.names()),
+        )
         return ANY
 
     def _attr(self, e: ast.Attr, scope: _Scope) -> Type:
@@ -908,9 +1120,13 @@ class Checker:
             if isinstance(sym, TypeSym) and isinstance(sym.decl, ast.EnumDecl):
                 enum = self._type_of_decl(e.value.id, e.value.span)
                 if isinstance(enum, EnumT) and e.attr.name not in enum.members:
-                    self.error("unknown-name", f"'{e.attr.name}' is not a member of {enum.name}", e.attr.span,
-                               hint=did_you_mean(e.attr.name, enum.members)
-                               or "members: " + ", ".join(enum.members))
+                    self.error(
+                        "unknown-name",
+                        f"'{e.attr.name}' is not a member of {enum.name}",
+                        e.attr.span,
+                        hint=did_you_mean(e.attr.name, enum.members)
+                        or "members: " + ", ".join(enum.members),
+                    )
                     return ANY
                 self.checked.enum_values[id(e)] = e.attr.name
                 return enum
@@ -926,7 +1142,9 @@ class Checker:
         if e.op in ("==", "!="):
             self._check_enum_literal(lt, e.right)
             self._check_enum_literal(rt, e.left)
-            if unify(lt, rt) is None and not (isinstance(lt, EnumT) and rt == STR or isinstance(rt, EnumT) and lt == STR):
+            if unify(lt, rt) is None and not (
+                isinstance(lt, EnumT) and rt == STR or isinstance(rt, EnumT) and lt == STR
+            ):
                 self.error("type", f"cannot compare {lt} with {rt}", e.span)
             return BOOL
         if e.op in ("<", "<=", ">", ">="):
@@ -951,10 +1169,18 @@ class Checker:
         return ANY
 
     def _check_enum_literal(self, t: Type, other: ast.Expr) -> None:
-        if isinstance(t, EnumT) and isinstance(other, ast.Const) and isinstance(other.value, str):
-            if other.value not in t.members:
-                self.error("type", f"'{other.value}' is not a member of {t.name}", other.span,
-                           hint=did_you_mean(other.value, t.members) or "members: " + ", ".join(t.members))
+        if (
+            isinstance(t, EnumT)
+            and isinstance(other, ast.Const)
+            and isinstance(other.value, str)
+            and other.value not in t.members
+        ):
+            self.error(
+                "type",
+                f"'{other.value}' is not a member of {t.name}",
+                other.span,
+                hint=did_you_mean(other.value, t.members) or "members: " + ", ".join(t.members),
+            )
 
     def _map(self, e: ast.MapExpr, scope: _Scope) -> Type:
         it = self.expr(e.iterable, scope)
@@ -1004,10 +1230,17 @@ class Checker:
                 self.error("type", f"{name}() {result}", e.span)
                 return ANY
             return result
-        callables = [n for n, s in self.checked.symbols[self.module].items()
-                     if isinstance(s, FnSym | ExternSym | FlowSym)] + list(BUILTINS)
-        self.error("unknown-name", f"unknown function '{name}'", e.func.span,
-                   hint=did_you_mean(name, callables))
+        callables = [
+            n
+            for n, s in self.checked.symbols[self.module].items()
+            if isinstance(s, FnSym | ExternSym | FlowSym)
+        ] + list(BUILTINS)
+        self.error(
+            "unknown-name",
+            f"unknown function '{name}'",
+            e.func.span,
+            hint=did_you_mean(name, callables),
+        )
         return ANY
 
     def _signature(self, sym: FnSym | ExternSym | FlowSym) -> Signature:
@@ -1030,13 +1263,24 @@ class Checker:
         del self.diags[before:]
         return t
 
-    def _bind(self, e: ast.Call, name: str, params: list[tuple[str, Type, bool]], args: list[Type],
-              kwargs: dict[str, Type], variadic: bool = False) -> bool:
+    def _bind(
+        self,
+        e: ast.Call,
+        name: str,
+        params: list[tuple[str, Type, bool]],
+        args: list[Type],
+        kwargs: dict[str, Type],
+        variadic: bool = False,
+    ) -> bool:
         bound: list[ast.Expr | None] = [None] * len(params)
         ok = True
         if len(e.args) > len(params):
-            self.error("type", f"{name}() takes {len(params)} argument{'s' if len(params) != 1 else ''} "
-                       f"but {len(e.args)} were given", e.args[len(params)].span)
+            self.error(
+                "type",
+                f"{name}() takes {len(params)} argument{'s' if len(params) != 1 else ''} "
+                f"but {len(e.args)} were given",
+                e.args[len(params)].span,
+            )
             ok = False
         for i, arg in enumerate(e.args[: len(params)]):
             bound[i] = arg
@@ -1047,8 +1291,12 @@ class Checker:
                 if variadic:
                     extra.append(kw)
                     continue
-                self.error("unknown-name", f"{name}() has no parameter '{kw.name.name}'", kw.name.span,
-                           hint=did_you_mean(kw.name.name, names) or "parameters: " + ", ".join(names))
+                self.error(
+                    "unknown-name",
+                    f"{name}() has no parameter '{kw.name.name}'",
+                    kw.name.span,
+                    hint=did_you_mean(kw.name.name, names) or "parameters: " + ", ".join(names),
+                )
                 ok = False
                 continue
             i = names.index(kw.name.name)
@@ -1066,8 +1314,12 @@ class Checker:
                 continue
             got = self.checked.types.get(id(arg), ANY)
             if not assignable(got, ptype):
-                self.error("type", f"argument '{pname}' of {name}() expects {ptype}, got {got}", arg.span,
-                           hint="convert with str(...)" if ptype == STR and isinstance(got, Prim) else "")
+                self.error(
+                    "type",
+                    f"argument '{pname}' of {name}() expects {ptype}, got {got}",
+                    arg.span,
+                    hint="convert with str(...)" if ptype == STR and isinstance(got, Prim) else "",
+                )
                 ok = False
         self.checked.bound_args[id(e)] = bound
         if extra:
@@ -1091,14 +1343,14 @@ class Checker:
             ordered = cycle[i:] + cycle[:i]
             span = graph.edges[ordered[0], ordered[1 % len(ordered)]]["span"]
             path = " → ".join(n.split(":")[-1] for n in [*ordered, ordered[0]])
-            self.error("cycle", f"dependency cycle between flows: {path}", span,
-                       hint="flows expand into one graph before running; "
-                       "iterate with `repeat` or `for` instead of recursion")
+            self.error(
+                "cycle",
+                f"dependency cycle between flows: {path}",
+                span,
+                hint="flows expand into one graph before running; "
+                "iterate with `repeat` or `for` instead of recursion",
+            )
 
 
 def check(program: Program) -> tuple[Checked, list[Diagnostic]]:
     return Checker(program).run()
-
-
-__all__ = ["Checked", "Checker", "FlowSym", "FnSym", "ExternSym", "TypeSym", "ModelSym", "check",
-           "FLOAT", "INT", "STR"]

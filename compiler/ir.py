@@ -131,7 +131,9 @@ class Graph:
 
 
 def _node_json(node: IRNode) -> dict[str, Any]:
-    data = node.model_dump(mode="json", exclude={"bodies"}, exclude_none=True, exclude_defaults=True)
+    data = node.model_dump(
+        mode="json", exclude={"bodies"}, exclude_none=True, exclude_defaults=True
+    )
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
     if node.bodies:

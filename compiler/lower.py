@@ -50,10 +50,16 @@ class _Env:
             producer = self.parent.graph.node(outer)
             port = self.first_port + len(self.captures)
             self.captures.append(outer)
-            node = self.graph.add(IRNode(
-                id=self.new_id(), kind="input", label=producer.var or producer.label,
-                type=producer.type, var=producer.var, value=f"port:{port}",
-            ))
+            node = self.graph.add(
+                IRNode(
+                    id=self.new_id(),
+                    kind="input",
+                    label=producer.var or producer.label,
+                    type=producer.type,
+                    var=producer.var,
+                    value=f"port:{port}",
+                )
+            )
             self._capture_nodes[outer] = node.id
         return self._capture_nodes[outer]
 
@@ -87,12 +93,26 @@ class Lowerer:
         return env.graph.add(IRNode(id=self.new_id(), **fields)).id
 
     def const(self, env: _Env, value: Any, type_: Type, span: ast.Span | None = None) -> str:
-        return self.add(env, kind="const", label=repr(value) if not isinstance(value, str) else _short(value),
-                        type=type_, value=value, span=span)
+        return self.add(
+            env,
+            kind="const",
+            label=repr(value) if not isinstance(value, str) else _short(value),
+            type=type_,
+            value=value,
+            span=span,
+        )
 
     def field(self, env: _Env, source: str, name: str, type_: Type, var: str | None = None) -> str:
-        return self.add(env, kind="builtin", op="field", label=f".{name}", type=type_, args=[source],
-                        value=name, var=var)
+        return self.add(
+            env,
+            kind="builtin",
+            op="field",
+            label=f".{name}",
+            type=type_,
+            args=[source],
+            value=name,
+            var=var,
+        )
 
     # -- flows
 
@@ -103,18 +123,38 @@ class Lowerer:
         env = _Env(graph)
         env.new_id = self.new_id
         inputs: list[InputSpec] = []
-        for (pname, ptype, default), param in zip(sym.sig.params, sym.decl.params):
-            node = graph.add(IRNode(id=self.new_id(), kind="input", label=pname, type=ptype, var=pname,
-                                    value=pname, span=param.name.span))
+        for (pname, ptype, default), param in zip(sym.sig.params, sym.decl.params, strict=True):
+            node = graph.add(
+                IRNode(
+                    id=self.new_id(),
+                    kind="input",
+                    label=pname,
+                    type=ptype,
+                    var=pname,
+                    value=pname,
+                    span=param.name.span,
+                )
+            )
             env.memo[pname] = node.id
-            inputs.append(InputSpec(
-                name=pname, type=ptype, required=default is None,
-                default=_const_value(default, self.checked) if default is not None else None,
-            ))
+            inputs.append(
+                InputSpec(
+                    name=pname,
+                    type=ptype,
+                    required=default is None,
+                    default=_const_value(default, self.checked) if default is not None else None,
+                )
+            )
         self.collect(sym.decl.body, env)
         for oname, otype in sym.sig.outputs:
-            out = self.add(env, kind="output", label=oname, type=otype, args=[env.get(oname)], value=oname,
-                           var=oname)
+            out = self.add(
+                env,
+                kind="output",
+                label=oname,
+                type=otype,
+                args=[env.get(oname)],
+                value=oname,
+                var=oname,
+            )
             graph.outputs[oname] = out
         return Plan(
             flow=name,
@@ -126,7 +166,9 @@ class Lowerer:
             default_model=self.checked.default_model,
         )
 
-    def collect(self, stmts: list[ast.Stmt], env: _Env, nexts: dict[str, ast.Assign] | None = None) -> None:
+    def collect(
+        self, stmts: list[ast.Stmt], env: _Env, nexts: dict[str, ast.Assign] | None = None
+    ) -> None:
         for stmt in stmts:
             if isinstance(stmt, ast.Assign):
                 self.collect_assign(stmt, env, nexts)
@@ -135,7 +177,9 @@ class Lowerer:
             else:
                 self.collect_loop(stmt, env)
 
-    def collect_assign(self, stmt: ast.Assign, env: _Env, nexts: dict[str, ast.Assign] | None) -> None:
+    def collect_assign(
+        self, stmt: ast.Assign, env: _Env, nexts: dict[str, ast.Assign] | None
+    ) -> None:
         if nexts is not None and any(t.name in nexts for t in stmt.targets):
             return  # a loop-carried variable's next value: the loop lowers it
         if len(stmt.targets) == 1:
@@ -145,9 +189,9 @@ class Lowerer:
         whole = _Once(lambda: self.expr(stmt.value, env))
         value_type = self.type_of(stmt.value)
         assert isinstance(value_type, RecordT)
-        for target, (fname, ftype) in zip(stmt.targets, value_type.fields):
-            env.thunks[target.name] = (
-                lambda fname=fname, ftype=ftype, target=target: self.field(env, whole(), fname, ftype, target.name)
+        for target, (fname, ftype) in zip(stmt.targets, value_type.fields, strict=True):
+            env.thunks[target.name] = lambda fname=fname, ftype=ftype, target=target: self.field(
+                env, whole(), fname, ftype, target.name
             )
 
     def collect_if(self, stmt: ast.If, env: _Env) -> None:
@@ -174,8 +218,15 @@ class Lowerer:
             captures += sub.captures
             bodies[key] = graph
         record = RecordT(name="if", fields=tuple((n, types[n]) for n in exports))
-        return self.add(env, kind="branch", label="if", type=record, args=[cond, *captures], bodies=bodies,
-                        span=stmt.span)
+        return self.add(
+            env,
+            kind="branch",
+            label="if",
+            type=record,
+            args=[cond, *captures],
+            bodies=bodies,
+            span=stmt.span,
+        )
 
     def collect_loop(self, stmt: ast.Loop, env: _Env) -> None:
         loop = _Once(lambda: self.lower_loop(stmt, env))
@@ -199,11 +250,18 @@ class Lowerer:
         if stmt.var is not None:
             iter_type = env.graph.node(args[0]).type
             item_type = getattr(iter_type, "item", ANY)
-            body.memo[stmt.var.name] = self.add(body, kind="input", label=stmt.var.name, type=item_type,
-                                                var=stmt.var.name, value="item")
+            body.memo[stmt.var.name] = self.add(
+                body,
+                kind="input",
+                label=stmt.var.name,
+                type=item_type,
+                var=stmt.var.name,
+                value="item",
+            )
         for name in carried:
-            body.memo[name] = self.add(body, kind="input", label=name, type=types[name], var=name,
-                                       value=f"carried:{name}")
+            body.memo[name] = self.add(
+                body, kind="input", label=name, type=types[name], var=name, value=f"carried:{name}"
+            )
         nexts: dict[str, ast.Assign] = {}
         for s in stmt.body:
             if isinstance(s, ast.Assign):
@@ -231,8 +289,17 @@ class Lowerer:
             graph.outputs["until"] = self.expr(stmt.until, after)
         record = RecordT(name="loop", fields=tuple((n, types[n]) for n in carried))
         label = f"for {stmt.var.name}" if stmt.var is not None else f"repeat ≤{stmt.max_iters}"
-        return self.add(env, kind="loop", label=label, type=record, args=args + body.captures,
-                        bodies={"body": graph}, loop_max=stmt.max_iters, carried=carried, span=stmt.span)
+        return self.add(
+            env,
+            kind="loop",
+            label=label,
+            type=record,
+            args=args + body.captures,
+            bodies={"body": graph},
+            loop_max=stmt.max_iters,
+            carried=carried,
+            span=stmt.span,
+        )
 
     # -- expressions
 
@@ -254,21 +321,34 @@ class Lowerer:
                 return env.get(name)
             case ast.ListExpr(items=items):
                 args = [self.expr(i, env) for i in items]
-                return self.add(env, kind="builtin", op="list", label="[…]", type=t, args=args, span=e.span)
+                return self.add(
+                    env, kind="builtin", op="list", label="[…]", type=t, args=args, span=e.span
+                )
             case ast.Attr():
                 if id(e) in self.checked.enum_values:
                     return self.const(env, self.checked.enum_values[id(e)], t, e.span)
                 return self.field(env, self.expr(e.value, env), e.attr.name, t)
             case ast.Index(value=value, index=index):
                 args = [self.expr(value, env), self.expr(index, env)]
-                return self.add(env, kind="builtin", op="index", label="[i]", type=t, args=args, span=e.span)
+                return self.add(
+                    env, kind="builtin", op="index", label="[i]", type=t, args=args, span=e.span
+                )
             case ast.BinOp(op=op, left=left, right=right):
                 args = [self.expr(left, env), self.expr(right, env)]
-                return self.add(env, kind="builtin", op=op, label=op, type=t, args=args, span=e.span)
+                return self.add(
+                    env, kind="builtin", op=op, label=op, type=t, args=args, span=e.span
+                )
             case ast.UnaryOp(op=op, operand=operand):
                 name = "neg" if op == "-" else "not"
-                return self.add(env, kind="builtin", op=name, label=op, type=t,
-                                args=[self.expr(operand, env)], span=e.span)
+                return self.add(
+                    env,
+                    kind="builtin",
+                    op=name,
+                    label=op,
+                    type=t,
+                    args=[self.expr(operand, env)],
+                    span=e.span,
+                )
             case ast.MapExpr():
                 return self.lower_map(e, env)
             case ast.Call():
@@ -280,19 +360,27 @@ class Lowerer:
         graph = Graph()
         body = _Env(graph, env, first_port=1)
         item_type = getattr(env.graph.node(iterable).type, "item", ANY)
-        body.memo[e.var.name] = self.add(body, kind="input", label=e.var.name, type=item_type, var=e.var.name,
-                                         value="item")
+        body.memo[e.var.name] = self.add(
+            body, kind="input", label=e.var.name, type=item_type, var=e.var.name, value="item"
+        )
         if e.where is not None:
             graph.outputs["where"] = self.expr(e.where, body)
         graph.outputs["value"] = self.expr(e.body, body)
         source = env.graph.node(iterable)
         label = f"map {e.var.name} in {source.var or source.label}"
-        return self.add(env, kind="map", label=label, type=self.type_of(e), args=[iterable, *body.captures],
-                        bodies={"body": graph}, span=e.span)
+        return self.add(
+            env,
+            kind="map",
+            label=label,
+            type=self.type_of(e),
+            args=[iterable, *body.captures],
+            bodies={"body": graph},
+            span=e.span,
+        )
 
     def _bound(self, e: ast.Call, env: _Env, defaults: list[Any], types: list[Type]) -> list[str]:
         args = []
-        for arg, default, t in zip(self.checked.bound_args[id(e)], defaults, types):
+        for arg, default, t in zip(self.checked.bound_args[id(e)], defaults, types, strict=True):
             if arg is not None:
                 args.append(self.expr(arg, env))
             else:
@@ -309,37 +397,69 @@ class Lowerer:
             args = self._bound(e, env, defaults, types)
             extra = self.checked.extra_kwargs.get(id(e), [])
             args += [self.expr(kw.value, env) for kw in extra]
-            return self.add(env, kind="builtin", op=name, label=f"{name}()", type=t, args=args, span=e.span,
-                            value=[kw.name.name for kw in extra] or None)
+            return self.add(
+                env,
+                kind="builtin",
+                op=name,
+                label=f"{name}()",
+                type=t,
+                args=args,
+                span=e.span,
+                value=[kw.name.name for kw in extra] or None,
+            )
         if isinstance(callee, TypeSym):
             assert isinstance(t, RecordT)
             args = self._bound(e, env, [None] * len(t.fields), [ft for _, ft in t.fields])
-            return self.add(env, kind="builtin", op="record", label=name, type=t, args=args, span=e.span,
-                            value=[n for n, _ in t.fields])
+            return self.add(
+                env,
+                kind="builtin",
+                op="record",
+                label=name,
+                type=t,
+                args=args,
+                span=e.span,
+                value=[n for n, _ in t.fields],
+            )
         params = callee.sig.params
         defaults = [_const_value(d, self.checked) if d is not None else None for _, _, d in params]
         args = self._bound(e, env, defaults, [pt for _, pt, _ in params])
         if isinstance(callee, FlowSym):
             return self.inline(callee, args, env)
         if isinstance(callee, ExternSym):
-            return self.add(env, kind="extern", label=name, type=t, args=args, span=e.span,
-                            extern=callee.decl.target, extern_single=callee.decl.single)
+            return self.add(
+                env,
+                kind="extern",
+                label=name,
+                type=t,
+                args=args,
+                span=e.span,
+                extern=callee.decl.target,
+                extern_single=callee.decl.single,
+            )
         assert isinstance(callee, FnSym)
-        return self.add(env, kind="llm", label=name, type=t, args=args, span=e.span,
-                        call=self.llm_call(callee))
+        return self.add(
+            env, kind="llm", label=name, type=t, args=args, span=e.span, call=self.llm_call(callee)
+        )
 
     def inline(self, flow: FlowSym, args: list[str], env: _Env) -> str:
         inner = _Env(env.graph)
         inner.new_id = self.new_id
-        for (pname, _, _), arg in zip(flow.sig.params, args):
+        for (pname, _, _), arg in zip(flow.sig.params, args, strict=True):
             inner.memo[pname] = arg
         self.collect(flow.decl.body, inner)
         outputs = [inner.get(name) for name, _ in flow.sig.outputs]
         if len(outputs) == 1:
             return outputs[0]
         result = flow.sig.result(flow.decl.name.name)
-        return self.add(env, kind="builtin", op="record", label=flow.decl.name.name, type=result, args=outputs,
-                        value=[n for n, _ in flow.sig.outputs])
+        return self.add(
+            env,
+            kind="builtin",
+            op="record",
+            label=flow.decl.name.name,
+            type=result,
+            args=outputs,
+            value=[n for n, _ in flow.sig.outputs],
+        )
 
     def llm_call(self, fn: FnSym) -> LLMCall:
         outputs = dict(fn.sig.outputs)
@@ -356,12 +476,19 @@ class Lowerer:
             elif any(s.name == head for s in specs):
                 segments.append(Segment(ref=head, path=path))
             else:
-                options = {kw.name.name: _const_value(kw.value, self.checked) for kw in part.options}
+                options = {
+                    kw.name.name: _const_value(kw.value, self.checked) for kw in part.options
+                }
                 stop = options.get("stop")
-                specs.append(OutputSpec(
-                    name=head, type=outputs[head], max_tokens=options.get("max_tokens"),
-                    stop=[stop] if isinstance(stop, str) else stop, temperature=options.get("temperature"),
-                ))
+                specs.append(
+                    OutputSpec(
+                        name=head,
+                        type=outputs[head],
+                        max_tokens=options.get("max_tokens"),
+                        stop=[stop] if isinstance(stop, str) else stop,
+                        temperature=options.get("temperature"),
+                    )
+                )
                 segments.append(Segment(output=head))
         return LLMCall(
             function=fn.decl.name.name,

@@ -30,7 +30,9 @@ def stdlib_modules() -> list[str]:
     return sorted(p.stem for p in STDLIB_DIR.glob("*.llmflow"))
 
 
-def load_program(path: str | os.PathLike[str], source: str | None = None) -> tuple[Program, list[Diagnostic]]:
+def load_program(
+    path: str | os.PathLike[str], source: str | None = None
+) -> tuple[Program, list[Diagnostic]]:
     main = str(path)
     program = Program(main=main, base_dir=Path(main).resolve().parent)
     diags: list[Diagnostic] = []
@@ -58,7 +60,9 @@ def load_program(path: str | os.PathLike[str], source: str | None = None) -> tup
     return program, diags
 
 
-def _resolve(decl: ast.ImportDecl, importer: str, importer_real: Path) -> tuple[str, Path] | Diagnostic:
+def _resolve(
+    decl: ast.ImportDecl, importer: str, importer_real: Path
+) -> tuple[str, Path] | Diagnostic:
     if decl.module is not None:
         real = STDLIB_DIR / (decl.module.replace(".", "/") + ".llmflow")
         if real.is_file():
@@ -68,7 +72,8 @@ def _resolve(decl: ast.ImportDecl, importer: str, importer_real: Path) -> tuple[
             message=f"no standard library module '{decl.module}'",
             span=decl.span,
             hint=did_you_mean(decl.module, stdlib_modules())
-            or "available: " + ", ".join(stdlib_modules())
+            or "available: "
+            + ", ".join(stdlib_modules())
             + '; import a file of yours with a quoted path: import "lib/util.llmflow"',
         )
     assert decl.path is not None

@@ -67,7 +67,7 @@ def _split_declarations(source: str) -> list[tuple[int, str]]:
     if not starts or starts[0] != 0:
         starts.insert(0, 0)
     bounds = starts + [len(lines)]
-    return [(a, "".join(lines[a:b])) for a, b in zip(bounds, bounds[1:]) if a < b]
+    return [(a, "".join(lines[a:b])) for a, b in zip(bounds, bounds[1:], strict=False) if a < b]
 
 
 def _ends_inside_triple(line: str, in_triple: bool) -> bool:
@@ -124,7 +124,8 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
             message = "unexpected end of file"
             line, col = _end_position(text)
         else:
-            message = f"unexpected {_describe(token.type) if token.type in _TOKEN_NAMES else repr(str(token))}"
+            shown = _describe(token.type) if token.type in _TOKEN_NAMES else repr(str(token))
+            message = f"unexpected {shown}"
             width = max(1, len(str(token).split("\n")[0]))
         expected = sorted({_describe(t) for t in err.expected if not t.startswith("__")})
     elif isinstance(err, UnexpectedCharacters):
@@ -137,7 +138,9 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
         expected = sorted({_describe(t) for t in err.expected})
     hint = ""
     if expected and len(expected) <= 8:
-        hint = "expected " + (expected[0] if len(expected) == 1 else "one of " + ", ".join(expected))
+        hint = "expected " + (
+            expected[0] if len(expected) == 1 else "one of " + ", ".join(expected)
+        )
     span = ast.Span(file=file, line=line, col=col, end_line=line, end_col=col + width)
     return Diagnostic(kind="syntax", message=message, span=span, hint=hint)
 
@@ -261,7 +264,13 @@ class _Builder(Transformer):
         *decorators, name, params, returns, target = children
         single = isinstance(returns, ast.TypeRef)
         outputs = (
-            [ast.Output(span=returns.span, name=ast.Ident(name="result", span=returns.span), type=returns)]
+            [
+                ast.Output(
+                    span=returns.span,
+                    name=ast.Ident(name="result", span=returns.span),
+                    type=returns,
+                )
+            ]
             if single
             else returns
         )
@@ -344,7 +353,9 @@ class _Builder(Transformer):
     @v_args(meta=True)
     def map_expr(self, meta: Meta, children: list) -> ast.MapExpr:
         var, iterable, body = children
-        return ast.MapExpr(span=self._span(meta), var=self._ident(var), iterable=iterable, body=body)
+        return ast.MapExpr(
+            span=self._span(meta), var=self._ident(var), iterable=iterable, body=body
+        )
 
     @v_args(meta=True)
     def comprehension(self, meta: Meta, children: list) -> ast.MapExpr:
@@ -390,13 +401,17 @@ class _Builder(Transformer):
     def call(self, meta: Meta, children: list) -> ast.Call:
         func, args = children
         positional, keywords = args or ([], [])
-        return ast.Call(span=self._span(meta), func=self._ident(func), args=positional, kwargs=keywords)
+        return ast.Call(
+            span=self._span(meta), func=self._ident(func), args=positional, kwargs=keywords
+        )
 
     def args(self, children: list) -> tuple[list[ast.Expr], list[ast.Keyword]]:
         positional = [c for c in children if c is not None and not isinstance(c, ast.Keyword)]
         keywords = [c for c in children if isinstance(c, ast.Keyword)]
         for kw in keywords:
-            later = [p for p in positional if (p.span.line, p.span.col) > (kw.span.line, kw.span.col)]
+            later = [
+                p for p in positional if (p.span.line, p.span.col) > (kw.span.line, kw.span.col)
+            ]
             if later:
                 self.diagnostics.append(
                     Diagnostic(
@@ -500,7 +515,11 @@ def parse_template(
     cursor = 0
     for match in _PLACEHOLDER.finditer(body):
         if match.start() > cursor:
-            parts.append(ast.TemplateText(span=span(cursor, match.start()), text=body[cursor : match.start()]))
+            parts.append(
+                ast.TemplateText(
+                    span=span(cursor, match.start()), text=body[cursor : match.start()]
+                )
+            )
         inner_start = match.start(1)
         inner = match.group(1)
         l1, c1 = position(inner_start)
@@ -515,8 +534,10 @@ def parse_template(
             diag.hint = 'write {{name}} or {{name | max_tokens=60, stop="\\n"}}'
             diags.append(diag)
             # Keep the name so that later stages do not report it as missing too.
-            names = [Token("NAME", m, line=l1, column=c1, end_line=l1, end_column=c1 + len(m))
-                     for m in re.findall(r"^\s*([A-Za-z_]\w*)", inner)]
+            names = [
+                Token("NAME", m, line=l1, column=c1, end_line=l1, end_column=c1 + len(m))
+                for m in re.findall(r"^\s*([A-Za-z_]\w*)", inner)
+            ]
             options = []
         parts.append(
             ast.Placeholder(

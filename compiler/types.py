@@ -6,7 +6,7 @@ which validates model output against them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,7 +62,7 @@ class AnyT(_Type):
         return "any"
 
 
-Type = Annotated[Union[Prim, ListT, EnumT, RecordT, AnyT], Field(discriminator="kind")]
+Type = Annotated[Prim | ListT | EnumT | RecordT | AnyT, Field(discriminator="kind")]
 
 for _model in (ListT, RecordT):
     _model.model_rebuild()

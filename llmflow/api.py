@@ -29,7 +29,10 @@ def bind_inputs(plan: Plan, values: dict[str, Any]) -> dict[str, Any]:
     for name in values:
         if name not in known:
             hint = did_you_mean(name, known)
-            problems.append(f"unknown input '{name}'" + (f"; {hint}" if hint else f" (inputs: {', '.join(sorted(known)) or 'none'})"))
+            problems.append(
+                f"unknown input '{name}'"
+                + (f"; {hint}" if hint else f" (inputs: {', '.join(sorted(known)) or 'none'})")
+            )
     bound: dict[str, Any] = {}
     for spec in plan.inputs:
         if spec.name not in values:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -25,7 +26,8 @@ from llmflow.runtime.scheduler import RunResult
 
 EXAMPLES = {
     "run": "llmflow run examples/hello.llmflow -i name=Ada\n"
-    "  llmflow run examples/qa_over_doc.llmflow -i doc=@paper.txt -i 'questions=[\"Who?\", \"When?\"]' --json",
+    "  llmflow run examples/qa_over_doc.llmflow -i doc=@paper.txt \\\n"
+    '      -i \'questions=["Who?", "When?"]\' --json',
     "check": "llmflow check examples/*.llmflow",
     "plan": "llmflow plan examples/qa_over_doc.llmflow --json",
     "models": "llmflow models examples/hello.llmflow",
@@ -38,22 +40,37 @@ def _parser() -> argparse.ArgumentParser:
         description="Compile and run programs that call several LLMs.",
         epilog="Run `llmflow COMMAND --help` for a command's options and an example.",
     )
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for internal errors")
+    parser.add_argument(
+        "--debug", action="store_true", help="show Python tracebacks for internal errors"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(
-            name, help=help, description=help, epilog=f"example:\n  {EXAMPLES[name]}",
+            name,
+            help=help,
+            description=help,
+            epilog=f"example:\n  {EXAMPLES[name]}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                         help="show Python tracebacks for internal errors")
+        sub.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show Python tracebacks for internal errors",
+        )
         return sub
 
     run = command("run", "Run a program's flow and print its outputs.")
     run.add_argument("program", help="a .llmflow file")
-    run.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE",
-                     help="an input; NAME=@FILE reads it from a file; non-string inputs are JSON")
+    run.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input; NAME=@FILE reads it from a file; non-string inputs are JSON",
+    )
     run.add_argument("--flow", help="the flow to run (default: main, or the only flow)")
     run.add_argument("--json", action="store_true", help="print the outputs as one JSON object")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -95,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         else:
-            sys.stderr.write(f"internal error: {type(err).__name__}: {err}\n(run with --debug for a traceback)\n")
+            sys.stderr.write(
+                f"internal error: {type(err).__name__}: {err}\n(run with --debug for a traceback)\n"
+            )
         return 1
 
 
@@ -125,7 +144,9 @@ def parse_inputs(plan: Plan, pairs: list[str]) -> dict[str, Any]:
         try:
             values[name] = json.loads(raw)
         except json.JSONDecodeError as err:
-            problems.append(f"input '{name}' expects {types[name]} written as JSON: {err.msg} in {raw[:60]!r}")
+            problems.append(
+                f"input '{name}' expects {types[name]} written as JSON: {err.msg} in {raw[:60]!r}"
+            )
     if problems:
         raise InputError("\n".join(problems))
     return values
@@ -145,7 +166,11 @@ class _Progress:
         if kind == "done" and node.kind == "llm":
             self.done += 1
             stats: CallStats = info["stats"]
-            retry = f", {stats.retries} retr{'y' if stats.retries == 1 else 'ies'}" if stats.retries else ""
+            retry = (
+                f", {stats.retries} retr{'y' if stats.retries == 1 else 'ies'}"
+                if stats.retries
+                else ""
+            )
             sys.stderr.write(
                 f"  [{self.done}] {node.label} on {stats.model}: {stats.input_tokens} → "
                 f"{stats.output_tokens} tokens, {stats.seconds:.2f}s{retry}\n"
@@ -182,11 +207,11 @@ def _run(args: argparse.Namespace) -> int:
         for failure in result.failures:
             span = failure.node.span
             if span and span.file not in sources:
-                try:
+                with contextlib.suppress(OSError):
                     sources[span.file] = Path(span.file).read_text(encoding="utf-8")
-                except OSError:
-                    pass
-            diag = Diagnostic(kind="run", message=f"{failure.node.label} failed: {failure.message}", span=span)
+            diag = Diagnostic(
+                kind="run", message=f"{failure.node.label} failed: {failure.message}", span=span
+            )
             sys.stderr.write(render(diag, sources) + "\n")
         missing = [n for n in plan.outputs if n not in result.outputs]
         sys.stderr.write(f"not computed: {', '.join(missing)}\n")
@@ -246,7 +271,9 @@ def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
         detail = f" on {node.call.model}" if node.call else ""
         args = f"({', '.join(node.args)})" if node.args else ""
         var = f" → {node.var}" if node.var else ""
-        sys.stdout.write(f"{indent}{node.id} {node.kind} {node.label}{args}{detail}: {node.type}{var}\n")
+        sys.stdout.write(
+            f"{indent}{node.id} {node.kind} {node.label}{args}{detail}: {node.type}{var}\n"
+        )
         for key, body in node.bodies.items():
             sys.stdout.write(f"{indent}  {key}:\n")
             _print_graph(body.nodes, plan, indent + "    ")
@@ -257,12 +284,29 @@ def _models(args: argparse.Namespace) -> int:
     if args.program:
         checked = check_file(args.program)
         for spec in checked.models.values():
-            rows.append({"name": spec.name, "backend": spec.backend, "id": spec.id, "context": spec.context,
-                         "skills": spec.skills, "default": spec.name == checked.default_model})
+            rows.append(
+                {
+                    "name": spec.name,
+                    "backend": spec.backend,
+                    "id": spec.id,
+                    "context": spec.context,
+                    "skills": spec.skills,
+                    "default": spec.name == checked.default_model,
+                }
+            )
     else:
         for name, local in LOCAL_MODELS.items():
-            rows.append({"name": name, "backend": "local", "id": name, "context": local.context,
-                         "skills": {}, "default": name == "smollm2-135m", "description": local.description})
+            rows.append(
+                {
+                    "name": name,
+                    "backend": "local",
+                    "id": name,
+                    "context": local.context,
+                    "skills": {},
+                    "default": name == "smollm2-135m",
+                    "description": local.description,
+                }
+            )
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
@@ -270,7 +314,8 @@ def _models(args: argparse.Namespace) -> int:
         skills = ", ".join(f"{k}={v}" for k, v in row["skills"].items())
         default = "  (default)" if row["default"] else ""
         sys.stdout.write(
-            f"{row['name']:<14} {row['backend']:<8} {row['id']:<22} context {row['context'] or '?':<6}"
+            f"{row['name']:<14} {row['backend']:<8} {row['id']:<22} "
+            f"context {row['context'] or '?':<6}"
             f" {skills}{default}\n"
         )
     return 0

@@ -70,7 +70,9 @@ def _select(value: Any, path: list[str]) -> Any:
     return value
 
 
-async def run_call(call: LLMCall, args: list[Any], model: ModelSpec, backend: Backend) -> tuple[Any, CallStats]:
+async def run_call(
+    call: LLMCall, args: list[Any], model: ModelSpec, backend: Backend
+) -> tuple[Any, CallStats]:
     """Generate every output of one call; the value is the output, or a dict of outputs."""
     stats = CallStats(function=call.function, model=model.name)
     values = dict(zip(call.params, args, strict=True))
@@ -102,7 +104,12 @@ async def run_call(call: LLMCall, args: list[Any], model: ModelSpec, backend: Ba
 
 
 async def _generate(
-    call: LLMCall, spec: OutputSpec, turns: list[Turn], model: ModelSpec, backend: Backend, stats: CallStats
+    call: LLMCall,
+    spec: OutputSpec,
+    turns: list[Turn],
+    model: ModelSpec,
+    backend: Backend,
+    stats: CallStats,
 ) -> tuple[Any, str]:
     stop = spec.stop
     if stop is None:
@@ -128,13 +135,20 @@ async def _generate(
         if attempt + 1 < ATTEMPTS:
             stats.retries += 1
             lead_in = turns[-1].text.rsplit("\n", 1)[-1] if not model.chat else ""
-            feedback = f"That answer is not valid: {error}. Reply with only {describe_type(spec.type)}."
-            request = request.model_copy(update={"turns": [
-                *turns,
-                Turn(role="assistant", text=text),
-                Turn(role="user", text=f"\n{feedback}\n{lead_in}" if lead_in else feedback),
-            ]})
+            feedback = (
+                f"That answer is not valid: {error}. Reply with only {describe_type(spec.type)}."
+            )
+            request = request.model_copy(
+                update={
+                    "turns": [
+                        *turns,
+                        Turn(role="assistant", text=text),
+                        Turn(role="user", text=f"\n{feedback}\n{lead_in}" if lead_in else feedback),
+                    ]
+                }
+            )
     kind = "text" if isinstance(spec.type, AnyT) else str(spec.type)
     raise CallFailed(
-        f"{call.function}(): output '{spec.name}' is not a valid {kind} after {ATTEMPTS} attempts: {error}"
+        f"{call.function}(): output '{spec.name}' is not a valid {kind} "
+        f"after {ATTEMPTS} attempts: {error}"
     )

@@ -98,7 +98,7 @@ class Scheduler:
             await asyncio.gather(*pending, return_exceptions=True)
         outputs: dict[str, Any] = {}
         failures: dict[int, NodeFailed] = {}
-        for name, result in zip(names, results):
+        for name, result in zip(names, results, strict=True):
             if isinstance(result, NodeFailed):
                 failures.setdefault(id(result), result)
             elif isinstance(result, BaseException):
@@ -179,7 +179,9 @@ class Scheduler:
         try:
             value = validate(node.type, result, strict=False)
         except InvalidValue as err:
-            raise NodeFailed(node, f"{node.extern} returned a value that is not {node.type}: {err}") from err
+            raise NodeFailed(
+                node, f"{node.extern} returned a value that is not {node.type}: {err}"
+            ) from err
         self.on_event("done", node, {})
         return value
 
@@ -214,7 +216,7 @@ class Scheduler:
             sub = _Frame(body, bindings)
             names = list(body.outputs)
             values = await asyncio.gather(*(self._get(sub, body.outputs[n]) for n in names))
-            done = dict(zip(names, values))
+            done = dict(zip(names, values, strict=True))
             carried = {k: done[f"next:{k}"] for k in node.carried}
             if done.get("until"):
                 break
@@ -238,7 +240,9 @@ def _builtin(node: IRNode, args: list[Any]) -> Any:
         try:
             return args[0][args[1]]
         except IndexError:
-            raise NodeFailed(node, f"index {args[1]} is out of range (length {len(args[0])})") from None
+            raise NodeFailed(
+                node, f"index {args[1]} is out of range (length {len(args[0])})"
+            ) from None
     if op == "neg":
         return -args[0]
     if op == "not":
@@ -250,7 +254,7 @@ def _builtin(node: IRNode, args: list[Any]) -> Any:
     builtin = BUILTINS[op]
     keywords = node.value or []
     positional = args[: len(args) - len(keywords)]
-    named = dict(zip(keywords, args[len(positional):], strict=True))
+    named = dict(zip(keywords, args[len(positional) :], strict=True))
     try:
         return builtin.impl(*positional, **named)
     except (ValueError, KeyError, IndexError, TypeError) as err:

@@ -43,7 +43,12 @@ def validate(t: Type, value: Any, strict: bool = True) -> Any:
     model output laxly (a record field "3" may stand for 3)."""
     if isinstance(t, AnyT):
         return value
-    if strict and t == Prim(name="float") and isinstance(value, int) and not isinstance(value, bool):
+    if (
+        strict
+        and t == Prim(name="float")
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
         return float(value)
     try:
         checked = _adapter(t).validate_python(value, strict=strict)
@@ -99,7 +104,9 @@ def parse_output(t: Type, text: str) -> Any:
     data = _extract_json(text)
     if data is None:
         if isinstance(t, ListT) and t.item in (Prim(name="str"),):
-            items = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip() for line in text.splitlines()]
+            items = [
+                re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip() for line in text.splitlines()
+            ]
             return [i for i in items if i]
         raise InvalidValue(f"expected JSON for {t}, got {_quote(text)}")
     if isinstance(t, ListT) and isinstance(data, dict) and len(data) == 1:
@@ -135,7 +142,7 @@ def _extract_json(text: str) -> Any:
     decoder = json.JSONDecoder()
     for match in re.finditer(r"[\[{]", text):
         try:
-            value, _ = decoder.raw_decode(text[match.start():])
+            value, _ = decoder.raw_decode(text[match.start() :])
         except json.JSONDecodeError:
             continue
         return value

@@ -214,12 +214,27 @@ BUILTINS: dict[str, Builtin] = {
             lambda haystack, needle: needle in haystack,
             "Whether a string contains a substring, or a list an item.",
         ),
-        Builtin("range", (Param("n", INT),), _fixed(ListT(item=INT)), lambda n: list(range(n)),
-                "The integers 0 .. n-1."),
-        Builtin("first", (Param("items", None),), _list_item, lambda items: items[0],
-                "The first item of a list."),
-        Builtin("last", (Param("items", None),), _list_item, lambda items: items[-1],
-                "The last item of a list."),
+        Builtin(
+            "range",
+            (Param("n", INT),),
+            _fixed(ListT(item=INT)),
+            lambda n: list(range(n)),
+            "The integers 0 .. n-1.",
+        ),
+        Builtin(
+            "first",
+            (Param("items", None),),
+            _list_item,
+            lambda items: items[0],
+            "The first item of a list.",
+        ),
+        Builtin(
+            "last",
+            (Param("items", None),),
+            _list_item,
+            lambda items: items[-1],
+            "The last item of a list.",
+        ),
         Builtin(
             "take",
             (Param("items", None), Param("n", INT)),
@@ -237,16 +252,22 @@ BUILTINS: dict[str, Builtin] = {
         Builtin(
             "max",
             (Param("a", None), Param("b", None)),
-            lambda args: args[0] if args[0] == args[1] and args[0] in (INT, FLOAT, STR)
-            else (FLOAT if all(t in (INT, FLOAT) for t in args) else "expects two numbers"),
+            lambda args: (
+                args[0]
+                if args[0] == args[1] and args[0] in (INT, FLOAT, STR)
+                else (FLOAT if all(t in (INT, FLOAT) for t in args) else "expects two numbers")
+            ),
             max,
             "The larger of two numbers.",
         ),
         Builtin(
             "min",
             (Param("a", None), Param("b", None)),
-            lambda args: args[0] if args[0] == args[1] and args[0] in (INT, FLOAT, STR)
-            else (FLOAT if all(t in (INT, FLOAT) for t in args) else "expects two numbers"),
+            lambda args: (
+                args[0]
+                if args[0] == args[1] and args[0] in (INT, FLOAT, STR)
+                else (FLOAT if all(t in (INT, FLOAT) for t in args) else "expects two numbers")
+            ),
             min,
             "The smaller of two numbers.",
         ),

@@ -28,7 +28,7 @@ def test_check_prints_every_error_with_position_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.llmflow"
-    bad.write_text('flow main(x: str) -> y: str {\n    y = uper(x)\n    z = w\n}\n')
+    bad.write_text("flow main(x: str) -> y: str {\n    y = uper(x)\n    z = w\n}\n")
     assert main(["check", str(bad)]) == 1
     _, err = capsys.readouterr()
     assert f"{bad}:2:9: error: unknown function 'uper'" in err

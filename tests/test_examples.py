@@ -35,21 +35,29 @@ def test_hello(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_qa_over_doc(capsys: pytest.CaptureFixture[str]) -> None:
     questions = json.dumps(["Who designed the tower?", "When was the light automated?"])
-    out = run_json(capsys, "examples/qa_over_doc.llmflow", "-i", f"doc=@{DOC}", "-i", f"questions={questions}")
+    out = run_json(
+        capsys, "examples/qa_over_doc.llmflow", "-i", f"doc=@{DOC}", "-i", f"questions={questions}"
+    )
     assert len(out["answers"]) == 2 and all(a.strip() for a in out["answers"])
 
 
 def test_map_reduce_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_json(capsys, "examples/map_reduce_summary.llmflow", "-i", f"text=@{DOC}", "-i", "chunk_size=1000")
+    out = run_json(
+        capsys, "examples/map_reduce_summary.llmflow", "-i", f"text=@{DOC}", "-i", "chunk_size=1000"
+    )
     assert len(out["parts"]) == 2 and out["summary"].strip()
 
 
 def test_chain_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_json(capsys, "examples/chain_summary.llmflow", "-i", f"text=@{DOC}", "-i", "chunk_size=1000")
+    out = run_json(
+        capsys, "examples/chain_summary.llmflow", "-i", f"text=@{DOC}", "-i", "chunk_size=1000"
+    )
     assert out["steps"] == 2 and out["summary"].strip()
 
 
-@pytest.mark.parametrize("review", ["Great blender, quiet and strong.", "The lid cracked after two days."])
+@pytest.mark.parametrize(
+    "review", ["Great blender, quiet and strong.", "The lid cracked after two days."]
+)
 def test_review_triage(capsys: pytest.CaptureFixture[str], review: str) -> None:
     out = run_json(capsys, "examples/review_triage.llmflow", "-i", f"review={review}")
     assert out["sentiment"] in {"positive", "negative", "mixed"}

@@ -31,12 +31,15 @@ fn echo(x: str) -> y: str
 
 
 def test_independent_calls_are_in_flight_together(compile_source):
-    plan = compile_source(ECHO + """
+    plan = compile_source(
+        ECHO
+        + """
     flow main(a: str, b: str) -> ya: str, yb: str {
         ya = echo(a)
         yb = echo(b)
     }
-    """)
+    """
+    )
     backend = ScriptedBackend(lambda r: last_user(r).upper(), delay=0.2)
     result = run(plan, {"a": "one", "b": "two"}, backend)
     assert result.outputs == {"ya": "ECHO ONE:", "yb": "ECHO TWO:"}
@@ -44,11 +47,14 @@ def test_independent_calls_are_in_flight_together(compile_source):
 
 
 def test_map_over_a_list_known_only_at_run_time(compile_source):
-    plan = compile_source(ECHO + """
+    plan = compile_source(
+        ECHO
+        + """
     flow main(text: str) -> ys: list[str] {
         ys = map w in split(text, " "): echo(w)
     }
-    """)
+    """
+    )
     backend = ScriptedBackend(lambda r: last_user(r).split()[1].rstrip(":"), delay=0.05)
     result = run(plan, {"text": "a b c d e"}, backend)
     assert result.outputs["ys"] == ["a", "b", "c", "d", "e"]
@@ -57,13 +63,16 @@ def test_map_over_a_list_known_only_at_run_time(compile_source):
 
 def test_a_node_starts_as_soon_as_its_inputs_exist(compile_source):
     # fast → after_fast must not wait for the slow sibling (no lock-step rounds).
-    plan = compile_source(ECHO + """
+    plan = compile_source(
+        ECHO
+        + """
     flow main(a: str) -> slow: str, second: str {
         slow = echo("slow")
         first = echo(a)
         second = echo(first)
     }
-    """)
+    """
+    )
 
     async def script(request: GenerationRequest) -> str:
         await asyncio.sleep(0.5 if "slow" in last_user(request) else 0.05)
@@ -101,14 +110,17 @@ def test_branch_runs_only_the_chosen_side(compile_source):
 
 
 def test_loop_carries_values_and_stops_at_until(compile_source):
-    plan = compile_source(ECHO + """
+    plan = compile_source(
+        ECHO
+        + """
     flow main(seed: str) -> text: str, rounds: int {
         repeat at most 10 with text = seed, rounds = 0 {
             text = echo(text)
             rounds = rounds + 1
         } until rounds >= 3
     }
-    """)
+    """
+    )
     backend = ScriptedBackend(lambda r: last_user(r).replace("Echo ", "").rstrip(":") + "!")
     result = run(plan, {"seed": "hi"}, backend)
     assert result.outputs == {"text": "hi!!!", "rounds": 3}
@@ -147,7 +159,9 @@ def test_invalid_output_is_retried_with_the_error_fed_back(compile_source):
 
 
 def test_a_failed_call_names_function_and_output_and_keeps_other_outputs(compile_source):
-    plan = compile_source(ECHO + """
+    plan = compile_source(
+        ECHO
+        + """
     fn count(text: str) -> n: int
     \"\"\"How many words in {{text}}? {{n}}\"\"\"
     flow main(text: str) -> n: int, y: str, z: str {
@@ -155,7 +169,8 @@ def test_a_failed_call_names_function_and_output_and_keeps_other_outputs(compile
         y = echo(text)
         z = echo(str(n))
     }
-    """)
+    """
+    )
     backend = ScriptedBackend(lambda r: "ok" if r.turns[0].text.startswith("Echo") else "lots")
     result = run(plan, {"text": "a b"}, backend)
     assert result.outputs == {"y": "ok"}
@@ -178,7 +193,9 @@ def test_several_outputs_generate_in_order_each_continuing_the_text(compile_sour
     assert result.outputs == {"q": "why?", "a": "because"}
     second = backend.served[1].request.turns
     assert [(t.role, t.text) for t in second] == [
-        ("user", "D. Question:"), ("assistant", "why?"), ("user", "Answer:"),
+        ("user", "D. Question:"),
+        ("assistant", "why?"),
+        ("user", "Answer:"),
     ]
 
 
@@ -219,12 +236,15 @@ def test_comprehension_filters_and_picks_fields(compile_source):
 
 
 def test_a_value_nothing_reads_is_never_computed(compile_source):
-    plan = compile_source(ECHO + """
+    plan = compile_source(
+        ECHO
+        + """
     flow main(a: str) -> y: str {
         unused = echo("never")
         y = echo(a)
     }
-    """)
+    """
+    )
     backend = ScriptedBackend(lambda r: "ok")
     run(plan, {"a": "x"}, backend)
     assert [last_user(s.request) for s in backend.served] == ["Echo x:"]
@@ -240,6 +260,10 @@ def test_inputs_are_checked_and_named(compile_source):
     assert "unknown input 'dok'; did you mean 'doc'?" in message
     assert "missing input 'doc' (str)" in message
     assert "input 'questions' expects list[str]" in message
-    assert llmflow.bind_inputs(plan, {"doc": "d", "questions": []}) == {"doc": "d", "questions": [], "k": 2}
+    assert llmflow.bind_inputs(plan, {"doc": "d", "questions": []}) == {
+        "doc": "d",
+        "questions": [],
+        "k": 2,
+    }
     result = run(plan, {"doc": "d", "questions": [], "k": 5}, ScriptedBackend(lambda r: ""))
     assert result.outputs == {"k2": 10}
