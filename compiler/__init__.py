@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from llmflow.compiler.check import Checked, check
-from llmflow.compiler.diagnostics import Diagnostic
+from llmflow.compiler.diagnostics import Diagnostic, sort_key
 from llmflow.compiler.ir import Plan
 from llmflow.compiler.lower import lower
 from llmflow.compiler.modules import load_program
@@ -16,7 +16,7 @@ def check_file(path: str | os.PathLike[str], source: str | None = None) -> Check
     """Parse and check a program and everything it imports; raise with every error."""
     program, diags = load_program(path, source)
     checked, more = check(program)
-    diags = diags + more
+    diags = sorted(diags + more, key=sort_key)
     if diags:
         raise CompileError(_dedupe(diags), program.sources)
     return checked

@@ -239,6 +239,8 @@ Decl = ImportDecl | ModelDecl | EnumDecl | RecordDecl | FnDecl | ExternDecl | Fl
 class Module(BaseModel):
     file: str
     decls: list[Decl]
+    broken: list[str] = Field(default_factory=list)
+    """Names of declarations dropped for syntax errors (their uses are not errors too)."""
     source: str = Field(repr=False)
 
 

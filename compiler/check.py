@@ -8,9 +8,7 @@ being computed is a dependency cycle.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +17,7 @@ import networkx as nx
 
 from llmflow.compiler import ast
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
+from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.models import LOCAL_MODELS, ModelSpec, default_model
 from llmflow.compiler.modules import Program
 from llmflow.compiler.types import (
@@ -210,6 +209,8 @@ class Checker:
         self.current_flow: str | None = None
         self._resolving_types: set[str] = set()
         self._computing: list[_Def] = []
+        self.broken = {name for m in program.modules.values() for name in m.broken}
+        """Declarations with syntax errors: their uses are not reported again."""
 
     def error(
         self, kind: str, message: str, span: ast.Span | None, label: str = "", hint: str = ""
@@ -354,6 +355,8 @@ class Checker:
         type_names = [*PRIMS, "list"] + [
             n for n, s in self.checked.symbols[self.module].items() if isinstance(s, TypeSym)
         ]
+        if ref.name in self.broken:
+            return ANY
         self.error(
             "unknown-name",
             f"unknown type '{ref.name}'",
@@ -444,15 +447,27 @@ class Checker:
                         "type", f"skill '{bad[0]}' must be a number from 0 to 1", kw.value.span
                     )
                     continue
+            elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                self.error("type", f"model option '{key}' cannot be negative", kw.value.span)
+                continue
             options[key] = value
-        chat = options.pop("chat", True)
-        context = options.pop("context", None)
+        catalog = LOCAL_MODELS.get(model_id) if backend == "local" else None
+        chat = options.pop("chat", catalog.chat if catalog else True)
+        context = options.pop("context", catalog.context if catalog else None)
         skills = options.pop("skills", {})
-        if backend == "local":
-            if model_id in LOCAL_MODELS:
-                chat = LOCAL_MODELS[model_id].chat
-                context = context or LOCAL_MODELS[model_id].context
-            elif not model_id.endswith(".gguf"):
+        if backend == "local" and catalog is None:
+            if model_id.endswith(".gguf"):
+                path = self.program.paths[self.module].parent / model_id
+                if not path.is_file():
+                    self.error(
+                        "declaration",
+                        f"no model file '{model_id}'",
+                        decl.args[0].span,
+                        hint=f"paths are relative to the declaring file; looked for {path}",
+                    )
+                    return
+                model_id = str(path.resolve())
+            else:
                 self.error(
                     "unknown-name",
                     f"unknown embedded model '{model_id}'",
@@ -475,10 +490,23 @@ class Checker:
         )
 
     def _collect_models(self) -> None:
+        """Models are global to a program: a plan names them, whatever file they are in."""
+        declared_in: dict[str, str] = {}
         for module in self.program.modules:
             for sym in self.checked.symbols[module].values():
-                if isinstance(sym, ModelSym) and sym.spec is not None:
-                    self.checked.models[sym.spec.name] = sym.spec
+                if not isinstance(sym, ModelSym) or sym.module != module or sym.spec is None:
+                    continue
+                name = sym.spec.name
+                if name in declared_in:
+                    self.error(
+                        "declaration",
+                        f"model '{name}' is also declared in {declared_in[name]}",
+                        sym.decl.name.span,
+                        hint="model names are global to a program: rename one of them",
+                    )
+                    continue
+                declared_in[name] = module
+                self.checked.models[name] = sym.spec
         main = self.program.modules[self.program.main]
         declared = [d.name.name for d in main.decls if isinstance(d, ast.ModelDecl)]
         declared = [n for n in declared if n in self.checked.models]
@@ -502,7 +530,7 @@ class Checker:
             t = self.resolve_type(p.type)
             if p.default is not None:
                 value_type = self.expr(p.default, _Scope())
-                if not isinstance(p.default, ast.Const | ast.ListExpr | ast.UnaryOp | ast.Attr):
+                if not self._is_constant(p.default):
                     self.error("type", "a default value must be a constant", p.default.span)
                 elif not assignable(value_type, t):
                     self.error(
@@ -512,6 +540,18 @@ class Checker:
                     )
             out.append((p.name.name, t, p.default))
         return out
+
+    def _is_constant(self, expr: ast.Expr) -> bool:
+        match expr:
+            case ast.Const():
+                return True
+            case ast.ListExpr(items=items):
+                return all(self._is_constant(i) for i in items)
+            case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float())):
+                return True
+            case ast.Attr():
+                return id(expr) in self.checked.enum_values
+        return False
 
     def _outputs(
         self, outputs: list[ast.Output], params: list[tuple[str, Type, ast.Expr | None]]
@@ -557,6 +597,8 @@ class Checker:
                     )
                     continue
                 target = dec.args[0].id
+                if target in self.broken:
+                    continue
                 if not isinstance(self._lookup(target), ModelSym):
                     models = [
                         n
@@ -712,43 +754,12 @@ class Checker:
         params = self._params(decl.params)
         sym.sig = Signature(params, self._outputs(decl.outputs, params))
         self._check_decorators(decl, sym)
-        module_name, _, attr = decl.target.partition(":")
-        if not module_name or not attr:
-            self.error(
-                "extern",
-                f"'{decl.target}' does not name a Python function",
-                decl.target_span,
-                hint='write "package.module:function"',
-            )
-            return
-        base = str(self.program.base_dir)
-        if base not in sys.path:
-            sys.path.insert(0, base)
         try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:  # any error while importing user code is the user's to see
-            self.error(
-                "extern",
-                f"cannot import '{module_name}': {exc}",
-                decl.target_span,
-                hint=f"modules are looked up beside {self.program.main} and on PYTHONPATH",
-            )
+            func = load_extern(decl.target, self.program.base_dir)
+        except ExternError as err:
+            self.error("extern", err.message, decl.target_span, hint=err.hint)
             return
-        func = module
-        for part in attr.split("."):
-            func = getattr(func, part, None)
-            if func is None:
-                names = [n for n in dir(module) if not n.startswith("_")]
-                self.error(
-                    "extern",
-                    f"module '{module_name}' has no attribute '{attr}'",
-                    decl.target_span,
-                    hint=did_you_mean(attr, names),
-                )
-                return
-        if not callable(func):
-            self.error("extern", f"'{decl.target}' is not callable", decl.target_span)
-            return
+        attr = decl.target.partition(":")[2]
         try:
             inspect.signature(func).bind(*[None] * len(params))
         except TypeError:
@@ -808,6 +819,8 @@ class Checker:
             return d.type
         if d.busy:
             names = [x.name for x in self._computing[self._computing.index(d) :]] + [d.name]
+            names = [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+            names = names if len(names) > 1 else names * 2
             self.error(
                 "cycle",
                 f"dependency cycle: {' → '.join(names)}",
@@ -1005,7 +1018,7 @@ class Checker:
                 and "'" not in name
                 and (stmt.var is None or name != stmt.var.name)
             ):
-                scope.loop_locals[name] = d.span
+                scope.loop_locals[name] = stmt.span
         if stmt.until is not None:
             until = stmt.until
 
@@ -1151,9 +1164,11 @@ class Checker:
             if not (is_numeric(lt) and is_numeric(rt) or lt == rt == STR):
                 self.error("type", f"cannot order {lt} and {rt}", e.span)
             return BOOL
+        if isinstance(lt, AnyT) or isinstance(rt, AnyT):
+            return ANY
         if e.op == "+":
-            if lt == rt == STR or isinstance(lt, AnyT) or isinstance(rt, AnyT):
-                return lt if not isinstance(lt, AnyT) else rt
+            if lt == rt == STR:
+                return STR
             if isinstance(lt, ListT) and isinstance(rt, ListT):
                 joined = unify(lt, rt)
                 if joined is not None:
@@ -1230,6 +1245,8 @@ class Checker:
                 self.error("type", f"{name}() {result}", e.span)
                 return ANY
             return result
+        if name in self.broken:
+            return ANY
         callables = [
             n
             for n, s in self.checked.symbols[self.module].items()
@@ -1308,7 +1325,7 @@ class Checker:
         for i, (pname, ptype, has_default) in enumerate(params):
             arg = bound[i]
             if arg is None:
-                if not has_default:
+                if not has_default and ok:
                     self.error("type", f"{name}() is missing argument '{pname}' ({ptype})", e.span)
                     ok = False
                 continue

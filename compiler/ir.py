@@ -131,9 +131,7 @@ class Graph:
 
 
 def _node_json(node: IRNode) -> dict[str, Any]:
-    data = node.model_dump(
-        mode="json", exclude={"bodies"}, exclude_none=True, exclude_defaults=True
-    )
+    data = node.model_dump(mode="json", exclude={"bodies"}, exclude_none=True)
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
     if node.bodies:
@@ -155,6 +153,8 @@ class Plan(BaseModel):
 
     flow: str
     file: str
+    base_dir: str
+    """The main file's folder, where `extern` modules are looked up first."""
     inputs: list[InputSpec]
     outputs: dict[str, Type]
     graph: Graph
@@ -168,6 +168,7 @@ class Plan(BaseModel):
         return {
             "flow": self.flow,
             "file": self.file,
+            "base_dir": self.base_dir,
             "inputs": [i.model_dump(mode="json") for i in self.inputs],
             "outputs": {k: t.model_dump(mode="json") for k, t in self.outputs.items()},
             "models": {k: m.model_dump(mode="json") for k, m in self.models.items()},

@@ -82,6 +82,7 @@ class Lowerer:
     def __init__(self, checked: Checked) -> None:
         self.checked = checked
         self._ids = itertools.count(1)
+        self._inlined: dict[int, _Env] = {}
 
     def new_id(self) -> str:
         return f"n{next(self._ids)}"
@@ -159,6 +160,7 @@ class Lowerer:
         return Plan(
             flow=name,
             file=self.checked.program.main,
+            base_dir=str(self.checked.program.base_dir),
             inputs=inputs,
             outputs=dict(sym.sig.outputs),
             graph=graph,
@@ -186,9 +188,15 @@ class Lowerer:
             target = stmt.targets[0].name
             env.thunks[target] = lambda: self.expr(stmt.value, env, var=target)
             return
-        whole = _Once(lambda: self.expr(stmt.value, env))
         value_type = self.type_of(stmt.value)
         assert isinstance(value_type, RecordT)
+        if self.is_flow_call(stmt.value):
+            call = stmt.value
+            assert isinstance(call, ast.Call)
+            for target, (fname, _) in zip(stmt.targets, value_type.fields, strict=True):
+                env.thunks[target.name] = lambda fname=fname: self.flow_env(call, env).get(fname)
+            return
+        whole = _Once(lambda: self.expr(stmt.value, env))
         for target, (fname, ftype) in zip(stmt.targets, value_type.fields, strict=True):
             env.thunks[target.name] = lambda fname=fname, ftype=ftype, target=target: self.field(
                 env, whole(), fname, ftype, target.name
@@ -327,6 +335,9 @@ class Lowerer:
             case ast.Attr():
                 if id(e) in self.checked.enum_values:
                     return self.const(env, self.checked.enum_values[id(e)], t, e.span)
+                if self.is_flow_call(e.value):
+                    assert isinstance(e.value, ast.Call)
+                    return self.flow_env(e.value, env).get(e.attr.name)
                 return self.field(env, self.expr(e.value, env), e.attr.name, t)
             case ast.Index(value=value, index=index):
                 args = [self.expr(value, env), self.expr(index, env)]
@@ -420,11 +431,11 @@ class Lowerer:
                 span=e.span,
                 value=[n for n, _ in t.fields],
             )
+        if isinstance(callee, FlowSym):
+            return self.inline(callee, e, env)
         params = callee.sig.params
         defaults = [_const_value(d, self.checked) if d is not None else None for _, _, d in params]
         args = self._bound(e, env, defaults, [pt for _, pt, _ in params])
-        if isinstance(callee, FlowSym):
-            return self.inline(callee, args, env)
         if isinstance(callee, ExternSym):
             return self.add(
                 env,
@@ -441,12 +452,29 @@ class Lowerer:
             env, kind="llm", label=name, type=t, args=args, span=e.span, call=self.llm_call(callee)
         )
 
-    def inline(self, flow: FlowSym, args: list[str], env: _Env) -> str:
-        inner = _Env(env.graph)
-        inner.new_id = self.new_id
-        for (pname, _, _), arg in zip(flow.sig.params, args, strict=True):
-            inner.memo[pname] = arg
-        self.collect(flow.decl.body, inner)
+    def flow_env(self, e: ast.Call, env: _Env) -> _Env:
+        """The inlined body of a flow call, lowered output by output as they are read."""
+        if id(e) not in self._inlined:
+            flow = self.checked.callees[id(e)]
+            assert isinstance(flow, FlowSym)
+            params = flow.sig.params
+            defaults = [
+                _const_value(d, self.checked) if d is not None else None for _, _, d in params
+            ]
+            args = self._bound(e, env, defaults, [pt for _, pt, _ in params])
+            inner = _Env(env.graph)
+            inner.new_id = self.new_id
+            for (pname, _, _), arg in zip(params, args, strict=True):
+                inner.memo[pname] = arg
+            self.collect(flow.decl.body, inner)
+            self._inlined[id(e)] = inner
+        return self._inlined[id(e)]
+
+    def is_flow_call(self, e: ast.Expr) -> bool:
+        return isinstance(e, ast.Call) and isinstance(self.checked.callees.get(id(e)), FlowSym)
+
+    def inline(self, flow: FlowSym, e: ast.Call, env: _Env) -> str:
+        inner = self.flow_env(e, env)
         outputs = [inner.get(name) for name, _ in flow.sig.outputs]
         if len(outputs) == 1:
             return outputs[0]

@@ -22,6 +22,8 @@ class Program:
     imports: dict[str, list[str]] = field(default_factory=dict)
     """For each module, the modules it imports (their names), in order."""
     sources: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+    """Each module's file on disk."""
     base_dir: Path = Path(".")
     """The main file's directory: where `extern` Python modules are looked up first."""
 
@@ -39,12 +41,14 @@ def load_program(
     if source is None:
         source = Path(main).read_text(encoding="utf-8")
     pending: list[tuple[str, str, Path]] = [(main, source, Path(main))]
+    by_file: dict[Path, str] = {Path(main).resolve(): main}
     while pending:
         name, text, real = pending.pop()
         module, parse_diags = parse_module(text, name)
         diags.extend(parse_diags)
         program.modules[name] = module
         program.sources[name] = text
+        program.paths[name] = real
         program.imports[name] = []
         for decl in module.decls:
             if not isinstance(decl, ast.ImportDecl):
@@ -54,6 +58,8 @@ def load_program(
                 diags.append(resolved)
                 continue
             dep_name, dep_real = resolved
+            # One file is one module, however it is reached (an import cycle, ./x vs x).
+            dep_name = by_file.setdefault(dep_real.resolve(), dep_name)
             program.imports[name].append(dep_name)
             if dep_name not in program.modules and all(dep_name != p[0] for p in pending):
                 pending.append((dep_name, dep_real.read_text(encoding="utf-8"), dep_real))

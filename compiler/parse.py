@@ -21,6 +21,9 @@ from llmflow.compiler.diagnostics import Diagnostic
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 _DECL_START = re.compile(r"(import|model|enum|record|extern|fn|flow)\b|@")
+_DECL_NAME = re.compile(
+    r"^(?:extern\s+)?(?:fn|flow|enum|record|model)\s+([A-Za-z_]\w*)", re.MULTILINE
+)
 
 
 @cache
@@ -37,17 +40,19 @@ def _parser() -> Lark:
 def parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]:
     decls: list[ast.Decl] = []
     diags: list[Diagnostic] = []
+    broken: list[str] = []
     for first_line, chunk in _split_declarations(source):
         padded = "\n" * first_line + chunk
         try:
             tree = _parser().parse(padded, start="start")
         except UnexpectedInput as err:
             diags.append(_syntax_error(err, file, padded))
+            broken.extend(_DECL_NAME.findall(chunk)[:1])
             continue
         builder = _Builder(file)
         decls.extend(builder.transform(tree).children)
         diags.extend(builder.diagnostics)
-    return ast.Module(file=file, decls=decls, source=source), diags
+    return ast.Module(file=file, decls=decls, source=source, broken=broken), diags
 
 
 def _split_declarations(source: str) -> list[tuple[int, str]]:
@@ -104,6 +109,13 @@ _TOKEN_NAMES = {
     "MUL_OP": "an operator",
     "$END": "end of file",
 }
+_TOKEN_NOUNS = {
+    "NAME": "name",
+    "STRING": "string",
+    "TRIPLE": "template",
+    "INT": "number",
+    "FLOAT": "number",
+}
 
 
 def _describe(terminal: str) -> str:
@@ -123,13 +135,21 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
         if token.type == "$END":
             message = "unexpected end of file"
             line, col = _end_position(text)
+        elif text.startswith('"""', token.start_pos or 0) and token.type == "STRING":
+            message = 'unterminated template: no closing """'
+            width = 3
         else:
-            shown = _describe(token.type) if token.type in _TOKEN_NAMES else repr(str(token))
-            message = f"unexpected {shown}"
+            noun = _TOKEN_NOUNS.get(token.type, "")
+            message = f"unexpected {noun + ' ' if noun else ''}{str(token)!r}"
             width = max(1, len(str(token).split("\n")[0]))
-        expected = sorted({_describe(t) for t in err.expected if not t.startswith("__")})
+        # The LALR state's lookahead set can hold tokens that fit only elsewhere; ask the
+        # parser which tokens it would really accept here.
+        acceptable = err.interactive_parser.accepts() if err.interactive_parser else err.expected
+        expected = sorted({_describe(t) for t in acceptable if not t.startswith("__")})
     elif isinstance(err, UnexpectedCharacters):
         message = f"unexpected character {text[err.pos_in_stream]!r}"
+        if text.startswith('"""', err.pos_in_stream):
+            message, width = 'unterminated template: no closing """', 3
         expected = sorted({_describe(t) for t in err.allowed or ()})
     else:
         assert isinstance(err, UnexpectedEOF)
@@ -137,10 +157,15 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
         line, col = _end_position(text)
         expected = sorted({_describe(t) for t in err.expected})
     hint = ""
-    if expected and len(expected) <= 8:
+    closers = [c for c in ("')'", "']'", "'}'") if c in expected]
+    if len(expected) > 6 and closers:
+        hint = f"is a {' or '.join(closers)} missing?"
+    if expected and len(expected) <= 6:
         hint = "expected " + (
             expected[0] if len(expected) == 1 else "one of " + ", ".join(expected)
         )
+    if message.startswith("unterminated template"):
+        hint = 'end the template with """ on a line of its own'
     span = ast.Span(file=file, line=line, col=col, end_line=line, end_col=col + width)
     return Diagnostic(kind="syntax", message=message, span=span, hint=hint)
 
@@ -152,10 +177,6 @@ def _end_position(text: str) -> tuple[int, int]:
 
 
 # ---- tree → AST -------------------------------------------------------------------------
-
-
-def _unquote(token: str) -> str:
-    return json.loads(token)
 
 
 class _Builder(Transformer):
@@ -176,6 +197,27 @@ class _Builder(Transformer):
             end_col=meta.end_column,
         )
 
+    def _unquote(self, token: Token) -> str:
+        try:
+            return json.loads(token)
+        except json.JSONDecodeError as err:
+            bad = ast.Span(
+                file=self.file,
+                line=token.line,
+                col=token.column + err.pos,
+                end_line=token.line,
+                end_col=token.column + err.pos + 2,
+            )
+            self.diagnostics.append(
+                Diagnostic(
+                    kind="syntax",
+                    message="invalid escape in string",
+                    span=bad,
+                    hint='escapes: \\n \\t \\" \\\\ \\uXXXX',
+                )
+            )
+            return str(token)[1:-1]
+
     def _ident(self, token: Token) -> ast.Ident:
         return ast.Ident(name=str(token), span=self._span(token))
 
@@ -185,7 +227,7 @@ class _Builder(Transformer):
 
     @v_args(meta=True)
     def import_file(self, meta: Meta, children: list) -> ast.ImportDecl:
-        return ast.ImportDecl(span=self._span(meta), path=_unquote(children[0]))
+        return ast.ImportDecl(span=self._span(meta), path=self._unquote(children[0]))
 
     @v_args(meta=True)
     def import_std(self, meta: Meta, children: list) -> ast.ImportDecl:
@@ -280,7 +322,7 @@ class _Builder(Transformer):
             params=params or [],
             outputs=outputs,
             single=single,
-            target=_unquote(target),
+            target=self._unquote(target),
             target_span=self._span(target),
             decorators=decorators,
         )
@@ -452,10 +494,11 @@ class _Builder(Transformer):
         return ast.Const(span=self._span(token), value=value)
 
     def string(self, children: list) -> ast.Const:
-        return self._const(children[0], _unquote(children[0]))
+        return self._const(children[0], self._unquote(children[0]))
 
     def triple(self, children: list) -> ast.Const:
-        return self._const(children[0], str(children[0])[3:-3])
+        text = str(children[0])[3:-3]
+        return self._const(children[0], text[1:] if text.startswith("\n") else text)
 
     def int(self, children: list) -> ast.Const:
         return self._const(children[0], int(children[0]))
@@ -530,6 +573,13 @@ def parse_template(
             names, options = builder.transform(_parser().parse(padded, start="placeholder"))
         except UnexpectedInput as err:
             diag = _syntax_error(err, file, padded)
+            if diag.message == "unexpected end of file":
+                # The placeholder ended early: point at its closing braces.
+                end_line, end_col = position(match.end(1))
+                diag.message = "unexpected '}}'"
+                diag.span = ast.Span(
+                    file=file, line=end_line, col=end_col, end_line=end_line, end_col=end_col + 2
+                )
             diag.message = f"malformed placeholder: {diag.message}"
             diag.hint = 'write {{name}} or {{name | max_tokens=60, stop="\\n"}}'
             diags.append(diag)

@@ -113,8 +113,8 @@ async def _generate(
 ) -> tuple[Any, str]:
     stop = spec.stop
     if stop is None:
-        # A base model rambles on; without a stop it ends its answer at the line's end.
-        stop = ["\n"] if not model.chat and spec.type == Prim(name="str") else []
+        # A base model rambles on; without a stop it ends its answer at a blank line.
+        stop = ["\n\n"] if not model.chat and spec.type == Prim(name="str") else []
     request = GenerationRequest(
         model=model.name,
         turns=turns,

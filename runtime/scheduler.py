@@ -10,13 +10,14 @@ every other output is still computed and returned.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.ir import Graph, IRNode, Plan
 from llmflow.runtime.backends.base import Backend, BackendError
 from llmflow.runtime.calls import CallFailed, CallStats, run_call
@@ -166,10 +167,10 @@ class Scheduler:
         assert node.extern is not None
         func = self._externs.get(node.extern)
         if func is None:
-            module, _, attr = node.extern.partition(":")
-            func = importlib.import_module(module)
-            for part in attr.split("."):
-                func = getattr(func, part)
+            try:
+                func = load_extern(node.extern, Path(self.plan.base_dir))
+            except ExternError as err:
+                raise NodeFailed(node, err.message) from None
             self._externs[node.extern] = func
         self.on_event("start", node, {})
         if inspect.iscoroutinefunction(func):

@@ -65,3 +65,10 @@ def test_review_triage(capsys: pytest.CaptureFixture[str], review: str) -> None:
         assert out["action"].strip()
     else:
         assert out["action"].startswith("ticket: ")
+
+
+def test_two_models(capsys: pytest.CaptureFixture[str]) -> None:
+    opening = "On the last night before the light was automated, the keeper"
+    out = run_json(capsys, "examples/two_models.llmflow", "-i", f"opening={opening}")
+    assert out["story"].startswith(opening + " ") and len(out["story"]) > len(opening) + 5
+    assert out["title"].strip()
