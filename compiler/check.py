@@ -54,6 +54,10 @@ MODEL_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "n_ctx": int,
 }
 BACKENDS = ("local", "openai", "openai_compatible")
+RESERVED = frozenset(
+    "import model enum record extern fn flow if else for in map repeat at most with until "
+    "and or not true false".split()
+)
 DECORATORS = ("model", "needs")
 
 
@@ -179,10 +183,11 @@ class _Scope:
             scope = scope.parent
         return out
 
-    def hint_for(self, name: str) -> str:
+    def hint_for(self, name: str, explained: set[ast.Span]) -> str:
         scope: _Scope | None = self
         while scope is not None:
             if name in scope.branch_only:
+                explained.add(scope.branch_only[name])
                 return (
                     f"'{name}' is assigned in only one branch of the if on line "
                     f"{scope.branch_only[name].line}; assign it in every branch to use it after"
@@ -209,6 +214,8 @@ class Checker:
         self.current_flow: str | None = None
         self._resolving_types: set[str] = set()
         self._computing: list[_Def] = []
+        self._explained: set[ast.Span] = set()
+        """Ifs whose branch-only names were reported where they are used."""
         self.broken = {name for m in program.modules.values() for name in m.broken}
         """Declarations with syntax errors: their uses are not reported again."""
 
@@ -799,7 +806,8 @@ class Checker:
                     "output",
                     f"output '{name}' of flow '{decl.name.name}' is never assigned",
                     out_decl.name.span,
-                    hint=scope.hint_for(name) or f"assign it in the body: {name} = ...",
+                    hint=scope.hint_for(name, self._explained)
+                    or f"assign it in the body: {name} = ...",
                 )
                 continue
             got = self._force(d)
@@ -840,6 +848,13 @@ class Checker:
         return d.type
 
     def _define(self, scope: _Scope, name: ast.Ident, compute: Callable[[], Type]) -> _Def | None:
+        if name.name in RESERVED:
+            self.error(
+                "declaration",
+                f"'{name.name}' is a reserved word",
+                name.span,
+                hint="choose another name",
+            )
         existing = scope.find(name.name)
         if existing is not None:
             self.error(
@@ -976,11 +991,47 @@ class Checker:
         for name in else_scope.defs:
             if name not in then_scope.defs and "'" not in name:
                 scope.branch_only[name] = stmt.span
+        if not any(n in else_scope.defs for n in then_scope.defs if "'" not in n):
+
+            def no_effect() -> None:
+                if stmt.span in self._explained:
+                    return  # a use of one of its names was reported, with a hint about it
+                keyword = ast.Span(
+                    **{
+                        **stmt.span.model_dump(),
+                        "end_line": stmt.span.line,
+                        "end_col": stmt.span.col + 2,
+                    }
+                )
+                self.error(
+                    "assign",
+                    "this if has no effect: no name is assigned in every branch",
+                    keyword,
+                    hint="a name assigned in only some branches is not visible after the if; "
+                    "assign it in an else branch too",
+                )
+
+            deferred.append(no_effect)
 
     def _collect_loop(
         self, stmt: ast.Loop, scope: _Scope, deferred: list[Callable[[], None]]
     ) -> None:
         body = _Scope(scope)
+        if not stmt.carried:
+            keyword = "for" if stmt.var is not None else "repeat"
+            self.error(
+                "assign",
+                "this loop has no effect: it carries no value out",
+                ast.Span(
+                    **{
+                        **stmt.span.model_dump(),
+                        "end_line": stmt.span.line,
+                        "end_col": stmt.span.col + len(keyword),
+                    }
+                ),
+                hint="name the values it refines with `with`: "
+                f'{keyword} ... with summary = "" {{ summary = ... }}',
+            )
         if stmt.var is not None and stmt.iterable is not None:
             iterable = stmt.iterable
 
@@ -1123,7 +1174,7 @@ class Checker:
             "unknown-name",
             f"unknown variable '{e.id}'",
             e.span,
-            hint=scope.hint_for(e.id) or did_you_mean(e.id, scope.names()),
+            hint=scope.hint_for(e.id, self._explained) or did_you_mean(e.id, scope.names()),
         )
         return ANY
 

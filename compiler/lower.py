@@ -446,6 +446,7 @@ class Lowerer:
                 span=e.span,
                 extern=callee.decl.target,
                 extern_single=callee.decl.single,
+                value=[name for name, _ in callee.sig.outputs],
             )
         assert isinstance(callee, FnSym)
         return self.add(

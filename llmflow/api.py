@@ -39,7 +39,7 @@ def bind_inputs(plan: Plan, values: dict[str, Any]) -> dict[str, Any]:
             if spec.required:
                 problems.append(f"missing input '{spec.name}' ({spec.type})")
             else:
-                bound[spec.name] = spec.default
+                bound[spec.name] = validate(spec.type, spec.default)
             continue
         try:
             bound[spec.name] = validate(spec.type, values[spec.name])

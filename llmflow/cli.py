@@ -13,12 +13,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from llmflow.api import compile, run_async
+from llmflow.api import bind_inputs, compile, run_async
 from llmflow.compiler import check_file
 from llmflow.compiler.diagnostics import Diagnostic, render
 from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import LOCAL_MODELS
-from llmflow.compiler.types import Prim
+from llmflow.compiler.types import EnumT, Prim
 from llmflow.errors import CompileError, InputError, LLMFlowError
 from llmflow.runtime.backends.base import BackendError
 from llmflow.runtime.calls import CallStats
@@ -138,7 +138,11 @@ def parse_inputs(plan: Plan, pairs: list[str]) -> dict[str, Any]:
             except OSError as err:
                 problems.append(f"input '{name}': cannot read {path}: {err.strerror}")
                 continue
-        if types.get(name) == Prim(name="str") or name not in types:
+        if (
+            types.get(name) == Prim(name="str")
+            or isinstance(types.get(name), EnumT)
+            or name not in types
+        ):
             values[name] = raw
             continue
         try:
@@ -147,6 +151,11 @@ def parse_inputs(plan: Plan, pairs: list[str]) -> dict[str, Any]:
             problems.append(
                 f"input '{name}' expects {types[name]} written as JSON: {err.msg} in {raw[:60]!r}"
             )
+    failed = {p.split("'")[1] for p in problems}
+    try:
+        bind_inputs(plan, values)
+    except InputError as err:
+        problems += [p for p in str(err).split("\n") if p.split("'")[1] not in failed]
     if problems:
         raise InputError("\n".join(problems))
     return values

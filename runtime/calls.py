@@ -17,7 +17,8 @@ from llmflow.compiler.ir import LLMCall, OutputSpec
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
 from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
-from llmflow.runtime.values import InvalidValue, describe_type, parse_output, render
+from llmflow.runtime.values import InvalidValue, describe_type, parse_output
+from llmflow.stdlib.builtins import to_text
 
 ATTEMPTS = 2
 """One try and one retry with the validation error fed back."""
@@ -84,9 +85,9 @@ async def run_call(
         if segment.text is not None:
             pending += segment.text
         elif segment.input is not None:
-            pending += render(_select(values[segment.input], segment.path))
+            pending += to_text(_select(values[segment.input], segment.path))
         elif segment.ref is not None:
-            pending += render(_select(outputs[segment.ref], segment.path))
+            pending += to_text(_select(outputs[segment.ref], segment.path))
         else:
             assert segment.output is not None
             spec = specs[segment.output]

@@ -19,6 +19,7 @@ from typing import Any
 
 from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.ir import Graph, IRNode, Plan
+from llmflow.compiler.types import FLOAT, ListT, Type
 from llmflow.runtime.backends.base import Backend, BackendError
 from llmflow.runtime.calls import CallFailed, CallStats, run_call
 from llmflow.runtime.values import InvalidValue, validate
@@ -120,6 +121,12 @@ class Scheduler:
         return task
 
     async def _node(self, frame: _Frame, node: IRNode) -> Any:
+        if node.op in ("and", "or"):
+            # Short-circuit: `len(xs) > 0 and xs[0] == "a"` must not index an empty list.
+            left = await self._get(frame, node.args[0])
+            if bool(left) == (node.op == "or"):
+                return left
+            return await self._get(frame, node.args[1])
         args = list(await asyncio.gather(*(self._get(frame, a) for a in node.args)))
         try:
             return await self._compute(frame, node, args)
@@ -139,7 +146,7 @@ class Scheduler:
             case "output":
                 return args[0]
             case "builtin":
-                return _builtin(node, args)
+                return _as_declared(node.type, _builtin(node, args))
             case "llm":
                 return await self._llm(node, args)
             case "extern":
@@ -177,6 +184,13 @@ class Scheduler:
             result = await func(*args)
         else:
             result = await asyncio.to_thread(func, *args)
+        if not node.extern_single and len(node.value) == 1:
+            # `-> name: T` returns {"name": value}, like any extern with named outputs.
+            if not isinstance(result, dict) or node.value[0] not in result:
+                raise NodeFailed(
+                    node, f"{node.extern} must return a dict with key '{node.value[0]}'"
+                )
+            result = result[node.value[0]]
         try:
             value = validate(node.type, result, strict=False)
         except InvalidValue as err:
@@ -222,6 +236,15 @@ class Scheduler:
             if done.get("until"):
                 break
         return carried
+
+
+def _as_declared(t: Type, value: Any) -> Any:
+    """An int where the checker says float (`max(3, 2.5)`, `[1, 2.5]`) becomes a float."""
+    if t == FLOAT and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(t, ListT) and t.item == FLOAT and isinstance(value, list):
+        return [_as_declared(FLOAT, v) for v in value]
+    return value
 
 
 def _ports(args: list[Any]) -> dict[str, Any]:

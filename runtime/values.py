@@ -153,21 +153,6 @@ def _quote(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
-def render(value: Any) -> str:
-    """A value as prompt text: strings as they are, lists one item a line, records as JSON."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        if all(isinstance(v, str | int | float) for v in value):
-            return "\n".join(f"- {render(v)}" for v in value)
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
 def describe_type(t: Type) -> str:
     """How to ask a model for a value of this type, in words."""
     match t:

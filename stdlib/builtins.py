@@ -3,6 +3,7 @@ runtime), side by side so they cannot drift apart."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,14 +130,23 @@ def chunk(text: str, size: int, overlap: int = 0) -> list[str]:
     return pieces
 
 
-def _to_str(value: Any) -> str:
+def to_text(value: Any) -> str:
+    """A value as text, in prompts and in `str()`: lists one item a line, records as JSON."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):
+        if all(isinstance(v, str | int | float) for v in value):
+            return "\n".join(f"- {to_text(v)}" for v in value)
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
     return str(value)
 
 
 def _format(template: str, **values: Any) -> str:
-    return template.format(**{k: _to_str(v) for k, v in values.items()})
+    return template.format(**{k: to_text(v) for k, v in values.items()})
 
 
 def _split(text: str, sep: str = "\n") -> list[str]:
@@ -169,7 +179,7 @@ BUILTINS: dict[str, Builtin] = {
             "join",
             (Param("items", None), Param("sep", STR, "\n")),
             _join_type,
-            lambda items, sep="\n": sep.join(_to_str(i) for i in items),
+            lambda items, sep="\n": sep.join(to_text(i) for i in items),
             "Join a list into one string with a separator (default: newline).",
         ),
         Builtin(
@@ -194,7 +204,7 @@ BUILTINS: dict[str, Builtin] = {
             'Fill `{name}` fields of a string: format("Hi {who}", who=name).',
             variadic=True,
         ),
-        Builtin("str", (Param("value", None),), _convert_to(STR), _to_str, "Value as text."),
+        Builtin("str", (Param("value", None),), _convert_to(STR), to_text, "Value as text."),
         Builtin("int", (Param("value", None),), _convert_to(INT), _to_int, "Parse an int."),
         Builtin("float", (Param("value", None),), _convert_to(FLOAT), _to_float, "Parse a number."),
         Builtin("strip", (Param("text", STR),), _fixed(STR), str.strip, "Trim whitespace."),

@@ -18,3 +18,7 @@ def stats(text: str) -> dict:
 
 def broken(text: str) -> int:
     return "not a number"  # type: ignore[return-value]
+
+
+def named_single(text: str) -> dict:
+    return {"length": len(text)}

@@ -267,3 +267,36 @@ def test_inputs_are_checked_and_named(compile_source):
     }
     result = run(plan, {"doc": "d", "questions": [], "k": 5}, ScriptedBackend(lambda r: ""))
     assert result.outputs == {"k2": 10}
+
+
+def test_and_or_short_circuit(compile_source):
+    plan = compile_source("""
+    flow main(xs: list[str]) -> first_is_a: bool, empty_or_a: bool {
+        first_is_a = len(xs) > 0 and xs[0] == "a"
+        empty_or_a = len(xs) == 0 or xs[0] == "a"
+    }
+    """)
+    result = run(plan, {"xs": []}, ScriptedBackend(lambda r: ""))
+    assert result.outputs == {"first_is_a": False, "empty_or_a": True}
+
+
+def test_extern_with_one_named_output_returns_a_dict(compile_source):
+    plan = compile_source("""
+    extern fn named_single(text: str) -> length: int = "extern_tools:named_single"
+    flow main(text: str) -> n: int { n = named_single(text) }
+    """)
+    assert run(plan, {"text": "abc"}, ScriptedBackend(lambda r: "")).outputs == {"n": 3}
+
+
+def test_values_have_their_declared_type_at_run_time(compile_source):
+    plan = compile_source("""
+    flow main(x: float = 2) -> m: float, xs: list[float], text: str {
+        m = max(3, 2.5)
+        xs = [1, x]
+        text = format("items:\\n{items}", items=["a", "b"])
+    }
+    """)
+    result = run(plan, {}, ScriptedBackend(lambda r: ""))
+    assert result.outputs == {"m": 3.0, "xs": [1.0, 2.0], "text": "items:\n- a\n- b"}
+    assert isinstance(result.outputs["m"], float)
+    assert all(isinstance(x, float) for x in result.outputs["xs"])
