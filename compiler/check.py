@@ -55,8 +55,30 @@ MODEL_OPTIONS: dict[str, type | tuple[type, ...]] = {
 }
 BACKENDS = ("local", "openai", "openai_compatible")
 RESERVED = frozenset(
-    "import model enum record extern fn flow if else for in map repeat at most with until "
-    "and or not true false".split()
+    [
+        "import",
+        "model",
+        "enum",
+        "record",
+        "extern",
+        "fn",
+        "flow",
+        "if",
+        "else",
+        "for",
+        "in",
+        "map",
+        "repeat",
+        "at",
+        "most",
+        "with",
+        "until",
+        "and",
+        "or",
+        "not",
+        "true",
+        "false",
+    ]
 )
 DECORATORS = ("model", "needs")
 
@@ -1045,7 +1067,7 @@ class Checker:
 
             body.defs[stmt.var.name] = _Def(stmt.var.name, stmt.var.span, item)
         elif stmt.max_iters is not None and stmt.max_iters < 1:
-            self.error("type", "a loop runs at most 1 or more times", stmt.span)
+            self.error("type", "`at most` needs a count of 1 or more", stmt.span)
         carried: dict[str, _Def] = {}
         for binding in stmt.carried:
 
@@ -1063,7 +1085,7 @@ class Checker:
         nexts: dict[str, ast.Assign] = {}
         body_deferred: list[Callable[[], None]] = []
         self._collect(stmt.body, body, body_deferred, carried, nexts)
-        for name, d in body.defs.items():
+        for name in body.defs:
             if (
                 name not in carried
                 and "'" not in name

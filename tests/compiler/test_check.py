@@ -187,7 +187,10 @@ def test_int_is_accepted_where_float_is_expected(checked: Check) -> None:
         """
     )
     assert flow_types(result, "main") == {
-        "out": "float", "ratio": "float", "total": "float", "ys": "list[int]",
+        "out": "float",
+        "ratio": "float",
+        "total": "float",
+        "ys": "list[int]",
     }
 
 
@@ -299,7 +302,10 @@ def test_local_model_from_a_gguf_path(write: Write, checked: Check) -> None:
     result = checked('model mine = local("models/tiny.gguf", context=2048, chat=false)\n')
     mine = result.models["mine"]
     assert (mine.backend, mine.id, mine.context, mine.chat) == (
-        "local", str(gguf.resolve()), 2048, False,
+        "local",
+        str(gguf.resolve()),
+        2048,
+        False,
     )
 
 
@@ -444,7 +450,7 @@ CASES: dict[str, tuple[str, list[tuple[str, str, int, int]]]] = {
         [("unknown-name", "unknown variable 'aa'", 2, 9)],
     ),
     "unknown type": (
-        "flow f(a: strng) -> b: str {\n    b = \"\"\n}\n",
+        'flow f(a: strng) -> b: str {\n    b = ""\n}\n',
         [("unknown-name", "unknown type 'strng'", 1, 11)],
     ),
     "unknown enum member": (
@@ -497,7 +503,7 @@ CASES: dict[str, tuple[str, list[tuple[str, str, int, int]]]] = {
         [("assign", "variable 'b' is assigned twice", 3, 5)],
     ),
     "parameter assigned": (
-        "flow f(a: str) -> b: str {\n    a = \"x\"\n    b = a\n}\n",
+        'flow f(a: str) -> b: str {\n    a = "x"\n    b = a\n}\n',
         [("assign", "variable 'a' is assigned twice", 2, 5)],
     ),
     "dependency cycle": (
@@ -526,8 +532,14 @@ CASES: dict[str, tuple[str, list[tuple[str, str, int, int]]]] = {
     ),
     "extern import error": (
         'extern fn e(x: str) -> str = "llmflow_no_such_module:f"\n',
-        [("extern", "cannot import 'llmflow_no_such_module': "
-                    "No module named 'llmflow_no_such_module'", 1, 30)],
+        [
+            (
+                "extern",
+                "cannot import 'llmflow_no_such_module': No module named 'llmflow_no_such_module'",
+                1,
+                30,
+            )
+        ],
     ),
     "api key": (
         'model m = openai("gpt-4o-mini", api_key="sk-1")\n',
@@ -630,7 +642,9 @@ def test_every_error_of_a_program_in_one_run(diagnostics: Diags) -> None:
         """
     )
     assert [d.message for d in diags] == [
-        "unknown variable 'nope1'", "unknown variable 'nope2'", "unknown variable 'nope3'",
+        "unknown variable 'nope1'",
+        "unknown variable 'nope2'",
+        "unknown variable 'nope3'",
     ]
 
 
@@ -657,10 +671,7 @@ def test_compile_error_carries_sources_and_renders(write: Write) -> None:
     assert str(err) == "1 error"
     assert err.sources == {str(path): "flow f(a: str) -> b: str {\n    b = nope\n}\n"}
     assert err.render() == (
-        f"{path}:2:9: error: unknown variable 'nope'\n"
-        "  |\n"
-        "2 |     b = nope\n"
-        "  |         ^^^^\n"
+        f"{path}:2:9: error: unknown variable 'nope'\n  |\n2 |     b = nope\n  |         ^^^^\n"
     )
 
 
@@ -761,8 +772,9 @@ def test_syntax_error_does_not_make_the_declaration_unknown(diagnostics: Diags) 
     assert [d.kind for d in diags] == ["syntax"]
 
 
-def test_imported_model_does_not_replace_a_model_of_main(write: Write, diagnostics: Diags,
-                                                         tmp_path: Path) -> None:
+def test_imported_model_does_not_replace_a_model_of_main(
+    write: Write, diagnostics: Diags, tmp_path: Path
+) -> None:
     write(
         "lib.llmflow",
         """

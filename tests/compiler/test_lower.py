@@ -283,8 +283,12 @@ def test_for_loop_node(plan: MakePlan) -> None:
     assert (init_n.kind, init_n.value, init_n.var) == ("const", 0, "n")
     body = loop.bodies["body"]
     inputs = [(n.value, n.var) for n in body.nodes if n.kind == "input"]
-    assert inputs == [("item", "x"), ("carried:joined", "joined"), ("carried:n", "n"),
-                      ("port:3", "sep")]
+    assert inputs == [
+        ("item", "x"),
+        ("carried:joined", "joined"),
+        ("carried:n", "n"),
+        ("port:3", "sep"),
+    ]
     assert set(body.outputs) == {"next:joined", "next:n"}
     assert body.node(body.outputs["next:n"]).var == "n"
     assert loop.type == RecordT(name="loop", fields=(("joined", STR), ("n", INT)))
@@ -374,8 +378,10 @@ def test_main_is_the_default_among_several(plan: MakePlan) -> None:
 
 
 def test_no_main_among_several_flows_is_an_error(write: Write) -> None:
-    path = write("prog.llmflow", "flow a(x: str) -> y: str {\n    y = x\n}\n"
-                 "flow b(x: str) -> y: str {\n    y = x\n}\n")
+    path = write(
+        "prog.llmflow",
+        "flow a(x: str) -> y: str {\n    y = x\n}\nflow b(x: str) -> y: str {\n    y = x\n}\n",
+    )
     with pytest.raises(CompileError) as info:
         compile_file(path)
     (diag,) = info.value.diagnostics
@@ -500,14 +506,19 @@ def test_expression_nodes(plan: MakePlan) -> None:
     g = p.graph
     record = output_producer(p, "r")
     assert (record.kind, record.op, record.label, record.value) == (
-        "builtin", "record", "Review", ["summary", "score"],
+        "builtin",
+        "record",
+        "Review",
+        ["summary", "score"],
     )
     index, neg = producer(g, record, 0), producer(g, record, 1)
     assert (index.op, index.type) == ("index", STR)
     assert neg.op == "neg" and neg.label == "-"
     extern = producer(g, neg)
     assert (extern.kind, extern.extern, extern.extern_single) == (
-        "extern", "llmflow_test_lower_tools:count", True,
+        "extern",
+        "llmflow_test_lower_tools:count",
+        True,
     )
     verdict = output_producer(p, "v")
     assert (verdict.kind, verdict.value) == ("const", "no")
@@ -542,12 +553,16 @@ def test_omitted_arguments_become_default_constants(plan: MakePlan) -> None:
     )
     call = only(p.graph, "llm")
     consts = [producer(p.graph, call, i) for i in (1, 2, 3)]
-    assert [(c.kind, c.value) for c in consts] == [("const", "cold"), ("const", -2),
-                                                  ("const", ["a"])]
+    assert [(c.kind, c.value) for c in consts] == [
+        ("const", "cold"),
+        ("const", -2),
+        ("const", ["a"]),
+    ]
     split = next(n for n in p.graph.nodes if n.op == "split")
     assert producer(p.graph, split, 1).value == "\n"
     assert [(i.name, i.required, i.default) for i in p.inputs] == [
-        ("name", True, None), ("sep", False, ","),
+        ("name", True, None),
+        ("sep", False, ","),
     ]
 
 
@@ -609,8 +624,9 @@ def test_llm_call_segments_outputs_options_and_model(plan: MakePlan) -> None:
         OutputSpec(name="verdict", type=verdict_type, max_tokens=5, stop=["\n"], temperature=0.0),
         OutputSpec(name="reason", type=STR, stop=["\n\n", "END"]),
     ]
-    assert judge.type == RecordT(name="judge outputs", fields=(("verdict", verdict_type),
-                                                               ("reason", STR)))
+    assert judge.type == RecordT(
+        name="judge outputs", fields=(("verdict", verdict_type), ("reason", STR))
+    )
     plain = next(n for n in p.calls() if n.label == "plain")
     assert plain.call is not None
     assert (plain.call.model, plain.call.pinned, plain.call.needs) == ("small", False, {})
@@ -654,8 +670,12 @@ def test_plan_to_json_is_json_serializable(plan: MakePlan) -> None:
     assert back["flow"] == "main"
     assert back["file"] == p.file
     assert [i["name"] for i in back["inputs"]] == ["docs", "n", "v"]
-    assert back["inputs"][1] == {"name": "n", "type": {"kind": "prim", "name": "int"},
-                                 "default": 2, "required": False}
+    assert back["inputs"][1] == {
+        "name": "n",
+        "type": {"kind": "prim", "name": "int"},
+        "default": 2,
+        "required": False,
+    }
     assert back["inputs"][2]["default"] == "a"
     assert back["outputs"]["sums"] == {"kind": "list", "item": {"kind": "prim", "name": "str"}}
     assert back["default_model"] == "default"
@@ -720,8 +740,10 @@ def test_default_not_true_is_rejected_or_compiles(write: Write) -> None:
 
 
 def test_default_list_with_a_call_is_rejected_or_compiles(write: Write) -> None:
-    path = write("prog.llmflow",
-                 'flow main(xs: list[str] = [upper("a")]) -> out: list[str] {\n    out = xs\n}\n')
+    path = write(
+        "prog.llmflow",
+        'flow main(xs: list[str] = [upper("a")]) -> out: list[str] {\n    out = xs\n}\n',
+    )
     try:
         compile_file(path)
     except CompileError as err:  # reporting it as not a constant is the expected fix

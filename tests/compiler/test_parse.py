@@ -218,8 +218,15 @@ def test_fn_with_decorators_and_a_multi_output_template_with_options() -> None:
     parts = decl.template.parts
     kinds = [type(p).__name__ for p in parts]
     assert kinds == [
-        "TemplateText", "Placeholder", "TemplateText", "Placeholder", "TemplateText",
-        "Placeholder", "TemplateText", "Placeholder", "TemplateText",
+        "TemplateText",
+        "Placeholder",
+        "TemplateText",
+        "Placeholder",
+        "TemplateText",
+        "Placeholder",
+        "TemplateText",
+        "Placeholder",
+        "TemplateText",
     ]
     texts = [p.text for p in parts if isinstance(p, ast.TemplateText)]
     # The newline right after the opening quotes is dropped.
@@ -253,7 +260,11 @@ def test_flow_with_defaults_and_several_outputs() -> None:
     assert isinstance(decl, ast.FlowDecl)
     assert [p.name.name for p in decl.params] == ["doc", "n", "xs", "neg", "v"]
     assert [sexpr(p.default) if p.default else None for p in decl.params] == [
-        None, "3", "['a', 'b']", "(- 2)", "Verdict.yes",
+        None,
+        "3",
+        "['a', 'b']",
+        "(- 2)",
+        "Verdict.yes",
     ]
     assert [o.name.name for o in decl.outputs] == ["out", "k"]
     assert len(decl.body) == 2
@@ -340,7 +351,7 @@ def test_if_else_if_else_chain() -> None:
 
 
 def test_if_without_else() -> None:
-    (stmt,) = body_of("flow f(c: bool) -> a: str {\n    if c {\n        a = \"x\"\n    }\n}\n")
+    (stmt,) = body_of('flow f(c: bool) -> a: str {\n    if c {\n        a = "x"\n    }\n}\n')
     assert isinstance(stmt, ast.If)
     assert stmt.orelse == []
 
@@ -368,7 +379,7 @@ def test_repeat_with_carried_values_and_until() -> None:
 
 
 def test_repeat_without_carry_or_until() -> None:
-    (stmt,) = body_of("flow f() -> a: str {\n    repeat at most 1 {\n    }\n    a = \"\"\n}\n")[:1]
+    (stmt,) = body_of('flow f() -> a: str {\n    repeat at most 1 {\n    }\n    a = ""\n}\n')[:1]
     assert isinstance(stmt, ast.Loop)
     assert (stmt.max_iters, stmt.carried, stmt.body, stmt.until) == (1, [], [], None)
 
@@ -582,7 +593,11 @@ def test_placeholder_spans_are_exact() -> None:
     assert isinstance(decl, ast.FnDecl)
     holders = [p for p in decl.template.parts if isinstance(p, ast.Placeholder)]
     assert [[i.name for i in p.path] for p in holders] == [
-        ["question"], ["review", "summary"], ["review", "score"], ["answer"], ["note"],
+        ["question"],
+        ["review", "summary"],
+        ["review", "score"],
+        ["answer"],
+        ["note"],
     ]
     question, summary, score, answer, note = holders
     src = TEMPLATE_FN
@@ -789,7 +804,9 @@ def test_every_broken_declaration_is_reported_and_the_rest_parsed() -> None:
     )
     assert [d.kind for d in diags] == ["syntax", "syntax", "syntax"]
     assert [d.message for d in diags] == [
-        "unexpected '}'", "unexpected '}'", "unexpected character '$'",
+        "unexpected '}'",
+        "unexpected '}'",
+        "unexpected character '$'",
     ]
     assert [pos(d.span) for d in diags] == [(3, 1, 3, 2), (5, 27, 5, 28), (8, 11, 8, 12)]
     assert diags[1].hint == "expected a name"
