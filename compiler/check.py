@@ -1289,26 +1289,26 @@ class Checker:
     def _call(self, e: ast.Call, scope: _Scope) -> Type:
         name = e.func.name
         sym = self._lookup(name)
-        arg_types = [self.expr(a, scope) for a in e.args]
-        kw_types = {kw.name.name: self.expr(kw.value, scope) for kw in e.kwargs}
+        for arg in [*e.args, *(kw.value for kw in e.kwargs)]:
+            self.expr(arg, scope)  # types every argument; _bind then checks them
         if isinstance(sym, FnSym | ExternSym | FlowSym):
             self.checked.callees[id(e)] = sym
             if isinstance(sym, FlowSym) and self.current_flow is not None:
                 self.flow_calls.append((self.current_flow, f"{sym.module}:{name}", e.func.span))
             params = [(n, t, d is not None) for n, t, d in self._signature(sym).params]
-            self._bind(e, name, params, arg_types, kw_types)
+            self._bind(e, name, params)
             return self._signature(sym).result(name)
         if isinstance(sym, TypeSym) and isinstance(sym.decl, ast.RecordDecl):
             record = self._type_of_decl(name, e.func.span)
             self.checked.callees[id(e)] = sym
             if isinstance(record, RecordT):
-                self._bind(e, name, [(n, t, False) for n, t in record.fields], arg_types, kw_types)
+                self._bind(e, name, [(n, t, False) for n, t in record.fields])
             return record
         if name in BUILTINS:
             builtin = BUILTINS[name]
             self.checked.callees[id(e)] = builtin
             params = [(p.name, p.type or ANY, not p.required) for p in builtin.params]
-            ok = self._bind(e, name, params, arg_types, kw_types, variadic=builtin.variadic)
+            ok = self._bind(e, name, params, variadic=builtin.variadic)
             if not ok:
                 return ANY
             bound = self.checked.bound_args[id(e)]
@@ -1358,8 +1358,6 @@ class Checker:
         e: ast.Call,
         name: str,
         params: list[tuple[str, Type, bool]],
-        args: list[Type],
-        kwargs: dict[str, Type],
         variadic: bool = False,
     ) -> bool:
         bound: list[ast.Expr | None] = [None] * len(params)

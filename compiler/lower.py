@@ -21,7 +21,13 @@ from llmflow.stdlib.builtins import Builtin
 class _Env:
     """The names visible in one scope, lowered into one graph on demand."""
 
-    def __init__(self, graph: Graph, parent: _Env | None = None, first_port: int = 0) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        parent: _Env | None = None,
+        first_port: int = 0,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
         self.graph = graph
         self.parent = parent
         self.thunks: dict[str, Callable[[], str]] = {}
@@ -30,7 +36,8 @@ class _Env:
         self.captures: list[str] = []
         """Producers in the parent graph this subgraph reads, in port order."""
         self._capture_nodes: dict[str, str] = {}
-        self.new_id: Callable[[], str] = parent.new_id if parent else (lambda: "")
+        assert parent is not None or new_id is not None, "a root scope needs an id source"
+        self.new_id: Callable[[], str] = new_id or parent.new_id  # type: ignore[union-attr]
 
     def get(self, name: str) -> str:
         if name in self.memo:
@@ -121,8 +128,7 @@ class Lowerer:
         sym = self.checked.flow(name)
         assert sym is not None
         graph = Graph()
-        env = _Env(graph)
-        env.new_id = self.new_id
+        env = _Env(graph, new_id=self.new_id)
         inputs: list[InputSpec] = []
         for (pname, ptype, default), param in zip(sym.sig.params, sym.decl.params, strict=True):
             node = graph.add(
@@ -463,8 +469,7 @@ class Lowerer:
                 _const_value(d, self.checked) if d is not None else None for _, _, d in params
             ]
             args = self._bound(e, env, defaults, [pt for _, pt, _ in params])
-            inner = _Env(env.graph)
-            inner.new_id = self.new_id
+            inner = _Env(env.graph, new_id=self.new_id)
             for (pname, _, _), arg in zip(params, args, strict=True):
                 inner.memo[pname] = arg
             self.collect(flow.decl.body, inner)

@@ -152,7 +152,7 @@ class Scheduler:
             case "extern":
                 return await self._extern(node, args)
             case "map":
-                return await self._map(frame, node, args)
+                return await self._map(node, args)
             case "branch":
                 chosen = node.bodies["then" if args[0] else "else"]
                 sub = _Frame(chosen, _ports(args))
@@ -200,7 +200,7 @@ class Scheduler:
         self.on_event("done", node, {})
         return value
 
-    async def _map(self, frame: _Frame, node: IRNode, args: list[Any]) -> list[Any]:
+    async def _map(self, node: IRNode, args: list[Any]) -> list[Any]:
         items, body = args[0], node.bodies["body"]
         self.on_event("expand", node, {"items": len(items)})
         ports = _ports(args)

@@ -102,6 +102,14 @@ def _convert_to(target: Prim) -> Callable[[list[Type]], Type | str]:
     return result
 
 
+def _extremum_type(args: list[Type]) -> Type | str:
+    if args[0] == args[1] and args[0] in (INT, FLOAT, STR):
+        return args[0]
+    if all(t in (INT, FLOAT) for t in args):
+        return FLOAT
+    return "expects two numbers or two strings"
+
+
 def chunk(text: str, size: int, overlap: int = 0) -> list[str]:
     """Cut text into pieces of at most `size` characters, at paragraph, line or word
     boundaries where possible, so that no chunk starts mid-word."""
@@ -262,22 +270,14 @@ BUILTINS: dict[str, Builtin] = {
         Builtin(
             "max",
             (Param("a", None), Param("b", None)),
-            lambda args: (
-                args[0]
-                if args[0] == args[1] and args[0] in (INT, FLOAT, STR)
-                else (FLOAT if all(t in (INT, FLOAT) for t in args) else "expects two numbers")
-            ),
+            _extremum_type,
             max,
             "The larger of two numbers.",
         ),
         Builtin(
             "min",
             (Param("a", None), Param("b", None)),
-            lambda args: (
-                args[0]
-                if args[0] == args[1] and args[0] in (INT, FLOAT, STR)
-                else (FLOAT if all(t in (INT, FLOAT) for t in args) else "expects two numbers")
-            ),
+            _extremum_type,
             min,
             "The smaller of two numbers.",
         ),
