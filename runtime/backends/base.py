@@ -44,6 +44,12 @@ class GenerationRequest(BaseModel):
     temperature: float = 0.0
     constraint: Constraint | None = None
     seed: int | None = None
+    group: str | None = None
+    """The prefix group the optimizer put this call in: calls of one group start with
+    the same text, so a backend should run them together and keep their shared prefix
+    warm (a KV state, a prompt-cache key). None: no sharing expected (-O0)."""
+    priority: float = 0.0
+    """Higher runs first when requests wait for the same model (critical path, @latency)."""
 
 
 class Generation(BaseModel):
