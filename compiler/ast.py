@@ -173,6 +173,8 @@ class Param(Node):
 class Output(Node):
     name: Ident
     type: TypeRef
+    perf: Ident | None = None
+    """`@latency` or `@throughput` on a flow output (Parrot's performance criteria)."""
 
 
 class Decorator(Node):

@@ -597,8 +597,26 @@ class Checker:
                     o.name.span,
                     hint="inputs and outputs need distinct names",
                 )
+            if o.perf is not None and o.perf.name not in ("latency", "throughput"):
+                self.error(
+                    "unknown-name",
+                    f"unknown performance goal '@{o.perf.name}'",
+                    o.perf.span,
+                    hint=did_you_mean(o.perf.name, ["latency", "throughput"])
+                    or "write @latency or @throughput",
+                )
             out.append((o.name.name, self.resolve_type(o.type)))
         return out
+
+    def _no_perf(self, outputs: list[ast.Output]) -> None:
+        for o in outputs:
+            if o.perf is not None:
+                self.error(
+                    "declaration",
+                    f"@{o.perf.name} applies only to the outputs of a flow",
+                    o.perf.span,
+                    hint="mark the flow output that needs it",
+                )
 
     def _check_decorators(
         self, decl: ast.FnDecl | ast.ExternDecl | ast.FlowDecl, sym: Symbol
@@ -679,6 +697,7 @@ class Checker:
         outputs = self._outputs(decl.outputs, params)
         sym.sig = Signature(params, outputs)
         self._check_decorators(decl, sym)
+        self._no_perf(decl.outputs)
         inputs = {n: t for n, t, _ in params}
         outs = dict(outputs)
         generated: set[str] = set()
@@ -783,6 +802,7 @@ class Checker:
         params = self._params(decl.params)
         sym.sig = Signature(params, self._outputs(decl.outputs, params))
         self._check_decorators(decl, sym)
+        self._no_perf(decl.outputs)
         try:
             func = load_extern(decl.target, self.program.base_dir)
         except ExternError as err:

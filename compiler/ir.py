@@ -92,15 +92,33 @@ class Graph:
 
     def add(self, node: IRNode) -> IRNode:
         self.g.add_node(node.id, node=node)
-        for port, src in enumerate(node.args):
-            if self.g.has_edge(src, node.id):
-                self.g.edges[src, node.id]["ports"].append(port)
-            else:
-                producer = self.node(src)
-                self.g.add_edge(src, node.id, var=producer.var or producer.label, ports=[port])
+        self._link(node)
         if node.kind == "input":
             self.inputs.append(node.id)
         return node
+
+    def rewire(self, old: str, new: str) -> None:
+        """Make every reader of `old` read `new` instead (common-call elimination)."""
+        for reader in list(self.g.successors(old)):
+            node = self.node(reader)
+            node.args = [new if a == old else a for a in node.args]
+            self.g.remove_edge(old, reader)
+            self._link(node)
+        self.outputs = {k: new if v == old else v for k, v in self.outputs.items()}
+
+    def remove(self, node_id: str) -> None:
+        if node_id in self.inputs:
+            self.inputs.remove(node_id)
+        self.g.remove_node(node_id)
+
+    def _link(self, node: IRNode) -> None:
+        for port, src in enumerate(node.args):
+            if not self.g.has_edge(src, node.id):
+                producer = self.node(src)
+                self.g.add_edge(src, node.id, var=producer.var or producer.label, ports=[])
+            ports = self.g.edges[src, node.id]["ports"]
+            if port not in ports:
+                ports.append(port)
 
     def node(self, node_id: str) -> IRNode:
         return self.g.nodes[node_id]["node"]
@@ -146,6 +164,44 @@ class InputSpec(BaseModel):
     required: bool = True
 
 
+class PrefixGroup(BaseModel):
+    """Calls on one model whose prompts start with the same text: the runtime runs them
+    together and evaluates the shared prefix once."""
+
+    id: str
+    model: str
+    calls: list[str]
+    """Node ids; a call inside a map stands for all of its instances."""
+    instances: int
+    prefix_tokens: int
+    """Estimated tokens every member's prompt starts with."""
+    preview: str
+    """The start of the shared prefix, for people."""
+
+
+class Estimate(BaseModel):
+    instances: float = 1.0
+    input_tokens: float = 0.0
+    cached_tokens: float = 0.0
+    """Input tokens expected to come from a reused prefix."""
+    output_tokens: float = 0.0
+    dollars: float = 0.0
+    seconds: float = 0.0
+    """Model time, summed over instances."""
+
+    def add(self, other: Estimate) -> None:
+        for name in ("input_tokens", "cached_tokens", "output_tokens", "dollars", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Decision(BaseModel):
+    """One thing an optimizer pass decided, and why (`llmflow plan --explain`)."""
+
+    rule: str
+    message: str
+    node: str | None = None
+
+
 class Plan(BaseModel):
     """What runs: the graph of one flow with every call's model decided."""
 
@@ -160,6 +216,30 @@ class Plan(BaseModel):
     graph: Graph
     models: dict[str, ModelSpec]
     default_model: str
+    perf: dict[str, Literal["latency", "throughput"]] = Field(default_factory=dict)
+    """Flow outputs marked @latency or @throughput."""
+
+    # What the optimizer decided (empty at -O0).
+    known: dict[str, Any] = Field(default_factory=dict)
+    """Plan-time values of nodes (inputs given to `plan`, constants, what follows)."""
+    objective: Literal["cost", "quality", "latency"] = "cost"
+    budget: float | None = None
+    groups: list[PrefixGroup] = Field(default_factory=list)
+    priorities: dict[str, float] = Field(default_factory=dict)
+    """Node id → priority: higher runs first when calls wait for one model."""
+    estimates: dict[str, Estimate] = Field(default_factory=dict)
+    """Per call node (all its instances), before running."""
+    total: Estimate | None = None
+    makespan: float | None = None
+    """Estimated seconds from start to the last output (the critical path)."""
+    critical_path: list[str] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
+
+    def explain(self, rule: str, message: str, node: str | None = None) -> None:
+        self.decisions.append(Decision(rule=rule, message=message, node=node))
+
+    def group_of(self, node_id: str) -> PrefixGroup | None:
+        return next((g for g in self.groups if node_id in g.calls), None)
 
     def calls(self) -> list[IRNode]:
         return [n for n in self.graph.walk() if n.kind == "llm"]
@@ -173,7 +253,18 @@ class Plan(BaseModel):
             "outputs": {k: t.model_dump(mode="json") for k, t in self.outputs.items()},
             "models": {k: m.model_dump(mode="json") for k, m in self.models.items()},
             "default_model": self.default_model,
+            "perf": self.perf,
             "graph": self.graph.to_json(),
+            "objective": self.objective,
+            "budget": self.budget,
+            "known_nodes": sorted(self.known),
+            "groups": [g.model_dump() for g in self.groups],
+            "priorities": self.priorities,
+            "estimates": {k: e.model_dump() for k, e in self.estimates.items()},
+            "total": self.total.model_dump() if self.total else None,
+            "makespan": self.makespan,
+            "critical_path": self.critical_path,
+            "decisions": [d.model_dump(exclude_none=True) for d in self.decisions],
         }
 
 

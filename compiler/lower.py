@@ -172,6 +172,7 @@ class Lowerer:
             graph=graph,
             models=self.checked.models,
             default_model=self.checked.default_model,
+            perf={o.name.name: o.perf.name for o in sym.decl.outputs if o.perf is not None},  # type: ignore[misc]
         )
 
     def collect(

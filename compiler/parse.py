@@ -263,7 +263,13 @@ class _Builder(Transformer):
     def field(self, meta: Meta, children: list) -> ast.Output:
         return ast.Output(span=self._span(meta), name=self._ident(children[0]), type=children[1])
 
-    output = field
+    @v_args(meta=True)
+    def output(self, meta: Meta, children: list) -> ast.Output:
+        perf, name, type_ = children
+        return ast.Output(span=self._span(meta), name=self._ident(name), type=type_, perf=perf)
+
+    def perf(self, children: list) -> ast.Ident:
+        return self._ident(children[0])
 
     def outputs(self, children: list) -> list[ast.Output]:
         return children

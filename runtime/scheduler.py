@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,26 +22,10 @@ from llmflow.compiler.types import FLOAT, ListT, Type
 from llmflow.runtime.backends.base import Backend, BackendError
 from llmflow.runtime.calls import CallFailed, CallStats, run_call
 from llmflow.runtime.values import InvalidValue, validate
-from llmflow.stdlib.builtins import BUILTINS
+from llmflow.stdlib.builtins import BuiltinError, evaluate
 
 Event = Callable[[str, IRNode, dict[str, Any]], None]
 """Progress callback: ("start" | "done" | "failed" | "expand", node, details)."""
-
-_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-    "/": operator.truediv,
-    "%": operator.mod,
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "and": lambda a, b: a and b,
-    "or": lambda a, b: a or b,
-}
 
 
 class NodeFailed(Exception):
@@ -252,34 +235,8 @@ def _ports(args: list[Any]) -> dict[str, Any]:
 
 
 def _builtin(node: IRNode, args: list[Any]) -> Any:
-    op = node.op
-    assert op is not None
-    if op == "field":
-        return args[0][node.value]
-    if op == "record":
-        return dict(zip(node.value, args, strict=True))
-    if op == "list":
-        return args
-    if op == "index":
-        try:
-            return args[0][args[1]]
-        except IndexError:
-            raise NodeFailed(
-                node, f"index {args[1]} is out of range (length {len(args[0])})"
-            ) from None
-    if op == "neg":
-        return -args[0]
-    if op == "not":
-        return not args[0]
-    if op in _OPERATORS:
-        if op == "/" and args[1] == 0:
-            raise NodeFailed(node, "division by zero")
-        return _OPERATORS[op](args[0], args[1])
-    builtin = BUILTINS[op]
-    keywords = node.value or []
-    positional = args[: len(args) - len(keywords)]
-    named = dict(zip(keywords, args[len(positional) :], strict=True))
+    assert node.op is not None
     try:
-        return builtin.impl(*positional, **named)
-    except (ValueError, KeyError, IndexError, TypeError) as err:
-        raise NodeFailed(node, f"{op}(): {err}") from err
+        return evaluate(node.op, node.value, args)
+    except BuiltinError as err:
+        raise NodeFailed(node, str(err)) from None

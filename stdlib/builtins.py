@@ -4,6 +4,7 @@ runtime), side by side so they cannot drift apart."""
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -283,3 +284,55 @@ BUILTINS: dict[str, Builtin] = {
         ),
     ]
 }
+
+
+class BuiltinError(Exception):
+    """A builtin or operator failed on its arguments; the message is for the user."""
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "%": operator.mod,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "and": lambda a, b: a and b,
+    "or": lambda a, b: a or b,
+}
+
+
+def evaluate(op: str, value: Any, args: list[Any]) -> Any:
+    """Compute a `builtin` node: an operator, a field access, a record or list, or a
+    named builtin (`value` holds a field name, record fields, or keyword names)."""
+    if op == "field":
+        return args[0][value]
+    if op == "record":
+        return dict(zip(value, args, strict=True))
+    if op == "list":
+        return args
+    if op == "index":
+        try:
+            return args[0][args[1]]
+        except IndexError:
+            raise BuiltinError(f"index {args[1]} is out of range (length {len(args[0])})") from None
+    if op == "neg":
+        return -args[0]
+    if op == "not":
+        return not args[0]
+    if op in _OPERATORS:
+        if op in ("/", "%") and args[1] == 0:
+            raise BuiltinError("division by zero")
+        return _OPERATORS[op](args[0], args[1])
+    keywords = value or []
+    positional = args[: len(args) - len(keywords)]
+    named = dict(zip(keywords, args[len(positional) :], strict=True))
+    try:
+        return BUILTINS[op].impl(*positional, **named)
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise BuiltinError(f"{op}(): {err}") from err
