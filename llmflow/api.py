@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, Literal
 
 from llmflow.compiler import compile_file
 from llmflow.compiler.diagnostics import did_you_mean
 from llmflow.compiler.ir import Plan
+from llmflow.compiler.optimizer import optimize as run_optimizer
 from llmflow.errors import InputError, RunError
 from llmflow.runtime.backends import Router
 from llmflow.runtime.backends.base import Backend
@@ -16,14 +17,30 @@ from llmflow.runtime.scheduler import Event, RunResult, Scheduler
 from llmflow.runtime.values import InvalidValue, validate
 
 
-def compile(path: str | os.PathLike[str], flow: str | None = None) -> Plan:  # noqa: A001
-    """Parse, check and lower a program; raises CompileError with every error in it."""
-    return compile_file(path, flow)
+def compile(  # noqa: A001
+    path: str | os.PathLike[str],
+    flow: str | None = None,
+    *,
+    inputs: dict[str, Any] | None = None,
+    optimize: bool = True,
+    objective: Literal["cost", "quality", "latency"] = "cost",
+    budget: float | None = None,
+) -> Plan:
+    """Parse, check, lower and optimize a program; raises CompileError with every error.
+
+    Inputs given here are known to the optimizer: map sizes, prompt text and so prefix
+    groups and estimates become exact. `optimize=False` is `-O0`."""
+    plan = compile_file(path, flow)
+    if optimize:
+        known = bind_inputs(plan, inputs, partial=True) if inputs else None
+        plan = run_optimizer(plan, inputs=known, objective=objective, budget=budget)
+    return plan
 
 
-def bind_inputs(plan: Plan, values: dict[str, Any]) -> dict[str, Any]:
+def bind_inputs(plan: Plan, values: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     """Check input values against the flow's parameters and fill in defaults. Every
-    problem is reported at once, each naming its input."""
+    problem is reported at once, each naming its input. `partial`: missing inputs are
+    fine (planning with what is known)."""
     problems: list[str] = []
     known = {spec.name for spec in plan.inputs}
     for name in values:
@@ -36,9 +53,9 @@ def bind_inputs(plan: Plan, values: dict[str, Any]) -> dict[str, Any]:
     bound: dict[str, Any] = {}
     for spec in plan.inputs:
         if spec.name not in values:
-            if spec.required:
+            if spec.required and not partial:
                 problems.append(f"missing input '{spec.name}' ({spec.type})")
-            else:
+            elif not spec.required:
                 bound[spec.name] = validate(spec.type, spec.default)
             continue
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.api import bind_inputs, compile, run_async
+from llmflow.compiler.optimizer import optimize
 from llmflow.compiler import check_file
 from llmflow.compiler.diagnostics import Diagnostic, render
 from llmflow.compiler.ir import IRNode, Plan
@@ -23,6 +24,7 @@ from llmflow.errors import CompileError, InputError, LLMFlowError
 from llmflow.runtime.backends.base import BackendError
 from llmflow.runtime.calls import CallStats
 from llmflow.runtime.scheduler import RunResult
+from llmflow.runtime.stats import ModelStats, model_stats
 
 EXAMPLES = {
     "run": "llmflow run examples/hello.llmflow -i name=Ada\n"
@@ -74,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--flow", help="the flow to run (default: main, or the only flow)")
     run.add_argument("--json", action="store_true", help="print the outputs as one JSON object")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    run.add_argument(
+        "--stats", action="store_true", help='with --json: {"outputs": …, "stats": per model}'
+    )
+    _optimizer_options(run)
 
     check = command("check", "Check programs and report every error in them.")
     check.add_argument("programs", nargs="+", metavar="program")
@@ -82,11 +88,55 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("program")
     plan.add_argument("--flow", help="the flow to plan (default: main, or the only flow)")
     plan.add_argument("--json", action="store_true", help="the whole plan as JSON")
+    plan.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a known input: exact map sizes, prompts, prefix groups and estimates",
+    )
+    plan.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="draw the plan with Graphviz: .svg, .png, .pdf or .dot",
+    )
+    plan.add_argument("--explain", action="store_true", help="what each pass decided, and why")
+    _optimizer_options(plan)
 
     models = command("models", "List the models a program can use (and the embedded ones).")
     models.add_argument("program", nargs="?")
     models.add_argument("--json", action="store_true")
     return parser
+
+
+def _optimizer_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "-O",
+        dest="level",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="-O0: no optimizer (declared or default models, no prefix groups)",
+    )
+    sub.add_argument(
+        "--objective",
+        choices=("cost", "quality", "latency"),
+        default="cost",
+        help="what model assignment optimizes (default: cost)",
+    )
+    sub.add_argument("--budget", type=float, metavar="USD", help="spend at most this much")
+
+
+def _compile(args: argparse.Namespace, partial: bool) -> tuple[Plan, dict[str, Any]]:
+    """Compile, read the inputs against the flow's types, then optimize knowing them."""
+    plan = compile(args.program, args.flow, optimize=False)
+    inputs = parse_inputs(plan, args.input, partial=partial)
+    if args.level > 0:
+        known = bind_inputs(plan, inputs, partial=True)
+        plan = optimize(plan, inputs=known, objective=args.objective, budget=args.budget)
+    return plan, inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 # ---- run --------------------------------------------------------------------------------
 
 
-def parse_inputs(plan: Plan, pairs: list[str]) -> dict[str, Any]:
+def parse_inputs(plan: Plan, pairs: list[str], partial: bool = False) -> dict[str, Any]:
     """`name=value` pairs → values: strings as given, other types as JSON."""
     types = {spec.name: spec.type for spec in plan.inputs}
     values: dict[str, Any] = {}
@@ -153,7 +203,7 @@ def parse_inputs(plan: Plan, pairs: list[str]) -> dict[str, Any]:
             )
     failed = {p.split("'")[1] for p in problems}
     try:
-        bind_inputs(plan, values)
+        bind_inputs(plan, values, partial=partial)
     except InputError as err:
         problems += [p for p in str(err).split("\n") if p.split("'")[1] not in failed]
     if problems:
@@ -187,27 +237,29 @@ class _Progress:
         elif kind == "expand":
             sys.stderr.write(f"  {node.label}: {info['items']} items\n")
 
-    def summary(self, result: RunResult) -> None:
+    def summary(self, result: RunResult, stats: dict[str, ModelStats]) -> None:
         if self.quiet:
             return
-        calls = result.calls
-        prompt = sum(c.input_tokens for c in calls)
-        reused = sum(c.cached_tokens for c in calls)
-        out = sum(c.output_tokens for c in calls)
+        for model, s in stats.items():
+            sys.stderr.write(
+                f"{model}: {s.calls} call{'s' if s.calls != 1 else ''}, {s.prompt_tokens} prompt "
+                f"tokens ({s.reused_prompt_tokens} reused), {s.output_tokens} output tokens, "
+                f"${s.dollars:.4f}, {s.seconds:.1f}s\n"
+            )
         elapsed = time.perf_counter() - self.started
-        sys.stderr.write(
-            f"{len(calls)} call{'s' if len(calls) != 1 else ''}, {prompt} prompt tokens "
-            f"({reused} reused), {out} output tokens, {elapsed:.1f}s\n"
-        )
+        sys.stderr.write(f"{len(result.calls)} calls in {elapsed:.1f}s\n")
 
 
 def _run(args: argparse.Namespace) -> int:
-    plan = compile(args.program, args.flow)
-    inputs = parse_inputs(plan, args.input)
+    plan, inputs = _compile(args, partial=False)
     progress = _Progress(args.quiet)
     result = asyncio.run(run_async(plan, inputs, on_event=progress))
-    progress.summary(result)
-    if args.json:
+    stats = model_stats(result.calls, plan.models)
+    progress.summary(result, stats)
+    if args.json and args.stats:
+        data = {"outputs": result.outputs, "stats": {m: s.model_dump() for m, s in stats.items()}}
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    elif args.json:
         sys.stdout.write(json.dumps(result.outputs, ensure_ascii=False, indent=2) + "\n")
     else:
         _print_outputs(result.outputs, len(plan.outputs))
@@ -264,20 +316,57 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    plan = compile(args.program, args.flow)
+    plan, _ = _compile(args, partial=True)
+    if args.output:
+        from llmflow.compiler.draw import render_plan
+
+        path = render_plan(plan, Path(args.output))
+        sys.stderr.write(f"wrote {path}\n")
     if args.json:
         sys.stdout.write(json.dumps(plan.to_json(), ensure_ascii=False, indent=2) + "\n")
-        return 0
+    elif args.explain:
+        _print_explain(plan)
+    elif not args.output:
+        _print_plan(plan)
+    return 0
+
+
+def _print_explain(plan: Plan) -> None:
+    if not plan.decisions:
+        sys.stdout.write("no optimizer passes ran (-O0)\n")
+    rule = None
+    for decision in plan.decisions:
+        if decision.rule != rule:
+            rule = decision.rule
+            sys.stdout.write(f"{rule}:\n")
+        sys.stdout.write(f"  {decision.message}\n")
+
+
+def _print_plan(plan: Plan) -> None:
     sys.stdout.write(f"flow {plan.flow} in {plan.file}\n")
     sys.stdout.write("inputs: " + ", ".join(f"{i.name}: {i.type}" for i in plan.inputs) + "\n")
     sys.stdout.write("outputs: " + ", ".join(f"{n}: {t}" for n, t in plan.outputs.items()) + "\n")
     _print_graph(plan.graph.nodes, plan, "")
-    return 0
+    for group in plan.groups:
+        sys.stdout.write(
+            f"prefix group {group.id} on {group.model}: {', '.join(group.calls)} "
+            f"({group.instances} calls share ~{group.prefix_tokens} tokens)\n"
+        )
+    if plan.total is not None:
+        t = plan.total
+        sys.stdout.write(
+            f"estimate: {t.instances:g} calls, ~{t.input_tokens:.0f} prompt tokens "
+            f"(~{t.cached_tokens:.0f} reused), ~{t.output_tokens:.0f} output tokens, "
+            f"${t.dollars:.4f}, ~{plan.makespan or 0:.1f}s\n"
+        )
 
 
 def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
     for node in nodes:
         detail = f" on {node.call.model}" if node.call else ""
+        est = plan.estimates.get(node.id)
+        if est is not None:
+            detail += f" [~{est.input_tokens:.0f}+{est.output_tokens:.0f} tok, ${est.dollars:.4f}]"
         args = f"({', '.join(node.args)})" if node.args else ""
         var = f" → {node.var}" if node.var else ""
         sys.stdout.write(

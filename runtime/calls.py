@@ -72,9 +72,15 @@ def _select(value: Any, path: list[str]) -> Any:
 
 
 async def run_call(
-    call: LLMCall, args: list[Any], model: ModelSpec, backend: Backend
+    call: LLMCall,
+    args: list[Any],
+    model: ModelSpec,
+    backend: Backend,
+    group: str | None = None,
+    priority: float = 0.0,
 ) -> tuple[Any, CallStats]:
-    """Generate every output of one call; the value is the output, or a dict of outputs."""
+    """Generate every output of one call; the value is the output, or a dict of outputs.
+    `group` and `priority` are the optimizer's placement, passed on to the backend."""
     stats = CallStats(function=call.function, model=model.name)
     values = dict(zip(call.params, args, strict=True))
     outputs: dict[str, Any] = {}
@@ -94,7 +100,7 @@ async def run_call(
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
             turns.append(Turn(role="user", text=prompt))
             pending = ""
-            value, text = await _generate(call, spec, turns, model, backend, stats)
+            value, text = await _generate(call, spec, turns, model, backend, stats, group, priority)
             outputs[spec.name] = value
             turns.append(Turn(role="assistant", text=text))
             if len(outputs) == len(specs):
@@ -111,6 +117,8 @@ async def _generate(
     model: ModelSpec,
     backend: Backend,
     stats: CallStats,
+    group: str | None,
+    priority: float,
 ) -> tuple[Any, str]:
     stop = spec.stop
     if stop is None:
@@ -123,6 +131,8 @@ async def _generate(
         stop=stop,
         temperature=spec.temperature or 0.0,
         constraint=constraint_for(spec.type),
+        group=group,
+        priority=priority,
     )
     error = ""
     for attempt in range(ATTEMPTS):

@@ -71,6 +71,7 @@ class Scheduler:
         self.calls: list[CallStats] = []
         self._all_tasks: list[asyncio.Task[Any]] = []
         self._externs: dict[str, Callable[..., Any]] = {}
+        self._groups = {call: group.id for group in plan.groups for call in group.calls}
 
     async def run(self, inputs: dict[str, Any]) -> RunResult:
         frame = _Frame(self.plan.graph, dict(inputs))
@@ -148,7 +149,9 @@ class Scheduler:
         assert node.call is not None
         model = self.plan.models[node.call.model]
         self.on_event("start", node, {"model": model.name})
-        value, stats = await run_call(node.call, args, model, self.backend)
+        group = self._groups.get(node.id)
+        priority = self.plan.priorities.get(node.id, 0.0)
+        value, stats = await run_call(node.call, args, model, self.backend, group, priority)
         self.calls.append(stats)
         self.on_event("done", node, {"stats": stats})
         return value

@@ -1,0 +1,81 @@
+"""Prefix groups: calls on one model whose prompts start with the same text.
+
+A call's known prefix is its prompt up to the first value that is only known at run time
+and differs between its instances (template text, inputs known at plan time, and values
+shared by every instance). Instances of a call inside a map always form one group; calls
+on the same model whose prefixes share at least `min_tokens` join it, whatever function
+they come from (a shared system prompt, a shared document). Sorting the prefixes puts
+calls with long common prefixes next to each other, so grouping compares neighbours only.
+"""
+
+from __future__ import annotations
+
+from llmflow.compiler.ir import Plan, PrefixGroup
+from llmflow.compiler.optimizer.prompts import Part, Shapes, common_tokens
+
+RULE = "prefix analysis"
+MIN_SHARED_TOKENS = 64
+"""A prefix shorter than this is not worth keeping warm (llama.cpp evaluates 64 tokens in
+a fraction of a second; OpenAI caches from 1024)."""
+
+
+def _sort_key(prefix: list[Part]) -> list[tuple[int, str]]:
+    return [(0, p) if isinstance(p, str) else (1, p.key) for p in prefix]
+
+
+def analyze_prefixes(plan: Plan, min_tokens: float = MIN_SHARED_TOKENS) -> Plan:
+    shapes = Shapes(plan)
+    by_model: dict[str, list[str]] = {}
+    for node in plan.calls():
+        assert node.call is not None
+        by_model.setdefault(node.call.model, []).append(node.id)
+    groups: list[PrefixGroup] = []
+    labels = {n.id: n.label for n in plan.calls()}
+    for model, ids in by_model.items():
+        ordered = sorted(ids, key=lambda i: _sort_key(shapes[i].shared_prefix))
+        runs: list[list[str]] = []
+        for node_id in ordered:
+            if (
+                runs
+                and common_tokens(shapes[runs[-1][-1]].shared_prefix, shapes[node_id].shared_prefix)
+                >= min_tokens
+            ):
+                runs[-1].append(node_id)
+            else:
+                runs.append([node_id])
+        for run in runs:
+            instances = sum(shapes[i].instances for i in run)
+            if instances < 2 or (len(run) == 1 and shapes[run[0]].shared_tokens < 1):
+                continue
+            prefixes = [shapes[i].shared_prefix for i in run]
+            shared = min(
+                (common_tokens(a, b) for a, b in zip(prefixes, prefixes[1:], strict=False)),
+                default=shapes[run[0]].shared_tokens,
+            )
+            group = PrefixGroup(
+                id=f"g{len(groups) + 1}",
+                model=model,
+                calls=run,
+                instances=round(instances),
+                prefix_tokens=round(shared),
+                preview=_preview(prefixes[0]),
+            )
+            groups.append(group)
+            names = ", ".join(labels[i] for i in run)
+            plan.explain(
+                RULE,
+                f"{group.id} on {model}: {names} ({group.instances} calls) share "
+                f"~{group.prefix_tokens} prompt tokens: {group.preview!r}",
+            )
+    plan.groups = groups
+    return plan
+
+
+def _preview(prefix: list[Part], limit: int = 48) -> str:
+    text = ""
+    for part in prefix:
+        text += part if isinstance(part, str) else "{" + part.key + "}"
+        if len(text) >= limit:
+            break
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

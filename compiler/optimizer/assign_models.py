@@ -1,0 +1,303 @@
+"""Every call gets a model: one that meets its pin, its `@needs`, its context length and
+its output type, chosen for the whole program under the objective and the budget.
+
+Without a budget, calls are independent and each takes its best qualifying model. With a
+budget, choosing is a multiple-choice knapsack (one option per call, total dollars at
+most the budget): solved exactly by dynamic programming over Pareto frontiers for small
+programs, and greedily by best value per dollar for large ones, with the LP bound that
+says how far from the optimum the greedy answer can be. When the budget cannot buy every
+need, the plan says which calls fall short and by how much instead of downgrading quietly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+
+from llmflow.compiler.ir import IRNode, Plan
+from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.optimizer import costs
+from llmflow.compiler.optimizer.prompts import Shape, Shapes
+
+RULE = "model assignment"
+EXACT_LIMIT = 50_000
+"""Largest Pareto frontier the exact solver keeps before switching to the greedy one."""
+
+
+@dataclass(frozen=True)
+class Option:
+    model: str
+    dollars: float
+    seconds: float
+    quality: float
+    qualifies: bool
+
+
+def _options(plan: Plan, node: IRNode, shape: Shape) -> list[Option]:
+    assert node.call is not None
+    out = []
+    for name, model in plan.models.items():
+        cost = costs.call_cost(model, shape)
+        qualifies = _qualifies(model, node, shape)
+        out.append(Option(name, cost.dollars, cost.seconds, costs.quality(model, node), qualifies))
+    return out
+
+
+def _qualifies(model: ModelSpec, node: IRNode, shape: Shape) -> bool:
+    if costs.shortfall(model, node) or not costs.fits_context(model, shape):
+        return False
+    return not costs.needs_schema(node) or getattr(model, "supports_schema", True)
+
+
+def _value(option: Option, objective: str, weight: float) -> float:
+    if objective == "quality":
+        return weight * option.quality
+    if objective == "latency":
+        return -weight * option.seconds
+    return -option.dollars - 1e-9 * option.seconds + 1e-12 * option.quality
+
+
+def assign_models(
+    plan: Plan,
+    objective: str | None = None,
+    budget: float | None = None,
+    exact_limit: int = EXACT_LIMIT,
+) -> Plan:
+    plan.objective = objective or plan.objective  # type: ignore[assignment]
+    plan.budget = budget if budget is not None else plan.budget
+    shapes = Shapes(plan)
+    calls = [n for n in plan.calls() if n.call is not None]
+    weights = _importance(plan, calls)
+    choices: list[list[Option]] = []
+    for node in calls:
+        assert node.call is not None
+        options = _options(plan, node, shapes[node.id])
+        if node.call.pinned:
+            options = [o for o in options if o.model == node.call.model]
+            if not options[0].qualifies:
+                plan.explain(
+                    RULE,
+                    f"{node.label} is pinned to {node.call.model}, which does not "
+                    "meet its needs or context; the pin is kept",
+                    node.id,
+                )
+        else:
+            qualifying = [o for o in options if o.qualifies]
+            if qualifying:
+                options = qualifying
+            else:
+                best = max(options, key=lambda o: o.quality)
+                gap = costs.shortfall(plan.models[best.model], node)
+                plan.explain(
+                    RULE,
+                    f"{node.label}: no model meets {_needs(node)}; the closest is "
+                    f"{best.model} ({_gaps(gap)})",
+                    node.id,
+                )
+                options = [best]
+        choices.append(options)
+
+    values = [
+        [_value(o, plan.objective, w) for o in opts]
+        for opts, w in zip(choices, weights, strict=True)
+    ]
+    picked = [
+        max(range(len(opts)), key=lambda i, v=v: v[i])
+        for opts, v in zip(choices, values, strict=True)
+    ]
+    spend = sum(choices[c][i].dollars for c, i in enumerate(picked))
+    if plan.budget is not None and spend > plan.budget:
+        cheapest = sum(min(o.dollars for o in opts) for opts in choices)
+        if cheapest <= plan.budget:
+            picked, how = solve_budget(choices, values, plan.budget, exact_limit)
+            plan.explain(
+                RULE, f"best {plan.objective} within the budget of ${plan.budget:.4f} ({how})"
+            )
+        else:
+            _over_budget(plan, calls, choices, picked, cheapest)
+
+    for node, opts, i in zip(calls, choices, picked, strict=True):
+        assert node.call is not None
+        chosen = opts[i]
+        before = node.call.model
+        node.call.model = chosen.model
+        reason = _reason(plan, node, opts, chosen)
+        moved = "" if before == chosen.model else f" (declared default: {before})"
+        plan.explain(RULE, f"{node.label} → {chosen.model}{moved}: {reason}", node.id)
+    return plan
+
+
+def _importance(plan: Plan, calls: Sequence[IRNode]) -> list[float]:
+    """A call feeding many others matters more: one plus the calls downstream of it."""
+    graph = plan.graph.g
+    out = []
+    for node in calls:
+        if node.id in graph:
+            downstream = [
+                d for d in nx.descendants(graph, node.id) if graph.nodes[d]["node"].kind == "llm"
+            ]
+            out.append(1.0 + len(downstream))
+        else:
+            out.append(1.0)
+    return out
+
+
+def _needs(node: IRNode) -> str:
+    assert node.call is not None
+    return ", ".join(f"{s} >= {q:g}" for s, q in node.call.needs.items()) or "its context length"
+
+
+def _gaps(gap: dict[str, float]) -> str:
+    return ", ".join(f"{s} short by {d:.2f}" for s, d in gap.items()) or "too small a context"
+
+
+def _reason(plan: Plan, node: IRNode, options: list[Option], chosen: Option) -> str:
+    n = len(options)
+    scope = (
+        f"{n} qualifying model{'s' if n != 1 else ''}" if chosen.qualifies else "no model qualifies"
+    )
+    if plan.objective == "quality":
+        what = f"best quality ({chosen.quality:.2f}) of {scope}"
+    elif plan.objective == "latency":
+        what = f"fastest (~{chosen.seconds:.1f}s) of {scope}"
+    else:
+        what = f"cheapest (${chosen.dollars:.6f}) of {scope}"
+    assert node.call is not None
+    if node.call.needs:
+        what += f" for {_needs(node)}"
+    return what
+
+
+def _over_budget(
+    plan: Plan,
+    calls: Sequence[IRNode],
+    choices: list[list[Option]],
+    picked: list[int],
+    cheapest: float,
+) -> None:
+    """The budget cannot buy every need: keep the needs, and say what it would take."""
+    assert plan.budget is not None
+    plan.explain(
+        RULE,
+        f"the budget of ${plan.budget:.4f} cannot buy every need: the cheapest "
+        f"qualifying plan costs ${cheapest:.4f} (short by ${cheapest - plan.budget:.4f})",
+    )
+    for c, node in enumerate(calls):
+        cheapest_option = min(choices[c], key=lambda o: o.dollars)
+        picked[c] = choices[c].index(cheapest_option)
+        if cheapest_option.dollars > 0:
+            plan.explain(
+                RULE,
+                f"{node.label} needs at least ${cheapest_option.dollars:.4f} "
+                f"({cheapest_option.model})",
+                node.id,
+            )
+
+
+# ---- the multiple-choice knapsack ------------------------------------------------------
+
+
+def solve_budget(
+    choices: list[list[Option]],
+    values: list[list[float]],
+    budget: float,
+    exact_limit: int = EXACT_LIMIT,
+) -> tuple[list[int], str]:
+    """Pick one option per call maximizing total value with total dollars ≤ budget."""
+    exact = _exact(choices, values, budget, exact_limit)
+    if exact is not None:
+        return exact, "exact"
+    picked, bound = _greedy(choices, values, budget)
+    got = sum(values[c][i] for c, i in enumerate(picked))
+    return picked, f"greedy; the optimum is at most {bound - got:.4g} better"
+
+
+def _exact(
+    choices: list[list[Option]], values: list[list[float]], budget: float, limit: int
+) -> list[int] | None:
+    # Frontier of (dollars, value, picks) with no state both cheaper and better.
+    frontier: list[tuple[float, float, tuple[int, ...]]] = [(0.0, 0.0, ())]
+    for c, opts in enumerate(choices):
+        grown = [
+            (d + o.dollars, v + values[c][i], picks + (i,))
+            for d, v, picks in frontier
+            for i, o in enumerate(opts)
+            if d + o.dollars <= budget + 1e-12
+        ]
+        grown.sort(key=lambda s: (s[0], -s[1]))
+        frontier = []
+        best = float("-inf")
+        for state in grown:
+            if state[1] > best:
+                frontier.append(state)
+                best = state[1]
+        if len(frontier) > limit:
+            return None
+    return list(max(frontier, key=lambda s: s[1])[2])
+
+
+def _greedy(
+    choices: list[list[Option]], values: list[list[float]], budget: float
+) -> tuple[list[int], float]:
+    """Start from each call's cheapest option and buy the upgrades with the most value per
+    dollar along each call's upper convex hull. Returns the picks and the LP bound."""
+    picked = [
+        min(range(len(o)), key=lambda i, o=o, c=c: (o[i].dollars, -values[c][i]))
+        for c, o in enumerate(choices)
+    ]
+    left = budget - sum(choices[c][i].dollars for c, i in enumerate(picked))
+    steps: list[tuple[float, int, int, float, float]] = []  # (ratio, call, to, Δ$, Δvalue)
+    for c, opts in enumerate(choices):
+        for frm, to in _hull_steps(opts, values[c], picked[c]):
+            dd = opts[to].dollars - opts[frm].dollars
+            dv = values[c][to] - values[c][frm]
+            steps.append((dv / dd if dd > 0 else float("inf"), c, to, dd, dv))
+    steps.sort(key=lambda s: -s[0])
+    total = sum(values[c][i] for c, i in enumerate(picked))
+    bound: float | None = None
+    blocked: set[int] = set()
+    for ratio, c, to, dd, dv in steps:
+        if c in blocked:
+            continue
+        if dd <= left + 1e-12:
+            picked[c] = to
+            left -= dd
+            total += dv
+        else:
+            if bound is None:  # the LP optimum takes this step fractionally, then stops
+                bound = total + ratio * left
+            blocked.add(c)  # later hull steps of this call build on this one
+    return picked, total if bound is None else bound
+
+
+def _hull_steps(opts: list[Option], values: list[float], start: int) -> list[tuple[int, int]]:
+    """Upgrade steps of one call along the upper convex hull of (dollars, value)."""
+    points = sorted(
+        (
+            i
+            for i in range(len(opts))
+            if opts[i].dollars >= opts[start].dollars and values[i] > values[start]
+        ),
+        key=lambda i: (opts[i].dollars, -values[i]),
+    )
+    hull = [start]
+    for i in points:
+        if values[i] <= values[hull[-1]]:
+            continue
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            slope_ab = _slope(opts, values, a, b)
+            slope_bi = _slope(opts, values, b, i)
+            if slope_bi >= slope_ab:
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return list(zip(hull, hull[1:], strict=False))
+
+
+def _slope(opts: list[Option], values: list[float], a: int, b: int) -> float:
+    dd = opts[b].dollars - opts[a].dollars
+    return (values[b] - values[a]) / dd if dd > 0 else float("inf")

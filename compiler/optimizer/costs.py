@@ -1,0 +1,91 @@
+"""What one call costs on one model: dollars, seconds, and how well the model fits it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmflow.compiler.ir import IRNode
+from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.optimizer.prompts import Shape
+from llmflow.compiler.types import ListT, RecordT
+
+REMOTE_FIRST_TOKEN_SECONDS = 0.5
+"""Time to first token of a hosted model when the catalog has no figure."""
+REMOTE_TOKENS_PER_SECOND = 60.0
+"""Decode speed of a hosted model when the catalog has no figure."""
+LOCAL_PREFILL_TPS = 400.0
+LOCAL_DECODE_TPS = 80.0
+NEUTRAL_SKILL = 0.5
+"""The skill assumed for a model that declares no score for it."""
+
+
+def price_in(model: ModelSpec) -> float:
+    return float(getattr(model, "price_in", None) or 0.0)
+
+
+def price_out(model: ModelSpec) -> float:
+    return float(getattr(model, "price_out", None) or 0.0)
+
+
+def price_cached_in(model: ModelSpec) -> float:
+    cached = getattr(model, "price_cached_in", None)
+    return float(cached) if cached is not None else price_in(model)
+
+
+def skill(model: ModelSpec, name: str) -> float:
+    return model.skills.get(name, NEUTRAL_SKILL if not model.skills else 0.0)
+
+
+def quality(model: ModelSpec, node: IRNode) -> float:
+    """How well a model serves a call: its weakest needed skill, else its mean skill."""
+    assert node.call is not None
+    if node.call.needs:
+        return min(skill(model, s) for s in node.call.needs)
+    if not model.skills:
+        return NEUTRAL_SKILL
+    return sum(model.skills.values()) / len(model.skills)
+
+
+def shortfall(model: ModelSpec, node: IRNode) -> dict[str, float]:
+    """Needed skills the model lacks, and by how much."""
+    assert node.call is not None
+    return {s: q - skill(model, s) for s, q in node.call.needs.items() if skill(model, s) < q}
+
+
+def needs_schema(node: IRNode) -> bool:
+    assert node.call is not None
+    return any(isinstance(o.type, ListT | RecordT) for o in node.call.outputs)
+
+
+@dataclass(frozen=True)
+class Cost:
+    dollars: float
+    seconds: float
+    cached_tokens: float = 0.0
+
+
+def call_cost(model: ModelSpec, shape: Shape, cached_per_instance: float = 0.0) -> Cost:
+    """All instances of a call on a model; `cached_per_instance` prompt tokens come from
+    a reused prefix (cheaper on hosted models, skipped by the embedded engine)."""
+    n = shape.instances
+    fresh = max(0.0, shape.input_tokens - cached_per_instance)
+    dollars = (
+        n
+        * (
+            fresh * price_in(model)
+            + cached_per_instance * price_cached_in(model)
+            + shape.output_tokens * price_out(model)
+        )
+        / 1e6
+    )
+    if model.backend == "local":
+        prefill = getattr(model, "prefill_tps", None) or LOCAL_PREFILL_TPS
+        decode = getattr(model, "decode_tps", None) or LOCAL_DECODE_TPS
+        seconds = n * (fresh / prefill + shape.output_tokens / decode)
+    else:
+        seconds = n * (REMOTE_FIRST_TOKEN_SECONDS + shape.output_tokens / REMOTE_TOKENS_PER_SECOND)
+    return Cost(dollars, seconds, n * cached_per_instance)
+
+
+def fits_context(model: ModelSpec, shape: Shape) -> bool:
+    return model.context is None or shape.input_tokens + shape.output_tokens <= model.context

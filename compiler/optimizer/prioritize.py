@@ -1,0 +1,139 @@
+"""Scheduling priorities: the critical path first, `@latency` outputs before
+`@throughput` ones (Parrot's performance criteria, propagated back to every producer).
+
+A node's priority is the estimated time from its start to the end of the run along the
+longest path through it, so whatever the slowest chain waits on runs first. The plan also
+gets its critical path and an estimated makespan: the longer of that path and the work
+queued on the busiest embedded model (one worker per model runs its calls in turn)."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from llmflow.compiler.ir import Graph, Plan
+
+RULE = "scheduling priorities"
+LATENCY_BOOST = 1e6
+"""Added to every producer of a @latency output (subtracted for @throughput): the goal
+outranks any difference in path length."""
+
+
+def prioritize(plan: Plan) -> Plan:
+    plan.priorities = {}
+    durations: dict[str, float] = {}
+    _durations(plan, plan.graph, durations)
+    remaining = _remaining(plan.graph, durations)
+    boost = _perf_boost(plan)
+    for node_id, value in remaining.items():
+        plan.priorities[node_id] = round(value + boost.get(node_id, 0.0), 3)
+    _inner_priorities(plan, plan.graph, remaining, durations, boost)
+    plan.critical_path = _critical_path(plan.graph, durations)
+    path_seconds = sum(durations[n] for n in plan.critical_path)
+    busiest = _busiest_local_model(plan)
+    plan.makespan = max(path_seconds, busiest)
+    names = " → ".join(plan.graph.node(n).label for n in plan.critical_path if durations[n] > 0)
+    plan.explain(RULE, f"critical path ~{path_seconds:.1f}s: {names or '(no calls)'}")
+    if busiest > path_seconds:
+        plan.explain(
+            RULE,
+            f"the busiest embedded model has ~{busiest:.1f}s of calls queued: "
+            f"estimated makespan ~{plan.makespan:.1f}s",
+        )
+    for output, goal in plan.perf.items():
+        plan.explain(
+            RULE,
+            f"output {output} is @{goal}: its producers run "
+            f"{'first' if goal == 'latency' else 'after latency-bound work'}",
+        )
+    return plan
+
+
+def _serial(plan: Plan, graph: Graph) -> bool:
+    """Do instances of this graph queue on one embedded model?"""
+    return any(
+        n.call is not None and plan.models[n.call.model].backend == "local" for n in graph.walk()
+    )
+
+
+def _durations(plan: Plan, graph: Graph, out: dict[str, float]) -> float:
+    """Estimated seconds per node; returns the graph's longest path."""
+    for node in graph.nodes:
+        if node.kind == "llm":
+            est = plan.estimates.get(node.id)
+            out[node.id] = est.seconds / max(est.instances, 1.0) if est else 0.0
+        elif node.bodies:
+            inner = {key: _durations(plan, body, out) for key, body in node.bodies.items()}
+            if node.kind == "branch":
+                out[node.id] = max(inner.values())
+            else:
+                body = node.bodies["body"]
+                items = plan.known.get(node.args[0]) if node.loop_max is None else None
+                count = len(items) if isinstance(items, list) else (node.loop_max or 4)
+                parallel = node.kind == "map" and not _serial(plan, body)
+                out[node.id] = inner["body"] * (1 if parallel else count)
+        else:
+            out[node.id] = 0.0
+    remaining = _remaining(graph, out)
+    return max(remaining.values(), default=0.0)
+
+
+def _remaining(graph: Graph, durations: dict[str, float]) -> dict[str, float]:
+    """For each node: its duration plus the longest path after it."""
+    remaining: dict[str, float] = {}
+    for node_id in reversed(list(nx.topological_sort(graph.g))):
+        after = max((remaining[s] for s in graph.g.successors(node_id)), default=0.0)
+        remaining[node_id] = durations.get(node_id, 0.0) + after
+    return remaining
+
+
+def _inner_priorities(
+    plan: Plan,
+    graph: Graph,
+    remaining: dict[str, float],
+    durations: dict[str, float],
+    boost: dict[str, float],
+) -> None:
+    for node in graph.nodes:
+        for body in node.bodies.values():
+            inner = _remaining(body, durations)
+            after = remaining[node.id] - durations[node.id]
+            for node_id, value in inner.items():
+                plan.priorities[node_id] = round(value + after + boost.get(node.id, 0.0), 3)
+            _inner_priorities(
+                plan, body, {k: v + after for k, v in inner.items()}, durations, boost
+            )
+
+
+def _perf_boost(plan: Plan) -> dict[str, float]:
+    boost: dict[str, float] = {}
+    for goal in ("throughput", "latency"):  # latency last: it wins where both reach
+        sign = 1.0 if goal == "latency" else -1.0
+        for output, wanted in plan.perf.items():
+            if wanted != goal:
+                continue
+            out_id = plan.graph.outputs[output]
+            for node_id in nx.ancestors(plan.graph.g, out_id) | {out_id}:
+                boost[node_id] = sign * LATENCY_BOOST
+    return boost
+
+
+def _critical_path(graph: Graph, durations: dict[str, float]) -> list[str]:
+    remaining = _remaining(graph, durations)
+    sources = [n for n in graph.g.nodes if graph.g.in_degree(n) == 0]
+    if not sources:
+        return []
+    path = [max(sources, key=lambda n: remaining[n])]
+    while True:
+        successors = list(graph.g.successors(path[-1]))
+        if not successors:
+            return path
+        path.append(max(successors, key=lambda n: remaining[n]))
+
+
+def _busiest_local_model(plan: Plan) -> float:
+    load: dict[str, float] = {}
+    for node in plan.calls():
+        assert node.call is not None
+        if plan.models[node.call.model].backend == "local" and node.id in plan.estimates:
+            load[node.call.model] = load.get(node.call.model, 0.0) + plan.estimates[node.id].seconds
+    return max(load.values(), default=0.0)

@@ -1,0 +1,220 @@
+"""What the optimizer knows about a call's prompt before it runs: how it starts (the
+shared-prefix question), how long it is, and how many instances of the call will run.
+
+A prompt is a list of parts: constant text (template text, and inputs whose values are
+known at plan time) and references to values produced at run time, each with an
+estimated size. Two calls share a prefix as far as their parts agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from llmflow.compiler.ir import Graph, IRNode, OutputSpec, Plan
+from llmflow.compiler.types import EnumT, ListT, Prim, RecordT, Type
+from llmflow.stdlib.builtins import to_text
+
+CHARS_PER_TOKEN = 4.0
+"""English text in the BPE vocabularies of current models: about 4 characters a token."""
+DEFAULT_MAP_ITEMS = 4
+"""Items assumed for a map over a list not known at plan time."""
+
+
+def tokens(text: str) -> float:
+    return len(text) / CHARS_PER_TOKEN
+
+
+def typical_tokens(t: Type) -> float:
+    """Size of a value of this type not known at plan time."""
+    match t:
+        case Prim(name="str"):
+            return 200.0
+        case ListT(item=item):
+            return DEFAULT_MAP_ITEMS * (typical_tokens(item) + 2)
+        case RecordT(fields=fields):
+            return sum(typical_tokens(ft) + 4 for _, ft in fields)
+    return 2.0
+
+
+def expected_output_tokens(spec: OutputSpec) -> float:
+    """Output length used in estimates: its max_tokens if set, else a typical length."""
+    if spec.max_tokens is not None:
+        return float(spec.max_tokens)
+    match spec.type:
+        case Prim(name="str"):
+            return 256.0
+        case EnumT() | Prim():
+            return 3.0
+    return typical_tokens(spec.type) * 1.5
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value known only at run time. `varies`: it differs between instances of the
+    call (a map item, a loop iteration), so sharing stops there."""
+
+    key: str
+    tokens: float
+    varies: bool
+
+
+Part = str | Ref
+
+
+@dataclass
+class Shape:
+    node: IRNode
+    prefix: list[Part]
+    """The prompt up to its first generated output."""
+    input_tokens: float
+    """The whole prompt an instance reads (outputs generated before later ones included)."""
+    output_tokens: float
+    instances: float
+
+    @cached_property
+    def shared_prefix(self) -> list[Part]:
+        """The part of the prefix every instance of this call starts with."""
+        out: list[Part] = []
+        for part in self.prefix:
+            if isinstance(part, Ref) and part.varies:
+                break
+            out.append(part)
+        return out
+
+    @cached_property
+    def shared_tokens(self) -> float:
+        return sum(tokens(p) if isinstance(p, str) else p.tokens for p in self.shared_prefix)
+
+
+def common_tokens(a: list[Part], b: list[Part]) -> float:
+    """Estimated tokens two prompt prefixes have in common."""
+    total = 0.0
+    for pa, pb in zip(a, b, strict=False):
+        if isinstance(pa, str) and isinstance(pb, str):
+            n = 0
+            limit = min(len(pa), len(pb))
+            while n < limit and pa[n] == pb[n]:
+                n += 1
+            total += n / CHARS_PER_TOKEN
+            if n < len(pa) or n < len(pb):
+                break
+        elif isinstance(pa, Ref) and pa == pb and not pa.varies:
+            total += pa.tokens
+        else:
+            break
+    return total
+
+
+def _select(value: Any, path: list[str]) -> Any:
+    for name in path:
+        value = value[name]
+    return value
+
+
+class Shapes:
+    """The shape of every call in a plan, computed once per optimizer run."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.shapes: dict[str, Shape] = {}
+        self.item_tokens: dict[str, float] = {}
+        """Average size of the items of a list known at plan time, by `item` input node."""
+        self._walk(plan.graph, outer={}, varying=set(), instances=1.0)
+
+    def __getitem__(self, node_id: str) -> Shape:
+        return self.shapes[node_id]
+
+    def _walk(
+        self, graph: Graph, outer: dict[str, str], varying: set[str], instances: float
+    ) -> None:
+        """`outer`: input node id → the producer it stands for, in the enclosing graphs.
+        `varying`: nodes whose value differs between instances of this graph."""
+        varies = set(varying)
+        for node in graph.nodes:
+            if any(a in varies for a in node.args):
+                varies.add(node.id)
+            if node.kind == "input" and isinstance(node.value, str):
+                if node.value == "item" or node.value.startswith("carried:"):
+                    varies.add(node.id)
+        for node in graph.nodes:
+            if node.kind == "llm":
+                self.shapes[node.id] = self._shape(graph, node, outer, varies, instances)
+            for key, body in node.bodies.items():
+                inner_outer = dict(outer)
+                inner_varying: set[str] = set()
+                items = self.plan.known.get(node.args[0]) if node.args else None
+                for inp in body.inputs:
+                    binding = body.node(inp).value
+                    if binding == "item" and isinstance(items, list) and items:
+                        self.item_tokens[inp] = sum(tokens(to_text(i)) for i in items) / len(items)
+                    if isinstance(binding, str) and binding.startswith("port:"):
+                        source = node.args[int(binding.split(":")[1])]
+                        inner_outer[inp] = outer.get(source, source)
+                        if source in varies:
+                            inner_varying.add(inp)
+                self._walk(body, inner_outer, inner_varying, instances * self._repeats(node, key))
+
+    def _repeats(self, node: IRNode, key: str) -> float:
+        if node.kind == "map" or (node.kind == "loop" and node.loop_max is None):
+            items = self.plan.known.get(node.args[0])
+            return float(len(items)) if isinstance(items, list) else float(DEFAULT_MAP_ITEMS)
+        if node.kind == "loop":
+            return float(node.loop_max or 1)
+        return 0.5 if key in ("then", "else") else 1.0
+
+    def _shape(
+        self, graph: Graph, node: IRNode, outer: dict[str, str], varies: set[str], instances: float
+    ) -> Shape:
+        assert node.call is not None
+        call = node.call
+        sources = dict(zip(call.params, node.args, strict=True))
+        specs = {o.name: o for o in call.outputs}
+        prefix: list[Part] = []
+        in_prefix = True
+        input_tokens = output_tokens = 0.0
+        generated = 0
+        for segment in call.segments:
+            part: Part | None = None
+            if segment.text is not None:
+                part = segment.text
+            elif segment.input is not None:
+                part = self._part(graph, sources[segment.input], segment.path, outer, varies)
+            elif segment.ref is not None:
+                part = Ref(
+                    f"{node.id}.{segment.ref}", expected_output_tokens(specs[segment.ref]), True
+                )
+            else:
+                assert segment.output is not None
+                in_prefix = False
+                out = expected_output_tokens(specs[segment.output])
+                output_tokens += out
+                generated += 1
+                if generated == len(specs):
+                    break
+                input_tokens += out  # a later output reads the earlier ones
+                continue
+            size = tokens(part) if isinstance(part, str) else part.tokens
+            input_tokens += size
+            if in_prefix:
+                if isinstance(part, str) and prefix and isinstance(prefix[-1], str):
+                    prefix[-1] += part
+                else:
+                    prefix.append(part)
+        return Shape(node, prefix, input_tokens, output_tokens, instances)
+
+    def _part(
+        self, graph: Graph, source: str, path: list[str], outer: dict[str, str], varies: set[str]
+    ) -> Part:
+        key = outer.get(source, source)
+        if key in self.plan.known:
+            return to_text(_select(self.plan.known[key], path))
+        producer = graph.node(source)
+        t = producer.type
+        for name in path:
+            t = t.field(name) if isinstance(t, RecordT) and t.field(name) else t
+        size = self.item_tokens.get(source, typical_tokens(t))
+        if producer.kind == "llm" and producer.call and len(producer.call.outputs) == 1:
+            size = expected_output_tokens(producer.call.outputs[0])
+        return Ref(".".join([key, *path]), size, source in varies)
