@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.api import bind_inputs, compile, run_async
-from llmflow.compiler.optimizer import optimize
 from llmflow.compiler import check_file
 from llmflow.compiler.diagnostics import Diagnostic, render
 from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import LOCAL_MODELS
+from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim
 from llmflow.errors import CompileError, InputError, LLMFlowError
 from llmflow.runtime.backends.base import BackendError

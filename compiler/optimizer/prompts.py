@@ -135,9 +135,9 @@ class Shapes:
         for node in graph.nodes:
             if any(a in varies for a in node.args):
                 varies.add(node.id)
-            if node.kind == "input" and isinstance(node.value, str):
-                if node.value == "item" or node.value.startswith("carried:"):
-                    varies.add(node.id)
+            binding = node.value if node.kind == "input" and isinstance(node.value, str) else ""
+            if binding == "item" or binding.startswith("carried:"):
+                varies.add(node.id)
         for node in graph.nodes:
             if node.kind == "llm":
                 self.shapes[node.id] = self._shape(graph, node, outer, varies, instances)
