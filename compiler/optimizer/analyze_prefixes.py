@@ -31,6 +31,7 @@ def analyze_prefixes(plan: Plan, min_tokens: float = MIN_SHARED_TOKENS) -> Plan:
         by_model.setdefault(node.call.model, []).append(node.id)
     groups: list[PrefixGroup] = []
     labels = {n.id: n.label for n in plan.calls()}
+    var_names = {n.id: n.var or n.label for n in plan.graph.walk()}
     for model, ids in by_model.items():
         ordered = sorted(ids, key=lambda i: _sort_key(shapes[i].shared_prefix))
         runs: list[list[str]] = []
@@ -45,7 +46,9 @@ def analyze_prefixes(plan: Plan, min_tokens: float = MIN_SHARED_TOKENS) -> Plan:
                 runs.append([node_id])
         for run in runs:
             instances = sum(shapes[i].instances for i in run)
-            if instances < 2 or (len(run) == 1 and shapes[run[0]].shared_tokens < 1):
+            # A map's instances group even below the threshold, but not over a few
+            # tokens of template text: that is not worth keeping a KV state for.
+            if instances < 2 or (len(run) == 1 and shapes[run[0]].shared_tokens < min_tokens / 4):
                 continue
             prefixes = [shapes[i].shared_prefix for i in run]
             shared = min(
@@ -58,7 +61,7 @@ def analyze_prefixes(plan: Plan, min_tokens: float = MIN_SHARED_TOKENS) -> Plan:
                 calls=run,
                 instances=round(instances),
                 prefix_tokens=round(shared),
-                preview=_preview(prefixes[0]),
+                preview=_preview(prefixes[0], var_names),
             )
             groups.append(group)
             names = ", ".join(labels[i] for i in run)
@@ -71,10 +74,14 @@ def analyze_prefixes(plan: Plan, min_tokens: float = MIN_SHARED_TOKENS) -> Plan:
     return plan
 
 
-def _preview(prefix: list[Part], limit: int = 48) -> str:
+def _preview(prefix: list[Part], names: dict[str, str], limit: int = 48) -> str:
     text = ""
     for part in prefix:
-        text += part if isinstance(part, str) else "{" + part.key + "}"
+        if isinstance(part, str):
+            text += part
+        else:
+            node, *path = part.key.split(".")
+            text += "{" + ".".join([names.get(node, node), *path]) + "}"
         if len(text) >= limit:
             break
     flat = " ".join(text.split())

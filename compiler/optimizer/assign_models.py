@@ -22,7 +22,7 @@ from llmflow.compiler.optimizer import costs
 from llmflow.compiler.optimizer.prompts import Shape, Shapes
 
 RULE = "model assignment"
-EXACT_LIMIT = 50_000
+EXACT_LIMIT = 5_000
 """Largest Pareto frontier the exact solver keeps before switching to the greedy one."""
 
 
@@ -48,7 +48,7 @@ def _options(plan: Plan, node: IRNode, shape: Shape) -> list[Option]:
 def _qualifies(model: ModelSpec, node: IRNode, shape: Shape) -> bool:
     if costs.shortfall(model, node) or not costs.fits_context(model, shape):
         return False
-    return not costs.needs_schema(node) or getattr(model, "supports_schema", True)
+    return not costs.needs_schema(node) or model.supports_schema is not False
 
 
 def _value(option: Option, objective: str, weight: float) -> float:
@@ -56,7 +56,17 @@ def _value(option: Option, objective: str, weight: float) -> float:
         return weight * option.quality
     if objective == "latency":
         return -weight * option.seconds
-    return -option.dollars - 1e-9 * option.seconds + 1e-12 * option.quality
+    return -option.dollars
+
+
+def _rank(option: Option, objective: str) -> tuple[float, ...]:
+    """A call's own preference, ties included: on equal cost, the better model, then the
+    faster; on equal quality, the cheaper; on equal speed, the cheaper."""
+    if objective == "quality":
+        return (option.quality, -option.dollars, -option.seconds)
+    if objective == "latency":
+        return (-option.seconds, -option.dollars, option.quality)
+    return (-option.dollars, option.quality, -option.seconds)
 
 
 def assign_models(
@@ -69,6 +79,13 @@ def assign_models(
     plan.budget = budget if budget is not None else plan.budget
     shapes = Shapes(plan)
     calls = [n for n in plan.calls() if n.call is not None]
+    for name, model in plan.models.items():
+        if model.backend != "local" and (model.price_in is None or model.price_out is None):
+            plan.explain(
+                RULE,
+                f"{name} has no known price: it counts as free here; declare "
+                "price_in/price_out (USD per 1M tokens) to weigh it properly",
+            )
     weights = _importance(plan, calls)
     choices: list[list[Option]] = []
     for node in calls:
@@ -104,8 +121,8 @@ def assign_models(
         for opts, w in zip(choices, weights, strict=True)
     ]
     picked = [
-        max(range(len(opts)), key=lambda i, v=v: v[i])
-        for opts, v in zip(choices, values, strict=True)
+        max(range(len(opts)), key=lambda i, opts=opts: _rank(opts[i], plan.objective))
+        for opts in choices
     ]
     spend = sum(choices[c][i].dollars for c, i in enumerate(picked))
     if plan.budget is not None and spend > plan.budget:

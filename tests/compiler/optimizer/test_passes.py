@@ -59,12 +59,15 @@ DOC = "The lighthouse was built in 1871 on a granite ledge. " * 30
 
 
 def test_the_same_call_on_the_same_inputs_runs_once(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str) -> a: str, b: str {
         a = summary(doc)
         b = summary(doc)
     }
-    """)
+    """
+    )
     assert calls(plan) == ["summary"]
     out_a, out_b = (plan.graph.node(plan.graph.outputs[k]) for k in ("a", "b"))
     assert out_a.args == out_b.args
@@ -72,113 +75,151 @@ def test_the_same_call_on_the_same_inputs_runs_once(make: Make) -> None:
 
 
 def test_sampled_calls_are_not_merged(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str) -> a: str, b: str {
         a = creative(doc)
         b = creative(doc)
     }
-    """)
+    """
+    )
     assert calls(plan) == ["creative", "creative"]
 
 
 def test_calls_on_different_inputs_are_not_merged(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, other: str) -> a: str, b: str {
         a = summary(doc)
         b = summary(other)
     }
-    """)
+    """
+    )
     assert calls(plan) == ["summary", "summary"]
 
 
 def test_merging_leaves_no_dead_nodes(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str) -> a: str, b: str {
         a = summary(upper(doc))
         b = summary(upper(doc))
     }
-    """)
+    """
+    )
     ops = [n.op for n in plan.graph.nodes if n.kind == "builtin"]
     assert ops == ["upper"]
     assert calls(plan) == ["summary"]
 
 
 def test_known_inputs_fix_map_sizes_and_fold_builtins(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, qs: list[str]) -> answers: list[str], parts: list[str] {
         answers = map q in qs: ask(doc, q)
         parts = map c in chunk(doc, 400): summary(c)
     }
-    """, inputs={"doc": DOC, "qs": ["Who?", "When?", "Where?"]})
+    """,
+        inputs={"doc": DOC, "qs": ["Who?", "When?", "Where?"]},
+    )
     sizes = {n.label: len(plan.known[n.args[0]]) for n in plan.graph.nodes if n.kind == "map"}
-    assert sizes == {"map q in qs": 3, "map c in chunk()": len(llmflow.stdlib.builtins.chunk(DOC, 400))}
+    assert sizes == {
+        "map q in qs": 3,
+        "map c in chunk()": len(llmflow.stdlib.builtins.chunk(DOC, 400)),
+    }
     ask = next(n for n in plan.calls() if n.label == "ask")
     assert plan.estimates[ask.id].instances == 3
 
 
 def test_unknown_list_assumes_a_size_and_says_so(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, qs: list[str]) -> answers: list[str] {
         answers = map q in qs: ask(doc, q)
     }
-    """)
+    """
+    )
     ask = plan.calls()[0]
     assert plan.estimates[ask.id].instances == 4
     assert any("assume 4 items" in m for m in said(plan, "known values"))
 
 
 def test_map_items_form_one_prefix_group(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, qs: list[str]) -> answers: list[str] {
         answers = map q in qs: ask(doc, q)
     }
-    """, inputs={"doc": DOC, "qs": ["a?", "b?", "c?"]})
+    """,
+        inputs={"doc": DOC, "qs": ["a?", "b?", "c?"]},
+    )
     (group,) = plan.groups
     assert group.instances == 3
     # The document is known: the shared prefix is the template head plus the document.
-    assert group.prefix_tokens == pytest.approx(len("Document:\n" + DOC + "\n\nQuestion: ") / 4, abs=2)
+    assert group.prefix_tokens == pytest.approx(
+        len("Document:\n" + DOC + "\n\nQuestion: ") / 4, abs=2
+    )
 
 
 def test_different_functions_with_the_same_leading_text_group(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, q: str) -> s: str, a: str {
         s = summary(doc)
         a = ask(doc, q)
     }
-    """)
+    """
+    )
     (group,) = plan.groups
     assert sorted(plan.graph.node(c).label for c in group.calls) == ["ask", "summary"]
 
 
 def test_short_common_prefixes_do_not_group(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, q: str) -> s: str, a: str {
         s = summary("short")
         a = ask("other", q)
     }
-    """)
+    """
+    )
     assert plan.groups == []
 
 
 def test_group_members_are_estimated_to_reuse_the_prefix(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, qs: list[str]) -> answers: list[str] {
         answers = map q in qs: ask(doc, q)
     }
-    """, inputs={"doc": DOC, "qs": ["a?", "b?", "c?", "d?"]})
+    """,
+        inputs={"doc": DOC, "qs": ["a?", "b?", "c?", "d?"]},
+    )
     (group,) = plan.groups
     assert plan.total is not None
     assert plan.total.cached_tokens == pytest.approx(group.prefix_tokens * 3, rel=0.01)
 
 
 def test_critical_path_runs_first(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, q: str) -> short: str, chain: str {
         short = ask("tiny", q)
         first = summary(doc)
         chain = summary(first)
     }
-    """)
+    """
+    )
     by_label = {}
     for node in plan.calls():
         by_label.setdefault(node.label, []).append(plan.priorities[node.id])
@@ -189,25 +230,35 @@ def test_critical_path_runs_first(make: Make) -> None:
 
 
 def test_latency_outputs_outrank_the_critical_path(make: Make) -> None:
-    plan = make(DOC_FNS + """
+    plan = make(
+        DOC_FNS
+        + """
     flow main(doc: str, q: str) -> @latency short: str, @throughput chain: str {
         short = ask("tiny", q)
         first = summary(doc)
         chain = summary(first)
     }
-    """)
+    """
+    )
     ask = next(n for n in plan.calls() if n.label == "ask")
-    assert all(plan.priorities[ask.id] > plan.priorities[n.id] for n in plan.calls() if n is not ask)
+    assert all(
+        plan.priorities[ask.id] > plan.priorities[n.id] for n in plan.calls() if n is not ask
+    )
 
 
 def test_O0_decides_nothing(tmp_path: Path) -> None:
     path = tmp_path / "p.llmflow"
-    path.write_text(textwrap.dedent(DOC_FNS + """
+    path.write_text(
+        textwrap.dedent(
+            DOC_FNS
+            + """
     flow main(doc: str) -> a: str, b: str {
         a = summary(doc)
         b = summary(doc)
     }
-    """))
+    """
+        )
+    )
     plan = llmflow.compile(path, optimize=False)
     assert calls(plan) == ["summary", "summary"]
     assert plan.groups == [] and plan.priorities == {} and plan.decisions == []

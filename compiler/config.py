@@ -1,0 +1,369 @@
+"""The config file: models a program may use without declaring them, and overrides.
+
+`llmflow.toml` in the main program's directory or the nearest parent directory that has
+one, or the `[tool.llmflow]` table of the nearest `pyproject.toml` (a `pyproject.toml`
+without that table is skipped); in one directory `llmflow.toml` comes first. Only the
+nearest file counts: files are not merged.
+
+```toml
+default_model = "mini"          # optional: the model of calls that name none
+
+[models.mini]                   # backend + id: a model every program here can use
+backend = "openai"
+id = "gpt-4o-mini"
+skills = { reasoning = 0.8 }
+rpm = 500
+
+[models.small]                  # no backend/id: overrides for a model named `small`
+skills = { writing = 0.3 }
+```
+
+Every option of a `model` declaration may appear (`price_in`, `context`, `rpm`...). For
+the same model and option, the program's declaration wins over this file, and this file
+wins over the price table and the embedded catalog. Errors are `Diagnostic`s whose span
+is in this file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmflow.compiler import catalog
+from llmflow.compiler.ast import Span
+from llmflow.compiler.diagnostics import Diagnostic, did_you_mean
+from llmflow.compiler.models import BACKENDS, LOCAL_MODELS, MODEL_OPTIONS, ModelSpec, option_error
+
+CONFIG_NAME = "llmflow.toml"
+PYPROJECT = "pyproject.toml"
+TOP_KEYS = ("default_model", "models")
+_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_BARE = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
+_KEY = re.compile(rf"^\s*({_BARE}(?:\s*\.\s*{_BARE})*)\s*=")
+_SECRET = re.compile(r"""(\bapi_key\s*=\s*)("(?:[^"\\]|\\.)*"|'[^']*'|[^\s,}#]+)""")
+_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+
+
+@dataclass
+class ConfigModel:
+    """One `[models.NAME]` table, validated."""
+
+    name: str
+    options: dict[str, Any]
+    """Valid model options (backend and id included when given)."""
+    span: Span
+    """Its table header (or its first key), for errors about the whole entry."""
+    spans: dict[str, Span] = field(default_factory=dict)
+    """Each option's line, for errors about one value."""
+
+    @property
+    def defines(self) -> bool:
+        """A whole model (backend and id), not just overrides for a declared one."""
+        return "backend" in self.options and "id" in self.options
+
+
+@dataclass
+class Config:
+    path: Path
+    name: str
+    """How diagnostics name the file (relative like the program's name, when it is)."""
+    text: str
+    label: str
+    """The origin label of its values: `llmflow.toml` or `pyproject.toml`."""
+    prefix: tuple[str, ...] = ()
+    """The table llmflow's keys live under: () or ("tool", "llmflow")."""
+    models: dict[str, ConfigModel] = field(default_factory=dict)
+    default_model: str | None = None
+    default_span: Span | None = None
+
+    @property
+    def shown_text(self) -> str:
+        """The text diagnostics quote: an `api_key` value, an error itself, is masked."""
+        return _SECRET.sub(r'\1"***"', self.text)
+
+    def span(self, *keys: str) -> Span:
+        return locate(self.text, self.name, (*self.prefix, *keys))
+
+
+def find_config(start: Path) -> tuple[Path, tuple[str, ...], dict[str, Any] | str] | None:
+    """The nearest config at or above `start`: path, key prefix, and its parsed data (or
+    why it does not parse, for the caller to report)."""
+    for directory in [start, *start.parents]:
+        candidate = directory / CONFIG_NAME
+        if candidate.is_file():
+            return candidate, (), _parse(candidate)
+        pyproject = directory / PYPROJECT
+        if pyproject.is_file():
+            data = _parse(pyproject)
+            if isinstance(data, str):
+                text = pyproject.read_text(encoding="utf-8", errors="replace")
+                if re.search(r"^\s*\[\s*tool\.llmflow\b", text, re.M):
+                    return pyproject, ("tool", "llmflow"), data
+                continue
+            tool = data.get("tool")
+            if isinstance(tool, dict) and "llmflow" in tool:
+                return pyproject, ("tool", "llmflow"), tool["llmflow"]
+    return None
+
+
+def _parse(path: Path) -> dict[str, Any] | str:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        return str(err)
+    except UnicodeDecodeError as err:
+        return f"Not UTF-8 text (at byte {err.start})"
+
+
+def load_config(main: Path, main_name: str | None = None) -> tuple[Config | None, list[Diagnostic]]:
+    """Find, parse and validate the config for the program whose main file is `main`.
+
+    `main_name` is the program's name as the user wrote it; the config is named
+    relative to it in diagnostics when it is relative.
+    """
+    return _load(main.resolve().parent, main, main_name or str(main))
+
+
+def load_config_in(directory: Path) -> tuple[Config | None, list[Diagnostic]]:
+    """The config that applies to programs in `directory` (named relative to it)."""
+    return _load(directory.resolve(), directory / "_", os.path.join(str(directory), "_"))
+
+
+def _load(start: Path, main: Path, main_name: str) -> tuple[Config | None, list[Diagnostic]]:
+    found = find_config(start)
+    if found is None:
+        return None, []
+    path, prefix, data = found
+    text = path.read_text(encoding="utf-8", errors="replace")
+    config = Config(
+        path=path,
+        name=_display_name(path, main, main_name),
+        text=text,
+        label=path.name,
+        prefix=prefix,
+    )
+    if isinstance(data, str):
+        return config, [_syntax_error(config, data)]
+    return config, _validate(config, data)
+
+
+def _display_name(path: Path, main: Path, main_name: str) -> str:
+    if Path(main_name).is_absolute():
+        return str(path)
+    rel = os.path.relpath(path, main.resolve().parent)
+    return os.path.normpath(os.path.join(os.path.dirname(main_name), rel))
+
+
+def _syntax_error(config: Config, message: str) -> Diagnostic:
+    match = _POSITION.search(message)
+    lines = config.text.splitlines() or [""]
+    if match:
+        line, col = int(match.group(1)), int(match.group(2))
+        message = message[: match.start()]
+    else:  # "(at end of document)"
+        message = re.sub(r"\s*\(at end of document\)$", "", message)
+        line = len(lines)
+        col = len(lines[-1]) + 1 if lines else 1
+    return Diagnostic(
+        kind="config",
+        message=f"{config.label} is not valid TOML: {message[:1].lower()}{message[1:]}",
+        span=Span(file=config.name, line=line, col=col, end_line=line, end_col=col + 1),
+        hint="see https://toml.io; llmflow's config format is in docs/models.md",
+    )
+
+
+def _validate(config: Config, data: dict[str, Any]) -> list[Diagnostic]:
+    diags: list[Diagnostic] = []
+
+    def error(message: str, span: Span, hint: str = "") -> None:
+        diags.append(Diagnostic(kind="config", message=message, span=span, hint=hint))
+
+    for key in data:
+        if key not in TOP_KEYS:
+            error(
+                f"unknown key '{key}' in {config.label}",
+                config.span(key),
+                hint=did_you_mean(key, TOP_KEYS) or "keys: default_model, [models.NAME]",
+            )
+    default = data.get("default_model")
+    if default is not None:
+        config.default_span = config.span("default_model")
+        if isinstance(default, str):
+            config.default_model = default
+        else:
+            error("default_model expects a model name (a string)", config.default_span)
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        error("models must be a table of models: [models.NAME]", config.span("models"))
+        return diags
+    for name, table in models.items():
+        span = config.span("models", name)
+        if not isinstance(table, dict):
+            error(
+                f"model '{name}' must be a table of options",
+                span,
+                hint=f'write [models.{name}] then backend = "openai", id = "gpt-4o-mini"',
+            )
+            continue
+        entry = ConfigModel(name=name, options={}, span=span)
+        for key, value in table.items():
+            key_span = config.span("models", name, key)
+            entry.spans[key] = key_span
+            problem = _option_problem(key, value)
+            if problem is not None:
+                message, hint = problem
+                if key == "skills" and message.startswith("skill '"):
+                    skill = message.split("'")[1]
+                    key_span = config.span("models", name, "skills", skill)
+                error(message, key_span, hint)
+                continue
+            entry.options[key] = value
+        if ("backend" in table) != ("id" in table):
+            missing = "id" if "backend" in table else "backend"
+            error(
+                f"model '{name}' sets {'backend' if missing == 'id' else 'id'} but not {missing}",
+                span,
+                hint="give both to define a model, or neither to override a declared one",
+            )
+            entry.options.pop("backend", None)
+            entry.options.pop("id", None)
+        config.models[name] = entry
+    return diags
+
+
+def _option_problem(key: str, value: Any) -> tuple[str, str] | None:
+    if key == "api_key":
+        return (
+            "API keys do not belong in config files",
+            'name the environment variable that holds it: api_key_env = "MY_KEY"',
+        )
+    if key == "backend":
+        if value not in BACKENDS:
+            return (
+                f"unknown model backend '{value}'",
+                did_you_mean(str(value), BACKENDS) or "backends: " + ", ".join(BACKENDS),
+            )
+        return None
+    if key == "id":
+        return None if isinstance(value, str) else ("model option 'id' expects str", "")
+    if key not in MODEL_OPTIONS:
+        return (
+            f"unknown model option '{key}'",
+            did_you_mean(key, [*MODEL_OPTIONS, "backend", "id"])
+            or "options: backend, id, " + ", ".join(MODEL_OPTIONS),
+        )
+    message = option_error(key, value)
+    if message is None and key == "catalog_id":
+        message, hint = catalog_id_problem(value)
+        return (message, hint) if message else None
+    return (message, "") if message else None
+
+
+def catalog_id_problem(value: str) -> tuple[str, str]:
+    """('', '') when `value` is a key of the price table, else a message and a hint."""
+    if catalog.get(value) is not None:
+        return "", ""
+    close = catalog.search(value, limit=3)
+    hint = (
+        "entries containing it: " + ", ".join(close)
+        if close
+        else did_you_mean(value, catalog.keys()) or "list entries: llmflow models --prices TEXT"
+    )
+    return f"no entry '{value}' in the price table", hint
+
+
+def config_spec(config: Config, entry: ConfigModel) -> tuple[ModelSpec | None, list[Diagnostic]]:
+    """The model a config entry with backend and id defines (checked like a declaration)."""
+    options = dict(entry.options)
+    backend, model_id = options.pop("backend"), options.pop("id")
+    if backend == "local" and model_id not in LOCAL_MODELS:
+        span = entry.spans.get("id", entry.span)
+        if not model_id.endswith(".gguf"):
+            return None, [
+                Diagnostic(
+                    kind="config",
+                    message=f"unknown embedded model '{model_id}'",
+                    span=span,
+                    hint=did_you_mean(model_id, LOCAL_MODELS)
+                    or "embedded models: "
+                    + ", ".join(LOCAL_MODELS)
+                    + ", or a path to a .gguf file",
+                )
+            ]
+        path = config.path.parent / model_id
+        if not path.is_file():
+            return None, [
+                Diagnostic(
+                    kind="config",
+                    message=f"no model file '{model_id}'",
+                    span=span,
+                    hint=f"paths are relative to {config.label}; looked for {path}",
+                )
+            ]
+        model_id = str(path.resolve())
+    return catalog.resolve(entry.name, backend, model_id, [(config.label, options)]), []
+
+
+def overrides(config: Config | None, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """The config layer for the model `name` (empty without one), as `catalog.resolve`
+    takes it: backend and id are left out, the declaration decides those."""
+    if config is None or name not in config.models:
+        return []
+    opts = {k: v for k, v in config.models[name].options.items() if k not in ("backend", "id")}
+    return [(config.label, opts)] if opts else []
+
+
+# ---- finding a key's line ---------------------------------------------------------------
+
+
+def locate(text: str, file: str, keys: tuple[str, ...]) -> Span:
+    """The line where a dotted key is set, found by scanning the text: `[models.mini]`
+    then `rpm = 5`, `models.mini.rpm = 5`, or `mini = { rpm = 5 }` under `[models]` for
+    ("models", "mini", "rpm"). Falls back to the deepest enclosing table or key that is
+    found, then to line 1. Cheap and approximate: good enough to point at a line."""
+    best = (0, 1, 1, 2)  # depth, line, col, end_col
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header is not None and not line.lstrip().startswith("[["):
+            table = _split(header.group(1))
+            if _common(table, keys) == len(table) > best[0]:
+                col = line.index("[") + 1
+                best = (len(table), number, col, col + len(line.strip()))
+            continue
+        key = _KEY.match(line)
+        if key is None:
+            continue
+        path = table + _split(key.group(1))
+        if _common(path, keys) != len(path) or len(path) <= best[0]:
+            continue
+        col = len(line) - len(line.lstrip()) + 1
+        best = (len(path), number, col, col + len(key.group(1)))
+        rest, offset = line[key.end() :], key.end()
+        for depth in range(len(path), len(keys)):  # into inline tables on this line
+            inner = re.search(rf"(?<![\w-]){re.escape(keys[depth])}\s*=", rest)
+            if inner is None:
+                break
+            col = offset + inner.start() + 1
+            best = (depth + 1, number, col, col + len(keys[depth]))
+            rest, offset = rest[inner.end() :], offset + inner.end()
+    _, line_no, col, end = best
+    return Span(file=file, line=line_no, col=col, end_line=line_no, end_col=end)
+
+
+def _split(dotted: str) -> tuple[str, ...]:
+    parts = re.findall(r'"[^"]*"|\'[^\']*\'|[^.\s]+', dotted)
+    return tuple(p.strip("\"'") for p in parts)
+
+
+def _common(path: tuple[str, ...], keys: tuple[str, ...]) -> int:
+    n = 0
+    for a, b in zip(path, keys, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
