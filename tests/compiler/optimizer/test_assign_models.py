@@ -203,11 +203,15 @@ def test_a_budget_that_cannot_buy_the_needs_is_reported_not_downgraded(tmp_path:
 
 
 def test_latency_objective_takes_the_fastest(tmp_path: Path) -> None:
-    source = """
+    source = (
+        """
     model small = local("smollm2-135m")
-    """ + FNS + """
+    """
+        + FNS
+        + """
     flow main(x: str) -> a: str { a = plain(x) }
     """
+    )
     for text, fastest in (("short", "small"), ("word " * 3000, "cheap")):
         # Locally, a long prompt takes seconds to prefill; a hosted model does not care.
         plan = plan_of(tmp_path, source, objective="latency", inputs={"x": text})
