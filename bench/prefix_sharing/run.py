@@ -104,8 +104,10 @@ def unique_tokens(backend: LocalBackend, requests: list[GenerationRequest]) -> i
 
 
 def rates(backend: LocalBackend, model: str) -> tuple[float, float]:
-    """Prefill and decode tokens/second of this model, measured now."""
-    return backend.measure_speed(model)
+    """Prefill and decode tokens/second of this model, measured now: the best of three,
+    so the bound is what the engine can do at its fastest."""
+    runs = [backend.measure_speed(model, prompt=1024, output=64) for _ in range(3)]
+    return max(r[0] for r in runs), max(r[1] for r in runs)
 
 
 def main() -> None:

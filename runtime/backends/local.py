@@ -596,6 +596,8 @@ class LocalBackend:
             if len(model.group_prompts) > _GROUP_HISTORY:
                 model.group_prompts.popitem(last=False)
             points.insert(0, shared)
+            if shared >= MIN_SHARED_PREFIX and last - shared < 2 * MIN_SHARED_PREFIX:
+                points.pop()  # a short tail after the group's prefix is cheap to redo
         points = [p for p in points if p >= MIN_SHARED_PREFIX and p > max(in_state, reused)]
         if not points:
             return reused
