@@ -254,7 +254,8 @@ class _Progress:
                 f"${s.dollars:.4f}, {s.seconds:.1f}s\n"
             )
         elapsed = time.perf_counter() - self.started
-        sys.stderr.write(f"{len(result.calls)} calls in {elapsed:.1f}s\n")
+        n = len(result.calls)
+        sys.stderr.write(f"{n} call{'s' if n != 1 else ''} in {elapsed:.1f}s\n")
 
 
 def _run(args: argparse.Namespace) -> int:
