@@ -439,11 +439,14 @@ class Checker:
         for kw in decl.kwargs:
             key = kw.name.name
             if key == "api_key":
-                self.error(
-                    "declaration",
-                    "API keys do not belong in program text",
-                    kw.span,
-                    hint='name the environment variable that holds it: api_key_env="MY_KEY"',
+                self.diags.append(
+                    Diagnostic(
+                        kind="declaration",
+                        message="API keys do not belong in program text",
+                        span=kw.span,
+                        hint='name the environment variable that holds it: api_key_env="MY_KEY"',
+                        secret=kw.value.span,
+                    )
                 )
                 continue
             if key not in MODEL_OPTIONS:

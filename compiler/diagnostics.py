@@ -23,6 +23,8 @@ class Diagnostic(BaseModel):
     label: str = ""
     """Said under the caret, about the marked text."""
     hint: str = ""
+    secret: Span | None = None
+    """Text on the shown line that must not be printed (a key written in a program)."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -44,6 +46,9 @@ def render(diag: Diagnostic, sources: dict[str, str]) -> str:
         text_lines = source.splitlines() or [""]
         line_text = text_lines[span.line - 1] if span.line - 1 < len(text_lines) else ""
         line_text = line_text.expandtabs(1)
+        if diag.secret is not None and diag.secret.line == span.line:
+            start, end = diag.secret.col - 1, diag.secret.end_col - 1
+            line_text = line_text[:start] + "*" * (end - start) + line_text[end:]
         gutter = " " * len(str(span.line))
         end = span.end_col if span.end_line == span.line else len(line_text) + 1
         width = max(1, end - span.col)

@@ -119,3 +119,14 @@ def test_plan_json_carries_the_decisions(capsys: pytest.CaptureFixture[str]) -> 
     assert plan["total"]["instances"] == 2
     assert plan["critical_path"] and plan["priorities"]
     assert {d["rule"] for d in plan["decisions"]} >= {"model assignment", "prefix analysis"}
+
+
+def test_a_key_written_in_a_program_is_not_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "leak.llmflow"
+    program.write_text('model m = openai("gpt-4o-mini", api_key="sk-planted-secret-123")\n')
+    assert main(["check", str(program)]) == 1
+    out, err = capsys.readouterr()
+    assert "API keys do not belong in program text" in err
+    assert "sk-planted" not in out + err
