@@ -141,8 +141,7 @@ def _compile(args: argparse.Namespace, partial: bool) -> tuple[Plan, dict[str, A
     plan = compile(args.program, args.flow, optimize=False)
     inputs = parse_inputs(plan, args.input, partial=partial)
     if args.level > 0:
-        known = bind_inputs(plan, inputs, partial=True)
-        plan = optimize(plan, inputs=known, objective=args.objective, budget=args.budget)
+        plan = optimize(plan, inputs=inputs, objective=args.objective, budget=args.budget)
     return plan, inputs
 
 
@@ -179,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_inputs(plan: Plan, pairs: list[str], partial: bool = False) -> dict[str, Any]:
-    """`name=value` pairs → values: strings as given, other types as JSON."""
+    """`name=value` pairs → checked values, defaults filled in: strings as given, other
+    types as JSON. `partial`: missing inputs are fine (planning with what is known)."""
     types = {spec.name: spec.type for spec in plan.inputs}
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -210,12 +210,12 @@ def parse_inputs(plan: Plan, pairs: list[str], partial: bool = False) -> dict[st
             )
     failed = {p.split("'")[1] for p in problems}
     try:
-        bind_inputs(plan, values, partial=partial)
+        bound = bind_inputs(plan, values, partial=partial)
     except InputError as err:
         problems += [p for p in str(err).split("\n") if p.split("'")[1] not in failed]
     if problems:
         raise InputError("\n".join(problems))
-    return values
+    return bound
 
 
 class _Progress:

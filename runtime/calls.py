@@ -18,7 +18,7 @@ from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
 from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
 from llmflow.runtime.values import InvalidValue, describe_type, parse_output
-from llmflow.stdlib.builtins import to_text
+from llmflow.stdlib.builtins import select, to_text
 
 ATTEMPTS = 2
 """One try and one retry with the validation error fed back."""
@@ -65,12 +65,6 @@ def constraint_for(t: Type) -> Constraint | None:
     return None
 
 
-def _select(value: Any, path: list[str]) -> Any:
-    for name in path:
-        value = value[name]
-    return value
-
-
 async def run_call(
     call: LLMCall,
     args: list[Any],
@@ -91,9 +85,9 @@ async def run_call(
         if segment.text is not None:
             pending += segment.text
         elif segment.input is not None:
-            pending += to_text(_select(values[segment.input], segment.path))
+            pending += to_text(select(values[segment.input], segment.path))
         elif segment.ref is not None:
-            pending += to_text(_select(outputs[segment.ref], segment.path))
+            pending += to_text(select(outputs[segment.ref], segment.path))
         else:
             assert segment.output is not None
             spec = specs[segment.output]

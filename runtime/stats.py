@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from llmflow.compiler.models import ModelSpec
-from llmflow.compiler.optimizer.costs import price_cached_in, price_in, price_out
+from llmflow.compiler.optimizer.costs import token_dollars
 from llmflow.runtime.calls import CallStats
 
 
@@ -33,9 +33,5 @@ def model_stats(calls: list[CallStats], models: dict[str, ModelSpec]) -> dict[st
         s.seconds += call.seconds
         s.retries += call.retries
         fresh = call.input_tokens - call.cached_tokens
-        s.dollars += (
-            fresh * price_in(model)
-            + call.cached_tokens * price_cached_in(model)
-            + call.output_tokens * price_out(model)
-        ) / 1e6
+        s.dollars += token_dollars(model, fresh, call.cached_tokens, call.output_tokens)
     return out

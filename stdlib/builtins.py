@@ -139,6 +139,13 @@ def chunk(text: str, size: int, overlap: int = 0) -> list[str]:
     return pieces
 
 
+def select(value: Any, path: list[str]) -> Any:
+    """The field at `path` in a record value (`{{review.summary}}` in a template)."""
+    for name in path:
+        value = value[name]
+    return value
+
+
 def to_text(value: Any) -> str:
     """A value as text, in prompts and in `str()`: lists one item a line, records as JSON."""
     if isinstance(value, str):

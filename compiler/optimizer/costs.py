@@ -58,6 +58,13 @@ def needs_schema(node: IRNode) -> bool:
     return any(isinstance(o.type, ListT | RecordT) for o in node.call.outputs)
 
 
+def token_dollars(model: ModelSpec, fresh: float, cached: float, output: float) -> float:
+    """What tokens cost on a model: fresh and cached prompt tokens, and output tokens."""
+    return (
+        fresh * price_in(model) + cached * price_cached_in(model) + output * price_out(model)
+    ) / 1e6
+
+
 @dataclass(frozen=True)
 class Cost:
     dollars: float
@@ -70,15 +77,7 @@ def call_cost(model: ModelSpec, shape: Shape, cached_per_instance: float = 0.0) 
     a reused prefix (cheaper on hosted models, skipped by the embedded engine)."""
     n = shape.instances
     fresh = max(0.0, shape.input_tokens - cached_per_instance)
-    dollars = (
-        n
-        * (
-            fresh * price_in(model)
-            + cached_per_instance * price_cached_in(model)
-            + shape.output_tokens * price_out(model)
-        )
-        / 1e6
-    )
+    dollars = n * token_dollars(model, fresh, cached_per_instance, shape.output_tokens)
     if model.backend == "local":
         prefill = model.prefill_tps or LOCAL_PREFILL_TPS
         decode = model.decode_tps or LOCAL_DECODE_TPS

@@ -27,7 +27,7 @@ def prioritize(plan: Plan) -> Plan:
     for node_id, value in remaining.items():
         plan.priorities[node_id] = round(value + boost.get(node_id, 0.0), 3)
     _inner_priorities(plan, plan.graph, remaining, durations, boost)
-    plan.critical_path = _critical_path(plan.graph, durations)
+    plan.critical_path = _critical_path(plan.graph, remaining)
     path_seconds = sum(durations[n] for n in plan.critical_path)
     busiest = _busiest_local_model(plan)
     plan.makespan = max(path_seconds, busiest)
@@ -117,8 +117,7 @@ def _perf_boost(plan: Plan) -> dict[str, float]:
     return boost
 
 
-def _critical_path(graph: Graph, durations: dict[str, float]) -> list[str]:
-    remaining = _remaining(graph, durations)
+def _critical_path(graph: Graph, remaining: dict[str, float]) -> list[str]:
     sources = [n for n in graph.g.nodes if graph.g.in_degree(n) == 0]
     if not sources:
         return []

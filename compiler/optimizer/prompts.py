@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 from llmflow.compiler.ir import Graph, IRNode, OutputSpec, Plan
 from llmflow.compiler.types import EnumT, ListT, Prim, RecordT, Type
-from llmflow.stdlib.builtins import to_text
+from llmflow.stdlib.builtins import select, to_text
 
 CHARS_PER_TOKEN = 4.0
 """English text in the BPE vocabularies of current models: about 4 characters a token."""
@@ -105,12 +104,6 @@ def common_tokens(a: list[Part], b: list[Part]) -> float:
         else:
             break
     return total
-
-
-def _select(value: Any, path: list[str]) -> Any:
-    for name in path:
-        value = value[name]
-    return value
 
 
 class Shapes:
@@ -209,7 +202,7 @@ class Shapes:
     ) -> Part:
         key = outer.get(source, source)
         if key in self.plan.known:
-            return to_text(_select(self.plan.known[key], path))
+            return to_text(select(self.plan.known[key], path))
         producer = graph.node(source)
         t = producer.type
         for name in path:
