@@ -23,8 +23,6 @@ The layout runs top to bottom; `render_plan` picks the format from the file's su
 
 from __future__ import annotations
 
-import html
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,60 +32,34 @@ import graphviz
 from llmflow.compiler.ir import Estimate, Graph, IRNode, Plan, PrefixGroup
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
-from llmflow.compiler.types import EnumT
-from llmflow.errors import LLMFlowError
-
-FORMATS = ("svg", "png", "pdf", "dot")
-
-PALETTE = (
-    "#77AADD",  # light blue
-    "#EE8866",  # orange
-    "#44BB99",  # mint
-    "#EEDD88",  # light yellow
-    "#FFAABB",  # pink
-    "#99DDFF",  # light cyan
-    "#BBCC33",  # pear
-    "#AAAA00",  # olive
+from llmflow.compiler.picture import (
+    CRITICAL,
+    FONT,
+    MUTED,
+    darker,
+    escape,
+    fmt_dollars,
+    fmt_seconds,
+    fmt_tokens,
+    font,
+    model_colors,
+    shorten,
+    write_graph,
 )
-"""Paul Tol's "light" scheme: distinct for the common colour-vision deficiencies and
-readable behind black text."""
+from llmflow.compiler.types import EnumT
+
 UNASSIGNED = "#DDDDDD"
-CRITICAL = "#CC3311"
 EDGE = "#666666"
-MUTED = "#777777"
 INPUT_EDGE = "#9AA8B8"
-FONT = "Helvetica"
 EXIT = "<exit>"
 """Stands for "leaves its subgraph" in the edge chains used to find critical edges."""
 
 _BINARY = {"+", "-", "*", "/", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or"}
 
 
-class DrawError(LLMFlowError, ValueError):
-    """The plan cannot be drawn as asked (an unknown file format)."""
-
-
 def render_plan(plan: Plan, path: Path) -> Path:
     """Draw the plan into `path`; the suffix picks the format (.svg .png .pdf .dot)."""
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise DrawError(
-            f"cannot draw a plan as '{path.name}': the file name must end in "
-            + ", ".join(f".{f}" for f in FORMATS)
-        )
-    dot = draw(plan)
-    if fmt == "dot":
-        path.write_text(dot.source, encoding="utf-8")
-    else:
-        try:
-            path.write_bytes(dot.pipe(format=fmt))
-        except graphviz.ExecutableNotFound as err:
-            raise DrawError(
-                f"drawing {path.name} needs Graphviz's `dot` program; install Graphviz, "
-                "or write .dot and render it elsewhere"
-            ) from err
-    return path
+    return write_graph(draw(plan), path, "a plan")
 
 
 def draw(plan: Plan) -> graphviz.Digraph:
@@ -98,47 +70,12 @@ def draw(plan: Plan) -> graphviz.Digraph:
 # ---- formatting --------------------------------------------------------------------------
 
 
-def _e(text: object) -> str:
-    """Text for an HTML-like label: & < > and quotes escaped, whitespace flattened."""
-    return html.escape(" ".join(str(text).split()), quote=True)
-
-
-def _tokens(n: float) -> str:
-    if n < 1000:
-        return f"{n:.0f}"
-    if n < 10_000:
-        return f"{n / 1000:.1f}k"
-    return f"{n / 1000:.0f}k"
-
-
-def _dollars(x: float) -> str:
-    if x <= 0:
-        return "$0"
-    if x >= 0.1:
-        return f"${x:.2f}"
-    decimals = min(8, 1 - math.floor(math.log10(x)))
-    return f"${x:.{decimals}f}"
-
-
 def _per_million(price: float) -> str:
     return f"${price:.2f}" if round(price, 2) == price else f"${price:g}"
 
 
-def _seconds(s: float) -> str:
-    if s < 10:
-        return f"{s:.1f} s"
-    if s < 600:
-        return f"{s:.0f} s"
-    return f"{s / 60:.0f} min"
-
-
 def _count(x: float) -> str:
     return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
-
-
-def _short(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _declared_price(model: ModelSpec, name: str) -> float | None:
@@ -165,11 +102,6 @@ def _is_free(model: ModelSpec) -> bool:
         and _price(model, "price_in") == 0
         and _price(model, "price_out") == 0
     )
-
-
-def _font(text: str, size: int | None = None, color: str | None = None) -> str:
-    attrs = (f' POINT-SIZE="{size}"' if size else "") + (f' COLOR="{color}"' if color else "")
-    return f"<FONT{attrs}>{text}</FONT>" if attrs else text
 
 
 def _rows(*rows: str) -> str:
@@ -208,12 +140,10 @@ expression's reader, and the name the expression gives it."""
 class _Drawer:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.colors: dict[str, str] = {}
         assigned = {n.call.model for n in plan.calls() if n.call is not None}
         # By declaration order, so a model keeps its colour in every plan of the program.
-        for i, name in enumerate([*plan.models, *sorted(assigned - set(plan.models))]):
-            if name in assigned:
-                self.colors[name] = PALETTE[i % len(PALETTE)]
+        declared = model_colors([*plan.models, *sorted(assigned - set(plan.models))])
+        self.colors = {name: color for name, color in declared.items() if name in assigned}
         # Where every node lives: its graph, the graphs above it, the compound owning each.
         self.graph_of: dict[str, Graph] = {}
         self.path_of: dict[str, list[Graph]] = {}
@@ -285,7 +215,7 @@ class _Drawer:
         item = next((body.node(i).label for i in body.inputs if body.node(i).value == "item"), "_")
         source = self.names.get(self._outer_any(node.args[0]), "…")
         text = f"[{value} for {item} in {source}" + (f" if {where}" if where else "") + "]"
-        self.compact[node.id] = _short(text, 60)
+        self.compact[node.id] = shorten(text, 60)
         return True
 
     def _fold(
@@ -301,7 +231,7 @@ class _Drawer:
             self.absorbed.add(node_id)
             value = node.value
             text = str(value) if isinstance(node.type, EnumT) else repr(value)
-            return _short(text, 24), []
+            return shorten(text, 24), []
         if node.kind == "builtin" and foldable and depth < 4:
             op = node.op or ""
             source = graph.node(node.args[0]) if node.args else None
@@ -514,7 +444,7 @@ class _Drawer:
             (
                 note,
                 {
-                    "label": _rows(*(_font(_e(line), 9, "#555555") for line in lines)),
+                    "label": _rows(*(font(escape(line), 9, "#555555") for line in lines)),
                     "shape": "box",
                     "style": "rounded,filled",
                     "fillcolor": "#F4F4F4",
@@ -553,8 +483,8 @@ class _Drawer:
                 return None  # a subgraph's inputs are drawn as edges from their producers
             return {
                 "label": _rows(
-                    f"<B>{_e(node.label)}</B>",
-                    _font(_e(self._known_text(node)), 9, MUTED),
+                    f"<B>{escape(node.label)}</B>",
+                    font(escape(self._known_text(node)), 9, MUTED),
                 ),
                 "shape": "cds",
                 "margin": "0.2,0.1",
@@ -565,7 +495,9 @@ class _Drawer:
             }
         if node.kind == "output":
             return {
-                "label": _rows(f"<B>{_e(node.label)}</B>", _font(_e(str(node.type)), 9, MUTED)),
+                "label": _rows(
+                    f"<B>{escape(node.label)}</B>", font(escape(str(node.type)), 9, MUTED)
+                ),
                 "shape": "box",
                 "style": "rounded,filled",
                 "peripheries": "2",
@@ -575,7 +507,9 @@ class _Drawer:
             }
         if node.kind == "extern":
             return {
-                "label": _rows(f"<B>{_e(node.label)}</B>", _font(_e(node.extern or ""), 8, MUTED)),
+                "label": _rows(
+                    f"<B>{escape(node.label)}</B>", font(escape(node.extern or ""), 8, MUTED)
+                ),
                 "shape": "component",
                 "style": "filled",
                 "fillcolor": "#EEEEEE",
@@ -593,7 +527,7 @@ class _Drawer:
         else:
             label = node.label if node.kind == "builtin" else f"= {node.label}"
         return {
-            "label": _e(label) if label else " ",
+            "label": escape(label) if label else " ",
             "shape": "box",
             "style": "rounded,filled",
             "fillcolor": "#EEEEEE",
@@ -615,36 +549,36 @@ class _Drawer:
             return f"{len(value)} item{'s' if len(value) != 1 else ''}"
         if isinstance(value, str):
             return f"{len(value):,} chars" if len(value) > 24 else repr(value)
-        return _short(repr(value), 24)
+        return shorten(repr(value), 24)
 
     def _call_attrs(self, node: IRNode, critical: bool) -> dict[str, str]:
         assert node.call is not None
         call = node.call
         est: Estimate | None = self.plan.estimates.get(node.id)
         model = self.plan.models.get(call.model)
-        what = _e(call.model)
+        what = escape(call.model)
         if call.pinned:
             what += " (pinned)"
         if est is not None and est.instances > 1:
             what += f" · ×{_count(est.instances)}"
-        rows = [f"<B>{_e(call.function)}</B>", _font(what, 9)]
+        rows = [f"<B>{escape(call.function)}</B>", font(what, 9)]
         if call.needs:
             needs = ", ".join(f"{s} ≥ {q:g}" for s, q in call.needs.items())
-            rows.append(_font(f"<I>needs {_e(needs)}</I>", 8))
+            rows.append(font(f"<I>needs {escape(needs)}</I>", 8))
         if est is not None:
-            tokens = f"in {_tokens(est.input_tokens)}"
+            tokens = f"in {fmt_tokens(est.input_tokens)}"
             if est.cached_tokens >= 1:
-                tokens += f" ({_tokens(est.cached_tokens)} cached)"
-            tokens += f" · out {_tokens(est.output_tokens)}"
+                tokens += f" ({fmt_tokens(est.cached_tokens)} cached)"
+            tokens += f" · out {fmt_tokens(est.output_tokens)}"
             if model is not None and _price_unknown(model):
                 cost = "$ unknown"
             elif model is not None and _is_free(model):
                 cost = "free"
             else:
-                cost = _dollars(est.dollars)
-            rows += [_font(tokens, 9), _font(f"{cost} · {_seconds(est.seconds)}", 9)]
+                cost = fmt_dollars(est.dollars)
+            rows += [font(tokens, 9), font(f"{cost} · {fmt_seconds(est.seconds)}", 9)]
         if node.id in self.tagged:
-            rows.append(_font(f"prefix group {_e(self.tagged[node.id])}", 8))
+            rows.append(font(f"prefix group {escape(self.tagged[node.id])}", 8))
         tooltip = [f"{call.function}({', '.join(call.params)}) on {call.model}"]
         if est is not None:
             tooltip.append(
@@ -676,28 +610,28 @@ class _Drawer:
             text, _ = self.conditions[node.id]
             return {
                 **common,
-                "label": _rows(f"<B>if</B> {_e(_short(text, 40))}"),
+                "label": _rows(f"<B>if</B> {escape(shorten(text, 40))}"),
                 "shape": "hexagon",
             }
         count = self._count_text(node)
         if node.kind == "map":
-            rows = [f"<B>{_e(node.label)}</B>", _font(f"<B>{_e(count)}</B>", 13)]
+            rows = [f"<B>{escape(node.label)}</B>", font(f"<B>{escape(count)}</B>", 13)]
             where = self.conditions.get(f"{node.id}:where")
             if where:
-                rows.append(_font(f"if {_e(_short(where[0], 40))}", 9))
+                rows.append(font(f"if {escape(shorten(where[0], 40))}", 9))
             return {**common, "label": _rows(*rows), "shape": "box3d", "margin": "0.12,0.1"}
         title = node.label
         if node.loop_max is None and node.args:
             title += f" in {self.names.get(self._outer_any(node.args[0]), '…')}"
         elif title.startswith("repeat"):
             title = "repeat"
-        rows = [f"<B>↻ {_e(title)}</B>", _font(f"<B>{_e(count)}</B>", 13)]
+        rows = [f"<B>↻ {escape(title)}</B>", font(f"<B>{escape(count)}</B>", 13)]
         if node.carried:
-            rows.append(_font(f"with {_e(', '.join(node.carried))}", 9))
+            rows.append(font(f"with {escape(', '.join(node.carried))}", 9))
         until = self.conditions.get(f"{node.id}:until")
         if until:
-            rows.append(_font(f"until {_e(_short(until[0], 40))}", 9))
-        rows.append(_font("one iteration after another", 8, MUTED))
+            rows.append(font(f"until {escape(shorten(until[0], 40))}", 9))
+        rows.append(font("one iteration after another", 8, MUTED))
         return {**common, "label": _rows(*rows), "shape": "box", "style": "rounded,filled"}
 
     def _count_text(self, node: IRNode) -> str:
@@ -712,19 +646,19 @@ class _Drawer:
 
     def _group_attrs(self, group: PrefixGroup) -> dict[str, str]:
         color = self.colors.get(group.model, "#888888")
-        preview = _short(self._readable(group.preview), 44)
+        preview = shorten(self._readable(group.preview), 44)
         label = _rows(
-            _font(
-                f"<B>prefix group {_e(group.id)}</B> · {group.instances} calls share "
-                f"~{_tokens(group.prefix_tokens)} tokens",
+            font(
+                f"<B>prefix group {escape(group.id)}</B> · {group.instances} calls share "
+                f"~{fmt_tokens(group.prefix_tokens)} tokens",
                 9,
             ),
-            _font(f"<I>“{_e(preview)}”</I>", 8, MUTED),
+            font(f"<I>“{escape(preview)}”</I>", 8, MUTED),
         )
         return {
             "label": label,
             "style": "dashed,rounded",
-            "color": _darker(color),
+            "color": darker(color),
             "penwidth": "1.5",
         }
 
@@ -912,27 +846,29 @@ class _Drawer:
         plan = self.plan
         calls = plan.calls()
         rows = [
-            f'<FONT POINT-SIZE="18"><B>{_e(plan.flow)}</B></FONT>'
-            f"  {_font(_e(Path(plan.file).name), 11, MUTED)}"
+            f'<FONT POINT-SIZE="18"><B>{escape(plan.flow)}</B></FONT>'
+            f"  {font(escape(Path(plan.file).name), 11, MUTED)}"
         ]
-        goal = f"objective: <B>{_e(plan.objective)}</B>"
+        goal = f"objective: <B>{escape(plan.objective)}</B>"
         if plan.budget is not None:
-            goal += f", budget {_dollars(plan.budget)}"
+            goal += f", budget {fmt_dollars(plan.budget)}"
         if plan.total is not None:
             t = plan.total
-            head = f"<B>{_count(t.instances)} calls</B> · <B>{_dollars(t.dollars)}</B>"
+            head = f"<B>{_count(t.instances)} calls</B> · <B>{fmt_dollars(t.dollars)}</B>"
             if plan.makespan is not None:
-                head += f" · <B>~{_seconds(plan.makespan)}</B> estimated makespan"
+                head += f" · <B>~{fmt_seconds(plan.makespan)}</B> estimated makespan"
             rows.append(f"{head} · {goal}")
             rows.append(
-                f"{_tokens(t.input_tokens)} prompt tokens ({_tokens(t.cached_tokens)} from "
-                f"reused prefixes) · {_tokens(t.output_tokens)} output tokens · "
+                f"{fmt_tokens(t.input_tokens)} prompt tokens ({fmt_tokens(t.cached_tokens)} from "
+                f"reused prefixes) · {fmt_tokens(t.output_tokens)} output tokens · "
                 f"{len(calls)} call{'s' if len(calls) != 1 else ''} in the program"
             )
         else:
             rows.append(f"{len(calls)} calls · not optimized (-O0): no estimates · {goal}")
         if plan.perf:
-            rows.append(", ".join(f"output {_e(o)} is @{_e(g)}" for o, g in plan.perf.items()))
+            rows.append(
+                ", ".join(f"output {escape(o)} is @{escape(g)}" for o, g in plan.perf.items())
+            )
         rows.append(self._key())
         legend = self._legend()
         n = max(len(rows), len(legend))
@@ -964,7 +900,7 @@ class _Drawer:
         header = ("model", "runs on", "price per 1M tokens", "estimated use")
         rows = [
             "<TD></TD>"
-            + "".join(f'<TD ALIGN="LEFT">{_font(f"<I>{h}</I>", 9, MUTED)}</TD>' for h in header)
+            + "".join(f'<TD ALIGN="LEFT">{font(f"<I>{h}</I>", 9, MUTED)}</TD>' for h in header)
         ]
         names = [*self.plan.models, *[m for m in self.colors if m not in self.plan.models]]
         for name in names:
@@ -983,7 +919,7 @@ class _Drawer:
             if used:
                 usage = f"{_count(per_model[name])} call{'' if per_model[name] == 1 else 's'}"
                 if dollars.get(name):
-                    usage += f" · {_dollars(dollars[name])}"
+                    usage += f" · {fmt_dollars(dollars[name])}"
             else:
                 usage = "not assigned"
             color = None if used else MUTED
@@ -995,10 +931,10 @@ class _Drawer:
             )
             rows.append(
                 swatch
-                + f'<TD ALIGN="LEFT">{_font(f"<B>{_e(name)}</B>", 11, color)}</TD>'
-                + f'<TD ALIGN="LEFT">{_font(_e(backend), 11, color)}</TD>'
-                + f'<TD ALIGN="LEFT">{_font(_e(price), 11, color)}</TD>'
-                + f'<TD ALIGN="LEFT">{_font(_e(usage), 11, color)}</TD>'
+                + f'<TD ALIGN="LEFT">{font(f"<B>{escape(name)}</B>", 11, color)}</TD>'
+                + f'<TD ALIGN="LEFT">{font(escape(backend), 11, color)}</TD>'
+                + f'<TD ALIGN="LEFT">{font(escape(price), 11, color)}</TD>'
+                + f'<TD ALIGN="LEFT">{font(escape(usage), 11, color)}</TD>'
             )
         return rows
 
@@ -1006,15 +942,10 @@ class _Drawer:
         """What the line styles mean, for those the picture uses."""
         parts = []
         if self.plan.critical_path:
-            parts.append(_font("━━ critical path", 9, CRITICAL))
+            parts.append(font("━━ critical path", 9, CRITICAL))
         if self.plan.groups:
-            parts.append(_font("dashed box: prefix group (shared prompt start)", 9, "#555555"))
+            parts.append(font("dashed box: prefix group (shared prompt start)", 9, "#555555"))
         if any(n.kind == "loop" for n in self.plan.graph.walk()):
-            parts.append(_font("dashed arrow: next iteration", 9, MUTED))
-        parts.append(_font("── read from an input", 9, INPUT_EDGE))
+            parts.append(font("dashed arrow: next iteration", 9, MUTED))
+        parts.append(font("── read from an input", 9, INPUT_EDGE))
         return "    ".join(parts)
-
-
-def _darker(color: str, factor: float = 0.6) -> str:
-    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
-    return "#{:02X}{:02X}{:02X}".format(*(round(c * factor) for c in (r, g, b)))

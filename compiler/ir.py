@@ -225,6 +225,8 @@ class Plan(BaseModel):
     objective: Literal["cost", "quality", "latency"] = "cost"
     budget: float | None = None
     groups: list[PrefixGroup] = Field(default_factory=list)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    """Call node id → the models that take it over, in order, if its own keeps failing."""
     priorities: dict[str, float] = Field(default_factory=dict)
     """Node id → priority: higher runs first when calls wait for one model."""
     estimates: dict[str, Estimate] = Field(default_factory=dict)
@@ -259,6 +261,7 @@ class Plan(BaseModel):
             "budget": self.budget,
             "known_nodes": sorted(self.known),
             "groups": [g.model_dump() for g in self.groups],
+            "fallbacks": self.fallbacks,
             "priorities": self.priorities,
             "estimates": {k: e.model_dump() for k, e in self.estimates.items()},
             "total": self.total.model_dump() if self.total else None,

@@ -32,6 +32,7 @@ MODEL_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "tpm": int,
     "concurrency": int,
     "n_ctx": int,
+    "timeout": (int, float),
 }
 """Every option a model declaration (or a config-file model) may set, with its type."""
 

@@ -8,12 +8,19 @@ from typing import Any, Literal
 
 from llmflow.compiler import compile_file
 from llmflow.compiler.diagnostics import did_you_mean
-from llmflow.compiler.ir import Plan
+from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.optimizer import optimize as run_optimizer
 from llmflow.errors import InputError, RunError
 from llmflow.runtime.backends import Router
 from llmflow.runtime.backends.base import Backend
+from llmflow.runtime.budget import Budget
+from llmflow.runtime.cache import ResponseCache
+from llmflow.runtime.gateway import Gateway
+from llmflow.runtime.journal import Journal
+from llmflow.runtime.retry import RetryPolicy
+from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import Event, RunResult, Scheduler
+from llmflow.runtime.trace import TraceWriter
 from llmflow.runtime.values import InvalidValue, validate
 
 
@@ -72,17 +79,46 @@ async def run_async(
     inputs: dict[str, Any],
     backend: Backend | None = None,
     on_event: Event | None = None,
+    *,
+    budget: float | None = None,
+    cache: ResponseCache | None = None,
+    run_dir: RunDir | None = None,
+    retry: RetryPolicy | None = None,
 ) -> RunResult:
-    """Run a plan; failed nodes are in the result, next to every output that succeeded."""
+    """Run a plan; failed nodes are in the result, next to every output that succeeded.
+
+    `budget`: USD the run may spend (calls that could exceed it are not sent). `cache`:
+    answer deterministic requests from (and into) this response cache. `run_dir`: write
+    the trace and the journal there; a journal already there is replayed (resume)."""
     bound = bind_inputs(plan, inputs)
     owned = backend is None
     if backend is None:
         router = Router(plan.models)
         router.check({call.call.model for call in plan.calls() if call.call})
         backend = router
+    journal = Journal(run_dir.journal) if run_dir else None
+    trace = TraceWriter(run_dir.trace, plan.models) if run_dir else None
+    gateway = Gateway(
+        backend,
+        plan.models,
+        cache=cache,
+        journal=journal,
+        budget=Budget(budget) if budget is not None else None,
+        policy=retry,
+    )
+
+    def event(kind: str, node: IRNode, info: dict[str, Any]) -> None:
+        if trace and "stats" in info:
+            trace.write(info["stats"])
+        if on_event:
+            on_event(kind, node, info)
+
     try:
-        return await Scheduler(plan, backend, on_event).run(bound)
+        return await Scheduler(plan, gateway, event).run(bound)
     finally:
+        for part in (journal, trace):
+            if part:
+                part.close()
         if owned:
             await backend.aclose()
 

@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from llmflow.api import bind_inputs, compile, run_async
 from llmflow.compiler import catalog, check_file
@@ -23,9 +23,12 @@ from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim
 from llmflow.errors import CompileError, InputError, LLMFlowError
+from llmflow.runtime import runs
 from llmflow.runtime.backends.base import BackendError
-from llmflow.runtime.calls import CallStats
+from llmflow.runtime.cache import ResponseCache
+from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import RunResult
+from llmflow.runtime.secrets import redact
 from llmflow.runtime.stats import ModelStats, model_stats
 
 EXAMPLES = {
@@ -35,6 +38,7 @@ EXAMPLES = {
     "check": "llmflow check examples/*.llmflow",
     "plan": "llmflow plan examples/qa_over_doc.llmflow --json",
     "models": "llmflow models examples/hello.llmflow",
+    "trace": "llmflow trace 20261126-124501-ab12 -o timeline.svg",
 }
 
 
@@ -81,6 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stats", action="store_true", help='with --json: {"outputs": …, "stats": per model}'
     )
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="ask the models again even where the response cache has the answer",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a run that stopped: finished calls are not sent again",
+    )
     _optimizer_options(run)
 
     check = command("check", "Check programs and report every error in them.")
@@ -106,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--explain", action="store_true", help="what each pass decided, and why")
     _optimizer_options(plan)
+
+    trace = command("trace", "Show a run's calls, or draw them as a timeline.")
+    trace.add_argument("run", metavar="RUN", help="a run id (see .llmflow/runs) or its folder")
+    trace.add_argument(
+        "-o", "--output", metavar="FILE", help="draw the timeline: .svg, .png, .pdf or .dot"
+    )
+    trace.add_argument("--json", action="store_true", help="the trace records as a JSON list")
 
     models = command("models", "List the models a program can use (and the embedded ones).")
     models.add_argument("program", nargs="?", help="a .llmflow file (default: the embedded models)")
@@ -133,7 +154,13 @@ def _optimizer_options(sub: argparse.ArgumentParser) -> None:
         default="cost",
         help="what model assignment optimizes (default: cost)",
     )
-    sub.add_argument("--budget", type=float, metavar="USD", help="spend at most this much")
+    sub.add_argument(
+        "--budget",
+        type=float,
+        metavar="USD",
+        help="spend at most this much: the plan fits it, and a run sends no call that could "
+        "exceed it",
+    )
 
 
 def _compile(args: argparse.Namespace, partial: bool) -> tuple[Plan, dict[str, Any]]:
@@ -147,7 +174,9 @@ def _compile(args: argparse.Namespace, partial: bool) -> tuple[Plan, dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "check": _check, "plan": _plan, "models": _models}[args.command]
+    handler = {"run": _run, "check": _check, "plan": _plan, "models": _models, "trace": _trace}[
+        args.command
+    ]
     try:
         return handler(args)
     except CompileError as err:
@@ -156,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{count} error{'s' if count != 1 else ''}\n")
         return 1
     except (LLMFlowError, BackendError) as err:
-        sys.stderr.write(f"error: {err}\n".replace("\n", "\nerror: ", str(err).count("\n")))
+        message = redact(str(err))
+        sys.stderr.write(f"error: {message}\n".replace("\n", "\nerror: ", message.count("\n")))
         return 1
     except FileNotFoundError as err:
         sys.stderr.write(f"error: no such file: {err.filename}\n")
@@ -166,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:
         if args.debug:
-            traceback.print_exc()
+            sys.stderr.write(redact(traceback.format_exc()))
         else:
             sys.stderr.write(
-                f"internal error: {type(err).__name__}: {err}\n(run with --debug for a traceback)\n"
+                redact(f"internal error: {type(err).__name__}: {err}\n")
+                + "(run with --debug for a traceback)\n"
             )
         return 1
 
@@ -219,51 +250,95 @@ def parse_inputs(plan: Plan, pairs: list[str], partial: bool = False) -> dict[st
 
 
 class _Progress:
-    """One line per finished call on stderr, and a summary at the end."""
+    """A progress line on stderr while a terminal watches (calls done of planned, dollars
+    so far), and the run summary at the end; nothing but the summary otherwise."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, plan: Plan, quiet: bool, stream: TextIO | None = None) -> None:
         self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.live = not quiet and self.stream.isatty()
         self.started = time.perf_counter()
-        self.done = 0
+        self.planned = int(plan.total.instances) if plan.total else len(plan.calls())
+        self.begun = self.done = 0
+        self.dollars = 0.0
 
     def __call__(self, kind: str, node: IRNode, info: dict[str, Any]) -> None:
-        if self.quiet:
-            return
-        if kind == "done" and node.kind == "llm":
-            self.done += 1
-            stats: CallStats = info["stats"]
-            retry = (
-                f", {stats.retries} retr{'y' if stats.retries == 1 else 'ies'}"
-                if stats.retries
-                else ""
+        if kind == "start" and node.kind == "llm":
+            self.begun += 1
+            self.planned = max(self.planned, self.begun)
+        elif kind in ("done", "failed", "fallback") and "stats" in info:
+            self.dollars += info["stats"].dollars
+            self.done += kind != "fallback"
+        if self.live:
+            width = 24
+            filled = round(width * self.done / max(self.planned, 1))
+            elapsed = time.perf_counter() - self.started
+            self.stream.write(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.planned} calls"
+                f"  ${self.dollars:.4f}  {elapsed:.1f}s \x1b[K"
             )
-            sys.stderr.write(
-                f"  [{self.done}] {node.label} on {stats.model}: {stats.input_tokens} → "
-                f"{stats.output_tokens} tokens, {stats.seconds:.2f}s{retry}\n"
-            )
-        elif kind == "expand":
-            sys.stderr.write(f"  {node.label}: {info['items']} items\n")
+            self.stream.flush()
 
-    def summary(self, result: RunResult, stats: dict[str, ModelStats]) -> None:
+    def summary(self, result: RunResult, stats: dict[str, ModelStats], run: RunDir) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
         if self.quiet:
             return
         for model, s in stats.items():
-            sys.stderr.write(
-                f"{model}: {s.calls} call{'s' if s.calls != 1 else ''}, {s.prompt_tokens} prompt "
-                f"tokens ({s.reused_prompt_tokens} reused), {s.output_tokens} output tokens, "
-                f"${s.dollars:.4f}, {s.seconds:.1f}s\n"
+            cached = f", {s.cache_hits} from the cache" if s.cache_hits else ""
+            retries = f", {s.retries} retried" if s.retries else ""
+            self.stream.write(
+                f"{model}: {s.calls} call{'s' if s.calls != 1 else ''}{cached}, "
+                f"{s.prompt_tokens} prompt tokens ({s.reused_prompt_tokens} reused), "
+                f"{s.output_tokens} output tokens, ${s.dollars:.4f}, {s.seconds:.1f}s{retries}\n"
             )
         elapsed = time.perf_counter() - self.started
         n = len(result.calls)
-        sys.stderr.write(f"{n} call{'s' if n != 1 else ''} in {elapsed:.1f}s\n")
+        self.stream.write(f"{n} call{'s' if n != 1 else ''} in {elapsed:.1f}s (run {run.id})\n")
 
 
 def _run(args: argparse.Namespace) -> int:
-    plan, inputs = _compile(args, partial=False)
-    progress = _Progress(args.quiet)
-    result = asyncio.run(run_async(plan, inputs, on_event=progress))
-    stats = model_stats(result.calls, plan.models)
-    progress.summary(result, stats)
+    run_dir, recorded = _open_run(args)
+    plan = compile(args.program, args.flow, optimize=False)
+    if args.input or recorded is None:
+        inputs = parse_inputs(plan, args.input)
+    else:
+        inputs = bind_inputs(plan, recorded["inputs"])
+    if recorded is not None and inputs != recorded["inputs"]:
+        raise LLMFlowError(
+            f"run {run_dir.id} ran with other inputs; resume without -i to reuse them"
+        )
+    if args.level > 0:
+        plan = optimize(plan, inputs=inputs, objective=args.objective, budget=args.budget)
+    meta = recorded or {
+        "program": str(Path(args.program).resolve()),
+        "flow": plan.flow,
+        "inputs": inputs,
+        "started": time.time(),
+    }
+    meta["status"] = "running"
+    run_dir.write_meta(meta)
+    progress = _Progress(plan, args.quiet)
+    cache = None if args.no_cache else ResponseCache(runs.home() / "cache")
+    try:
+        result = asyncio.run(
+            run_async(
+                plan, inputs, on_event=progress, budget=args.budget, cache=cache, run_dir=run_dir
+            )
+        )
+    except BaseException:
+        meta["status"] = "stopped"
+        run_dir.write_meta(meta)
+        sys.stderr.write(f"\nresume: llmflow run {args.program} --resume {run_dir.id}\n")
+        raise
+    finally:
+        if cache:
+            cache.close()
+    meta.update(status="failed" if result.failures else "done", outputs=result.outputs)
+    meta["finished"] = time.time()
+    run_dir.write_meta(meta)
+    stats = model_stats(result.calls)
+    progress.summary(result, stats, run_dir)
     if args.json and args.stats:
         data = {"outputs": result.outputs, "stats": {m: s.model_dump() for m, s in stats.items()}}
         sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
@@ -272,20 +347,45 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _print_outputs(result.outputs, len(plan.outputs))
     if result.failures:
-        sources: dict[str, str] = {}
-        for failure in result.failures:
-            span = failure.node.span
-            if span and span.file not in sources:
-                with contextlib.suppress(OSError):
-                    sources[span.file] = Path(span.file).read_text(encoding="utf-8")
-            diag = Diagnostic(
-                kind="run", message=f"{failure.node.label} failed: {failure.message}", span=span
-            )
-            sys.stderr.write(render(diag, sources) + "\n")
-        missing = [n for n in plan.outputs if n not in result.outputs]
-        sys.stderr.write(f"not computed: {', '.join(missing)}\n")
+        _report_failures(plan, result, args.budget)
+        sys.stderr.write(f"resume: llmflow run {args.program} --resume {run_dir.id}\n")
         return 1
     return 0
+
+
+def _open_run(args: argparse.Namespace) -> tuple[RunDir, dict[str, Any] | None]:
+    """A new run's folder, or the folder and record of the run to resume."""
+    if not args.resume:
+        return RunDir.create(), None
+    run_dir = RunDir.find(args.resume)
+    recorded = run_dir.read_meta()
+    if Path(args.program).resolve() != Path(recorded["program"]):
+        raise LLMFlowError(f"run {run_dir.id} ran {recorded['program']}, not {args.program}")
+    return run_dir, recorded
+
+
+def _report_failures(plan: Plan, result: RunResult, budget: float | None) -> None:
+    sources: dict[str, str] = {}
+    for failure in result.failures:
+        if failure.not_run:
+            continue
+        span = failure.node.span
+        if span and span.file not in sources:
+            with contextlib.suppress(OSError):
+                sources[span.file] = Path(span.file).read_text(encoding="utf-8")
+        diag = Diagnostic(
+            kind="run", message=f"{failure.node.label} failed: {failure.message}", span=span
+        )
+        sys.stderr.write(render(diag, sources) + "\n")
+    not_run = [f.node.label for f in result.failures if f.not_run]
+    if not_run:
+        spent = sum(c.dollars for c in result.calls)
+        sys.stderr.write(
+            f"not run: {', '.join(sorted(set(not_run)))}: the budget of ${budget or 0:.4f} "
+            f"could not pay for them (${spent:.4f} spent)\n"
+        )
+    missing = [n for n in plan.outputs if n not in result.outputs]
+    sys.stderr.write(f"not computed: {', '.join(missing)}\n")
 
 
 def _print_outputs(outputs: dict[str, Any], declared: int) -> None:
@@ -383,6 +483,45 @@ def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
         for key, body in node.bodies.items():
             sys.stdout.write(f"{indent}  {key}:\n")
             _print_graph(body.nodes, plan, indent + "    ")
+
+
+def _trace(args: argparse.Namespace) -> int:
+    """A run's calls: a table, the records as JSON, or a timeline picture."""
+    from llmflow.runtime.timeline import read_trace, render_timeline
+
+    run_dir = RunDir.find(args.run)
+    records = read_trace(run_dir.trace) if run_dir.trace.exists() else []
+    if args.output:
+        path = render_timeline(records, Path(args.output))
+        sys.stderr.write(f"wrote {path}\n")
+    if args.json:
+        sys.stdout.write(json.dumps(records, ensure_ascii=False, indent=2) + "\n")
+    elif not args.output:
+        _print_trace(records)
+    return 0
+
+
+def _print_trace(records: list[dict[str, Any]]) -> None:
+    t0 = min((r["start"] for r in records), default=0.0)
+    for r in records:
+        marks = [
+            mark
+            for mark, on in (
+                (f"{r['llmflow.retries']} retried", r.get("llmflow.retries")),
+                (f"fallback from {r.get('llmflow.fallback_from')}", r.get("llmflow.fallback_from")),
+                ("cache", r.get("llmflow.cache_hit")),
+                ("journal", r.get("llmflow.journal_hit")),
+                (f"error: {r.get('error.type')}", r.get("llmflow.status") == "error"),
+            )
+            if on
+        ]
+        sys.stdout.write(
+            f"{r['start'] - t0:7.2f}s {r['end'] - r['start']:6.2f}s  {r['llmflow.node']:<6} "
+            f"{r['llmflow.function']} on {r['llmflow.model']}: "
+            f"{r['gen_ai.usage.input_tokens']} → {r['gen_ai.usage.output_tokens']} tokens, "
+            f"${r['llmflow.cost_usd']:.4f}" + (f" ({'; '.join(marks)})" if marks else "") + "\n"
+        )
+    sys.stdout.write(f"{len(records)} call{'s' if len(records) != 1 else ''}\n")
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from llmflow.compiler.ir import LLMCall, OutputSpec
 from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.optimizer.costs import token_dollars
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
 from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
 from llmflow.runtime.values import InvalidValue, describe_type, parse_output
@@ -29,21 +30,48 @@ class CallFailed(Exception):
 
 
 class CallStats(BaseModel):
+    """What one call did: its tokens, dollars, time, and what went wrong on the way."""
+
     function: str
     model: str
+    node: str = ""
+    group: str | None = None
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    dollars: float = 0.0
+    """What the model calls cost; answers from the cache or the journal cost nothing."""
     seconds: float = 0.0
     generations: int = 0
     retries: int = 0
+    """Failed tries the transport retried (429s, 5xx, timeouts)."""
+    validation_retries: int = 0
+    """Answers that did not parse as the output's type and were asked again."""
+    cache_hits: int = 0
+    journal_hits: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    """Wall-clock (unix) seconds."""
+    fallback_from: str | None = None
+    """The model that gave up before this one took the call over."""
+    error: str | None = None
+    events: list[dict[str, Any]] = Field(default_factory=list)
 
-    def add(self, gen: Generation) -> None:
+    def add(self, gen: Generation, model: ModelSpec) -> None:
         self.input_tokens += gen.input_tokens
         self.cached_tokens += gen.cached_tokens
         self.output_tokens += gen.output_tokens
         self.seconds += gen.seconds
         self.generations += 1
+        self.retries += gen.retries
+        self.events += gen.events
+        if gen.source == "cache":
+            self.cache_hits += 1
+        elif gen.source == "journal":
+            self.journal_hits += 1
+        else:
+            fresh = gen.input_tokens - gen.cached_tokens
+            self.dollars += token_dollars(model, fresh, gen.cached_tokens, gen.output_tokens)
 
 
 def default_max_tokens(t: Type) -> int:
@@ -70,12 +98,12 @@ async def run_call(
     args: list[Any],
     model: ModelSpec,
     backend: Backend,
-    group: str | None = None,
+    stats: CallStats,
     priority: float = 0.0,
-) -> tuple[Any, CallStats]:
+) -> Any:
     """Generate every output of one call; the value is the output, or a dict of outputs.
-    `group` and `priority` are the optimizer's placement, passed on to the backend."""
-    stats = CallStats(function=call.function, model=model.name)
+    `stats` (the caller's, so it survives a failure) collects what the call consumed;
+    its group and `priority` are the optimizer's placement, passed on to the backend."""
     values = dict(zip(call.params, args, strict=True))
     outputs: dict[str, Any] = {}
     specs = {o.name: o for o in call.outputs}
@@ -94,14 +122,14 @@ async def run_call(
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
             turns.append(Turn(role="user", text=prompt))
             pending = ""
-            value, text = await _generate(call, spec, turns, model, backend, stats, group, priority)
+            value, text = await _generate(call, spec, turns, model, backend, stats, priority)
             outputs[spec.name] = value
             turns.append(Turn(role="assistant", text=text))
             if len(outputs) == len(specs):
                 break
     if len(call.outputs) == 1:
-        return outputs[call.outputs[0].name], stats
-    return outputs, stats
+        return outputs[call.outputs[0].name]
+    return outputs
 
 
 async def _generate(
@@ -111,7 +139,6 @@ async def _generate(
     model: ModelSpec,
     backend: Backend,
     stats: CallStats,
-    group: str | None,
     priority: float,
 ) -> tuple[Any, str]:
     stop = spec.stop
@@ -125,20 +152,21 @@ async def _generate(
         stop=stop,
         temperature=spec.temperature or 0.0,
         constraint=constraint_for(spec.type),
-        group=group,
+        group=stats.group,
         priority=priority,
+        node=stats.node or None,
     )
     error = ""
     for attempt in range(ATTEMPTS):
         generation = await backend.generate(request)
-        stats.add(generation)
+        stats.add(generation, model)
         text = generation.text if not model.chat else generation.text.strip()
         try:
             return parse_output(spec.type, text), text
         except InvalidValue as err:
             error = str(err)
         if attempt + 1 < ATTEMPTS:
-            stats.retries += 1
+            stats.validation_retries += 1
             lead_in = turns[-1].text.rsplit("\n", 1)[-1] if not model.chat else ""
             feedback = (
                 f"That answer is not valid: {error}. Reply with only {describe_type(spec.type)}."

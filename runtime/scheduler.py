@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,22 +21,28 @@ from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.ir import Graph, IRNode, Plan
 from llmflow.compiler.types import FLOAT, ListT, Type
 from llmflow.runtime.backends.base import Backend, BackendError
+from llmflow.runtime.budget import BudgetExceeded
 from llmflow.runtime.calls import CallFailed, CallStats, run_call
+from llmflow.runtime.retry import RetriesExhausted
 from llmflow.runtime.values import InvalidValue, validate
 from llmflow.stdlib.builtins import BuiltinError, evaluate
 
 Event = Callable[[str, IRNode, dict[str, Any]], None]
-"""Progress callback: ("start" | "done" | "failed" | "expand", node, details)."""
+"""Progress callback: ("start" | "done" | "failed" | "fallback" | "expand", node, details).
+"done", "failed" and "fallback" (a model gave up; the next takes over) carry the call's
+`CallStats` under "stats"."""
 
 
 class NodeFailed(Exception):
     """A node could not compute its value. Raised again, unchanged, by every node that
-    depends on it, so each failure is reported once, at its source."""
+    depends on it, so each failure is reported once, at its source. `not_run`: the
+    call was never sent (the budget stopped it)."""
 
-    def __init__(self, node: IRNode, message: str) -> None:
+    def __init__(self, node: IRNode, message: str, not_run: bool = False) -> None:
         super().__init__(message)
         self.node = node
         self.message = message
+        self.not_run = not_run
 
     def where(self) -> str:
         span = self.node.span
@@ -117,7 +124,7 @@ class Scheduler:
         except (NodeFailed, asyncio.CancelledError):
             raise
         except (CallFailed, BackendError, InvalidValue) as err:
-            raise NodeFailed(node, str(err)) from err
+            raise NodeFailed(node, str(err), isinstance(err, BudgetExceeded)) from err
         except Exception as err:  # extern and builtin code: report, don't crash the run
             raise NodeFailed(node, f"{type(err).__name__}: {err}") from err
 
@@ -146,15 +153,48 @@ class Scheduler:
         raise AssertionError(f"unknown node kind {node.kind}")
 
     async def _llm(self, node: IRNode, args: list[Any]) -> Any:
+        """Run a call on its model; if that model keeps failing, on the next one that
+        qualifies (the optimizer's fallbacks), and say so in the call's stats."""
         assert node.call is not None
-        model = self.plan.models[node.call.model]
-        self.on_event("start", node, {"model": model.name})
-        group = self._groups.get(node.id)
         priority = self.plan.priorities.get(node.id, 0.0)
-        value, stats = await run_call(node.call, args, model, self.backend, group, priority)
-        self.calls.append(stats)
-        self.on_event("done", node, {"stats": stats})
-        return value
+        models = [node.call.model, *self.plan.fallbacks.get(node.id, [])]
+        previous: CallStats | None = None
+        for i, name in enumerate(models):
+            stats = CallStats(
+                function=node.call.function,
+                model=name,
+                node=node.id,
+                group=self._groups.get(node.id),
+            )
+            if previous is not None:
+                stats.fallback_from = previous.model
+                stats.events.append(
+                    {"name": "fallback", "time": time.time(), "from": previous.model, "to": name}
+                )
+            self.on_event("start", node, {"model": name})
+            stats.start = time.time()
+            try:
+                value = await run_call(
+                    node.call, args, self.plan.models[name], self.backend, stats, priority
+                )
+            except (CallFailed, BackendError) as err:
+                stats.end, stats.error = time.time(), str(err)
+                if isinstance(err, RetriesExhausted):
+                    stats.retries += err.attempts - 1
+                    stats.events += err.events
+                self.calls.append(stats)
+                last = i + 1 == len(models)
+                if last or not isinstance(err, RetriesExhausted):
+                    self.on_event("failed", node, {"stats": stats})
+                    raise
+                self.on_event("fallback", node, {"stats": stats})
+                previous = stats
+                continue
+            stats.end = time.time()
+            self.calls.append(stats)
+            self.on_event("done", node, {"stats": stats})
+            return value
+        raise AssertionError("unreachable")
 
     async def _extern(self, node: IRNode, args: list[Any]) -> Any:
         assert node.extern is not None

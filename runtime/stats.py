@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from llmflow.compiler.models import ModelSpec
-from llmflow.compiler.optimizer.costs import token_dollars
 from llmflow.runtime.calls import CallStats
 
 
@@ -19,12 +17,14 @@ class ModelStats(BaseModel):
     seconds: float = 0.0
     """Model time (generation), summed over calls."""
     retries: int = 0
+    """Failed tries retried by the transport."""
+    cache_hits: int = 0
+    """Answers served from the response cache (free, instant)."""
 
 
-def model_stats(calls: list[CallStats], models: dict[str, ModelSpec]) -> dict[str, ModelStats]:
+def model_stats(calls: list[CallStats]) -> dict[str, ModelStats]:
     out: dict[str, ModelStats] = {}
     for call in calls:
-        model = models[call.model]
         s = out.setdefault(call.model, ModelStats())
         s.calls += 1
         s.prompt_tokens += call.input_tokens
@@ -32,6 +32,6 @@ def model_stats(calls: list[CallStats], models: dict[str, ModelSpec]) -> dict[st
         s.output_tokens += call.output_tokens
         s.seconds += call.seconds
         s.retries += call.retries
-        fresh = call.input_tokens - call.cached_tokens
-        s.dollars += token_dollars(model, fresh, call.cached_tokens, call.output_tokens)
+        s.cache_hits += call.cache_hits
+        s.dollars += call.dollars
     return out

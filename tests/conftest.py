@@ -1,4 +1,4 @@
-"""Shared helpers: compile a program written inline in a test."""
+"""Shared helpers: compile a program written inline in a test; a private LLMFLOW_HOME."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ import pytest
 
 import llmflow
 from llmflow.compiler.ir import Plan
+
+
+@pytest.fixture(autouse=True)
+def llmflow_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Runs keep their cache and run folders in a fresh place per test, not in the repo."""
+    home = tmp_path_factory.mktemp("llmflow-home")
+    monkeypatch.setenv("LLMFLOW_HOME", str(home))
+    return home
 
 
 @pytest.fixture

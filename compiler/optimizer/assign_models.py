@@ -142,6 +142,14 @@ def assign_models(
         node.call.model = chosen.model
         reason = _reason(plan, node, opts, chosen)
         moved = "" if before == chosen.model else f" (declared default: {before})"
+        others = sorted(
+            (o for o in opts if o.qualifies and o is not chosen),
+            key=lambda o: _rank(o, plan.objective),
+            reverse=True,
+        )
+        if others and not node.call.pinned:
+            plan.fallbacks[node.id] = [o.model for o in others]
+            reason += f"; falls back to {', '.join(plan.fallbacks[node.id])}"
         plan.explain(RULE, f"{node.label} → {chosen.model}{moved}: {reason}", node.id)
     return plan
 

@@ -16,31 +16,37 @@ from llmflow.runtime.backends.base import (
 
 class Router:
     """Serves every model of a plan; backends are created on first use, so a run that
-    never calls an embedded model never imports llama.cpp."""
+    never calls an embedded model never imports llama.cpp (nor one that calls no hosted
+    model the `openai` SDK)."""
 
     def __init__(self, models: dict[str, ModelSpec]) -> None:
         self.models = models
         self._backends: dict[str, Backend] = {}
 
     def check(self, used: set[str]) -> None:
-        """Fail before anything runs if a used model has no backend here."""
+        """Fail before anything runs if a used hosted model lacks its key or address."""
         for name in sorted(used):
             spec = self.models[name]
             if spec.backend != "local":
-                raise BackendError(
-                    f"model '{name}' uses the {spec.backend} backend, which this version of "
-                    "llmflow does not include yet; use local(...) models"
-                )
+                from llmflow.runtime.backends.openai import check_model
+
+                check_model(spec)
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        spec = self.models[request.model]
-        backend = self._backends.get(spec.backend)
+        kind = "local" if self.models[request.model].backend == "local" else "openai"
+        backend = self._backends.get(kind)
         if backend is None:
+            backend = self._backends[kind] = self._create(kind)
+        return await backend.generate(request)
+
+    def _create(self, kind: str) -> Backend:
+        if kind == "local":
             from llmflow.runtime.backends.local import LocalBackend
 
-            local = {n: m for n, m in self.models.items() if m.backend == "local"}
-            backend = self._backends[spec.backend] = LocalBackend(local)
-        return await backend.generate(request)
+            return LocalBackend({n: m for n, m in self.models.items() if m.backend == "local"})
+        from llmflow.runtime.backends.openai import OpenAIBackend
+
+        return OpenAIBackend({n: m for n, m in self.models.items() if m.backend != "local"})
 
     async def aclose(self) -> None:
         for backend in self._backends.values():

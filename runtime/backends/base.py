@@ -50,6 +50,8 @@ class GenerationRequest(BaseModel):
     warm (a KV state, a prompt-cache key). None: no sharing expected (-O0)."""
     priority: float = 0.0
     """Higher runs first when requests wait for the same model (critical path, @latency)."""
+    node: str | None = None
+    """The IR node this request serves (for traces and logs); never part of a cache key."""
 
 
 class Generation(BaseModel):
@@ -60,6 +62,12 @@ class Generation(BaseModel):
     """Prompt tokens the backend did not have to evaluate again (reused prefix)."""
     seconds: float = 0.0
     finish_reason: str | None = None
+    source: Literal["model", "cache", "journal"] = "model"
+    """Who answered: the model, the response cache, or a resumed run's journal."""
+    retries: int = 0
+    """Failed tries before this answer (429s, 5xx, timeouts, dropped connections)."""
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    """What happened on the way, with times: {"name": "retry", "time": …, "reason": "429"}."""
 
 
 class Backend(Protocol):
@@ -71,4 +79,23 @@ class Backend(Protocol):
 
 
 class BackendError(Exception):
-    """A backend could not serve a request; the message is safe to show the user."""
+    """A backend could not serve a request; the message is safe to show the user (it
+    never holds an API key).
+
+    `retryable`: the same request may succeed later (408, 409, 429, 5xx, a timeout, a
+    dropped connection, a malformed response). `retry_after`: seconds the server asked
+    us to wait, if it said. `status`: the HTTP status, if there was one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 import llmflow
-from llmflow.compiler.draw import CRITICAL, DrawError, draw, render_plan
+from llmflow.compiler.draw import draw, render_plan
 from llmflow.compiler.ir import Plan
 from llmflow.compiler.optimizer import optimize
+from llmflow.compiler.picture import CRITICAL, DrawError
 
 Make = Callable[..., Plan]
 

@@ -155,7 +155,7 @@ def test_invalid_output_is_retried_with_the_error_fed_back(compile_source):
     retry = backend.served[1].request
     assert [t.role for t in retry.turns] == ["user", "assistant", "user"]
     assert "not valid" in retry.turns[-1].text and "an integer" in retry.turns[-1].text
-    assert result.calls[0].retries == 1
+    assert result.calls[0].validation_retries == 1
 
 
 def test_a_failed_call_names_function_and_output_and_keeps_other_outputs(compile_source):

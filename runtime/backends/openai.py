@@ -1,0 +1,310 @@
+"""The OpenAI-compatible backend: OpenAI itself, or any server that speaks its HTTP API
+(vLLM, SGLang, llama.cpp's servers) through the `openai` SDK's `AsyncOpenAI`.
+
+A `generate` call is exactly one HTTP request: retries, rate limits, the cache and the
+budget live a layer above, which needs every failure as a `BackendError` that says
+whether trying again can help. Prefix groups pay off through the provider's prompt
+cache: the first request of a group is sent alone, the rest wait for it and then fan
+out, so they find the shared prefix already cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import time
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from llmflow.compiler.models import ModelSpec
+from llmflow.runtime import secrets
+from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a request may take unless its model sets `timeout`."""
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+
+PLACEHOLDER_KEY = "no-key"
+"""Sent to an `openai_compatible` server when no key is set: self-hosted servers
+usually need none, but the SDK refuses to start without one."""
+
+MAX_STOP = 4
+"""OpenAI takes at most four stop sequences; further ones are applied to the text here."""
+
+_RETRYABLE = {408, 409, 429}
+_MESSAGE_LIMIT = 500
+"""Characters of a server's error message kept (some servers send tracebacks)."""
+
+ClientKey = tuple[str | None, str | None]
+"""(base URL, name of the key's environment variable): requests that can share a client."""
+
+
+def key_env(spec: ModelSpec) -> str | None:
+    """The variable that holds the model's key. An `openai_compatible` model whose program
+    names its server gets $OPENAI_API_KEY only if it asks for it (api_key_env): an OpenAI
+    key must not travel to a third party's address by default."""
+    named = spec.options.get("api_key_env")
+    if named or spec.backend == "openai" or "base_url" not in spec.options:
+        return named or DEFAULT_KEY_ENV
+    return None
+
+
+def base_url(spec: ModelSpec) -> str | None:
+    """The model's `base_url`, else $OPENAI_BASE_URL, else None (the SDK's default)."""
+    return spec.options.get("base_url") or os.environ.get("OPENAI_BASE_URL") or None
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Fail before a run starts if a model cannot be reached: an `openai` model (or one
+    that names `api_key_env`) without its key, an `openai_compatible` one without a URL."""
+    variable = key_env(spec)
+    named = "api_key_env" in spec.options
+    if variable and secrets.api_key(variable) is None and (spec.backend == "openai" or named):
+        raise BackendError(
+            f"model '{spec.name}' needs an API key: set the environment variable {variable}"
+            + ("" if named else ' (or name another one with api_key_env="MY_KEY")')
+        )
+    if spec.backend == "openai_compatible" and base_url(spec) is None:
+        raise BackendError(
+            f"model '{spec.name}' needs the address of its server: "
+            'base_url="http://host:port/v1" (or set OPENAI_BASE_URL)'
+        )
+
+
+def strict_schema(schema: dict[str, Any]) -> bool:
+    """Whether OpenAI's strict mode accepts a schema: every object closed
+    (additionalProperties false) with all its properties required, every value typed."""
+    if "enum" in schema:
+        return True
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return (
+            schema.get("additionalProperties") is False
+            and set(schema.get("required", [])) == set(properties)
+            and all(strict_schema(p) for p in properties.values())
+        )
+    if kind == "array":
+        return strict_schema(schema.get("items", {}))
+    return kind in {"string", "integer", "number", "boolean", "null"}
+
+
+class OpenAIBackend:
+    """Serves every `openai` and `openai_compatible` model of a run."""
+
+    def __init__(self, models: dict[str, ModelSpec]) -> None:
+        self._models = models
+        self._clients: dict[ClientKey, AsyncOpenAI] = {}
+        self._warm: dict[tuple[str, str], asyncio.Event] = {}
+        """Per (model, group): set once the group's first request has finished."""
+        self._legacy_schema: set[ClientKey] = set()
+        """Servers that reject `json_schema` response formats but take llama-cpp-python's
+        `{"type": "json_object", "schema": ...}` (learnt on the first rejection)."""
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        spec = self._models.get(request.model)
+        if spec is None:
+            raise BackendError(f"no OpenAI-compatible model named '{request.model}'")
+        if request.group is None:
+            return await self._send(spec, request)
+        key = (spec.name, request.group)
+        warm = self._warm.get(key)
+        if warm is None:  # the group's first request goes alone
+            warm = self._warm[key] = asyncio.Event()
+            try:
+                return await self._send(spec, request)
+            finally:
+                warm.set()
+        await warm.wait()
+        return await self._send(spec, request)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    def _client(self, spec: ModelSpec) -> tuple[AsyncOpenAI, ClientKey]:
+        key = (base_url(spec), key_env(spec))
+        if key not in self._clients:
+            api_key = secrets.api_key(key[1]) if key[1] else None
+            if api_key is None:
+                check_model(spec)  # raises for models that need a key
+            self._clients[key] = AsyncOpenAI(
+                api_key=api_key or PLACEHOLDER_KEY,
+                base_url=key[0],
+                max_retries=0,  # one attempt: the layer above retries with backoff
+                timeout=DEFAULT_TIMEOUT,
+            )
+        return self._clients[key], key
+
+    async def _send(self, spec: ModelSpec, request: GenerationRequest) -> Generation:
+        client, key = self._client(spec)
+        params = _params(spec, request, legacy_schema=key in self._legacy_schema)
+        started = time.perf_counter()
+        try:
+            try:
+                response = await _create(client, spec, params)
+            except openai.APIStatusError as error:
+                if not _schema_rejected(spec, params, error):
+                    raise
+                # This server only knows the older JSON mode: ask it that way from now on.
+                self._legacy_schema.add(key)
+                params = _params(spec, request, legacy_schema=True)
+                response = await _create(client, spec, params)
+        except Exception as error:
+            raise _backend_error(spec, error, client, params["timeout"]) from None
+        seconds = time.perf_counter() - started
+        try:
+            return _generation(spec, response, request.stop, seconds)
+        except (AttributeError, LookupError, TypeError, ValueError):
+            raise BackendError(
+                secrets.redact(f"model '{spec.name}': malformed response from {client.base_url}"),
+                retryable=True,
+            ) from None
+
+
+async def _create(client: AsyncOpenAI, spec: ModelSpec, params: dict[str, Any]) -> Any:
+    if spec.chat:
+        return await client.chat.completions.create(**params)
+    return await client.completions.create(**params)
+
+
+def _params(spec: ModelSpec, request: GenerationRequest, legacy_schema: bool) -> dict[str, Any]:
+    """The request's keyword arguments for the SDK.
+
+    Chat models get the turns as messages; completion models their concatenated text
+    (the template filled in so far). `openai` chat models take the token limit as
+    `max_completion_tokens` (reasoning models reject `max_tokens`); every other endpoint
+    as `max_tokens`, the one name all compatible servers know.
+    """
+    hosted = spec.backend == "openai"
+    params: dict[str, Any] = {
+        "model": spec.id,
+        "temperature": request.temperature,
+        "timeout": float(spec.options.get("timeout") or DEFAULT_TIMEOUT),
+    }
+    stops = [stop for stop in request.stop if stop][:MAX_STOP]
+    if stops:
+        params["stop"] = stops
+    if request.seed is not None:
+        params["seed"] = request.seed
+    if not spec.chat:
+        params["prompt"] = "".join(turn.text for turn in request.turns)
+        params["max_tokens"] = request.max_tokens
+        return params
+    params["messages"] = [{"role": turn.role, "content": turn.text} for turn in request.turns]
+    params["max_completion_tokens" if hosted else "max_tokens"] = request.max_tokens
+    if hosted and request.group is not None:
+        params["prompt_cache_key"] = f"llmflow-{request.group}"
+    schema = request.constraint.json_schema if request.constraint else None
+    if schema is not None and spec.supports_schema:
+        if legacy_schema:
+            params["response_format"] = {"type": "json_object", "schema": schema}
+        elif schema.get("type") == "object" or not hosted:  # OpenAI wants an object root
+            strict = strict_schema(schema)
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema, "strict": strict},
+            }
+    return params
+
+
+def _schema_rejected(spec: ModelSpec, params: dict[str, Any], error: openai.APIStatusError) -> bool:
+    """A compatible server refused the `json_schema` response format itself
+    (llama-cpp-python's server answers 500 "Input should be 'text' or 'json_object'")."""
+    response_format = params.get("response_format") or {}
+    return (
+        spec.backend == "openai_compatible"
+        and response_format.get("type") == "json_schema"
+        and error.status_code in {400, 422, 500}
+        and "json_object" in _server_message(error)
+    )
+
+
+def _generation(spec: ModelSpec, response: Any, stop: list[str], seconds: float) -> Generation:
+    """Read a response; a part missing or of the wrong kind raises AttributeError,
+    LookupError, TypeError or ValueError (the caller reports a malformed response)."""
+    choice = response.choices[0]
+    if spec.chat:
+        if choice.message.content is None and getattr(choice.message, "refusal", None):
+            refusal = secrets.redact(str(choice.message.refusal))
+            raise BackendError(f"model '{spec.name}' refused: {refusal}")
+        text = choice.message.content or ""
+    else:
+        text = choice.text or ""
+    if not isinstance(text, str):
+        raise TypeError("the generated text is not a string")
+    finish_reason = choice.finish_reason
+    for sequence in stop[MAX_STOP:]:  # those OpenAI could not take
+        if sequence and sequence in text:
+            text, finish_reason = text[: text.index(sequence)], "stop"
+    usage = response.usage
+    details = getattr(usage, "prompt_tokens_details", None)
+    return Generation(
+        text=text,
+        input_tokens=getattr(usage, "prompt_tokens", None) or 0,
+        output_tokens=getattr(usage, "completion_tokens", None) or 0,
+        cached_tokens=getattr(details, "cached_tokens", None) or 0,
+        seconds=seconds,
+        finish_reason=finish_reason,
+    )
+
+
+def _backend_error(
+    spec: ModelSpec, error: Exception, client: AsyncOpenAI, timeout: float
+) -> BackendError:
+    """Classify a failure: whether retrying may help, and a message without secrets."""
+    name = f"model '{spec.name}'"
+    status = retry_after = None
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+        retryable = status in _RETRYABLE or status >= 500
+        message = f"{name}: {status} {_server_message(error)}"
+        retry_after = _retry_after(error.response.headers)
+    elif isinstance(error, openai.APITimeoutError):
+        retryable, message = True, f"{name}: no answer from {client.base_url} in {timeout:g}s"
+    elif isinstance(error, openai.APIConnectionError):
+        cause = error.__cause__ or error
+        retryable, message = True, f"{name}: cannot reach {client.base_url}: {cause}"
+    elif isinstance(error, openai.APIResponseValidationError | ValueError):  # bad JSON
+        retryable, message = True, f"{name}: malformed response from {client.base_url}"
+    else:
+        retryable, message = False, f"{name}: {type(error).__name__}: {error}"
+    return BackendError(
+        secrets.redact(message), status=status, retryable=retryable, retry_after=retry_after
+    )
+
+
+def _server_message(error: openai.APIStatusError) -> str:
+    """The server's own explanation (OpenAI's `error.message`, FastAPI's `detail`)."""
+    body = error.body
+    text: Any = None
+    if isinstance(body, dict):
+        text = body.get("message") or body.get("detail") or body.get("error")
+    elif isinstance(body, str):
+        text = body
+    if not text:
+        text = error.response.reason_phrase or error.message
+    text = " ".join(str(text).split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "…"
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds the server asked to wait: `retry-after-ms` (OpenAI), else `Retry-After`
+    (seconds or an HTTP date)."""
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(float(ms) / 1000, 0.0)
+        if (value := headers.get("retry-after")) is None:
+            return None
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            date = email.utils.parsedate_to_datetime(value)
+            return max(date.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None

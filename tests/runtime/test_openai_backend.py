@@ -1,0 +1,416 @@
+"""The OpenAI-compatible backend: against a real llama_cpp.server on loopback (marked
+`model`), and against a scripted server for failures and wire details."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llmflow
+from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.types import Prim, RecordT, json_schema
+from llmflow.runtime.backends import Router
+from llmflow.runtime.backends.base import (
+    BackendError,
+    Constraint,
+    Generation,
+    GenerationRequest,
+    Turn,
+)
+from llmflow.runtime.backends.openai import OpenAIBackend, strict_schema
+
+PLANTED = "sk-test-PLANTED-1234567890"
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    """A JSON-able value, or bytes sent as they are."""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    started: float
+    finished: float = 0.0
+
+
+@dataclass
+class ScriptedServer:
+    """An HTTP server on loopback whose answers a test scripts: `reply(request) -> Reply`."""
+
+    url: str
+    reply: Callable[[Seen], Reply]
+    seen: list[Seen] = field(default_factory=list)
+
+
+def chat_reply(text: str = "ok", **usage: Any) -> Reply:
+    """A chat completion as OpenAI sends it."""
+    return Reply(
+        body={
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, **usage},
+        }
+    )
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[ScriptedServer]:
+    server_state = ScriptedServer(url="", reply=lambda seen: chat_reply())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            seen = Seen(self.path, headers, {}, time.monotonic())
+            length = int(self.headers.get("content-length") or 0)
+            seen.body = json.loads(self.rfile.read(length) or b"{}")
+            server_state.seen.append(seen)
+            reply = server_state.reply(seen)
+            time.sleep(reply.delay)
+            data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+            seen.finished = time.monotonic()
+            with contextlib.suppress(OSError):  # the client gave up (timeouts)
+                self.send_response(reply.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    server_state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server_state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests set the keys and URLs they use; the developer's own never leak in."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        if name in os.environ:
+            monkeypatch.delenv(name)
+
+
+def model(url: str, backend: str = "openai_compatible", **options: Any) -> ModelSpec:
+    chat = options.pop("chat", True)
+    supports_schema = options.pop("supports_schema", None)
+    return ModelSpec(
+        name="m",
+        backend=backend,  # type: ignore[arg-type]
+        id="smollm2",
+        chat=chat,
+        supports_schema=supports_schema,
+        options={"base_url": url, **options},
+    )
+
+
+def ask(text: str, **fields: Any) -> GenerationRequest:
+    return GenerationRequest(model="m", turns=[Turn(role="user", text=text)], **fields)
+
+
+def generate(spec: ModelSpec, *requests: GenerationRequest) -> list[Generation]:
+    """Send requests concurrently through one backend, then close it."""
+
+    async def main() -> list[Generation]:
+        backend = OpenAIBackend({spec.name: spec})
+        try:
+            return list(await asyncio.gather(*(backend.generate(r) for r in requests)))
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(main())
+
+
+def failure(spec: ModelSpec, request: GenerationRequest) -> BackendError:
+    with pytest.raises(BackendError) as caught:
+        generate(spec, request)
+    return caught.value
+
+
+PERSON = json_schema(
+    RecordT(name="Person", fields=[("name", Prim(name="str")), ("age", Prim(name="int"))])
+)
+
+# --- against a real server -----------------------------------------------------------
+
+
+@pytest.mark.model
+def test_chat_call(llama_server: str) -> None:
+    prompt = "Reply with one word: what colour is the sky on a clear day?"
+    first, again = generate(model(llama_server), ask(prompt, max_tokens=8), ask(prompt))
+    assert first.text.strip()
+    assert 0 < first.output_tokens <= 8 and first.input_tokens > 10
+    assert first.finish_reason in {"stop", "length"} and first.seconds > 0
+    # llama_cpp.server reuses the repeated prefix but does not report it (no
+    # usage.prompt_tokens_details), so the backend says 0 rather than guessing.
+    assert again.cached_tokens == 0 and again.input_tokens == first.input_tokens
+
+
+@pytest.mark.model
+def test_completion_call(llama_server: str) -> None:
+    (result,) = generate(
+        model(llama_server, chat=False),
+        ask("The capital of France is", max_tokens=6, stop=["\n"]),
+    )
+    assert result.text.strip() and "\n" not in result.text
+    assert 0 < result.output_tokens <= 6
+
+
+@pytest.mark.model
+def test_json_schema_call_validates(llama_server: str) -> None:
+    request = ask(
+        "Invent a person. Reply in JSON with a name and an age.",
+        max_tokens=40,
+        constraint=Constraint(json_schema=PERSON),
+    )
+    (result,) = generate(model(llama_server, supports_schema=True), request)
+    value = json.loads(result.text)
+    assert set(value) == {"name", "age"}
+    assert isinstance(value["name"], str) and isinstance(value["age"], int)
+
+
+@pytest.mark.model
+def test_multi_output_program_runs(llama_server: str, tmp_path: Path) -> None:
+    program = tmp_path / "two.llmflow"
+    program.write_text(
+        textwrap.dedent(f"""
+        model srv = openai_compatible("smollm2", base_url="{llama_server}",
+                                      supports_schema=true, price_in=0, price_out=0)
+
+        record Body {{ legs: int }}
+
+        fn describe(animal: str) -> sound: str, body: Body
+        \"\"\"
+        What sound does a {{{{animal}}}} make? One word.
+        {{{{sound | max_tokens=8}}}}
+        A {{{{animal}}}} that says {{{{sound}}}}: how many legs does it have? Answer in JSON.
+        {{{{body | max_tokens=24}}}}
+        \"\"\"
+
+        flow main(animal: str) -> sound: str, legs: int {{
+            sound, body = describe(animal)
+            legs = body.legs
+        }}
+        """)
+    )
+    outputs = llmflow.run(program, {"animal": "cat"})
+    assert isinstance(outputs["sound"], str) and outputs["sound"]
+    assert isinstance(outputs["legs"], int)
+
+
+@pytest.mark.model
+def test_client_errors_are_final(llama_server: str) -> None:
+    wrong_path = failure(model(llama_server.removesuffix("/v1") + "/nope/v1"), ask("hi"))
+    assert (wrong_path.status, wrong_path.retryable) == (404, False)
+    assert wrong_path.message == "model 'm': 404 Not Found"
+    too_long = failure(model(llama_server), ask("word " * 2100, max_tokens=4))
+    assert (too_long.status, too_long.retryable) == (400, False)
+    assert "maximum context length is 2048 tokens" in too_long.message
+
+
+def test_connection_refused_is_retryable() -> None:
+    url = "http://127.0.0.1:1/v1"  # nothing listens on a privileged port
+    error = failure(model(url), ask("hi"))
+    assert error.retryable and error.status is None
+    assert error.message.startswith(f"model 'm': cannot reach {url}/")
+
+
+# --- against a scripted server -------------------------------------------------------
+
+
+def test_api_key_never_in_messages(
+    scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+    monkeypatch.setenv("OTHER_KEY", "plain-secret-value-42")
+    scripted_server.reply = lambda seen: Reply(  # the server echoes the key it got
+        401, {"error": {"message": f"Incorrect API key provided: {seen.headers['authorization']}"}}
+    )
+    for spec in (
+        model(scripted_server.url, "openai"),
+        model(scripted_server.url, "openai_compatible", api_key_env="OTHER_KEY"),
+    ):
+        error = failure(spec, ask("hi"))
+        assert (error.status, error.retryable) == (401, False)
+        assert error.message == "model 'm': 401 Incorrect API key provided: Bearer [redacted]"
+        assert PLANTED not in str(error) and "plain-secret-value-42" not in str(error)
+    authorizations = {seen.headers["authorization"] for seen in scripted_server.seen}
+    assert authorizations == {f"Bearer {PLANTED}", "Bearer plain-secret-value-42"}
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "retryable", "retry_after"),
+    [
+        (
+            Reply(429, {"error": {"message": "slow down"}}, {"retry-after-ms": "1500"}),
+            429,
+            True,
+            1.5,
+        ),
+        (Reply(503, {"error": {"message": "busy"}}, {"Retry-After": "2"}), 503, True, 2.0),
+        (Reply(408, {"error": {"message": "late"}}), 408, True, None),
+        (Reply(422, {"detail": "bad field"}), 422, False, None),
+        (Reply(200, b"{not json"), None, True, None),
+        (Reply(200, {"choices": []}), None, True, None),
+    ],
+)
+def test_failures_are_classified(
+    scripted_server: ScriptedServer,
+    reply: Reply,
+    status: int | None,
+    retryable: bool,
+    retry_after: float | None,
+) -> None:
+    scripted_server.reply = lambda seen: reply
+    error = failure(model(scripted_server.url), ask("hi"))
+    assert (error.status, error.retryable, error.retry_after) == (status, retryable, retry_after)
+    assert error.message.startswith("model 'm': ")
+
+
+def test_timeout_is_retryable(scripted_server: ScriptedServer) -> None:
+    scripted_server.reply = lambda seen: Reply(body=chat_reply().body, delay=1.0)
+    error = failure(model(scripted_server.url, timeout=0.2), ask("hi"))
+    assert error.retryable and "in 0.2s" in error.message
+
+
+def test_group_warms_up_before_fanning_out(
+    scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+    scripted_server.reply = lambda seen: Reply(
+        body=chat_reply(prompt_tokens_details={"cached_tokens": 7}).body, delay=0.3
+    )
+    results = generate(
+        model(scripted_server.url, "openai"), *(ask(f"q{i}", group="g1") for i in range(3))
+    )
+    first, *rest = sorted(scripted_server.seen, key=lambda seen: seen.started)
+    assert all(seen.started >= first.finished for seen in rest)
+    assert rest[1].started < rest[0].finished  # the others went together
+    assert [r.cached_tokens for r in results] == [7, 7, 7]
+    assert {seen.body["prompt_cache_key"] for seen in scripted_server.seen} == {"llmflow-g1"}
+    assert all("max_completion_tokens" in seen.body for seen in scripted_server.seen)
+
+
+def test_request_parameters(scripted_server: ScriptedServer) -> None:
+    scripted_server.reply = lambda seen: chat_reply("one|two END three", prompt_tokens_details=None)
+    stops = ["a", "b", "c", "d", " END"]
+    request = ask("hi", max_tokens=5, stop=stops, seed=3, temperature=0.5, group="g1")
+    (result,) = generate(model(scripted_server.url), request)
+    assert (result.text, result.finish_reason, result.cached_tokens) == ("one|two", "stop", 0)
+    (body,) = [seen.body for seen in scripted_server.seen]
+    assert body["stop"] == stops[:4] and "prompt_cache_key" not in body
+    assert (body["max_tokens"], body["seed"], body["temperature"]) == (5, 3, 0.5)
+
+
+def test_strict_schema() -> None:
+    assert strict_schema(PERSON)
+    assert not strict_schema({"type": "object", "properties": {"x": {}}, "required": ["x"]})
+    assert not strict_schema({"type": "object", "properties": {"x": {"type": "string"}}})
+
+
+def test_response_format_sent(
+    scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+    spec = model(scripted_server.url, "openai", supports_schema=True)
+    listing = {"type": "array", "items": {"type": "string"}}
+    generate(
+        spec,
+        ask("a", constraint=Constraint(json_schema=PERSON)),
+        ask("b", constraint=Constraint(json_schema=listing)),  # OpenAI needs an object root
+    )
+    formats = {
+        seen.body["messages"][0]["content"]: seen.body.get("response_format")
+        for seen in scripted_server.seen
+    }
+    assert formats["a"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": PERSON, "strict": True},
+    }
+    assert formats["b"] is None
+
+
+def test_templates_lower_to_turns(scripted_server: ScriptedServer, tmp_path: Path) -> None:
+    """Each output is an assistant reply; a completion model sees the filled-in text."""
+    replies = iter(["Paris", "France", "Paris", "France"])
+    scripted_server.reply = lambda seen: Reply(
+        body={"choices": [{"index": 0, "text": next(replies), "finish_reason": "stop"}]}
+        if "prompt" in seen.body
+        else chat_reply(next(replies)).body
+    )
+    program = tmp_path / "p.llmflow"
+    for chat in ("true", "false"):
+        program.write_text(
+            f'model srv = openai_compatible("x", base_url="{scripted_server.url}", chat={chat})\n'
+            "fn f() -> city: str, country: str\n"
+            '"""\nA city: {{city}}\nIts country: {{country}}\n"""\n'
+            "flow main() -> city: str, country: str {\n    city, country = f()\n}\n"
+        )
+        assert llmflow.run(program) == {"city": "Paris", "country": "France"}
+    chat_body, completion_body = scripted_server.seen[1].body, scripted_server.seen[3].body
+    assert chat_body["messages"] == [
+        {"role": "user", "content": "A city:"},
+        {"role": "assistant", "content": "Paris"},
+        {"role": "user", "content": "Its country:"},
+    ]
+    assert completion_body["prompt"] == "A city:Paris\nIts country:"
+
+
+def test_router_checks_keys_and_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    models = {
+        "gpt": ModelSpec(name="gpt", backend="openai", id="gpt-4o-mini"),
+        "mine": ModelSpec(
+            name="mine", backend="openai_compatible", id="x", options={"api_key_env": "MINE"}
+        ),
+        "far": ModelSpec(name="far", backend="openai_compatible", id="x"),
+    }
+    router = Router(models)
+    messages = {}
+    for name in models:
+        with pytest.raises(BackendError) as caught:
+            router.check({name})
+        messages[name] = caught.value.message
+    assert "set the environment variable OPENAI_API_KEY" in messages["gpt"]
+    assert "set the environment variable MINE" in messages["mine"]
+    assert "base_url=" in messages["far"]
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+    monkeypatch.setenv("MINE", "a-long-enough-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    router.check(set(models))
