@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmflow.compiler import compile_file
 from llmflow.compiler.diagnostics import did_you_mean
@@ -17,11 +17,15 @@ from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.gateway import Gateway
 from llmflow.runtime.journal import Journal
+from llmflow.runtime.otel import SpanWriter
 from llmflow.runtime.retry import RetryPolicy
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import Event, RunResult, Scheduler
 from llmflow.runtime.trace import TraceWriter
 from llmflow.runtime.values import InvalidValue, validate
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 def compile(  # noqa: A001
@@ -84,12 +88,14 @@ async def run_async(
     cache: ResponseCache | None = None,
     run_dir: RunDir | None = None,
     retry: RetryPolicy | None = None,
+    otel: TracerProvider | None = None,
 ) -> RunResult:
     """Run a plan; failed nodes are in the result, next to every output that succeeded.
 
     `budget`: USD the run may spend (calls that could exceed it are not sent). `cache`:
     answer deterministic requests from (and into) this response cache. `run_dir`: write
-    the trace and the journal there; a journal already there is replayed (resume)."""
+    the trace and the journal there; a journal already there is replayed (resume).
+    `otel`: also export each call as an OpenTelemetry span through this provider."""
     bound = bind_inputs(plan, inputs)
     owned = backend is None
     if backend is None:
@@ -98,6 +104,7 @@ async def run_async(
         backend = router
     journal = Journal(run_dir.journal) if run_dir else None
     trace = TraceWriter(run_dir.trace, plan.models) if run_dir else None
+    spans = SpanWriter(otel, plan.models) if otel else None
     gateway = Gateway(
         backend,
         plan.models,
@@ -108,15 +115,17 @@ async def run_async(
     )
 
     def event(kind: str, node: IRNode, info: dict[str, Any]) -> None:
-        if trace and "stats" in info:
-            trace.write(info["stats"])
+        if "stats" in info:
+            for writer in (trace, spans):
+                if writer:
+                    writer.write(info["stats"])
         if on_event:
             on_event(kind, node, info)
 
     try:
         return await Scheduler(plan, gateway, event).run(bound)
     finally:
-        for part in (journal, trace):
+        for part in (journal, trace, spans):
             if part:
                 part.close()
         if owned:

@@ -26,6 +26,7 @@ from llmflow.errors import CompileError, InputError, LLMFlowError
 from llmflow.runtime import runs
 from llmflow.runtime.backends.base import BackendError
 from llmflow.runtime.cache import ResponseCache
+from llmflow.runtime.otel import otlp_provider
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import RunResult
 from llmflow.runtime.secrets import redact
@@ -89,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-cache",
         action="store_true",
         help="ask the models again even where the response cache has the answer",
+    )
+    run.add_argument(
+        "--otel",
+        action="store_true",
+        help="also export each call as an OpenTelemetry span to the OTLP endpoint "
+        "OTEL_EXPORTER_OTLP_ENDPOINT names (needs llmflow[otel])",
     )
     run.add_argument(
         "--resume",
@@ -314,16 +321,24 @@ def _run(args: argparse.Namespace) -> int:
         "program": str(Path(args.program).resolve()),
         "flow": plan.flow,
         "inputs": inputs,
+        "models": list(plan.models),
         "started": time.time(),
     }
     meta["status"] = "running"
     run_dir.write_meta(meta)
     progress = _Progress(plan, args.quiet)
     cache = None if args.no_cache else ResponseCache(runs.home() / "cache")
+    otel = otlp_provider() if args.otel else None
     try:
         result = asyncio.run(
             run_async(
-                plan, inputs, on_event=progress, budget=args.budget, cache=cache, run_dir=run_dir
+                plan,
+                inputs,
+                on_event=progress,
+                budget=args.budget,
+                cache=cache,
+                run_dir=run_dir,
+                otel=otel,
             )
         )
     except BaseException:
@@ -492,7 +507,9 @@ def _trace(args: argparse.Namespace) -> int:
     run_dir = RunDir.find(args.run)
     records = read_trace(run_dir.trace) if run_dir.trace.exists() else []
     if args.output:
-        path = render_timeline(records, Path(args.output))
+        meta = run_dir.read_meta()
+        title = f"{Path(meta['program']).name} · run {run_dir.id}"
+        path = render_timeline(records, Path(args.output), title, meta.get("models", ()))
         sys.stderr.write(f"wrote {path}\n")
     if args.json:
         sys.stdout.write(json.dumps(records, ensure_ascii=False, indent=2) + "\n")
