@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         metavar="RUN",
-        help="continue a run that stopped: finished calls are not sent again",
+        help="continue a run that stopped (its id, or `last`): finished calls are not sent again",
     )
     _optimizer_options(run)
 
@@ -129,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     _optimizer_options(plan)
 
     trace = command("trace", "Show a run's calls, or draw them as a timeline.")
-    trace.add_argument("run", metavar="RUN", help="a run id (see .llmflow/runs) or its folder")
+    trace.add_argument(
+        "run", metavar="RUN", help="a run id (see .llmflow/runs), its folder, or `last`"
+    )
     trace.add_argument(
         "-o", "--output", metavar="FILE", help="draw the timeline: .svg, .png, .pdf or .dot"
     )
@@ -326,6 +328,8 @@ def _run(args: argparse.Namespace) -> int:
     }
     meta["status"] = "running"
     run_dir.write_meta(meta)
+    if not args.quiet:
+        sys.stderr.write(f"run {run_dir.id}{' (resumed)' if recorded else ''}\n")
     progress = _Progress(plan, args.quiet)
     cache = None if args.no_cache else ResponseCache(runs.home() / "cache")
     otel = otlp_provider() if args.otel else None

@@ -45,12 +45,14 @@ class RunDir:
 
     @classmethod
     def find(cls, ref: str, root: Path | None = None) -> RunDir:
-        """A run by id (`20261126-124501-ab12`), or the path of its folder."""
-        for path in (Path(ref), (root or home()) / "runs" / ref):
-            if (path / "run.json").is_file():
-                return cls(path)
+        """A run by id (`20261126-124501-ab12`), the path of its folder, or `last`."""
         runs = (root or home()) / "runs"
         known = sorted(p.name for p in runs.iterdir()) if runs.is_dir() else []
+        if ref == "last" and known:
+            ref = known[-1]
+        for path in (Path(ref), runs / ref):
+            if (path / "run.json").is_file():
+                return cls(path)
         hint = f"; recent runs: {', '.join(known[-3:])}" if known else ""
         raise LLMFlowError(f"no run '{ref}' in {runs}{hint}")
 

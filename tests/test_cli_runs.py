@@ -81,8 +81,10 @@ def test_resume_checks_the_run_program_and_inputs(
     other.write_text(program.read_text())
     assert main(["run", str(other), "--resume", run.name]) == 1
     assert f"ran {program}, not {other}" in capsys.readouterr().err
-    assert main(["run", str(program), "--resume", run.name, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"answers": [default_answer("Ask a:")]}
+    assert main(["run", str(program), "--resume", "last", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"answers": [default_answer("Ask a:")]}
+    assert f"run {run.name} (resumed)" in err
 
 
 def test_the_budget_stops_sending_and_says_what_was_not_run(
