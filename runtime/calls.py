@@ -100,10 +100,12 @@ async def run_call(
     backend: Backend,
     stats: CallStats,
     priority: float = 0.0,
+    shared_tokens: int = 0,
 ) -> Any:
     """Generate every output of one call; the value is the output, or a dict of outputs.
     `stats` (the caller's, so it survives a failure) collects what the call consumed;
-    its group and `priority` are the optimizer's placement, passed on to the backend."""
+    its group (with the tokens the group shares) and `priority` are the optimizer's
+    placement, passed on to the backend."""
     values = dict(zip(call.params, args, strict=True))
     outputs: dict[str, Any] = {}
     specs = {o.name: o for o in call.outputs}
@@ -122,7 +124,9 @@ async def run_call(
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
             turns.append(Turn(role="user", text=prompt))
             pending = ""
-            value, text = await _generate(call, spec, turns, model, backend, stats, priority)
+            value, text = await _generate(
+                call, spec, turns, model, backend, stats, priority, shared_tokens
+            )
             outputs[spec.name] = value
             turns.append(Turn(role="assistant", text=text))
             if len(outputs) == len(specs):
@@ -140,6 +144,7 @@ async def _generate(
     backend: Backend,
     stats: CallStats,
     priority: float,
+    shared_tokens: int,
 ) -> tuple[Any, str]:
     stop = spec.stop
     if stop is None:
@@ -153,6 +158,7 @@ async def _generate(
         temperature=spec.temperature or 0.0,
         constraint=constraint_for(spec.type),
         group=stats.group,
+        shared_tokens=shared_tokens,
         priority=priority,
         node=stats.node or None,
     )

@@ -48,6 +48,9 @@ class GenerationRequest(BaseModel):
     """The prefix group the optimizer put this call in: calls of one group start with
     the same text, so a backend should run them together and keep their shared prefix
     warm (a KV state, a prompt-cache key). None: no sharing expected (-O0)."""
+    shared_tokens: int = 0
+    """About how many leading tokens the group's calls share (the optimizer's estimate):
+    whether warming a provider's prompt cache first is worth a round trip."""
     priority: float = 0.0
     """Higher runs first when requests wait for the same model (critical path, @latency)."""
     node: str | None = None

@@ -29,7 +29,7 @@ from llmflow.runtime.backends.base import (
     GenerationRequest,
     Turn,
 )
-from llmflow.runtime.backends.openai import OpenAIBackend, strict_schema
+from llmflow.runtime.backends.openai import WARM_MIN_TOKENS, OpenAIBackend, strict_schema
 
 PLANTED = "sk-test-PLANTED-1234567890"
 
@@ -317,8 +317,10 @@ def test_group_warms_up_before_fanning_out(
     scripted_server.reply = lambda seen: Reply(
         body=chat_reply(prompt_tokens_details={"cached_tokens": 7}).body, delay=0.3
     )
+    shared = WARM_MIN_TOKENS
     results = generate(
-        model(scripted_server.url, "openai"), *(ask(f"q{i}", group="g1") for i in range(3))
+        model(scripted_server.url, "openai"),
+        *(ask(f"q{i}", group="g1", shared_tokens=shared) for i in range(3)),
     )
     first, *rest = sorted(scripted_server.seen, key=lambda seen: seen.started)
     assert all(seen.started >= first.finished for seen in rest)
@@ -326,6 +328,20 @@ def test_group_warms_up_before_fanning_out(
     assert [r.cached_tokens for r in results] == [7, 7, 7]
     assert {seen.body["prompt_cache_key"] for seen in scripted_server.seen} == {"llmflow-g1"}
     assert all("max_completion_tokens" in seen.body for seen in scripted_server.seen)
+
+
+def test_a_group_with_a_short_shared_prefix_is_not_held_back(
+    scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+    scripted_server.reply = lambda seen: Reply(body=chat_reply().body, delay=0.3)
+    generate(
+        model(scripted_server.url, "openai"),
+        *(ask(f"q{i}", group="g1", shared_tokens=WARM_MIN_TOKENS - 1) for i in range(3)),
+    )
+    first, *rest = sorted(scripted_server.seen, key=lambda seen: seen.started)
+    assert all(seen.started < first.finished for seen in rest)  # all went together
+    assert {seen.body["prompt_cache_key"] for seen in scripted_server.seen} == {"llmflow-g1"}
 
 
 def test_request_parameters(scripted_server: ScriptedServer) -> None:
