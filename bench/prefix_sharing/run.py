@@ -7,7 +7,8 @@ lower bound, all measured in one run.
 engine without llmflow's plan (no prefix groups, no priorities, requests in arrival
 order, no saved KV states). The lower bound is the run's unique prompt tokens (the size
 of the token trie of every prompt sent) at the measured prefill rate, plus its output
-tokens at the measured decode rate.
+tokens at the measured decode rate. Each row records the 1-minute load average before and
+after its runs: llama.cpp uses both cores, so anything else running slows it down.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -125,6 +127,7 @@ def main() -> None:
     for name, (file, inputs) in chosen.items():
         base = llmflow.compile(HERE / file, optimize=False)
         optimized = optimize(llmflow.compile(HERE / file, optimize=False), inputs=inputs)
+        load_before = os.getloadavg()[0]
         times: dict[str, list[float]] = {"O0": [], "O1": []}
         last: dict[str, Recorder] = {}
         for _ in range(args.reps):
@@ -156,6 +159,7 @@ def main() -> None:
             "decode_tps": decode,
             "runs_O0": times["O0"],
             "runs_O1": times["O1"],
+            "load_1min": [load_before, os.getloadavg()[0]],
         }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)

@@ -8,7 +8,10 @@ Prefill is most of a small model's time on a CPU, so the backend makes the optim
 prefix groups pay off: calls waiting for a model are served by one worker that runs a
 group's calls back to back (their shared prefix stays in the context), and the KV state
 after a group's shared prefix is saved in a memory-bounded LRU, so a call of the group
-arriving after other prompts restores it instead of evaluating the prefix again.
+arriving after other prompts restores it instead of evaluating the prefix again. The
+optimized calls waiting when one is served that share its prefix run with it, as
+parallel sequences of one llama.cpp batch (`llama_batch`): the prefix is evaluated once
+and the calls' suffixes and outputs are decoded together, at a large batch's rate.
 Ungrouped calls of priority 0 (-O0) are served first come, first served, and reuse only
 what llama.cpp keeps of the previous call's prompt.
 """
@@ -40,6 +43,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from llmflow.compiler.models import LOCAL_MODELS, ModelSpec
+from llmflow.runtime.backends import llama_batch
 from llmflow.runtime.backends.base import (
     BackendError,
     Constraint,
@@ -62,11 +66,15 @@ DEFAULT_STATE_CACHE_MB = 1024
 """Saved KV states a backend keeps, all models together; a model's `state_cache_mb` caps
 its own (and raises the backend's total if it is larger)."""
 
+MAX_SEQUENCES = 16
+"""Calls one model decodes together (llama.cpp sequences of its context)."""
+
 _GROUP_HISTORY = 256
 """Groups whose last prompt a model remembers, to find what each group shares."""
 
 _SEQ = 0
-"""The llama.cpp sequence llama-cpp-python evaluates everything in."""
+"""The llama.cpp sequence llama-cpp-python evaluates everything in; batched calls get
+the prefix from it."""
 
 _CHUNK_FILE = re.compile(r"(?P<name>.+\.gguf)\.part(?P<index>\d+)")
 _REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -488,6 +496,9 @@ class LocalBackend:
             call = self._take(model, llm)
             if call is None:
                 return True
+            if not call.fifo:
+                self._serve_together(model, llm, call)
+                return True
             try:
                 result = self._generate(model, llm, call)
             except Exception as error:  # BackendError, or a bug: report it, never hang
@@ -495,6 +506,89 @@ class LocalBackend:
             else:
                 _settle(call, result=result)
             return True
+
+    def _serve_together(self, model: _Model, llm: Llama, call: _Call) -> None:
+        """Serve an optimized call, and with it the waiting calls that share its prefix.
+
+        The call's prefix goes into the context as for a call alone (`_prefill`: saved
+        states, save points); then the waiting optimized calls sharing at least
+        MIN_SHARED_PREFIX tokens with the context join it as parallel sequences. Each
+        result is handed over as soon as its call finishes.
+        """
+        started = time.perf_counter()
+        try:
+            tokens = self._checked_tokens(model, llm, call)
+            cached = self._prefill(model, llm, call, tokens)
+        except Exception as error:  # BackendError, llama.cpp failures, or a bug
+            _settle(call, error=_failure(model, error))
+            return
+        finally:
+            model.last_group = call.request.group
+        first = min(_common_prefix(llm._input_ids, tokens), len(tokens) - 1)
+        limit = llama_batch.max_tokens(llm, len(tokens), call.request.max_tokens)
+        room = llm.n_ctx() - llm.n_tokens - (len(tokens) - first + limit)
+        served = [(call, first, cached), *self._companions(model, llm, room)]
+        jobs = [
+            llama_batch.Job(
+                tokens=self._tokens(model, llm, c),
+                reused=reused,
+                max_tokens=c.request.max_tokens,
+                temperature=c.request.temperature,
+                seed=DEFAULT_SEED if c.request.seed is None else c.request.seed,
+                stop=[stop for stop in c.request.stop if stop],
+                grammar=c.grammar,
+                cancelled=c.cancelled.is_set,
+            )
+            for c, reused, _ in served
+        ]
+
+        def done(index: int, output: llama_batch.Output) -> None:
+            c, _, cached = served[index]
+            result = Generation(
+                text=output.text,
+                input_tokens=len(jobs[index].tokens),
+                output_tokens=len(output.tokens),
+                cached_tokens=cached + output.shared,
+                seconds=time.perf_counter() - started,
+                finish_reason=output.finish_reason,
+            )
+            _settle(c, result=result)
+
+        try:
+            llama_batch.run(llm, jobs, done)
+        except Exception as error:  # finished calls are settled already; this does not
+            for c, _, _ in served:  # change them
+                _settle(c, error=_failure(model, error))
+
+    def _companions(self, model: _Model, llm: Llama, room: int) -> list[tuple[_Call, int, int]]:
+        """Dequeue the waiting optimized calls that share at least MIN_SHARED_PREFIX
+        tokens with the context, longest share first, as many as the context has
+        sequences and KV cells (`room`) for; each with its shared length, twice (the
+        tokens it starts from, the tokens it reports as cached)."""
+        with model.mutex:
+            waiting = [c for c in model.waiting if not c.fifo]
+        shares = []
+        for c in waiting:
+            try:
+                tokens = self._checked_tokens(model, llm, c)
+            except BackendError:
+                continue  # reported when the call is served alone
+            shared = min(_common_prefix(llm._input_ids, tokens), len(tokens) - 1)
+            if shared >= MIN_SHARED_PREFIX:
+                shares.append((c, shared))
+        shares.sort(key=lambda cs: (-cs[1], -cs[0].request.priority, cs[0].order))
+        chosen = []
+        for c, shared in shares[: llama_batch.sequences(llm) - 1]:
+            assert c.tokens is not None
+            limit = llama_batch.max_tokens(llm, len(c.tokens), c.request.max_tokens)
+            if (need := len(c.tokens) - shared + limit) <= room:
+                room -= need
+                chosen.append((c, shared, shared))
+        with model.mutex:
+            chosen = [choice for choice in chosen if choice[0] in model.waiting]
+            for c, _, _ in chosen:
+                model.waiting.remove(c)
+        return chosen
 
     def _take(self, model: _Model, llm: Llama) -> _Call | None:
         """Choose and dequeue the next call (None if it was cancelled meanwhile)."""
@@ -524,14 +618,7 @@ class LocalBackend:
         """Run one call on the worker thread (blocking)."""
         request = call.request
         started = time.perf_counter()
-        tokens = self._tokens(model, llm, call)
-        if not len(tokens):
-            raise BackendError(f"empty prompt for model '{model.spec.name}'")
-        if len(tokens) >= llm.n_ctx():
-            raise BackendError(
-                f"the prompt ({len(tokens)} tokens) does not fit the context of "
-                f"model '{model.spec.name}' ({llm.n_ctx()} tokens)"
-            )
+        tokens = self._checked_tokens(model, llm, call)
         try:
             reused = self._prefill(model, llm, call, tokens)
             result = llm.create_completion(
@@ -590,14 +677,17 @@ class LocalBackend:
         # (an item of one map reading what an item of another map read).
         points = [last]
         if group is not None:
-            shared = self._group_shared(model, llm, call, tokens)
+            shared, siblings = self._group_shared(model, llm, call, tokens)
             model.group_prompts[group] = tokens
             model.group_prompts.move_to_end(group)
             if len(model.group_prompts) > _GROUP_HISTORY:
                 model.group_prompts.popitem(last=False)
             points.insert(0, shared)
-            if shared >= MIN_SHARED_PREFIX and last - shared < 2 * MIN_SHARED_PREFIX:
-                points.pop()  # a short tail after the group's prefix is cheap to redo
+            if siblings and shared >= MIN_SHARED_PREFIX and last - shared < 2 * MIN_SHARED_PREFIX:
+                # A short tail after the group's prefix is cheaper evaluated in the batch
+                # with the waiting siblings'. A call alone keeps its whole prompt: the
+                # group's next call may extend it (a conversation, a growing transcript).
+                points.pop()
         points = [p for p in points if p >= MIN_SHARED_PREFIX and p > max(in_state, reused)]
         if not points:
             return reused
@@ -611,10 +701,13 @@ class LocalBackend:
                 self._states.add(_save(llm, name, size), model.state_limit)
         return reused
 
-    def _group_shared(self, model: _Model, llm: Llama, call: _Call, tokens: np.ndarray) -> int:
+    def _group_shared(
+        self, model: _Model, llm: Llama, call: _Call, tokens: np.ndarray
+    ) -> tuple[int, bool]:
         """How much of the prompt its group shares: the longest common prefix with a
         waiting call of the group or with the group's previous prompt; all but the last
-        token when no other call of the group is known yet."""
+        token when no other call of the group is known yet. And whether calls of the
+        group are waiting."""
         group = call.request.group
         with model.mutex:
             siblings = [c for c in model.waiting if c.request.group == group]
@@ -625,7 +718,19 @@ class LocalBackend:
         if group is not None and (previous := model.group_prompts.get(group)) is not None:
             others.append(previous)
         longest = max((_common_prefix(tokens, other) for other in others), default=len(tokens))
-        return min(longest, len(tokens) - 1)
+        return min(longest, len(tokens) - 1), bool(siblings)
+
+    def _checked_tokens(self, model: _Model, llm: Llama, call: _Call) -> np.ndarray:
+        """The call's prompt tokens, if the model can take them."""
+        tokens = self._tokens(model, llm, call)
+        if not len(tokens):
+            raise BackendError(f"empty prompt for model '{model.spec.name}'")
+        if len(tokens) >= llm.n_ctx():
+            raise BackendError(
+                f"the prompt ({len(tokens)} tokens) does not fit the context of "
+                f"model '{model.spec.name}' ({llm.n_ctx()} tokens)"
+            )
+        return tokens
 
     def _tokens(self, model: _Model, llm: Llama, call: _Call) -> np.ndarray:
         """The call's prompt tokens, computed once."""
@@ -657,6 +762,13 @@ def _prompt_tokens(model: _Model, llm: Llama, request: GenerationRequest) -> lis
     if tokens[:2] == [llm.token_bos()] * 2:  # the template wrote the BOS itself
         tokens = tokens[1:]
     return tokens
+
+
+def _failure(model: _Model, error: BaseException) -> BaseException:
+    """What a caller is told when serving its call raised `error`."""
+    if isinstance(error, RuntimeError | ValueError):  # llama.cpp failures, BatchError
+        return BackendError(f"model '{model.spec.name}' failed: {error}")
+    return error  # a BackendError, or a bug: reported as it is, never hangs a caller
 
 
 def _settle(
@@ -754,6 +866,11 @@ def _load(model: _Model) -> Llama:
     except (ValueError, RuntimeError) as error:
         raise BackendError(f"could not load model '{spec.name}' from {path}: {error}") from None
     llm.verbose = False
+    try:
+        llama_batch.enable_sequences(llm, MAX_SEQUENCES)
+    except ValueError as error:  # no memory for the context: load fails as before
+        llm.close()
+        raise BackendError(f"could not load model '{spec.name}' from {path}: {error}") from None
     logger.debug("loaded %s in %.2fs", path, time.perf_counter() - started)
     chat = spec.chat if local is None or "chat" in spec.model_fields_set else local.chat
     if chat:

