@@ -100,7 +100,9 @@ async def run_async(
     owned = backend is None
     if backend is None:
         router = Router(plan.models)
-        router.check({call.call.model for call in plan.calls() if call.call})
+        used = {call.call.model for call in plan.calls() if call.call}
+        router.check(used)
+        router.open(used)
         backend = router
     journal = Journal(run_dir.journal) if run_dir else None
     trace = TraceWriter(run_dir.trace, plan.models) if run_dir else None

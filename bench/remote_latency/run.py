@@ -3,7 +3,7 @@
 same workflow in LangGraph, in the same run.
 
     python bench/remote_latency/run.py [--reps 7] [--latency 0.2] [--prefill 0.0002]
-                                       [--decode 0.01] [--json out.json]
+                                       [--decode 0.01] [--json out.json] [--floors]
 
 The program (`program.llmflow`): 32 map calls over 8 groups of 4 parts, one reduce call
 per group, one final call. llmflow runs it through `llmflow.api.run_async` (an
@@ -13,37 +13,51 @@ optimized (the default) and at -O0. LangGraph runs the same calls as a `StateGra
 the server with the `openai` SDK's `AsyncOpenAI` directly. All send exactly the same 41
 prompts (checked against the server's log), distinct per run.
 
+`--floors` adds the same workflow (each reduce as soon as its group is in) with no
+runtime at all, each a floor for what a client on this machine can do: `sdk floor` calls
+the server as llmflow's backend does (`AsyncOpenAI.post`, the answer read as JSON),
+`httpx floor` with the SDK's HTTP client alone (`openai.DefaultAsyncHttpxClient`),
+`socket floor` with hand-written HTTP/1.1 on asyncio streams (keep-alive connections).
+
 The server (`python -m llmflow.runtime.testing.server`, its own process) serves every
 request in `latency + prefill * prompt tokens + decode * output tokens` seconds, its
 prefix cache off so that service times do not depend on arrival order. The lower bound
 is the longest chain map → reduce → final of those service times, read from the
 server's log. Makespan is the client's wall clock around the whole run (`asyncio.run`,
 client creation included); the server's span (first arrival to last reply) is shown too.
+Every run starts after a full garbage collection (untimed), as a run of `llmflow run` starts
+in a fresh process: in this long-lived one, a full collection of what earlier runs and
+compiles left behind takes ~100 ms and would fall into whichever run crosses the threshold.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import operator
 import os
 import platform
 import secrets
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
+from urllib.parse import urlsplit
 
 import llmflow
 from llmflow.runtime.testing.server import default_answer
 
 try:  # pip install -r bench/requirements.txt
+    import openai
     from langgraph.graph import END, START, StateGraph
     from langgraph.types import Send
     from openai import AsyncOpenAI
@@ -55,6 +69,7 @@ PROGRAM = HERE / "program.llmflow"
 MODEL = "bench-model"
 GROUPS, PER_GROUP = 8, 4
 SYSTEMS = ("llmflow", "llmflow -O0", "langgraph")
+FLOORS = ("sdk floor", "httpx floor", "socket floor")
 MAX_TOKENS = 16
 
 # The prompts, as llmflow renders program.llmflow's templates (a chat model gets the text
@@ -237,6 +252,102 @@ async def run_langgraph(url: str, run: str) -> str:
     return out["answer"]
 
 
+# -- floors: the workflow with no runtime, through less and less of the HTTP stack
+
+LLM = Callable[[str], Awaitable[str]]
+
+
+async def workflow(run: str, llm: LLM) -> str:
+    """Each reduce as soon as its group's summaries are in, then the final call."""
+
+    async def section(parts: list[str]) -> str:
+        summaries = await asyncio.gather(*(llm(MAP.format(run=run, part=p)) for p in parts))
+        return await llm(REDUCE.format(run=run, summaries=bullets(list(summaries))))
+
+    sections = await asyncio.gather(*(section(parts) for parts in inputs(run)["groups"]))
+    return await llm(FINAL.format(run=run, summaries=bullets(list(sections))))
+
+
+def body(prompt: str) -> dict[str, Any]:
+    messages = [{"role": "user", "content": prompt}]
+    return {"model": MODEL, "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0.0}
+
+
+def answer_of(raw: bytes) -> str:
+    return (json.loads(raw)["choices"][0]["message"]["content"] or "").strip()
+
+
+def no_ca_client() -> Any:
+    """The SDK's HTTP client as llmflow's backend makes it for an http:// server."""
+    return openai.DefaultAsyncHttpxClient(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+
+
+async def run_sdk_floor(url: str, run: str) -> str:
+    client = AsyncOpenAI(
+        base_url=url, api_key="no-key", max_retries=0, timeout=60.0, http_client=no_ca_client()
+    )
+
+    async def llm(prompt: str) -> str:
+        raw = await client.post("/chat/completions", cast_to=bytes, body=body(prompt))
+        return answer_of(raw)
+
+    try:
+        return await workflow(run, llm)
+    finally:
+        await client.close()
+
+
+async def run_httpx_floor(url: str, run: str) -> str:
+    client = no_ca_client()
+    headers = {"content-type": "application/json"}
+
+    async def llm(prompt: str) -> str:
+        data = json.dumps(body(prompt)).encode()
+        response = await client.post(f"{url}/chat/completions", content=data, headers=headers)
+        response.raise_for_status()
+        return answer_of(response.content)
+
+    try:
+        return await workflow(run, llm)
+    finally:
+        await client.aclose()
+
+
+async def run_socket_floor(url: str, run: str) -> str:
+    parts = urlsplit(url)
+    host, port, path = parts.hostname or "", parts.port or 80, f"{parts.path}/chat/completions"
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def llm(prompt: str) -> str:
+        reader, writer = idle.pop() if idle else await asyncio.open_connection(host, port)
+        data = json.dumps(body(prompt)).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
+        )
+        writer.write(head.encode() + data)
+        status, *lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+        if status.split()[1] != "200":
+            raise RuntimeError(status)
+        fields = dict(line.lower().split(": ", 1) for line in lines if line)
+        raw = await reader.readexactly(int(fields["content-length"]))
+        idle.append((reader, writer))
+        return answer_of(raw)
+
+    try:
+        return await workflow(run, llm)
+    finally:
+        for _, writer in idle:
+            writer.close()
+
+
+FLOOR_RUNS = {
+    "sdk floor": run_sdk_floor,
+    "httpx floor": run_httpx_floor,
+    "socket floor": run_socket_floor,
+}
+
+
 # -- measuring
 
 
@@ -248,11 +359,14 @@ def measure(system: str, server: Server, rep: int) -> dict[str, Any]:
     if system.startswith("llmflow"):
         plan = llmflow.compile(PROGRAM, inputs=inputs(run), optimize=system == "llmflow")
     before = len(server.records())
+    gc.collect()  # what earlier runs left is not this run's to collect
     start, clock = time.perf_counter(), time.time()
     if plan is not None:
         answer = asyncio.run(run_llmflow(plan, run))
-    else:
+    elif system == "langgraph":
         answer = asyncio.run(run_langgraph(server.url, run))
+    else:
+        answer = asyncio.run(FLOOR_RUNS[system](server.url, run))
     seconds = time.perf_counter() - start
     ended = clock + seconds
     records = server.records()[before:]
@@ -297,14 +411,14 @@ def machine_line() -> str:
     )
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], systems: tuple[str, ...]) -> str:
     lines = [
         "| system | makespan, median (min–max) | lower bound | makespan / bound "
         "| server span | span / bound | first request | after last reply "
         "| reduce waits (max) | final wait |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for system in SYSTEMS:
+    for system in systems:
         mine = [r for r in rows if r["system"] == system]
         runs = [r["seconds"] for r in mine]
         med = statistics.median(runs)
@@ -334,7 +448,11 @@ def main() -> None:
     parser.add_argument("--prefill", type=float, default=0.0002, help="seconds per prompt token")
     parser.add_argument("--decode", type=float, default=0.01, help="seconds per output token")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument(
+        "--floors", action="store_true", help="also run the workflow with no runtime (floors)"
+    )
     args = parser.parse_args()
+    systems = SYSTEMS + FLOORS if args.floors else SYSTEMS
     print(machine_line() + " (at the start)", flush=True)
     with tempfile.TemporaryDirectory(prefix="llmflow-remote-") as tmp:
         server = Server.start(args.latency, args.prefill, args.decode, Path(tmp) / "log.jsonl")
@@ -342,7 +460,7 @@ def main() -> None:
         try:
             rows = []
             for rep in range(-1, args.reps):  # rep -1 warms all up (imports, clients)
-                order = SYSTEMS[rep % len(SYSTEMS) :] + SYSTEMS[: rep % len(SYSTEMS)]
+                order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
                 for system in order:
                     row = measure(system, server, rep)
                     print(json.dumps(row), file=sys.stderr)
@@ -351,7 +469,7 @@ def main() -> None:
         finally:
             server.stop()
     print(machine_line() + " (at the end)\n")
-    print(table(rows))
+    print(table(rows, systems))
     print(
         f"\n{args.reps} runs each, alternating; server: {args.latency * 1e3:.0f} ms per call "
         f"+ {args.prefill * 1e3:g} ms per prompt token + {args.decode * 1e3:g} ms per output "

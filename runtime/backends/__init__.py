@@ -32,6 +32,19 @@ class Router:
 
                 check_model(spec)
 
+    def open(self, used: set[str]) -> None:
+        """Create the hosted models' HTTP clients now, before the run starts, rather than
+        in its first call (embedded models still load on first use)."""
+        hosted = {name for name in used if self.models[name].backend != "local"}
+        if hosted:
+            from llmflow.runtime.backends.openai import OpenAIBackend
+
+            backend = self._backends.get("openai")
+            if backend is None:
+                backend = self._backends["openai"] = self._create("openai")
+            assert isinstance(backend, OpenAIBackend)
+            backend.open(hosted)
+
     async def generate(self, request: GenerationRequest) -> Generation:
         kind = "local" if self.models[request.model].backend == "local" else "openai"
         backend = self._backends.get(kind)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import os
+import ssl
 import time
 from typing import Any
 
@@ -127,6 +129,11 @@ class OpenAIBackend:
         await warm.wait()
         return await self._send(spec, request)
 
+    def open(self, names: set[str]) -> None:
+        """Create the clients of these models (one per address and key) ahead of use."""
+        for name in sorted(names):
+            self._client(self._models[name])
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.close()
@@ -143,6 +150,7 @@ class OpenAIBackend:
                 base_url=key[0],
                 max_retries=0,  # one attempt: the layer above retries with backoff
                 timeout=DEFAULT_TIMEOUT,
+                http_client=_plain_http_client(key[0]),
             )
         return self._clients[key], key
 
@@ -172,10 +180,27 @@ class OpenAIBackend:
             ) from None
 
 
+def _plain_http_client(url: str | None) -> Any:
+    """The HTTP client for a server reached over plain http (a self-hosted one): the SDK's
+    own, but with a TLS context that loads no certificates, since none is ever used; the
+    default one reads the system's whole CA bundle, 20-40 ms per client. Verification
+    stays on, so an https address reached anyway (a redirect) fails rather than being
+    trusted. None (the SDK's default client) for https."""
+    if url is None or not url.lower().startswith("http://"):
+        return None
+    return openai.DefaultAsyncHttpxClient(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+
+
 async def _create(client: AsyncOpenAI, spec: ModelSpec, params: dict[str, Any]) -> Any:
-    if spec.chat:
-        return await client.chat.completions.create(**params)
-    return await client.completions.create(**params)
+    """One request, through the SDK's generic `post`: its transport, headers, timeouts
+    and errors (`APIStatusError`, `APITimeoutError`, ...), without the typed methods'
+    parameter transform and response models, about 0.6 ms of CPU per request that a
+    fan-out of 32 calls pays one after another. The answer is read as plain JSON (a
+    body that is not JSON raises ValueError: a malformed response)."""
+    body = {name: value for name, value in params.items() if name != "timeout"}
+    path = "/chat/completions" if spec.chat else "/completions"
+    raw = await client.post(path, cast_to=bytes, body=body, options={"timeout": params["timeout"]})
+    return json.loads(raw)
 
 
 def _params(spec: ModelSpec, request: GenerationRequest, legacy_schema: bool) -> dict[str, Any]:
@@ -231,29 +256,31 @@ def _schema_rejected(spec: ModelSpec, params: dict[str, Any], error: openai.APIS
 
 
 def _generation(spec: ModelSpec, response: Any, stop: list[str], seconds: float) -> Generation:
-    """Read a response; a part missing or of the wrong kind raises AttributeError,
-    LookupError, TypeError or ValueError (the caller reports a malformed response)."""
-    choice = response.choices[0]
+    """Read a response's JSON body; a part missing or of the wrong kind raises
+    AttributeError, LookupError, TypeError or ValueError (the caller reports a malformed
+    response)."""
+    choice = response["choices"][0]
     if spec.chat:
-        if choice.message.content is None and getattr(choice.message, "refusal", None):
-            refusal = secrets.redact(str(choice.message.refusal))
+        message = choice["message"]
+        if message.get("content") is None and message.get("refusal"):
+            refusal = secrets.redact(str(message["refusal"]))
             raise BackendError(f"model '{spec.name}' refused: {refusal}")
-        text = choice.message.content or ""
+        text = message.get("content") or ""
     else:
-        text = choice.text or ""
+        text = choice.get("text") or ""
     if not isinstance(text, str):
         raise TypeError("the generated text is not a string")
-    finish_reason = choice.finish_reason
+    finish_reason = choice.get("finish_reason")
     for sequence in stop[MAX_STOP:]:  # those OpenAI could not take
         if sequence and sequence in text:
             text, finish_reason = text[: text.index(sequence)], "stop"
-    usage = response.usage
-    details = getattr(usage, "prompt_tokens_details", None)
+    usage = response.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
     return Generation(
         text=text,
-        input_tokens=getattr(usage, "prompt_tokens", None) or 0,
-        output_tokens=getattr(usage, "completion_tokens", None) or 0,
-        cached_tokens=getattr(details, "cached_tokens", None) or 0,
+        input_tokens=usage.get("prompt_tokens") or 0,
+        output_tokens=usage.get("completion_tokens") or 0,
+        cached_tokens=details.get("cached_tokens") or 0,
         seconds=seconds,
         finish_reason=finish_reason,
     )

@@ -16,12 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 import llmflow
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import Prim, RecordT, json_schema
 from llmflow.runtime.backends import Router
+from llmflow.runtime.backends import openai as openai_backend
 from llmflow.runtime.backends.base import (
     BackendError,
     Constraint,
@@ -430,3 +432,48 @@ def test_router_checks_keys_and_addresses(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MINE", "a-long-enough-key")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     router.check(set(models))
+
+
+def test_a_refusal_is_reported(scripted_server: ScriptedServer) -> None:
+    refusal = {"role": "assistant", "content": None, "refusal": "I cannot help with that."}
+    body = chat_reply().body | {"choices": [{"index": 0, "message": refusal}]}
+    scripted_server.reply = lambda seen: Reply(body=body)
+    error = failure(model(scripted_server.url), ask("hi"))
+    assert error.message == "model 'm' refused: I cannot help with that."
+    assert not error.retryable
+
+
+def test_clients_are_made_before_the_run(
+    scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Router.open` makes each hosted model's client up front: the calls make none."""
+    made: list[str] = []
+    real = openai_backend.AsyncOpenAI
+
+    def counting(**options: Any) -> Any:
+        made.append(str(options["base_url"]))
+        return real(**options)
+
+    monkeypatch.setattr(openai_backend, "AsyncOpenAI", counting)
+    router = Router({"m": model(scripted_server.url)})
+    router.open({"m"})
+    assert made == [scripted_server.url]
+
+    async def calls() -> list[Generation]:
+        try:
+            return list(await asyncio.gather(*(router.generate(ask(f"q{i}")) for i in range(3))))
+        finally:
+            await router.aclose()
+
+    assert [g.text for g in asyncio.run(calls())] == ["ok"] * 3
+    assert made == [scripted_server.url]
+
+
+def test_plain_http_servers_get_a_client_without_certificates() -> None:
+    """A server reached over http never uses TLS: its client loads no CA bundle (20-40 ms
+    per client), and an https address it might reach anyway is not trusted."""
+    client = openai_backend._plain_http_client("http://127.0.0.1:8000/v1")
+    assert isinstance(client, openai.DefaultAsyncHttpxClient)
+    asyncio.run(client.aclose())
+    assert openai_backend._plain_http_client("https://api.openai.com/v1") is None
+    assert openai_backend._plain_http_client(None) is None
