@@ -172,10 +172,16 @@ def _optimizer_options(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def _compile(args: argparse.Namespace, partial: bool) -> tuple[Plan, dict[str, Any]]:
-    """Compile, read the inputs against the flow's types, then optimize knowing them."""
+def _compile(
+    args: argparse.Namespace, partial: bool, recorded: dict[str, Any] | None = None
+) -> tuple[Plan, dict[str, Any]]:
+    """Compile, read the inputs against the flow's types (a resumed run's `recorded`
+    inputs when none are given), then optimize knowing them."""
     plan = compile(args.program, args.flow, optimize=False)
-    inputs = parse_inputs(plan, args.input, partial=partial)
+    if recorded is not None and not args.input:
+        inputs = bind_inputs(plan, recorded)
+    else:
+        inputs = parse_inputs(plan, args.input, partial=partial)
     if args.level > 0:
         plan = optimize(plan, inputs=inputs, objective=args.objective, budget=args.budget)
     return plan, inputs
@@ -307,18 +313,14 @@ class _Progress:
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_dir, recorded = _open_run(args)
-    plan = compile(args.program, args.flow, optimize=False)
-    if args.input or recorded is None:
-        inputs = parse_inputs(plan, args.input)
-    else:
-        inputs = bind_inputs(plan, recorded["inputs"])
-    if recorded is not None and inputs != recorded["inputs"]:
+    resumed, recorded = _resumed_run(args)
+    plan, inputs = _compile(args, partial=False, recorded=recorded["inputs"] if recorded else None)
+    if resumed is not None and recorded is not None and inputs != recorded["inputs"]:
         raise LLMFlowError(
-            f"run {run_dir.id} ran with other inputs; resume without -i to reuse them"
+            f"run {resumed.id} ran with other inputs; resume without -i to reuse them"
         )
-    if args.level > 0:
-        plan = optimize(plan, inputs=inputs, objective=args.objective, budget=args.budget)
+    # Only a program that compiled, with valid inputs, gets a run folder.
+    run_dir = resumed or RunDir.create()
     meta = recorded or {
         "program": str(Path(args.program).resolve()),
         "flow": plan.flow,
@@ -372,10 +374,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_run(args: argparse.Namespace) -> tuple[RunDir, dict[str, Any] | None]:
-    """A new run's folder, or the folder and record of the run to resume."""
+def _resumed_run(args: argparse.Namespace) -> tuple[RunDir | None, dict[str, Any] | None]:
+    """The folder and record of the run `--resume` names (None, None: a new run)."""
     if not args.resume:
-        return RunDir.create(), None
+        return None, None
     run_dir = RunDir.find(args.resume)
     recorded = run_dir.read_meta()
     if Path(args.program).resolve() != Path(recorded["program"]):

@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 
 from llmflow.compiler.ir import LLMCall, OutputSpec
 from llmflow.compiler.models import ModelSpec
-from llmflow.compiler.optimizer.costs import token_dollars
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
 from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
 from llmflow.runtime.values import InvalidValue, describe_type, parse_output
@@ -57,21 +56,17 @@ class CallStats(BaseModel):
     error: str | None = None
     events: list[dict[str, Any]] = Field(default_factory=list)
 
-    def add(self, gen: Generation, model: ModelSpec) -> None:
+    def add(self, gen: Generation) -> None:
         self.input_tokens += gen.input_tokens
         self.cached_tokens += gen.cached_tokens
         self.output_tokens += gen.output_tokens
+        self.dollars += gen.dollars
         self.seconds += gen.seconds
         self.generations += 1
         self.retries += gen.retries
         self.events += gen.events
-        if gen.source == "cache":
-            self.cache_hits += 1
-        elif gen.source == "journal":
-            self.journal_hits += 1
-        else:
-            fresh = gen.input_tokens - gen.cached_tokens
-            self.dollars += token_dollars(model, fresh, gen.cached_tokens, gen.output_tokens)
+        self.cache_hits += gen.source == "cache"
+        self.journal_hits += gen.source == "journal"
 
 
 def default_max_tokens(t: Type) -> int:
@@ -165,7 +160,7 @@ async def _generate(
     error = ""
     for attempt in range(ATTEMPTS):
         generation = await backend.generate(request)
-        stats.add(generation, model)
+        stats.add(generation)
         text = generation.text if not model.chat else generation.text.strip()
         try:
             return parse_output(spec.type, text), text

@@ -59,12 +59,13 @@ class Gateway:
     async def generate(self, request: GenerationRequest) -> Generation:
         spec = self.models[request.model]
         key = request_key(spec, request) if self.journal or self.cache else ""  # ~15 µs
+        replayed = {"seconds": 0.0, "dollars": 0.0}
         if self.journal and (answer := self.journal.take(key)):
-            return answer.model_copy(update={"source": "journal", "seconds": 0.0})
+            return answer.model_copy(update={"source": "journal", **replayed})
         if self.cache and deterministic(request) and (answer := self.cache.get(key)):
             if self.journal:
                 self.journal.record(key, answer)
-            return answer.model_copy(update={"source": "cache", "seconds": 0.0})
+            return answer.model_copy(update={"source": "cache", **replayed})
         prompt_tokens = prompt_tokens_at_most(request)
         most = token_dollars(spec, prompt_tokens, 0, request.max_tokens)
         if self.budget:
@@ -74,6 +75,7 @@ class Gateway:
             answer = await self._send(spec, request, prompt_tokens)
             fresh = answer.input_tokens - answer.cached_tokens
             cost = token_dollars(spec, fresh, answer.cached_tokens, answer.output_tokens)
+            answer.dollars = cost
         finally:
             if self.budget:
                 self.budget.settle(most, cost)

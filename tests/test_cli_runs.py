@@ -81,6 +81,8 @@ def test_resume_checks_the_run_program_and_inputs(
     other.write_text(program.read_text())
     assert main(["run", str(other), "--resume", run.name]) == 1
     assert f"ran {program}, not {other}" in capsys.readouterr().err
+    assert main(["run", str(program), "-i", "qs=not json"]) == 1  # no folder for it
+    assert runs() == [run]
     assert main(["run", str(program), "--resume", "last", "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out) == {"answers": [default_answer("Ask a:")]}

@@ -39,18 +39,19 @@ class Router:
         if hosted:
             from llmflow.runtime.backends.openai import OpenAIBackend
 
-            backend = self._backends.get("openai")
-            if backend is None:
-                backend = self._backends["openai"] = self._create("openai")
+            backend = self._backend("openai")
             assert isinstance(backend, OpenAIBackend)
             backend.open(hosted)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         kind = "local" if self.models[request.model].backend == "local" else "openai"
+        return await self._backend(kind).generate(request)
+
+    def _backend(self, kind: str) -> Backend:
         backend = self._backends.get(kind)
         if backend is None:
             backend = self._backends[kind] = self._create(kind)
-        return await backend.generate(request)
+        return backend
 
     def _create(self, kind: str) -> Backend:
         if kind == "local":

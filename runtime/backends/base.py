@@ -65,6 +65,9 @@ class Generation(BaseModel):
     """Prompt tokens the backend did not have to evaluate again (reused prefix)."""
     seconds: float = 0.0
     finish_reason: str | None = None
+    dollars: float = 0.0
+    """What this answer cost at the model's prices (the gateway sets it; answers from
+    the cache or a journal cost nothing)."""
     source: Literal["model", "cache", "journal"] = "model"
     """Who answered: the model, the response cache, or a resumed run's journal."""
     retries: int = 0
