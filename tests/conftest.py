@@ -1,7 +1,10 @@
-"""Shared helpers: compile a program written inline in a test; a private LLMFLOW_HOME."""
+"""Shared helpers: compile a program written inline in a test; a private LLMFLOW_HOME;
+the `graphviz` mark for tests that call Graphviz's programs."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +13,30 @@ import pytest
 
 import llmflow
 from llmflow.compiler.ir import Plan
+
+GRAPHVIZ_HINT = (
+    "install Graphviz to run it: apt-get install graphviz (Debian, Ubuntu), "
+    "brew install graphviz (macOS), conda install -c conda-forge graphviz, "
+    "or choco install graphviz (Windows)"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "graphviz(program): runs Graphviz's `program` (dot, neato); skipped without it"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test whose Graphviz program is missing, saying how to get it; where
+    LLMFLOW_REQUIRE_GRAPHVIZ is set (CI), fail instead, so CI runs every test."""
+    for mark in item.iter_markers("graphviz"):
+        program = mark.args[0] if mark.args else "dot"
+        if shutil.which(program) is None:
+            message = f"Graphviz's `{program}` is not on PATH; {GRAPHVIZ_HINT}"
+            if os.environ.get("LLMFLOW_REQUIRE_GRAPHVIZ"):
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)

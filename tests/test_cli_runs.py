@@ -104,6 +104,7 @@ def test_the_budget_stops_sending_and_says_what_was_not_run(
     assert 0 < spent <= 0.06
 
 
+@pytest.mark.graphviz("neato")
 def test_trace_lists_prints_and_draws_a_run(
     program: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

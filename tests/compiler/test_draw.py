@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from llmflow.compiler.picture import CRITICAL, DrawError
 
 Make = Callable[..., Plan]
 
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is missing")
+needs_dot = pytest.mark.graphviz("dot")
 ROOT = Path(__file__).resolve().parents[2]
 
 

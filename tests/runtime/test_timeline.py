@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from llmflow.compiler.picture import CRITICAL, PALETTE, DrawError
 from llmflow.runtime.timeline import TraceError, draw_timeline, read_trace, render_timeline
 
-needs_neato = pytest.mark.skipif(shutil.which("neato") is None, reason="Graphviz is missing")
+needs_neato = pytest.mark.graphviz("neato")
 T0 = 1764159000.0
 
 
