@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,11 +28,13 @@ from llmflow.errors import CompileError, InputError, LLMFlowError
 from llmflow.runtime import runs
 from llmflow.runtime.backends.base import BackendError
 from llmflow.runtime.cache import ResponseCache
+from llmflow.runtime.journal import read_journal
 from llmflow.runtime.otel import otlp_provider
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import RunResult
 from llmflow.runtime.secrets import redact
 from llmflow.runtime.stats import ModelStats, model_stats
+from llmflow.runtime.trace import read_trace
 
 EXAMPLES = {
     "run": "llmflow run examples/hello.llmflow -i name=Ada\n"
@@ -328,14 +332,16 @@ def _run(args: argparse.Namespace) -> int:
         "models": list(plan.models),
         "started": time.time(),
     }
-    meta["status"] = "running"
-    run_dir.write_meta(meta)
-    if not args.quiet:
-        sys.stderr.write(f"run {run_dir.id}{' (resumed)' if recorded else ''}\n")
-    progress = _Progress(plan, args.quiet)
-    cache = None if args.no_cache else ResponseCache(runs.home() / "cache")
-    otel = otlp_provider() if args.otel else None
+    restore_sigterm = _stop_on_sigterm()
+    cache = None
     try:
+        meta["status"] = "running"
+        run_dir.write_meta(meta)
+        if not args.quiet:
+            sys.stderr.write(f"run {run_dir.id}{' (resumed)' if recorded else ''}\n")
+        progress = _Progress(plan, args.quiet)
+        cache = None if args.no_cache else ResponseCache(runs.home() / "cache", _warn)
+        otel = otlp_provider() if args.otel else None
         result = asyncio.run(
             run_async(
                 plan,
@@ -347,12 +353,21 @@ def _run(args: argparse.Namespace) -> int:
                 otel=otel,
             )
         )
-    except BaseException:
+    except BaseException as err:
+        # Whatever ended the run (an error of any kind, Ctrl-C, SIGTERM), its record
+        # must not say "running".
         meta["status"] = "stopped"
-        run_dir.write_meta(meta)
+        try:
+            run_dir.write_meta(meta)
+        except LLMFlowError as problem:
+            _warn(str(problem))
         sys.stderr.write(f"\nresume: llmflow run {args.program} --resume {run_dir.id}\n")
+        if isinstance(err, _Terminated):
+            sys.stderr.write("terminated\n")
+            return 143
         raise
     finally:
+        restore_sigterm()
         if cache:
             cache.close()
     meta.update(status="failed" if result.failures else "done", outputs=result.outputs)
@@ -374,14 +389,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, to stop it the way Ctrl-C does."""
+
+
+def _stop_on_sigterm() -> Callable[[], None]:
+    """Until the returned function is called, SIGTERM stops the run cleanly (its record
+    says "stopped", and it can be resumed); a second SIGTERM kills at once."""
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"warning: {redact(message)}\n")
+
+
 def _resumed_run(args: argparse.Namespace) -> tuple[RunDir | None, dict[str, Any] | None]:
-    """The folder and record of the run `--resume` names (None, None: a new run)."""
+    """The folder and record of the run `--resume` names (None, None: a new run). A run
+    whose record still says "running" was killed: it resumes like a stopped one."""
     if not args.resume:
         return None, None
     run_dir = RunDir.find(args.resume)
     recorded = run_dir.read_meta()
     if Path(args.program).resolve() != Path(recorded["program"]):
         raise LLMFlowError(f"run {run_dir.id} ran {recorded['program']}, not {args.program}")
+    _, unreadable = read_journal(run_dir.journal)
+    read_trace(run_dir.trace)  # a directory in its place is an error now, not mid-run
+    if unreadable:
+        _warn(
+            f"run {run_dir.id}: {unreadable} unreadable journal line"
+            f"{'s' if unreadable != 1 else ''} skipped (their calls are sent again)"
+        )
     return run_dir, recorded
 
 
@@ -508,12 +554,14 @@ def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
 
 def _trace(args: argparse.Namespace) -> int:
     """A run's calls: a table, the records as JSON, or a timeline picture."""
-    from llmflow.runtime.timeline import read_trace, render_timeline
+    from llmflow.runtime.timeline import render_timeline
 
     run_dir = RunDir.find(args.run)
-    records = read_trace(run_dir.trace) if run_dir.trace.exists() else []
+    meta = run_dir.read_meta()
+    records, unreadable = read_trace(run_dir.trace)
+    if unreadable:
+        _warn(f"{unreadable} unreadable trace line{'s' if unreadable != 1 else ''} skipped")
     if args.output:
-        meta = run_dir.read_meta()
         title = f"{Path(meta['program']).name} · run {run_dir.id}"
         path = render_timeline(records, Path(args.output), title, meta.get("models", ()))
         sys.stderr.write(f"wrote {path}\n")

@@ -1,36 +1,65 @@
 """The run journal: every answer a run received, written the moment it arrives, so a run
 that dies (a crash, Ctrl-C, `kill -9`) resumes without asking any model again.
 
-One JSON line per answer, keyed like the response cache. Each line is flushed to the
-operating system as it is written, which survives the death of the process (not of the
+One JSON line per answer, keyed like the response cache. Each line is written to the
+operating system as it is recorded, which survives the death of the process (not of the
 machine). On resume the journal is read back, and a request whose key has an unused
 answer takes it instead of going to the model: identical requests are answered in the
 order they were first answered, so a sampled (non-deterministic) call gets its own
 recorded answer back too.
+
+A crash may cut the journal anywhere, and a folder may come from elsewhere: a line that
+cannot be read back whole (cut short, not UTF-8, not JSON, not an entry of the right
+shape and types) is skipped and counted, never fatal. Its call is simply sent again.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict, deque
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from llmflow.runtime.backends.base import Generation
+from llmflow.runtime.store import JsonLines, read_json_lines
+
+
+def read_journal(path: Path) -> tuple[list[tuple[str, Generation]], int]:
+    """The journal's entries (key, answer) in the order they were written, and how many
+    lines were unreadable. A missing journal is empty; a directory in its place is an
+    error naming it."""
+    values, unreadable = read_json_lines(path)
+    entries = []
+    for value in values:
+        entry = _entry(value)
+        if entry is None:
+            unreadable += 1
+        else:
+            entries.append(entry)
+    return entries, unreadable
+
+
+def _entry(value: Any) -> tuple[str, Generation] | None:
+    if not isinstance(value, dict):
+        return None
+    key, generation = value.get("key"), value.get("generation")
+    if not isinstance(key, str) or not isinstance(generation, dict):
+        return None
+    try:
+        return key, Generation.model_validate(generation, strict=True)
+    except ValidationError:
+        return None
 
 
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
+        entries, self.unreadable = read_journal(path)
         self._replay: dict[str, deque[Generation]] = defaultdict(deque)
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the last line of a killed run may be cut short
-                self._replay[entry["key"]].append(Generation.model_validate(entry["generation"]))
-        self._file = path.open("a", encoding="utf-8")
-        path.chmod(0o600)
+        for key, generation in entries:
+            self._replay[key].append(generation)
+        self._out = JsonLines(path)
 
     @property
     def replayable(self) -> int:
@@ -42,9 +71,7 @@ class Journal:
         return queue.popleft() if queue else None
 
     def record(self, key: str, generation: Generation) -> None:
-        entry = {"key": key, "generation": generation.model_dump(mode="json")}
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._file.flush()
+        self._out.write({"key": key, "generation": generation.model_dump(mode="json")})
 
     def close(self) -> None:
-        self._file.close()
+        self._out.close()

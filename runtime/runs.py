@@ -1,32 +1,78 @@
 """Where a run keeps what outlives it: `.llmflow/` in the working directory (or
-`$LLMFLOW_HOME`), owner-only, holding the response cache and one folder per run.
+`$LLMFLOW_HOME`), holding the response cache and one folder per run.
 
-    .llmflow/cache/                 response cache (diskcache, JSON entries)
+    .llmflow/cache/cache.db         response cache (SQLite, key → JSON text)
     .llmflow/runs/RUN/run.json      program, flow, inputs, options, status, outputs
     .llmflow/runs/RUN/journal.jsonl every answer received (for --resume)
     .llmflow/runs/RUN/trace.jsonl   one record per call (OpenTelemetry GenAI names)
+
+Our folders are 0700 and our files 0600. The home folder is created 0700 when it does not
+exist; one that exists (a folder `LLMFLOW_HOME` names) keeps its mode.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from llmflow.errors import LLMFlowError
+from llmflow.runtime.store import StoreError, dumps, read_json_file
+
+STATUSES = ("running", "stopped", "done", "failed")
+"""A run that is "running" in its record but whose process is gone was killed (SIGKILL,
+power loss): it is treated as stopped."""
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "program": str,
+    "flow": str,
+    "inputs": dict,
+    "models": list,
+    "status": str,
+    "started": (int, float),
+}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"outputs": dict, "finished": (int, float)}
 
 
 def home() -> Path:
     return Path(os.environ.get("LLMFLOW_HOME") or ".llmflow")
 
 
-def private_dir(path: Path) -> Path:
-    """Create a folder only its owner can read (and tighten one that exists)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
+def ensure_home(root: Path | None = None) -> Path:
+    """The home folder: created owner-only if it does not exist (its missing parents get
+    the usual mode); an existing one keeps its mode."""
+    root = root or home()
+    try:
+        root.mkdir(mode=0o700, parents=True)
+        root.chmod(0o700)  # the umask may have taken bits from mkdir's mode
+    except FileExistsError:
+        if not root.is_dir():
+            raise StoreError(f"{root} is not a folder (LLMFLOW_HOME names where runs go)") from None
+    except OSError as err:
+        raise StoreError(f"cannot create {root}: {err.strerror}") from None
+    return root
+
+
+def private_dir(path: Path, parents: bool = False) -> Path:
+    """One of llmflow's own folders: created owner-only, or tightened to it (group and
+    others lose their access; the owner's own bits are left as they are)."""
+    try:
+        path.mkdir(mode=0o700, parents=parents)
+        path.chmod(0o700)  # the umask may have taken bits from mkdir's mode
+    except FileExistsError:
+        if not path.is_dir():
+            raise StoreError(f"{path} is not a folder") from None
+        try:
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                path.chmod(mode & 0o700)
+        except OSError as err:
+            raise StoreError(f"cannot use {path}: {err.strerror}") from None
+    except OSError as err:
+        raise StoreError(f"cannot create {path}: {err.strerror}") from None
     return path
 
 
@@ -37,24 +83,34 @@ class RunDir:
 
     @classmethod
     def create(cls, root: Path | None = None) -> RunDir:
-        runs = private_dir((root or home()) / "runs")
-        private_dir(runs.parent)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = runs / f"{stamp}-{secrets.token_hex(2)}"
-        return cls(private_dir(path))
+        """A new run folder, never one another run has: two runs started in the same
+        second (or at the same instant, in two processes) get two folders."""
+        runs = private_dir(ensure_home(root) / "runs")
+        for _ in range(1000):
+            path = runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise StoreError(f"cannot create a run folder in {runs}: {err.strerror}") from None
+            path.chmod(0o700)
+            return cls(path)
+        raise StoreError(f"cannot create a run folder in {runs}: every name tried is taken")
 
     @classmethod
     def find(cls, ref: str, root: Path | None = None) -> RunDir:
-        """A run by id (`20261126-124501-ab12`), the path of its folder, or `last`."""
+        """A run by id (`20261126-124501-ab12`), the path of its folder, or `last` (the
+        latest run whose record is written: a folder still being set up is not one)."""
         runs = (root or home()) / "runs"
-        known = sorted(p.name for p in runs.iterdir()) if runs.is_dir() else []
+        known = _runs_in(runs)
         if ref == "last" and known:
-            ref = known[-1]
+            return cls(_latest(runs, known))
         for path in (Path(ref), runs / ref):
-            if (path / "run.json").is_file():
+            if os.path.lexists(path / "run.json"):
                 return cls(path)
         hint = f"; recent runs: {', '.join(known[-3:])}" if known else ""
-        raise LLMFlowError(f"no run '{ref}' in {runs}{hint}")
+        raise StoreError(f"no run '{ref}' in {runs}{hint}")
 
     @property
     def journal(self) -> Path:
@@ -69,11 +125,94 @@ class RunDir:
         return self.path / "run.json"
 
     def read_meta(self) -> dict[str, Any]:
-        return json.loads(self.meta_path.read_text(encoding="utf-8"))
+        """The run's record, checked: a corrupt one is an error naming the file."""
+        meta = read_json_file(self.meta_path, "a run record")
+        problem = _meta_problem(meta)
+        if problem:
+            raise StoreError(f"{self.meta_path}: not a run record: {problem}")
+        return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self.meta_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False, indent=2)
-        tmp.replace(self.meta_path)
+        """Replace the record in one step (a temporary file renamed over it): a reader, or
+        a crash, sees the old record or the new one, never part of one."""
+        data = dumps(meta, indent=2).encode("utf-8")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".tmp", dir=self.path)  # 0600
+        except OSError as err:
+            raise StoreError(f"cannot write {self.meta_path}: {err.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            os.replace(tmp, self.meta_path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StoreError(f"cannot write {self.meta_path}: {err.strerror}") from None
+
+
+def _runs_in(runs: Path) -> list[str]:
+    """The ids of the runs in `runs` that have a record, oldest first."""
+    if not runs.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in os.scandir(runs)
+        if entry.is_dir() and os.path.lexists(os.path.join(entry.path, "run.json"))
+    )
+
+
+def _latest(runs: Path, known: list[str]) -> Path:
+    """The run started last. Ids sort by the second they were made in; runs made in the
+    same second are told apart by the start time in their records."""
+    stamp = known[-1][:15]
+    same = [name for name in known if name[:15] == stamp]
+    if len(same) == 1:
+        return runs / same[0]
+
+    def started(name: str) -> float:
+        try:
+            return float(RunDir(runs / name).read_meta()["started"])
+        except StoreError:
+            return 0.0
+
+    return runs / max(same, key=lambda name: (started(name), name))
+
+
+def _meta_problem(meta: Any) -> str | None:
+    if not isinstance(meta, dict):
+        return "expected a JSON object"
+    for name in _FIELDS:
+        if name not in meta:
+            return f"'{name}' is missing"
+    for name, kind in (_FIELDS | _OPTIONAL).items():
+        value = meta.get(name)
+        if name in meta and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"'{name}' should be {_KINDS[name]}, not {_json_type(value)}"
+    if not all(isinstance(m, str) for m in meta["models"]):
+        return "'models' should be a list of names"
+    if meta["status"] not in STATUSES:
+        return f"'status' should be one of {', '.join(STATUSES)}"
+    return None
+
+
+_KINDS = {
+    "program": "a path",
+    "flow": "a name",
+    "inputs": "an object",
+    "models": "a list of names",
+    "status": "a string",
+    "started": "a time (seconds)",
+    "outputs": "an object",
+    "finished": "a time (seconds)",
+}
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return names.get(type(value), type(value).__name__)

@@ -4,17 +4,20 @@ Attribute names follow OpenTelemetry's GenAI semantic conventions where one exis
 (`gen_ai.request.model`, `gen_ai.usage.input_tokens`, …) so the records can be loaded
 into tools that speak them; what is llmflow's own is under `llmflow.`. No prompt or
 answer text is written, and error messages are redacted.
+
+A run killed while writing leaves its last line cut short, and a run folder may come
+from elsewhere: reading skips (and counts) every line that is not a whole call record.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from llmflow.compiler.models import ModelSpec
 from llmflow.runtime.calls import CallStats
 from llmflow.runtime.secrets import redact
+from llmflow.runtime.store import JsonLines, read_json_lines
 
 PROVIDERS = {"local": "llama.cpp", "openai": "openai", "openai_compatible": "openai"}
 
@@ -51,13 +54,41 @@ class TraceWriter:
 
     def __init__(self, path: Path, models: dict[str, ModelSpec]) -> None:
         self.models = models
-        self._file = path.open("a", encoding="utf-8")
-        path.chmod(0o600)
+        self._out = JsonLines(path)
 
     def write(self, stats: CallStats) -> None:
-        record = call_record(stats, self.models[stats.model])
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        self._out.write(call_record(stats, self.models[stats.model]))
 
     def close(self) -> None:
-        self._file.close()
+        self._out.close()
+
+
+_NUMBER = (int, float)
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "llmflow.node": str,
+    "llmflow.function": str,
+    "llmflow.model": str,
+    "start": _NUMBER,
+    "end": _NUMBER,
+    "gen_ai.usage.input_tokens": int,
+    "gen_ai.usage.output_tokens": int,
+    "llmflow.cost_usd": _NUMBER,
+    "llmflow.retries": int,
+}
+"""What `llmflow trace` prints of each record, with its type."""
+
+
+def read_trace(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """A run's call records, and how many lines were not one (cut short, not JSON, not a
+    record with the fields above). A missing trace has no records; a directory in its
+    place is an error naming it."""
+    values, unreadable = read_json_lines(path)
+    records = [v for v in values if _is_record(v)]
+    return records, unreadable + len(values) - len(records)
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(value.get(key), kind) and not isinstance(value.get(key), bool)
+        for key, kind in _REQUIRED.items()
+    )
