@@ -10,6 +10,7 @@ from llmflow.compiler import compile_file
 from llmflow.compiler.diagnostics import did_you_mean
 from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.optimizer import optimize as run_optimizer
+from llmflow.compiler.optimizer.costs import check_priced
 from llmflow.errors import InputError, RunError
 from llmflow.runtime.backends import Router
 from llmflow.runtime.backends.base import Backend
@@ -48,6 +49,14 @@ def compile(  # noqa: A001
     return plan
 
 
+def check_budget(plan: Plan) -> None:
+    """A budget needs the price of every model the run may pay: each call's model and
+    its fallbacks (UnknownPrice names the ones without)."""
+    names = {n.call.model for n in plan.calls() if n.call}
+    names.update(name for fallbacks in plan.fallbacks.values() for name in fallbacks)
+    check_priced(plan.models[name] for name in sorted(names))
+
+
 def bind_inputs(plan: Plan, values: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     """Check input values against the flow's parameters and fill in defaults. Every
     problem is reported at once, each naming its input. `partial`: missing inputs are
@@ -84,7 +93,7 @@ async def run_async(
     backend: Backend | None = None,
     on_event: Event | None = None,
     *,
-    budget: float | None = None,
+    budget: float | Budget | None = None,
     cache: ResponseCache | None = None,
     run_dir: RunDir | None = None,
     retry: RetryPolicy | None = None,
@@ -92,11 +101,15 @@ async def run_async(
 ) -> RunResult:
     """Run a plan; failed nodes are in the result, next to every output that succeeded.
 
-    `budget`: USD the run may spend (calls that could exceed it are not sent). `cache`:
-    answer deterministic requests from (and into) this response cache. `run_dir`: write
+    `budget`: USD the run may spend (calls that could exceed it are not sent), or a
+    `Budget` to read `spent` from afterwards; a resumed run adds what its journal's
+    answers cost to what the budget has spent already. `cache`: answer deterministic
+    requests from (and into) this response cache. `run_dir`: write
     the trace and the journal there; a journal already there is replayed (resume).
     `otel`: also export each call as an OpenTelemetry span through this provider."""
     bound = bind_inputs(plan, inputs)
+    if budget is not None:
+        check_budget(plan)
     owned = backend is None
     if backend is None:
         router = Router(plan.models)
@@ -105,6 +118,10 @@ async def run_async(
         router.open(used)
         backend = router
     journal = Journal(run_dir.journal) if run_dir else None
+    if budget is not None and not isinstance(budget, Budget):
+        budget = Budget(budget)
+    if budget is not None and journal is not None:
+        budget.spent += journal.dollars
     trace = TraceWriter(run_dir.trace, plan.models) if run_dir else None
     spans = SpanWriter(otel, plan.models) if otel else None
     gateway = Gateway(
@@ -112,7 +129,7 @@ async def run_async(
         plan.models,
         cache=cache,
         journal=journal,
-        budget=Budget(budget) if budget is not None else None,
+        budget=budget,
         policy=retry,
     )
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow.api import bind_inputs, compile, run_async
+from llmflow.api import bind_inputs, check_budget, compile, run_async
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import Diagnostic, render
@@ -27,13 +27,14 @@ from llmflow.compiler.types import EnumT, Prim
 from llmflow.errors import CompileError, InputError, LLMFlowError
 from llmflow.runtime import runs
 from llmflow.runtime.backends.base import BackendError
+from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.journal import read_journal
 from llmflow.runtime.otel import otlp_provider
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import RunResult
 from llmflow.runtime.secrets import redact
-from llmflow.runtime.stats import ModelStats, model_stats
+from llmflow.runtime.stats import ModelStats, call_count, model_stats
 from llmflow.runtime.trace import read_trace
 
 EXAMPLES = {
@@ -298,31 +299,49 @@ class _Progress:
             )
             self.stream.flush()
 
-    def summary(self, result: RunResult, stats: dict[str, ModelStats], run: RunDir) -> None:
+    def summary(
+        self,
+        result: RunResult,
+        stats: dict[str, ModelStats],
+        run: RunDir,
+        budget: Budget | None = None,
+    ) -> None:
         if self.live:
             self.stream.write("\r\x1b[K")
         if self.quiet:
             return
         for model, s in stats.items():
             cached = f", {s.cache_hits} from the cache" if s.cache_hits else ""
+            replayed = f", {s.journal_hits} from the journal" if s.journal_hits else ""
             retries = f", {s.retries} retried" if s.retries else ""
             self.stream.write(
-                f"{model}: {s.calls} call{'s' if s.calls != 1 else ''}{cached}, "
+                f"{model}: {s.calls} call{'s' if s.calls != 1 else ''}{cached}{replayed}, "
                 f"{s.prompt_tokens} prompt tokens ({s.reused_prompt_tokens} reused), "
                 f"{s.output_tokens} output tokens, ${s.dollars:.4f}, {s.seconds:.1f}s{retries}\n"
             )
         elapsed = time.perf_counter() - self.started
-        n = len(result.calls)
-        self.stream.write(f"{n} call{'s' if n != 1 else ''} in {elapsed:.1f}s (run {run.id})\n")
+        n = call_count(result.calls)
+        spent = f", ${budget.spent:.4f} of the ${budget.limit:.4f} budget spent" if budget else ""
+        self.stream.write(
+            f"{n} call{'s' if n != 1 else ''} in {elapsed:.1f}s{spent} (run {run.id})\n"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
     resumed, recorded = _resumed_run(args)
+    unanswered = _resumed_budget(args, recorded)
     plan, inputs = _compile(args, partial=False, recorded=recorded["inputs"] if recorded else None)
     if resumed is not None and recorded is not None and inputs != recorded["inputs"]:
         raise LLMFlowError(
             f"run {resumed.id} ran with other inputs; resume without -i to reuse them"
         )
+    budget = None
+    if args.budget is not None:
+        check_budget(plan)  # -O0 and fallbacks too: no run folder for a budget it can't keep
+        # What earlier sessions were charged for tries no journal line records; the
+        # journal's answers are added when it is opened.
+        budget = Budget(args.budget, spent=unanswered)
+        budget.unanswered = unanswered
     # Only a program that compiled, with valid inputs, gets a run folder.
     run_dir = resumed or RunDir.create()
     meta = recorded or {
@@ -336,6 +355,7 @@ def _run(args: argparse.Namespace) -> int:
     cache = None
     try:
         meta["status"] = "running"
+        _record_spending(meta, budget)
         run_dir.write_meta(meta)
         if not args.quiet:
             sys.stderr.write(f"run {run_dir.id}{' (resumed)' if recorded else ''}\n")
@@ -347,7 +367,7 @@ def _run(args: argparse.Namespace) -> int:
                 plan,
                 inputs,
                 on_event=progress,
-                budget=args.budget,
+                budget=budget,
                 cache=cache,
                 run_dir=run_dir,
                 otel=otel,
@@ -357,6 +377,7 @@ def _run(args: argparse.Namespace) -> int:
         # Whatever ended the run (an error of any kind, Ctrl-C, SIGTERM), its record
         # must not say "running".
         meta["status"] = "stopped"
+        _record_spending(meta, budget)
         try:
             run_dir.write_meta(meta)
         except LLMFlowError as problem:
@@ -372,9 +393,10 @@ def _run(args: argparse.Namespace) -> int:
             cache.close()
     meta.update(status="failed" if result.failures else "done", outputs=result.outputs)
     meta["finished"] = time.time()
+    _record_spending(meta, budget)
     run_dir.write_meta(meta)
     stats = model_stats(result.calls)
-    progress.summary(result, stats, run_dir)
+    progress.summary(result, stats, run_dir, budget)
     if args.json and args.stats:
         data = {"outputs": result.outputs, "stats": {m: s.model_dump() for m, s in stats.items()}}
         sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
@@ -383,7 +405,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _print_outputs(result.outputs, len(plan.outputs))
     if result.failures:
-        _report_failures(plan, result, args.budget)
+        _report_failures(plan, result, budget)
         sys.stderr.write(f"resume: llmflow run {args.program} --resume {run_dir.id}\n")
         return 1
     return 0
@@ -431,7 +453,41 @@ def _resumed_run(args: argparse.Namespace) -> tuple[RunDir | None, dict[str, Any
     return run_dir, recorded
 
 
-def _report_failures(plan: Plan, result: RunResult, budget: float | None) -> None:
+def _resumed_budget(args: argparse.Namespace, recorded: dict[str, Any] | None) -> float:
+    """A resumed run's budget: its limit is kept unless `--budget` gives another, which
+    then applies to the whole run, what it has spent included (a resume can raise or
+    lower the budget, not drop it); stderr says so. Returns what earlier sessions were
+    charged for tries that got no answer (`Budget.unanswered`), which no journal holds."""
+    if recorded is None:
+        return 0.0
+    before = recorded.get("budget")
+    if not isinstance(before, dict) or not isinstance(before.get("limit"), int | float):
+        before = {}
+    limit = before.get("limit")
+    if args.budget is None:
+        args.budget = limit
+    elif args.budget != limit and not args.quiet:
+        was = f"instead of ${limit:.4f}" if limit is not None else "(it had none)"
+        sys.stderr.write(
+            f"budget: ${args.budget:.4f} for the whole run from now on {was}; "
+            "what it has spent counts\n"
+        )
+    unanswered = before.get("unanswered")
+    return float(unanswered) if isinstance(unanswered, int | float) else 0.0
+
+
+def _record_spending(meta: dict[str, Any], budget: Budget | None) -> None:
+    """The budget's limit, what the run has spent so far, and the part of it no journal
+    line records (kept in run.json for a resume)."""
+    if budget is not None:
+        meta["budget"] = {
+            "limit": budget.limit,
+            "spent": budget.spent,
+            "unanswered": budget.unanswered,
+        }
+
+
+def _report_failures(plan: Plan, result: RunResult, budget: Budget | None) -> None:
     sources: dict[str, str] = {}
     for failure in result.failures:
         if failure.not_run:
@@ -446,9 +502,9 @@ def _report_failures(plan: Plan, result: RunResult, budget: float | None) -> Non
         sys.stderr.write(render(diag, sources) + "\n")
     not_run = [f.node.label for f in result.failures if f.not_run]
     if not_run:
-        spent = sum(c.dollars for c in result.calls)
+        limit, spent = (budget.limit, budget.spent) if budget else (0.0, 0.0)
         sys.stderr.write(
-            f"not run: {', '.join(sorted(set(not_run)))}: the budget of ${budget or 0:.4f} "
+            f"not run: {', '.join(sorted(set(not_run)))}: the budget of ${limit:.4f} "
             f"could not pay for them (${spent:.4f} spent)\n"
         )
     missing = [n for n in plan.outputs if n not in result.outputs]

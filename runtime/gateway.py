@@ -14,23 +14,37 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from llmflow.compiler import tokens
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer.costs import token_dollars
 from llmflow.runtime.backends.base import Backend, BackendError, Generation, GenerationRequest
-from llmflow.runtime.budget import Budget
+from llmflow.runtime.budget import Budget, Reservation
 from llmflow.runtime.cache import ResponseCache, deterministic, request_key
 from llmflow.runtime.journal import Journal
 from llmflow.runtime.limits import Limiter
 from llmflow.runtime.retry import RetriesExhausted, RetryPolicy
 
-CHARS_PER_TOKEN_AT_MOST = 3.0
-"""Prompt tokens are estimated before sending (for limits and the budget) on the high
-side: English text runs about four characters per token."""
-
 
 def prompt_tokens_at_most(request: GenerationRequest) -> int:
-    chars = sum(len(turn.text) for turn in request.turns)
-    return int(chars / CHARS_PER_TOKEN_AT_MOST) + 8 * len(request.turns)
+    """The most tokens a request's prompt can be on any model (`tokens.prompt_at_most`):
+    what the budget reserves when the model's tokenizer is not at hand."""
+    return tokens.prompt_at_most(turn.text for turn in request.turns)
+
+
+def prompt_tokens_high(request: GenerationRequest) -> int:
+    """A request's prompt tokens on the high side (`tokens.prompt_high`): what the
+    tokens-per-minute window counts until the server reports the real figure."""
+    return tokens.prompt_high(turn.text for turn in request.turns)
+
+
+def billed(spec: ModelSpec, request: GenerationRequest, answer: Generation, prompt: int) -> float:
+    """What an answer costs, from the usage its server reported. A count left out (0
+    where it cannot be: no prompt is empty, no text is free) is charged at its bound,
+    `prompt` tokens and max_tokens; a count above the bound is charged as reported."""
+    prompt = max(answer.input_tokens, 0) or prompt
+    cached = min(max(answer.cached_tokens, 0), prompt) if answer.input_tokens > 0 else 0
+    output = max(answer.output_tokens, 0) or (request.max_tokens if answer.text else 0)
+    return token_dollars(spec, prompt - cached, cached, output)
 
 
 class Gateway:
@@ -63,22 +77,22 @@ class Gateway:
         if self.journal and (answer := self.journal.take(key)):
             return answer.model_copy(update={"source": "journal", **replayed})
         if self.cache and deterministic(request) and (answer := self.cache.get(key)):
-            if self.journal:
+            answer = answer.model_copy(update={"source": "cache", **replayed})
+            if self.journal:  # at $0: a resumed run counts the journal's dollars as spent
                 self.journal.record(key, answer)
-            return answer.model_copy(update={"source": "cache", **replayed})
-        prompt_tokens = prompt_tokens_at_most(request)
-        most = token_dollars(spec, prompt_tokens, 0, request.max_tokens)
-        if self.budget:
-            self.budget.reserve(most)
+            return answer
+        count = getattr(self.backend, "count_tokens", None)  # the model's own tokenizer
+        exact: int | None = count(request) if count is not None else None
+        most = exact if exact is not None else prompt_tokens_at_most(request)
+        hold = Reservation(self.budget, token_dollars(spec, most, 0, request.max_tokens))
+        await hold.take()
         cost = 0.0
         try:
-            answer = await self._send(spec, request, prompt_tokens)
-            fresh = answer.input_tokens - answer.cached_tokens
-            cost = token_dollars(spec, fresh, answer.cached_tokens, answer.output_tokens)
-            answer.dollars = cost
+            likely = exact if exact is not None else prompt_tokens_high(request)
+            answer = await self._send(spec, request, likely, hold)
+            cost = answer.dollars = billed(spec, request, answer, most)
         finally:
-            if self.budget:
-                self.budget.settle(most, cost)
+            await hold.settle(cost)
         stored = self.journal or self.cache
         recorded = answer.model_copy(update={"retries": 0, "events": []}) if stored else answer
         if self.journal:
@@ -88,7 +102,7 @@ class Gateway:
         return answer
 
     async def _send(
-        self, spec: ModelSpec, request: GenerationRequest, prompt_tokens: int
+        self, spec: ModelSpec, request: GenerationRequest, prompt_tokens: int, hold: Reservation
     ) -> Generation:
         limiter = self._limiters[spec.name]
         events: list[dict[str, Any]] = []
@@ -99,9 +113,11 @@ class Gateway:
                 async with limiter.slot(prompt_tokens + request.max_tokens) as permit:
                     try:
                         answer = await self.backend.generate(request)
-                    except BackendError as err:
-                        if err.status is not None:  # the server answered: it generated nothing
-                            permit.settle(prompt_tokens)
+                    except BaseException as err:
+                        if isinstance(err, BackendError) and err.status is not None:
+                            permit.settle(prompt_tokens)  # the server answered: no output
+                        else:  # no answer (or cancelled): the try may have been billed
+                            await hold.lose()
                         raise
                     permit.settle(answer.input_tokens + answer.output_tokens)
                 return answer.model_copy(update={"retries": attempt - 1, "events": events})
@@ -113,6 +129,7 @@ class Gateway:
                 reason = str(err.status) if err.status else err.message[:60]
                 events.append({"name": "retry", "time": time.time(), "reason": reason})
                 await self.sleep(self.policy.delay(attempt - 1, err))
+                await hold.take()  # again, if the failed try was counted as spent
 
     async def aclose(self) -> None:
         await self.backend.aclose()

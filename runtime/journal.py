@@ -65,6 +65,12 @@ class Journal:
     def replayable(self) -> int:
         return sum(len(q) for q in self._replay.values())
 
+    @property
+    def dollars(self) -> float:
+        """What the answers not yet replayed cost when they arrived: before a resumed run
+        takes any, what the run has spent on answers so far."""
+        return sum(answer.dollars for queue in self._replay.values() for answer in queue)
+
     def take(self, key: str) -> Generation | None:
         """The recorded answer for a request, if the journal holds one not yet used."""
         queue = self._replay.get(key)

@@ -1,5 +1,6 @@
 """What `llmflow run` leaves behind and reads back: run folders, the response cache,
-`--resume` checks, `--budget` at run time, `llmflow trace`, the progress line. Against
+`--resume` checks, `--budget` at run time and on resume, the summary's counts, `llmflow
+trace`, the progress line. Against
 the loopback test server; no model runs here."""
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ from pathlib import Path
 import pytest
 
 from llmflow.cli import _Progress, main
+from llmflow.runtime.backends.base import GenerationRequest, Turn
 from llmflow.runtime.calls import CallStats
-from llmflow.runtime.testing.server import ServerHandle, default_answer, start_server
+from llmflow.runtime.gateway import prompt_tokens_at_most
+from llmflow.runtime.testing.server import (
+    ServerHandle,
+    count_tokens,
+    default_answer,
+    start_server,
+)
 
 PROGRAM = """
 model remote = openai_compatible("priced", base_url="{url}", price_in=1000, price_out=2000)
@@ -93,19 +101,132 @@ def test_resume_checks_the_run_program_and_inputs(
     assert f"run {run.name} (resumed)" in err
 
 
-def test_the_budget_stops_sending_and_says_what_was_not_run(
+def reservation(question: str) -> float:
+    """What a call of PROGRAM reserves: its prompt's bound at $1000/M, 10 tokens at $2000/M."""
+    turn = GenerationRequest(model="remote", turns=[Turn(role="user", text=f"Ask {question}:")])
+    return (prompt_tokens_at_most(turn) * 1000 + 10 * 2000) / 1e6
+
+
+def cost(question: str) -> float:
+    """What the server bills for it: 4 characters a token, the answer 15 characters."""
+    return (
+        count_tokens(f"user: Ask {question}:\n") * 1000 + count_tokens("ok:" + "0" * 12) * 2000
+    ) / 1e6
+
+
+def spent_in_trace(run: Path) -> float:
+    return sum(json.loads(line)["llmflow.cost_usd"] for line in (run / "trace.jsonl").open())
+
+
+def test_the_budget_is_spent_not_left_and_says_what_was_not_run(
     program: Path, server: ServerHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Each call reserves ~(5 prompt + 10 output tokens) at $1000/$2000 per 1M: ~$0.027.
-    qs = json.dumps([f"q{i}" for i in range(6)])
-    code = main(["run", str(program), "-i", f"qs={qs}", "--budget", "0.06", "--no-cache"])
+    # Each call reserves ~8x what it costs: calls that do not fit wait for those in
+    # flight to settle, so the run stops only when less than one reservation is left.
+    qs = [f"q{i:02}" for i in range(30)]
+    budget = 2.5 * reservation("q00")
+    code = main(["run", str(program), "-i", f"qs={json.dumps(qs)}", "--budget", str(budget)])
     _, err = capsys.readouterr()
     assert code == 1
-    assert 1 <= len(server.log) <= 2
-    assert "not run: ask: the budget of $0.0600 could not pay for them" in err
+    assert f"not run: ask: the budget of ${budget:.4f} could not pay for them" in err
     assert "not computed: answers" in err
-    spent = sum(json.loads(line)["llmflow.cost_usd"] for line in (runs()[0] / "trace.jsonl").open())
-    assert 0 < spent <= 0.06
+    (run,) = runs()
+    spent = spent_in_trace(run)
+    assert budget - reservation("q00") < spent <= budget
+    assert len(server.log) == round(spent / cost("q00")) > 2  # not waiting: 2 calls
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["budget"] == {"limit": budget, "spent": pytest.approx(spent), "unanswered": 0}
+    assert f"${spent:.4f} of the ${budget:.4f} budget spent" in err
+
+
+def test_a_resumed_run_keeps_its_budget_and_what_it_spent(
+    program: Path, server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    qs = json.dumps([f"q{i}" for i in range(6)])
+    budget = reservation("q0") + 1.5 * cost("q0")  # two calls
+    assert main(["run", str(program), "-i", f"qs={qs}", "--budget", str(budget), "-q"]) == 1
+    assert len(server.log) == 2
+    (run,) = runs()
+
+    # No --budget: the same one, and the two answers it paid for count as spent.
+    assert main(["run", str(program), "--resume", run.name]) == 1
+    _, err = capsys.readouterr()
+    assert len(server.log) == 2
+    assert (
+        f"the budget of ${budget:.4f} could not pay for them (${2 * cost('q0'):.4f} spent)" in err
+    )
+    assert "remote: 2 calls, 2 from the journal" in err
+
+    # A lower one: still nothing sent.
+    assert main(["run", str(program), "--resume", run.name, "--budget", "0.001"]) == 1
+    assert "budget: $0.0010 for the whole run from now on instead of" in capsys.readouterr().err
+    assert len(server.log) == 2
+
+    # A higher one applies to the whole run: the four left are sent, the total counts.
+    assert main(["run", str(program), "--resume", run.name, "--budget", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "budget: $1.0000 for the whole run from now on instead of $0.0010" in err
+    assert len(json.loads(out)["answers"]) == 6 and len(server.log) == 6
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "done"
+    assert meta["budget"]["limit"] == 1 and meta["budget"]["spent"] == pytest.approx(6 * cost("q0"))
+    assert "6 calls in" in err and f"${6 * cost('q0'):.4f} of the $1.0000 budget spent" in err
+
+
+UNPRICED = """
+model mystery = openai_compatible("gpt-9-turbo", base_url="{url}")
+
+fn ask(q: str) -> a: str
+\"\"\"Ask {{{{q}}}}: {{{{a | max_tokens=10}}}}\"\"\"
+
+flow main(q: str) -> a: str {{
+    a = ask(q)
+}}
+"""
+
+
+def test_a_budget_needs_the_price_of_every_model_it_pays_for(
+    tmp_path: Path, server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "unpriced.llmflow"
+    program.write_text(UNPRICED.format(url=server.url))
+    for command in (["plan"], ["run", "-i", "q=x"], ["run", "-O0", "-i", "q=x"]):
+        assert main([command[0], str(program), *command[1:], "--budget", "1"]) == 1
+        err = capsys.readouterr().err
+        assert "model 'mystery' (openai_compatible \"gpt-9-turbo\") has no price_in and" in err
+        assert "declare price_in and price_out" in err and "internal error" not in err
+    assert not (Path(os.environ["LLMFLOW_HOME"]) / "runs").exists() or runs() == []
+    assert server.log == []
+    assert main(["run", str(program), "-i", "q=x", "-q"]) == 0  # no budget: no price needed
+
+
+TWO_OUTPUTS = """
+model remote = openai_compatible("priced", base_url="{url}", price_in=1, price_out=2)
+
+fn ask(q: str) -> a: str, b: str
+\"\"\"Ask {{{{q}}}}: {{{{a | max_tokens=10}}}} And then? {{{{b | max_tokens=10}}}}\"\"\"
+
+flow main(q: str) -> a: str, b: str {{
+    a, b = ask(q)
+}}
+"""
+
+
+def test_the_summary_counts_calls_not_requests(
+    tmp_path: Path, server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "two.llmflow"
+    program.write_text(TWO_OUTPUTS.format(url=server.url))
+    assert main(["run", str(program), "-i", "q=x"]) == 0
+    assert len(server.log) == 2  # one request per output
+    err = capsys.readouterr().err
+    assert "remote: 1 call, " in err and "\n1 call in " in err
+    assert main(["run", str(program), "-i", "q=x", "--json", "--stats"]) == 0
+    out, err = capsys.readouterr()
+    assert len(server.log) == 2
+    assert "remote: 1 call, 1 from the cache, " in err and "\n1 call in " in err
+    stats = json.loads(out)["stats"]["remote"]
+    assert (stats["calls"], stats["cache_hits"], stats["journal_hits"]) == (1, 1, 0)
 
 
 @pytest.mark.graphviz("neato")

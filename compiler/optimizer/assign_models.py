@@ -79,8 +79,10 @@ def assign_models(
     plan.budget = budget if budget is not None else plan.budget
     shapes = Shapes(plan)
     calls = [n for n in plan.calls() if n.call is not None]
+    if plan.budget is not None:  # any model may get a call: each needs its price
+        costs.check_priced(plan.models.values())
     for name, model in plan.models.items():
-        if model.backend != "local" and (model.price_in is None or model.price_out is None):
+        if not costs.priced(model):
             plan.explain(
                 RULE,
                 f"{name} has no known price: it counts as free here; declare "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from llmflow.compiler.ir import IRNode
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer.prompts import Shape
 from llmflow.compiler.types import ListT, RecordT
+from llmflow.errors import LLMFlowError
 
 REMOTE_FIRST_TOKEN_SECONDS = 0.5
 """Time to first token of a hosted model when the catalog has no figure."""
@@ -19,14 +21,38 @@ NEUTRAL_SKILL = 0.5
 """The skill assumed for a model that declares no score for it."""
 
 
+class UnknownPrice(LLMFlowError):
+    """A budget was asked for, but a model it would pay for has no price."""
+
+
 def price_in(model: ModelSpec) -> float:
-    """USD per million input tokens; an unknown price counts as free (and is flagged by
-    `llmflow models`)."""
+    """USD per million input tokens; an unknown price counts as free in plans without a
+    budget (and is flagged by `llmflow models`); a budget refuses it (`check_priced`)."""
     return model.price_in or 0.0
 
 
 def price_out(model: ModelSpec) -> float:
     return model.price_out or 0.0
+
+
+def priced(model: ModelSpec) -> bool:
+    """Whether what a call costs on this model is known (embedded models are free)."""
+    return model.backend == "local" or (model.price_in is not None and model.price_out is not None)
+
+
+def check_priced(models: Iterable[ModelSpec]) -> None:
+    """A budget cannot be kept on a model whose price is unknown: say which, and how to
+    declare its price, instead of counting it as free."""
+    lines = []
+    for m in (m for m in models if not priced(m)):
+        missing = " and ".join(n for n in ("price_in", "price_out") if getattr(m, n) is None)
+        lines.append(
+            f"--budget: model '{m.name}' ({m.backend} \"{m.id}\") has no {missing}; declare "
+            "price_in and price_out on it (USD per 1M tokens, 0 for a free server), or a "
+            "catalog_id from the price table (llmflow models --prices TEXT)"
+        )
+    if lines:
+        raise UnknownPrice("\n".join(lines))
 
 
 def price_cached_in(model: ModelSpec) -> float:

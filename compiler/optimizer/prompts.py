@@ -11,18 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from llmflow.compiler import tokens as estimate_tokens
 from llmflow.compiler.ir import Graph, IRNode, OutputSpec, Plan
 from llmflow.compiler.types import EnumT, ListT, Prim, RecordT, Type
 from llmflow.stdlib.builtins import select, to_text
 
-CHARS_PER_TOKEN = 4.0
-"""English text in the BPE vocabularies of current models: about 4 characters a token."""
 DEFAULT_MAP_ITEMS = 4
 """Items assumed for a map over a list not known at plan time."""
 
 
 def tokens(text: str) -> float:
-    return len(text) / CHARS_PER_TOKEN
+    """About how many tokens a text is (`llmflow.compiler.tokens.typical`)."""
+    return estimate_tokens.typical(text)
 
 
 def typical_tokens(t: Type) -> float:
@@ -96,7 +96,7 @@ def common_tokens(a: list[Part], b: list[Part]) -> float:
             limit = min(len(pa), len(pb))
             while n < limit and pa[n] == pb[n]:
                 n += 1
-            total += n / CHARS_PER_TOKEN
+            total += tokens(pa[:n])
             if n < len(pa) or n < len(pb):
                 break
         elif isinstance(pa, Ref) and pa == pb and not pa.varies:

@@ -47,6 +47,12 @@ class Router:
         kind = "local" if self.models[request.model].backend == "local" else "openai"
         return await self._backend(kind).generate(request)
 
+    def count_tokens(self, request: GenerationRequest) -> int | None:
+        """The prompt's exact size, if its model's backend can tell without waiting."""
+        kind = "local" if self.models[request.model].backend == "local" else "openai"
+        count = getattr(self._backends.get(kind), "count_tokens", None)
+        return count(request) if count is not None else None
+
     def _backend(self, kind: str) -> Backend:
         backend = self._backends.get(kind)
         if backend is None:

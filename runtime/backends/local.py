@@ -430,6 +430,20 @@ class LocalBackend:
             llm = model.llm if model.llm is not None else _load(model)
             return _prompt_tokens(model, llm, request)
 
+    def count_tokens(self, request: GenerationRequest) -> int | None:
+        """The request's prompt tokens on its model, for the gateway's estimates; None
+        until the model is loaded (the first calls use the bound that holds for any
+        tokenizer). Tokenizing only reads the vocabulary, so it may run while the
+        worker generates."""
+        model = self._models.get(request.model)
+        llm = model.llm if model is not None else None
+        if model is None or llm is None:
+            return None
+        try:
+            return len(_prompt_tokens(model, llm, request))
+        except BackendError:
+            return None  # the call itself reports it
+
     def measure_speed(self, name: str, prompt: int = 512, output: int = 64) -> tuple[float, float]:
         """Prefill and decode tokens per second of a model, measured now: `prompt` tokens
         from an empty KV cache, then `output` greedy tokens (the end token ignored)."""

@@ -14,11 +14,12 @@ import pytest
 import llmflow
 from llmflow.compiler.catalog import resolve
 from llmflow.compiler.models import Limits
+from llmflow.compiler.optimizer.costs import token_dollars
 from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest, Turn
 from llmflow.runtime.backends.scripted import ScriptedBackend
 from llmflow.runtime.budget import Budget, BudgetExceeded
 from llmflow.runtime.cache import ResponseCache
-from llmflow.runtime.gateway import Gateway
+from llmflow.runtime.gateway import Gateway, prompt_tokens_at_most
 from llmflow.runtime.journal import Journal
 from llmflow.runtime.limits import Limiter
 from llmflow.runtime.retry import RetriesExhausted, RetryPolicy
@@ -176,6 +177,36 @@ def test_the_budget_refuses_requests_that_could_exceed_it():
     assert budget.spent == pytest.approx(2 * (10 * 1 + 200 * 2) / 1e6)
     assert budget.spent <= budget.limit and budget.reserved == 0
     assert "not run" in str(refused[0])
+
+
+def test_the_budget_reserves_the_model_tokenizer_count_when_the_backend_has_one():
+    class Counting(ScriptedBackend):
+        def count_tokens(self, req: GenerationRequest) -> int:
+            return 5
+
+    spec = MODELS["m"]
+    answer = Generation(text="ok", input_tokens=5, output_tokens=1)
+    budget = Budget(1.01 * token_dollars(spec, 5, 0, 16))
+    long = request("x" * 1000, max_tokens=16)  # bounded at 1,000+ tokens without a count
+    assert token_dollars(spec, prompt_tokens_at_most(long), 0, 16) > budget.limit
+    assert asyncio.run(Gateway(Counting(lambda r: answer), MODELS, budget=budget).generate(long))
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(gateway(lambda r: answer, budget=Budget(budget.limit)).generate(long))
+
+
+def test_a_journal_counts_what_answers_cost_and_cache_answers_at_nothing(tmp_path: Path):
+    cache = ResponseCache(tmp_path / "cache")
+    asyncio.run(gateway(Flaky(), cache=cache).generate(request()))  # into the cache
+    journal = Journal(tmp_path / "journal.jsonl")
+    gw = gateway(Flaky(), cache=cache, journal=journal)
+    assert asyncio.run(gw.generate(request())).source == "cache"
+    fresh = asyncio.run(gw.generate(request("other")))
+    journal.close()
+    cache.close()
+    assert fresh.dollars == pytest.approx((100 * 1 + 10 * 2) / 1e6)
+    resumed = Journal(tmp_path / "journal.jsonl")
+    assert resumed.dollars == pytest.approx(fresh.dollars)
+    resumed.close()
 
 
 def test_deterministic_answers_come_from_the_cache_the_second_time(tmp_path: Path):

@@ -11,6 +11,7 @@ from unittest.mock import patch
 import pytest
 
 from llmflow.compiler.models import LOCAL_MODELS, ModelSpec
+from llmflow.runtime.gateway import prompt_tokens_at_most
 
 pytest.importorskip("llama_cpp")
 
@@ -78,6 +79,19 @@ def test_chat_generation_reports_tokens(backend: LocalBackend) -> None:
     assert 0 < result.output_tokens <= 12
     assert result.finish_reason in ("stop", "length")
     assert result.seconds > 0
+
+
+@needs_smollm2
+def test_the_prompt_is_counted_with_the_model_tokenizer_once_it_is_loaded(
+    backend: LocalBackend,
+) -> None:
+    text = "東京都の天気は晴れ。🌸 " * 10
+    request = GenerationRequest(model="chat", turns=[Turn(role="user", text=text)], max_tokens=2)
+    unloaded = LocalBackend({"chat": ModelSpec(name="chat", backend="local", id="smollm2-135m")})
+    assert unloaded.count_tokens(request) is None  # no load just to count
+    answer = asyncio.run(backend.generate(request))
+    assert backend.count_tokens(request) == answer.input_tokens
+    assert answer.input_tokens <= prompt_tokens_at_most(request)
 
 
 @needs_smollm2
