@@ -176,12 +176,13 @@ def test_input_files_must_be_regular_utf8_files_of_bounded_size(
     assert f"input 's': {huge} is larger than 16 MiB" in run_with(huge)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading a FIFO blocked"))
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading a FIFO blocked"))
     signal.alarm(20)
     try:
         assert f"input 's': {fifo} is not a regular file (a pipe or a device)" in run_with(fifo)
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
     assert main(_run_inputs(echo, f"xs=@{deep}")) == 1
