@@ -30,12 +30,14 @@ from typing import Any
 
 from llmflow.compiler.models import (
     LOCAL_CATALOG_SOURCE,
+    LOCAL_CONTEXT,
     LOCAL_MODELS,
     LOCAL_PRICE_SOURCE,
     LOCAL_SKILL_SOURCE,
     LOCAL_SPEED_SOURCE,
     Limits,
     ModelSpec,
+    local_context,
 )
 
 DECLARATION = "declaration"
@@ -242,6 +244,15 @@ def resolve(
     options: dict[str, Any] = {}
     for _, opts in reversed(layers):
         options.update({k: v for k, v in opts.items() if k not in NOT_OPTIONS})
+    if backend == "local":  # the window it will run with, not the one it was trained with
+        window = local_context(fields.get("context"), options.get("n_ctx"))
+        if window != fields.get("context"):
+            n_ctx_from = next((label for label, opts in layers if "n_ctx" in opts), None)
+            capped = f"{sources['context']}, capped" if "context" in sources else "default"
+            sources["context"] = (
+                f"n_ctx ({n_ctx_from})" if n_ctx_from else f"{capped} (n_ctx {LOCAL_CONTEXT})"
+            )
+        fields["context"] = window
     prices = ("price_in", "price_out", "price_cached_in")
     price_origins = list(dict.fromkeys(sources[p] for p in prices if p in sources))
     return ModelSpec(

@@ -62,6 +62,7 @@ class LocalModel(BaseModel):
     chat: bool
     """Chat-tuned (prompts go through its chat template) or a base model (raw text)."""
     context: int
+    """The window the model was trained with; it runs with `local_context` of it."""
     description: str
     skills: dict[str, float] = Field(default_factory=dict)
     """Rough default capability scores (0-1); a declaration or config overrides them."""
@@ -102,6 +103,21 @@ LOCAL_MODELS: dict[str, LocalModel] = {
     ),
 }
 
+LOCAL_CONTEXT = 4096
+"""Tokens of context a local model runs with unless it sets `n_ctx` (or a smaller
+`context`): enough for our prompts, cheap in RAM (llama.cpp allocates the KV cache for
+the whole window up front: ~190 MB for smollm2-135m at 8192)."""
+
+
+def local_context(context: int | None, n_ctx: int | None) -> int:
+    """The context window of a local model, which the optimizer plans with and the
+    runtime allocates alike (`ModelSpec.context` holds it): `n_ctx` if set, else the
+    model's own window capped at LOCAL_CONTEXT."""
+    if n_ctx:
+        return n_ctx
+    return min(context or LOCAL_CONTEXT, LOCAL_CONTEXT)
+
+
 DEFAULT_MODEL_ID = "smollm2-135m"
 DEFAULT_MODEL_NAME = "default"
 
@@ -132,7 +148,8 @@ class ModelSpec(BaseModel):
     id: str
     """Backend-specific id: an embedded model name, a `.gguf` path, or an API model id."""
     context: int | None = None
-    """Most prompt tokens the model takes (None: unknown)."""
+    """Most prompt tokens the model takes (None: unknown). Local models: the window
+    llama.cpp allocates (`local_context`), so plan and run agree."""
     max_output: int | None = None
     """Most tokens the model generates in one call (None: unknown)."""
     chat: bool = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from llmflow.compiler import compile_file
@@ -21,9 +22,9 @@ from llmflow.runtime.journal import Journal
 from llmflow.runtime.otel import SpanWriter
 from llmflow.runtime.retry import RetryPolicy
 from llmflow.runtime.runs import RunDir
-from llmflow.runtime.scheduler import Event, RunResult, Scheduler
+from llmflow.runtime.scheduler import Event, NodeFailed, RunResult, Scheduler
 from llmflow.runtime.trace import TraceWriter
-from llmflow.runtime.values import InvalidValue, validate
+from llmflow.runtime.values import InvalidValue, check_json, validate
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -57,34 +58,61 @@ def check_budget(plan: Plan) -> None:
     check_priced(plan.models[name] for name in sorted(names))
 
 
-def bind_inputs(plan: Plan, values: dict[str, Any], partial: bool = False) -> dict[str, Any]:
+def bind_inputs(plan: Plan, values: Mapping[str, Any], partial: bool = False) -> dict[str, Any]:
     """Check input values against the flow's parameters and fill in defaults. Every
-    problem is reported at once, each naming its input. `partial`: missing inputs are
-    fine (planning with what is known)."""
-    problems: list[str] = []
+    problem is reported at once, each naming its input. A value that passes is JSON data
+    that can be recorded and printed (`runtime.values.check_json`): no NaN, no lone
+    surrogate, no nesting deeper than MAX_DEPTH. `partial`: missing inputs are fine
+    (planning with what is known)."""
+    bound, problems = check_inputs(plan, values, partial)
+    if problems:
+        raise InputError("\n".join(problems.values()))
+    return bound
+
+
+def check_inputs(
+    plan: Plan, values: Mapping[str, Any], partial: bool = False, given: Iterable[str] = ()
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """`bind_inputs` without raising: the bound values, and one problem per input name.
+    `given`: names that were given but could not be read (not reported as missing)."""
+    if not isinstance(values, Mapping):
+        problem = f"inputs are a dict of name → value, not a {type(values).__name__}"
+        return {}, {"": problem}
+    problems: dict[str, str] = {}
     known = {spec.name for spec in plan.inputs}
     for name in values:
         if name not in known:
-            hint = did_you_mean(name, known)
-            problems.append(
-                f"unknown input '{name}'"
-                + (f"; {hint}" if hint else f" (inputs: {', '.join(sorted(known)) or 'none'})")
+            hint = did_you_mean(name, known) if isinstance(name, str) else None
+            problems[name] = f"unknown input {quoted_name(name)}" + (
+                f"; {hint}" if hint else f" (inputs: {', '.join(sorted(known)) or 'none'})"
             )
     bound: dict[str, Any] = {}
+    skipped = set(given)
     for spec in plan.inputs:
-        if spec.name not in values:
-            if spec.required and not partial:
-                problems.append(f"missing input '{spec.name}' ({spec.type})")
-            elif not spec.required:
-                bound[spec.name] = validate(spec.type, spec.default)
+        if spec.name in values:
+            value, what = values[spec.name], f"input '{spec.name}'"
+        elif spec.name in skipped:
             continue
+        elif spec.required:
+            if not partial:
+                problems[spec.name] = f"missing input '{spec.name}' ({spec.type})"
+            continue
+        else:
+            value, what = spec.default, f"the default of input '{spec.name}'"
         try:
-            bound[spec.name] = validate(spec.type, values[spec.name])
+            bound[spec.name] = validate(spec.type, value)
         except InvalidValue as err:
-            problems.append(f"input '{spec.name}' expects {spec.type}: {err}")
-    if problems:
-        raise InputError("\n".join(problems))
-    return bound
+            problems[spec.name] = f"{what} expects {spec.type}: {err}"
+    return bound, problems
+
+
+def quoted_name(name: object, limit: int = 60) -> str:
+    """An input name fit for a message: quoted, bounded, any lone surrogate (a byte of
+    a non-UTF-8 argv) escaped."""
+    text = name if isinstance(name, str) else repr(name)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return "'" + text.encode("utf-8", "backslashreplace").decode("utf-8") + "'"
 
 
 async def run_async(
@@ -113,8 +141,7 @@ async def run_async(
     owned = backend is None
     if backend is None:
         router = Router(plan.models)
-        used = {call.call.model for call in plan.calls() if call.call}
-        router.check(used)
+        used = check_backends(plan)
         router.open(used)
         backend = router
     journal = Journal(run_dir.journal) if run_dir else None
@@ -142,13 +169,35 @@ async def run_async(
             on_event(kind, node, info)
 
     try:
-        return await Scheduler(plan, gateway, event).run(bound)
+        return _printable(plan, await Scheduler(plan, gateway, event).run(bound))
     finally:
         for part in (journal, trace, spans):
             if part:
                 part.close()
         if owned:
             await backend.aclose()
+
+
+def check_backends(plan: Plan) -> set[str]:
+    """Fail (BackendError) if a model the plan calls cannot be reached: a hosted model
+    without its key or address. Returns the models called."""
+    used = {call.call.model for call in plan.calls() if call.call}
+    Router(plan.models).check(used)
+    return used
+
+
+def _printable(plan: Plan, result: RunResult) -> RunResult:
+    """Outputs that JSON cannot hold (an operator overflowing to inf, an integer too long
+    to print) become failures of their output, so every output can be recorded and
+    printed as JSON."""
+    for name, value in list(result.outputs.items()):
+        try:
+            check_json(value)
+        except InvalidValue as err:
+            del result.outputs[name]
+            node = plan.graph.node(plan.graph.outputs[name])
+            result.failures.append(NodeFailed(node, f"its value cannot be written as JSON: {err}"))
+    return result
 
 
 def run(

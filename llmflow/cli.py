@@ -8,7 +8,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
+import os
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -16,14 +19,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow.api import bind_inputs, check_budget, compile, run_async
+from llmflow.api import (
+    bind_inputs,
+    check_backends,
+    check_budget,
+    check_inputs,
+    compile,
+    quoted_name,
+    run_async,
+)
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import Diagnostic, render
 from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
-from llmflow.compiler.types import EnumT, Prim
+from llmflow.compiler.types import EnumT, Prim, Type
 from llmflow.errors import CompileError, InputError, LLMFlowError
 from llmflow.runtime import runs
 from llmflow.runtime.backends.base import BackendError
@@ -36,6 +47,7 @@ from llmflow.runtime.scheduler import RunResult
 from llmflow.runtime.secrets import redact
 from llmflow.runtime.stats import ModelStats, call_count, model_stats
 from llmflow.runtime.trace import read_trace
+from llmflow.runtime.values import InvalidValue, check_json, parse_json
 
 EXAMPLES = {
     "run": "llmflow run examples/hello.llmflow -i name=Ada\n"
@@ -153,6 +165,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dollars(text: str) -> float:
+    """A `--budget`: a finite amount, zero or more (NaN would compare false with every
+    spend and let all of it through)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of dollars: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"a budget is a finite amount of $0 or more, not {text}")
+    return value
+
+
 def _optimizer_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "-O",
@@ -170,7 +194,7 @@ def _optimizer_options(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument(
         "--budget",
-        type=float,
+        type=_dollars,
         metavar="USD",
         help="spend at most this much: the plan fits it, and a run sends no call that could "
         "exceed it",
@@ -228,45 +252,93 @@ def main(argv: list[str] | None = None) -> int:
 # ---- run --------------------------------------------------------------------------------
 
 
+MAX_INPUT_BYTES = 16 * 2**20
+"""Largest file `-i NAME=@FILE` reads (16 MiB): far more text than any context window
+takes, little enough to hold in memory and record with the run."""
+
+
 def parse_inputs(plan: Plan, pairs: list[str], partial: bool = False) -> dict[str, Any]:
     """`name=value` pairs → checked values, defaults filled in: strings as given, other
-    types as JSON. `partial`: missing inputs are fine (planning with what is known)."""
+    types as JSON. Each input is given once; every problem is reported, each naming its
+    input. `partial`: missing inputs are fine (planning with what is known)."""
     types = {spec.name: spec.type for spec in plan.inputs}
     values: dict[str, Any] = {}
-    problems: list[str] = []
+    problems: dict[str, str] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep:
-            problems.append(f"input '{pair}' needs a value: -i {pair}=VALUE (or -i {pair}=@FILE)")
+            bare = quoted_name(pair)[1:-1]
+            problems[pair] = f"input '{bare}' needs a value: -i {bare}=VALUE (or -i {bare}=@FILE)"
             continue
-        if raw.startswith("@"):
-            path = Path(raw[1:])
-            try:
-                raw = path.read_text(encoding="utf-8")
-            except OSError as err:
-                problems.append(f"input '{name}': cannot read {path}: {err.strerror}")
-                continue
-        if (
-            types.get(name) == Prim(name="str")
-            or isinstance(types.get(name), EnumT)
-            or name not in types
-        ):
-            values[name] = raw
+        if name in values or name in problems:
+            values.pop(name, None)
+            problems[name] = f"input {quoted_name(name)} is given twice: give each input once"
             continue
         try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError as err:
-            problems.append(
-                f"input '{name}' expects {types[name]} written as JSON: {err.msg} in {raw[:60]!r}"
-            )
-    failed = {p.split("'")[1] for p in problems}
-    try:
-        bound = bind_inputs(plan, values, partial=partial)
-    except InputError as err:
-        problems += [p for p in str(err).split("\n") if p.split("'")[1] not in failed]
+            values[name] = _input_value(f"input {quoted_name(name)}", types.get(name), raw)
+        except InvalidValue as err:
+            problems[name] = str(err)
+    bound, unbound = check_inputs(plan, values, partial, given=problems)
+    problems.update({k: v for k, v in unbound.items() if k not in problems})
     if problems:
-        raise InputError("\n".join(problems))
+        raise InputError("\n".join(problems.values()))
     return bound
+
+
+def _input_value(who: str, t: Type | None, raw: str) -> Any:
+    """One `-i` value: the text itself for `str` and enum inputs (and unknown names,
+    reported later), JSON for the others. Problems are InvalidValue, naming `who`."""
+    if raw.startswith("@"):
+        text = _read_input_file(who, Path(raw[1:]))
+    else:
+        text = raw
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # argv bytes that were not UTF-8, escaped
+            offset = len(text[: err.start].encode("utf-8", "surrogateescape"))
+            code = ord(text[err.start])
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+            raise InvalidValue(f"{who} is not UTF-8 text ({what} at offset {offset})") from None
+    if t is None or t == Prim(name="str") or isinstance(t, EnumT):
+        return text
+    try:
+        return parse_json(text)
+    except InvalidValue as err:
+        shown = text[:60].encode("utf-8", "backslashreplace").decode("utf-8")
+        raise InvalidValue(f"{who} expects {t} written as JSON: {err} in {shown!r}") from None
+
+
+def _read_input_file(who: str, path: Path) -> str:
+    """The text of an `@FILE` input: a regular file (never a FIFO, which could block
+    forever) of UTF-8 text (a BOM is dropped), at most MAX_INPUT_BYTES."""
+    shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise InvalidValue(f"{who}: cannot read {shown}: {err.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InvalidValue(f"{who}: {shown} is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise InvalidValue(f"{who}: {shown} is not a regular file (a pipe or a device)")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_INPUT_BYTES + 1)
+    except OSError as err:
+        raise InvalidValue(f"{who}: cannot read {shown}: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidValue(f"{who}: {shown} is larger than {MAX_INPUT_BYTES // 2**20} MiB")
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 BOM is not text
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = start + err.start
+        raise InvalidValue(
+            f"{who}: {shown} is not UTF-8 text (byte 0x{data[at]:02x} at offset {at})"
+        ) from None
 
 
 class _Progress:
@@ -342,8 +414,10 @@ def _run(args: argparse.Namespace) -> int:
         # journal's answers are added when it is opened.
         budget = Budget(args.budget, spent=unanswered)
         budget.unanswered = unanswered
-    # Only a program that compiled, with valid inputs, gets a run folder.
-    run_dir = resumed or RunDir.create()
+    # Whatever can fail before the first call fails before the run folder exists: a
+    # failed start leaves nothing that `--resume last` or `trace last` would pick up.
+    check_backends(plan)
+    otel = otlp_provider() if args.otel else None
     meta = recorded or {
         "program": str(Path(args.program).resolve()),
         "flow": plan.flow,
@@ -351,17 +425,21 @@ def _run(args: argparse.Namespace) -> int:
         "models": list(plan.models),
         "started": time.time(),
     }
+    meta["status"] = "running"
+    _record_spending(meta, budget)
+    try:
+        check_json(meta)  # the inputs are checked; this catches a non-UTF-8 program path
+    except InvalidValue as err:
+        raise LLMFlowError(f"cannot record this run in run.json: {err}") from None
+    run_dir = resumed or RunDir.create()  # `last` skips it until run.json is written
     restore_sigterm = _stop_on_sigterm()
     cache = None
     try:
-        meta["status"] = "running"
-        _record_spending(meta, budget)
         run_dir.write_meta(meta)
         if not args.quiet:
             sys.stderr.write(f"run {run_dir.id}{' (resumed)' if recorded else ''}\n")
         progress = _Progress(plan, args.quiet)
         cache = None if args.no_cache else ResponseCache(runs.home() / "cache", _warn)
-        otel = otlp_provider() if args.otel else None
         result = asyncio.run(
             run_async(
                 plan,
@@ -399,9 +477,9 @@ def _run(args: argparse.Namespace) -> int:
     progress.summary(result, stats, run_dir, budget)
     if args.json and args.stats:
         data = {"outputs": result.outputs, "stats": {m: s.model_dump() for m, s in stats.items()}}
-        sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(_json_text(data) + "\n")
     elif args.json:
-        sys.stdout.write(json.dumps(result.outputs, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(_json_text(result.outputs) + "\n")
     else:
         _print_outputs(result.outputs, len(plan.outputs))
     if result.failures:
@@ -511,9 +589,16 @@ def _report_failures(plan: Plan, result: RunResult, budget: Budget | None) -> No
     sys.stderr.write(f"not computed: {', '.join(missing)}\n")
 
 
+def _json_text(data: Any) -> str:
+    """JSON for stdout: valid JSON always (no NaN or Infinity: allow_nan=False fails
+    loudly instead), non-ASCII as is where stdout takes UTF-8 and escaped elsewhere."""
+    utf8 = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
+    return json.dumps(data, ensure_ascii=not utf8, allow_nan=False, indent=2)
+
+
 def _print_outputs(outputs: dict[str, Any], declared: int) -> None:
     def text(value: Any) -> str:
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2)
+        return value if isinstance(value, str) else _json_text(value)
 
     if declared == 1 and len(outputs) == 1:
         sys.stdout.write(text(next(iter(outputs.values()))) + "\n")
@@ -554,7 +639,7 @@ def _plan(args: argparse.Namespace) -> int:
         path = render_plan(plan, Path(args.output))
         sys.stderr.write(f"wrote {path}\n")
     if args.json:
-        sys.stdout.write(json.dumps(plan.to_json(), ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(_json_text(plan.to_json()) + "\n")
     elif args.explain:
         _print_explain(plan)
     elif not args.output:
@@ -622,7 +707,7 @@ def _trace(args: argparse.Namespace) -> int:
         path = render_timeline(records, Path(args.output), title, meta.get("models", ()))
         sys.stderr.write(f"wrote {path}\n")
     if args.json:
-        sys.stdout.write(json.dumps(records, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(_json_text(records) + "\n")
     elif not args.output:
         _print_trace(records)
     return 0
@@ -667,7 +752,7 @@ def _models(args: argparse.Namespace) -> int:
         specs, default = _catalog_models(config)
     if args.json:
         rows = [{**spec.model_dump(mode="json"), "default": spec.name == default} for spec in specs]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        sys.stdout.write(_json_text(rows) + "\n")
         return 0
     sys.stdout.write(_models_table(specs, default))
     sys.stdout.write(_models_notes(specs, config))
@@ -783,7 +868,7 @@ def _price_table(text: str, as_json: bool) -> int:
     entries = [e for e in (catalog.get(k) for k in catalog.search(text, limit=50)) if e]
     if as_json:
         rows = [dataclasses.asdict(e) for e in entries]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        sys.stdout.write(_json_text(rows) + "\n")
         return 0
     if not entries:
         sys.stderr.write(f"no entry of the {catalog.source_label()} contains '{text}'\n")

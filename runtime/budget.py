@@ -17,6 +17,7 @@ limit slot), so in-flight requests always get to finish and wake it.
 from __future__ import annotations
 
 import asyncio
+import math
 
 from llmflow.runtime.backends.base import BackendError
 
@@ -37,6 +38,8 @@ class Budget:
     journal records."""
 
     def __init__(self, limit: float, spent: float = 0.0) -> None:
+        if not math.isfinite(limit) or limit < 0:  # NaN would let every spend through
+            raise ValueError(f"a budget is a finite amount of $0 or more, not {limit}")
         self.limit = limit
         self.spent = spent
         self.reserved = 0.0

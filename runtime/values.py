@@ -4,14 +4,23 @@ into prompts. Validation is pydantic's, against a Python type built from the llm
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from enum import Enum
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError, create_model
+from pydantic import FiniteFloat, TypeAdapter, ValidationError, create_model
 
-from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+from llmflow.compiler.types import FLOAT, AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+
+MAX_DEPTH = 100
+"""Deepest nesting of lists and records a value may have: far beyond any real input, and
+well below the recursion Python's JSON reader and writer can take."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone UTF-16 surrogate: a Python str can hold one, UTF-8 (and so JSON) cannot."""
 
 
 class InvalidValue(Exception):
@@ -22,7 +31,7 @@ class InvalidValue(Exception):
 def _python_type(t: Type) -> Any:
     match t:
         case Prim(name=name):
-            return {"str": str, "int": int, "float": float, "bool": bool}[name]
+            return {"str": str, "int": int, "float": FiniteFloat, "bool": bool}[name]
         case ListT(item=item):
             return list[_python_type(item)]  # type: ignore[misc]
         case EnumT(members=members):
@@ -39,22 +48,130 @@ def _adapter(t: Type) -> TypeAdapter[Any]:
 
 
 def validate(t: Type, value: Any, strict: bool = True) -> Any:
-    """Check a value against a type; plain JSON data out. Inputs are checked strictly;
+    """Check a value against a type; plain JSON data out, which `json.dumps(...,
+    allow_nan=False)` always writes (see `check_json`). Inputs are checked strictly;
     model output laxly (a record field "3" may stand for 3)."""
-    if isinstance(t, AnyT):
-        return value
-    if (
-        strict
-        and t == Prim(name="float")
-        and isinstance(value, int)
-        and not isinstance(value, bool)
-    ):
-        return float(value)
     try:
-        checked = _adapter(t).validate_python(value, strict=strict)
+        if isinstance(t, AnyT):
+            checked = value
+        elif strict and t == FLOAT and isinstance(value, int) and not isinstance(value, bool):
+            checked = float(value)
+        else:
+            checked = _plain(_adapter(t).validate_python(value, strict=strict))
     except ValidationError as err:
         raise InvalidValue(_describe(err)) from None
-    return _plain(checked)
+    except OverflowError:  # float(10**400)
+        raise InvalidValue("an integer this large is out of range for a float") from None
+    except RecursionError:  # a list[any] nested 100k deep
+        raise InvalidValue(f"nested deeper than {MAX_DEPTH} levels") from None
+    check_json(checked)
+    return checked
+
+
+def check_json(value: Any) -> None:
+    """Raise InvalidValue unless the value is JSON data that writes and reads back as
+    itself: str without lone surrogates, int of at most `sys.get_int_max_str_digits()`
+    digits, finite float, bool, None, and lists and str-keyed dicts of them nested at
+    most MAX_DEPTH deep. Iterative: a cycle or a 100k-deep list is just too deep."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        item, where = stack.pop()
+        problem = None
+        if isinstance(item, str):
+            if found := _SURROGATE.search(item):
+                problem = (
+                    f"a lone surrogate ({found.group()!a}) at character {found.start()} is not text"
+                )
+        elif isinstance(item, bool) or item is None:
+            pass
+        elif isinstance(item, int):
+            problem = _int_problem(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                problem = f"{item} is not a finite number (JSON has no inf or NaN)"
+        elif isinstance(item, list | dict):
+            if len(where) >= MAX_DEPTH:
+                problem = f"nested deeper than {MAX_DEPTH} levels"
+            elif isinstance(item, list):
+                stack.extend((v, (*where, i)) for i, v in enumerate(item))
+            else:
+                for k, v in item.items():
+                    if not isinstance(k, str):
+                        problem = f"key {k!r} is not a string"
+                        break
+                    stack.append((k, (*where, "key")))
+                    stack.append((v, (*where, k)))
+        else:
+            problem = f"a {type(item).__name__} is not JSON data"
+        if problem:
+            path = ".".join(str(p) for p in where[:5]) + (".…" if len(where) > 5 else "")
+            raise InvalidValue(f"{path}: {problem}" if path else problem)
+
+
+def _int_problem(value: int) -> str | None:
+    """Why an int cannot be written in decimal (Python refuses more than
+    `sys.get_int_max_str_digits()` digits), or None."""
+    limit = sys.get_int_max_str_digits()
+    if limit and value.bit_length() > 3 * limit:  # fewer bits cannot reach the limit
+        try:
+            str(value)
+        except ValueError:
+            return f"an integer of more than {limit} digits is too long"
+    return None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidValue(f"{_quote(text, 40)} is out of range for a number")
+    return value
+
+
+def _short_int(text: str) -> int:
+    limit = sys.get_int_max_str_digits()
+    digits = len(text) - text.startswith("-")
+    if limit and digits > limit:
+        raise InvalidValue(f"an integer of {digits} digits is too long (at most {limit})")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidValue(f"{name} is not JSON (JSON has no NaN or Infinity)")
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidValue(f"key {_quote(key, 40)} appears twice")
+            seen.add(key)
+    return data
+
+
+_INPUT_JSON = json.JSONDecoder(
+    parse_float=_finite_float,
+    parse_int=_short_int,
+    parse_constant=_no_constant,
+    object_pairs_hook=_no_repeated_keys,
+)
+_OUTPUT_JSON = json.JSONDecoder(
+    parse_float=_finite_float, parse_int=_short_int, parse_constant=_no_constant
+)
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON for inputs: every problem (bad syntax, NaN, a number out of range, a
+    repeated key, nesting too deep) is an InvalidValue saying what and where."""
+    try:
+        value = _INPUT_JSON.decode(text)
+    except json.JSONDecodeError as err:
+        raise InvalidValue(f"{err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise InvalidValue(f"nested deeper than {MAX_DEPTH} levels") from None
+    check_json(value)
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -77,8 +194,9 @@ def _describe(err: ValidationError) -> str:
 
 def parse_output(t: Type, text: str) -> Any:
     """Model text → a value of type t, leniently: a small model writes `Yes.` for an
-    enum member `yes`, or wraps JSON in prose and code fences."""
-    text = text.strip()
+    enum member `yes`, or wraps JSON in prose and code fences. A lone surrogate (a
+    server's JSON can carry one) becomes U+FFFD: the value must be writable as UTF-8."""
+    text = _SURROGATE.sub("\ufffd", text.strip())
     match t:
         case Prim(name="str") | AnyT():
             return text
@@ -86,12 +204,12 @@ def parse_output(t: Type, text: str) -> Any:
             found = re.search(r"-?\d[\d,]*", text)
             if not found:
                 raise InvalidValue(f"expected an integer, got {_quote(text)}")
-            return int(found.group().replace(",", ""))
+            return _short_int(found.group().replace(",", ""))
         case Prim(name="float"):
             found = re.search(r"-?\d[\d,]*(\.\d+)?([eE]-?\d+)?", text)
             if not found:
                 raise InvalidValue(f"expected a number, got {_quote(text)}")
-            return float(found.group().replace(",", ""))
+            return _finite_float(found.group().replace(",", ""))
         case Prim(name="bool"):
             word = _first_word(text)
             if word in ("true", "yes"):
@@ -138,13 +256,15 @@ def _first_word(text: str) -> str:
 
 
 def _extract_json(text: str) -> Any:
-    """The first JSON object or array in the text, or None."""
-    decoder = json.JSONDecoder()
+    """The first JSON object or array in the text, or None. NaN, numbers out of range
+    and nesting too deep are InvalidValue (fed back to the model)."""
     for match in re.finditer(r"[\[{]", text):
         try:
-            value, _ = decoder.raw_decode(text[match.start() :])
+            value, _ = _OUTPUT_JSON.raw_decode(text[match.start() :])
         except json.JSONDecodeError:
             continue
+        except RecursionError:
+            raise InvalidValue(f"JSON nested deeper than {MAX_DEPTH} levels") from None
         return value
     return None
 

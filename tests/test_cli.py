@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from llmflow.cli import main
+from llmflow.cli import MAX_INPUT_BYTES, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +61,152 @@ def test_run_reads_an_input_from_a_file_and_reports_unreadable_ones(
     assert "input 'name': cannot read no/such/file.txt" in err
 
 
+ECHO = """
+flow main(n: int, x: float, s: str, xs: list[str]) -> s2: str, x2: float {
+    s2 = s
+    x2 = x * x
+}
+"""
+GOOD = {"n": "1", "x": "2", "s": "text", "xs": '["a"]'}
+
+
+@pytest.fixture
+def echo(tmp_path: Path) -> Path:
+    """A program that calls no model: its outputs are its inputs (and x squared)."""
+    path = tmp_path / "echo.llmflow"
+    path.write_text(ECHO)
+    return path
+
+
+def strict_json(text: str) -> object:
+    """Parse as JSON proper: NaN and Infinity are not JSON."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in the output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _run_inputs(echo: Path, *pairs: str, quiet: bool = False) -> list[str]:
+    """`llmflow run echo --json` with GOOD inputs, each replaced by a pair given here."""
+    given = {pair.partition("=")[0] for pair in pairs}
+    args = ["run", str(echo), "--json", *(["-q"] if quiet else [])]
+    for pair in [f"{k}={v}" for k, v in GOOD.items() if k not in given] + list(pairs):
+        args += ["-i", pair]
+    return args
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (
+            "n=" + "9" * 5000,
+            "input 'n' expects int written as JSON: an integer of 5000 digits is too long",
+        ),
+        ("x=NaN", "input 'x' expects float written as JSON: NaN is not JSON"),
+        ("x=Infinity", "input 'x' expects float written as JSON: Infinity is not JSON"),
+        ("x=-Infinity", "input 'x' expects float written as JSON: -Infinity is not JSON"),
+        ("x=1e999", "input 'x' expects float written as JSON: '1e999' is out of range"),
+        (
+            "xs=" + "[" * 100_000 + "]" * 100_000,
+            "input 'xs' expects list[str] written as JSON: nested deeper than 100 levels",
+        ),
+        ('xs=["\\ud800"]', "input 'xs' expects list[str] written as JSON: 0: a lone surrogate"),
+        ("s=ab\udcff", "input 's' is not UTF-8 text (byte 0xff at offset 2)"),
+        ('xs=["\udcc3"]', "input 'xs' is not UTF-8 text (byte 0xc3 at offset 2)"),
+        ("bad\udcffname=1", "unknown input 'bad\\udcffname'"),
+    ],
+    ids=lambda case: case[:24],
+)
+def test_a_bad_input_is_an_input_error_naming_it(
+    echo: Path, llmflow_home: Path, pair: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_run_inputs(echo, pair)) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"error: {message}" in err
+    assert "internal error" not in err and "Traceback" not in err
+    assert not (llmflow_home / "runs").exists()  # no run folder for a run that never started
+
+
+def test_a_non_utf8_argument_from_the_shell_is_an_input_error(echo: Path, tmp_path: Path) -> None:
+    """The real path: the OS hands Python bytes, Python escapes the bad ones."""
+    argv = [sys.executable, "-m", "llmflow.cli", "run", str(echo), "--json"]
+    for key, value in {**GOOD, "s": "caf\xe9"}.items():
+        argv += ["-i", f"{key}={value}".encode("latin-1")]
+    env = {**os.environ, "LLMFLOW_HOME": str(tmp_path / "home"), "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run(argv, capture_output=True, env=env, timeout=60, check=False)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr == b"error: input 's' is not UTF-8 text (byte 0xe9 at offset 3)\n"
+    assert not (tmp_path / "home" / "runs").exists()
+
+
+def test_an_input_given_twice_is_an_error_not_the_last_one(
+    echo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_run_inputs(echo, "s=one", "s=two", "n=x", "n=2")) == 1
+    err = capsys.readouterr().err
+    assert "error: input 's' is given twice: give each input once" in err
+    assert "error: input 'n' is given twice" in err
+    assert "written as JSON" not in err  # the bad first n is not reported on top
+
+
+def test_input_files_must_be_regular_utf8_files_of_bounded_size(
+    echo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_with(path: Path) -> str:
+        assert main(_run_inputs(echo, f"s=@{path}")) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "internal error" not in err
+        return err
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café au lait".encode("latin-1"))
+    assert f"input 's': {latin1} is not UTF-8 text (byte 0xe9 at offset 3)" in run_with(latin1)
+    bom_then_bad = tmp_path / "bom.txt"
+    bom_then_bad.write_bytes(b"\xef\xbb\xbfok\xc3")
+    assert "(byte 0xc3 at offset 5)" in run_with(bom_then_bad)
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_text("hello", encoding="utf-16")
+    assert "is not UTF-8 text (byte 0xff at offset 0)" in run_with(utf16)
+    assert f"input 's': {tmp_path} is a directory, not a file" in run_with(tmp_path)
+    huge = tmp_path / "huge.txt"
+    with huge.open("wb") as f:
+        f.truncate(MAX_INPUT_BYTES + 1)  # sparse: no disk used
+    assert f"input 's': {huge} is larger than 16 MiB" in run_with(huge)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading a FIFO blocked"))
+    signal.alarm(20)
+    try:
+        assert f"input 's': {fifo} is not a regular file (a pipe or a device)" in run_with(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(_run_inputs(echo, f"xs=@{deep}")) == 1
+    assert "input 'xs' expects list[str] written as JSON: nested deeper" in capsys.readouterr().err
+
+
+def test_a_utf8_bom_is_not_part_of_an_input(
+    echo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "bom.txt"
+    text.write_bytes(b"\xef\xbb\xbfcaf\xc3\xa9")
+    assert main(_run_inputs(echo, f"s=@{text}", quiet=True)) == 0
+    assert strict_json(capsys.readouterr().out) == {"s2": "café", "x2": 4.0}
+
+
+def test_json_output_is_always_json(echo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An output JSON cannot hold (x * x overflows to inf) fails; the others print."""
+    assert main(_run_inputs(echo, "x=1e200", quiet=True)) == 1
+    out, err = capsys.readouterr()
+    assert strict_json(out) == {"s2": "text"}
+    assert "x2 failed: its value cannot be written as JSON: inf is not a finite number" in err
+    assert "not computed: x2" in err
+
+
 def test_plan_json_is_the_ir_graph(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "examples/qa_over_doc.llmflow", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -73,6 +223,17 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["run"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-1", "-0.01", "ten"])
+def test_a_budget_is_a_finite_amount_or_a_usage_error(
+    budget: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("plan", "run"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "examples/hello.llmflow", "-i", "name=Ada", "--budget", budget])
+        assert exit_.value.code == 2
+        assert "argument --budget:" in capsys.readouterr().err
 
 
 def test_models_lists_the_embedded_models(capsys: pytest.CaptureFixture[str]) -> None:

@@ -118,6 +118,39 @@ def spent_in_trace(run: Path) -> float:
     return sum(json.loads(line)["llmflow.cost_usd"] for line in (run / "trace.jsonl").open())
 
 
+def test_a_failed_start_leaves_no_folder_and_last_is_still_the_last_good_run(
+    program: Path, tmp_path: Path, server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", str(program), "-i", 'qs=["a"]', "-q"]) == 0
+    (good,) = runs()
+    keyless = tmp_path / "keyless.llmflow"
+    keyless.write_text(
+        program.read_text().replace(
+            "price_out=2000", 'price_out=2000, api_key_env="LLMFLOW_NO_KEY"'
+        )
+    )
+    failed_starts = [
+        (program, ["-i", 'qs=["bad \udcff byte"]'], "input 'qs' is not UTF-8 text"),
+        (program, ["-i", 'qs=["\\ud800"]'], "input 'qs' expects list[str] written as JSON"),
+        (program, ["-i", 'qs=["a"]', "-i", 'qs=["b"]'], "input 'qs' is given twice"),
+        (program, ["-i", "qs=[NaN]"], "NaN is not JSON"),
+        (keyless, ["-i", 'qs=["a"]'], "set the environment variable LLMFLOW_NO_KEY"),
+    ]
+    for path, inputs, message in failed_starts:
+        assert main(["run", str(path), *inputs]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "internal error" not in err
+        assert runs() == [good]
+    assert len(server.log) == 1
+    assert main(["trace", "last"]) == 0
+    assert capsys.readouterr().out.endswith("1 call\n")
+    assert main(["run", str(program), "--resume", "last", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"answers": [default_answer("Ask a:")]}
+    assert f"run {good.name} (resumed)" in err
+    assert len(server.log) == 1  # answered from the journal
+
+
 def test_the_budget_is_spent_not_left_and_says_what_was_not_run(
     program: Path, server: ServerHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:

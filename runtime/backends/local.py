@@ -42,7 +42,7 @@ from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from llmflow.compiler.models import LOCAL_MODELS, ModelSpec
+from llmflow.compiler.models import LOCAL_MODELS, ModelSpec, local_context
 from llmflow.runtime.backends import llama_batch
 from llmflow.runtime.backends.base import (
     BackendError,
@@ -52,9 +52,6 @@ from llmflow.runtime.backends.base import (
 )
 
 logger = logging.getLogger(__name__)
-
-MAX_DEFAULT_CONTEXT = 4096
-"""Context allocated unless a model sets `n_ctx`: enough for our prompts, cheap in RAM."""
 
 DEFAULT_SEED = 0
 """Sampling seed when a request sets none, so runs are reproducible."""
@@ -860,9 +857,10 @@ def _load(model: _Model) -> Llama:
     spec = model.spec
     local = LOCAL_MODELS.get(spec.id)
     path = find_model_file(spec.id)
-    n_ctx = spec.options.get("n_ctx") or min(
-        spec.context or (local.context if local else MAX_DEFAULT_CONTEXT),
-        MAX_DEFAULT_CONTEXT,
+    # The window the plan was made for (catalog.resolve sets it); a spec built by hand
+    # without one gets what resolve would have given it.
+    n_ctx = spec.context or local_context(
+        local.context if local else None, spec.options.get("n_ctx")
     )
     # verbose=False would make llama-cpp-python redirect file descriptors 1 and 2
     # during the load, which loses output written meanwhile by other threads; with

@@ -13,7 +13,13 @@ from llmflow.cli import main
 from llmflow.compiler import catalog
 from llmflow.compiler.check import Checked
 from llmflow.compiler.diagnostics import Diagnostic
-from llmflow.compiler.models import LOCAL_MODELS, LOCAL_SKILL_SOURCE, default_model
+from llmflow.compiler.models import (
+    LOCAL_CONTEXT,
+    LOCAL_MODELS,
+    LOCAL_SKILL_SOURCE,
+    default_model,
+    local_context,
+)
 
 Check = Callable[..., Checked]
 Diags = Callable[..., list[Diagnostic]]
@@ -216,8 +222,29 @@ def test_embedded_models_are_free_constrained_measured_and_roughly_skilled(
         "writing": LOCAL_SKILL_SOURCE,
         "extraction": LOCAL_SKILL_SOURCE,
     }
-    assert base.chat is False and base.context == 32768
+    assert base.chat is False and base.context == LOCAL_CONTEXT  # not its trained 32768
     assert max(base.skills.values()) < min(LOCAL_MODELS["smollm2-135m"].skills.values()) + 1e-9
+
+
+def test_a_local_model_is_planned_with_the_window_it_runs_with(checked: Check) -> None:
+    """`context` of a local model is what llama.cpp allocates (the runtime reads it):
+    n_ctx if set, else the model's window capped at LOCAL_CONTEXT."""
+    result = checked(
+        program(
+            'model capped = local("smollm2-135m")\n'
+            'model small = local("smollm2-135m", context=1024)\n'
+            'model big = local("gemma3-270m", n_ctx=16384)\n',
+            "capped",
+        )
+    )
+    capped, small, big = (result.models[n] for n in ("capped", "small", "big"))
+    assert LOCAL_MODELS["smollm2-135m"].context == 8192 > LOCAL_CONTEXT
+    assert capped.context == LOCAL_CONTEXT
+    assert capped.sources["context"] == f"llmflow catalog, capped (n_ctx {LOCAL_CONTEXT})"
+    assert (small.context, small.sources["context"]) == (1024, "declaration")
+    assert (big.context, big.sources["context"]) == (16384, "n_ctx (declaration)")
+    assert default_model().context == LOCAL_CONTEXT
+    assert local_context(None, None) == LOCAL_CONTEXT  # a .gguf file without `context`
 
 
 def test_the_embedded_default_model() -> None:
@@ -280,7 +307,7 @@ def test_models_lists_a_program_with_a_local_and_an_openai_model(
         "*",
         "local",
         "smollm2-135m",
-        "8192",
+        "4096",  # what it runs with
         "free",
         "free",
         "free",

@@ -293,7 +293,7 @@ def test_decorators_pin_models_and_record_needs(checked: Check) -> None:
     assert (big.backend, big.id, big.skills) == ("openai", "gpt-4o-mini", {"reasoning": 0.9})
     assert big.options == {"api_key_env": "OPENAI_API_KEY", "price_in": 0.15, "rpm": 500}
     small = result.models["small"]
-    assert (small.backend, small.context, small.chat) == ("local", 8192, True)
+    assert (small.backend, small.context, small.chat) == ("local", 4096, True)  # n_ctx
     assert "default" not in result.models
 
 

@@ -504,3 +504,39 @@ def test_a_batch_reports_the_prefix_it_evaluated_once(together: dict[str, list])
     assert max(beyond_first) > 0  # "Which gauge" was evaluated once for two calls
     evaluated = sum(result.input_tokens - result.cached_tokens for result in batched)
     assert evaluated == trie_size(together["tokens"])
+
+
+@needs_smollm2
+def test_the_window_a_plan_assumes_is_the_window_allocated(compile_source) -> None:
+    """The optimizer and llama.cpp read one number (`ModelSpec.context`); a prompt
+    longer than it fails before anything is evaluated, naming that number."""
+    plan = compile_source(
+        '''
+        model wide = local("smollm2-135m")
+        model narrow = local("smollm2-135m", n_ctx=1024)
+
+        fn ask(q: str) -> a: str
+        """{{q}} {{a | max_tokens=2}}"""
+
+        @model(narrow)
+        fn ask_narrow(q: str) -> a: str
+        """{{q}} {{a | max_tokens=2}}"""
+
+        flow main(q: str) -> a: str, b: str {
+            a = ask(q)
+            b = ask_narrow(q)
+        }
+        '''
+    )
+    backend = LocalBackend({name: plan.models[name] for name in ("wide", "narrow")})
+    try:
+        for name, window in (("wide", 4096), ("narrow", 1024)):
+            assert plan.models[name].context == window
+            assert ask(backend, name, "Hi", max_tokens=2).output_tokens > 0
+            llm = backend._models[name].llm
+            assert llm is not None and llm.n_ctx() == window
+            fits = rf"does not fit the context of model '{name}' \({window} tokens\)"
+            with pytest.raises(BackendError, match=fits):
+                ask(backend, name, "word " * window, max_tokens=2)
+    finally:
+        asyncio.run(backend.aclose())

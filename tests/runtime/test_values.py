@@ -1,0 +1,164 @@
+"""Typed values: every value that passes validation is JSON that writes and reads back
+(no NaN, no lone surrogate, no integer too long to print, bounded nesting), whether it
+comes from an input, an extern or a model's answer."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from llmflow.compiler.types import ANY, FLOAT, INT, STR, EnumT, ListT, RecordT
+from llmflow.runtime.values import (
+    MAX_DEPTH,
+    InvalidValue,
+    check_json,
+    parse_json,
+    parse_output,
+    validate,
+)
+
+POINT = RecordT(name="Point", fields=(("x", FLOAT), ("label", STR)))
+DIGITS = sys.get_int_max_str_digits()
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def written(value: Any) -> Any:
+    """What the CLI does with a value: write it as strict JSON (UTF-8), read it back."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, indent=2)
+    return json.loads(text.encode("utf-8").decode("utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("t", "value", "message"),
+    [
+        (FLOAT, math.nan, "finite number"),
+        (FLOAT, math.inf, "finite number"),
+        (FLOAT, -math.inf, "finite number"),
+        (FLOAT, 10**400, "out of range for a float"),
+        (ListT(item=FLOAT), [1.0, math.nan], "1: Input should be a finite number"),
+        (POINT, {"x": math.inf, "label": "a"}, "x: Input should be a finite number"),
+        (INT, 10 ** (DIGITS + 10), f"more than {DIGITS} digits"),
+        (STR, "ok\ud800", r"lone surrogate \('\\ud800'\) at character 2"),
+        (ListT(item=STR), ["a", "\udcff"], "1: a lone surrogate"),
+        (POINT, {"x": 1.0, "label": "\udfff"}, "label: a lone surrogate"),
+        (ListT(item=ListT(item=INT)), nested(100_000), "0.0: Input should be a valid integer"),
+    ],
+    ids=lambda case: case[:30] if isinstance(case, str) else type(case).__name__,
+)
+def test_inputs_that_json_cannot_hold_are_invalid(t: Any, value: Any, message: str) -> None:
+    with pytest.raises(InvalidValue, match=message):
+        validate(t, value)
+
+
+def test_what_passes_writes_and_reads_back_as_itself() -> None:
+    cases = [
+        (FLOAT, 1e308),
+        (FLOAT, 3),
+        (INT, 10 ** (DIGITS - 1)),
+        (STR, "emoji \U0001f600 and \u00e9, NUL \x00"),
+        (ListT(item=POINT), [{"x": -0.0, "label": "héllo"}]),
+        (EnumT(name="Answer", members=("yes", "no")), "no"),
+    ]
+    for t, value in cases:
+        checked = validate(t, value)
+        assert written(checked) == checked
+
+
+def test_any_values_are_checked_without_recursion() -> None:
+    """`any` (an empty list's element) is not checked by type: the JSON check is what
+    stops a cycle, a 100k-deep list, a tuple or a non-string key."""
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    bad = [
+        (nested(100_000), f"nested deeper than {MAX_DEPTH} levels"),
+        (cyclic, "nested deeper"),
+        ([1, (2, 3)], "1: a tuple is not JSON data"),
+        ({1: "a"}, "key 1 is not a string"),
+        ({"k\ud800": 1}, "key: a lone surrogate"),
+        ([{"a": [math.nan]}], "0.a.0: nan is not a finite number"),
+        ({"set": {1}}, "set: a set is not JSON data"),
+    ]
+    for value, message in bad:
+        with pytest.raises(InvalidValue, match=message):
+            validate(ANY, value)
+        with pytest.raises(InvalidValue, match=message):
+            validate(ListT(item=ANY), [value])
+    assert validate(ANY, nested(MAX_DEPTH)) == nested(MAX_DEPTH)
+    assert written(nested(MAX_DEPTH)) == nested(MAX_DEPTH)
+    with pytest.raises(InvalidValue, match="nested deeper"):
+        check_json(nested(MAX_DEPTH + 1))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("NaN", "NaN is not JSON"),
+        ("[1, Infinity]", "Infinity is not JSON"),
+        ('{"a": -Infinity}', "-Infinity is not JSON"),
+        ("1e999", "'1e999' is out of range"),
+        ("[-1e400]", "'-1e400' is out of range"),
+        ("9" * 5000, f"an integer of 5000 digits is too long \\(at most {DIGITS}\\)"),
+        ("-" + "9" * 5000, "an integer of 5000 digits"),
+        ("[" * 100_000 + "]" * 100_000, f"nested deeper than {MAX_DEPTH} levels"),
+        ("[" * 100_000, f"nested deeper than {MAX_DEPTH} levels"),
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested deeper"),
+        ('"\\ud800"', "lone surrogate"),
+        ('["\\udc00x"]', "0: a lone surrogate"),
+        ('{"a": 1, "a": 2}', "key 'a' appears twice"),
+        ('{"a": 1', "Expecting ',' delimiter at line 1 column 8"),
+        ("", "Expecting value at line 1 column 1"),
+    ],
+    ids=lambda case: case[:20] if isinstance(case, str) else type(case).__name__,
+)
+def test_input_json_rejects_what_is_not_json_data(text: str, message: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(InvalidValue, match=message):
+        parse_json(text)
+    assert time.perf_counter() - started < 2  # generous: no quadratic work on 100k levels
+
+
+def test_input_json_keeps_surrogate_pairs_and_big_but_printable_numbers() -> None:
+    assert parse_json('"\\ud83d\\ude00"') == "\U0001f600"
+    assert parse_json("1e308") == 1e308
+    assert parse_json("9" * DIGITS) == int("9" * DIGITS)
+    assert parse_json("[" * MAX_DEPTH + "]" * MAX_DEPTH) == nested(MAX_DEPTH)
+
+
+@pytest.mark.parametrize(
+    ("t", "text", "message"),
+    [
+        (FLOAT, "about 1e999 of them", "'1e999' is out of range"),
+        (FLOAT, "1" + "0" * 400, "is out of range"),
+        (INT, "9" * 5000, "too long"),
+        (ListT(item=FLOAT), "[1.5, NaN]", "NaN is not JSON"),
+        (ListT(item=FLOAT), '{"values": [Infinity]}', "Infinity is not JSON"),
+        (POINT, '{"x": "inf", "label": "a"}', "x: Input should be a finite number"),
+        (ListT(item=INT), "[" * 100_000, "nested deeper"),
+        (ListT(item=INT), "[" + "9" * 5000 + "]", "too long"),
+        (ListT(item=STR), '["\\ud800"]', "lone surrogate"),
+    ],
+    ids=lambda case: case[:20] if isinstance(case, str) else type(case).__name__,
+)
+def test_model_output_json_cannot_hold_is_invalid(t: Any, text: str, message: str) -> None:
+    """InvalidValue is fed back to the model (the call asks again), never a crash."""
+    started = time.perf_counter()
+    with pytest.raises(InvalidValue, match=message):
+        parse_output(t, text)
+    assert time.perf_counter() - started < 2
+
+
+def test_a_lone_surrogate_in_model_text_becomes_a_replacement_character() -> None:
+    assert parse_output(STR, "a\ud800b") == "a\ufffdb"
+    assert written(parse_output(ANY, "\udcff")) == "\ufffd"
+    assert parse_output(STR, "\U0001f600") == "\U0001f600"
