@@ -14,7 +14,7 @@ import math
 import operator
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,23 +82,54 @@ def _limit(what: str, count: int, limit: int, unit: str) -> LimitError:
 
 
 def measure(value: Any, limit: int = MAX_SIZE) -> tuple[int, int]:
-    """A value's size (as MAX_SIZE counts it) and nesting depth; counting stops once the
-    size passes `limit` or the depth MAX_DEPTH, so it costs at most that much."""
-    size, depth = 0, 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack and size <= limit and depth <= MAX_DEPTH:
-        item, level = stack.pop()
-        depth = max(depth, level)
-        if isinstance(item, str):
-            size += len(item)
-        elif isinstance(item, list | dict):
-            size += len(item)
-            if size <= limit:
-                items = item.values() if isinstance(item, dict) else item
-                stack.extend((v, level + 1) for v in items)
+    """A value's size (as MAX_SIZE counts it) and nesting depth. A list or record that
+    appears several times is walked once; counting stops once the size passes `limit` or
+    the depth MAX_DEPTH, so it costs at most that much, however the value was built."""
+    if not isinstance(value, list | dict):
+        return _scalar_size(value), 0
+    done: dict[int, tuple[int, int]] = {}
+    # Each frame: a list or record, its items still to count, its size and depth so far.
+    frames: list[list[Any]] = [[value, iter(_items(value)), len(value), 0]]
+    total = len(value)  # of every frame: the whole value is at least this large
+    while frames:
+        frame = frames[-1]
+        item = next(frame[1], _END)
+        if item is _END:
+            frames.pop()
+            done[id(frame[0])] = (frame[2], frame[3] + 1)
+            if frames:
+                frames[-1][2] += frame[2]
+                frames[-1][3] = max(frames[-1][3], frame[3] + 1)
+            continue
+        if isinstance(item, list | dict):
+            known = done.get(id(item))
+            if known is None:
+                if len(frames) >= MAX_DEPTH:
+                    return total, len(frames) + 1
+                frames.append([item, iter(_items(item)), len(item), 0])
+                total += len(item)
+            else:
+                frame[2] += known[0]
+                frame[3] = max(frame[3], known[1])
+                total += known[0]
         else:
-            size += 1
-    return size, depth
+            size = _scalar_size(item)
+            frame[2] += size
+            total += size
+        if total > limit:
+            return total, len(frames)
+    return done[id(value)]
+
+
+_END = object()
+
+
+def _items(value: list[Any] | dict[str, Any]) -> Iterable[Any]:
+    return value.values() if isinstance(value, dict) else value
+
+
+def _scalar_size(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 1
 
 
 def _check_size(what: str, value: Any) -> None:
