@@ -117,6 +117,7 @@ class _Renderer:
         }
         self.keys = sorted(written, key=len, reverse=True)
         self._lines: dict[str, list[str]] = {}
+        self._masked: dict[tuple[str, int], tuple[str, str]] = {}
 
     def render(self, diag: Diagnostic) -> str:
         message = self.text(diag.message)
@@ -135,7 +136,11 @@ class _Renderer:
                 lines.append(f"  = hint: {hint}")
             return "\n".join(lines)
         end = span.end_col if span.end_line == span.line else len(line_text) + 1
-        shown, col, end = self.show(line_text, span.col, max(end, span.col + 1))
+        masked = self._masked.get((span.file, span.line))
+        if masked is None:
+            stars = self.mask(line_text)
+            masked = self._masked[(span.file, span.line)] = (stars, redact(stars))
+        shown, col, end = _window(*masked, span.col, max(end, span.col + 1))
         gutter = " " * len(str(span.line))
         caret = " " * (col - 1) + "^" * max(1, end - col)
         if diag.label:
@@ -162,41 +167,41 @@ class _Renderer:
         lines = self._lines[file]
         return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
 
-    def show(self, line: str, col: int, end: int) -> tuple[str, int, int]:
-        """The line as shown, keys masked first, then cut to a window around columns
-        col..end; returns it with those columns moved to where they are shown."""
-        masked = self.mask(line)
-        redacted = redact(masked)
-        if redacted != masked:  # a registered key: "[redacted]" is not as long as the key
-            col = len(redact(masked[: col - 1])) + 1
-            end = max(col + 1, len(redact(masked[: end - 1])) + 1)
-        masked = _UNPRINTABLE.sub("\ufffd", redacted.replace("\t", " "))
-        if len(masked) <= MAX_SHOWN_LINE:
-            return masked, col, end
-        start = max(0, min(col - 1 - MAX_SHOWN_LINE // 3, len(masked) - MAX_SHOWN_LINE))
-        stop = start + MAX_SHOWN_LINE
-        shown = masked[start:stop]
-        end = min(end, stop + 1)
-        if start > 0:
-            shown, start = "…" + shown, start - 1
-        if stop < len(masked):
-            shown += "…"
-        return shown, col - start, end - start
-
     def mask(self, line: str) -> str:
         """Stars over every key written on this line or elsewhere (same length: columns
         stay where they were)."""
-        chars = list(line)
+        pieces, done = [], 0
         for match in _WRITTEN_KEY.finditer(line):
             group = match.lastindex or 0
             if match.group(group).strip("\"'*"):  # not masked already (a config's "***")
                 a, b = match.span(group)
-                chars[a:b] = "*" * (b - a)
-        masked = "".join(chars)
+                pieces += [line[done:a], "*" * (b - a)]
+                done = b
+        masked = "".join([*pieces, line[done:]])
         for key in self.keys:
             if key in masked:
                 masked = masked.replace(key, "*" * len(key))
         return masked
+
+
+def _window(masked: str, redacted: str, col: int, end: int) -> tuple[str, int, int]:
+    """A line as shown: `redacted` (the masked line with registered keys replaced too)
+    cut to a window around columns col..end, which move to where they are shown."""
+    if redacted != masked:  # a registered key: "[redacted]" is not as long as the key
+        col = len(redact(masked[: col - 1])) + 1
+        end = max(col + 1, len(redact(masked[: end - 1])) + 1)
+    if len(redacted) > MAX_SHOWN_LINE:
+        start = max(0, min(col - 1 - MAX_SHOWN_LINE // 3, len(redacted) - MAX_SHOWN_LINE))
+        stop = start + MAX_SHOWN_LINE
+    else:
+        start, stop = 0, len(redacted)
+    shown = _UNPRINTABLE.sub("\ufffd", redacted[start:stop].replace("\t", " "))
+    end = min(end, stop + 1)
+    if start > 0:
+        shown, start = "…" + shown, start - 1
+    if stop < len(redacted):
+        shown += "…"
+    return shown, col - start, end - start
 
 
 def _key_text(match: re.Match[str]) -> str:
