@@ -3,6 +3,7 @@ span, and no secret in any shown line or message, whichever diagnostic shows it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,3 +204,13 @@ def test_a_registered_key_across_the_window_edge_leaks_no_prefix() -> None:
         text = render(Diagnostic(kind="t", message="m", span=at(1, 1, 2)), {FILE: line})
         assert "registered" not in text, offset
         assert text.split("\n")[2].endswith("…")
+
+
+def test_many_errors_on_one_huge_line_render_in_linear_time() -> None:
+    """Each shown line is masked once, not once per diagnostic (a generous bound)."""
+    line = "x = " + "k" * 5_000_000
+    diags = [Diagnostic(kind="t", message="m", span=at(1, 1 + i, 2 + i)) for i in range(100)]
+    started = time.monotonic()
+    text = render_all(diags, {FILE: line})
+    assert time.monotonic() - started < 20
+    assert len(text) < 100 * 500
