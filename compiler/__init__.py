@@ -15,6 +15,8 @@ from llmflow.errors import CompileError
 def check_file(path: str | os.PathLike[str], source: str | None = None) -> Checked:
     """Parse and check a program and everything it imports; raise with every error."""
     program, diags = load_program(path, source)
+    if program.main not in program.modules:  # the main file could not be read
+        raise CompileError(diags, program.sources)
     checked, more = check(program)
     diags = sorted(diags + more, key=sort_key)
     if diags:

@@ -22,6 +22,7 @@ from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.models import (
     BACKENDS,
     LOCAL_MODELS,
+    MAX_OPTION_NUMBER,
     MODEL_OPTIONS,
     ModelSpec,
     default_model,
@@ -445,7 +446,6 @@ class Checker:
                         message="API keys do not belong in program text",
                         span=kw.span,
                         hint='name the environment variable that holds it: api_key_env="MY_KEY"',
-                        secret=kw.value.span,
                     )
                 )
                 continue
@@ -803,6 +803,12 @@ class Checker:
                 isinstance(value, int) and not isinstance(value, bool) and value > 0
             ):
                 self.error("type", "max_tokens must be a positive integer", opt.value.span)
+            elif key == "max_tokens" and value > MAX_OPTION_NUMBER:
+                self.error(
+                    "limit",
+                    f"max_tokens is too large: at most {MAX_OPTION_NUMBER:,}",
+                    opt.value.span,
+                )
             elif key == "stop" and not (
                 isinstance(value, str)
                 or (isinstance(value, list) and all(isinstance(v, str) for v in value))
@@ -1125,6 +1131,10 @@ class Checker:
             body.defs[stmt.var.name] = _Def(stmt.var.name, stmt.var.span, item)
         elif stmt.max_iters is not None and stmt.max_iters < 1:
             self.error("type", "`at most` needs a count of 1 or more", stmt.span)
+        elif stmt.max_iters is not None and stmt.max_iters > MAX_OPTION_NUMBER:
+            self.error(
+                "limit", f"`at most` count is too large: at most {MAX_OPTION_NUMBER:,}", stmt.span
+            )
         carried: dict[str, _Def] = {}
         for binding in stmt.carried:
 

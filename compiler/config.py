@@ -37,6 +37,7 @@ from llmflow.compiler import catalog
 from llmflow.compiler.ast import Span
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean
 from llmflow.compiler.models import BACKENDS, LOCAL_MODELS, MODEL_OPTIONS, ModelSpec, option_error
+from llmflow.compiler.modules import UnreadableSource, read_source
 
 CONFIG_NAME = "llmflow.toml"
 PYPROJECT = "pyproject.toml"
@@ -89,34 +90,43 @@ class Config:
         return locate(self.text, self.name, (*self.prefix, *keys))
 
 
-def find_config(start: Path) -> tuple[Path, tuple[str, ...], dict[str, Any] | str] | None:
-    """The nearest config at or above `start`: path, key prefix, and its parsed data (or
-    why it does not parse, for the caller to report)."""
+Parsed = dict[str, Any] | str | UnreadableSource
+"""A config file's data, or why it does not parse (TOML's message), or why it cannot be
+read (then nothing of it is shown)."""
+
+
+def find_config(start: Path) -> tuple[Path, tuple[str, ...], str, Parsed] | None:
+    """The nearest config at or above `start`: path, key prefix, its text and its parsed
+    data (or the problem, for the caller to report)."""
     for directory in [start, *start.parents]:
         candidate = directory / CONFIG_NAME
         if candidate.is_file():
-            return candidate, (), _parse(candidate)
+            return candidate, (), *_parse(candidate)
         pyproject = directory / PYPROJECT
         if pyproject.is_file():
-            data = _parse(pyproject)
-            if isinstance(data, str):
-                text = pyproject.read_text(encoding="utf-8", errors="replace")
-                if re.search(r"^\s*\[\s*tool\.llmflow\b", text, re.M):
-                    return pyproject, ("tool", "llmflow"), data
+            text, data = _parse(pyproject)
+            if not isinstance(data, dict):
+                if isinstance(data, UnreadableSource) or re.search(
+                    r"^\s*\[\s*tool\.llmflow\b", text, re.M
+                ):
+                    return pyproject, ("tool", "llmflow"), text, data
                 continue
             tool = data.get("tool")
             if isinstance(tool, dict) and "llmflow" in tool:
-                return pyproject, ("tool", "llmflow"), tool["llmflow"]
+                return pyproject, ("tool", "llmflow"), text, tool["llmflow"]
     return None
 
 
-def _parse(path: Path) -> dict[str, Any] | str:
+def _parse(path: Path) -> tuple[str, Parsed]:
+    """Read with the checks a program gets (no FIFO, no binary, at most 8 MiB)."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = read_source(path)
+    except UnreadableSource as err:
+        return "", err
+    try:
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        return str(err)
-    except UnicodeDecodeError as err:
-        return f"Not UTF-8 text (at byte {err.start})"
+        return text, str(err)
 
 
 def load_config(main: Path, main_name: str | None = None) -> tuple[Config | None, list[Diagnostic]]:
@@ -137,8 +147,7 @@ def _load(start: Path, main: Path, main_name: str) -> tuple[Config | None, list[
     found = find_config(start)
     if found is None:
         return None, []
-    path, prefix, data = found
-    text = path.read_text(encoding="utf-8", errors="replace")
+    path, prefix, text, data = found
     config = Config(
         path=path,
         name=_display_name(path, main, main_name),
@@ -146,6 +155,8 @@ def _load(start: Path, main: Path, main_name: str) -> tuple[Config | None, list[
         label=path.name,
         prefix=prefix,
     )
+    if isinstance(data, UnreadableSource):
+        return config, [Diagnostic(kind="config", message=str(data), file=config.name)]
     if isinstance(data, str):
         return config, [_syntax_error(config, data)]
     return config, _validate(config, data)

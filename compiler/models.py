@@ -9,6 +9,7 @@ embedded catalog) is resolved in `catalog.resolve` and recorded on the spec.
 from __future__ import annotations
 
 import math
+import urllib.parse
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -37,6 +38,36 @@ MODEL_OPTIONS: dict[str, type | tuple[type, ...]] = {
 """Every option a model declaration (or a config-file model) may set, with its type."""
 
 
+MAX_OPTION_NUMBER = 10**15
+"""No count, size, price or time of a model comes near this; a larger one is a typo, and
+would overflow the planner's arithmetic."""
+
+
+def url_error(url: str) -> str | None:
+    """Why `base_url` can never work (None: it may): an http(s) URL with a host and, if
+    it names a port, one from 1 to 65535."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as err:  # "Invalid IPv6 URL", "Port out of range", a port not a number
+        if "port" in str(err).lower():
+            return "base_url's port must be a number from 1 to 65535"
+        if "IPv6" in str(err):
+            return "base_url is not a valid URL: its [IPv6 address] is not closed or not valid"
+        return "base_url is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        if not parts.scheme or not parts.netloc:
+            return "base_url is not a URL: write it like http://localhost:8080/v1"
+        return f"base_url must be an http:// or https:// URL, not {parts.scheme}://"
+    if any(c.isspace() for c in url):
+        return "base_url cannot contain spaces"
+    if not parts.hostname:
+        return "base_url has no host: write it like http://localhost:8080/v1"
+    if port == 0:
+        return "base_url's port must be a number from 1 to 65535"
+    return None
+
+
 def option_error(key: str, value: Any) -> str | None:
     """Why a value is wrong for a known model option (None: it is fine)."""
     expected = MODEL_OPTIONS[key]
@@ -45,6 +76,10 @@ def option_error(key: str, value: Any) -> str | None:
         return f"model option '{key}' expects {names}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"model option '{key}' expects a finite number"
+    if isinstance(value, int | float) and abs(value) > MAX_OPTION_NUMBER:
+        return f"model option '{key}' is too large: at most {MAX_OPTION_NUMBER:,}"
+    if key == "base_url":
+        return url_error(value)
     if key == "skills":
         for skill, score in value.items():
             if not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1:

@@ -8,6 +8,7 @@ declaration does not hide the errors, or the meaning, of the others.
 from __future__ import annotations
 
 import json
+import math
 import re
 from functools import cache
 from pathlib import Path
@@ -17,7 +18,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.tree import Meta
 
 from llmflow.compiler import ast
-from llmflow.compiler.diagnostics import Diagnostic
+from llmflow.compiler.diagnostics import Diagnostic, quote
+from llmflow.stdlib.builtins import MAX_INT_DIGITS
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 _DECL_START = re.compile(r"(import|model|enum|record|extern|fn|flow)\b|@")
@@ -140,7 +142,7 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
             width = 3
         else:
             noun = _TOKEN_NOUNS.get(token.type, "")
-            message = f"unexpected {noun + ' ' if noun else ''}{str(token)!r}"
+            message = f"unexpected {noun + ' ' if noun else ''}{quote(str(token))}"
             width = max(1, len(str(token).split("\n")[0]))
         # The LALR state's lookahead set can hold tokens that fit only elsewhere; ask the
         # parser which tokens it would really accept here.
@@ -369,7 +371,7 @@ class _Builder(Transformer):
         count, carried, body, until = children
         return ast.Loop(
             span=self._span(meta),
-            max_iters=int(count),
+            max_iters=self._int(count),
             carried=carried or [],
             body=body,
             until=until,
@@ -507,10 +509,26 @@ class _Builder(Transformer):
         return self._const(children[0], text[1:] if text.startswith("\n") else text)
 
     def int(self, children: list) -> ast.Const:
-        return self._const(children[0], int(children[0]))
+        return self._const(children[0], self._int(children[0]))
 
     def float(self, children: list) -> ast.Const:
-        return self._const(children[0], float(children[0]))
+        value = float(children[0])
+        if not math.isfinite(value):
+            self._literal_error(children[0], "this number is too large: it overflows a float")
+            value = 0.0
+        return self._const(children[0], value)
+
+    def _int(self, token: Token) -> int:
+        """An integer literal's value; one too long to convert is an error (and 0)."""
+        if len(token) > MAX_INT_DIGITS:
+            self._literal_error(
+                token, f"this integer has {len(token):,} digits; at most {MAX_INT_DIGITS:,}"
+            )
+            return 0
+        return int(token)
+
+    def _literal_error(self, token: Token, message: str) -> None:
+        self.diagnostics.append(Diagnostic(kind="limit", message=message, span=self._span(token)))
 
     @v_args(meta=True)
     def true(self, meta: Meta, children: list) -> ast.Const:

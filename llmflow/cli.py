@@ -617,12 +617,9 @@ def _check(args: argparse.Namespace) -> int:
     for program in args.programs:
         try:
             check_file(program)
-        except CompileError as err:
+        except CompileError as err:  # an unreadable file too: then the next one is checked
             sys.stderr.write(err.render())
             failed += len(err.diagnostics)
-        except FileNotFoundError:
-            sys.stderr.write(f"error: no such file: {program}\n")
-            failed += 1
     files = len(args.programs)
     sys.stderr.write(
         f"{files} file{'s' if files != 1 else ''} checked: "

@@ -1,12 +1,20 @@
 """Builtin functions for text and lists: their types (for the checker) and code (for the
-runtime), side by side so they cannot drift apart."""
+runtime), side by side so they cannot drift apart.
+
+`evaluate` serves the optimizer (values known at plan time) and the scheduler alike, so
+both share its bounds: no value it makes exceeds the limits below, and a value that would
+is refused before it is made wherever its size can be foreseen (`"x" * n`, `range(n)`,
+`join`, `replace`...), so a program can neither exhaust memory nor hang the planner.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import operator
 import re
-from collections.abc import Callable
+import string
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +55,104 @@ class Builtin:
     doc: str
     variadic: bool = False
     """Accepts any further keyword arguments (format)."""
+
+
+MAX_INT_DIGITS = 4_300
+"""Digits of an integer, literal or computed (Python's limit for writing one as text)."""
+MAX_ITEMS = 1_000_000
+"""Items of a list that a builtin or operator makes."""
+MAX_SIZE = 10_000_000
+"""Size of a value a builtin or operator makes: the characters of its strings plus the
+items of its lists and records, nested ones included (each as often as it appears)."""
+MAX_DEPTH = 200
+"""Nesting of lists and records in a value a builtin or operator makes."""
+_INT_BOUND = 10**MAX_INT_DIGITS
+
+
+class BuiltinError(Exception):
+    """A builtin or operator failed on its arguments; the message is for the user."""
+
+
+class LimitError(BuiltinError):
+    """A value would exceed MAX_INT_DIGITS, MAX_ITEMS, MAX_SIZE or MAX_DEPTH."""
+
+
+def _limit(what: str, count: int, limit: int, unit: str) -> LimitError:
+    return LimitError(f"{what} would have {count:,} {unit}; the limit is {limit:,}")
+
+
+def measure(value: Any, limit: int = MAX_SIZE) -> tuple[int, int]:
+    """A value's size (as MAX_SIZE counts it) and nesting depth. A list or record that
+    appears several times is walked once; counting stops once the size passes `limit` or
+    the depth MAX_DEPTH, so it costs at most that much, however the value was built."""
+    if not isinstance(value, list | dict):
+        return _scalar_size(value), 0
+    done: dict[int, tuple[int, int]] = {}
+    # Each frame: a list or record, its items still to count, its size and depth so far.
+    frames: list[list[Any]] = [[value, iter(_items(value)), len(value), 0]]
+    total = len(value)  # of every frame: the whole value is at least this large
+    while frames:
+        frame = frames[-1]
+        item = next(frame[1], _END)
+        if item is _END:
+            frames.pop()
+            done[id(frame[0])] = (frame[2], frame[3] + 1)
+            if frames:
+                frames[-1][2] += frame[2]
+                frames[-1][3] = max(frames[-1][3], frame[3] + 1)
+            continue
+        if isinstance(item, list | dict):
+            known = done.get(id(item))
+            if known is None:
+                if len(frames) >= MAX_DEPTH:
+                    return total, len(frames) + 1
+                frames.append([item, iter(_items(item)), len(item), 0])
+                total += len(item)
+            else:
+                frame[2] += known[0]
+                frame[3] = max(frame[3], known[1])
+                total += known[0]
+        else:
+            size = _scalar_size(item)
+            frame[2] += size
+            total += size
+        if total > limit:
+            return total, len(frames)
+    return done[id(value)]
+
+
+_END = object()
+
+
+def _items(value: list[Any] | dict[str, Any]) -> Iterable[Any]:
+    return value.values() if isinstance(value, dict) else value
+
+
+def _scalar_size(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 1
+
+
+def _check_size(what: str, value: Any) -> None:
+    size, depth = measure(value)
+    if size > MAX_SIZE:
+        raise LimitError(f"{what} would be larger than {MAX_SIZE:,} characters and items")
+    if depth > MAX_DEPTH:
+        raise LimitError(f"{what} would nest lists and records more than {MAX_DEPTH} deep")
+
+
+def _check_result(what: str, value: Any) -> Any:
+    """`value` if it is within the limits (checks that cost O(1): lengths, digits)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -_INT_BOUND < value < _INT_BOUND:
+        raise LimitError(f"{what} would have more than {MAX_INT_DIGITS:,} digits")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LimitError(f"{what} is too large for a number (it overflows a float)")
+    if isinstance(value, str) and len(value) > MAX_SIZE:
+        raise _limit(what, len(value), MAX_SIZE, "characters")
+    if isinstance(value, list | dict) and len(value) > MAX_ITEMS:
+        raise _limit(what, len(value), MAX_ITEMS, "items")
+    return value
 
 
 def _fixed(t: Type) -> Callable[[list[Type]], Type]:
@@ -121,6 +227,7 @@ def chunk(text: str, size: int, overlap: int = 0) -> list[str]:
     pieces: list[str] = []
     start = 0
     text = text.strip()
+    total = 0
     while start < len(text):
         end = min(start + size, len(text))
         if end < len(text):
@@ -133,6 +240,12 @@ def chunk(text: str, size: int, overlap: int = 0) -> list[str]:
         piece = text[start:end].strip()
         if piece:
             pieces.append(piece)
+            total += len(piece) + 1
+            if total > MAX_SIZE or len(pieces) > MAX_ITEMS:
+                raise LimitError(
+                    f"the chunks would be larger than {MAX_SIZE:,} characters and items "
+                    f"or more than {MAX_ITEMS:,}: use a larger size or a smaller overlap"
+                )
         if end >= len(text):
             break
         start = max(end - overlap, start + 1)
@@ -161,12 +274,77 @@ def to_text(value: Any) -> str:
     return str(value)
 
 
+_WIDTH = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)")
+
+
 def _format(template: str, **values: Any) -> str:
-    return template.format(**{k: to_text(v) for k, v in values.items()})
+    """`str.format` with every value as text, its size added up as it goes: a field used
+    many times, or a width like {x:>999999999}, cannot make a string past MAX_SIZE."""
+    texts: dict[str, str] = {}
+    pieces: list[str] = []
+    total = 0
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        pieces.append(literal)
+        total += len(literal)
+        if name is not None:
+            if name not in values:
+                raise ValueError(
+                    f"no value for {{{name}}}: fields are names given as keywords, "
+                    'format("Hi {who}", who=name)'
+                )
+            if name not in texts:
+                _check_size(f"the value of '{name}' as text", values[name])
+                texts[name] = to_text(values[name])
+            width = _WIDTH.match(spec or "")
+            digits = width.group(1) if width else ""
+            if len(digits) > 9:
+                raise _limit("format()", 10 ** len(digits), MAX_SIZE, "characters")
+            total += max(len(texts[name]) * (10 if conversion else 1), int(digits or 0))
+            if total <= MAX_SIZE:
+                field = "{0" + (f"!{conversion}" if conversion else "") + f":{spec or ''}}}"
+                pieces.append(field.format(texts[name]))
+        if total > MAX_SIZE:
+            raise LimitError(f"format() would make more than {MAX_SIZE:,} characters")
+    return "".join(pieces)
+
+
+def _join(items: list[Any], sep: str = "\n") -> str:
+    _check_size("join()'s list as text", items)
+    if len(sep) * max(0, len(items) - 1) > MAX_SIZE:
+        raise _limit("join()", len(sep) * (len(items) - 1), MAX_SIZE, "characters")
+    return sep.join(to_text(i) for i in items)
 
 
 def _split(text: str, sep: str = "\n") -> list[str]:
+    if sep and text.count(sep) >= MAX_ITEMS:
+        raise _limit("split()", text.count(sep) + 1, MAX_ITEMS, "pieces")
     return [part.strip() for part in text.split(sep) if part.strip()]
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    count = text.count(old) if old else len(text) + 1
+    size = len(text) + count * (len(new) - len(old))
+    if size > MAX_SIZE:
+        raise _limit("replace()", size, MAX_SIZE, "characters")
+    return text.replace(old, new)
+
+
+def _range(n: int) -> list[int]:
+    if n > MAX_ITEMS:
+        raise _limit(f"range({n})", n, MAX_ITEMS, "items")
+    return list(range(n))
+
+
+def _str(value: Any) -> str:
+    _check_size("str()", value)
+    return to_text(value)
+
+
+def _flatten(lists: list[list[Any]]) -> list[Any]:
+    count = sum(len(sub) for sub in lists)
+    if count > MAX_ITEMS:
+        raise _limit("flatten()", count, MAX_ITEMS, "items")
+    return [x for sub in lists for x in sub]
 
 
 def _to_int(value: Any) -> int:
@@ -174,6 +352,9 @@ def _to_int(value: Any) -> int:
         match = re.search(r"-?\d+", value)
         if not match:
             raise ValueError(f"no integer in {value!r}")
+        digits = match.group().lstrip("-")
+        if len(digits) > MAX_INT_DIGITS:
+            raise _limit("int()", len(digits), MAX_INT_DIGITS, "digits")
         return int(match.group())
     return int(value)
 
@@ -195,7 +376,7 @@ BUILTINS: dict[str, Builtin] = {
             "join",
             (Param("items", None), Param("sep", STR, "\n")),
             _join_type,
-            lambda items, sep="\n": sep.join(to_text(i) for i in items),
+            _join,
             "Join a list into one string with a separator (default: newline).",
         ),
         Builtin(
@@ -220,7 +401,7 @@ BUILTINS: dict[str, Builtin] = {
             'Fill `{name}` fields of a string: format("Hi {who}", who=name).',
             variadic=True,
         ),
-        Builtin("str", (Param("value", None),), _convert_to(STR), to_text, "Value as text."),
+        Builtin("str", (Param("value", None),), _convert_to(STR), _str, "Value as text."),
         Builtin("int", (Param("value", None),), _convert_to(INT), _to_int, "Parse an int."),
         Builtin("float", (Param("value", None),), _convert_to(FLOAT), _to_float, "Parse a number."),
         Builtin("strip", (Param("text", STR),), _fixed(STR), str.strip, "Trim whitespace."),
@@ -230,7 +411,7 @@ BUILTINS: dict[str, Builtin] = {
             "replace",
             (Param("text", STR), Param("old", STR), Param("new", STR)),
             _fixed(STR),
-            lambda text, old, new: text.replace(old, new),
+            _replace,
             "Replace every occurrence of `old`.",
         ),
         Builtin(
@@ -244,7 +425,7 @@ BUILTINS: dict[str, Builtin] = {
             "range",
             (Param("n", INT),),
             _fixed(ListT(item=INT)),
-            lambda n: list(range(n)),
+            _range,
             "The integers 0 .. n-1.",
         ),
         Builtin(
@@ -272,7 +453,7 @@ BUILTINS: dict[str, Builtin] = {
             "flatten",
             (Param("lists", None),),
             _flatten_type,
-            lambda lists: [x for sub in lists for x in sub],
+            _flatten,
             "Concatenate a list of lists.",
         ),
         Builtin(
@@ -291,10 +472,6 @@ BUILTINS: dict[str, Builtin] = {
         ),
     ]
 }
-
-
-class BuiltinError(Exception):
-    """A builtin or operator failed on its arguments; the message is for the user."""
 
 
 _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
@@ -320,8 +497,11 @@ def evaluate(op: str, value: Any, args: list[Any]) -> Any:
     if op == "field":
         return args[0][value]
     if op == "record":
-        return dict(zip(value, args, strict=True))
+        record = dict(zip(value, args, strict=True))
+        _check_size("this record", record)
+        return record
     if op == "list":
+        _check_size("this list", args)
         return args
     if op == "index":
         try:
@@ -329,17 +509,43 @@ def evaluate(op: str, value: Any, args: list[Any]) -> Any:
         except IndexError:
             raise BuiltinError(f"index {args[1]} is out of range (length {len(args[0])})") from None
     if op == "neg":
-        return -args[0]
+        return _check_result("the negation", -args[0])
     if op == "not":
         return not args[0]
     if op in _OPERATORS:
-        if op in ("/", "%") and args[1] == 0:
-            raise BuiltinError("division by zero")
-        return _OPERATORS[op](args[0], args[1])
+        return _check_result(f"the result of `{op}`", _operator(op, args[0], args[1]))
     keywords = value or []
     positional = args[: len(args) - len(keywords)]
     named = dict(zip(keywords, args[len(positional) :], strict=True))
     try:
-        return BUILTINS[op].impl(*positional, **named)
+        return _check_result(f"{op}()", BUILTINS[op].impl(*positional, **named))
+    except LimitError:
+        raise
+    except OverflowError as err:
+        raise LimitError(f"{op}(): the number is too large ({err})") from err
     except (ValueError, KeyError, IndexError, TypeError) as err:
         raise BuiltinError(f"{op}(): {err}") from err
+
+
+def _operator(op: str, a: Any, b: Any) -> Any:
+    if op in ("/", "%") and b == 0:
+        raise BuiltinError("division by zero")
+    if op == "*":
+        sequence, count = (a, b) if isinstance(b, int) else (b, a)
+        if isinstance(sequence, str | list) and isinstance(count, int) and count > 0:
+            size = measure(sequence)[0] * count
+            if size > MAX_SIZE or isinstance(sequence, list) and len(sequence) * count > MAX_ITEMS:
+                raise LimitError(
+                    f"`*` would repeat {count:,} times a value of size {len(sequence):,}: "
+                    f"larger than {MAX_SIZE:,} characters and items"
+                )
+    if op == "+" and isinstance(a, list) and isinstance(b, list):
+        _check_size("the result of `+`", [a, b])
+    if op == "+" and isinstance(a, str) and isinstance(b, str) and len(a) + len(b) > MAX_SIZE:
+        raise _limit("the result of `+`", len(a) + len(b), MAX_SIZE, "characters")
+    try:
+        return _OPERATORS[op](a, b)
+    except OverflowError:
+        raise LimitError(
+            f"the result of `{op}` is too large for a number (it overflows a float)"
+        ) from None

@@ -291,3 +291,59 @@ def test_a_key_written_in_a_program_is_not_printed(
     out, err = capsys.readouterr()
     assert "API keys do not belong in program text" in err
     assert "sk-planted" not in out + err
+
+
+def test_check_goes_on_past_files_that_are_not_programs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = "flow main(x: str) -> y: str {\n    y = upper(x)\n}\n"
+    (tmp_path / "good.llmflow").write_text(good)
+    (tmp_path / "bom.llmflow").write_bytes(b"\xef\xbb\xbf" + good.encode())
+    (tmp_path / "folder.llmflow").mkdir()
+    (tmp_path / "latin1.llmflow").write_bytes(b"# caf\xe9\n" + good.encode())
+    (tmp_path / "utf16.llmflow").write_bytes(good.encode("utf-16"))
+    (tmp_path / "binary.llmflow").write_bytes(b"\x7fELF\x02\x01\x00\x00")
+    (tmp_path / "imports.llmflow").write_text('import "/proc/self/environ"\n' + good)
+    (tmp_path / "typo.llmflow").write_text(good.replace("upper", "uper"))
+    monkeypatch.chdir(tmp_path)
+    files = ["good.llmflow", "folder.llmflow", "latin1.llmflow", "missing.llmflow"]
+    files += ["utf16.llmflow", "bom.llmflow", "binary.llmflow", "imports.llmflow"]
+    files += ["typo.llmflow", "good.llmflow"]
+    assert main(["check", *files]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    headers = [line for line in err.splitlines() if ": error: " in line]
+    assert headers == [
+        "folder.llmflow: error: not a file: it is a directory",
+        "latin1.llmflow: error: not UTF-8 text: byte 0xe9 at byte offset 5 (line 1, column 6) "
+        "is invalid; save it as UTF-8",
+        "missing.llmflow: error: no such file",
+        "utf16.llmflow: error: not UTF-8 text: it starts with a UTF-16 byte order mark; "
+        "save it as UTF-8",
+        "binary.llmflow: error: not a text file: a NUL byte at byte offset 6",
+        "imports.llmflow:1:1: error: cannot import '/proc/self/environ': import reads only "
+        ".llmflow files",
+        "typo.llmflow:2:9: error: unknown function 'uper'",
+    ]
+    assert err.endswith("\n10 files checked: 7 errors\n")
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_run_reports_a_value_past_the_limits_at_its_node_and_keeps_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "limits.llmflow"
+    program.write_text(
+        "flow main(n: int) -> big: int, small: int {\n"
+        "    big = len(range(n))\n"
+        "    small = len(range(3))\n"
+        "}\n"
+    )
+    assert main(["plan", str(program), "-i", "n=10000000000"]) == 1
+    _, err = capsys.readouterr()
+    assert f"{program}:2:15: error: range(10000000000) would have 10,000,000,000 items" in err
+    assert main(["run", "-O0", str(program), "-i", "n=10000000000"]) == 1
+    out, err = capsys.readouterr()
+    assert "small: 3" in out
+    assert f"{program}:2:15: error: range() failed: range(10000000000) would have" in err
+    assert "not computed: big" in err

@@ -1,19 +1,27 @@
 """Values known before running: inputs given to `plan`, constants, and the builtins
-computed from them. They tell map sizes and prompt text (so prefixes) exactly."""
+computed from them. They tell map sizes and prompt text (so prefixes) exactly.
+
+A builtin that would make a value past the evaluator's limits (`range(10000000000)`) is a
+compile error at its position when every run computes it (so would fail there)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from llmflow.compiler.ast import Span
+from llmflow.compiler.diagnostics import Diagnostic
 from llmflow.compiler.ir import Plan
+from llmflow.compiler.modules import UnreadableSource, read_source
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
-from llmflow.stdlib.builtins import BuiltinError, evaluate
+from llmflow.errors import CompileError
+from llmflow.stdlib.builtins import BuiltinError, LimitError, evaluate
 
 RULE = "known values"
 
 
 def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
     inputs = dict(inputs or {})
+    surely = _surely_run(plan)
     for spec in plan.inputs:
         if spec.name not in inputs and not spec.required:
             inputs[spec.name] = spec.default
@@ -28,6 +36,11 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
                 plan.known[node.id] = evaluate(
                     node.op, node.value, [plan.known[a] for a in node.args]
                 )
+            except LimitError as err:
+                if node.id not in surely:
+                    continue
+                diag = Diagnostic(kind="limit", message=str(err), span=node.span)
+                raise CompileError([diag], _source_of(node.span)) from None
             except (BuiltinError, TypeError, KeyError):
                 continue
         elif node.kind == "map" and node.args[0] in plan.known:
@@ -42,3 +55,22 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
             node.id,
         )
     return plan
+
+
+def _surely_run(plan: Plan) -> set[str]:
+    """Top-level nodes every run computes: what the outputs read, but not the right side
+    of `and`/`or` (short-circuited) nor what only a map, branch or loop passes on."""
+    surely = set(plan.graph.outputs.values())
+    for node in reversed(plan.graph.nodes):
+        if node.id in surely:
+            conditional = node.op in ("and", "or") or node.kind in ("map", "branch", "loop")
+            surely.update(node.args[:1] if conditional else node.args)
+    return surely
+
+
+def _source_of(span: Span | None) -> dict[str, str]:
+    """The file an error points into, to show its line (the plan keeps no sources)."""
+    try:
+        return {span.file: read_source(span.file)} if span else {}
+    except UnreadableSource:
+        return {}

@@ -827,3 +827,12 @@ def test_extern_module_is_found_beside_its_own_program(write: Write) -> None:
     p2 = write("p2/prog.llmflow", 'extern fn b(x: str) -> str = "llmflow_test_tools_dup:beta"\n')
     check_file(p1)
     check_file(p2)
+
+
+def test_base_urls_that_can_work_are_kept(checked: Check) -> None:
+    urls = ["http://localhost:8080/v1", "https://api.example.com", "http://[::1]:8000/v1"]
+    source = "".join(
+        f'model m{i} = openai_compatible("x", base_url="{url}")\n' for i, url in enumerate(urls)
+    )
+    result = checked(source)
+    assert [result.models[f"m{i}"].options["base_url"] for i in range(3)] == urls

@@ -284,3 +284,62 @@ def test_locate_finds_keys_in_tables_dotted_keys_and_inline_tables() -> None:
     assert at("models", "c", "tpm") == (6, 1)
     assert at("models", "zzz") == (4, 1)
     assert at("nothing") == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "base_url is not a URL: write it like http://localhost:8080/v1"),
+        ("ftp://x", "base_url must be an http:// or https:// URL, not ftp://"),
+        ("http://h:99999", "base_url's port must be a number from 1 to 65535"),
+        ("http://h:abc", "base_url's port must be a number from 1 to 65535"),
+        (
+            "http://[::1",
+            "base_url is not a valid URL: its [IPv6 address] is not closed or not valid",
+        ),
+    ],
+)
+def test_a_base_url_that_can_never_work_is_an_error_at_its_line(
+    url: str, message: str, write: Write
+) -> None:
+    write(
+        "llmflow.toml",
+        f'[models.mini]\nbackend = "openai"\nid = "gpt-4o-mini"\nbase_url = "{url}"\n',
+    )
+    err = errors(write("prog.llmflow", PINNED.replace("MODEL", "mini")))
+    [diag] = err.diagnostics
+    assert (diag.kind, diag.message, diag.span.line, diag.span.col) == ("config", message, 4, 1)
+
+
+def test_good_base_urls_are_accepted(write: Write) -> None:
+    for url in ["http://localhost:8080/v1", "https://api.example.com", "http://[::1]:8000/v1"]:
+        write(
+            "llmflow.toml",
+            f'[models.mini]\nbackend = "openai_compatible"\nid = "m"\nbase_url = "{url}"\n',
+        )
+        checked = check(write("prog.llmflow", PINNED.replace("MODEL", "mini")))
+        assert checked.models["mini"].options["base_url"] == url
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_a_config_that_is_not_text_is_never_shown(
+    write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cloned repository's llmflow.toml linked to /proc/self/environ must not print it."""
+    monkeypatch.setenv("LLMFLOW_TEST_ENV_MARKER", "visible-only-in-the-environment")
+    (tmp_path / "llmflow.toml").symlink_to("/proc/self/environ")
+    err = errors(write("prog.llmflow", UNPINNED))
+    [diag] = err.diagnostics
+    assert diag.kind == "config" and diag.span is None
+    assert diag.message.startswith("not a text file: a NUL byte at byte offset")
+    assert "visible-only-in-the-environment" not in err.render()
+    assert err.render().startswith(f"{tmp_path / 'llmflow.toml'}: error: not a text file")
+
+
+def test_a_config_that_is_not_utf8_is_a_file_error(write: Write, tmp_path: Path) -> None:
+    (tmp_path / "llmflow.toml").write_bytes(b'default_model = "caf\xe9"\n')
+    [diag] = errors(write("prog.llmflow", UNPINNED)).diagnostics
+    assert diag.message == (
+        "not UTF-8 text: byte 0xe9 at byte offset 20 (line 1, column 21) is invalid; "
+        "save it as UTF-8"
+    )

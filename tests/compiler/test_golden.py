@@ -55,6 +55,11 @@ REQUIRED = {
     "extern_signature",
     "api_key",
     "declared_twice",
+    "huge_literals",
+    "base_url_errors",
+    "import_not_a_program",
+    "secret_on_error_line",
+    "long_line",
 }
 
 

@@ -848,3 +848,31 @@ def test_unterminated_template_is_named_as_such() -> None:
     assert pos(diags[0].span)[:2] == (2, 1)
     assert "template" in diags[0].message
     assert "string" not in diags[0].message
+
+
+@pytest.mark.parametrize(
+    ("literal", "message"),
+    [
+        ("9" * 4301, "this integer has 4,301 digits; at most 4,300"),
+        ("0" * 5000, "this integer has 5,000 digits; at most 4,300"),
+        ("1" + "0" * 400 + ".5", "this number is too large: it overflows a float"),
+    ],
+)
+def test_literals_too_large_to_compute_with_are_positioned_errors(
+    literal: str, message: str
+) -> None:
+    source = f"flow main() -> y: int {{\n    y = {literal}\n}}\n"
+    _, diags = parse_module(source, FILE)
+    assert [(d.kind, d.message) for d in diags] == [("limit", message)]
+    assert diags[0].span == ast.Span(file=FILE, line=2, col=9, end_line=2, end_col=9 + len(literal))
+
+
+def test_the_largest_literals_still_parse() -> None:
+    [flow] = parse_ok(f"flow main() -> y: int {{\n    y = {'9' * 4300} + 1{'0' * 300}.5\n}}\n")
+    value = flow.body[0].value
+    assert value.left.value == 10**4300 - 1 and value.right.value == 1e300
+
+
+def test_a_repeat_count_too_long_is_an_error_not_a_crash() -> None:
+    _, diags = parse(f"flow main() -> y: int {{\n    repeat at most {'9' * 5000} {{\n    }}\n}}\n")
+    assert [d.message for d in diags] == ["this integer has 5,000 digits; at most 4,300"]

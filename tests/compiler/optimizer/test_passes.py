@@ -11,6 +11,7 @@ import pytest
 import llmflow
 from llmflow.compiler.ir import Plan
 from llmflow.compiler.optimizer import optimize
+from llmflow.errors import CompileError
 
 Make = Callable[..., Plan]
 
@@ -262,3 +263,35 @@ def test_O0_decides_nothing(tmp_path: Path) -> None:
     plan = llmflow.compile(path, optimize=False)
     assert calls(plan) == ["summary", "summary"]
     assert plan.groups == [] and plan.priorities == {} and plan.decisions == []
+
+
+def test_constant_work_past_the_limits_is_an_error_at_its_position(make: Make) -> None:
+    source = """
+    flow main(n: int = 3) -> a: int, b: list[int] {
+        a = len(range(10000000000))
+        b = [x * 2 for x in range(n)]
+    }
+    """
+    with pytest.raises(CompileError) as info:
+        make(source)
+    [diag] = info.value.diagnostics
+    assert diag.kind == "limit"
+    assert diag.message == (
+        "range(10000000000) would have 10,000,000,000 items; the limit is 1,000,000"
+    )
+    assert (diag.span.line, diag.span.col) == (3, 13)
+    assert "3 |     a = len(range(10000000000))" in info.value.render()
+    with pytest.raises(CompileError, match="1 error") as info:  # an input given to plan
+        make(source.replace("10000000000", "5"), inputs={"n": 10**12})
+    assert info.value.diagnostics[0].message.startswith("range(1000000000000) would have")
+
+
+def test_work_a_run_may_skip_is_not_a_plan_time_error(make: Make) -> None:
+    plan = make(
+        """
+        flow main(n: int = 10000000000) -> ok: bool {
+            ok = n < 100 and len(range(n)) > 5
+        }
+        """
+    )
+    assert [n.op for n in plan.graph.nodes if n.id in plan.known and n.op] == ["<"]
