@@ -79,4 +79,4 @@ def test_an_output_json_cannot_hold_fails_and_the_others_are_kept(plan: Plan) ->
     with pytest.raises(RunError) as err:
         llmflow.run(plan, {**GOOD, "x": 1e200})  # x * x overflows to inf
     assert err.value.outputs == {"n2": 1}
-    assert "x2: its value cannot be written as JSON: inf is not a finite number" in str(err.value)
+    assert "the result of `*` is too large for a number (it overflows a float)" in str(err.value)
