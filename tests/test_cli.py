@@ -204,11 +204,11 @@ def test_json_output_is_always_json(echo: Path, capsys: pytest.CaptureFixture[st
     assert main([*_run_inputs(echo, "x=1e200", quiet=True), "-O0"]) == 1
     out, err = capsys.readouterr()
     assert strict_json(out) == {"s2": "text"}
-    assert "3:10: error: * failed: the result of `*` is too large for a number" in err
+    assert "4:10: error: * failed: the result of `*` is too large for a number" in err
     assert "not computed: x2" in err
     assert main(_run_inputs(echo, "x=1e200", quiet=True)) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "3:10: error: the result of `*` is too large for a number" in err
+    assert out == "" and "4:10: error: the result of `*` is too large for a number" in err
 
 
 def test_plan_json_is_the_ir_graph(capsys: pytest.CaptureFixture[str]) -> None:
