@@ -15,6 +15,7 @@ from llmflow.runtime.backends import Router
 from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
+from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.gateway import Gateway
 from llmflow.runtime.journal import Journal
 from llmflow.runtime.otel import SpanWriter
@@ -89,13 +90,16 @@ async def run_async(
     run_dir: RunDir | None = None,
     retry: RetryPolicy | None = None,
     otel: TracerProvider | None = None,
+    seed: int | RunSeed | None = None,
 ) -> RunResult:
     """Run a plan; failed nodes are in the result, next to every output that succeeded.
 
     `budget`: USD the run may spend (calls that could exceed it are not sent). `cache`:
     answer deterministic requests from (and into) this response cache. `run_dir`: write
     the trace and the journal there; a journal already there is replayed (resume).
-    `otel`: also export each call as an OpenTelemetry span through this provider."""
+    `otel`: also export each call as an OpenTelemetry span through this provider.
+    `seed`: the run's seed, from which each sampled call's seed is derived (default: one
+    drawn at random, in the result's `seed`); the same seed samples the same answers."""
     bound = bind_inputs(plan, inputs)
     owned = backend is None
     if backend is None:
@@ -125,7 +129,8 @@ async def run_async(
             on_event(kind, node, info)
 
     try:
-        return await Scheduler(plan, gateway, event).run(bound)
+        run_seed = RunSeed(seed) if isinstance(seed, int) else seed
+        return await Scheduler(plan, gateway, event, run_seed).run(bound)
     finally:
         for part in (journal, trace, spans):
             if part:

@@ -17,19 +17,21 @@ from typing import Any, TextIO
 from llmflow.api import bind_inputs, compile, run_async
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
+from llmflow.compiler.check import MAX_SEED
 from llmflow.compiler.diagnostics import Diagnostic, render
 from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim
 from llmflow.errors import CompileError, InputError, LLMFlowError
-from llmflow.runtime import runs
+from llmflow.runtime import runs, secrets
 from llmflow.runtime.backends.base import BackendError
 from llmflow.runtime.cache import ResponseCache
+from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.otel import otlp_provider
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import RunResult
-from llmflow.runtime.secrets import redact
+from llmflow.runtime.secrets import clip, redact
 from llmflow.runtime.stats import ModelStats, model_stats
 
 EXAMPLES = {
@@ -98,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         "OTEL_EXPORTER_OTLP_ENDPOINT names (needs llmflow[otel])",
     )
     run.add_argument(
+        "--seed",
+        type=_seed,
+        metavar="N",
+        help="the run's seed: every sampled call's seed derives from it and the call's place, "
+        "so the same seed samples the same answers (default: drawn at random, kept in run.json)",
+    )
+    run.add_argument(
         "--resume",
         metavar="RUN",
         help="continue a run that stopped (its id, or `last`): finished calls are not sent again",
@@ -148,6 +157,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
 def _optimizer_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "-O",
@@ -189,6 +208,7 @@ def _compile(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    secrets.register_environment()
     handler = {"run": _run, "check": _check, "plan": _plan, "models": _models, "trace": _trace}[
         args.command
     ]
@@ -251,8 +271,9 @@ def parse_inputs(plan: Plan, pairs: list[str], partial: bool = False) -> dict[st
         try:
             values[name] = json.loads(raw)
         except json.JSONDecodeError as err:
+            shown = clip(raw, 60)
             problems.append(
-                f"input '{name}' expects {types[name]} written as JSON: {err.msg} in {raw[:60]!r}"
+                f"input '{name}' expects {types[name]} written as JSON: {err.msg} in {shown!r}"
             )
     failed = {p.split("'")[1] for p in problems}
     try:
@@ -319,6 +340,14 @@ def _run(args: argparse.Namespace) -> int:
         raise LLMFlowError(
             f"run {resumed.id} ran with other inputs; resume without -i to reuse them"
         )
+    seed = RunSeed(args.seed) if args.seed is not None else RunSeed.draw()
+    if resumed is not None and recorded is not None and isinstance(recorded.get("seed"), int):
+        if args.seed not in (None, recorded["seed"]):
+            raise LLMFlowError(
+                f"run {resumed.id} ran with seed {recorded['seed']}; resume without --seed "
+                "to reuse it"
+            )
+        seed = RunSeed(recorded["seed"], chosen=args.seed is not None)
     # Only a program that compiled, with valid inputs, gets a run folder.
     run_dir = resumed or RunDir.create()
     meta = recorded or {
@@ -327,6 +356,7 @@ def _run(args: argparse.Namespace) -> int:
         "inputs": inputs,
         "models": list(plan.models),
         "started": time.time(),
+        "seed": seed.value,
     }
     meta["status"] = "running"
     run_dir.write_meta(meta)
@@ -345,6 +375,7 @@ def _run(args: argparse.Namespace) -> int:
                 cache=cache,
                 run_dir=run_dir,
                 otel=otel,
+                seed=seed,
             )
         )
     except BaseException:
@@ -397,7 +428,7 @@ def _report_failures(plan: Plan, result: RunResult, budget: float | None) -> Non
         diag = Diagnostic(
             kind="run", message=f"{failure.node.label} failed: {failure.message}", span=span
         )
-        sys.stderr.write(render(diag, sources) + "\n")
+        sys.stderr.write(redact(render(diag, sources)) + "\n")
     not_run = [f.node.label for f in result.failures if f.not_run]
     if not_run:
         spent = sum(c.dollars for c in result.calls)
