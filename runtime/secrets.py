@@ -39,36 +39,45 @@ _KEY_LIKE = r"\bsk-[A-Za-z0-9_\-*]{8,}"
 """The shape of OpenAI keys (also the partially masked `sk-abc***xyz` its errors echo)."""
 
 _known: set[str] = set()
+"""Every registered value, in each of its forms."""
+_sent: set[str] = set()
+"""The keys llmflow reads to send (a server can echo only these)."""
 _keys: re.Pattern[str] | None = None
-"""The registered keys."""
+"""The keys llmflow sends."""
 _pattern = re.compile(_KEY_LIKE)
-"""The registered keys, and anything shaped like a key."""
+"""Every registered value, and anything shaped like a key."""
 
 
-def register(value: str | None) -> None:
-    """Remember a secret so `redact` masks it (see the module's rules for short ones)."""
+def register(value: str | None, sent: bool = False) -> None:
+    """Remember a secret so `redact` masks it (see the module's rules for short ones);
+    `sent`: a key llmflow sends to a server, which `mask_keys` masks in answers too."""
     if not value:
         return
     forms = {value, value.strip(), json.dumps(value)[1:-1], urllib.parse.quote(value, safe="")}
     forms.discard("")
-    if forms <= _known:
+    if forms <= _known and (not sent or forms <= _sent):
         return
     _known.update(forms)
+    if sent:
+        _sent.update(forms)
     global _keys, _pattern
-    alternatives = "|".join(
+    _keys = re.compile(_alternatives(_sent)) if _sent else None
+    _pattern = re.compile(f"{_alternatives(_known)}|{_KEY_LIKE}")
+
+
+def _alternatives(values: set[str]) -> str:
+    return "|".join(
         re.escape(s)
         if len(s) >= MIN_ANYWHERE
         else rf"(?<![A-Za-z0-9]){re.escape(s)}(?![A-Za-z0-9])"
-        for s in sorted(_known, key=len, reverse=True)  # the longest first: a key inside a key
+        for s in sorted(values, key=len, reverse=True)  # the longest first: a key in a key
     )
-    _keys = re.compile(alternatives)
-    _pattern = re.compile(f"{alternatives}|{_KEY_LIKE}")
 
 
 def api_key(variable: str) -> str | None:
     """The key in an environment variable, registered for redaction."""
     value = os.environ.get(variable)
-    register(value)
+    register(value, sent=True)
     return value
 
 
@@ -94,9 +103,10 @@ def redact(text: str) -> str:
 
 
 def mask_keys(text: str) -> str:
-    """The text with every registered key masked: for what a model answers, which may
-    well mention `sk-learn-…` but has no business holding a key (a server echoing the
-    request's headers), and which goes to the journal, the cache and the run's outputs."""
+    """The text with every key llmflow sends masked: for what a model answers, which may
+    well mention `sk-learn-…` or words that happen to be some variable's value, but has no
+    business holding a key we sent (a server echoing the request's headers), and which
+    goes to the journal, the cache and the run's outputs."""
     return _keys.sub(MASK, text) if _keys is not None and text else text
 
 

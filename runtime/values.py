@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError, create_model
 
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+from llmflow.runtime.secrets import clip
 
 
 class InvalidValue(Exception):
@@ -150,7 +151,7 @@ def _extract_json(text: str) -> Any:
 
 
 def _quote(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+    return repr(clip(text, limit))
 
 
 def describe_type(t: Type) -> str:

@@ -490,3 +490,46 @@ def test_a_batch_reports_the_prefix_it_evaluated_once(together: dict[str, list])
     assert max(beyond_first) > 0  # "Which gauge" was evaluated once for two calls
     evaluated = sum(result.input_tokens - result.cached_tokens for result in batched)
     assert evaluated == trie_size(together["tokens"])
+
+
+SAMPLES = """
+fn colour(doc: str, x: str) -> c: str
+\"\"\"{{doc}}
+
+Invent a name for a new colour, in {{x}}. {{c | temperature=0.9, max_tokens=8}}\"\"\"
+
+flow main(doc: str, x: str) -> cs: list[str] {
+    cs = map i in range(4): colour(doc, x)
+}
+"""
+
+
+@needs_smollm2
+def test_four_samples_differ_and_a_seeded_run_repeats_them(compile_source) -> None:
+    """Four samples of one prompt (a prefix group: decoded together, each sequence with
+    its own seed) are four answers; the same run seed gives the same four again."""
+    import llmflow
+    from llmflow.compiler.optimizer import optimize
+
+    doc = " ".join(f"The painter mixed pigment number {i} with oil and chalk." for i in range(10))
+    inputs = {"doc": doc, "x": "English"}
+    plan = optimize(compile_source(SAMPLES), inputs=inputs)
+    assert plan.groups  # the samples share their long prefix: they run as one group
+
+    sizes: list[int] = []
+    run = llama_batch.run
+
+    def counting_run(llm: object, jobs: list, done: object) -> None:
+        sizes.append(len(jobs))
+        run(llm, jobs, done)  # type: ignore[arg-type]
+
+    def samples(seed: int) -> list[str]:
+        with patch.object(llama_batch, "run", counting_run):
+            result = asyncio.run(llmflow.run_async(plan, inputs, seed=seed))
+        assert result.ok
+        return result.outputs["cs"]
+
+    first = samples(5)
+    assert len(set(first)) == 4
+    assert samples(5) == first
+    assert sizes == [4, 4]  # each run decoded its four samples as one batch

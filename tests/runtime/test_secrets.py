@@ -31,6 +31,7 @@ SIX = "Zq8xK2"
 def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test registers its own keys; none stays registered for the tests after it."""
     monkeypatch.setattr(secrets, "_known", set())
+    monkeypatch.setattr(secrets, "_sent", set())
     monkeypatch.setattr(secrets, "_keys", None)
     monkeypatch.setattr(secrets, "_pattern", re.compile(secrets._KEY_LIKE))
 
@@ -86,10 +87,16 @@ def test_an_openai_shaped_key_is_masked_unregistered_and_cut() -> None:
         assert "sk-proj" not in secrets.clip(text, limit)
 
 
-def test_answers_lose_registered_keys_but_keep_key_shaped_words() -> None:
-    secrets.register("plainsecretvalue")
-    answer = "use sk-learn-pipelines; your key is plainsecretvalue"
-    assert secrets.mask_keys(answer) == "use sk-learn-pipelines; your key is [redacted]"
+def test_answers_lose_the_keys_sent_but_keep_other_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY", "plainsecretvalue")
+    monkeypatch.setenv("HF_TOKEN", "placeholder")  # some variable's value: an ordinary word
+    secrets.api_key("MY_KEY")
+    secrets.register_environment()
+    answer = "use sk-learn-pipelines as a placeholder; your key is plainsecretvalue"
+    assert secrets.mask_keys(answer) == (
+        "use sk-learn-pipelines as a placeholder; your key is [redacted]"
+    )
+    assert secrets.redact(answer) == "use [redacted] as a [redacted]; your key is [redacted]"
 
 
 def test_secret_named_variables_are_masked_from_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +149,7 @@ def test_a_key_echoed_in_answers_and_errors_lands_in_no_file(
 ) -> None:
     """A backend that echoes the key, in an answer or in an error, leaves it in no file
     of the run: journal, trace, cache, run.json."""
-    secrets.register(SIX)
+    secrets.register(SIX, sent=True)
     plan = compile_source(PROGRAM)
 
     def script(request: GenerationRequest) -> str | Generation:
