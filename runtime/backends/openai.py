@@ -348,8 +348,9 @@ def _connection_problem(error: BaseException) -> tuple[str, bool]:
             return "the host name does not resolve", True
         if isinstance(leaf, OSError) and leaf.errno in _CONNECTION_ERRORS:
             return _CONNECTION_ERRORS[leaf.errno], True
-        if isinstance(leaf, ssl.SSLError):
-            return f"TLS failed: {leaf.reason or leaf}", True
+        if isinstance(leaf, ssl.SSLError):  # a certificate does not fix itself in seconds
+            verify = isinstance(leaf, ssl.SSLCertVerificationError)
+            return f"TLS failed: {leaf.reason or leaf}", not verify
     for leaf in leaves:
         if isinstance(leaf, ValueError | OverflowError) or _named(leaf, _BAD_ADDRESS):
             return str(leaf) or type(leaf).__name__, False  # the address can never work

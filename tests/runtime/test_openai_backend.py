@@ -281,6 +281,12 @@ def test_a_refused_connection_names_the_url(host: str) -> None:
     assert str(caught.value) == f"m: gave up after 2 tries: {error.message}"
 
 
+def test_tls_to_a_plain_http_server_names_the_url(scripted_server: ScriptedServer) -> None:
+    url = scripted_server.url.replace("http://", "https://")
+    error = failure(model(url), ask("hi"))
+    assert error.message.startswith(f"model 'm': cannot reach {url}: TLS failed: ")
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
