@@ -533,3 +533,11 @@ def test_four_samples_differ_and_a_seeded_run_repeats_them(compile_source) -> No
     assert len(set(first)) == 4
     assert samples(5) == first
     assert sizes == [4, 4]  # each run decoded its four samples as one batch
+
+
+def test_every_request_seed_is_a_fixed_llama_cpp_seed() -> None:
+    from llmflow.runtime.backends.local import DEFAULT_SEED, _llama_seed
+
+    assert _llama_seed(None) == DEFAULT_SEED and _llama_seed(7) == 7
+    for seed in (2**32 - 1, 2**32, 2**63 - 1):  # 2**32 - 1 is llama.cpp's "random"
+        assert 0 <= _llama_seed(seed) < 2**32 - 1
