@@ -33,8 +33,8 @@ SEED_LIMIT = 2**31
 meaning "random") takes them."""
 
 Place = tuple[str | int, ...]
-"""Where a call runs: its node, after the map or loop node and the item or iteration
-index of every map and loop around it (`("n4", 2, "n7")`: n7 in the third item of n4)."""
+"""Where a call runs: for each map or loop around it, that node and the item or iteration
+index, then the call's own node (`("n4", 2, "n7")`: n7 in the third item of map n4)."""
 
 
 @dataclass(frozen=True)
