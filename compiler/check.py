@@ -48,7 +48,8 @@ from llmflow.compiler.types import (
 )
 from llmflow.stdlib.builtins import BUILTINS, Builtin
 
-OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature"}
+OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature", "seed"}
+MAX_SEED = 2**63 - 1
 # Model options and backends (MODEL_OPTIONS, BACKENDS) live in models.py.
 RESERVED = frozenset(
     [
@@ -795,7 +796,7 @@ class Checker:
                     f"unknown option '{key}'",
                     opt.name.span,
                     hint=did_you_mean(key, OUTPUT_OPTIONS)
-                    or "options: max_tokens, stop, temperature",
+                    or "options: max_tokens, stop, temperature, seed",
                 )
                 continue
             value = self._const_value(opt.value)
@@ -818,6 +819,10 @@ class Checker:
                 isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 2
             ):
                 self.error("type", "temperature must be a number from 0 to 2", opt.value.span)
+            elif key == "seed" and not (
+                isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
+            ):
+                self.error("type", f"seed must be an integer from 0 to {MAX_SEED}", opt.value.span)
 
     def _field(self, t: Type, sel: ast.Ident) -> Type:
         if isinstance(t, AnyT):

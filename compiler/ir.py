@@ -40,6 +40,7 @@ class OutputSpec(BaseModel):
     max_tokens: int | None = None
     stop: list[str] | None = None
     temperature: float | None = None
+    seed: int | None = None
 
 
 class LLMCall(BaseModel):

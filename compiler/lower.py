@@ -522,6 +522,7 @@ class Lowerer:
                         max_tokens=options.get("max_tokens"),
                         stop=[stop] if isinstance(stop, str) else stop,
                         temperature=options.get("temperature"),
+                        seed=options.get("seed"),
                     )
                 )
                 segments.append(Segment(output=head))

@@ -11,6 +11,7 @@ from pathlib import Path
 import graphviz
 
 from llmflow.errors import LLMFlowError
+from llmflow.runtime.secrets import clip
 
 FORMATS = ("svg", "png", "pdf", "dot")
 
@@ -96,8 +97,8 @@ def fmt_seconds(s: float) -> str:
 
 
 def shorten(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    """One line of at most `limit` characters, keys masked before the cut."""
+    return clip(" ".join(text.split()), limit)
 
 
 def font(text: str, size: int | None = None, color: str | None = None) -> str:

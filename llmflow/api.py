@@ -17,6 +17,7 @@ from llmflow.runtime.backends import Router
 from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
+from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.gateway import Gateway
 from llmflow.runtime.journal import Journal
 from llmflow.runtime.otel import SpanWriter
@@ -126,6 +127,7 @@ async def run_async(
     run_dir: RunDir | None = None,
     retry: RetryPolicy | None = None,
     otel: TracerProvider | None = None,
+    seed: int | RunSeed | None = None,
 ) -> RunResult:
     """Run a plan; failed nodes are in the result, next to every output that succeeded.
 
@@ -134,7 +136,9 @@ async def run_async(
     answers cost to what the budget has spent already. `cache`: answer deterministic
     requests from (and into) this response cache. `run_dir`: write
     the trace and the journal there; a journal already there is replayed (resume).
-    `otel`: also export each call as an OpenTelemetry span through this provider."""
+    `otel`: also export each call as an OpenTelemetry span through this provider.
+    `seed`: the run's seed, from which each sampled call's seed is derived (default: one
+    drawn at random, in the result's `seed`); the same seed samples the same answers."""
     bound = bind_inputs(plan, inputs)
     if budget is not None:
         check_budget(plan)
@@ -169,7 +173,8 @@ async def run_async(
             on_event(kind, node, info)
 
     try:
-        return _printable(plan, await Scheduler(plan, gateway, event).run(bound))
+        run_seed = RunSeed(seed) if isinstance(seed, int) else seed
+        return _printable(plan, await Scheduler(plan, gateway, event, run_seed).run(bound))
     finally:
         for part in (journal, trace, spans):
             if part:

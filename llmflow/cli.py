@@ -30,21 +30,23 @@ from llmflow.api import (
 )
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
+from llmflow.compiler.check import MAX_SEED
 from llmflow.compiler.diagnostics import Diagnostic, render
 from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim, Type
 from llmflow.errors import CompileError, InputError, LLMFlowError
-from llmflow.runtime import runs
+from llmflow.runtime import runs, secrets
 from llmflow.runtime.backends.base import BackendError
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
+from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.journal import read_journal
 from llmflow.runtime.otel import otlp_provider
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import RunResult
-from llmflow.runtime.secrets import redact
+from llmflow.runtime.secrets import clip, redact
 from llmflow.runtime.stats import ModelStats, call_count, model_stats
 from llmflow.runtime.trace import read_trace
 from llmflow.runtime.values import InvalidValue, check_json, parse_json
@@ -115,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
         "OTEL_EXPORTER_OTLP_ENDPOINT names (needs llmflow[otel])",
     )
     run.add_argument(
+        "--seed",
+        type=_seed,
+        metavar="N",
+        help="the run's seed: every sampled call's seed derives from it and the call's place, "
+        "so the same seed samples the same answers (default: drawn at random, kept in run.json)",
+    )
+    run.add_argument(
         "--resume",
         metavar="RUN",
         help="continue a run that stopped (its id, or `last`): finished calls are not sent again",
@@ -177,6 +186,16 @@ def _dollars(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
 def _optimizer_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "-O",
@@ -218,6 +237,7 @@ def _compile(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    secrets.register_environment()
     handler = {"run": _run, "check": _check, "plan": _plan, "models": _models, "trace": _trace}[
         args.command
     ]
@@ -304,7 +324,7 @@ def _input_value(who: str, t: Type | None, raw: str) -> Any:
     try:
         return parse_json(text)
     except InvalidValue as err:
-        shown = text[:60].encode("utf-8", "backslashreplace").decode("utf-8")
+        shown = clip(text, 60).encode("utf-8", "backslashreplace").decode("utf-8")
         raise InvalidValue(f"{who} expects {t} written as JSON: {err} in {shown!r}") from None
 
 
@@ -418,12 +438,21 @@ def _run(args: argparse.Namespace) -> int:
     # failed start leaves nothing that `--resume last` or `trace last` would pick up.
     check_backends(plan)
     otel = otlp_provider() if args.otel else None
+    seed = RunSeed(args.seed) if args.seed is not None else RunSeed.draw()
+    if resumed is not None and recorded is not None and isinstance(recorded.get("seed"), int):
+        if args.seed not in (None, recorded["seed"]):
+            raise LLMFlowError(
+                f"run {resumed.id} ran with seed {recorded['seed']}; resume without --seed "
+                "to reuse it"
+            )
+        seed = RunSeed(recorded["seed"], chosen=args.seed is not None)
     meta = recorded or {
         "program": str(Path(args.program).resolve()),
         "flow": plan.flow,
         "inputs": inputs,
         "models": list(plan.models),
         "started": time.time(),
+        "seed": seed.value,
     }
     meta["status"] = "running"
     _record_spending(meta, budget)
@@ -449,6 +478,7 @@ def _run(args: argparse.Namespace) -> int:
                 cache=cache,
                 run_dir=run_dir,
                 otel=otel,
+                seed=seed,
             )
         )
     except BaseException as err:
@@ -577,7 +607,7 @@ def _report_failures(plan: Plan, result: RunResult, budget: Budget | None) -> No
         diag = Diagnostic(
             kind="run", message=f"{failure.node.label} failed: {failure.message}", span=span
         )
-        sys.stderr.write(render(diag, sources) + "\n")
+        sys.stderr.write(redact(render(diag, sources)) + "\n")
     not_run = [f.node.label for f in result.failures if f.not_run]
     if not_run:
         limit, spent = (budget.limit, budget.spent) if budget else (0.0, 0.0)

@@ -1,6 +1,7 @@
 """The response cache: a deterministic request's answer, kept across runs.
 
-A request is deterministic when it samples greedily (temperature 0) or with a fixed seed;
+A request is deterministic when it samples greedily (temperature 0) or with a seed that was
+chosen (`--seed`, `seed=`; a seed drawn at random for one run is never asked again);
 then the same model, prompt and parameters give the same answer, and paying for it again
 buys nothing. Keys are hashes of exactly what reaches the model (backend, model id,
 endpoint, turns, sampling parameters, constraint), never of where the call sits in the
@@ -42,14 +43,18 @@ def request_key(spec: ModelSpec, request: GenerationRequest) -> str:
         "id": spec.id,
         "base_url": spec.options.get("base_url"),
         "chat": spec.chat,
-        "request": request.model_dump(mode="json", exclude={"model", "group", "priority", "node"}),
+        "request": request.model_dump(
+            mode="json", exclude={"model", "group", "priority", "node", "random_seed"}
+        ),
     }
     text = json.dumps(identity, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def deterministic(request: GenerationRequest) -> bool:
-    return request.temperature == 0 or request.seed is not None
+    """Worth caching: greedy, or sampled with a seed someone chose (a run's seed drawn
+    at random is never asked again)."""
+    return request.temperature == 0 or (request.seed is not None and not request.random_seed)
 
 
 def _warn(message: str) -> None:

@@ -9,6 +9,10 @@ filled in.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -22,6 +26,39 @@ from llmflow.stdlib.builtins import select, to_text
 
 ATTEMPTS = 2
 """One try and one retry with the validation error fed back."""
+
+
+SEED_LIMIT = 2**31
+"""Seeds sent are below this: every server and llama.cpp (a uint32, with 2**32 - 1
+meaning "random") takes them."""
+
+Place = tuple[str | int, ...]
+"""Where a call runs: for each map or loop around it, that node and the item or iteration
+index, then the call's own node (`("n4", 2, "n7")`: n7 in the third item of map n4)."""
+
+
+@dataclass(frozen=True)
+class RunSeed:
+    """The seed a run derives every sampled call's seed from."""
+
+    value: int
+    chosen: bool = True
+    """Given by the user (`--seed N`): a later run may ask the same requests, so sampled
+    answers go to the response cache. A seed drawn at random for one run is never asked
+    again, so its answers are not cached."""
+
+    @classmethod
+    def draw(cls) -> RunSeed:
+        return cls(random.randrange(SEED_LIMIT), chosen=False)
+
+
+def derive_seed(base: int, place: Place, output: str) -> int:
+    """A sampled output's seed: a hash of the base seed (the run's, or the output's
+    `seed=`), where its call runs and the output's name. Four samples of one prompt in a
+    map get four seeds, and a run with the same seed sends the same ones again."""
+    text = json.dumps([base, *place, output])
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % SEED_LIMIT
 
 
 class CallFailed(Exception):
@@ -54,6 +91,8 @@ class CallStats(BaseModel):
     fallback_from: str | None = None
     """The model that gave up before this one took the call over."""
     error: str | None = None
+    seeds: dict[str, int] = Field(default_factory=dict)
+    """The seed each sampled output was generated with (greedy outputs have none)."""
     events: list[dict[str, Any]] = Field(default_factory=list)
 
     def add(self, gen: Generation) -> None:
@@ -96,11 +135,14 @@ async def run_call(
     stats: CallStats,
     priority: float = 0.0,
     shared_tokens: int = 0,
+    seed: RunSeed | None = None,
+    place: Place = (),
 ) -> Any:
     """Generate every output of one call; the value is the output, or a dict of outputs.
     `stats` (the caller's, so it survives a failure) collects what the call consumed;
     its group (with the tokens the group shares) and `priority` are the optimizer's
-    placement, passed on to the backend."""
+    placement, passed on to the backend. A sampled output's seed is derived from its
+    `seed=`, else the run's `seed`, and the call's `place` (none without either)."""
     values = dict(zip(call.params, args, strict=True))
     outputs: dict[str, Any] = {}
     specs = {o.name: o for o in call.outputs}
@@ -119,8 +161,11 @@ async def run_call(
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
             turns.append(Turn(role="user", text=prompt))
             pending = ""
+            seeding = _seeding(spec, seed, place)
+            if seeding[0] is not None:
+                stats.seeds[spec.name] = seeding[0]
             value, text = await _generate(
-                call, spec, turns, model, backend, stats, priority, shared_tokens
+                call, spec, turns, model, backend, stats, priority, shared_tokens, seeding
             )
             outputs[spec.name] = value
             turns.append(Turn(role="assistant", text=text))
@@ -129,6 +174,18 @@ async def run_call(
     if len(call.outputs) == 1:
         return outputs[call.outputs[0].name]
     return outputs
+
+
+def _seeding(spec: OutputSpec, seed: RunSeed | None, place: Place) -> tuple[int | None, bool]:
+    """The output's seed, and whether it was drawn at random (greedy outputs need none:
+    a seed would only split the response cache)."""
+    if not spec.temperature:
+        return None, False
+    if spec.seed is not None:
+        return derive_seed(spec.seed, place, spec.name), False
+    if seed is None:
+        return None, False
+    return derive_seed(seed.value, place, spec.name), not seed.chosen
 
 
 async def _generate(
@@ -140,6 +197,7 @@ async def _generate(
     stats: CallStats,
     priority: float,
     shared_tokens: int,
+    seeding: tuple[int | None, bool],
 ) -> tuple[Any, str]:
     stop = spec.stop
     if stop is None:
@@ -151,6 +209,8 @@ async def _generate(
         max_tokens=spec.max_tokens or default_max_tokens(spec.type),
         stop=stop,
         temperature=spec.temperature or 0.0,
+        seed=seeding[0],
+        random_seed=seeding[1],
         constraint=constraint_for(spec.type),
         group=stats.group,
         shared_tokens=shared_tokens,

@@ -17,6 +17,7 @@ from typing import Any
 from llmflow.compiler import tokens
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer.costs import token_dollars
+from llmflow.runtime import secrets
 from llmflow.runtime.backends.base import Backend, BackendError, Generation, GenerationRequest
 from llmflow.runtime.budget import Budget, Reservation
 from llmflow.runtime.cache import ResponseCache, deterministic, request_key
@@ -120,13 +121,18 @@ class Gateway:
                             await hold.lose()
                         raise
                     permit.settle(answer.input_tokens + answer.output_tokens)
-                return answer.model_copy(update={"retries": attempt - 1, "events": events})
+                # A key echoed by a server must not reach the journal, the cache or outputs.
+                text = secrets.mask_keys(answer.text)
+                update = {"retries": attempt - 1, "events": events, "seed": request.seed}
+                return answer.model_copy(update={**update, "text": text})
             except BackendError as err:
                 if self.policy.gives_up(attempt, err):
                     if err.retryable:
-                        raise RetriesExhausted(spec.name, attempt, err, events) from None
+                        raise RetriesExhausted(
+                            spec.name, attempt, err, events, self.policy
+                        ) from None
                     raise
-                reason = str(err.status) if err.status else err.message[:60]
+                reason = str(err.status) if err.status else secrets.clip(err.message, 60)
                 events.append({"name": "retry", "time": time.time(), "reason": reason})
                 await self.sleep(self.policy.delay(attempt - 1, err))
                 await hold.take()  # again, if the failed try was counted as spent

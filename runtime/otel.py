@@ -54,13 +54,15 @@ class SpanWriter:
         attributes: dict[str, Any] = {
             key: value
             for key, value in record.items()
-            if value is not None and key not in ("start", "end", "events")
+            if value is not None and key not in ("start", "end", "events", "llmflow.seeds")
         }
+        for output, seed in (record["llmflow.seeds"] or {}).items():  # no dicts in OTel
+            attributes[f"llmflow.seed.{output}"] = seed
         name = f"{record['gen_ai.operation.name']} {record['gen_ai.request.model']}"
         span = self.tracer.start_span(
             name, kind=SpanKind.CLIENT, attributes=attributes, start_time=int(stats.start * NS)
         )
-        for event in stats.events:
+        for event in record["events"]:
             details = {k: v for k, v in event.items() if k not in ("name", "time")}
             span.add_event(event["name"], details, timestamp=int(event["time"] * NS))
         if stats.error:

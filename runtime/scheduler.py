@@ -22,7 +22,7 @@ from llmflow.compiler.ir import Graph, IRNode, Plan
 from llmflow.compiler.types import FLOAT, ListT, Type
 from llmflow.runtime.backends.base import Backend, BackendError
 from llmflow.runtime.budget import BudgetExceeded
-from llmflow.runtime.calls import CallFailed, CallStats, run_call
+from llmflow.runtime.calls import CallFailed, CallStats, Place, RunSeed, run_call
 from llmflow.runtime.retry import RetriesExhausted
 from llmflow.runtime.values import InvalidValue, validate
 from llmflow.stdlib.builtins import BuiltinError, evaluate
@@ -54,6 +54,8 @@ class RunResult:
     outputs: dict[str, Any]
     failures: list[NodeFailed]
     calls: list[CallStats] = field(default_factory=list)
+    seed: int | None = None
+    """The run's seed: run again with it to sample the same answers."""
 
     @property
     def ok(self) -> bool:
@@ -68,18 +70,27 @@ class RunResult:
 
 class _Frame:
     """One execution of one graph: the top-level flow, or one map item, branch or
-    loop iteration."""
+    loop iteration; `place` says which (the map and loop nodes and indices around it)."""
 
-    def __init__(self, graph: Graph, bindings: dict[str, Any]) -> None:
+    def __init__(self, graph: Graph, bindings: dict[str, Any], place: Place = ()) -> None:
         self.graph = graph
         self.bindings = bindings
+        self.place = place
         self.tasks: dict[str, asyncio.Task[Any]] = {}
 
 
 class Scheduler:
-    def __init__(self, plan: Plan, backend: Backend, on_event: Event | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        backend: Backend,
+        on_event: Event | None = None,
+        seed: RunSeed | None = None,
+    ) -> None:
         self.plan = plan
         self.backend = backend
+        self.seed = seed or RunSeed.draw()
+        """Every sampled call's seed derives from it and the call's place."""
         self.on_event = on_event or (lambda _kind, _node, _info: None)
         self.calls: list[CallStats] = []
         self._all_tasks: list[asyncio.Task[Any]] = []
@@ -104,7 +115,12 @@ class Scheduler:
                 raise result
             else:
                 outputs[name] = result
-        return RunResult(outputs=outputs, failures=list(failures.values()), calls=self.calls)
+        return RunResult(
+            outputs=outputs,
+            failures=list(failures.values()),
+            calls=self.calls,
+            seed=self.seed.value,
+        )
 
     # -- demand-driven evaluation
 
@@ -148,20 +164,20 @@ class Scheduler:
             case "builtin":
                 return _as_declared(node.type, _builtin(node, args))
             case "llm":
-                return await self._llm(node, args)
+                return await self._llm(node, args, (*frame.place, node.id))
             case "extern":
                 return await self._extern(node, args)
             case "map":
-                return await self._map(node, args)
+                return await self._map(frame, node, args)
             case "branch":
                 chosen = node.bodies["then" if args[0] else "else"]
-                sub = _Frame(chosen, _ports(args))
+                sub = _Frame(chosen, _ports(args), frame.place)
                 return {name: await self._get(sub, out) for name, out in chosen.outputs.items()}
             case "loop":
-                return await self._loop(node, args)
+                return await self._loop(frame, node, args)
         raise AssertionError(f"unknown node kind {node.kind}")
 
-    async def _llm(self, node: IRNode, args: list[Any]) -> Any:
+    async def _llm(self, node: IRNode, args: list[Any], place: Place) -> Any:
         """Run a call on its model; if that model keeps failing, on the next one that
         qualifies (the optimizer's fallbacks), and say so in the call's stats."""
         assert node.call is not None
@@ -185,8 +201,9 @@ class Scheduler:
             stats.start = time.time()
             try:
                 shared = group.prefix_tokens if stats.group and group else 0
+                model = self.plan.models[name]
                 value = await run_call(
-                    node.call, args, self.plan.models[name], self.backend, stats, priority, shared
+                    node.call, args, model, self.backend, stats, priority, shared, self.seed, place
                 )
             except (CallFailed, BackendError) as err:
                 stats.end, stats.error = time.time(), str(err)
@@ -237,35 +254,37 @@ class Scheduler:
         self.on_event("done", node, {})
         return value
 
-    async def _map(self, node: IRNode, args: list[Any]) -> list[Any]:
+    async def _map(self, frame: _Frame, node: IRNode, args: list[Any]) -> list[Any]:
         items, body = args[0], node.bodies["body"]
         self.on_event("expand", node, {"items": len(items)})
         ports = _ports(args)
 
-        async def one(item: Any) -> tuple[bool, Any]:
-            sub = _Frame(body, {**ports, "item": item})
+        async def one(index: int, item: Any) -> tuple[bool, Any]:
+            sub = _Frame(body, {**ports, "item": item}, (*frame.place, node.id, index))
             if "where" in body.outputs and not await self._get(sub, body.outputs["where"]):
                 return False, None
             return True, await self._get(sub, body.outputs["value"])
 
-        results = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+        results = await asyncio.gather(
+            *(one(i, item) for i, item in enumerate(items)), return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return [value for keep, value in results if keep]  # type: ignore[misc]
 
-    async def _loop(self, node: IRNode, args: list[Any]) -> dict[str, Any]:
+    async def _loop(self, frame: _Frame, node: IRNode, args: list[Any]) -> dict[str, Any]:
         body = node.bodies["body"]
         ports = _ports(args)
         has_list = node.loop_max is None
         items = args[0] if has_list else range(node.loop_max or 0)
         first = 1 if has_list else 0
         carried = dict(zip(node.carried, args[first : first + len(node.carried)], strict=True))
-        for item in items:
+        for iteration, item in enumerate(items):
             bindings = {**ports, **{f"carried:{k}": v for k, v in carried.items()}}
             if has_list:
                 bindings["item"] = item
-            sub = _Frame(body, bindings)
+            sub = _Frame(body, bindings, (*frame.place, node.id, iteration))
             names = list(body.outputs)
             values = await asyncio.gather(*(self._get(sub, body.outputs[n]) for n in names))
             done = dict(zip(names, values, strict=True))

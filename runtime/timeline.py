@@ -48,6 +48,7 @@ from llmflow.compiler.picture import (
     write_graph,
 )
 from llmflow.errors import LLMFlowError
+from llmflow.runtime.secrets import redact
 
 RETRIED = "#222222"
 FALLBACK = "#444444"
@@ -176,7 +177,7 @@ class _Call:
             fallback_from=str(fallback) if fallback else None,
             cache_hit=bool(r.get("llmflow.cache_hit")),
             journal_hit=bool(r.get("llmflow.journal_hit")),
-            error=str(r.get("error.type") or "error") if failed else None,
+            error=redact(str(r.get("error.type") or "error")) if failed else None,
             group=str(r["llmflow.group"]) if r.get("llmflow.group") else None,
             retry_times=tuple(
                 _num(e["time"]) for e in events if "retry" in str(e.get("name")) and "time" in e

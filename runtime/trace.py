@@ -3,7 +3,7 @@
 Attribute names follow OpenTelemetry's GenAI semantic conventions where one exists
 (`gen_ai.request.model`, `gen_ai.usage.input_tokens`, …) so the records can be loaded
 into tools that speak them; what is llmflow's own is under `llmflow.`. No prompt or
-answer text is written, and error messages are redacted.
+answer text is written; error messages and event details are redacted.
 
 A run killed while writing leaves its last line cut short, and a run folder may come
 from elsewhere: reading skips (and counts) every line that is not a whole call record.
@@ -43,10 +43,15 @@ def call_record(stats: CallStats, spec: ModelSpec) -> dict[str, Any]:
         "llmflow.cache_hit": stats.cache_hits > 0,
         "llmflow.journal_hit": stats.journal_hits > 0,
         "llmflow.group": stats.group,
+        "llmflow.seeds": dict(stats.seeds) or None,
         "llmflow.status": "error" if stats.error else "ok",
         "error.type": redact(stats.error) if stats.error else None,
-        "events": stats.events,
+        "events": [_redacted(event) for event in stats.events],
     }
+
+
+def _redacted(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
 class TraceWriter:

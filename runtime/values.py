@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import FiniteFloat, TypeAdapter, ValidationError, create_model
 
 from llmflow.compiler.types import FLOAT, AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+from llmflow.runtime.secrets import clip
 
 MAX_DEPTH = 100
 """Deepest nesting of lists and records a value may have: far beyond any real input, and
@@ -270,7 +271,7 @@ def _extract_json(text: str) -> Any:
 
 
 def _quote(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+    return repr(clip(text, limit))
 
 
 def describe_type(t: Type) -> str:

@@ -262,6 +262,46 @@ def test_the_summary_counts_calls_not_requests(
     assert (stats["calls"], stats["cache_hits"], stats["journal_hits"]) == (1, 1, 0)
 
 
+SAMPLED = """
+model remote = openai_compatible("priced", base_url="{url}", price_in=0, price_out=0)
+
+fn ask(q: str) -> a: str
+\"\"\"Ask {{{{q}}}}: {{{{a | max_tokens=10, temperature=0.9}}}}\"\"\"
+
+flow main(qs: list[str]) -> answers: list[str] {{
+    answers = map q in qs: ask(q)
+}}
+"""
+
+
+def test_the_run_seed_is_kept_in_run_json_and_resume_reuses_it(
+    tmp_path: Path, server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "sampled.llmflow"
+    program.write_text(SAMPLED.format(url=server.url))
+    qs = 'qs=["a", "a", "a"]'
+    assert main(["run", str(program), "-i", qs, "-q"]) == 0  # a seed drawn at random
+    assert main(["run", str(program), "-i", qs, "-q", "--seed", "42"]) == 0
+    seeds = {json.loads((run / "run.json").read_text())["seed"]: run for run in runs()}
+    assert 42 in seeds and len(seeds) == 2
+    chosen = seeds.pop(42)
+    ((seed, drawn),) = seeds.items()
+    assert isinstance(seed, int) and 0 <= seed < 2**31
+    sent = [entry["seed"] for entry in server.log]
+    assert len(set(sent)) == 6  # three samples per run, each its own seed
+    # Resumed, a run sends the same requests (same seeds): its journal answers them all.
+    assert main(["run", str(program), "--resume", drawn.name, "-q"]) == 0
+    assert main(["run", str(program), "--resume", chosen.name, "-q", "--seed", "42"]) == 0
+    assert len(server.log) == 6
+    assert main(["run", str(program), "--resume", chosen.name, "--seed", "43"]) == 1
+    assert f"run {chosen.name} ran with seed 42; resume without --seed" in capsys.readouterr().err
+    for bad in ("-1", "x", "1.5", str(2**63)):
+        with pytest.raises(SystemExit) as usage:
+            main(["run", str(program), "-i", qs, "--seed", bad])
+        assert usage.value.code == 2
+    assert "--seed: expected an integer from 0 to" in capsys.readouterr().err
+
+
 @pytest.mark.graphviz("neato")
 def test_trace_lists_prints_and_draws_a_run(
     program: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -44,6 +44,12 @@ class GenerationRequest(BaseModel):
     temperature: float = 0.0
     constraint: Constraint | None = None
     seed: int | None = None
+    """The sampling seed (runs derive one per sampled call; None: greedy, or the
+    backend's own choice)."""
+    random_seed: bool = False
+    """The seed was drawn at random for this run (no `--seed`, no `seed=`): no other run
+    will ask this very request, so its answer is not kept in the response cache. Not
+    part of any key."""
     group: str | None = None
     """The prefix group the optimizer put this call in: calls of one group start with
     the same text, so a backend should run them together and keep their shared prefix
@@ -70,6 +76,8 @@ class Generation(BaseModel):
     the cache or a journal cost nothing)."""
     source: Literal["model", "cache", "journal"] = "model"
     """Who answered: the model, the response cache, or a resumed run's journal."""
+    seed: int | None = None
+    """The seed the answer was sampled with (the request's), kept in the journal."""
     retries: int = 0
     """Failed tries before this answer (429s, 5xx, timeouts, dropped connections)."""
     events: list[dict[str, Any]] = Field(default_factory=list)

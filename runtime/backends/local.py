@@ -56,6 +56,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_SEED = 0
 """Sampling seed when a request sets none, so runs are reproducible."""
 
+
+def _llama_seed(seed: int | None) -> int:
+    """The request's seed as llama.cpp takes it: a uint32 other than 2**32 - 1, which
+    means "random" there (a run's derived seeds are below 2**31 anyway)."""
+    return DEFAULT_SEED if seed is None else seed % 0xFFFFFFFF
+
+
 MIN_SHARED_PREFIX = 64
 """Fewer common tokens than this do not justify reordering calls or restoring a state."""
 
@@ -545,7 +552,7 @@ class LocalBackend:
                 reused=reused,
                 max_tokens=c.request.max_tokens,
                 temperature=c.request.temperature,
-                seed=DEFAULT_SEED if c.request.seed is None else c.request.seed,
+                seed=_llama_seed(c.request.seed),
                 stop=[stop for stop in c.request.stop if stop],
                 grammar=c.grammar,
                 cancelled=c.cancelled.is_set,
@@ -637,7 +644,7 @@ class LocalBackend:
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
                 stop=[stop for stop in request.stop if stop],
-                seed=DEFAULT_SEED if request.seed is None else request.seed,
+                seed=_llama_seed(request.seed),
                 grammar=call.grammar,
                 stopping_criteria=StoppingCriteriaList(
                     [lambda _ids, _logits: call.cancelled.is_set()]

@@ -11,9 +11,13 @@ alone and the rest wait for it and then fan out, so they find the prefix cached.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
+import errno
 import json
+import math
 import os
+import socket
 import ssl
 import time
 from typing import Any
@@ -145,13 +149,20 @@ class OpenAIBackend:
             api_key = secrets.api_key(key[1]) if key[1] else None
             if api_key is None:
                 check_model(spec)  # raises for models that need a key
-            self._clients[key] = AsyncOpenAI(
-                api_key=api_key or PLACEHOLDER_KEY,
-                base_url=key[0],
-                max_retries=0,  # one attempt: the layer above retries with backoff
-                timeout=DEFAULT_TIMEOUT,
-                http_client=_plain_http_client(key[0]),
-            )
+            try:
+                self._clients[key] = AsyncOpenAI(
+                    api_key=api_key or PLACEHOLDER_KEY,
+                    base_url=key[0],
+                    max_retries=0,  # one attempt: the layer above retries with backoff
+                    timeout=DEFAULT_TIMEOUT,
+                    http_client=_plain_http_client(key[0]),
+                )
+            except Exception as error:  # httpx's InvalidURL: an address it cannot parse
+                raise BackendError(
+                    secrets.redact(
+                        f"model '{spec.name}': base_url {key[0]!r} is not usable: {error}"
+                    )
+                ) from None
         return self._clients[key], key
 
     async def _send(self, spec: ModelSpec, request: GenerationRequest) -> Generation:
@@ -169,13 +180,15 @@ class OpenAIBackend:
                 params = _params(spec, request, legacy_schema=True)
                 response = await _create(client, spec, params)
         except Exception as error:
-            raise _backend_error(spec, error, client, params["timeout"]) from None
+            raise _backend_error(spec, error, _address(client, key), params["timeout"]) from None
         seconds = time.perf_counter() - started
         try:
             return _generation(spec, response, request.stop, seconds)
         except (AttributeError, LookupError, TypeError, ValueError):
             raise BackendError(
-                secrets.redact(f"model '{spec.name}': malformed response from {client.base_url}"),
+                secrets.redact(
+                    f"model '{spec.name}': malformed response from {_address(client, key)}"
+                ),
                 retryable=True,
             ) from None
 
@@ -286,9 +299,12 @@ def _generation(spec: ModelSpec, response: Any, stop: list[str], seconds: float)
     )
 
 
-def _backend_error(
-    spec: ModelSpec, error: Exception, client: AsyncOpenAI, timeout: float
-) -> BackendError:
+def _address(client: AsyncOpenAI, key: ClientKey) -> str:
+    """The server's address as the user wrote it, else the SDK's default."""
+    return key[0] or str(client.base_url).removesuffix("/")
+
+
+def _backend_error(spec: ModelSpec, error: Exception, address: str, timeout: float) -> BackendError:
     """Classify a failure: whether retrying may help, and a message without secrets."""
     name = f"model '{spec.name}'"
     status = retry_after = None
@@ -298,17 +314,80 @@ def _backend_error(
         message = f"{name}: {status} {_server_message(error)}"
         retry_after = _retry_after(error.response.headers)
     elif isinstance(error, openai.APITimeoutError):
-        retryable, message = True, f"{name}: no answer from {client.base_url} in {timeout:g}s"
-    elif isinstance(error, openai.APIConnectionError):
-        cause = error.__cause__ or error
-        retryable, message = True, f"{name}: cannot reach {client.base_url}: {cause}"
+        retryable, message = True, f"{name}: no answer from {address} in {timeout:g}s"
+    elif isinstance(error, openai.APIConnectionError | OSError | BaseExceptionGroup):
+        reason, retryable = _connection_problem(error)
+        message = f"{name}: cannot reach {address}: {reason}"
     elif isinstance(error, openai.APIResponseValidationError | ValueError):  # bad JSON
-        retryable, message = True, f"{name}: malformed response from {client.base_url}"
+        retryable, message = True, f"{name}: malformed response from {address}"
     else:
         retryable, message = False, f"{name}: {type(error).__name__}: {error}"
     return BackendError(
         secrets.redact(message), status=status, retryable=retryable, retry_after=retry_after
     )
+
+
+_CONNECTION_ERRORS = {
+    errno.ECONNREFUSED: "connection refused (is the server running, on this port?)",
+    errno.ECONNRESET: "the server closed the connection",
+    errno.ETIMEDOUT: "the connection timed out",
+    errno.EHOSTUNREACH: "no route to the host",
+    errno.ENETUNREACH: "the network is unreachable",
+    errno.EADDRNOTAVAIL: "the address is not available",
+}
+
+
+def _connection_problem(error: BaseException) -> tuple[str, bool]:
+    """Why a connection failed, in words, and whether trying again may help: the
+    deepest cause that says something (the SDK's "Connection error." and httpx's "All
+    connection attempts failed" wrap the operating system's reason; an exception group
+    holds one reason per address tried)."""
+    leaves = _root_causes(error)
+    for leaf in leaves:
+        if isinstance(leaf, socket.gaierror):
+            return "the host name does not resolve", True
+        if isinstance(leaf, OSError) and leaf.errno in _CONNECTION_ERRORS:
+            return _CONNECTION_ERRORS[leaf.errno], True
+        if isinstance(leaf, ssl.SSLError):  # a certificate does not fix itself in seconds
+            verify = isinstance(leaf, ssl.SSLCertVerificationError)
+            return f"TLS failed: {leaf.reason or leaf}", not verify
+    for leaf in leaves:
+        if isinstance(leaf, ValueError | OverflowError) or _named(leaf, _BAD_ADDRESS):
+            return str(leaf) or type(leaf).__name__, False  # the address can never work
+    leaf = leaves[-1]
+    text = str(leaf).strip()
+    return (text if text else type(leaf).__name__), True
+
+
+_BAD_ADDRESS = {"UnsupportedProtocol", "InvalidURL"}
+"""The HTTP client's errors for an address that can never work (by name: the SDK has
+used both httpx and its fork httpx2)."""
+
+
+def _named(error: BaseException, names: set[str]) -> bool:
+    return any(kind.__name__ in names for kind in type(error).__mro__)
+
+
+def _root_causes(error: BaseException) -> list[BaseException]:
+    """The innermost exceptions under `error`: along its causes, into exception groups."""
+    leaves: list[BaseException] = []
+    seen: set[int] = set()
+
+    def walk(e: BaseException) -> None:
+        while id(e) not in seen:
+            seen.add(id(e))
+            if isinstance(e, BaseExceptionGroup):
+                for sub in e.exceptions:
+                    walk(sub)
+                return
+            inner = e.__cause__ or e.__context__
+            if inner is None:
+                leaves.append(e)
+                return
+            e = inner
+
+    walk(error)
+    return leaves or [error]
 
 
 def _server_message(error: openai.APIStatusError) -> str:
@@ -321,22 +400,38 @@ def _server_message(error: openai.APIStatusError) -> str:
         text = body
     if not text:
         text = error.response.reason_phrase or error.message
-    text = " ".join(str(text).split())
-    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "…"
+    return secrets.clip(" ".join(str(text).split()), _MESSAGE_LIMIT)
 
 
 def _retry_after(headers: Any) -> float | None:
     """Seconds the server asked to wait: `retry-after-ms` (OpenAI), else `Retry-After`
-    (seconds or an HTTP date)."""
+    (seconds or an HTTP date). A value that is no finite, non-negative number of seconds
+    (`nan`, `inf`, `-5`, garbage) says nothing: the next header is read, else None (the
+    retry loop's own backoff)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        seconds = _seconds(str(value), scale)
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def _seconds(value: str, scale: float) -> float | None:
     try:
-        if (ms := headers.get("retry-after-ms")) is not None:
-            return max(float(ms) / 1000, 0.0)
-        if (value := headers.get("retry-after")) is None:
+        seconds = float(value) / scale
+    except ValueError:
+        if scale != 1.0:
             return None
         try:
-            return max(float(value), 0.0)
-        except ValueError:
             date = email.utils.parsedate_to_datetime(value)
-            return max(date.timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
-        return None
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+        if date.tzinfo is None:  # "-0000": HTTP dates are in GMT
+            date = date.replace(tzinfo=datetime.UTC)
+        try:
+            seconds = max(date.timestamp() - time.time(), 0.0)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

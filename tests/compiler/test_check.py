@@ -836,3 +836,29 @@ def test_base_urls_that_can_work_are_kept(checked: Check) -> None:
     )
     result = checked(source)
     assert [result.models[f"m{i}"].options["base_url"] for i in range(3)] == urls
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("7", True), ("0", True), (str(2**63 - 1), True), ("-1", False), ("1.5", False),
+     ("true", False), ('"7"', False), (str(2**63), False)],
+)  # fmt: skip
+def test_the_seed_option_is_an_integer_from_0_to_2_63(
+    value: str, ok: bool, diagnostics: Diags
+) -> None:
+    template = f"{{{{text}}}} {{{{y | temperature=1, seed={value}}}}}"
+    source = f'fn f(text: str) -> y: str\n"""\n{template}\n"""\n'
+    expected = [] if ok else [("type", f"seed must be an integer from 0 to {2**63 - 1}", 3, 36)]
+    assert summary(diagnostics(source)) == expected
+
+
+def test_the_seed_option_reaches_the_output_spec(tmp_path: Path) -> None:
+    import llmflow
+
+    program = tmp_path / "seeded.llmflow"
+    program.write_text(
+        'fn f(x: str) -> y: str, z: str\n"""{{x}} {{y | temperature=0.5, seed=7}} {{z}}"""\n'
+        "flow main(x: str) -> y: str {\n    y = f(x).y\n}\n"
+    )
+    (call,) = [node.call for node in llmflow.compile(program, optimize=False).calls()]
+    assert call is not None and [o.seed for o in call.outputs] == [7, None]

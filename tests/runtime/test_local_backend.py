@@ -540,3 +540,54 @@ def test_the_window_a_plan_assumes_is_the_window_allocated(compile_source) -> No
                 ask(backend, name, "word " * window, max_tokens=2)
     finally:
         asyncio.run(backend.aclose())
+
+
+SAMPLES = """
+fn colour(doc: str, x: str) -> c: str
+\"\"\"{{doc}}
+
+Invent a name for a new colour, in {{x}}. {{c | temperature=0.9, max_tokens=8}}\"\"\"
+
+flow main(doc: str, x: str) -> cs: list[str] {
+    cs = map i in range(4): colour(doc, x)
+}
+"""
+
+
+@needs_smollm2
+def test_four_samples_differ_and_a_seeded_run_repeats_them(compile_source) -> None:
+    """Four samples of one prompt (a prefix group: decoded together, each sequence with
+    its own seed) are four answers; the same run seed gives the same four again."""
+    import llmflow
+    from llmflow.compiler.optimizer import optimize
+
+    doc = " ".join(f"The painter mixed pigment number {i} with oil and chalk." for i in range(10))
+    inputs = {"doc": doc, "x": "English"}
+    plan = optimize(compile_source(SAMPLES), inputs=inputs)
+    assert plan.groups  # the samples share their long prefix: they run as one group
+
+    sizes: list[int] = []
+    run = llama_batch.run
+
+    def counting_run(llm: object, jobs: list, done: object) -> None:
+        sizes.append(len(jobs))
+        run(llm, jobs, done)  # type: ignore[arg-type]
+
+    def samples(seed: int) -> list[str]:
+        with patch.object(llama_batch, "run", counting_run):
+            result = asyncio.run(llmflow.run_async(plan, inputs, seed=seed))
+        assert result.ok
+        return result.outputs["cs"]
+
+    first = samples(5)
+    assert len(set(first)) == 4
+    assert samples(5) == first
+    assert sizes == [4, 4]  # each run decoded its four samples as one batch
+
+
+def test_every_request_seed_is_a_fixed_llama_cpp_seed() -> None:
+    from llmflow.runtime.backends.local import DEFAULT_SEED, _llama_seed
+
+    assert _llama_seed(None) == DEFAULT_SEED and _llama_seed(7) == 7
+    for seed in (2**32 - 1, 2**32, 2**63 - 1):  # 2**32 - 1 is llama.cpp's "random"
+        assert 0 <= _llama_seed(seed) < 2**32 - 1

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import textwrap
 import threading
 import time
@@ -32,6 +33,8 @@ from llmflow.runtime.backends.base import (
     Turn,
 )
 from llmflow.runtime.backends.openai import WARM_MIN_TOKENS, OpenAIBackend, strict_schema
+from llmflow.runtime.gateway import Gateway
+from llmflow.runtime.retry import RetriesExhausted, RetryPolicy
 
 PLANTED = "sk-test-PLANTED-1234567890"
 
@@ -247,11 +250,60 @@ def test_client_errors_are_final(llama_server: str) -> None:
     assert "maximum context length is 2048 tokens" in too_long.message
 
 
-def test_connection_refused_is_retryable() -> None:
-    url = "http://127.0.0.1:1/v1"  # nothing listens on a privileged port
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_refused_connection_names_the_url(host: str) -> None:
+    """The error says where and why, never the SDK's bare "Connection error." or the
+    ExceptionGroup of the addresses tried; after every retry it still does."""
+    url = f"http://{host}:{closed_port()}/v1"
     error = failure(model(url), ask("hi"))
     assert error.retryable and error.status is None
-    assert error.message.startswith(f"model 'm': cannot reach {url}/")
+    assert error.message == (
+        f"model 'm': cannot reach {url}: connection refused (is the server running, on this port?)"
+    )
+
+    async def through_the_gateway() -> None:
+        backend = OpenAIBackend({"m": model(url)})
+        gateway = Gateway(backend, {"m": model(url)}, policy=RetryPolicy(attempts=2, base=0.0))
+        try:
+            await gateway.generate(ask("hi"))
+        finally:
+            await gateway.aclose()
+
+    with pytest.raises(RetriesExhausted) as caught:
+        asyncio.run(through_the_gateway())
+    assert str(caught.value) == f"m: gave up after 2 tries: {error.message}"
+
+
+def test_tls_to_a_plain_http_server_names_the_url(scripted_server: ScriptedServer) -> None:
+    url = scripted_server.url.replace("http://", "https://")
+    error = failure(model(url), ask("hi"))
+    assert error.message.startswith(f"model 'm': cannot reach {url}: TLS failed: ")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:99999/v1", "cannot reach http://127.0.0.1:99999/v1: "),
+        ("ftp://127.0.0.1/v1", "cannot reach ftp://127.0.0.1/v1: "),
+        ("not a url", "cannot reach not a url: "),
+        ("http://[::1", "base_url 'http://[::1' is not usable: "),
+        ("http://127.0.0.1:abc/v1", "base_url 'http://127.0.0.1:abc/v1' is not usable: "),
+    ],
+)
+def test_an_address_that_can_never_work_fails_at_once_and_names_itself(
+    url: str, reason: str
+) -> None:
+    error = failure(model(url), ask("hi"))
+    assert error.message.startswith(f"model 'm': {reason}")
+    assert not error.retryable
+    assert "ExceptionGroup" not in error.message and "Connection error." not in error.message
 
 
 # --- against a scripted server -------------------------------------------------------
@@ -304,6 +356,143 @@ def test_failures_are_classified(
     error = failure(model(scripted_server.url), ask("hi"))
     assert (error.status, error.retryable, error.retry_after) == (status, retryable, retry_after)
     assert error.message.startswith("model 'm': ")
+
+
+def test_a_key_cut_at_the_message_limit_leaks_no_prefix(
+    scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's message is cut at 500 characters; the key in it is masked first, so
+    wherever the cut falls no part of the key is left."""
+    key = "Zq8xK2"  # six characters, not shaped like an OpenAI key
+    monkeypatch.setenv("SIX_KEY", key)
+    spec = model(scripted_server.url, api_key_env="SIX_KEY")
+    for at in range(490, 502):
+        message = "x" * at + f"Bearer {key} " * 3
+        scripted_server.reply = lambda seen, message=message: Reply(
+            400, {"error": {"message": message}}
+        )
+        error = failure(spec, ask("hi"))
+        assert not any(key[:n] in error.message for n in range(2, 7)), at
+        assert len(error.message) <= len("model 'm': 400 ") + 500
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "NaN"}, None),
+        ({"retry-after-ms": "nan"}, None),
+        ({"retry-after-ms": "nan", "retry-after": "3"}, 3.0),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "-Infinity"}, None),
+        ({"retry-after": "1e999"}, None),
+        ({"retry-after": "-5"}, None),
+        ({"retry-after-ms": "-1"}, None),
+        ({"retry-after": "1e9"}, 1e9),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": ""}, None),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # the past: now
+        ({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}, "future"),
+        ({"retry-after": "Fri, 31 Dec 99999 23:59:59 GMT"}, None),
+        ({"retry-after": "Mon, 99 Foo 2020 99:99:99 GMT"}, None),
+    ],
+)
+def test_retry_after_headers(headers: dict[str, str], seconds: float | str | None) -> None:
+    wait = openai_backend._retry_after(headers)
+    if seconds == "future":
+        assert wait is not None and wait > 1e10
+    else:
+        assert wait == seconds
+
+
+def test_a_429_that_asks_to_wait_too_long_says_so(scripted_server: ScriptedServer) -> None:
+    scripted_server.reply = lambda seen: Reply(
+        429, {"error": {"message": "rate limited"}}, {"Retry-After": "600"}
+    )
+    spec = model(scripted_server.url)
+
+    async def run() -> None:
+        gateway = Gateway(OpenAIBackend({"m": spec}), {"m": spec})
+        try:
+            await gateway.generate(ask("hi"))
+        finally:
+            await gateway.aclose()
+
+    with pytest.raises(RetriesExhausted) as caught:
+        asyncio.run(run())
+    assert len(scripted_server.seen) == 1
+    assert str(caught.value) == (
+        "m: gave up after 1 try: the server asked to wait 600 s, more than the 120 s "
+        "llmflow waits: model 'm': 429 rate limited"
+    )
+
+
+def test_a_429_with_a_nan_wait_is_retried_with_backoff(scripted_server: ScriptedServer) -> None:
+    replies = [Reply(429, {"error": {"message": "slow"}}, {"Retry-After": "nan"}), chat_reply()]
+    scripted_server.reply = lambda seen: replies.pop(0)
+    spec = model(scripted_server.url)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def run() -> Generation:
+        gateway = Gateway(OpenAIBackend({"m": spec}), {"m": spec}, sleep=sleep)
+        try:
+            return await gateway.generate(ask("hi"))
+        finally:
+            await gateway.aclose()
+
+    answer = asyncio.run(run())
+    assert answer.text == "ok" and answer.retries == 1
+    assert len(sleeps) == 1 and 0 <= sleeps[0] <= RetryPolicy().base
+
+
+def test_a_key_echoed_by_the_server_reaches_no_output_and_no_file(
+    scripted_server: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A server that puts the request's Authorization header in its answers and errors:
+    `llmflow run` prints no key, and leaves none in its run folder or the cache."""
+    from llmflow.cli import main
+
+    key = "Zq8xK2"
+    monkeypatch.setenv("SIX_KEY", key)
+
+    def reply(seen: Seen) -> Reply:
+        echoed = seen.headers["authorization"]
+        if "fail" in json.dumps(seen.body):
+            return Reply(400, {"error": {"message": "x" * 470 + f"bad key {echoed}"}})
+        return chat_reply(f"you sent {echoed}")
+
+    scripted_server.reply = reply
+    program = tmp_path / "echo.llmflow"
+    program.write_text(
+        textwrap.dedent(f"""
+        model srv = openai_compatible("m", base_url="{scripted_server.url}",
+                                      api_key_env="SIX_KEY", price_in=0, price_out=0)
+
+        fn ask(q: str) -> a: str
+        \"\"\"Say {{{{q}}}}: {{{{a}}}}\"\"\"
+
+        flow main(qs: list[str]) -> answers: list[str] {{
+            answers = map q in qs: ask(q)
+        }}
+        """)
+    )
+    assert main(["--debug", "run", str(program), "-i", 'qs=["echo"]', "--json"]) == 0
+    assert main(["run", str(program), "-i", 'qs=["echo", "fail"]']) == 1
+    out, err = capsys.readouterr()
+    assert "you sent Bearer [redacted]" in out and "bad key Bearer [redacted]" in err
+    assert key not in out + err
+    files = [p for p in Path(os.environ["LLMFLOW_HOME"]).rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"run.json", "journal.jsonl", "trace.jsonl"}
+    for path in files:
+        assert key.encode() not in path.read_bytes(), path
 
 
 def test_timeout_is_retryable(scripted_server: ScriptedServer) -> None:

@@ -65,3 +65,16 @@ def test_each_call_is_a_span_with_genai_attributes_and_retry_events(compile_sour
     assert retried.start_time < retried.end_time
     failed = [span for span in spans if span.status.status_code == StatusCode.ERROR]
     assert len(failed) == 1 and "400 bad request" in failed[0].status.description
+
+
+def test_a_sampled_call_carries_its_seed(compile_source):
+    plan = compile_source(PROGRAM.replace("{{a}}", "{{a | temperature=0.7}}"))
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    backend = ScriptedBackend(lambda request: "fine")
+    asyncio.run(llmflow.run_async(plan, {"qs": ["x", "y"]}, backend=backend, otel=provider, seed=9))
+    sent = sorted(served.request.seed for served in backend.served)
+    assert sorted(span.attributes["llmflow.seed.a"] for span in exporter.get_finished_spans()) == (
+        sent
+    )

@@ -300,3 +300,146 @@ def test_values_have_their_declared_type_at_run_time(compile_source):
     assert result.outputs == {"m": 3.0, "xs": [1.0, 2.0], "text": "items:\n- a\n- b"}
     assert isinstance(result.outputs["m"], float)
     assert all(isinstance(x, float) for x in result.outputs["xs"])
+
+
+SAMPLED = """
+fn guess(x: str) -> y: str
+\"\"\"Guess {{x}}: {{y | temperature=0.9}}\"\"\"
+
+fn pinned(x: str) -> y: str
+\"\"\"Pin {{x}}: {{y | temperature=0.9, seed=7}}\"\"\"
+
+fn greedy(x: str) -> y: str
+\"\"\"Greedy {{x}}: {{y}}\"\"\"
+"""
+
+
+def seeds_by_prompt(backend: ScriptedBackend) -> dict[str, list[int | None]]:
+    seen: dict[str, list[int | None]] = {}
+    for served in sorted(backend.served, key=lambda s: last_user(s.request)):
+        seen.setdefault(last_user(served.request).split()[0], []).append(served.request.seed)
+    return seen
+
+
+def sampled_run(plan, inputs, seed):
+    backend = ScriptedBackend(lambda r: "ok")
+    result = asyncio.run(llmflow.run_async(plan, inputs, backend=backend, seed=seed))
+    return result, backend
+
+
+def test_sampled_calls_get_a_seed_of_their_own_that_a_seeded_run_repeats(compile_source):
+    """Four samples of one prompt in a map get four seeds (the same prompt at one seed
+    would come out the same four times); the run's seed decides them all, a `seed=`
+    output keeps its own whatever the run's seed, and greedy calls send none."""
+    plan = compile_source(
+        SAMPLED
+        + """
+    flow main(x: str) -> a: list[str], b: list[str], c: str {
+        a = map i in range(4): guess(x)
+        b = map i in range(4): pinned(x)
+        c = greedy(x)
+    }
+    """
+    )
+    first, backend = sampled_run(plan, {"x": "q"}, 1)
+    seeds = seeds_by_prompt(backend)
+    assert len(set(seeds["Guess"])) == 4 and len(set(seeds["Pin"])) == 4
+    assert seeds["Greedy"] == [None]
+    assert all(0 <= s < 2**31 for s in seeds["Guess"] + seeds["Pin"])
+    assert first.seed == 1
+    assert {tuple(c.seeds.values()) for c in first.calls if c.function == "guess"} == {
+        (s,) for s in seeds["Guess"]
+    }
+
+    _, again = sampled_run(plan, {"x": "q"}, 1)
+    assert [s.request.seed for s in again.served] == [s.request.seed for s in backend.served]
+    _, other = sampled_run(plan, {"x": "q"}, 2)
+    other_seeds = seeds_by_prompt(other)
+    assert set(other_seeds["Guess"]).isdisjoint(seeds["Guess"])
+    assert sorted(other_seeds["Pin"]) == sorted(seeds["Pin"])  # seed=7 decides them
+
+    drawn, unseeded = sampled_run(plan, {"x": "q"}, None)
+    assert isinstance(drawn.seed, int) and drawn.seed != 1
+    assert {s.request.random_seed for s in unseeded.served if s.request.seed is not None} == {
+        True,
+        False,  # pinned: seed=7 was chosen
+    }
+    assert not any(s.request.random_seed for s in again.served)  # --seed 1 was chosen
+
+
+def test_seeds_differ_across_nested_maps_loop_iterations_and_outputs(compile_source):
+    plan = compile_source(
+        """
+    fn two(x: str) -> first: str, second: str
+    \"\"\"Two {{x}}: {{first | temperature=1}} then {{second | temperature=1}}\"\"\"
+
+    fn guess(x: str) -> y: str
+    \"\"\"Guess {{x}}: {{y | temperature=0.5}}\"\"\"
+
+    flow main(x: str) -> grid: list[list[str]], last: str, both: str {
+        grid = map i in range(3): map j in range(3): guess(x)
+        repeat at most 3 with last = x {
+            last = guess(x)
+        }
+        f, s = two(x)
+        both = f + s
+    }
+    """
+    )
+    result, backend = sampled_run(plan, {"x": "q"}, 11)
+    seeds = [s.request.seed for s in backend.served]
+    assert len(seeds) == 9 + 3 + 2 and None not in seeds
+    assert len(set(seeds)) == len(seeds)
+    (two,) = [c for c in result.calls if c.function == "two"]
+    assert set(two.seeds) == {"first", "second"}
+
+
+def test_answers_sampled_with_a_drawn_seed_are_not_cached_and_chosen_ones_are(
+    compile_source, tmp_path
+):
+    from llmflow.runtime.cache import ResponseCache
+
+    plan = compile_source(
+        SAMPLED
+        + """
+    flow main(x: str) -> a: list[str] {
+        a = map i in range(3): guess(x)
+    }
+    """
+    )
+    cache = ResponseCache(tmp_path / "cache")
+
+    def run_with(seed):
+        backend = ScriptedBackend(lambda r: "ok")
+        asyncio.run(llmflow.run_async(plan, {"x": "q"}, backend=backend, cache=cache, seed=seed))
+        return len(backend.served)
+
+    assert run_with(None) == 3 and run_with(None) == 3  # a drawn seed: nothing kept
+    assert run_with(5) == 3 and run_with(5) == 0  # --seed 5 twice: the same requests
+    assert run_with(6) == 3
+    cache.close()
+
+
+def test_the_journal_and_the_trace_record_each_seed(compile_source):
+    import json
+
+    from llmflow.runtime.runs import RunDir
+
+    plan = compile_source(
+        SAMPLED
+        + """
+    flow main(x: str) -> a: list[str], c: str {
+        a = map i in range(2): guess(x)
+        c = greedy(x)
+    }
+    """
+    )
+    run_dir = RunDir.create()
+    backend = ScriptedBackend(lambda r: "ok")
+    asyncio.run(llmflow.run_async(plan, {"x": "q"}, backend=backend, run_dir=run_dir, seed=3))
+    sent = sorted(s.request.seed for s in backend.served if s.request.seed is not None)
+    journal = [json.loads(line) for line in run_dir.journal.read_text().splitlines()]
+    assert sorted(e["generation"]["seed"] for e in journal if e["generation"]["seed"]) == sent
+    trace = [json.loads(line) for line in run_dir.trace.read_text().splitlines()]
+    assert sorted(r["llmflow.seeds"]["y"] for r in trace if r["llmflow.seeds"]) == sent
+    assert [r["llmflow.seeds"] for r in trace if r["llmflow.function"] == "greedy"] == [None]
