@@ -128,32 +128,62 @@ class Graph:
         return [data["node"] for _, data in self.g.nodes(data=True)]
 
     def walk(self) -> list[IRNode]:
-        """Every node, including those of subgraphs."""
+        """Every node, including those of subgraphs (each node, then its subgraphs').
+        With its own stack: subgraphs nest as deep as an else-if chain is long."""
         out: list[IRNode] = []
-        for node in self.nodes:
+        stack = [iter(self.nodes)]
+        while stack:
+            node = next(stack[-1], None)
+            if node is None:
+                stack.pop()
+                continue
             out.append(node)
-            for body in node.bodies.values():
-                out.extend(body.walk())
+            stack.extend(iter(body.nodes) for body in reversed(node.bodies.values()))
+        return out
+
+    def graphs(self) -> list[Graph]:
+        """This graph and every subgraph in it, each before the subgraphs inside it."""
+        out: list[Graph] = []
+        stack: list[Graph] = [self]
+        while stack:
+            graph = stack.pop()
+            out.append(graph)
+            stack.extend(
+                body for node in reversed(graph.nodes) for body in reversed(node.bodies.values())
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "nodes": [_node_json(n) for n in self.nodes],
-            "edges": [
-                {"source": u, "target": v, "var": d["var"], "ports": d["ports"]}
-                for u, v, d in self.g.edges(data=True)
-            ],
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-        }
+        """The graph as JSON data; subgraphs are filled in with a stack, not recursion."""
+        top: dict[str, Any] = {}
+        pending: list[tuple[Graph, dict[str, Any]]] = [(self, top)]
+        while pending:
+            graph, data = pending.pop()
+            nodes = []
+            for node in graph.nodes:
+                item = _node_json(node)
+                if node.bodies:
+                    item["bodies"] = {}
+                    for key, body in node.bodies.items():
+                        item["bodies"][key] = {}
+                        pending.append((body, item["bodies"][key]))
+                nodes.append(item)
+            data.update(
+                nodes=nodes,
+                edges=[
+                    {"source": u, "target": v, "var": d["var"], "ports": d["ports"]}
+                    for u, v, d in graph.g.edges(data=True)
+                ],
+                inputs=graph.inputs,
+                outputs=graph.outputs,
+            )
+        return top
 
 
 def _node_json(node: IRNode) -> dict[str, Any]:
     data = node.model_dump(mode="json", exclude={"bodies"}, exclude_none=True)
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
-    if node.bodies:
-        data["bodies"] = {k: g.to_json() for k, g in node.bodies.items()}
     return data
 
 
