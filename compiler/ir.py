@@ -8,6 +8,7 @@ known; a subgraph reads its parent node's arguments through `input` nodes.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import networkx as nx
@@ -178,6 +179,40 @@ class Graph:
                 outputs=graph.outputs,
             )
         return top
+
+
+class _Text(str):
+    """Literal JSON text on `json_text`'s stack."""
+
+
+def json_text(data: Any, indent: int = 2) -> str:
+    """`json.dumps(data, ensure_ascii=False, indent=2)`, written with a stack: a plan's
+    JSON nests as deep as its longest else-if chain. Indented 32 levels at most, so deep
+    data stays linear in size."""
+    out: list[str] = []
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, _Text):
+            out.append(value)
+            continue
+        if not (isinstance(value, dict | list | tuple) and value):
+            out.append(json.dumps(value, ensure_ascii=False))
+            continue
+        inner = "\n" + " " * indent * min(depth + 1, 32)
+        is_dict = isinstance(value, dict)
+        items = list(value.items()) if is_dict else [(None, v) for v in value]
+        out.append("{" if is_dict else "[")
+        stack.append((_Text("\n" + " " * indent * min(depth, 32) + ("}" if is_dict else "]")), 0))
+        for i in reversed(range(len(items))):
+            key, item = items[i]
+            stack.append((item, depth + 1))
+            lead = ("," if i else "") + inner
+            if is_dict:
+                name = key if isinstance(key, str) else json.dumps(key)
+                lead += json.dumps(name, ensure_ascii=False) + ": "
+            stack.append((_Text(lead), 0))
+    return "".join(out)
 
 
 def _node_json(node: IRNode) -> dict[str, Any]:

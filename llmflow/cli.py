@@ -11,6 +11,7 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,7 +19,7 @@ from llmflow.api import bind_inputs, compile, run_async
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import Diagnostic, render
-from llmflow.compiler.ir import IRNode, Plan
+from llmflow.compiler.ir import IRNode, Plan, json_text
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim
@@ -452,7 +453,7 @@ def _plan(args: argparse.Namespace) -> int:
         path = render_plan(plan, Path(args.output))
         sys.stderr.write(f"wrote {path}\n")
     if args.json:
-        sys.stdout.write(json.dumps(plan.to_json(), ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(json_text(plan.to_json()) + "\n")
     elif args.explain:
         _print_explain(plan)
     elif not args.output:
@@ -491,7 +492,19 @@ def _print_plan(plan: Plan) -> None:
 
 
 def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
-    for node in nodes:
+    """Each node, its subgraphs below it, indented. With a stack: an else-if chain nests
+    subgraphs as deep as it is long (indented 16 levels at most, deeper ones numbered)."""
+    stack: list[Iterator[str | tuple[IRNode, int]]] = [iter([(n, 0) for n in nodes])]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        if isinstance(item, str):
+            sys.stdout.write(item)
+            continue
+        node, depth = item
+        pad = indent + "    " * min(depth, 16)
         detail = f" on {node.call.model}" if node.call else ""
         est = plan.estimates.get(node.id)
         if est is not None:
@@ -499,11 +512,14 @@ def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
         args = f"({', '.join(node.args)})" if node.args else ""
         var = f" → {node.var}" if node.var else ""
         sys.stdout.write(
-            f"{indent}{node.id} {node.kind} {node.label}{args}{detail}: {node.type}{var}\n"
+            f"{pad}{node.id} {node.kind} {node.label}{args}{detail}: {node.type}{var}\n"
         )
+        inside: list[str | tuple[IRNode, int]] = []
         for key, body in node.bodies.items():
-            sys.stdout.write(f"{indent}  {key}:\n")
-            _print_graph(body.nodes, plan, indent + "    ")
+            level = f" (level {depth + 1})" if depth >= 16 else ""
+            inside.append(f"{pad}  {key}:{level}\n")
+            inside += [(n, depth + 1) for n in body.nodes]
+        stack.append(iter(inside))
 
 
 def _trace(args: argparse.Namespace) -> int:
