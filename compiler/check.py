@@ -19,6 +19,7 @@ from llmflow.compiler import ast, catalog
 from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
 from llmflow.compiler.externs import ExternError, load_extern
+from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.models import (
     BACKENDS,
     LOCAL_MODELS,
@@ -1675,5 +1676,6 @@ def operands(e: ast.Expr) -> list[ast.Expr]:
     return []  # names, constants, and {key: value} (an error in a flow: not checked)
 
 
+@gc_paused()
 def check(program: Program) -> tuple[Checked, list[Diagnostic]]:
     return Checker(program).run()

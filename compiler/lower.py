@@ -13,6 +13,7 @@ from typing import Any
 
 from llmflow.compiler import ast
 from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym, operands
+from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.ir import Graph, InputSpec, IRNode, LLMCall, OutputSpec, Plan, Segment
 from llmflow.compiler.types import ANY, RecordT, Type, unify
 from llmflow.stdlib.builtins import Builtin
@@ -691,5 +692,6 @@ def _short(text: str, limit: int = 24) -> str:
     return repr(flat if len(flat) <= limit else flat[: limit - 1] + "…")
 
 
+@gc_paused()
 def lower(checked: Checked, flow: str) -> Plan:
     return Lowerer(checked).lower_flow(flow)

@@ -12,7 +12,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from lark.tree import Meta
 
 from llmflow.compiler import ast
 from llmflow.compiler.diagnostics import Diagnostic
+from llmflow.compiler.heap import gc_paused
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 _DECL_START = re.compile(r"(import|model|enum|record|extern|fn|flow)\b|@")
@@ -42,6 +43,11 @@ def _parser() -> Lark:
 
 
 def parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]:
+    with gc_paused():  # a big file is many small objects and no cycles
+        return _parse_module(source, file)
+
+
+def _parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]:
     decls: list[ast.Decl] = []
     diags: list[Diagnostic] = []
     broken: list[str] = []
@@ -621,6 +627,39 @@ def _rules() -> dict[str, tuple[Callable[..., Any], bool]]:
 
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_PLAIN_PATH = re.compile(r"[ \t]*[A-Za-z_]\w*(?:[ \t]*\.[ \t]*[A-Za-z_]\w*)*[ \t]*")
+_WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+@cache
+def _keywords() -> frozenset[str]:
+    """Words the grammar reserves (`if`, `true`...): never a placeholder's name."""
+    return frozenset(
+        str(t.pattern.value)
+        for t in _parser().terminals
+        if t.pattern.type == "str" and _WORD.fullmatch(str(t.pattern.value))
+    )
+
+
+@lru_cache(maxsize=4096)
+def _placeholder_tree(inner: str) -> Tree:
+    """The parse tree of a placeholder's text (positions relative to it). Cached: the
+    same options recur across a program (`{{out | max_tokens=100}}`), and the builder
+    never changes a tree."""
+    return _parser().parse(inner, start="placeholder")
+
+
+def _plain_path(inner: str) -> list[tuple[int, str]] | None:
+    """The names of a placeholder that is only a dotted path, with their offsets."""
+    if not _PLAIN_PATH.fullmatch(inner):
+        return None
+    names = [(m.start(), m.group()) for m in _WORD.finditer(inner)]
+    return None if any(name in _keywords() for _, name in names) else names
+
+
+def _name_token(at: int, name: str) -> Token:
+    """A NAME token at offset `at` of a one-line placeholder, as lark would make it."""
+    return Token("NAME", name, line=1, column=at + 1, end_line=1, end_column=at + 1 + len(name))
 
 
 def parse_template(
@@ -663,8 +702,13 @@ def parse_template(
         inner = match.group(1)
         l1, c1 = position(inner_start)
         builder = _Builder(file, line=l1, col=c1)
+        path = _plain_path(inner)
         try:
-            names, options = builder.transform(_parser().parse(inner, start="placeholder"))
+            if path is not None:  # `{{name}}`, `{{a.b}}`: most placeholders, no parser needed
+                names = [_name_token(at, name) for at, name in path]
+                options = []
+            else:
+                names, options = builder.transform(_placeholder_tree(inner))
         except UnexpectedInput as err:
             diag = _shifted(_syntax_error(err, file, inner), l1, c1)
             if diag.message == "unexpected end of file":
