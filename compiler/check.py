@@ -29,6 +29,7 @@ from llmflow.compiler.models import (
     option_error,
 )
 from llmflow.compiler.modules import Program
+from llmflow.compiler.parse import MAX_NESTING, nesting
 from llmflow.compiler.types import (
     ANY,
     BOOL,
@@ -293,7 +294,8 @@ class Checker:
                     self._check_extern(decl)
                 elif isinstance(decl, ast.FlowDecl):
                     self._check_flow(decl)
-        self._check_flow_cycles()
+        if not self._check_flow_cycles():
+            self._check_inlined_depth()
         self.diags.sort(key=sort_key)
         return self.checked, self.diags
 
@@ -1194,11 +1196,13 @@ class Checker:
                     return ANY
                 return joined
 
+            # The if is lowered as a whole: what its condition reads comes first (a
+            # condition reading a name the if assigns is a cycle).
             self._define(
                 scope,
                 ast.Ident(name=name, span=d.span),
                 join,
-                lambda a=d, b=other: [a, b],
+                lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
             )
         for name in else_scope.defs:
             if name not in then_scope.defs and "'" not in name:
@@ -1250,8 +1254,15 @@ class Checker:
             def init(b: ast.Binding = binding) -> Type:
                 return self.expr(b.value, scope)
 
+            # The loop is lowered as a whole: what its list expression reads comes first.
             outer = self._define(
-                scope, binding.name, init, lambda b=binding: self._reads(b.value, scope)
+                scope,
+                binding.name,
+                init,
+                lambda b=binding: [
+                    *(self._reads(stmt.iterable, scope) if stmt.iterable is not None else []),
+                    *self._reads(b.value, scope),
+                ],
             )
             if outer is None:
                 continue
@@ -1634,7 +1645,47 @@ class Checker:
 
     # -- cycles between flows
 
-    def _check_flow_cycles(self) -> None:
+    def _check_inlined_depth(self) -> None:
+        """Flows called by a flow are inlined, so their bodies nest where they are called:
+        the depths add up along a chain of calls, and MAX_NESTING bounds the sum (the
+        first call in a flow where it goes over is reported)."""
+        flows = [
+            (module, decl)
+            for module, m in self.program.modules.items()
+            for decl in m.decls
+            if isinstance(decl, ast.FlowDecl)
+        ]
+        sites: dict[str, list[tuple[int, str, ast.Span]]] = {}
+        own: dict[str, int] = {}
+        for module, decl in flows:
+            key = f"{module}:{decl.name.name}"
+            own[key], sites[key] = 0, []
+            for node, depth in nesting(decl):
+                own[key] = max(own[key], depth)
+                callee = self.checked.callees.get(id(node))
+                if isinstance(node, ast.Call) and isinstance(callee, FlowSym):
+                    sites[key].append((depth, f"{callee.module}:{node.func.name}", node.span))
+        order = nx.DiGraph()
+        order.add_nodes_from(sites)
+        order.add_edges_from((k, c) for k, s in sites.items() for _, c, _ in s if c in sites)
+        total: dict[str, int] = {}
+        for key in reversed(list(nx.topological_sort(order))):
+            total[key] = own[key]
+            for depth, callee, span in sites[key]:
+                inlined = depth + total.get(callee, 0)
+                if inlined > MAX_NESTING and total.get(callee, 0) <= MAX_NESTING:
+                    self.error(
+                        "declaration",
+                        f"flow '{callee.split(':')[-1]}' is inlined here {inlined} levels "
+                        f"deep: more than {MAX_NESTING}",
+                        span,
+                        hint="flows calling flows are inlined, so their nesting adds up; "
+                        "call fewer flows inside one another",
+                    )
+                total[key] = max(total[key], inlined)
+
+    def _check_flow_cycles(self) -> bool:
+        """Report every cycle of flows calling flows; True if there was one."""
         graph = nx.DiGraph()
         for caller, callee, span in self.flow_calls:
             graph.add_edge(caller, callee, span=span)
@@ -1656,6 +1707,7 @@ class Checker:
                 hint="flows expand into one graph before running; "
                 "iterate with `repeat` or `for` instead of recursion",
             )
+        return bool(reported)
 
 
 def operands(e: ast.Expr) -> list[ast.Expr]:

@@ -11,7 +11,7 @@ import bisect
 import inspect
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ def _ends_inside_triple(line: str, in_triple: bool) -> bool:
 
 # ---- limits -----------------------------------------------------------------------------
 
-MAX_NESTING = 100
+MAX_NESTING = 64
 """How deep blocks, brackets, calls and other expressions may nest (docs/language.md,
 Limits). Later stages walk nested constructs recursively; chains do not nest (the left
 operand of a binary operator, an `if` that is all of an `else` branch), so a long sum or
@@ -124,10 +124,8 @@ a long else-if chain has any length."""
 
 def _too_deep(decl: ast.Decl) -> Diagnostic | None:
     """The first construct of a declaration nested more than MAX_NESTING deep, reported
-    before any recursive stage meets it. Walks with its own stack: any depth is fine."""
-    stack: list[tuple[ast.Node, int]] = [(decl, 0)]
-    while stack:
-        node, depth = stack.pop()
+    before any recursive stage meets it."""
+    for node, depth in nesting(decl):
         if depth > MAX_NESTING:
             return Diagnostic(
                 kind="syntax",
@@ -136,6 +134,16 @@ def _too_deep(decl: ast.Decl) -> Diagnostic | None:
                 hint="blocks, brackets, calls and operands each nest one level; "
                 "give inner parts names (assign them to variables first)",
             )
+    return None
+
+
+def nesting(top: ast.Node) -> Iterator[tuple[ast.Node, int]]:
+    """Every node under `top` with its nesting depth, in source order. With its own stack:
+    any depth is fine."""
+    stack: list[tuple[ast.Node, int]] = [(top, 0)]
+    while stack:
+        node, depth = stack.pop()
+        yield node, depth
         children: list[tuple[ast.Node, int]] = []
         for name in type(node).model_fields:
             value = getattr(node, name)
@@ -148,7 +156,6 @@ def _too_deep(decl: ast.Decl) -> Diagnostic | None:
                 )
                 children.append((item, depth if chained else depth + 1))
         stack.extend(reversed(children))
-    return None
 
 
 def _shifted(diag: Diagnostic, line: int, col: int) -> Diagnostic:
