@@ -19,6 +19,7 @@ from llmflow.compiler import ast, catalog
 from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
 from llmflow.compiler.externs import ExternError, load_extern
+from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.models import (
     BACKENDS,
     LOCAL_MODELS,
@@ -29,6 +30,7 @@ from llmflow.compiler.models import (
     option_error,
 )
 from llmflow.compiler.modules import Program
+from llmflow.compiler.parse import MAX_NESTING, nesting
 from llmflow.compiler.types import (
     ANY,
     BOOL,
@@ -176,6 +178,9 @@ class _Def:
     compute: Callable[[], Type]
     type: Type | None = None
     busy: bool = False
+    reads: Callable[[], list[_Def]] | None = None
+    """The definitions `compute` forces, in the order it forces them: `_force` computes
+    those first, with its own stack, so a chain of any length is no deep recursion."""
 
 
 class _Scope:
@@ -185,14 +190,34 @@ class _Scope:
         self.branch_only: dict[str, ast.Span] = {}
         """Names assigned in only some branches of an if: visible nowhere else."""
         self.loop_locals: dict[str, ast.Span] = {}
+        self._version: list[int] = parent._version if parent is not None else [0]
+        """Bumped by every definition in the scope tree: `find`'s cache is kept until then."""
+        self._found: dict[str, tuple[int, _Def | None]] = {}
+
+    def add(self, name: str, d: _Def) -> None:
+        self._version[0] += 1
+        self.defs[name] = d
 
     def find(self, name: str) -> _Def | None:
+        """The definition a name refers to here. Cached in every scope on the way up, so
+        lookups from deep in an else-if chain of any length cost O(1) each."""
+        version = self._version[0]
         scope: _Scope | None = self
+        passed: list[_Scope] = []
+        found: _Def | None = None
         while scope is not None:
             if name in scope.defs:
-                return scope.defs[name]
+                found = scope.defs[name]
+                break
+            hit = scope._found.get(name)
+            if hit is not None and hit[0] == version:
+                found = hit[1]
+                break
+            passed.append(scope)
             scope = scope.parent
-        return None
+        for s in passed:
+            s._found[name] = (version, found)
+        return found
 
     def names(self) -> set[str]:
         scope: _Scope | None = self
@@ -233,6 +258,10 @@ class Checker:
         self.current_flow: str | None = None
         self._resolving_types: set[str] = set()
         self._computing: list[_Def] = []
+        self._visible: dict[str, list[_Def]] = {}
+        """While flow bodies are collected: the definitions of each name in the scopes
+        being collected (all enclosing the current one), innermost last."""
+        self._open: list[_Scope] = []
         self._explained: set[ast.Span] = set()
         """Ifs whose branch-only names were reported where they are used."""
         self.broken = {name for m in program.modules.values() for name in m.broken}
@@ -267,7 +296,8 @@ class Checker:
                     self._check_extern(decl)
                 elif isinstance(decl, ast.FlowDecl):
                     self._check_flow(decl)
-        self._check_flow_cycles()
+        if not self._check_flow_cycles():
+            self._check_inlined_depth()
         self.diags.sort(key=sort_key)
         return self.checked, self.diags
 
@@ -883,11 +913,13 @@ class Checker:
         self._check_decorators(decl, sym)
         self.current_flow = f"{self.module}:{decl.name.name}"
         scope = _Scope()
+        self._enter(scope)
         for name, t, _ in params:
             p = next(p for p in decl.params if p.name.name == name)
-            scope.defs[name] = _Def(name, p.name.span, lambda t=t: t, type=t)
+            self._add(scope, name, _Def(name, p.name.span, lambda t=t: t, type=t))
         deferred: list[Callable[[], None]] = []
         self._collect(decl.body, scope, deferred)
+        self._leave(scope)
         for name, t in outputs:
             out_decl = next(o for o in decl.outputs if o.name.name == name)
             d = scope.defs.get(name)
@@ -913,31 +945,91 @@ class Checker:
             check()
 
     def _force(self, d: _Def) -> Type:
+        """A definition's type, computing what it reads first, depth first with an explicit
+        stack: exactly the order recursion would take, cycles included."""
         if d.type is not None:
             return d.type
         if d.busy:
-            names = [x.name for x in self._computing[self._computing.index(d) :]] + [d.name]
-            names = [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
-            names = names if len(names) > 1 else names * 2
-            self.error(
-                "cycle",
-                f"dependency cycle: {' → '.join(names)}",
-                d.span,
-                hint="a flow variable cannot be computed from its own value; "
-                "use a loop (`repeat` or `for` with `with`) to refine a value",
-            )
-            d.type = ANY
-            return ANY
-        d.busy = True
+            return self._cycle(d)
         self._computing.append(d)
-        t = d.compute()
-        self._computing.pop()
-        d.busy = False
-        if d.type is None:
-            d.type = t
+        d.busy = True
+        stack = [(d, iter(d.reads() if d.reads else ()))]
+        while stack:
+            top, reads = stack[-1]
+            for dep in reads:
+                if dep.type is not None:
+                    continue
+                if dep.busy:
+                    self._cycle(dep)
+                    continue
+                self._computing.append(dep)
+                dep.busy = True
+                stack.append((dep, iter(dep.reads() if dep.reads else ())))
+                break
+            else:
+                stack.pop()
+                t = top.compute()
+                self._computing.pop()
+                top.busy = False
+                if top.type is None:
+                    top.type = t
+        assert d.type is not None
         return d.type
 
-    def _define(self, scope: _Scope, name: ast.Ident, compute: Callable[[], Type]) -> _Def | None:
+    def _cycle(self, d: _Def) -> Type:
+        """A definition met again while its own type is computed."""
+        names = [x.name for x in self._computing[self._computing.index(d) :]] + [d.name]
+        names = [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+        names = names if len(names) > 1 else names * 2
+        self.error(
+            "cycle",
+            f"dependency cycle: {' → '.join(names)}",
+            d.span,
+            hint="a flow variable cannot be computed from its own value; "
+            "use a loop (`repeat` or `for` with `with`) to refine a value",
+        )
+        d.type = ANY
+        return ANY
+
+    def _enter(self, scope: _Scope) -> None:
+        self._open.append(scope)
+
+    def _leave(self, scope: _Scope) -> None:
+        assert self._open.pop() is scope
+        for name in scope.defs:
+            self._visible[name].pop()
+
+    def _add(self, scope: _Scope, name: str, d: _Def) -> None:
+        assert self._open[-1] is scope, "definitions go into the scope being collected"
+        scope.add(name, d)
+        self._visible.setdefault(name, []).append(d)
+
+    def _reads(self, expr: ast.Expr, scope: _Scope) -> list[_Def]:
+        """The definitions `self.expr(expr, scope)` forces, in order: its names that are
+        not bound by a `map` inside it. Walks with its own stack."""
+        out: list[_Def] = []
+        stack: list[tuple[ast.Expr, frozenset[str]]] = [(expr, frozenset())]
+        while stack:
+            e, bound = stack.pop()
+            if isinstance(e, ast.Name):
+                d = None if e.id in bound else scope.find(e.id)
+                if d is not None:
+                    out.append(d)
+                continue
+            inner = bound | {e.var.name} if isinstance(e, ast.MapExpr) else bound
+            stack.extend(
+                (child, inner if isinstance(e, ast.MapExpr) and child is not e.iterable else bound)
+                for child in reversed(operands(e))
+            )
+        return out
+
+    def _define(
+        self,
+        scope: _Scope,
+        name: ast.Ident,
+        compute: Callable[[], Type],
+        reads: Callable[[], list[_Def]] | None = None,
+    ) -> _Def | None:
         if name.name in RESERVED:
             self.error(
                 "declaration",
@@ -945,7 +1037,8 @@ class Checker:
                 name.span,
                 hint="choose another name",
             )
-        existing = scope.find(name.name)
+        visible = self._visible.get(name.name)
+        existing = visible[-1] if visible else None
         if existing is not None:
             self.error(
                 "assign",
@@ -955,8 +1048,8 @@ class Checker:
                 "(a loop carries changing values with `with`)",
             )
             return None
-        d = _Def(name.name, name.span, compute)
-        scope.defs[name.name] = d
+        d = _Def(name.name, name.span, compute, reads=reads)
+        self._add(scope, name.name, d)
         return d
 
     def _collect(
@@ -975,6 +1068,13 @@ class Checker:
             else:
                 self._collect_loop(stmt, scope, deferred)
 
+    def _collect_in(
+        self, stmts: list[ast.Stmt], scope: _Scope, deferred: list[Callable[[], None]]
+    ) -> None:
+        self._enter(scope)
+        self._collect(stmts, scope, deferred)
+        self._leave(scope)
+
     def _collect_assign(
         self,
         stmt: ast.Assign,
@@ -988,6 +1088,9 @@ class Checker:
             if not value_type:
                 value_type.append(self.expr(stmt.value, scope))
             return value_type[0]
+
+        def reads() -> list[_Def]:
+            return self._reads(stmt.value, scope)
 
         if len(stmt.targets) > 1:
 
@@ -1035,16 +1138,43 @@ class Checker:
                         )
                     return want
 
-                scope.defs.setdefault(
-                    f"{target.name}'next", _Def(f"{target.name}'next", target.span, check_next)
-                )
+                name = f"{target.name}'next"
+                if name not in scope.defs:
+                    self._add(
+                        scope,
+                        name,
+                        _Def(name, target.span, check_next, reads=lambda d=d: [*reads(), d]),
+                    )
                 continue
-            self._define(scope, target, compute)
+            self._define(scope, target, compute, reads)
 
     def _collect_if(self, stmt: ast.If, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
-        then_scope, else_scope = _Scope(scope), _Scope(scope)
-        self._collect(stmt.then, then_scope, deferred)
-        self._collect(stmt.orelse, else_scope, deferred)
+        """An if, and the ifs of its else-if chain one after the other: a chain of any
+        length is collected without recursion, in the order recursion would take."""
+        chain: list[tuple[ast.If, _Scope, _Scope, _Scope]] = []
+        while True:
+            then_scope, else_scope = _Scope(scope), _Scope(scope)
+            self._collect_in(stmt.then, then_scope, deferred)
+            chain.append((stmt, scope, then_scope, else_scope))
+            if not (len(stmt.orelse) == 1 and isinstance(stmt.orelse[0], ast.If)):
+                self._collect_in(stmt.orelse, else_scope, deferred)
+                break
+            self._enter(else_scope)  # left by the next link's if, once it is collected
+            stmt, scope = stmt.orelse[0], else_scope
+        for i, (stmt, scope, then_scope, else_scope) in enumerate(reversed(chain)):
+            if i > 0:
+                self._leave(else_scope)
+            self._join_if(stmt, scope, then_scope, else_scope, deferred)
+
+    def _join_if(
+        self,
+        stmt: ast.If,
+        scope: _Scope,
+        then_scope: _Scope,
+        else_scope: _Scope,
+        deferred: list[Callable[[], None]],
+    ) -> None:
+        """The names an if assigns in both branches, visible after it."""
 
         def check_cond() -> None:
             t = self.expr(stmt.cond, scope)
@@ -1077,7 +1207,14 @@ class Checker:
                     return ANY
                 return joined
 
-            self._define(scope, ast.Ident(name=name, span=d.span), join)
+            # The if is lowered as a whole: what its condition reads comes first (a
+            # condition reading a name the if assigns is a cycle).
+            self._define(
+                scope,
+                ast.Ident(name=name, span=d.span),
+                join,
+                lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
+            )
         for name in else_scope.defs:
             if name not in then_scope.defs and "'" not in name:
                 scope.branch_only[name] = stmt.span
@@ -1122,6 +1259,32 @@ class Checker:
                 hint="name the values it refines with `with`: "
                 f'{keyword} ... with summary = "" {{ summary = ... }}',
             )
+        carried: dict[str, _Def] = {}
+        for binding in stmt.carried:
+
+            def init(b: ast.Binding = binding) -> Type:
+                return self.expr(b.value, scope)
+
+            # The loop is lowered as a whole: what its list expression reads comes first.
+            outer = self._define(
+                scope,
+                binding.name,
+                init,
+                lambda b=binding: [
+                    *(self._reads(stmt.iterable, scope) if stmt.iterable is not None else []),
+                    *self._reads(b.value, scope),
+                ],
+            )
+            if outer is None:
+                continue
+            inner = _Def(
+                binding.name.name,
+                binding.name.span,
+                lambda outer=outer: self._force(outer),
+                reads=lambda outer=outer: [outer],
+            )
+            carried[binding.name.name] = inner
+        self._enter(body)
         if stmt.var is not None and stmt.iterable is not None:
             iterable = stmt.iterable
 
@@ -1133,30 +1296,28 @@ class Checker:
                     self.error("type", f"for loops run over a list, not {t}", iterable.span)
                 return ANY
 
-            body.defs[stmt.var.name] = _Def(stmt.var.name, stmt.var.span, item)
+            self._add(
+                body,
+                stmt.var.name,
+                _Def(
+                    stmt.var.name,
+                    stmt.var.span,
+                    item,
+                    reads=lambda: self._reads(iterable, scope),
+                ),
+            )
         elif stmt.max_iters is not None and stmt.max_iters < 1:
             self.error("type", "`at most` needs a count of 1 or more", stmt.span)
         elif stmt.max_iters is not None and stmt.max_iters > MAX_OPTION_NUMBER:
             self.error(
                 "limit", f"`at most` count is too large: at most {MAX_OPTION_NUMBER:,}", stmt.span
             )
-        carried: dict[str, _Def] = {}
-        for binding in stmt.carried:
-
-            def init(b: ast.Binding = binding) -> Type:
-                return self.expr(b.value, scope)
-
-            outer = self._define(scope, binding.name, init)
-            if outer is None:
-                continue
-            inner = _Def(
-                binding.name.name, binding.name.span, lambda outer=outer: self._force(outer)
-            )
-            body.defs[binding.name.name] = inner
-            carried[binding.name.name] = inner
+        for name, inner in carried.items():
+            self._add(body, name, inner)
         nexts: dict[str, ast.Assign] = {}
         body_deferred: list[Callable[[], None]] = []
         self._collect(stmt.body, body, body_deferred, carried, nexts)
+        self._leave(body)
         for name in body.defs:
             if (
                 name not in carried
@@ -1178,9 +1339,23 @@ class Checker:
     # -- expressions
 
     def expr(self, e: ast.Expr, scope: _Scope) -> Type:
+        if isinstance(e, ast.BinOp):
+            return self._binops(e, scope)
         t = self._expr(e, scope)
         self.checked.types[id(e)] = t
         return t
+
+    def _binops(self, e: ast.BinOp, scope: _Scope) -> Type:
+        """A chain of binary operators (`a + b + c ...` nests to the left), bottom up with
+        no recursion along the chain: a sum of any length."""
+        chain = [e]
+        while isinstance(chain[-1].left, ast.BinOp):
+            chain.append(chain[-1].left)  # type: ignore[arg-type]
+        left = self.expr(chain[-1].left, scope)
+        for op in reversed(chain):
+            left = self._binop(op, left, self.expr(op.right, scope))
+            self.checked.types[id(op)] = left
+        return left
 
     def _expr(self, e: ast.Expr, scope: _Scope) -> Type:
         match e:
@@ -1228,8 +1403,6 @@ class Checker:
                 return ANY
             case ast.Call():
                 return self._call(e, scope)
-            case ast.BinOp():
-                return self._binop(e, scope)
             case ast.UnaryOp(op="not", operand=operand):
                 t = self.expr(operand, scope)
                 if not assignable(t, BOOL):
@@ -1290,8 +1463,7 @@ class Checker:
                 return enum
         return self._field(self.expr(e.value, scope), e.attr)
 
-    def _binop(self, e: ast.BinOp, scope: _Scope) -> Type:
-        lt, rt = self.expr(e.left, scope), self.expr(e.right, scope)
+    def _binop(self, e: ast.BinOp, lt: Type, rt: Type) -> Type:
         if e.op in ("and", "or"):
             for side, t in ((e.left, lt), (e.right, rt)):
                 if not assignable(t, BOOL):
@@ -1488,7 +1660,47 @@ class Checker:
 
     # -- cycles between flows
 
-    def _check_flow_cycles(self) -> None:
+    def _check_inlined_depth(self) -> None:
+        """Flows called by a flow are inlined, so their bodies nest where they are called:
+        the depths add up along a chain of calls, and MAX_NESTING bounds the sum (the
+        first call in a flow where it goes over is reported)."""
+        flows = [
+            (module, decl)
+            for module, m in self.program.modules.items()
+            for decl in m.decls
+            if isinstance(decl, ast.FlowDecl)
+        ]
+        sites: dict[str, list[tuple[int, str, ast.Span]]] = {}
+        own: dict[str, int] = {}
+        for module, decl in flows:
+            key = f"{module}:{decl.name.name}"
+            own[key], sites[key] = 0, []
+            for node, depth in nesting(decl):
+                own[key] = max(own[key], depth)
+                callee = self.checked.callees.get(id(node))
+                if isinstance(node, ast.Call) and isinstance(callee, FlowSym):
+                    sites[key].append((depth, f"{callee.module}:{node.func.name}", node.span))
+        order = nx.DiGraph()
+        order.add_nodes_from(sites)
+        order.add_edges_from((k, c) for k, s in sites.items() for _, c, _ in s if c in sites)
+        total: dict[str, int] = {}
+        for key in reversed(list(nx.topological_sort(order))):
+            total[key] = own[key]
+            for depth, callee, span in sites[key]:
+                inlined = depth + total.get(callee, 0)
+                if inlined > MAX_NESTING and total.get(callee, 0) <= MAX_NESTING:
+                    self.error(
+                        "declaration",
+                        f"flow '{callee.split(':')[-1]}' is inlined here {inlined} levels "
+                        f"deep: more than {MAX_NESTING}",
+                        span,
+                        hint="flows calling flows are inlined, so their nesting adds up; "
+                        "call fewer flows inside one another",
+                    )
+                total[key] = max(total[key], inlined)
+
+    def _check_flow_cycles(self) -> bool:
+        """Report every cycle of flows calling flows; True if there was one."""
         graph = nx.DiGraph()
         for caller, callee, span in self.flow_calls:
             graph.add_edge(caller, callee, span=span)
@@ -1510,7 +1722,27 @@ class Checker:
                 hint="flows expand into one graph before running; "
                 "iterate with `repeat` or `for` instead of recursion",
             )
+        return bool(reported)
 
 
+def operands(e: ast.Expr) -> list[ast.Expr]:
+    """An expression's sub-expressions in the order they are evaluated (and checked)."""
+    match e:
+        case ast.ListExpr(items=items):
+            return items
+        case ast.Attr(value=value) | ast.UnaryOp(operand=value):
+            return [value]
+        case ast.Index(value=value, index=index):
+            return [value, index]
+        case ast.Call(args=args, kwargs=kwargs):
+            return [*args, *(kw.value for kw in kwargs)]
+        case ast.BinOp(left=left, right=right):
+            return [left, right]
+        case ast.MapExpr(iterable=iterable, where=where, body=body):
+            return [iterable, body] if where is None else [iterable, where, body]
+    return []  # names, constants, and {key: value} (an error in a flow: not checked)
+
+
+@gc_paused()
 def check(program: Program) -> tuple[Checked, list[Diagnostic]]:
     return Checker(program).run()

@@ -55,6 +55,9 @@ EXIT = "<exit>"
 """Stands for "leaves its subgraph" in the edge chains used to find critical edges."""
 
 _BINARY = {"+", "-", "*", "/", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or"}
+DRAW_DEPTH = 12
+"""Subgraphs nested deeper than this (a long else-if chain) are not drawn: the compound
+node there is one box that says so. This also bounds the drawer's recursion."""
 
 
 def render_plan(plan: Plan, path: Path) -> Path:
@@ -149,13 +152,15 @@ class _Drawer:
         self.path_of: dict[str, list[Graph]] = {}
         self.owner: dict[int, IRNode] = {}
         self.parent: dict[int, Graph] = {}
+        self.compact: dict[str, str] = {}
+        """Maps without calls, and compound nodes nested too deep, drawn as one small
+        node: their text."""
+        self._fold_deep(plan.graph)
         self._index(plan.graph, [plan.graph])
         self.names = {n.id: n.var or n.label for n in plan.graph.walk()}
         # Nodes folded into an edge or a label, and the text of folded conditions.
         self.absorbed: set[str] = set()
         self.conditions: dict[str, tuple[str, list[Leaf]]] = {}
-        self.compact: dict[str, str] = {}
-        """Maps without calls drawn as one small node: their text."""
         self._fold_conditions(plan.graph)
         self.group_home: dict[str, int] = {}
         self.group_box_of: dict[str, str] = {}
@@ -166,13 +171,31 @@ class _Drawer:
         self._mark_critical(plan.graph, plan.critical_path)
         self.drawn: set[str] = set()
         self.edges: dict[tuple[str, str, str], _Edge] = {}
+        self.pairs: set[tuple[str, str]] = set()
+        """The (source, target) pairs of `edges`."""
 
     # -- structure
+
+    def _fold_deep(self, top: Graph) -> None:
+        stack = [(top, 0)]
+        while stack:
+            graph, depth = stack.pop()
+            for node in graph.nodes:
+                if not node.bodies:
+                    continue
+                if depth < DRAW_DEPTH:
+                    stack.extend((body, depth + 1) for body in node.bodies.values())
+                    continue
+                calls = len(self._calls_in(node))
+                more = f"{calls} call{'s' if calls != 1 else ''}" if calls else "no calls"
+                self.compact[node.id] = f"{node.label} … ({more} nested deeper, not drawn)"
 
     def _index(self, graph: Graph, path: list[Graph]) -> None:
         for node in graph.nodes:
             self.graph_of[node.id] = graph
             self.path_of[node.id] = path
+            if node.id in self.compact:
+                continue
             for body in node.bodies.values():
                 self.owner[id(body)] = node
                 self.parent[id(body)] = graph
@@ -187,7 +210,7 @@ class _Drawer:
         for node in graph.nodes:
             if node.kind == "branch":
                 self.conditions[node.id] = self._fold(graph, node.args[0], node.id)
-            if node.kind == "map" and self._fold_map(node):
+            if node.id in self.compact or (node.kind == "map" and self._fold_map(node)):
                 continue
             for body in node.bodies.values():
                 for output in ("until", "where"):
@@ -307,6 +330,8 @@ class _Drawer:
             self.critical_pairs.add((id(graph), u, v))
         for node_id in path:
             node = graph.node(node_id)
+            if node_id in self.compact:
+                continue
             paths = [(body, self._inner_path(body)) for body in node.bodies.values()]
             if node.kind == "branch" and paths:  # the slower branch
                 paths = [max(paths, key=lambda bp: self._priority(bp[1][0]) if bp[1] else -1.0)]
@@ -794,7 +819,7 @@ class _Drawer:
         if node.kind == "builtin" and node.op == "field":
             source = graph.node(node.args[0])
             hop: Chain = ((id(graph), node.args[0], node_id),)
-            if source.kind in ("branch", "loop"):
+            if source.kind in ("branch", "loop") and source.id not in self.compact:
                 key = node.value if source.kind == "branch" else f"next:{node.value}"
                 out = []
                 for branch, body in source.bodies.items():
@@ -820,9 +845,10 @@ class _Drawer:
         if src == dst:
             return
         kind = attrs.get("style", "")
-        if kind == "invis" and any(k[:2] == (src, dst) for k in self.edges):
+        if kind == "invis" and (src, dst) in self.pairs:
             return
         self.edges.pop((src, dst, "invis"), None)
+        self.pairs.add((src, dst))
         edge = self.edges.setdefault((src, dst, kind), _Edge(attrs=dict(attrs)))
         if label and label not in edge.labels:
             edge.labels.append(label)

@@ -8,6 +8,7 @@ known; a subgraph reads its parent node's arguments through `input` nodes.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import networkx as nx
@@ -129,32 +130,96 @@ class Graph:
         return [data["node"] for _, data in self.g.nodes(data=True)]
 
     def walk(self) -> list[IRNode]:
-        """Every node, including those of subgraphs."""
+        """Every node, including those of subgraphs (each node, then its subgraphs').
+        With its own stack: subgraphs nest as deep as an else-if chain is long."""
         out: list[IRNode] = []
-        for node in self.nodes:
+        stack = [iter(self.nodes)]
+        while stack:
+            node = next(stack[-1], None)
+            if node is None:
+                stack.pop()
+                continue
             out.append(node)
-            for body in node.bodies.values():
-                out.extend(body.walk())
+            stack.extend(iter(body.nodes) for body in reversed(node.bodies.values()))
+        return out
+
+    def graphs(self) -> list[Graph]:
+        """This graph and every subgraph in it, each before the subgraphs inside it."""
+        out: list[Graph] = []
+        stack: list[Graph] = [self]
+        while stack:
+            graph = stack.pop()
+            out.append(graph)
+            stack.extend(
+                body for node in reversed(graph.nodes) for body in reversed(node.bodies.values())
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "nodes": [_node_json(n) for n in self.nodes],
-            "edges": [
-                {"source": u, "target": v, "var": d["var"], "ports": d["ports"]}
-                for u, v, d in self.g.edges(data=True)
-            ],
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-        }
+        """The graph as JSON data; subgraphs are filled in with a stack, not recursion."""
+        top: dict[str, Any] = {}
+        pending: list[tuple[Graph, dict[str, Any]]] = [(self, top)]
+        while pending:
+            graph, data = pending.pop()
+            nodes = []
+            for node in graph.nodes:
+                item = _node_json(node)
+                if node.bodies:
+                    item["bodies"] = {}
+                    for key, body in node.bodies.items():
+                        item["bodies"][key] = {}
+                        pending.append((body, item["bodies"][key]))
+                nodes.append(item)
+            data.update(
+                nodes=nodes,
+                edges=[
+                    {"source": u, "target": v, "var": d["var"], "ports": d["ports"]}
+                    for u, v, d in graph.g.edges(data=True)
+                ],
+                inputs=graph.inputs,
+                outputs=graph.outputs,
+            )
+        return top
+
+
+class _Text(str):
+    """Literal JSON text on `json_text`'s stack."""
+
+
+def json_text(data: Any, indent: int = 2, ensure_ascii: bool = False) -> str:
+    """`json.dumps(data, indent=2, allow_nan=False)`, written with a stack: a plan's JSON
+    nests as deep as its longest else-if chain. Indented 32 levels at most, so deep data
+    stays linear in size. Always valid JSON: NaN and Infinity fail loudly."""
+    out: list[str] = []
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, _Text):
+            out.append(value)
+            continue
+        if not (isinstance(value, dict | list | tuple) and value):
+            out.append(json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False))
+            continue
+        inner = "\n" + " " * indent * min(depth + 1, 32)
+        is_dict = isinstance(value, dict)
+        items = list(value.items()) if is_dict else [(None, v) for v in value]
+        out.append("{" if is_dict else "[")
+        stack.append((_Text("\n" + " " * indent * min(depth, 32) + ("}" if is_dict else "]")), 0))
+        for i in reversed(range(len(items))):
+            key, item = items[i]
+            stack.append((item, depth + 1))
+            lead = ("," if i else "") + inner
+            if is_dict:
+                name = key if isinstance(key, str) else json.dumps(key)
+                lead += json.dumps(name, ensure_ascii=ensure_ascii) + ": "
+            stack.append((_Text(lead), 0))
+    return "".join(out)
 
 
 def _node_json(node: IRNode) -> dict[str, Any]:
     data = node.model_dump(mode="json", exclude={"bodies"}, exclude_none=True)
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
-    if node.bodies:
-        data["bodies"] = {k: g.to_json() for k, g in node.bodies.items()}
     return data
 
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from llmflow.compiler import ast
-from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym
+from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym, operands
+from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.ir import Graph, InputSpec, IRNode, LLMCall, OutputSpec, Plan, Segment
 from llmflow.compiler.types import ANY, RecordT, Type, unify
 from llmflow.stdlib.builtins import Builtin
@@ -31,7 +32,12 @@ class _Env:
         self.graph = graph
         self.parent = parent
         self.thunks: dict[str, Callable[[], str]] = {}
+        self.reads: dict[str, list[ast.Expr]] = {}
+        """The expressions a thunk lowers in this scope: the names they read are lowered
+        first, with an explicit stack, so a chain of any length is no deep recursion."""
         self.memo: dict[str, str] = {}
+        self.branches: dict[int, _Once] = {}
+        """id(if statement) → its branch node, lowered once for all the names it exports."""
         self.first_port = first_port
         self.captures: list[str] = []
         """Producers in the parent graph this subgraph reads, in port order."""
@@ -40,16 +46,60 @@ class _Env:
         self.new_id: Callable[[], str] = new_id or parent.new_id  # type: ignore[union-attr]
 
     def get(self, name: str) -> str:
+        """The node holding a name's value in this scope's graph: lowered on first use,
+        captured from enclosing graphs through input nodes, then remembered here."""
         if name in self.memo:
             return self.memo[name]
-        if name in self.thunks:
-            self.memo[name] = self.thunks[name]()
-            return self.memo[name]
-        assert self.parent is not None, f"checker let an unknown name through: {name}"
-        outer = self.parent.get(name)
-        if self.parent.graph is self.graph:
-            return outer
-        return self.capture(outer)
+        passed: list[_Env] = []
+        env = self.holder(name, passed)
+        assert env is not None, f"checker let an unknown name through: {name}"
+        if name not in env.memo:
+            env.force(name)
+        value = env.memo[name]
+        for inner in reversed(passed):
+            assert inner.parent is not None
+            if inner.parent.graph is not inner.graph:
+                value = inner.capture(value)
+            inner.memo[name] = value
+        return value
+
+    def holder(self, name: str, passed: list[_Env] | None = None) -> _Env | None:
+        """The scope that has a name's value, or the thunk that lowers it (None: the name
+        is not a variable, like the enum in `Verdict.yes`)."""
+        env: _Env | None = self
+        while env is not None and name not in env.memo and name not in env.thunks:
+            if passed is not None:
+                passed.append(env)
+            env = env.parent
+        return env
+
+    def force(self, name: str) -> None:
+        """Run a name's thunk, the thunks of the names it reads first (depth first, with
+        an explicit stack)."""
+        stack = [(self, name, iter(self.dependencies(name)))]
+        started = {(id(self), name)}
+        while stack:
+            env, current, deps = stack[-1]
+            for dep_env, dep in deps:
+                if dep in dep_env.memo or (id(dep_env), dep) in started:
+                    continue
+                started.add((id(dep_env), dep))
+                stack.append((dep_env, dep, iter(dep_env.dependencies(dep))))
+                break
+            else:
+                stack.pop()
+                if current not in env.memo:
+                    env.memo[current] = env.thunks[current]()
+
+    def dependencies(self, name: str) -> list[tuple[_Env, str]]:
+        """The names a thunk's expressions read, each with the scope whose thunk lowers it."""
+        out: list[tuple[_Env, str]] = []
+        for expr in self.reads.get(name, []):
+            for used in _names(expr):
+                env = self.holder(used)
+                if env is not None and used not in env.memo:
+                    out.append((env, used))
+        return out
 
     def capture(self, outer: str) -> str:
         if outer not in self._capture_nodes:
@@ -71,18 +121,29 @@ class _Env:
         return self._capture_nodes[outer]
 
 
-def _assigned(stmts: list[ast.Stmt]) -> list[str]:
-    """The names a statement list makes visible after it."""
-    names: list[str] = []
-    for stmt in stmts:
-        if isinstance(stmt, ast.Assign):
-            names += [t.name for t in stmt.targets]
-        elif isinstance(stmt, ast.If):
-            other = set(_assigned(stmt.orelse))
-            names += [n for n in _assigned(stmt.then) if n in other]
-        else:
-            names += [b.name.name for b in stmt.carried]
-    return names
+def _names(expr: ast.Expr) -> list[str]:
+    """The names an expression reads, in order, but those bound by a `map` inside it."""
+    out: list[str] = []
+    stack: list[tuple[ast.Expr, frozenset[str]]] = [(expr, frozenset())]
+    while stack:
+        e, bound = stack.pop()
+        if isinstance(e, ast.Name):
+            if e.id not in bound:
+                out.append(e.id)
+            continue
+        inner = bound | {e.var.name} if isinstance(e, ast.MapExpr) else bound
+        stack.extend(
+            (child, inner if isinstance(e, ast.MapExpr) and child is not e.iterable else bound)
+            for child in reversed(operands(e))
+        )
+    return out
+
+
+def _chained(stmt: ast.If) -> ast.If | None:
+    """The if that is all of this if's else branch (`else if`), if any."""
+    if len(stmt.orelse) == 1 and isinstance(stmt.orelse[0], ast.If):
+        return stmt.orelse[0]
+    return None
 
 
 class Lowerer:
@@ -90,6 +151,7 @@ class Lowerer:
         self.checked = checked
         self._ids = itertools.count(1)
         self._inlined: dict[int, _Env] = {}
+        self._exports: dict[int, list[str]] = {}
 
     def new_id(self) -> str:
         return f"n{next(self._ids)}"
@@ -186,11 +248,37 @@ class Lowerer:
             else:
                 self.collect_loop(stmt, env)
 
+    def assigned(self, stmts: list[ast.Stmt]) -> list[str]:
+        """The names a statement list makes visible after it."""
+        names: list[str] = []
+        for stmt in stmts:
+            if isinstance(stmt, ast.Assign):
+                names += [t.name for t in stmt.targets]
+            elif isinstance(stmt, ast.If):
+                names += self.exports(stmt)
+            else:
+                names += [b.name.name for b in stmt.carried]
+        return names
+
+    def exports(self, stmt: ast.If) -> list[str]:
+        """The names an if assigns in every branch; an else-if chain is worked out from
+        its last if back, each if once."""
+        chain = [stmt]
+        while id(chain[-1]) not in self._exports and (link := _chained(chain[-1])):
+            chain.append(link)
+        for s in reversed(chain):
+            if id(s) not in self._exports:
+                other = set(self.assigned(s.orelse))
+                self._exports[id(s)] = [n for n in self.assigned(s.then) if n in other]
+        return self._exports[id(stmt)]
+
     def collect_assign(
         self, stmt: ast.Assign, env: _Env, nexts: dict[str, ast.Assign] | None
     ) -> None:
         if nexts is not None and any(t.name in nexts for t in stmt.targets):
             return  # a loop-carried variable's next value: the loop lowers it
+        for t in stmt.targets:
+            env.reads[t.name] = [stmt.value]
         if len(stmt.targets) == 1:
             target = stmt.targets[0].name
             env.thunks[target] = lambda: self.expr(stmt.value, env, var=target)
@@ -210,43 +298,62 @@ class Lowerer:
             )
 
     def collect_if(self, stmt: ast.If, env: _Env) -> None:
-        exports = [n for n in _assigned(stmt.then) if n in set(_assigned(stmt.orelse))]
-        branch = _Once(lambda: self.lower_if(stmt, env, exports))
+        exports = self.exports(stmt)
+        branch = _Once(lambda: self.lower_if(stmt, env))
+        env.branches[id(stmt)] = branch
         for name in exports:
+            env.reads[name] = [stmt.cond]
             env.thunks[name] = lambda name=name: self.field(
                 env, branch(), name, _record_field(env.graph.node(branch()).type, name), name
             )
 
-    def lower_if(self, stmt: ast.If, env: _Env, exports: list[str]) -> str:
-        cond = self.expr(stmt.cond, env)
-        bodies: dict[str, Graph] = {}
-        captures: list[str] = []
-        types: dict[str, Type] = {}
-        for key, stmts in (("then", stmt.then), ("else", stmt.orelse)):
-            graph = Graph()
-            sub = _Env(graph, env, first_port=1 + len(captures))
-            self.collect(stmts, sub)
-            graph.outputs = {name: sub.get(name) for name in exports}
-            for name, node_id in graph.outputs.items():
-                t = graph.node(node_id).type
-                types[name] = unify(types.get(name, t), t) or t
-            captures += sub.captures
-            bodies[key] = graph
-        record = RecordT(name="if", fields=tuple((n, types[n]) for n in exports))
-        return self.add(
-            env,
-            kind="branch",
-            label="if",
-            type=record,
-            args=[cond, *captures],
-            bodies=bodies,
-            span=stmt.span,
-        )
+    def lower_if(self, stmt: ast.If, env: _Env) -> str:
+        """A branch node. Down an else-if chain, each if's condition and then branch are
+        lowered and its else branch opened; back up, each else branch reads the branch
+        node of the if inside it: a chain of any length, in the order recursion takes."""
+        links: list[tuple[ast.If, _Env, str, _Env, _Env]] = []
+        while True:
+            cond = self.expr(stmt.cond, env)
+            then_env = _Env(Graph(), env, first_port=1)
+            self.collect(stmt.then, then_env)
+            then_env.graph.outputs = {name: then_env.get(name) for name in self.exports(stmt)}
+            else_env = _Env(Graph(), env, first_port=1 + len(then_env.captures))
+            self.collect(stmt.orelse, else_env)
+            links.append((stmt, env, cond, then_env, else_env))
+            link = _chained(stmt)
+            if link is None:
+                break
+            stmt, env = link, else_env
+        node_id = ""
+        for stmt, env, cond, then_env, else_env in reversed(links):
+            if link is not None:
+                else_env.branches[id(link)].value = node_id
+            exports = self.exports(stmt)
+            else_env.graph.outputs = {name: else_env.get(name) for name in exports}
+            types: dict[str, Type] = {}
+            for sub in (then_env, else_env):
+                for name, out in sub.graph.outputs.items():
+                    t = sub.graph.node(out).type
+                    types[name] = unify(types.get(name, t), t) or t
+            record = RecordT(name="if", fields=tuple((n, types[n]) for n in exports))
+            node_id = self.add(
+                env,
+                kind="branch",
+                label="if",
+                type=record,
+                args=[cond, *then_env.captures, *else_env.captures],
+                bodies={"then": then_env.graph, "else": else_env.graph},
+                span=stmt.span,
+            )
+            link = stmt
+        return node_id
 
     def collect_loop(self, stmt: ast.Loop, env: _Env) -> None:
         loop = _Once(lambda: self.lower_loop(stmt, env))
+        reads = [b.value for b in stmt.carried]
         for binding in stmt.carried:
             name = binding.name.name
+            env.reads[name] = [stmt.iterable, *reads] if stmt.iterable is not None else reads
             env.thunks[name] = lambda name=name: self.field(
                 env, loop(), name, _record_field(env.graph.node(loop()).type, name), name
             )
@@ -319,7 +426,7 @@ class Lowerer:
     # -- expressions
 
     def expr(self, e: ast.Expr, env: _Env, var: str | None = None) -> str:
-        node_id = self._expr(e, env)
+        node_id = self._binops(e, env) if isinstance(e, ast.BinOp) else self._expr(e, env)
         node = env.graph.node(node_id)
         if var is not None and node.var is None and node.kind != "input":
             node.var = var
@@ -351,11 +458,6 @@ class Lowerer:
                 return self.add(
                     env, kind="builtin", op="index", label="[i]", type=t, args=args, span=e.span
                 )
-            case ast.BinOp(op=op, left=left, right=right):
-                args = [self.expr(left, env), self.expr(right, env)]
-                return self.add(
-                    env, kind="builtin", op=op, label=op, type=t, args=args, span=e.span
-                )
             case ast.UnaryOp(op=op, operand=operand):
                 name = "neg" if op == "-" else "not"
                 return self.add(
@@ -372,6 +474,25 @@ class Lowerer:
             case ast.Call():
                 return self.call(e, env)
         raise AssertionError(f"unhandled expression {e!r}")
+
+    def _binops(self, e: ast.BinOp, env: _Env) -> str:
+        """A chain of binary operators, bottom up with no recursion along the chain."""
+        chain = [e]
+        while isinstance(chain[-1].left, ast.BinOp):
+            chain.append(chain[-1].left)  # type: ignore[arg-type]
+        left = self.expr(chain[-1].left, env)
+        for op in reversed(chain):
+            args = [left, self.expr(op.right, env)]
+            left = self.add(
+                env,
+                kind="builtin",
+                op=op.op,
+                label=op.op,
+                type=self.type_of(op),
+                args=args,
+                span=op.span,
+            )
+        return left
 
     def lower_map(self, e: ast.MapExpr, env: _Env) -> str:
         iterable = self.expr(e.iterable, env)
@@ -572,5 +693,6 @@ def _short(text: str, limit: int = 24) -> str:
     return repr(flat if len(flat) <= limit else flat[: limit - 1] + "…")
 
 
+@gc_paused()
 def lower(checked: Checked, flow: str) -> Plan:
     return Lowerer(checked).lower_flow(flow)

@@ -7,18 +7,23 @@ declaration does not hide the errors, or the meaning, of the others.
 
 from __future__ import annotations
 
+import bisect
+import inspect
 import json
 import math
 import re
-from functools import cache
+from collections.abc import Callable, Iterator
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.tree import Meta
 
 from llmflow.compiler import ast
 from llmflow.compiler.diagnostics import Diagnostic, quote
+from llmflow.compiler.heap import gc_paused
 from llmflow.stdlib.builtins import MAX_INT_DIGITS
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
@@ -40,19 +45,30 @@ def _parser() -> Lark:
 
 
 def parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]:
+    with gc_paused():  # a big file is many small objects and no cycles
+        return _parse_module(source, file)
+
+
+def _parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]:
     decls: list[ast.Decl] = []
     diags: list[Diagnostic] = []
     broken: list[str] = []
     for first_line, chunk in _split_declarations(source):
-        padded = "\n" * first_line + chunk
         try:
-            tree = _parser().parse(padded, start="start")
+            tree = _parser().parse(chunk, start="start")
         except UnexpectedInput as err:
-            diags.append(_syntax_error(err, file, padded))
+            diags.append(_shifted(_syntax_error(err, file, chunk), first_line + 1, 1))
             broken.extend(_DECL_NAME.findall(chunk)[:1])
             continue
-        builder = _Builder(file)
-        decls.extend(builder.transform(tree).children)
+        builder = _Builder(file, line=first_line + 1)
+        for decl in builder.transform(tree).children:
+            too_deep = _too_deep(decl)
+            if too_deep is None:
+                decls.append(decl)
+                continue
+            diags.append(too_deep)
+            if hasattr(decl, "name"):
+                broken.append(decl.name.name)
         diags.extend(builder.diagnostics)
     return ast.Module(file=file, decls=decls, source=source, broken=broken), diags
 
@@ -97,6 +113,65 @@ def _ends_inside_triple(line: str, in_triple: bool) -> bool:
         else:
             i += 1
     return in_triple
+
+
+# ---- limits -----------------------------------------------------------------------------
+
+MAX_NESTING = 64
+"""How deep blocks, brackets, calls and other expressions may nest (docs/language.md,
+Limits). Later stages walk nested constructs recursively; chains do not nest (the left
+operand of a binary operator, an `if` that is all of an `else` branch), so a long sum or
+a long else-if chain has any length."""
+
+
+def _too_deep(decl: ast.Decl) -> Diagnostic | None:
+    """The first construct of a declaration nested more than MAX_NESTING deep, reported
+    before any recursive stage meets it."""
+    for node, depth in nesting(decl):
+        if depth > MAX_NESTING:
+            return Diagnostic(
+                kind="syntax",
+                message=f"nested too deeply: more than {MAX_NESTING} levels",
+                span=node.span,
+                hint="blocks, brackets, calls and operands each nest one level; "
+                "give inner parts names (assign them to variables first)",
+            )
+    return None
+
+
+def nesting(top: ast.Node) -> Iterator[tuple[ast.Node, int]]:
+    """Every node under `top` with its nesting depth, in source order. With its own stack:
+    any depth is fine."""
+    stack: list[tuple[ast.Node, int]] = [(top, 0)]
+    while stack:
+        node, depth = stack.pop()
+        yield node, depth
+        children: list[tuple[ast.Node, int]] = []
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if not isinstance(item, ast.Node) or isinstance(item, ast.Ident):
+                    continue
+                chained = (isinstance(node, ast.BinOp) and name == "left") or (
+                    name == "orelse" and len(items) == 1 and isinstance(item, ast.If)
+                )
+                children.append((item, depth if chained else depth + 1))
+        stack.extend(reversed(children))
+
+
+def _shifted(diag: Diagnostic, line: int, col: int) -> Diagnostic:
+    """A diagnostic of text parsed on its own, moved to where that text starts."""
+    if diag.span is not None:
+        s = diag.span
+        diag.span = ast.Span(
+            file=s.file,
+            line=s.line + line - 1,
+            col=s.col + (col - 1 if s.line == 1 else 0),
+            end_line=s.end_line + line - 1,
+            end_col=s.end_col + (col - 1 if s.end_line == 1 else 0),
+        )
+    return diag
 
 
 # ---- syntax errors ----------------------------------------------------------------------
@@ -181,35 +256,45 @@ def _end_position(text: str) -> tuple[int, int]:
 # ---- tree → AST -------------------------------------------------------------------------
 
 
-class _Builder(Transformer):
-    """The one place that knows the parse tree's shape."""
+class _Builder(Transformer_NonRecursive):
+    """The one place that knows the parse tree's shape. Non-recursive: a long chain
+    (`a + b + ...`, an else-if chain) makes a parse tree of any depth.
 
-    def __init__(self, file: str) -> None:
+    The parsed text starts at `line`:`col` of the file (a declaration, a placeholder):
+    positions are moved there, so nothing has to be padded to be parsed in place."""
+
+    def __init__(self, file: str, line: int = 1, col: int = 1) -> None:
         super().__init__()
         self.file = file
         self.diagnostics: list[Diagnostic] = []
+        self._line0 = line - 1
+        self._col0 = col - 1
+
+    def _call_userfunc(self, tree: Tree, new_children: list | None = None) -> Any:
+        """Rules are found in a table made once: lark's own lookup wraps a `v_args`
+        method anew for every node, a large part of the time to parse a big file."""
+        rule = _rules().get(tree.data)
+        if rule is None:
+            return super()._call_userfunc(tree, new_children)
+        method, takes_meta = rule
+        children = tree.children if new_children is None else new_children
+        return method(self, tree.meta, children) if takes_meta else method(self, children)
 
     # spans
+    def _pos(self, line: int, col: int) -> tuple[int, int]:
+        return line + self._line0, col + (self._col0 if line == 1 else 0)
+
     def _span(self, meta: Meta | Token) -> ast.Span:
-        return ast.Span(
-            file=self.file,
-            line=meta.line,
-            col=meta.column,
-            end_line=meta.end_line,
-            end_col=meta.end_column,
-        )
+        line, col = self._pos(meta.line, meta.column)  # type: ignore[arg-type]
+        end_line, end_col = self._pos(meta.end_line, meta.end_column)  # type: ignore[arg-type]
+        return ast.Span(file=self.file, line=line, col=col, end_line=end_line, end_col=end_col)
 
     def _unquote(self, token: Token) -> str:
         try:
             return json.loads(token)
         except json.JSONDecodeError as err:
-            bad = ast.Span(
-                file=self.file,
-                line=token.line,
-                col=token.column + err.pos,
-                end_line=token.line,
-                end_col=token.column + err.pos + 2,
-            )
+            line, col = self._pos(token.line, token.column + err.pos)  # type: ignore[operator]
+            bad = ast.Span(file=self.file, line=line, col=col, end_line=line, end_col=col + 2)
             self.diagnostics.append(
                 Diagnostic(
                     kind="syntax",
@@ -540,7 +625,8 @@ class _Builder(Transformer):
 
     # templates
     def _template(self, token: Token) -> ast.Template:
-        template, diags = parse_template(str(token), token.line, token.column, self.file)
+        line, col = self._pos(token.line, token.column)  # type: ignore[arg-type]
+        template, diags = parse_template(str(token), line, col, self.file)
         self.diagnostics.extend(diags)
         return template
 
@@ -550,7 +636,55 @@ class _Builder(Transformer):
         return names, options
 
 
+@cache
+def _rules() -> dict[str, tuple[Callable[..., Any], bool]]:
+    """The builder's rule methods by rule name, each with whether it takes `meta`."""
+    rules: dict[str, tuple[Callable[..., Any], bool]] = {}
+    for name in dir(_Builder):
+        attr = inspect.getattr_static(_Builder, name)
+        if name.startswith("_"):
+            continue
+        if getattr(attr, "visit_wrapper", None) is not None:  # @v_args(meta=True)
+            rules[name] = (attr.base_func, True)
+        elif inspect.isfunction(attr):
+            rules[name] = (attr, False)
+    return rules
+
+
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_PLAIN_PATH = re.compile(r"[ \t]*[A-Za-z_]\w*(?:[ \t]*\.[ \t]*[A-Za-z_]\w*)*[ \t]*")
+_WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+@cache
+def _keywords() -> frozenset[str]:
+    """Words the grammar reserves (`if`, `true`...): never a placeholder's name."""
+    return frozenset(
+        str(t.pattern.value)
+        for t in _parser().terminals
+        if t.pattern.type == "str" and _WORD.fullmatch(str(t.pattern.value))
+    )
+
+
+@lru_cache(maxsize=4096)
+def _placeholder_tree(inner: str) -> Tree:
+    """The parse tree of a placeholder's text (positions relative to it). Cached: the
+    same options recur across a program (`{{out | max_tokens=100}}`), and the builder
+    never changes a tree."""
+    return _parser().parse(inner, start="placeholder")
+
+
+def _plain_path(inner: str) -> list[tuple[int, str]] | None:
+    """The names of a placeholder that is only a dotted path, with their offsets."""
+    if not _PLAIN_PATH.fullmatch(inner):
+        return None
+    names = [(m.start(), m.group()) for m in _WORD.finditer(inner)]
+    return None if any(name in _keywords() for _, name in names) else names
+
+
+def _name_token(at: int, name: str) -> Token:
+    """A NAME token at offset `at` of a one-line placeholder, as lark would make it."""
+    return Token("NAME", name, line=1, column=at + 1, end_line=1, end_column=at + 1 + len(name))
 
 
 def parse_template(
@@ -559,19 +693,21 @@ def parse_template(
     """Split a `\"\"\"...\"\"\"` template into text and placeholders, keeping positions.
 
     One newline right after the opening quotes is dropped, so a template may start on
-    the line below its declaration.
+    the line below its declaration. Positions come from the template's line starts, found
+    once: a template with many placeholders is split in linear time.
     """
     body = token[3:-3]
     offset = 3
     if body.startswith("\n"):
         body, offset = body[1:], offset + 1
+    line_starts = [0] + [m.end() for m in re.finditer("\n", token)]
 
     def position(index: int) -> tuple[int, int]:
-        before = token[: offset + index]
-        newlines = before.count("\n")
-        if newlines == 0:
-            return line, col + len(before)
-        return line + newlines, len(before) - before.rfind("\n")
+        at = offset + index
+        row = bisect.bisect_right(line_starts, at) - 1
+        if row == 0:
+            return line, col + at
+        return line + row, at - line_starts[row] + 1
 
     def span(start: int, end: int) -> ast.Span:
         (l1, c1), (l2, c2) = position(start), position(end)
@@ -590,13 +726,16 @@ def parse_template(
         inner_start = match.start(1)
         inner = match.group(1)
         l1, c1 = position(inner_start)
-        # Pad so lark reports positions in the file's own coordinates.
-        padded = "\n" * (l1 - 1) + " " * (c1 - 1) + inner
-        builder = _Builder(file)
+        builder = _Builder(file, line=l1, col=c1)
+        path = _plain_path(inner)
         try:
-            names, options = builder.transform(_parser().parse(padded, start="placeholder"))
+            if path is not None:  # `{{name}}`, `{{a.b}}`: most placeholders, no parser needed
+                names = [_name_token(at, name) for at, name in path]
+                options = []
+            else:
+                names, options = builder.transform(_placeholder_tree(inner))
         except UnexpectedInput as err:
-            diag = _syntax_error(err, file, padded)
+            diag = _shifted(_syntax_error(err, file, inner), l1, c1)
             if diag.message == "unexpected end of file":
                 # The placeholder ended early: point at its closing braces.
                 end_line, end_col = position(match.end(1))
@@ -609,7 +748,7 @@ def parse_template(
             diags.append(diag)
             # Keep the name so that later stages do not report it as missing too.
             names = [
-                Token("NAME", m, line=l1, column=c1, end_line=l1, end_column=c1 + len(m))
+                Token("NAME", m, line=1, column=1, end_line=1, end_column=1 + len(m))
                 for m in re.findall(r"^\s*([A-Za-z_]\w*)", inner)
             ]
             options = []

@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -15,7 +14,7 @@ import stat
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,7 +31,7 @@ from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.check import MAX_SEED
 from llmflow.compiler.diagnostics import Diagnostic, render
-from llmflow.compiler.ir import IRNode, Plan
+from llmflow.compiler.ir import IRNode, Plan, json_text
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim, Type
@@ -620,10 +619,10 @@ def _report_failures(plan: Plan, result: RunResult, budget: Budget | None) -> No
 
 
 def _json_text(data: Any) -> str:
-    """JSON for stdout: valid JSON always (no NaN or Infinity: allow_nan=False fails
-    loudly instead), non-ASCII as is where stdout takes UTF-8 and escaped elsewhere."""
+    """JSON for stdout: valid JSON always (no NaN or Infinity), non-ASCII as is where
+    stdout takes UTF-8 and escaped elsewhere."""
     utf8 = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
-    return json.dumps(data, ensure_ascii=not utf8, allow_nan=False, indent=2)
+    return json_text(data, ensure_ascii=not utf8)
 
 
 def _print_outputs(outputs: dict[str, Any], declared: int) -> None:
@@ -705,7 +704,19 @@ def _print_plan(plan: Plan) -> None:
 
 
 def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
-    for node in nodes:
+    """Each node, its subgraphs below it, indented. With a stack: an else-if chain nests
+    subgraphs as deep as it is long (indented 16 levels at most, deeper ones numbered)."""
+    stack: list[Iterator[str | tuple[IRNode, int]]] = [iter([(n, 0) for n in nodes])]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        if isinstance(item, str):
+            sys.stdout.write(item)
+            continue
+        node, depth = item
+        pad = indent + "    " * min(depth, 16)
         detail = f" on {node.call.model}" if node.call else ""
         est = plan.estimates.get(node.id)
         if est is not None:
@@ -713,11 +724,14 @@ def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
         args = f"({', '.join(node.args)})" if node.args else ""
         var = f" → {node.var}" if node.var else ""
         sys.stdout.write(
-            f"{indent}{node.id} {node.kind} {node.label}{args}{detail}: {node.type}{var}\n"
+            f"{pad}{node.id} {node.kind} {node.label}{args}{detail}: {node.type}{var}\n"
         )
+        inside: list[str | tuple[IRNode, int]] = []
         for key, body in node.bodies.items():
-            sys.stdout.write(f"{indent}  {key}:\n")
-            _print_graph(body.nodes, plan, indent + "    ")
+            level = f" (level {depth + 1})" if depth >= 16 else ""
+            inside.append(f"{pad}  {key}:{level}\n")
+            inside += [(n, depth + 1) for n in body.nodes]
+        stack.append(iter(inside))
 
 
 def _trace(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.ir import Plan
 from llmflow.compiler.optimizer.analyze_prefixes import analyze_prefixes
 from llmflow.compiler.optimizer.assign_models import assign_models
@@ -33,6 +34,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+@gc_paused()
 def optimize(plan: Plan, rules: tuple[Rule, ...] = RULES, **options: Any) -> Plan:
     """Run the passes in order. Each takes the options it names (inputs, objective,
     budget, min_tokens...) and ignores the rest."""

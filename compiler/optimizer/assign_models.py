@@ -88,7 +88,6 @@ def assign_models(
                 f"{name} has no known price: it counts as free here; declare "
                 "price_in/price_out (USD per 1M tokens) to weigh it properly",
             )
-    weights = _importance(plan, calls)
     choices: list[list[Option]] = []
     for node in calls:
         assert node.call is not None
@@ -118,10 +117,6 @@ def assign_models(
                 options = [best]
         choices.append(options)
 
-    values = [
-        [_value(o, plan.objective, w) for o in opts]
-        for opts, w in zip(choices, weights, strict=True)
-    ]
     picked = [
         max(range(len(opts)), key=lambda i, opts=opts: _rank(opts[i], plan.objective))
         for opts in choices
@@ -130,6 +125,10 @@ def assign_models(
     if plan.budget is not None and spend > plan.budget:
         cheapest = sum(min(o.dollars for o in opts) for opts in choices)
         if cheapest <= plan.budget:
+            values = [
+                [_value(o, plan.objective, w) for o in opts]
+                for opts, w in zip(choices, _importance(plan, calls), strict=True)
+            ]
             picked, how = solve_budget(choices, values, plan.budget, exact_limit)
             plan.explain(
                 RULE, f"best {plan.objective} within the budget of ${plan.budget:.4f} ({how})"
@@ -157,18 +156,19 @@ def assign_models(
 
 
 def _importance(plan: Plan, calls: Sequence[IRNode]) -> list[float]:
-    """A call feeding many others matters more: one plus the calls downstream of it."""
+    """A call feeding many others matters more: one plus the calls downstream of it.
+    The calls below each node are a bit set built from its successors' (latest first):
+    one pass, not a search per call."""
     graph = plan.graph.g
-    out = []
-    for node in calls:
-        if node.id in graph:
-            downstream = [
-                d for d in nx.descendants(graph, node.id) if graph.nodes[d]["node"].kind == "llm"
-            ]
-            out.append(1.0 + len(downstream))
-        else:
-            out.append(1.0)
-    return out
+    llm = [n for n in graph if graph.nodes[n]["node"].kind == "llm"]
+    bit = {n: 1 << i for i, n in enumerate(llm)}
+    below: dict[str, int] = {}
+    for n in reversed(list(nx.topological_sort(graph))):
+        mask = 0
+        for s in graph.successors(n):
+            mask |= below[s] | bit.get(s, 0)
+        below[n] = mask
+    return [1.0 + below[n.id].bit_count() if n.id in below else 1.0 for n in calls]
 
 
 def _needs(node: IRNode) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from llmflow.compiler.ir import Graph, IRNode, Plan
@@ -31,27 +33,40 @@ def _key(node: IRNode) -> str:
 
 
 def eliminate_common_calls(plan: Plan) -> Plan:
-    _merge(plan, plan.graph)
+    """Each graph in creation order (topological: arguments are merged first), the
+    subgraphs of a node before the node; with a stack of graphs, not recursion."""
+    stack: list[tuple[Graph, Iterator[IRNode], dict[str, IRNode]]] = [
+        (plan.graph, iter(plan.graph.nodes), {})
+    ]
+    entered: set[str] = set()
+    while stack:
+        graph, nodes, seen = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        if node.bodies and node.id not in entered:
+            entered.add(node.id)
+            stack[-1] = (graph, itertools.chain([node], nodes), seen)
+            stack.extend((b, iter(b.nodes), {}) for b in reversed(node.bodies.values()))
+            continue
+        _merge(plan, graph, node, seen)
     return plan
 
 
-def _merge(plan: Plan, graph: Graph) -> None:
-    seen: dict[str, IRNode] = {}
-    for node in graph.nodes:  # creation order is topological: arguments are merged first
-        for body in node.bodies.values():
-            _merge(plan, body)
-        if not _deterministic(node):
-            continue
-        key = _key(node)
-        first = seen.get(key)
-        if first is None:
-            seen[key] = node
-            continue
-        graph.rewire(node.id, first.id)
-        if node.kind == "llm":
-            plan.explain(
-                RULE,
-                f"{node.label} ({node.id}) is the same call on the same inputs as "
-                f"{first.id}: it runs once",
-                node.id,
-            )
+def _merge(plan: Plan, graph: Graph, node: IRNode, seen: dict[str, IRNode]) -> None:
+    if not _deterministic(node):
+        return
+    key = _key(node)
+    first = seen.get(key)
+    if first is None:
+        seen[key] = node
+        return
+    graph.rewire(node.id, first.id)
+    if node.kind == "llm":
+        plan.explain(
+            RULE,
+            f"{node.label} ({node.id}) is the same call on the same inputs as "
+            f"{first.id}: it runs once",
+            node.id,
+        )

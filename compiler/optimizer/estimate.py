@@ -16,11 +16,12 @@ def estimate(plan: Plan) -> Plan:
     shapes = Shapes(plan)
     total = Estimate(instances=0)
     plan.estimates = {}
+    groups = {call: group for group in plan.groups for call in group.calls}
     for node in plan.calls():
         assert node.call is not None
         shape = shapes[node.id]
         model = plan.models[node.call.model]
-        group = plan.group_of(node.id)
+        group = groups.get(node.id)
         cached = 0.0
         if group is not None:
             # Every instance but the group's first reads the shared prefix again.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from llmflow.compiler.ir import Graph, Plan
+from llmflow.compiler.ir import Graph, IRNode, Plan
 
 RULE = "scheduling priorities"
 LATENCY_BOOST = 1e6
@@ -48,33 +48,35 @@ def prioritize(plan: Plan) -> Plan:
     return plan
 
 
-def _serial(plan: Plan, graph: Graph) -> bool:
-    """Do instances of this graph queue on one embedded model?"""
-    return any(
-        n.call is not None and plan.models[n.call.model].backend == "local" for n in graph.walk()
-    )
-
-
-def _durations(plan: Plan, graph: Graph, out: dict[str, float]) -> float:
-    """Estimated seconds per node; returns the graph's longest path."""
-    for node in graph.nodes:
-        if node.kind == "llm":
-            est = plan.estimates.get(node.id)
-            out[node.id] = est.seconds / max(est.instances, 1.0) if est else 0.0
-        elif node.bodies:
-            inner = {key: _durations(plan, body, out) for key, body in node.bodies.items()}
-            if node.kind == "branch":
-                out[node.id] = max(inner.values())
+def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
+    """Estimated seconds per node; returns the graph's longest path. Subgraphs first,
+    from the innermost out, with no recursion."""
+    longest: dict[int, float] = {}
+    serial: dict[int, bool] = {}
+    """Graph → do its instances queue on one embedded model (a call on one, inside)?"""
+    for graph in reversed(top.graphs()):
+        serial[id(graph)] = False
+        for node in graph.nodes:
+            if node.kind == "llm":
+                est = plan.estimates.get(node.id)
+                out[node.id] = est.seconds / max(est.instances, 1.0) if est else 0.0
+                assert node.call is not None
+                serial[id(graph)] |= plan.models[node.call.model].backend == "local"
+            elif node.bodies:
+                inner = {key: longest[id(body)] for key, body in node.bodies.items()}
+                serial[id(graph)] |= any(serial[id(b)] for b in node.bodies.values())
+                if node.kind == "branch":
+                    out[node.id] = max(inner.values())
+                else:
+                    body = node.bodies["body"]
+                    items = plan.known.get(node.args[0]) if node.loop_max is None else None
+                    count = len(items) if isinstance(items, list) else (node.loop_max or 4)
+                    parallel = node.kind == "map" and not serial[id(body)]
+                    out[node.id] = inner["body"] * (1 if parallel else count)
             else:
-                body = node.bodies["body"]
-                items = plan.known.get(node.args[0]) if node.loop_max is None else None
-                count = len(items) if isinstance(items, list) else (node.loop_max or 4)
-                parallel = node.kind == "map" and not _serial(plan, body)
-                out[node.id] = inner["body"] * (1 if parallel else count)
-        else:
-            out[node.id] = 0.0
-    remaining = _remaining(graph, out)
-    return max(remaining.values(), default=0.0)
+                out[node.id] = 0.0
+        longest[id(graph)] = max(_remaining(graph, out).values(), default=0.0)
+    return longest[id(top)]
 
 
 def _remaining(graph: Graph, durations: dict[str, float]) -> dict[str, float]:
@@ -88,20 +90,25 @@ def _remaining(graph: Graph, durations: dict[str, float]) -> dict[str, float]:
 
 def _inner_priorities(
     plan: Plan,
-    graph: Graph,
+    top: Graph,
     remaining: dict[str, float],
     durations: dict[str, float],
     boost: dict[str, float],
 ) -> None:
-    for node in graph.nodes:
-        for body in node.bodies.values():
-            inner = _remaining(body, durations)
-            after = remaining[node.id] - durations[node.id]
-            for node_id, value in inner.items():
-                plan.priorities[node_id] = round(value + after + boost.get(node.id, 0.0), 3)
-            _inner_priorities(
-                plan, body, {k: v + after for k, v in inner.items()}, durations, boost
-            )
+    """Priorities inside subgraphs: the time left after the subgraph's node, plus the
+    path inside. Each subgraph before those inside it, with a stack, not recursion."""
+
+    def bodies(graph: Graph, remaining: dict[str, float]) -> list[tuple[Graph, IRNode, dict]]:
+        return [(b, n, remaining) for n in graph.nodes for b in n.bodies.values()]
+
+    stack = bodies(top, remaining)[::-1]
+    while stack:
+        body, node, outer = stack.pop()
+        inner = _remaining(body, durations)
+        after = outer[node.id] - durations[node.id]
+        for node_id, value in inner.items():
+            plan.priorities[node_id] = round(value + after + boost.get(node.id, 0.0), 3)
+        stack.extend(bodies(body, {k: v + after for k, v in inner.items()})[::-1])
 
 
 def _perf_boost(plan: Plan) -> dict[str, float]:

@@ -92,10 +92,7 @@ def common_tokens(a: list[Part], b: list[Part]) -> float:
     total = 0.0
     for pa, pb in zip(a, b, strict=False):
         if isinstance(pa, str) and isinstance(pb, str):
-            n = 0
-            limit = min(len(pa), len(pb))
-            while n < limit and pa[n] == pb[n]:
-                n += 1
+            n = _common_length(pa, pb)
             total += tokens(pa[:n])
             if n < len(pa) or n < len(pb):
                 break
@@ -106,6 +103,19 @@ def common_tokens(a: list[Part], b: list[Part]) -> float:
     return total
 
 
+def _common_length(a: str, b: str) -> int:
+    """How many characters two strings start with in common: a binary search over slice
+    comparisons (done in C), not a Python loop over characters."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[low:mid] == b[low:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
 class Shapes:
     """The shape of every call in a plan, computed once per optimizer run."""
 
@@ -114,40 +124,46 @@ class Shapes:
         self.shapes: dict[str, Shape] = {}
         self.item_tokens: dict[str, float] = {}
         """Average size of the items of a list known at plan time, by `item` input node."""
-        self._walk(plan.graph, outer={}, varying=set(), instances=1.0)
+        self._walk(plan.graph)
 
     def __getitem__(self, node_id: str) -> Shape:
         return self.shapes[node_id]
 
-    def _walk(
-        self, graph: Graph, outer: dict[str, str], varying: set[str], instances: float
-    ) -> None:
-        """`outer`: input node id → the producer it stands for, in the enclosing graphs.
-        `varying`: nodes whose value differs between instances of this graph."""
-        varies = set(varying)
-        for node in graph.nodes:
-            if any(a in varies for a in node.args):
-                varies.add(node.id)
-            binding = node.value if node.kind == "input" and isinstance(node.value, str) else ""
-            if binding == "item" or binding.startswith("carried:"):
-                varies.add(node.id)
-        for node in graph.nodes:
-            if node.kind == "llm":
-                self.shapes[node.id] = self._shape(graph, node, outer, varies, instances)
-            for key, body in node.bodies.items():
-                inner_outer = dict(outer)
-                inner_varying: set[str] = set()
-                items = self.plan.known.get(node.args[0]) if node.args else None
-                for inp in body.inputs:
-                    binding = body.node(inp).value
-                    if binding == "item" and isinstance(items, list) and items:
-                        self.item_tokens[inp] = sum(tokens(to_text(i)) for i in items) / len(items)
-                    if isinstance(binding, str) and binding.startswith("port:"):
-                        source = node.args[int(binding.split(":")[1])]
-                        inner_outer[inp] = outer.get(source, source)
-                        if source in varies:
-                            inner_varying.add(inp)
-                self._walk(body, inner_outer, inner_varying, instances * self._repeats(node, key))
+    def _walk(self, top: Graph) -> None:
+        """Every graph with a stack, not recursion (subgraphs nest as deep as an else-if
+        chain is long). Node ids are unique in a plan, so one map and one set serve all
+        graphs: `outer`, input node id → the producer it stands for in the enclosing
+        graphs; `varies`, nodes whose value differs between instances of their graph."""
+        outer: dict[str, str] = {}
+        varies: set[str] = set()
+        stack: list[tuple[Graph, float]] = [(top, 1.0)]
+        while stack:
+            graph, instances = stack.pop()
+            for node in graph.nodes:
+                if any(a in varies for a in node.args):
+                    varies.add(node.id)
+                binding = node.value if node.kind == "input" and isinstance(node.value, str) else ""
+                if binding == "item" or binding.startswith("carried:"):
+                    varies.add(node.id)
+            inner: list[tuple[Graph, float]] = []
+            for node in graph.nodes:
+                if node.kind == "llm":
+                    self.shapes[node.id] = self._shape(graph, node, outer, varies, instances)
+                for key, body in node.bodies.items():
+                    items = self.plan.known.get(node.args[0]) if node.args else None
+                    for inp in body.inputs:
+                        binding = body.node(inp).value
+                        if binding == "item" and isinstance(items, list) and items:
+                            self.item_tokens[inp] = sum(tokens(to_text(i)) for i in items) / len(
+                                items
+                            )
+                        if isinstance(binding, str) and binding.startswith("port:"):
+                            source = node.args[int(binding.split(":")[1])]
+                            outer[inp] = outer.get(source, source)
+                            if source in varies:
+                                varies.add(inp)
+                    inner.append((body, instances * self._repeats(node, key)))
+            stack.extend(reversed(inner))
 
     def _repeats(self, node: IRNode, key: str) -> float:
         if node.kind == "map" or (node.kind == "loop" and node.loop_max is None):
