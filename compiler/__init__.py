@@ -33,7 +33,7 @@ def compile_file(
         flow = "main" if "main" in flows or len(flows) != 1 else flows[0]
     if checked.flow(flow) is None:
         hint = (
-            f"flows in {checked.program.main}: {', '.join(flows)}"
+            f"flows in this program: {', '.join(flows)}"
             if flows
             else "declare one: flow main(...) -> ... { }"
         )
@@ -41,7 +41,8 @@ def compile_file(
             [
                 Diagnostic(
                     kind="declaration",
-                    message=f"no flow '{flow}' in {checked.program.main}",
+                    message=f"no flow '{flow}' in this program",
+                    file=checked.program.main,
                     hint=hint,
                 )
             ],

@@ -127,6 +127,8 @@ def _parse(path: Path) -> tuple[str, Parsed]:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         return text, str(err)
+    except RecursionError:  # tomllib reads nested arrays and tables recursively
+        return text, "arrays or tables nested too deeply"
 
 
 def load_config(main: Path, main_name: str | None = None) -> tuple[Config | None, list[Diagnostic]]:

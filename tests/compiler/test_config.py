@@ -251,6 +251,19 @@ def test_toml_syntax_error_has_the_file_line_and_column(
     assert "Traceback" not in err and err.endswith("1 file checked: 1 error\n")
 
 
+@pytest.mark.parametrize("text", ["a = " + "[" * 100_000, "a = " + "[" * 900 + "]" * 900])
+def test_a_config_nested_too_deeply_is_an_error_not_a_crash(
+    text: str, write: Write, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write("llmflow.toml", text + "\n")
+    write("prog.llmflow", UNPINNED)
+    monkeypatch.chdir(path.parent)
+    assert main(["check", "prog.llmflow"]) == 1
+    err = capsys.readouterr().err
+    assert "llmflow.toml is not valid TOML: arrays or tables nested too deeply" in err
+    assert "internal error" not in err and err.endswith("1 file checked: 1 error\n")
+
+
 def test_models_command_reports_config_errors(
     write: Write, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
