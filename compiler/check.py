@@ -375,22 +375,22 @@ class Checker:
         saved, self.module = self.module, sym.module
         decl = sym.decl
         if isinstance(decl, ast.EnumDecl):
-            members: list[str] = []
+            members: dict[str, None] = {}
             for m in decl.members:
                 if m.name in members:
                     self.error("declaration", f"enum member '{m.name}' is listed twice", m.span)
-                members.append(m.name)
+                members[m.name] = None
             sym.type = EnumT(name=name, members=tuple(members))
         else:
-            fields: list[tuple[str, Type]] = []
+            fields: dict[str, Type] = {}
             for f in decl.fields:
-                if any(f.name.name == n for n, _ in fields):
+                if f.name.name in fields:
                     self.error(
                         "declaration", f"field '{f.name.name}' is declared twice", f.name.span
                     )
                     continue
-                fields.append((f.name.name, self.resolve_type(f.type)))
-            sym.type = RecordT(name=name, fields=tuple(fields))
+                fields[f.name.name] = self.resolve_type(f.type)
+            sym.type = RecordT(name=name, fields=tuple(fields.items()))
         self.module = saved
         self._resolving_types.discard(key)
         return sym.type

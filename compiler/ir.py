@@ -8,7 +8,6 @@ known; a subgraph reads its parent node's arguments through `input` nodes.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 import networkx as nx
@@ -156,8 +155,11 @@ class Graph:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """The graph as JSON data; subgraphs are filled in with a stack, not recursion."""
+        """The graph as JSON data. A node's bodies are named by id (`"n7/then"`) and listed
+        flat in `subgraphs`, so the JSON nests a few levels deep however deeply the
+        program's branches and loops do (a 10,000-long else-if chain included)."""
         top: dict[str, Any] = {}
+        subgraphs: dict[str, Any] = {}
         pending: list[tuple[Graph, dict[str, Any]]] = [(self, top)]
         while pending:
             graph, data = pending.pop()
@@ -167,8 +169,9 @@ class Graph:
                 if node.bodies:
                     item["bodies"] = {}
                     for key, body in node.bodies.items():
-                        item["bodies"][key] = {}
-                        pending.append((body, item["bodies"][key]))
+                        name = item["bodies"][key] = f"{node.id}/{key}"
+                        subgraphs[name] = {}
+                        pending.append((body, subgraphs[name]))
                 nodes.append(item)
             data.update(
                 nodes=nodes,
@@ -179,41 +182,9 @@ class Graph:
                 inputs=graph.inputs,
                 outputs=graph.outputs,
             )
+        if subgraphs:
+            top["subgraphs"] = subgraphs
         return top
-
-
-class _Text(str):
-    """Literal JSON text on `json_text`'s stack."""
-
-
-def json_text(data: Any, indent: int = 2, ensure_ascii: bool = False) -> str:
-    """`json.dumps(data, indent=2, allow_nan=False)`, written with a stack: a plan's JSON
-    nests as deep as its longest else-if chain. Indented 32 levels at most, so deep data
-    stays linear in size. Always valid JSON: NaN and Infinity fail loudly."""
-    out: list[str] = []
-    stack: list[tuple[Any, int]] = [(data, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, _Text):
-            out.append(value)
-            continue
-        if not (isinstance(value, dict | list | tuple) and value):
-            out.append(json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False))
-            continue
-        inner = "\n" + " " * indent * min(depth + 1, 32)
-        is_dict = isinstance(value, dict)
-        items = list(value.items()) if is_dict else [(None, v) for v in value]
-        out.append("{" if is_dict else "[")
-        stack.append((_Text("\n" + " " * indent * min(depth, 32) + ("}" if is_dict else "]")), 0))
-        for i in reversed(range(len(items))):
-            key, item = items[i]
-            stack.append((item, depth + 1))
-            lead = ("," if i else "") + inner
-            if is_dict:
-                name = key if isinstance(key, str) else json.dumps(key)
-                lead += json.dumps(name, ensure_ascii=ensure_ascii) + ": "
-            stack.append((_Text(lead), 0))
-    return "".join(out)
 
 
 def _node_json(node: IRNode) -> dict[str, Any]:

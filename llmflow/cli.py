@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -31,7 +32,7 @@ from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.check import MAX_SEED
 from llmflow.compiler.diagnostics import Diagnostic, render
-from llmflow.compiler.ir import IRNode, Plan, json_text
+from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim, Type
@@ -622,7 +623,7 @@ def _json_text(data: Any) -> str:
     """JSON for stdout: valid JSON always (no NaN or Infinity), non-ASCII as is where
     stdout takes UTF-8 and escaped elsewhere."""
     utf8 = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
-    return json_text(data, ensure_ascii=not utf8)
+    return json.dumps(data, ensure_ascii=not utf8, allow_nan=False, indent=2)
 
 
 def _print_outputs(outputs: dict[str, Any], declared: int) -> None:

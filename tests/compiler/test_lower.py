@@ -683,12 +683,12 @@ def test_plan_to_json_is_json_serializable(plan: MakePlan) -> None:
     kinds = [n["kind"] for n in graph["nodes"]]
     assert kinds.count("map") == 1 and kinds.count("loop") == 1
     loop = next(n for n in graph["nodes"] if n["kind"] == "loop")
-    assert set(loop["bodies"]) == {"body"}
-    assert set(loop["bodies"]["body"]["outputs"]) == {"next:best", "until"}
+    assert loop["bodies"] == {"body": f"{loop['id']}/body"}
+    assert set(graph["subgraphs"][loop["bodies"]["body"]]["outputs"]) == {"next:best", "until"}
     assert loop["loop_max"] == 2 and loop["carried"] == ["best"]
     edge = graph["edges"][0]
     assert set(edge) == {"source", "target", "var", "ports"}
-    assert set(graph) == {"nodes", "edges", "inputs", "outputs"}
+    assert set(graph) == {"nodes", "edges", "inputs", "outputs", "subgraphs"}
 
 
 def test_plan_json_keeps_the_kind_of_every_type(plan: MakePlan) -> None:
