@@ -217,7 +217,7 @@ def test_plan_json_is_the_ir_graph(capsys: pytest.CaptureFixture[str]) -> None:
     assert plan["flow"] == "main"
     kinds = [n["kind"] for n in plan["graph"]["nodes"]]
     assert kinds == ["input", "input", "map", "output"]
-    body = plan["graph"]["nodes"][2]["bodies"]["body"]
+    body = plan["graph"]["subgraphs"][plan["graph"]["nodes"][2]["bodies"]["body"]]
     (call,) = [n for n in body["nodes"] if n["kind"] == "llm"]
     assert call["call"]["function"] == "answer"
     assert {e["var"] for e in body["edges"]} == {"q", "doc"}
