@@ -173,7 +173,7 @@ def _display_name(path: Path, main: Path, main_name: str) -> str:
 
 def _syntax_error(config: Config, message: str) -> Diagnostic:
     match = _POSITION.search(message)
-    lines = config.text.splitlines() or [""]
+    lines = config.text.split("\n")  # as tomllib counts lines
     if match:
         line, col = int(match.group(1)), int(match.group(2))
         message = message[: match.start()]
@@ -340,7 +340,7 @@ def locate(text: str, file: str, keys: tuple[str, ...]) -> Span:
     found, then to line 1. Cheap and approximate: good enough to point at a line."""
     best = (0, 1, 1, 2)  # depth, line, col, end_col
     table: tuple[str, ...] = ()
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         header = _HEADER.match(line)
         if header is not None and not line.lstrip().startswith("[["):
             table = _split(header.group(1))

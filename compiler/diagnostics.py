@@ -52,7 +52,7 @@ quote that is not closed."""
 _WRITTEN_KEY = re.compile(
     rf"""\bapi_key\s*=\s*({_STRING}|[^\s,)}}\]#]+)"""
     rf"""|\b\w*(?:key|secret|token|passw(?:or)?d)\s*[=:]\s*({_STRING})"""
-    r"""|\b(sk-[A-Za-z0-9_\-]{8,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}"""
+    r"""|(?<![a-z])(sk-[A-Za-z0-9_\-]{8,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}"""
     r"""|github_pat_\w{20,}|xox[abposr]-[A-Za-z0-9\-]{10,}|AIza[0-9A-Za-z_\-]{30,}"""
     r"""|hf_[A-Za-z0-9]{20,})"""
     r"""|://[^/\s:@"']{1,200}:([^@\s/"']{1,200})@""",

@@ -75,7 +75,9 @@ def _parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]
 
 def _split_declarations(source: str) -> list[tuple[int, str]]:
     """Cut the source at declaration starts that are outside strings and comments."""
-    lines = source.splitlines(keepends=True)
+    # Lines end at "\n" only, as lark counts them (str.splitlines also breaks at \v, \f,
+    # \x1c-\x1e, \x85 and U+2028/9, which would shift every position after one).
+    lines = re.findall(r"[^\n]*\n|[^\n]+$", source)
     starts: list[int] = []
     in_triple = False
     previous_was_decorator = False
@@ -249,7 +251,7 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
 
 def _end_position(text: str) -> tuple[int, int]:
     stripped = text.rstrip()
-    lines = stripped.splitlines() or [""]
+    lines = stripped.split("\n")
     return len(lines), len(lines[-1]) + 1
 
 

@@ -138,6 +138,7 @@ def test_a_key_written_in_the_program_is_masked_by_every_diagnostic_on_its_line(
         f'model m = openai("gpt-4o-mini", token="{KEY}") )',
         f'model m = openai("gpt-4o-mini", base_url="http://me:{KEY}@host/v1") )',
         'model m = openai("sk-proj-abcdefghijklmnop1234" ))',  # key-shaped, no key name
+        'model m = openai("x", rpm=8sk-proj-abcdefghijklmnop1234)',  # typed against a digit
     ],
 )
 def test_a_key_on_the_line_of_a_syntax_error_is_masked(

@@ -876,3 +876,12 @@ def test_the_largest_literals_still_parse() -> None:
 def test_a_repeat_count_too_long_is_an_error_not_a_crash() -> None:
     _, diags = parse(f"flow main() -> y: int {{\n    repeat at most {'9' * 5000} {{\n    }}\n}}\n")
     assert [d.message for d in diags] == ["this integer has 5,000 digits; at most 4,300"]
+
+
+@pytest.mark.parametrize("odd", ["\v", "\f", "\x1c", "\x85", "\u2028", "\u2029", "\r"])
+def test_only_newlines_end_lines(odd: str) -> None:
+    """Python's str.splitlines breaks at \\v, \\f, U+2028 and more; lark and editors count
+    "\\n" only, so a stray one in a comment must not shift the positions after it."""
+    source = f"# a comment {odd * 50}\nenum A {{ x }}\n\nenum B {{ y z }}\n"
+    _, diags = parse_module(source, "prog.llmflow")
+    assert [(d.span.line, d.span.col) for d in diags if d.span] == [(4, 12)]

@@ -192,3 +192,8 @@ def test_debug_tracebacks_are_masked(
     assert cli.main(["check", "x.llmflow"]) == 1
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: boom with [redacted]" in err and SIX not in err
+
+
+def test_a_key_shaped_string_is_masked_after_a_digit_not_inside_a_word() -> None:
+    text = secrets.redact("x=8sk-abcdefghijkl task-abcdefghijkl (sk-abcdefghijkl)")
+    assert text == "x=8[redacted] task-abcdefghijkl ([redacted])"
