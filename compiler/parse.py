@@ -12,6 +12,7 @@ import json
 import math
 import re
 import threading
+import typing
 from collections.abc import Callable, Iterator
 from functools import cache
 from operator import itemgetter
@@ -151,17 +152,33 @@ def nesting(top: ast.Node) -> Iterator[tuple[ast.Node, int]]:
         node, depth = stack.pop()
         yield node, depth
         children: list[tuple[ast.Node, int]] = []
-        for name in type(node).model_fields:
+        for name in _child_fields(type(node)):
             value = getattr(node, name)
             items = value if isinstance(value, list) else [value]
             for item in items:
                 if not isinstance(item, ast.Node) or isinstance(item, ast.Ident):
                     continue
-                chained = (isinstance(node, ast.BinOp) and name == "left") or (
+                chained = (name == "left" and isinstance(node, ast.BinOp)) or (
                     name == "orelse" and len(items) == 1 and isinstance(item, ast.If)
                 )
                 children.append((item, depth if chained else depth + 1))
         stack.extend(reversed(children))
+
+
+@cache
+def _child_fields(cls: type[ast.Node]) -> tuple[str, ...]:
+    """The fields of a node class that can hold nodes other than names."""
+
+    def holds_nodes(annotation: Any) -> bool:
+        if typing.get_args(annotation):
+            return any(holds_nodes(arg) for arg in typing.get_args(annotation))
+        return (
+            isinstance(annotation, type)
+            and issubclass(annotation, ast.Node)
+            and (annotation is not ast.Ident)
+        )
+
+    return tuple(n for n, f in cls.model_fields.items() if holds_nodes(f.annotation))
 
 
 def _shifted(diag: Diagnostic, line: int, col: int) -> Diagnostic:
