@@ -8,18 +8,23 @@ declaration does not hide the errors, or the meaning, of the others.
 from __future__ import annotations
 
 import bisect
-import inspect
 import json
 import math
 import re
+import threading
+import typing
 from collections.abc import Callable, Iterator
-from functools import cache, lru_cache
+from functools import cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
+from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-from lark.tree import Meta
+from lark.grammar import Rule
+from lark.lexer import UnlessCallback
+from lark.parsers.lalr_analysis import Reduce
+from lark.parsers.lalr_parser_state import ParseConf, ParserState
 
 from llmflow.compiler import ast
 from llmflow.compiler.diagnostics import Diagnostic, quote
@@ -54,14 +59,14 @@ def _parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]
     diags: list[Diagnostic] = []
     broken: list[str] = []
     for first_line, chunk in _split_declarations(source):
+        builder = _Builder(file, line=first_line + 1)
         try:
-            tree = _parser().parse(chunk, start="start")
+            chunk_decls = _parse(chunk, "start", builder)
         except UnexpectedInput as err:
             diags.append(_shifted(_syntax_error(err, file, chunk), first_line + 1, 1))
             broken.extend(_DECL_NAME.findall(chunk)[:1])
             continue
-        builder = _Builder(file, line=first_line + 1)
-        for decl in builder.transform(tree).children:
+        for decl in chunk_decls:
             too_deep = _too_deep(decl)
             if too_deep is None:
                 decls.append(decl)
@@ -149,17 +154,33 @@ def nesting(top: ast.Node) -> Iterator[tuple[ast.Node, int]]:
         node, depth = stack.pop()
         yield node, depth
         children: list[tuple[ast.Node, int]] = []
-        for name in type(node).model_fields:
+        for name in _child_fields(type(node)):
             value = getattr(node, name)
             items = value if isinstance(value, list) else [value]
             for item in items:
                 if not isinstance(item, ast.Node) or isinstance(item, ast.Ident):
                     continue
-                chained = (isinstance(node, ast.BinOp) and name == "left") or (
+                chained = (name == "left" and isinstance(node, ast.BinOp)) or (
                     name == "orelse" and len(items) == 1 and isinstance(item, ast.If)
                 )
                 children.append((item, depth if chained else depth + 1))
         stack.extend(reversed(children))
+
+
+@cache
+def _child_fields(cls: type[ast.Node]) -> tuple[str, ...]:
+    """The fields of a node class that can hold nodes other than names."""
+
+    def holds_nodes(annotation: Any) -> bool:
+        if typing.get_args(annotation):
+            return any(holds_nodes(arg) for arg in typing.get_args(annotation))
+        return (
+            isinstance(annotation, type)
+            and issubclass(annotation, ast.Node)
+            and (annotation is not ast.Ident)
+        )
+
+    return tuple(n for n, f in cls.model_fields.items() if holds_nodes(f.annotation))
 
 
 def _shifted(diag: Diagnostic, line: int, col: int) -> Diagnostic:
@@ -255,47 +276,254 @@ def _end_position(text: str) -> tuple[int, int]:
     return len(lines), len(lines[-1]) + 1
 
 
-# ---- tree → AST -------------------------------------------------------------------------
+# ---- parsing: lark's LALR tables, AST built as the parser reduces ------------------------
+#
+# Lark's tree builder (a parse tree, positions propagated, then a second pass to make the
+# AST) was most of the time to parse a big file. Here the parser's reduce callbacks make
+# the AST directly: each value on lark's stack is a token or a `(value, line, col,
+# end_line, end_col)` tuple whose positions are what lark's `propagate_positions` gives a
+# tree (the span of all its children, tokens dropped from the tree included). No stage
+# recurses, so a long chain (`a + b + ...`, an else-if chain) has any length.
+#
+# Most text is cut into tokens by one regular expression over the whole grammar, as lark's
+# basic lexer would. Lark's contextual lexer can cut it differently only where that token
+# does not fit the parser's state; then (and for every syntax error) the text is parsed
+# again by lark itself with its contextual lexer, which gives the same AST and lark's error.
 
 
-class _Builder(Transformer_NonRecursive):
-    """The one place that knows the parse tree's shape. Non-recursive: a long chain
-    (`a + b + ...`, an else-if chain) makes a parse tree of any depth.
+class _Tok(tuple):  # type: ignore[type-arg]
+    """A token: `(value, line, column, end_line, end_column, type)`, laid out like a
+    reduced value so that positions are read the same way from both."""
+
+    __slots__ = ()
+    value = property(itemgetter(0))
+    line = property(itemgetter(1))
+    column = property(itemgetter(2))
+    end_line = property(itemgetter(3))
+    end_column = property(itemgetter(4))
+    type = property(itemgetter(5))
+
+    def __str__(self) -> str:
+        return self[0]
+
+
+def _tok(token: Token) -> _Tok:
+    return _Tok(
+        (token.value, token.line, token.column, token.end_line, token.end_column, token.type)
+    )
+
+
+class _Retry(Exception):
+    """The fast path cannot tell what lark would do here: parse with lark itself."""
+
+
+_local = threading.local()
+
+
+def _active() -> _Builder:
+    return _local.builder  # type: ignore[no-any-return]
+
+
+def _parse(text: str, start: str, builder: _Builder) -> Any:
+    """The value of `text` parsed from rule `start`, built by `builder`; UnexpectedInput
+    for a syntax error (the builder's diagnostics are then of no use)."""
+    outer = getattr(_local, "builder", None)
+    _local.builder = builder
+    try:
+        try:
+            return _fast_parse(text, start)
+        except (_Retry, UnexpectedInput):
+            builder.diagnostics.clear()
+            value = _parser().parse(text, start=start)
+            return value[0] if type(value) is tuple else value
+    finally:
+        _local.builder = outer
+
+
+def _fast_parse(text: str, start: str) -> Any:
+    table, callbacks, end = _tables()
+    state = ParserState(ParseConf(table, callbacks, start), None)  # type: ignore[arg-type]
+    feed = state.feed_token
+    for token in _tokens(text):
+        feed(token)
+    value = feed(end, True)
+    return value[0] if type(value) is tuple else value
+
+
+@cache
+def _lexer() -> tuple[re.Pattern[str], frozenset[str], frozenset[str], dict[str, dict[str, str]]]:
+    """Lark's own basic lexer over all terminals: its regular expression, the ignored and
+    the multi-line token types, and the keywords it retypes (`if` is not a NAME)."""
+    root = _parser().parser.lexer.root_lexer
+    scanner = root.scanner
+    assert len(scanner._mres) == 1 and not root.use_bytes
+    retype: dict[str, dict[str, str]] = {}
+    for kind, callback in root.callback.items():
+        assert isinstance(callback, UnlessCallback)
+        words = callback.scanner.terminals
+        assert all(t.pattern.type == "str" and not t.pattern.flags for t in words)
+        retype[kind] = {t.pattern.value: t.name for t in words}
+    return scanner._mres[0], root.ignore_types, root.newline_types, retype
+
+
+def _tokens(text: str) -> list[_Tok]:
+    """The tokens of `text` as lark's basic lexer makes them; _Retry where it would fail."""
+    pattern, ignored, multiline, retype = _lexer()
+    tokens: list[_Tok] = []
+    append = tokens.append
+    pos = 0
+    line = 1
+    line_start = 0
+    for match in pattern.finditer(text):
+        if match.start() != pos:
+            raise _Retry
+        kind = match.lastgroup
+        value = match.group()
+        pos = match.end()
+        col = match.start() - line_start + 1
+        start_line = line
+        if kind in multiline:
+            newlines = value.count("\n")
+            if newlines:
+                line += newlines
+                line_start = match.start() + value.rindex("\n") + 1
+        if kind in ignored:
+            continue
+        if kind in retype:
+            kind = retype[kind].get(value, kind)
+        append(_Tok((value, start_line, col, line, pos - line_start + 1, kind)))
+    if pos != len(text):
+        raise _Retry
+    return tokens
+
+
+@cache
+def _tables() -> tuple[Any, dict[Any, Callable[[list], Any]], Token]:
+    """Lark's LALR table, a reduce callback for each of its rules, and the end token."""
+    lark = _parser()
+    lalr = lark.parser.parser.parser  # lark's `_Parser`: its table and its callbacks
+    rules = {a for s in lalr.parse_table.states.values() for k, a in s.values() if k is Reduce}
+    assert len(rules) == len(lalr.callbacks), "lark's parser changed shape"
+    fast = {rule: _callback(rule) for rule in rules}
+
+    def exact(callback: Callable[[list], Any]) -> Callable[[list], Any]:
+        return lambda raw: callback([_tok(c) if isinstance(c, Token) else c for c in raw])
+
+    # Lark's own parser (contextual lexer) builds the same AST, with lark's tokens.
+    lalr.callbacks = {rule: exact(callback) for rule, callback in fast.items()}
+    return lalr.parse_table, fast, Token("$END", "")
+
+
+def _callback(rule: Rule) -> Callable[[list], Any]:
+    """What the reduction of `rule` pushes, given what it pops: what lark's tree builder
+    would make (its child filter, `?rule` inlining, `[x]` as None, `_rule`s spliced in,
+    propagated positions), with the builder's method for the rule in place of a tree."""
+    name = rule.alias or rule.options.template_source or rule.origin.name
+    expansion = rule.expansion
+    empty = rule.options.empty_indices
+    nones = [len(ones) for ones in "".join(str(int(b)) for b in empty).split("0")] if empty else []
+    include: list[tuple[int, bool, int]] = []  # child, spliced, Nones before it
+    pending = 0
+    for i, sym in enumerate(expansion):
+        pending += nones[i] if nones else 0
+        if not (sym.is_term and sym.filter_out):
+            include.append((i, not sym.is_term and sym.name.startswith("_"), pending))
+            pending = 0
+    trailing = pending + (nones[len(expansion)] if nones else 0)
+    inline = rule.options.expand1 and not rule.alias
+    if inline and include == [(0, False, 0)] and len(expansion) == 1 and not trailing:
+        return itemgetter(0)  # `?sum: product`: the child is the value, positions and all
+    # The one child an inlined rule can have here (`?atom: "(" expr ")"`): lark gives the
+    # child itself, its own span kept, its extent that of the whole rule.
+    kept = [i for i, splice, before in include if not splice and not before]
+    single = kept[0] if inline and len(include) == 1 and kept and not trailing else None
+    assert single is not None or not inline, f"inlining {rule} is not supported"
+    method = getattr(_Builder, name, None) if not name.startswith("_") else None
+    spanned = getattr(method, "spanned", False)
+
+    def reduce(raw: list) -> Any:
+        first = last = None
+        for c in raw:
+            if c[1] is not None:
+                first = c
+                break
+        for c in reversed(raw):
+            if c[1] is not None:
+                last = c
+                break
+        children: list[Any] = []
+        for i, splice, before in include:
+            if before:
+                children += [None] * before
+            c = raw[i]
+            if splice:
+                if children:
+                    children += c[0]
+                else:  # a left-recursive list: grows in place
+                    children = c[0]
+            else:
+                children.append(c[0] if type(c) is tuple else c)
+        if trailing:
+            children += [None] * trailing
+        if first is None or last is None:
+            where: tuple[Any, Any, Any, Any] = (None, None, None, None)
+        else:
+            where = (first[1], first[2], last[3], last[4])
+        if single is not None:
+            only = raw[single]
+            return (only[0], *where) if type(only) is tuple else only
+        if method is None:
+            value: Any = children if name.startswith("_") else Tree(name, children)
+        elif spanned:
+            value = method(_active(), _active()._span(*where), children)  # type: ignore[arg-type]
+        else:
+            value = method(_active(), children)
+        return (value, *where)
+
+    return reduce
+
+
+def _spanned(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a builder method that takes the span of its rule's text."""
+    method.spanned = True  # type: ignore[attr-defined]
+    return method
+
+
+class _Builder:
+    """The one place that knows the parse tree's shape: a method for each rule, called
+    with the rule's children (and with its span, if `_spanned`).
 
     The parsed text starts at `line`:`col` of the file (a declaration, a placeholder):
     positions are moved there, so nothing has to be padded to be parsed in place."""
 
     def __init__(self, file: str, line: int = 1, col: int = 1) -> None:
-        super().__init__()
         self.file = file
         self.diagnostics: list[Diagnostic] = []
         self._line0 = line - 1
         self._col0 = col - 1
 
-    def _call_userfunc(self, tree: Tree, new_children: list | None = None) -> Any:
-        """Rules are found in a table made once: lark's own lookup wraps a `v_args`
-        method anew for every node, a large part of the time to parse a big file."""
-        rule = _rules().get(tree.data)
-        if rule is None:
-            return super()._call_userfunc(tree, new_children)
-        method, takes_meta = rule
-        children = tree.children if new_children is None else new_children
-        return method(self, tree.meta, children) if takes_meta else method(self, children)
-
     # spans
     def _pos(self, line: int, col: int) -> tuple[int, int]:
         return line + self._line0, col + (self._col0 if line == 1 else 0)
 
-    def _span(self, meta: Meta | Token) -> ast.Span:
-        line, col = self._pos(meta.line, meta.column)  # type: ignore[arg-type]
-        end_line, end_col = self._pos(meta.end_line, meta.end_column)  # type: ignore[arg-type]
-        return ast.Span(file=self.file, line=line, col=col, end_line=end_line, end_col=end_col)
+    def _span(self, line: int, col: int, end_line: int, end_col: int) -> ast.Span:
+        col0 = self._col0
+        return ast.Span(
+            file=self.file,
+            line=line + self._line0,
+            col=col + col0 if line == 1 else col,
+            end_line=end_line + self._line0,
+            end_col=end_col + col0 if end_line == 1 else end_col,
+        )
 
-    def _unquote(self, token: Token) -> str:
+    def _token_span(self, token: _Tok) -> ast.Span:
+        return self._span(token[1], token[2], token[3], token[4])
+
+    def _unquote(self, token: _Tok) -> str:
         try:
-            return json.loads(token)
+            return json.loads(token[0])
         except json.JSONDecodeError as err:
-            line, col = self._pos(token.line, token.column + err.pos)  # type: ignore[operator]
+            line, col = self._pos(token[1], token[2] + err.pos)
             bad = ast.Span(file=self.file, line=line, col=col, end_line=line, end_col=col + 2)
             self.diagnostics.append(
                 Diagnostic(
@@ -305,57 +533,55 @@ class _Builder(Transformer_NonRecursive):
                     hint='escapes: \\n \\t \\" \\\\ \\uXXXX',
                 )
             )
-            return str(token)[1:-1]
+            return token[0][1:-1]
 
-    def _ident(self, token: Token) -> ast.Ident:
-        return ast.Ident(name=str(token), span=self._span(token))
+    def _ident(self, token: _Tok) -> ast.Ident:
+        return ast.Ident(name=token[0], span=self._token_span(token))
 
     # declarations
-    def start(self, children: list) -> Tree:
-        return Tree("decls", children)
+    def start(self, children: list) -> list[ast.Decl]:
+        return children
 
-    @v_args(meta=True)
-    def import_file(self, meta: Meta, children: list) -> ast.ImportDecl:
-        return ast.ImportDecl(span=self._span(meta), path=self._unquote(children[0]))
+    @_spanned
+    def import_file(self, span: ast.Span, children: list) -> ast.ImportDecl:
+        return ast.ImportDecl(span=span, path=self._unquote(children[0]))
 
-    @v_args(meta=True)
-    def import_std(self, meta: Meta, children: list) -> ast.ImportDecl:
-        return ast.ImportDecl(span=self._span(meta), module=".".join(str(c) for c in children))
+    @_spanned
+    def import_std(self, span: ast.Span, children: list) -> ast.ImportDecl:
+        return ast.ImportDecl(span=span, module=".".join(c[0] for c in children))
 
-    @v_args(meta=True)
-    def model_decl(self, meta: Meta, children: list) -> ast.ModelDecl:
+    @_spanned
+    def model_decl(self, span: ast.Span, children: list) -> ast.ModelDecl:
         name, backend, args = children
         positional, keywords = args or ([], [])
         return ast.ModelDecl(
-            span=self._span(meta),
+            span=span,
             name=self._ident(name),
             backend=self._ident(backend),
             args=positional,
             kwargs=keywords,
         )
 
-    @v_args(meta=True)
-    def enum_decl(self, meta: Meta, children: list) -> ast.EnumDecl:
+    @_spanned
+    def enum_decl(self, span: ast.Span, children: list) -> ast.EnumDecl:
         name, *members = [c for c in children if c is not None]
         return ast.EnumDecl(
-            span=self._span(meta),
-            name=self._ident(name),
-            members=[self._ident(m) for m in members],
+            span=span, name=self._ident(name), members=[self._ident(m) for m in members]
         )
 
-    @v_args(meta=True)
-    def record_decl(self, meta: Meta, children: list) -> ast.RecordDecl:
+    @_spanned
+    def record_decl(self, span: ast.Span, children: list) -> ast.RecordDecl:
         name, *fields = [c for c in children if c is not None]
-        return ast.RecordDecl(span=self._span(meta), name=self._ident(name), fields=fields)
+        return ast.RecordDecl(span=span, name=self._ident(name), fields=fields)
 
-    @v_args(meta=True)
-    def field(self, meta: Meta, children: list) -> ast.Output:
-        return ast.Output(span=self._span(meta), name=self._ident(children[0]), type=children[1])
+    @_spanned
+    def field(self, span: ast.Span, children: list) -> ast.Output:
+        return ast.Output(span=span, name=self._ident(children[0]), type=children[1])
 
-    @v_args(meta=True)
-    def output(self, meta: Meta, children: list) -> ast.Output:
+    @_spanned
+    def output(self, span: ast.Span, children: list) -> ast.Output:
         perf, name, type_ = children
-        return ast.Output(span=self._span(meta), name=self._ident(name), type=type_, perf=perf)
+        return ast.Output(span=span, name=self._ident(name), type=type_, perf=perf)
 
     def perf(self, children: list) -> ast.Ident:
         return self._ident(children[0])
@@ -366,29 +592,27 @@ class _Builder(Transformer_NonRecursive):
     def params(self, children: list) -> list[ast.Param]:
         return [c for c in children if c is not None]
 
-    @v_args(meta=True)
-    def param(self, meta: Meta, children: list) -> ast.Param:
+    @_spanned
+    def param(self, span: ast.Span, children: list) -> ast.Param:
         name, type_, default = children
-        return ast.Param(span=self._span(meta), name=self._ident(name), type=type_, default=default)
+        return ast.Param(span=span, name=self._ident(name), type=type_, default=default)
 
-    @v_args(meta=True)
-    def type(self, meta: Meta, children: list) -> ast.TypeRef:
+    @_spanned
+    def type(self, span: ast.Span, children: list) -> ast.TypeRef:
         name, *args = [c for c in children if c is not None]
-        return ast.TypeRef(span=self._span(meta), name=str(name), args=args)
+        return ast.TypeRef(span=span, name=name[0], args=args)
 
-    @v_args(meta=True)
-    def decorator(self, meta: Meta, children: list) -> ast.Decorator:
+    @_spanned
+    def decorator(self, span: ast.Span, children: list) -> ast.Decorator:
         name, args = children
         positional, keywords = args or ([], [])
-        return ast.Decorator(
-            span=self._span(meta), name=self._ident(name), args=positional, kwargs=keywords
-        )
+        return ast.Decorator(span=span, name=self._ident(name), args=positional, kwargs=keywords)
 
-    @v_args(meta=True)
-    def fn_decl(self, meta: Meta, children: list) -> ast.FnDecl:
+    @_spanned
+    def fn_decl(self, span: ast.Span, children: list) -> ast.FnDecl:
         *decorators, name, params, outputs, template = children
         return ast.FnDecl(
-            span=self._span(meta),
+            span=span,
             name=self._ident(name),
             params=params or [],
             outputs=outputs,
@@ -396,8 +620,8 @@ class _Builder(Transformer_NonRecursive):
             decorators=decorators,
         )
 
-    @v_args(meta=True)
-    def extern_decl(self, meta: Meta, children: list) -> ast.ExternDecl:
+    @_spanned
+    def extern_decl(self, span: ast.Span, children: list) -> ast.ExternDecl:
         *decorators, name, params, returns, target = children
         single = isinstance(returns, ast.TypeRef)
         outputs = (
@@ -412,21 +636,21 @@ class _Builder(Transformer_NonRecursive):
             else returns
         )
         return ast.ExternDecl(
-            span=self._span(meta),
+            span=span,
             name=self._ident(name),
             params=params or [],
             outputs=outputs,
             single=single,
             target=self._unquote(target),
-            target_span=self._span(target),
+            target_span=self._token_span(target),
             decorators=decorators,
         )
 
-    @v_args(meta=True)
-    def flow_decl(self, meta: Meta, children: list) -> ast.FlowDecl:
+    @_spanned
+    def flow_decl(self, span: ast.Span, children: list) -> ast.FlowDecl:
         *decorators, name, params, outputs, body = children
         return ast.FlowDecl(
-            span=self._span(meta),
+            span=span,
             name=self._ident(name),
             params=params or [],
             outputs=outputs,
@@ -438,37 +662,33 @@ class _Builder(Transformer_NonRecursive):
     def block(self, children: list) -> list[ast.Stmt]:
         return children
 
-    @v_args(meta=True)
-    def assign(self, meta: Meta, children: list) -> ast.Assign:
+    @_spanned
+    def assign(self, span: ast.Span, children: list) -> ast.Assign:
         *targets, value = children
-        return ast.Assign(span=self._span(meta), targets=targets, value=value)
+        return ast.Assign(span=span, targets=targets, value=value)
 
     def target(self, children: list) -> ast.Ident:
         return self._ident(children[0])
 
-    @v_args(meta=True)
-    def if_stmt(self, meta: Meta, children: list) -> ast.If:
+    @_spanned
+    def if_stmt(self, span: ast.Span, children: list) -> ast.If:
         cond, then, orelse = children
         if isinstance(orelse, ast.If):
             orelse = [orelse]
-        return ast.If(span=self._span(meta), cond=cond, then=then, orelse=orelse or [])
+        return ast.If(span=span, cond=cond, then=then, orelse=orelse or [])
 
-    @v_args(meta=True)
-    def repeat_stmt(self, meta: Meta, children: list) -> ast.Loop:
+    @_spanned
+    def repeat_stmt(self, span: ast.Span, children: list) -> ast.Loop:
         count, carried, body, until = children
         return ast.Loop(
-            span=self._span(meta),
-            max_iters=self._int(count),
-            carried=carried or [],
-            body=body,
-            until=until,
+            span=span, max_iters=self._int(count), carried=carried or [], body=body, until=until
         )
 
-    @v_args(meta=True)
-    def for_stmt(self, meta: Meta, children: list) -> ast.Loop:
+    @_spanned
+    def for_stmt(self, span: ast.Span, children: list) -> ast.Loop:
         var, iterable, carried, body, until = children
         return ast.Loop(
-            span=self._span(meta),
+            span=span,
             var=self._ident(var),
             iterable=iterable,
             carried=carried or [],
@@ -479,68 +699,61 @@ class _Builder(Transformer_NonRecursive):
     def carry(self, children: list) -> list[ast.Binding]:
         return children
 
-    @v_args(meta=True)
-    def binding(self, meta: Meta, children: list) -> ast.Binding:
-        return ast.Binding(span=self._span(meta), name=self._ident(children[0]), value=children[1])
+    @_spanned
+    def binding(self, span: ast.Span, children: list) -> ast.Binding:
+        return ast.Binding(span=span, name=self._ident(children[0]), value=children[1])
 
     def until(self, children: list) -> ast.Expr:
         return children[0]
 
     # expressions
-    @v_args(meta=True)
-    def map_expr(self, meta: Meta, children: list) -> ast.MapExpr:
+    @_spanned
+    def map_expr(self, span: ast.Span, children: list) -> ast.MapExpr:
         var, iterable, body = children
-        return ast.MapExpr(
-            span=self._span(meta), var=self._ident(var), iterable=iterable, body=body
-        )
+        return ast.MapExpr(span=span, var=self._ident(var), iterable=iterable, body=body)
 
-    @v_args(meta=True)
-    def comprehension(self, meta: Meta, children: list) -> ast.MapExpr:
+    @_spanned
+    def comprehension(self, span: ast.Span, children: list) -> ast.MapExpr:
         body, var, iterable, where = children
         return ast.MapExpr(
-            span=self._span(meta), var=self._ident(var), iterable=iterable, body=body, where=where
+            span=span, var=self._ident(var), iterable=iterable, body=body, where=where
         )
 
-    def _binary(self, meta: Meta, op: str, left: ast.Expr, right: ast.Expr) -> ast.BinOp:
-        return ast.BinOp(span=self._span(meta), op=op, left=left, right=right)
+    @_spanned
+    def or_op(self, span: ast.Span, children: list) -> ast.BinOp:
+        return ast.BinOp(span=span, op="or", left=children[0], right=children[1])
 
-    @v_args(meta=True)
-    def or_op(self, meta: Meta, children: list) -> ast.BinOp:
-        return self._binary(meta, "or", children[0], children[1])
+    @_spanned
+    def and_op(self, span: ast.Span, children: list) -> ast.BinOp:
+        return ast.BinOp(span=span, op="and", left=children[0], right=children[1])
 
-    @v_args(meta=True)
-    def and_op(self, meta: Meta, children: list) -> ast.BinOp:
-        return self._binary(meta, "and", children[0], children[1])
+    @_spanned
+    def not_op(self, span: ast.Span, children: list) -> ast.UnaryOp:
+        return ast.UnaryOp(span=span, op="not", operand=children[0])
 
-    @v_args(meta=True)
-    def not_op(self, meta: Meta, children: list) -> ast.UnaryOp:
-        return ast.UnaryOp(span=self._span(meta), op="not", operand=children[0])
+    @_spanned
+    def neg(self, span: ast.Span, children: list) -> ast.UnaryOp:
+        return ast.UnaryOp(span=span, op="-", operand=children[1])
 
-    @v_args(meta=True)
-    def neg(self, meta: Meta, children: list) -> ast.UnaryOp:
-        return ast.UnaryOp(span=self._span(meta), op="-", operand=children[1])
-
-    @v_args(meta=True)
-    def compare(self, meta: Meta, children: list) -> ast.BinOp:
-        return self._binary(meta, str(children[1]), children[0], children[2])
+    @_spanned
+    def compare(self, span: ast.Span, children: list) -> ast.BinOp:
+        return ast.BinOp(span=span, op=children[1][0], left=children[0], right=children[2])
 
     binop = compare
 
-    @v_args(meta=True)
-    def attr(self, meta: Meta, children: list) -> ast.Attr:
-        return ast.Attr(span=self._span(meta), value=children[0], attr=self._ident(children[1]))
+    @_spanned
+    def attr(self, span: ast.Span, children: list) -> ast.Attr:
+        return ast.Attr(span=span, value=children[0], attr=self._ident(children[1]))
 
-    @v_args(meta=True)
-    def index(self, meta: Meta, children: list) -> ast.Index:
-        return ast.Index(span=self._span(meta), value=children[0], index=children[1])
+    @_spanned
+    def index(self, span: ast.Span, children: list) -> ast.Index:
+        return ast.Index(span=span, value=children[0], index=children[1])
 
-    @v_args(meta=True)
-    def call(self, meta: Meta, children: list) -> ast.Call:
+    @_spanned
+    def call(self, span: ast.Span, children: list) -> ast.Call:
         func, args = children
         positional, keywords = args or ([], [])
-        return ast.Call(
-            span=self._span(meta), func=self._ident(func), args=positional, kwargs=keywords
-        )
+        return ast.Call(span=span, func=self._ident(func), args=positional, kwargs=keywords)
 
     def args(self, children: list) -> tuple[list[ast.Expr], list[ast.Keyword]]:
         positional = [c for c in children if c is not None and not isinstance(c, ast.Keyword)]
@@ -560,97 +773,82 @@ class _Builder(Transformer_NonRecursive):
                 break
         return positional, keywords
 
-    @v_args(meta=True)
-    def kwarg(self, meta: Meta, children: list) -> ast.Keyword:
-        return ast.Keyword(span=self._span(meta), name=self._ident(children[0]), value=children[1])
+    @_spanned
+    def kwarg(self, span: ast.Span, children: list) -> ast.Keyword:
+        return ast.Keyword(span=span, name=self._ident(children[0]), value=children[1])
 
     option = kwarg
+    pair = kwarg
 
-    @v_args(meta=True)
-    def pair(self, meta: Meta, children: list) -> ast.Keyword:
-        return ast.Keyword(span=self._span(meta), name=self._ident(children[0]), value=children[1])
-
-    @v_args(meta=True)
-    def dict(self, meta: Meta, children: list) -> ast.DictExpr:
+    @_spanned
+    def dict(self, span: ast.Span, children: list) -> ast.DictExpr:
         pairs = [c for c in children if c is not None]
         return ast.DictExpr(
-            span=self._span(meta), keys=[p.name for p in pairs], values=[p.value for p in pairs]
+            span=span, keys=[p.name for p in pairs], values=[p.value for p in pairs]
         )
 
-    @v_args(meta=True)
-    def list(self, meta: Meta, children: list) -> ast.ListExpr:
-        return ast.ListExpr(span=self._span(meta), items=[c for c in children if c is not None])
+    @_spanned
+    def list(self, span: ast.Span, children: list) -> ast.ListExpr:
+        return ast.ListExpr(span=span, items=[c for c in children if c is not None])
 
     def name(self, children: list) -> ast.Name:
         token = children[0]
-        return ast.Name(span=self._span(token), id=str(token))
+        return ast.Name(span=self._token_span(token), id=token[0])
 
-    def _const(self, token: Token, value: str | bool | int | float) -> ast.Const:
-        return ast.Const(span=self._span(token), value=value)
+    def _const(self, token: _Tok, value: str | bool | int | float) -> ast.Const:
+        return ast.Const(span=self._token_span(token), value=value)
 
     def string(self, children: list) -> ast.Const:
         return self._const(children[0], self._unquote(children[0]))
 
     def triple(self, children: list) -> ast.Const:
-        text = str(children[0])[3:-3]
+        text = children[0][0][3:-3]
         return self._const(children[0], text[1:] if text.startswith("\n") else text)
 
     def int(self, children: list) -> ast.Const:
         return self._const(children[0], self._int(children[0]))
 
     def float(self, children: list) -> ast.Const:
-        value = float(children[0])
+        value = float(children[0][0])
         if not math.isfinite(value):
             self._literal_error(children[0], "this number is too large: it overflows a float")
             value = 0.0
         return self._const(children[0], value)
 
-    def _int(self, token: Token) -> int:
+    def _int(self, token: _Tok) -> int:
         """An integer literal's value; one too long to convert is an error (and 0)."""
-        if len(token) > MAX_INT_DIGITS:
+        digits = token[0]
+        if len(digits) > MAX_INT_DIGITS:
             self._literal_error(
-                token, f"this integer has {len(token):,} digits; at most {MAX_INT_DIGITS:,}"
+                token, f"this integer has {len(digits):,} digits; at most {MAX_INT_DIGITS:,}"
             )
             return 0
-        return int(token)
+        return int(digits)
 
-    def _literal_error(self, token: Token, message: str) -> None:
-        self.diagnostics.append(Diagnostic(kind="limit", message=message, span=self._span(token)))
+    def _literal_error(self, token: _Tok, message: str) -> None:
+        self.diagnostics.append(
+            Diagnostic(kind="limit", message=message, span=self._token_span(token))
+        )
 
-    @v_args(meta=True)
-    def true(self, meta: Meta, children: list) -> ast.Const:
-        return ast.Const(span=self._span(meta), value=True)
+    @_spanned
+    def true(self, span: ast.Span, children: list) -> ast.Const:
+        return ast.Const(span=span, value=True)
 
-    @v_args(meta=True)
-    def false(self, meta: Meta, children: list) -> ast.Const:
-        return ast.Const(span=self._span(meta), value=False)
+    @_spanned
+    def false(self, span: ast.Span, children: list) -> ast.Const:
+        return ast.Const(span=span, value=False)
 
     # templates
-    def _template(self, token: Token) -> ast.Template:
-        line, col = self._pos(token.line, token.column)  # type: ignore[arg-type]
-        template, diags = parse_template(str(token), line, col, self.file)
+    def _template(self, token: _Tok) -> ast.Template:
+        line, col = self._pos(token[1], token[2])
+        template, diags = parse_template(token[0], line, col, self.file)
         self.diagnostics.extend(diags)
         return template
 
-    def placeholder(self, children: list) -> tuple[list[Token], list[ast.Keyword]]:
-        names = [c for c in children if isinstance(c, Token)]
+    def placeholder(self, children: list) -> tuple[list[_Tok], list[ast.Keyword]]:
+        names = [c for c in children if isinstance(c, _Tok)]
         options = [c for c in children if isinstance(c, ast.Keyword)]
         return names, options
-
-
-@cache
-def _rules() -> dict[str, tuple[Callable[..., Any], bool]]:
-    """The builder's rule methods by rule name, each with whether it takes `meta`."""
-    rules: dict[str, tuple[Callable[..., Any], bool]] = {}
-    for name in dir(_Builder):
-        attr = inspect.getattr_static(_Builder, name)
-        if name.startswith("_"):
-            continue
-        if getattr(attr, "visit_wrapper", None) is not None:  # @v_args(meta=True)
-            rules[name] = (attr.base_func, True)
-        elif inspect.isfunction(attr):
-            rules[name] = (attr, False)
-    return rules
 
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -668,14 +866,6 @@ def _keywords() -> frozenset[str]:
     )
 
 
-@lru_cache(maxsize=4096)
-def _placeholder_tree(inner: str) -> Tree:
-    """The parse tree of a placeholder's text (positions relative to it). Cached: the
-    same options recur across a program (`{{out | max_tokens=100}}`), and the builder
-    never changes a tree."""
-    return _parser().parse(inner, start="placeholder")
-
-
 def _plain_path(inner: str) -> list[tuple[int, str]] | None:
     """The names of a placeholder that is only a dotted path, with their offsets."""
     if not _PLAIN_PATH.fullmatch(inner):
@@ -684,9 +874,9 @@ def _plain_path(inner: str) -> list[tuple[int, str]] | None:
     return None if any(name in _keywords() for _, name in names) else names
 
 
-def _name_token(at: int, name: str) -> Token:
+def _name_token(at: int, name: str) -> _Tok:
     """A NAME token at offset `at` of a one-line placeholder, as lark would make it."""
-    return Token("NAME", name, line=1, column=at + 1, end_line=1, end_column=at + 1 + len(name))
+    return _Tok((name, 1, at + 1, 1, at + 1 + len(name), "NAME"))
 
 
 def parse_template(
@@ -735,7 +925,7 @@ def parse_template(
                 names = [_name_token(at, name) for at, name in path]
                 options = []
             else:
-                names, options = builder.transform(_placeholder_tree(inner))
+                names, options = _parse(inner, "placeholder", builder)
         except UnexpectedInput as err:
             diag = _shifted(_syntax_error(err, file, inner), l1, c1)
             if diag.message == "unexpected end of file":
@@ -749,10 +939,7 @@ def parse_template(
             diag.hint = 'write {{name}} or {{name | max_tokens=60, stop="\\n"}}'
             diags.append(diag)
             # Keep the name so that later stages do not report it as missing too.
-            names = [
-                Token("NAME", m, line=1, column=1, end_line=1, end_column=1 + len(m))
-                for m in re.findall(r"^\s*([A-Za-z_]\w*)", inner)
-            ]
+            names = [_name_token(0, m) for m in re.findall(r"^\s*([A-Za-z_]\w*)", inner)]
             options = []
         parts.append(
             ast.Placeholder(
