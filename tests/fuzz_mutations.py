@@ -822,19 +822,25 @@ class Case:
 
 
 def case(seed: int, index: int) -> Case:
+    """Every shape and every mutation comes up in turn (by `index`), so a few hundred
+    cases cover them all; the rest (sizes, extra mutations, where) is drawn at random."""
     rng = random.Random(f"llmflow-fuzz:{seed}:{index}")
-    if rng.random() < 0.35:
-        shape = rng.choice(sorted(SHAPES))
-        largest = SHAPES[shape][2]
-        size = rng.choices((10, 200, 1_000, largest), weights=(30, 30, 25, 15))[0]
+    turn = index + seed
+    if turn % 3 == 0:
+        shape = sorted(SHAPES)[(turn // 3) % len(SHAPES)]
+        size = rng.choices((10, 200, 1_000, SHAPES[shape][2]), weights=(30, 30, 25, 15))[0]
         base = f"{shape}:{size}"
-        count = rng.choice((0, 0, 1, 2))
+        names = [rng.choice(sorted(MUTATIONS)) for _ in range(rng.choice((0, 0, 1, 2)))]
     else:
-        base = rng.choice(sorted(corpus()))
-        count = rng.choice((1, 1, 2, 3))
-    names = [rng.choice(sorted(MUTATIONS)) for _ in range(count)]
-    if rng.random() < 0.25:
-        names.append(rng.choice(sorted(BYTE_MUTATIONS)))
+        first = sorted(MUTATIONS)[(turn * 2 // 3) % len(MUTATIONS)]
+        if first in PRESERVING or first == "odd_base_url":  # an example, so exit 0 or 1 tells
+            base, names = rng.choice(sorted(valid_examples())), [first]
+        else:
+            base = rng.choice(sorted(corpus()))
+            extra = rng.choice((0, 1, 2))
+            names = [first] + [rng.choice(sorted(MUTATIONS)) for _ in range(extra)]
+    if turn % 4 == 0:
+        names.append(sorted(BYTE_MUTATIONS)[(turn // 4) % len(BYTE_MUTATIONS)])
     return Case(seed, index, base, tuple(names))
 
 

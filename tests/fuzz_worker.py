@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-MEMORY_LIMIT = 3 * 1024**3
+MEMORY_LIMIT = 6 * 1024**3
 BLOCKED_MODULES = ("antigravity", "this", "webbrowser")
 """Modules with side effects on import: a mutated `extern` must not reach them."""
 
