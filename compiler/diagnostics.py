@@ -155,7 +155,8 @@ class _Renderer:
         for key in self.keys:
             if key in text:
                 text = text.replace(key, "*" * len(key))
-        return shorten(_UNPRINTABLE.sub("\ufffd", redact(text)), MAX_SHOWN_TEXT)
+        text = _UNPRINTABLE.sub("\ufffd", redact(text)).replace("\n", "\\n")  # one line each
+        return shorten(text, MAX_SHOWN_TEXT)
 
     def line(self, file: str, number: int) -> str | None:
         """Line `number` of a source (lines end at "\\n" only, as the parser counts them)."""

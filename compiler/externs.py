@@ -7,6 +7,7 @@ that another program loaded from its own folder is not reused.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from collections.abc import Callable, Iterator
@@ -37,8 +38,9 @@ def _path_first(folder: Path) -> Iterator[None]:
 def _local_file(module_name: str, base_dir: Path) -> Path | None:
     stem = base_dir.joinpath(*module_name.split("."))
     for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
-        if candidate.is_file():
-            return candidate.resolve()
+        with contextlib.suppress(OSError):  # a name too long for the file system, say
+            if candidate.is_file():
+                return candidate.resolve()
     return None
 
 

@@ -179,10 +179,14 @@ def _resolve(
             hint='import a program file of yours: import "lib/util.llmflow"',
         )
     real = importer_real.parent / decl.path
-    if not real.exists():
+    try:
+        found = real.exists()
+    except OSError as err:  # a name too long for the file system, say
+        return _cannot_import(decl, err.strerror or str(err))
+    if not found:
         return Diagnostic(
             kind="import",
-            message=f"cannot find '{decl.path}'",
+            message=f"cannot find {quote(decl.path)}",
             span=decl.span,
             hint=f"paths are relative to the importing file; looked for {real}",
         )

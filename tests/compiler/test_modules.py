@@ -230,3 +230,29 @@ def test_a_good_import_still_loads_once(write: Callable[[str, str], Path]) -> No
     assert sorted(program.modules) == sorted(
         [str(main), os.path.join(str(main.parent), "lib/a.llmflow")]
     )
+
+
+def test_a_path_too_long_for_the_file_system_is_an_error_at_the_import_or_extern(
+    write: Callable[[str, str], Path],
+) -> None:
+    long = "x" * 5000
+    main = write(
+        "main.llmflow",
+        f'import "{long}.llmflow"\nextern fn f(text: str) -> int = "{"a" * 300}:f"\n' + PROGRAM,
+    )
+    text = rendered(main)
+    assert "main.llmflow:1:1: error: cannot import 'xxxxxxxx" in text
+    assert "File name too long" in text and "main.llmflow:2:33: error: cannot import" in text
+    assert "internal error" not in text and max(map(len, text.split("\n"))) < 1000
+
+
+def test_a_newline_in_an_import_path_stays_on_the_message_line(
+    write: Callable[[str, str], Path],
+) -> None:
+    main = write("main.llmflow", 'import "a\\nb.llmflow"\n' + PROGRAM)
+    lines = rendered(main).rstrip("\n").split("\n")
+    assert lines[0] == f"{main}:1:1: error: cannot find 'a'…"
+    assert all(line.startswith((str(main), " ", "1 |")) for line in lines)
+    assert lines[-1].endswith(
+        "looked for " + str(main.parent / "a\\nb.llmflow").replace("\n", "\\n")
+    )
