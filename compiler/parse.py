@@ -851,7 +851,19 @@ class _Builder:
         return names, options
 
 
-_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+def _placeholders(body: str) -> Iterator[tuple[int, int]]:
+    r"""Where each `{{…}}` starts and ends: from a `{{` to the first `}}` after it, as
+    `\{\{(.*?)\}\}` would match, but with `str.find`, so a run of `{{` that no `}}` closes
+    costs linear time, not quadratic."""
+    cursor = 0
+    while (start := body.find("{{", cursor)) >= 0:
+        end = body.find("}}", start + 2)
+        if end < 0:
+            return
+        yield start, end + 2
+        cursor = end + 2
+
+
 _PLAIN_PATH = re.compile(r"[ \t]*[A-Za-z_]\w*(?:[ \t]*\.[ \t]*[A-Za-z_]\w*)*[ \t]*")
 _WORD = re.compile(r"[A-Za-z_]\w*")
 
@@ -908,15 +920,11 @@ def parse_template(
     parts: list[ast.TemplateText | ast.Placeholder] = []
     diags: list[Diagnostic] = []
     cursor = 0
-    for match in _PLACEHOLDER.finditer(body):
-        if match.start() > cursor:
-            parts.append(
-                ast.TemplateText(
-                    span=span(cursor, match.start()), text=body[cursor : match.start()]
-                )
-            )
-        inner_start = match.start(1)
-        inner = match.group(1)
+    for start, end in _placeholders(body):
+        if start > cursor:
+            parts.append(ast.TemplateText(span=span(cursor, start), text=body[cursor:start]))
+        inner_start, inner_end = start + 2, end - 2
+        inner = body[inner_start:inner_end]
         l1, c1 = position(inner_start)
         builder = _Builder(file, line=l1, col=c1)
         path = _plain_path(inner)
@@ -930,7 +938,7 @@ def parse_template(
             diag = _shifted(_syntax_error(err, file, inner), l1, c1)
             if diag.message == "unexpected end of file":
                 # The placeholder ended early: point at its closing braces.
-                end_line, end_col = position(match.end(1))
+                end_line, end_col = position(inner_end)
                 diag.message = "unexpected '}}'"
                 diag.span = ast.Span(
                     file=file, line=end_line, col=end_col, end_line=end_line, end_col=end_col + 2
@@ -943,12 +951,12 @@ def parse_template(
             options = []
         parts.append(
             ast.Placeholder(
-                span=span(inner_start, match.end(1)),
+                span=span(inner_start, inner_end),
                 path=[builder._ident(n) for n in names],
                 options=options,
             )
         )
-        cursor = match.end()
+        cursor = end
     if cursor < len(body):
         parts.append(ast.TemplateText(span=span(cursor, len(body)), text=body[cursor:]))
     return ast.Template(span=span(0, len(body)), parts=parts), diags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 
 import pytest
 
@@ -885,3 +886,13 @@ def test_only_newlines_end_lines(odd: str) -> None:
     source = f"# a comment {odd * 50}\nenum A {{ x }}\n\nenum B {{ y z }}\n"
     _, diags = parse_module(source, "prog.llmflow")
     assert [(d.span.line, d.span.col) for d in diags if d.span] == [(4, 12)]
+
+
+def test_a_run_of_unclosed_braces_is_split_in_linear_time() -> None:
+    """`{{` that no `}}` closes is text; 50,000 of them once took a minute."""
+    body = "{{x}} " + "{{" * 50_000 + " tail"
+    start = time.process_time()
+    template, diags = parse_template(f'"""{body}"""', 1, 1, "prog.llmflow")
+    assert time.process_time() - start < 5
+    assert diags == [] and len(template.parts) == 2
+    assert template.parts[1].text == body[5:]
