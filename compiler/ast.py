@@ -253,3 +253,40 @@ def _rebuild() -> None:
 
 
 _rebuild()
+
+
+def operands(e: Expr) -> list[Expr]:
+    """An expression's sub-expressions in the order they are evaluated (and checked)."""
+    match e:
+        case ListExpr(items=items):
+            return items
+        case Attr(value=value) | UnaryOp(operand=value):
+            return [value]
+        case Index(value=value, index=index):
+            return [value, index]
+        case Call(args=args, kwargs=kwargs):
+            return [*args, *(kw.value for kw in kwargs)]
+        case BinOp(left=left, right=right):
+            return [left, right]
+        case MapExpr(iterable=iterable, where=where, body=body):
+            return [iterable, body] if where is None else [iterable, where, body]
+    return []  # names, constants, and {key: value} (an error in a flow: not checked)
+
+
+def free_names(expr: Expr) -> list[Name]:
+    """The names an expression reads, in evaluation order, but those bound by a `map`
+    inside it. Walks with its own stack: an expression may be a 10,000-term chain."""
+    out: list[Name] = []
+    stack: list[tuple[Expr, frozenset[str]]] = [(expr, frozenset())]
+    while stack:
+        e, bound = stack.pop()
+        if isinstance(e, Name):
+            if e.id not in bound:
+                out.append(e)
+            continue
+        inner = bound | {e.var.name} if isinstance(e, MapExpr) else bound
+        stack.extend(
+            (child, inner if isinstance(e, MapExpr) and child is not e.iterable else bound)
+            for child in reversed(operands(e))
+        )
+    return out

@@ -1005,23 +1005,8 @@ class Checker:
         self._visible.setdefault(name, []).append(d)
 
     def _reads(self, expr: ast.Expr, scope: _Scope) -> list[_Def]:
-        """The definitions `self.expr(expr, scope)` forces, in order: its names that are
-        not bound by a `map` inside it. Walks with its own stack."""
-        out: list[_Def] = []
-        stack: list[tuple[ast.Expr, frozenset[str]]] = [(expr, frozenset())]
-        while stack:
-            e, bound = stack.pop()
-            if isinstance(e, ast.Name):
-                d = None if e.id in bound else scope.find(e.id)
-                if d is not None:
-                    out.append(d)
-                continue
-            inner = bound | {e.var.name} if isinstance(e, ast.MapExpr) else bound
-            stack.extend(
-                (child, inner if isinstance(e, ast.MapExpr) and child is not e.iterable else bound)
-                for child in reversed(operands(e))
-            )
-        return out
+        """The definitions `self.expr(expr, scope)` forces, in order."""
+        return [d for n in ast.free_names(expr) if (d := scope.find(n.id)) is not None]
 
     def _define(
         self,
@@ -1723,24 +1708,6 @@ class Checker:
                 "iterate with `repeat` or `for` instead of recursion",
             )
         return bool(reported)
-
-
-def operands(e: ast.Expr) -> list[ast.Expr]:
-    """An expression's sub-expressions in the order they are evaluated (and checked)."""
-    match e:
-        case ast.ListExpr(items=items):
-            return items
-        case ast.Attr(value=value) | ast.UnaryOp(operand=value):
-            return [value]
-        case ast.Index(value=value, index=index):
-            return [value, index]
-        case ast.Call(args=args, kwargs=kwargs):
-            return [*args, *(kw.value for kw in kwargs)]
-        case ast.BinOp(left=left, right=right):
-            return [left, right]
-        case ast.MapExpr(iterable=iterable, where=where, body=body):
-            return [iterable, body] if where is None else [iterable, where, body]
-    return []  # names, constants, and {key: value} (an error in a flow: not checked)
 
 
 @gc_paused()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmflow.compiler import ast
-from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym, operands
+from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym
 from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.ir import Graph, InputSpec, IRNode, LLMCall, OutputSpec, Plan, Segment
 from llmflow.compiler.types import ANY, RecordT, Type, unify
@@ -95,10 +95,10 @@ class _Env:
         """The names a thunk's expressions read, each with the scope whose thunk lowers it."""
         out: list[tuple[_Env, str]] = []
         for expr in self.reads.get(name, []):
-            for used in _names(expr):
-                env = self.holder(used)
-                if env is not None and used not in env.memo:
-                    out.append((env, used))
+            for name in ast.free_names(expr):
+                env = self.holder(name.id)
+                if env is not None and name.id not in env.memo:
+                    out.append((env, name.id))
         return out
 
     def capture(self, outer: str) -> str:
@@ -119,24 +119,6 @@ class _Env:
             )
             self._capture_nodes[outer] = node.id
         return self._capture_nodes[outer]
-
-
-def _names(expr: ast.Expr) -> list[str]:
-    """The names an expression reads, in order, but those bound by a `map` inside it."""
-    out: list[str] = []
-    stack: list[tuple[ast.Expr, frozenset[str]]] = [(expr, frozenset())]
-    while stack:
-        e, bound = stack.pop()
-        if isinstance(e, ast.Name):
-            if e.id not in bound:
-                out.append(e.id)
-            continue
-        inner = bound | {e.var.name} if isinstance(e, ast.MapExpr) else bound
-        stack.extend(
-            (child, inner if isinstance(e, ast.MapExpr) and child is not e.iterable else bound)
-            for child in reversed(operands(e))
-        )
-    return out
 
 
 def _chained(stmt: ast.If) -> ast.If | None:
