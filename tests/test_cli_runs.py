@@ -476,7 +476,9 @@ def test_whatever_ends_a_run_its_record_does_not_say_running(tmp_path: Path, rai
 def test_a_terminated_run_is_recorded_as_stopped_and_resumes(
     tmp_path: Path, llmflow_home: Path, signum: int, code: int
 ) -> None:
-    qs = json.dumps([f"q{i}" for i in range(12)])
+    # 24 calls, two at a time, 0.4 s each: the signal lands seconds before the run could
+    # end, even on a loaded machine.
+    qs = json.dumps([f"q{i}" for i in range(24)])
     with start_server(latency=0.4) as slow:
         path = tmp_path / "slow.llmflow"
         path.write_text(PROGRAM.format(url=slow.url).replace("price_in", "concurrency=2, price_in"))
@@ -501,5 +503,5 @@ def test_a_terminated_run_is_recorded_as_stopped_and_resumes(
             [*command, "--resume", run.name], env=env, capture_output=True, text=True, timeout=60
         )
     assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout)["answers"][11] == default_answer("Ask q11:")
+    assert json.loads(second.stdout)["answers"][23] == default_answer("Ask q23:")
     assert json.loads((run / "run.json").read_text())["status"] == "done"
