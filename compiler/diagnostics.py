@@ -52,6 +52,7 @@ quote that is not closed."""
 _WRITTEN_KEY = re.compile(
     rf"""\bapi_key\s*=\s*({_STRING}|[^\s,)}}\]#]+)"""
     rf"""|\b\w*(?:key|secret|token|passw(?:or)?d)\s*[=:]\s*({_STRING})"""
+    r"""|(sk-(?=[a-z0-9_\-]*\d)[a-z0-9_\-]{8,})"""  # with a digit: also inside a word
     r"""|(?<![a-z])(sk-[A-Za-z0-9_\-]{8,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}"""
     r"""|github_pat_\w{20,}|xox[abposr]-[A-Za-z0-9\-]{10,}|AIza[0-9A-Za-z_\-]{30,}"""
     r"""|hf_[A-Za-z0-9]{20,})"""
@@ -60,6 +61,8 @@ _WRITTEN_KEY = re.compile(
 )
 """Keys written in a program: any value of `api_key=`, a string given to a name that says
 key, secret, token or password, a string shaped like a provider's key, a URL's password."""
+_MIN_KEY_PART = 12
+"""A piece of a written key this long (between `-`, `_` or `.`) is masked on its own."""
 _MIN_REPEATED_KEY = 6
 """A written key this long is masked wherever else it appears too (shorter ones only where
 they are written: masking every `abc` would garble the output)."""
@@ -112,7 +115,7 @@ class _Renderer:
             value
             for text in sources.values()
             for match in _WRITTEN_KEY.finditer(text)
-            for value in [_key_text(match)]
+            for value in _key_parts(_key_text(match))
             if len(value) >= _MIN_REPEATED_KEY
         }
         self.keys = sorted(written, key=len, reverse=True)
@@ -203,6 +206,12 @@ def _window(masked: str, redacted: str, col: int, end: int) -> tuple[str, int, i
     if stop < len(redacted):
         shown += "…"
     return shown, col - start, end - start
+
+
+def _key_parts(key: str) -> list[str]:
+    """A written key and its long pieces: a mistyped program can show a piece alone
+    (`{{sk-proj-…}}` reads as names, so `unknown variable 'KDck6…'` quotes one)."""
+    return [key, *(part for part in re.split(r"[-_.]", key) if len(part) >= _MIN_KEY_PART)]
 
 
 def _key_text(match: re.Match[str]) -> str:

@@ -35,9 +35,10 @@ MIN_SCANNED = 8
 """Secret-named variables llmflow does not use are masked from this length on."""
 
 _SECRET_NAME = re.compile(r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.IGNORECASE)
-_KEY_LIKE = r"(?<![A-Za-z])sk-[A-Za-z0-9_\-*]{8,}"
-"""The shape of OpenAI keys (also the partially masked `sk-abc***xyz` its errors echo),
-after anything but a letter (`8sk-…` where a digit was typed against it, not `task-…`)."""
+_KEY_LIKE = r"(?<![A-Za-z])sk-[A-Za-z0-9_\-*]{8,}|sk-(?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{8,}"
+"""The shape of OpenAI keys (also the partially masked `sk-abc***xyz` its errors echo):
+after anything but a letter, or inside a word when it holds a digit (`gsk-…`, a key typed
+against a word; not `task-checklist`)."""
 
 _known: set[str] = set()
 """Every registered value, in each of its forms."""

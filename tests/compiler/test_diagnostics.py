@@ -215,3 +215,19 @@ def test_many_errors_on_one_huge_line_render_in_linear_time() -> None:
     text = render_all(diags, {FILE: line})
     assert time.monotonic() - started < 20
     assert len(text) < 100 * 500
+
+
+def test_a_piece_of_a_written_key_quoted_alone_is_masked_too(
+    write: Callable[[str, str], Path],
+) -> None:
+    """`{{sk-proj-…}}` reads as names: the error quotes the key's long piece alone."""
+    piece = "KDck6ETEQTyeM2788pFimIYidre6HLWf7FVmsMSi"
+    path = write(FILE, f'fn f(a: str) -> b: str\n"""{{{{sk-proj-{piece}}}}} {{{{b}}}}"""\n')
+    with pytest.raises(CompileError) as info:
+        check_file(path)
+    text = info.value.render()
+    assert "unknown variable" in text and piece[:12] not in text
+
+
+def test_a_key_typed_against_a_word_is_masked() -> None:
+    assert secrets.redact("{{gsk-6CZI8crf97UKxJEpOpRBb81m0FYgreeting}}") == "{{g[redacted]}}"
