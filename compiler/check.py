@@ -279,17 +279,19 @@ class Checker:
         for name, module in self.program.modules.items():
             self.module = name
             for decl in module.decls:
-                if isinstance(decl, ast.EnumDecl | ast.RecordDecl):
+                if isinstance(decl, ast.EnumDecl | ast.RecordDecl) and self._declared_by(decl):
                     self._type_of_decl(decl.name.name, decl.name.span)
         for name, module in self.program.modules.items():
             self.module = name
             for decl in module.decls:
-                if isinstance(decl, ast.ModelDecl):
+                if isinstance(decl, ast.ModelDecl) and self._declared_by(decl):
                     self._check_model(decl)
         self._collect_models()
         for name, module in self.program.modules.items():
             self.module = name
             for decl in module.decls:
+                if not self._declared_by(decl):
+                    continue  # a second declaration of a name: reported, not checked
                 if isinstance(decl, ast.FnDecl):
                     self._check_fn(decl)
                 elif isinstance(decl, ast.ExternDecl):
@@ -354,6 +356,14 @@ class Checker:
 
     def _lookup(self, name: str) -> Symbol | None:
         return self.checked.symbols[self.module].get(name)
+
+    def _declared_by(self, decl: ast.Decl) -> bool:
+        """Whether `decl` is what its name means in its module (not a duplicate)."""
+        name = getattr(decl, "name", None)
+        if not isinstance(name, ast.Ident):
+            return True
+        sym = self._lookup(name.name)
+        return sym is None or sym.decl is decl
 
     # -- types
 

@@ -233,7 +233,8 @@ def test_a_case_builds_the_same_files_every_time() -> None:
 def test_the_oracle_flags_each_kind_of_failure(tmp_path: Path) -> None:
     """`problems` is what makes the fuzz test fail: each failure class it must catch."""
     program = tmp_path / "main.llmflow"
-    build = fm.Build("flow main() -> out: str {\n}\n", ["base test"], secrets=["sk-" + "A1b2" * 10])
+    key = "sk-" + "A1b2" * 10
+    build = fm.Build(f"flow main() -> out: str {{\n}}\n# {key}\n", ["base test"], secrets=[key])
 
     def flagged(stderr: str, code: int = 1, stdout: str = "", **extra: Any) -> str:
         answer = {"code": code, "stdout": stdout, "stderr": stderr, "raised": None, **extra}
@@ -245,7 +246,7 @@ def test_the_oracle_flags_each_kind_of_failure(tmp_path: Path) -> None:
     assert "internal error" in flagged("internal error: RecursionError: x\n(run with --debug)\n")
     assert "traceback" in flagged(good + "Traceback (most recent call last):\n  File x\n")
     assert "unpositioned" in flagged("error: no flow 'main' in x\n1 error\n")
-    assert "line 9 of a 3-line file" in flagged(good.replace(":2:1:", ":9:1:"))
+    assert "line 9 of a 4-line file" in flagged(good.replace(":2:1:", ":9:1:"))
     assert "characters" in flagged(good.replace("2 | }", "2 | " + "x" * 5_000))
     assert "key-like" in flagged(good.replace("2 | }", "2 | x = sk-" + "A1b2" * 10))
     assert "environment" in flagged(good + f"{program}:1:1: error: {fm.ENV_SECRET}\n")

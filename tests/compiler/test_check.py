@@ -862,3 +862,24 @@ def test_the_seed_option_reaches_the_output_spec(tmp_path: Path) -> None:
     )
     (call,) = [node.call for node in llmflow.compile(program, optimize=False).calls()]
     assert call is not None and [o.seed for o in call.outputs] == [7, None]
+
+
+DECLS = {
+    "fn": 'fn b(x: str) -> y: str\n"""{{x}} {{y}}"""\n',
+    "model": 'model b = openai_compatible("m", base_url="http://x")\n',
+    "enum": "enum b { q }\n",
+    "record": "record b { z: int }\n",
+    "extern": 'extern fn b(x: str) -> str = "os:getcwd"\n',
+    "flow": "flow b(x: str) -> y: str {\n    y = x\n}\n",
+}
+
+
+@pytest.mark.parametrize("first", list(DECLS))
+@pytest.mark.parametrize("second", list(DECLS))
+def test_a_name_declared_twice_is_one_error_whatever_the_kinds(
+    first: str, second: str, diagnostics: Diags
+) -> None:
+    source = DECLS[first] + DECLS[second] + "flow main(x: str) -> y: str {\n    y = x\n}\n"
+    found = summary(diagnostics(source))
+    twice = [(kind, line) for kind, message, line, _ in found if "declared twice" in message]
+    assert twice == [("declaration", DECLS[first].count("\n") + 1)]
