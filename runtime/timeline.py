@@ -24,7 +24,6 @@ graph says `layout=neato`, so its DOT text renders as is with `dot` or `neato`.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,24 +61,6 @@ MIN_BAR = 4.0
 
 class TraceError(LLMFlowError, ValueError):
     """A trace cannot be read or has nothing to draw."""
-
-
-def read_trace(path: Path | str) -> list[dict[str, Any]]:
-    """The records of a JSONL trace, one per call; blank lines are skipped."""
-    path = Path(path)
-    records = []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TraceError(f"{path}:{number}: not a JSON line: {err.msg}") from err
-            if not isinstance(record, dict):
-                raise TraceError(f"{path}:{number}: expected a JSON object, one call per line")
-            records.append(record)
-    return records
 
 
 def render_timeline(

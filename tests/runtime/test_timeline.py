@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import xml.etree.ElementTree as ET
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from llmflow.compiler.picture import CRITICAL, PALETTE, DrawError
-from llmflow.runtime.timeline import TraceError, draw_timeline, read_trace, render_timeline
+from llmflow.runtime.timeline import TraceError, draw_timeline, render_timeline
 
 needs_neato = pytest.mark.graphviz("neato")
 T0 = 1764159000.0
@@ -184,32 +183,9 @@ def test_five_hundred_calls_stay_readable() -> None:
     assert not any("…" in a.get("label", "") for a in b)  # no clipped names when crowded
 
 
-# ---- reading traces -----------------------------------------------------------------------
-
-
-def test_read_trace_skips_blank_lines(tmp_path: Path) -> None:
-    path = tmp_path / "trace.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in trace()[:2]) + "\n\n  \n", encoding="utf-8")
-    assert read_trace(path) == trace()[:2]
-
-
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [('{"start": 1,', r"trace\.jsonl:2: not a JSON line"), ("[1, 2]", r":2: expected a JSON")],
-)
-def test_a_malformed_line_is_named(tmp_path: Path, line: str, message: str) -> None:
-    path = tmp_path / "trace.jsonl"
-    path.write_text(json.dumps(trace()[0]) + "\n" + line + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=message):
-        read_trace(path)
-
-
 def test_an_empty_trace_has_nothing_to_draw(tmp_path: Path) -> None:
-    path = tmp_path / "trace.jsonl"
-    path.write_text("\n", encoding="utf-8")
-    assert read_trace(path) == []
     with pytest.raises(TraceError, match="nothing to draw: the trace has no calls"):
-        render_timeline(read_trace(path), tmp_path / "t.svg")
+        render_timeline([], tmp_path / "t.svg")
     assert not (tmp_path / "t.svg").exists()
 
 
