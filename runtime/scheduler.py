@@ -25,7 +25,7 @@ from llmflow.runtime.budget import BudgetExceeded
 from llmflow.runtime.calls import CallFailed, CallStats, Place, RunSeed, run_call
 from llmflow.runtime.retry import RetriesExhausted
 from llmflow.runtime.values import InvalidValue, validate
-from llmflow.stdlib.builtins import BuiltinError, evaluate
+from llmflow.stdlib.builtins import BuiltinError, LimitError, check_size, evaluate
 
 Event = Callable[[str, IRNode, dict[str, Any]], None]
 """Progress callback: ("start" | "done" | "failed" | "fallback" | "expand", node, details).
@@ -271,7 +271,12 @@ class Scheduler:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return [value for keep, value in results if keep]  # type: ignore[misc]
+        values = [value for keep, value in results if keep]  # type: ignore[misc]
+        try:  # a million copies of one long text are small in memory, not as text or JSON
+            check_size("the list this map makes", values)
+        except LimitError as err:
+            raise NodeFailed(node, str(err)) from None
+        return values
 
     async def _loop(self, frame: _Frame, node: IRNode, args: list[Any]) -> dict[str, Any]:
         body = node.bodies["body"]

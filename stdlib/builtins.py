@@ -132,7 +132,8 @@ def _scalar_size(value: Any) -> int:
     return len(value) if isinstance(value, str) else 1
 
 
-def _check_size(what: str, value: Any) -> None:
+def check_size(what: str, value: Any) -> None:
+    """LimitError if `value` is larger (written out) or deeper than the limits allow."""
     size, depth = measure(value)
     if size > MAX_SIZE:
         raise LimitError(f"{what} would be larger than {MAX_SIZE:,} characters and items")
@@ -293,7 +294,7 @@ def _format(template: str, **values: Any) -> str:
                     'format("Hi {who}", who=name)'
                 )
             if name not in texts:
-                _check_size(f"the value of '{name}' as text", values[name])
+                check_size(f"the value of '{name}' as text", values[name])
                 texts[name] = to_text(values[name])
             width = _WIDTH.match(spec or "")
             digits = width.group(1) if width else ""
@@ -309,7 +310,7 @@ def _format(template: str, **values: Any) -> str:
 
 
 def _join(items: list[Any], sep: str = "\n") -> str:
-    _check_size("join()'s list as text", items)
+    check_size("join()'s list as text", items)
     if len(sep) * max(0, len(items) - 1) > MAX_SIZE:
         raise _limit("join()", len(sep) * (len(items) - 1), MAX_SIZE, "characters")
     return sep.join(to_text(i) for i in items)
@@ -336,7 +337,7 @@ def _range(n: int) -> list[int]:
 
 
 def _str(value: Any) -> str:
-    _check_size("str()", value)
+    check_size("str()", value)
     return to_text(value)
 
 
@@ -498,10 +499,10 @@ def evaluate(op: str, value: Any, args: list[Any]) -> Any:
         return args[0][value]
     if op == "record":
         record = dict(zip(value, args, strict=True))
-        _check_size("this record", record)
+        check_size("this record", record)
         return record
     if op == "list":
-        _check_size("this list", args)
+        check_size("this list", args)
         return args
     if op == "index":
         try:
@@ -540,7 +541,7 @@ def _operator(op: str, a: Any, b: Any) -> Any:
                     f"larger than {MAX_SIZE:,} characters and items"
                 )
     if op == "+" and isinstance(a, list) and isinstance(b, list):
-        _check_size("the result of `+`", [a, b])
+        check_size("the result of `+`", [a, b])
     if op == "+" and isinstance(a, str) and isinstance(b, str) and len(a) + len(b) > MAX_SIZE:
         raise _limit("the result of `+`", len(a) + len(b), MAX_SIZE, "characters")
     try:

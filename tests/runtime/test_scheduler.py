@@ -443,3 +443,26 @@ def test_the_journal_and_the_trace_record_each_seed(compile_source):
     trace = [json.loads(line) for line in run_dir.trace.read_text().splitlines()]
     assert sorted(r["llmflow.seeds"]["y"] for r in trace if r["llmflow.seeds"]) == sent
     assert [r["llmflow.seeds"] for r in trace if r["llmflow.function"] == "greedy"] == [None]
+
+
+def test_a_map_whose_list_is_too_large_as_text_fails_its_node_only(compile_source):
+    """A million copies of one long answer are small in memory, but not as JSON or as a
+    prompt: the map fails under the size limit and the other outputs are kept."""
+    plan = compile_source(
+        ECHO
+        + """
+    flow main(x: str, n: int) -> copies: list[str], y: str {
+        y = echo(x)
+        copies = [y for i in range(n)]
+    }
+    """
+    )
+    backend = ScriptedBackend(lambda r: "w" * 1000)
+    result = run(plan, {"x": "a", "n": 20_000}, backend)
+    assert result.outputs == {"y": "w" * 1000}
+    (failure,) = result.failures
+    assert "the list this map makes would be larger than 10,000,000" in failure.message
+    assert (
+        len(run(plan, {"x": "a", "n": 1000}, ScriptedBackend(backend.script)).outputs["copies"])
+        == 1000
+    )
