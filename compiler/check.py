@@ -1337,6 +1337,15 @@ class Checker:
         if isinstance(e, ast.BinOp):
             return self._binops(e, scope)
         t = self._expr(e, scope)
+        if isinstance(t, ListT) and _list_depth(t) > MAX_NESTING:
+            # Written nesting is bounded by the parser; this is built up through names
+            # (`a1 = [a0]`, `a2 = [a1]`, …), and every later stage would recurse on it.
+            self.error(
+                "limit",
+                f"the type of this value nests lists more than {MAX_NESTING} deep",
+                e.span,
+            )
+            t = ANY
         self.checked.types[id(e)] = t
         return t
 
@@ -1723,3 +1732,10 @@ class Checker:
 @gc_paused()
 def check(program: Program) -> tuple[Checked, list[Diagnostic]]:
     return Checker(program).run()
+
+
+def _list_depth(t: Type) -> int:
+    depth = 0
+    while isinstance(t, ListT):
+        t, depth = t.item, depth + 1
+    return depth

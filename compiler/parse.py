@@ -864,8 +864,8 @@ def _placeholders(body: str) -> Iterator[tuple[int, int]]:
         cursor = end + 2
 
 
-_PLAIN_PATH = re.compile(r"[ \t]*[A-Za-z_]\w*(?:[ \t]*\.[ \t]*[A-Za-z_]\w*)*[ \t]*")
-_WORD = re.compile(r"[A-Za-z_]\w*")
+_PLAIN_PATH = re.compile(r"[ \t]*[A-Za-z_]\w*(?:[ \t]*\.[ \t]*[A-Za-z_]\w*)*[ \t]*", re.ASCII)
+_WORD = re.compile(r"[A-Za-z_]\w*", re.ASCII)
 
 
 @cache
@@ -947,7 +947,7 @@ def parse_template(
             diag.hint = 'write {{name}} or {{name | max_tokens=60, stop="\\n"}}'
             diags.append(diag)
             # Keep the name so that later stages do not report it as missing too.
-            names = [_name_token(0, m) for m in re.findall(r"^\s*([A-Za-z_]\w*)", inner)]
+            names = [_name_token(0, m) for m in re.findall(r"^\s*([A-Za-z_]\w*)", inner, re.ASCII)]
             options = []
         parts.append(
             ast.Placeholder(

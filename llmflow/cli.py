@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -174,6 +175,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _masked_stdout(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command that describes the program with its stdout masked: a URL password or
+    a key-shaped string written in it is printed as [redacted]."""
+    shown = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(shown):
+            return handler(args)
+    finally:
+        text = shown.getvalue()
+        if getattr(args, "json", False) and text:  # mask inside strings: still JSON
+            text = _json_text(_redacted(json.loads(text))) + "\n"
+        sys.stdout.write(secrets.redact(text) if not getattr(args, "json", False) else text)
+
+
+def _redacted(data: Any) -> Any:
+    """JSON data with every string redacted (the plan nests a few levels only)."""
+    if isinstance(data, str):
+        return secrets.redact(data)
+    if isinstance(data, list):
+        return [_redacted(item) for item in data]
+    if isinstance(data, dict):
+        return {key: _redacted(value) for key, value in data.items()}
+    return data
+
+
 def _dollars(text: str) -> float:
     """A `--budget`: a finite amount, zero or more (NaN would compare false with every
     spend and let all of it through)."""
@@ -242,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         args.command
     ]
     try:
+        if args.command in ("plan", "models"):  # they print model options and constants
+            return _masked_stdout(handler, args)
         return handler(args)
     except CompileError as err:
         sys.stderr.write(err.render())
@@ -445,22 +473,22 @@ def _run(args: argparse.Namespace) -> int:
                 f"run {resumed.id} ran with seed {recorded['seed']}; resume without --seed "
                 "to reuse it"
             )
-        seed = RunSeed(recorded["seed"], chosen=args.seed is not None)
+        seed = RunSeed(recorded["seed"], chosen=recorded.get("seed_chosen") is True)
     meta = recorded or {
         "program": str(Path(args.program).resolve()),
         "flow": plan.flow,
         "inputs": inputs,
         "models": list(plan.models),
         "started": time.time(),
-        "seed": seed.value,
     }
-    meta["status"] = "running"
+    meta.update(seed=seed.value, seed_chosen=seed.chosen, status="running")
     _record_spending(meta, budget)
     try:
         check_json(meta)  # the inputs are checked; this catches a non-UTF-8 program path
     except InvalidValue as err:
         raise LLMFlowError(f"cannot record this run in run.json: {err}") from None
     run_dir = resumed or RunDir.create()  # `last` skips it until run.json is written
+    run_dir.lock()
     restore_sigterm = _stop_on_sigterm()
     cache = None
     try:
@@ -490,6 +518,8 @@ def _run(args: argparse.Namespace) -> int:
             run_dir.write_meta(meta)
         except LLMFlowError as problem:
             _warn(str(problem))
+        finally:
+            run_dir.unlock()
         sys.stderr.write(f"\nresume: llmflow run {args.program} --resume {run_dir.id}\n")
         if isinstance(err, _Terminated):
             sys.stderr.write("terminated\n")
@@ -502,7 +532,12 @@ def _run(args: argparse.Namespace) -> int:
     meta.update(status="failed" if result.failures else "done", outputs=result.outputs)
     meta["finished"] = time.time()
     _record_spending(meta, budget)
-    run_dir.write_meta(meta)
+    try:
+        run_dir.write_meta(meta)
+    except LLMFlowError as problem:  # the outputs are computed: print them all the same
+        _warn(str(problem))
+    finally:
+        run_dir.unlock()
     stats = model_stats(result.calls)
     progress.summary(result, stats, run_dir, budget)
     if args.json and args.stats:
@@ -571,6 +606,15 @@ def _resumed_budget(args: argparse.Namespace, recorded: dict[str, Any] | None) -
     before = recorded.get("budget")
     if not isinstance(before, dict) or not isinstance(before.get("limit"), int | float):
         before = {}
+    for field in ("limit", "unanswered"):  # NaN would let every spend through
+        value = before.get(field, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            value = -1
+        if not math.isfinite(value) or value < 0:
+            raise LLMFlowError(
+                f"{args.resume}: run.json's budget {field} is {before.get(field)!r}, not a "
+                "finite amount of $0 or more"
+            )
     limit = before.get("limit")
     if args.budget is None:
         args.budget = limit

@@ -38,8 +38,9 @@ class Budget:
     journal records."""
 
     def __init__(self, limit: float, spent: float = 0.0) -> None:
-        if not math.isfinite(limit) or limit < 0:  # NaN would let every spend through
-            raise ValueError(f"a budget is a finite amount of $0 or more, not {limit}")
+        for amount in (limit, spent):  # NaN would let every spend through
+            if not math.isfinite(amount) or amount < 0:
+                raise ValueError(f"a budget is a finite amount of $0 or more, not {amount}")
         self.limit = limit
         self.spent = spent
         self.reserved = 0.0

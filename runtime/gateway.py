@@ -117,6 +117,8 @@ class Gateway:
                     except BaseException as err:
                         if isinstance(err, BackendError) and err.status is not None:
                             permit.settle(prompt_tokens)  # the server answered: no output
+                        elif isinstance(err, BackendError) and not err.sent:
+                            permit.settle(0)  # never reached the server: nothing billed
                         else:  # no answer (or cancelled): the try may have been billed
                             await hold.lose()
                         raise

@@ -13,6 +13,7 @@ exist; one that exists (a folder `LLMFLOW_HOME` names) keeps its mode.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import tempfile
@@ -131,6 +132,29 @@ class RunDir:
         if problem:
             raise StoreError(f"{self.meta_path}: not a run record: {problem}")
         return meta
+
+    def lock(self) -> None:
+        """Hold the run for this process until `unlock` (or the process ends): a second
+        `--resume` of it while it runs would send every call again and keep its own
+        budget, so it is refused."""
+        try:
+            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise StoreError(f"cannot lock run {self.id}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"run {self.id} is still running in another process; wait for it to stop"
+            ) from None
+        self._lock = fd
+
+    def unlock(self) -> None:
+        fd = getattr(self, "_lock", None)
+        if fd is not None:
+            os.close(fd)  # closing the file releases the lock
+            self._lock = None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         """Replace the record in one step (a temporary file renamed over it): a reader, or

@@ -99,9 +99,16 @@ def register_environment(keys: tuple[str, ...] = ("OPENAI_API_KEY",)) -> None:
             register(value)
 
 
+_URL_PASSWORD = re.compile(r"(://[^/\s:@\"']{1,200}:)[^@\s/\"']{1,200}@")
+"""The password of a URL (`http://user:PASSWORD@host`)."""
+
+
 def redact(text: str) -> str:
-    """The text with every registered key and anything shaped like one masked."""
-    return _pattern.sub(MASK, text) if text else text
+    """The text with every registered key, anything shaped like one and URL passwords
+    masked."""
+    if not text:
+        return text
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", _pattern.sub(MASK, text))
 
 
 def mask_keys(text: str) -> str:

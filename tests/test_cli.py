@@ -351,3 +351,20 @@ def test_run_reports_a_value_past_the_limits_at_its_node_and_keeps_the_rest(
     assert "small: 3" in out
     assert f"{program}:2:15: error: range() failed: range(10000000000) would have" in err
     assert "not computed: big" in err
+
+
+def test_plan_and_models_mask_a_url_password_written_in_the_program(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "p.llmflow"
+    program.write_text(
+        'model m = openai_compatible("x", base_url="http://u:Zb1Cd3Ef5Gh7Ij9@host/v1")\n'
+        'fn f(a: str) -> b: str\n"""{{a}} {{b}}"""\n'
+        "flow main(a: str) -> b: str {\n    b = f(a)\n}\n"
+    )
+    for command in (["plan"], ["plan", "--json"], ["models"], ["models", "--json"]):
+        assert main([command[0], str(program), *command[1:]]) == 0
+        out = capsys.readouterr().out
+        assert "Zb1Cd3" not in out
+        if "--json" in command:  # the options are there, masked inside their strings
+            assert "http://u:[redacted]@host/v1" in out and json.loads(out)

@@ -65,13 +65,13 @@ class GenerationRequest(BaseModel):
 
 class Generation(BaseModel):
     text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    cached_tokens: int = Field(0, ge=0)
     """Prompt tokens the backend did not have to evaluate again (reused prefix)."""
-    seconds: float = 0.0
+    seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
     finish_reason: str | None = None
-    dollars: float = 0.0
+    dollars: float = Field(0.0, ge=0, allow_inf_nan=False)
     """What this answer cost at the model's prices (the gateway sets it; answers from
     the cache or a journal cost nothing)."""
     source: Literal["model", "cache", "journal"] = "model"
@@ -98,7 +98,9 @@ class BackendError(Exception):
 
     `retryable`: the same request may succeed later (408, 409, 429, 5xx, a timeout, a
     dropped connection, a malformed response). `retry_after`: seconds the server asked
-    us to wait, if it said. `status`: the HTTP status, if there was one."""
+    us to wait, if it said. `status`: the HTTP status, if there was one. `sent`: whether
+    the request may have reached the server (False when the connection never opened: a
+    refused connection, a name that does not resolve; then nothing can have been billed)."""
 
     def __init__(
         self,
@@ -107,9 +109,11 @@ class BackendError(Exception):
         status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.sent = sent

@@ -308,6 +308,7 @@ def _backend_error(spec: ModelSpec, error: Exception, address: str, timeout: flo
     """Classify a failure: whether retrying may help, and a message without secrets."""
     name = f"model '{spec.name}'"
     status = retry_after = None
+    sent = True
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
         retryable = status in _RETRYABLE or status >= 500
@@ -316,14 +317,18 @@ def _backend_error(spec: ModelSpec, error: Exception, address: str, timeout: flo
     elif isinstance(error, openai.APITimeoutError):
         retryable, message = True, f"{name}: no answer from {address} in {timeout:g}s"
     elif isinstance(error, openai.APIConnectionError | OSError | BaseExceptionGroup):
-        reason, retryable = _connection_problem(error)
+        reason, retryable, sent = _connection_problem(error)
         message = f"{name}: cannot reach {address}: {reason}"
     elif isinstance(error, openai.APIResponseValidationError | ValueError):  # bad JSON
         retryable, message = True, f"{name}: malformed response from {address}"
     else:
         retryable, message = False, f"{name}: {type(error).__name__}: {error}"
     return BackendError(
-        secrets.redact(message), status=status, retryable=retryable, retry_after=retry_after
+        secrets.redact(message),
+        status=status,
+        retryable=retryable,
+        retry_after=retry_after,
+        sent=sent,
     )
 
 
@@ -335,28 +340,30 @@ _CONNECTION_ERRORS = {
     errno.ENETUNREACH: "the network is unreachable",
     errno.EADDRNOTAVAIL: "the address is not available",
 }
+_NEVER_CONNECTED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+"""Errors before a connection exists: the request cannot have reached the server."""
 
 
-def _connection_problem(error: BaseException) -> tuple[str, bool]:
-    """Why a connection failed, in words, and whether trying again may help: the
-    deepest cause that says something (the SDK's "Connection error." and httpx's "All
-    connection attempts failed" wrap the operating system's reason; an exception group
-    holds one reason per address tried)."""
+def _connection_problem(error: BaseException) -> tuple[str, bool, bool]:
+    """Why a connection failed, in words, whether trying again may help, and whether the
+    request may have reached the server: the deepest cause that says something (the SDK's
+    "Connection error." and httpx's "All connection attempts failed" wrap the operating
+    system's reason; an exception group holds one reason per address tried)."""
     leaves = _root_causes(error)
     for leaf in leaves:
         if isinstance(leaf, socket.gaierror):
-            return "the host name does not resolve", True
+            return "the host name does not resolve", True, False
         if isinstance(leaf, OSError) and leaf.errno in _CONNECTION_ERRORS:
-            return _CONNECTION_ERRORS[leaf.errno], True
+            return _CONNECTION_ERRORS[leaf.errno], True, leaf.errno not in _NEVER_CONNECTED
         if isinstance(leaf, ssl.SSLError):  # a certificate does not fix itself in seconds
             verify = isinstance(leaf, ssl.SSLCertVerificationError)
-            return f"TLS failed: {leaf.reason or leaf}", not verify
+            return f"TLS failed: {leaf.reason or leaf}", not verify, False
     for leaf in leaves:
         if isinstance(leaf, ValueError | OverflowError) or _named(leaf, _BAD_ADDRESS):
-            return str(leaf) or type(leaf).__name__, False  # the address can never work
+            return str(leaf) or type(leaf).__name__, False, False  # can never work
     leaf = leaves[-1]
     text = str(leaf).strip()
-    return (text if text else type(leaf).__name__), True
+    return (text if text else type(leaf).__name__), True, True
 
 
 _BAD_ADDRESS = {"UnsupportedProtocol", "InvalidURL"}

@@ -883,3 +883,15 @@ def test_a_name_declared_twice_is_one_error_whatever_the_kinds(
     found = summary(diagnostics(source))
     twice = [(kind, line) for kind, message, line, _ in found if "declared twice" in message]
     assert twice == [("declaration", DECLS[first].count("\n") + 1)]
+
+
+def test_a_list_type_built_up_through_names_is_held_to_the_nesting_limit(
+    diagnostics: Diags,
+) -> None:
+    """`a1 = [a0]`, `a2 = [a1]`, …: no written nesting, but a type 1,500 deep that later
+    stages (messages, plan JSON) would recurse on."""
+    body = "\n".join(f"    a{i} = [a{i - 1}]" for i in range(1, 1501))
+    source = f"flow main() -> x: int {{\n    a0 = [1]\n{body}\n    x = len(a1500)\n}}\n"
+    found = summary(diagnostics(source))
+    assert found[0] == ("limit", "the type of this value nests lists more than 64 deep", 66, 11)
+    assert {kind for kind, *_ in found} == {"limit"}

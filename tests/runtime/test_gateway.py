@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -177,6 +178,26 @@ def test_the_budget_refuses_requests_that_could_exceed_it():
     assert budget.spent == pytest.approx(2 * (10 * 1 + 200 * 2) / 1e6)
     assert budget.spent <= budget.limit and budget.reserved == 0
     assert "not run" in str(refused[0])
+
+
+def test_a_try_that_never_reached_the_server_costs_nothing_one_that_may_have_costs_all():
+    refused = BackendError("connection refused", retryable=True, sent=False)
+    dropped = BackendError("the server closed the connection", retryable=True)
+    answer = (100 * 1 + 10 * 2) / 1e6
+    for error, billed in ((refused, False), (dropped, True)):
+        budget = Budget(1.0)
+        asyncio.run(gateway(Flaky(error, error), budget=budget).generate(request()))
+        assert (budget.unanswered > answer) is billed and budget.reserved == 0
+        assert budget.spent == pytest.approx(answer + budget.unanswered)
+
+
+def test_a_budget_is_never_nan_or_negative():
+    for limit, spent in ((math.nan, 0.0), (1.0, math.nan), (-1.0, 0.0), (1.0, -5.0)):
+        with pytest.raises(ValueError, match="finite amount of \\$0 or more"):
+            Budget(limit, spent=spent)
+    for bad in ({"dollars": math.nan}, {"dollars": -1.0}, {"input_tokens": -3}):
+        with pytest.raises(ValueError):
+            Generation(text="x", **bad)
 
 
 def test_the_budget_reserves_the_model_tokenizer_count_when_the_backend_has_one():

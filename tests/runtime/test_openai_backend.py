@@ -263,7 +263,7 @@ def test_a_refused_connection_names_the_url(host: str) -> None:
     ExceptionGroup of the addresses tried; after every retry it still does."""
     url = f"http://{host}:{closed_port()}/v1"
     error = failure(model(url), ask("hi"))
-    assert error.retryable and error.status is None
+    assert error.retryable and error.status is None and not error.sent  # nothing billed
     assert error.message == (
         f"model 'm': cannot reach {url}: connection refused (is the server running, on this port?)"
     )

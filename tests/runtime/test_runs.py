@@ -183,3 +183,16 @@ def test_a_directory_in_place_of_the_record_is_an_error_naming_it(tmp_path: Path
     with pytest.raises(StoreError, match=f"cannot write {run.meta_path}"):
         run.write_meta(META)
     assert [p.name for p in run.path.iterdir()] == ["run.json"]
+
+
+def test_a_run_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """A second `--resume` of a run that is still going would send every call again."""
+    run = RunDir.create(tmp_path)
+    run.lock()
+    other = RunDir(run.path)
+    with pytest.raises(StoreError, match=f"run {run.id} is still running in another process"):
+        other.lock()
+    run.unlock()
+    other.lock()
+    other.unlock()
+    assert (run.path / "lock").stat().st_mode & 0o777 == 0o600
