@@ -99,8 +99,8 @@ def register_environment(keys: tuple[str, ...] = ("OPENAI_API_KEY",)) -> None:
             register(value)
 
 
-_URL_PASSWORD = re.compile(r"(://[^/\s:@\"']{1,200}:)[^@\s/\"']{1,200}@")
-"""The password of a URL (`http://user:PASSWORD@host`)."""
+_URL_PASSWORD = re.compile(r"(://[^/\s:@\"']{1,200}:)(?!\**@)[^@\s/\"']{1,200}@")
+"""The password of a URL (`http://user:PASSWORD@host`), unless already masked with `*`."""
 
 
 def redact(text: str) -> str:
