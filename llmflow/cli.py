@@ -177,16 +177,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _masked_stdout(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command that describes the program with its stdout masked: a URL password or
-    a key-shaped string written in it is printed as [redacted]."""
+    a key-shaped string written in it is printed as [redacted]. With --json the command
+    masks its data itself (`_redacted`), so that what it prints stays JSON."""
+    if args.json:
+        return handler(args)
     shown = io.StringIO()
     try:
         with contextlib.redirect_stdout(shown):
             return handler(args)
     finally:
-        text = shown.getvalue()
-        if getattr(args, "json", False) and text:  # mask inside strings: still JSON
-            text = _json_text(_redacted(json.loads(text))) + "\n"
-        sys.stdout.write(secrets.redact(text) if not getattr(args, "json", False) else text)
+        sys.stdout.write(secrets.redact(shown.getvalue()))
 
 
 def _redacted(data: Any) -> Any:
@@ -710,7 +710,7 @@ def _plan(args: argparse.Namespace) -> int:
         path = render_plan(plan, Path(args.output))
         sys.stderr.write(f"wrote {path}\n")
     if args.json:
-        sys.stdout.write(_json_text(plan.to_json()) + "\n")
+        sys.stdout.write(_json_text(_redacted(plan.to_json())) + "\n")
     elif args.explain:
         _print_explain(plan)
     elif not args.output:
@@ -838,7 +838,7 @@ def _models(args: argparse.Namespace) -> int:
         specs, default = _catalog_models(config)
     if args.json:
         rows = [{**spec.model_dump(mode="json"), "default": spec.name == default} for spec in specs]
-        sys.stdout.write(_json_text(rows) + "\n")
+        sys.stdout.write(_json_text(_redacted(rows)) + "\n")
         return 0
     sys.stdout.write(_models_table(specs, default))
     sys.stdout.write(_models_notes(specs, config))

@@ -42,9 +42,9 @@ def billed(spec: ModelSpec, request: GenerationRequest, answer: Generation, prom
     """What an answer costs, from the usage its server reported. A count left out (0
     where it cannot be: no prompt is empty, no text is free) is charged at its bound,
     `prompt` tokens and max_tokens; a count above the bound is charged as reported."""
-    prompt = max(answer.input_tokens, 0) or prompt
-    cached = min(max(answer.cached_tokens, 0), prompt) if answer.input_tokens > 0 else 0
-    output = max(answer.output_tokens, 0) or (request.max_tokens if answer.text else 0)
+    prompt = answer.input_tokens or prompt  # counts are ≥ 0 (Generation validates them)
+    cached = min(answer.cached_tokens, prompt) if answer.input_tokens else 0
+    output = answer.output_tokens or (request.max_tokens if answer.text else 0)
     return token_dollars(spec, prompt - cached, cached, output)
 
 
