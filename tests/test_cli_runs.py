@@ -491,7 +491,13 @@ def test_a_terminated_run_is_recorded_as_stopped_and_resumes(
         env = {**os.environ, "LLMFLOW_HOME": str(llmflow_home)}
         command = [sys.executable, "-m", "llmflow.cli", "run", str(path), "--json", "--no-cache"]
         first = subprocess.Popen(
-            [*command, "-i", f"qs={qs}"], env=env, stderr=subprocess.PIPE, text=True
+            [*command, "-i", f"qs={qs}"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+            # A shell without job control starts background jobs with SIGINT ignored, and
+            # the child would inherit that: give it the default, as a terminal would.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         while not [r for r in slow.log if r["status"] == 200]:
