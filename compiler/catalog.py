@@ -35,8 +35,10 @@ from llmflow.compiler.models import (
     LOCAL_PRICE_SOURCE,
     LOCAL_SKILL_SOURCE,
     LOCAL_SPEED_SOURCE,
+    Capabilities,
     Limits,
     ModelSpec,
+    Timing,
     local_context,
 )
 
@@ -253,6 +255,7 @@ def resolve(
                 f"n_ctx ({n_ctx_from})" if n_ctx_from else f"{capped} (n_ctx {LOCAL_CONTEXT})"
             )
         fields["context"] = window
+    capabilities = builtin_capabilities(backend, found)
     prices = ("price_in", "price_out", "price_cached_in")
     price_origins = list(dict.fromkeys(sources[p] for p in prices if p in sources))
     return ModelSpec(
@@ -275,6 +278,7 @@ def resolve(
         speed_source=found_origin.get("prefill_tps"),
         catalog_id=entry.key if entry is not None else None,
         sources=sources,
+        capabilities=capabilities,
         options=options,
     )
 
@@ -359,3 +363,26 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def builtin_capabilities(backend: str, found: dict[str, Any]) -> Capabilities:
+    """The built-in kinds' capabilities (until backend kinds declare their own)."""
+    if backend == "local":
+        return Capabilities(
+            concurrent=False,
+            prefix_reuse_min_tokens=64,
+            structured_output=True,
+            free=True,
+            timing=Timing(
+                prefill_tps=found.get("prefill_tps") or 400.0,
+                decode_tps=found.get("decode_tps") or 80.0,
+            ),
+        )
+    return Capabilities(
+        concurrent=True,
+        # OpenAI caches prompts from 1,024 tokens; self-hosted servers (llama.cpp
+        # server, vLLM) reuse any cached prefix, counted from the grouping minimum.
+        prefix_reuse_min_tokens=1024 if backend == "openai" else 64,
+        structured_output=True,
+        timing=Timing(first_token_seconds=0.5, decode_tps=60.0),
+    )

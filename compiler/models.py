@@ -12,7 +12,7 @@ import math
 import urllib.parse
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 BackendKind = Literal["local", "openai", "openai_compatible"]
 BACKENDS: tuple[str, ...] = ("local", "openai", "openai_compatible")
@@ -168,6 +168,40 @@ class Limits(BaseModel):
     """Requests in flight at once."""
 
 
+class Timing(BaseModel):
+    """How long a call takes on a model, for plans: `first_token_seconds` before the
+    answer starts, then the prompt at `prefill_tps` (None: a hosted model, whose prompt
+    time the first-token latency covers) and the answer at `decode_tps`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    first_token_seconds: float = 0.0
+    prefill_tps: float | None = None
+    decode_tps: float = 60.0
+
+
+class Capabilities(BaseModel):
+    """What a backend does with a model that the optimizer must plan around. Declared by
+    the model's backend kind and resolved onto its `ModelSpec`, so passes read data,
+    never a backend's name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    concurrent: bool = True
+    """False: the backend serves one call of a model at a time (the embedded engine), so
+    calls on it queue: plans add up their time and priorities decide the order."""
+    prefix_reuse_min_tokens: int | None = None
+    """The shortest shared prompt prefix the backend reuses rather than evaluating again
+    (the embedded engine's saved KV states: 64; OpenAI's prompt cache: 1,024). None: it
+    never reuses one."""
+    structured_output: bool = False
+    """The backend can constrain an answer to a JSON schema or a choice (llama.cpp
+    grammars, `response_format`); whether a given model can is `supports_schema`."""
+    free: bool = False
+    """Calls cost nothing whatever the prices say (in-process inference)."""
+    timing: Timing = Field(default_factory=Timing)
+
+
 class ModelSpec(BaseModel):
     """A model a program can call: a `model` declaration, a config-file model, or the
     embedded default, with every value resolved and its origin recorded.
@@ -215,6 +249,8 @@ class ModelSpec(BaseModel):
     sources: dict[str, str] = Field(default_factory=dict)
     """Where every resolved value came from, by field (context, max_output, chat,
     price_in, price_out, price_cached_in, supports_schema, rpm, tpm, concurrency)."""
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    """What its backend kind declares for it (see `Capabilities`)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """The options as written (program over config file) other than context, chat and
     skills: base_url, api_key_env, n_ctx, prices, limits... The resolved fields above are
