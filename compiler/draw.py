@@ -31,6 +31,8 @@ import graphviz
 
 from llmflow.compiler.ir import Estimate, Graph, IRNode, Plan, PrefixGroup
 from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.optimizer import costs
+from llmflow.compiler.optimizer.prioritize import critical_path
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
 from llmflow.compiler.picture import (
     CRITICAL,
@@ -81,29 +83,33 @@ def _count(x: float) -> str:
     return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
 
 
-def _declared_price(model: ModelSpec, name: str) -> float | None:
-    value = getattr(model, name, None)
-    if value is None:
-        value = model.options.get(name)
-    return None if value is None else float(value)
-
-
-def _price(model: ModelSpec, name: str) -> float:
-    return _declared_price(model, name) or 0.0
-
-
 def _price_unknown(model: ModelSpec) -> bool:
-    """A hosted model with no price anywhere (the optimizer counts it as free)."""
-    return model.backend != "local" and all(
-        _declared_price(model, name) is None for name in ("price_in", "price_out")
-    )
+    """A model whose price is not known: the optimizer counts the unknown part as free
+    (and a budget refuses the model), so the picture says so rather than calling it free."""
+    return not model.capabilities.free and not costs.priced(model)
+
+
+def _price_text(model: ModelSpec) -> str:
+    """The legend's price per million tokens, as the optimizer counts it."""
+    if _is_free(model):
+        return "free"
+    if not _price_unknown(model):
+        return (
+            f"{_per_million(costs.price_in(model))} in · {_per_million(costs.price_out(model))} out"
+        )
+    if model.price_in is None and model.price_out is None:
+        return "unknown (counted as free)"
+    sides = [
+        f"{side} unknown" if price is None else f"{_per_million(price)} {side}"
+        for side, price in (("in", model.price_in), ("out", model.price_out))
+    ]
+    return " · ".join(sides) + " (counted as free)"
 
 
 def _is_free(model: ModelSpec) -> bool:
-    return (
-        not _price_unknown(model)
-        and _price(model, "price_in") == 0
-        and _price(model, "price_out") == 0
+    """Calls on the model cost nothing: its backend says so, or both prices are 0."""
+    return model.capabilities.free or (
+        costs.priced(model) and costs.price_in(model) == 0 and costs.price_out(model) == 0
     )
 
 
@@ -350,16 +356,12 @@ class _Drawer:
         return self.plan.priorities.get(node_id, 0.0)
 
     def _inner_path(self, body: Graph) -> list[str]:
+        """The critical path inside a subgraph, followed as the optimizer follows the
+        top-level one, by the priorities it gave (none at -O0: no path)."""
         prio = self.plan.priorities
-        sources = [n for n in body.g.nodes if body.g.in_degree(n) == 0]
-        if not sources or not prio:
+        if not prio:
             return []
-        path = [max(sources, key=lambda n: prio.get(n, 0.0))]
-        while True:
-            successors = list(body.g.successors(path[-1]))
-            if not successors:
-                return path
-            path.append(max(successors, key=lambda n: prio.get(n, 0.0)))
+        return critical_path(body, {n: prio.get(n, 0.0) for n in body.g.nodes})
 
     # -- assembling
 
@@ -911,7 +913,9 @@ class _Drawer:
         return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="2">{"".join(out)}</TABLE>>'
 
     def _legend(self) -> list[str]:
-        """Table cells, one row per model: colour, name, backend, price, estimated use."""
+        """Table cells, one row per model: colour, name, backend, price, and the use the
+        optimizer estimated (at -O0 there is no estimate: the calls the program makes)."""
+        estimated = self.plan.total is not None
         per_model: dict[str, float] = {}
         dollars: dict[str, float] = {}
         for node in self.plan.calls():
@@ -923,7 +927,8 @@ class _Drawer:
             dollars[node.call.model] = dollars.get(node.call.model, 0.0) + (
                 est.dollars if est else 0.0
             )
-        header = ("model", "runs on", "price per 1M tokens", "estimated use")
+        use = "estimated use" if estimated else "use (-O0: not estimated)"
+        header = ("model", "runs on", "price per 1M tokens", use)
         rows = [
             "<TD></TD>"
             + "".join(f'<TD ALIGN="LEFT">{font(f"<I>{h}</I>", 9, MUTED)}</TD>' for h in header)
@@ -933,17 +938,11 @@ class _Drawer:
             spec = self.plan.models.get(name)
             used = name in self.colors
             backend = f"{spec.backend} {spec.id}" if spec else "?"
-            if spec is not None and _price_unknown(spec):
-                price = "unknown (counted as free)"
-            elif spec is None or _is_free(spec):
-                price = "free"
-            else:
-                price = (
-                    f"{_per_million(_price(spec, 'price_in'))} in · "
-                    f"{_per_million(_price(spec, 'price_out'))} out"
-                )
+            price = _price_text(spec) if spec is not None else "free"
             if used:
                 usage = f"{_count(per_model[name])} call{'' if per_model[name] == 1 else 's'}"
+                if not estimated:
+                    usage += " in the program"
                 if dollars.get(name):
                     usage += f" · {fmt_dollars(dollars[name])}"
             else:

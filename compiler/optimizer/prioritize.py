@@ -27,7 +27,7 @@ def prioritize(plan: Plan) -> Plan:
     for node_id, value in remaining.items():
         plan.priorities[node_id] = round(value + boost.get(node_id, 0.0), 3)
     _inner_priorities(plan, plan.graph, remaining, durations, boost)
-    plan.critical_path = _critical_path(plan.graph, remaining)
+    plan.critical_path = critical_path(plan.graph, remaining)
     path_seconds = sum(durations[n] for n in plan.critical_path)
     busiest = _busiest_local_model(plan)
     plan.makespan = max(path_seconds, busiest)
@@ -124,7 +124,9 @@ def _perf_boost(plan: Plan) -> dict[str, float]:
     return boost
 
 
-def _critical_path(graph: Graph, remaining: dict[str, float]) -> list[str]:
+def critical_path(graph: Graph, remaining: dict[str, float]) -> list[str]:
+    """The path through `graph` that always goes on to the node with the most time left
+    (`remaining`); the drawing follows it into subgraphs with the plan's priorities."""
     sources = [n for n in graph.g.nodes if graph.g.in_degree(n) == 0]
     if not sources:
         return []

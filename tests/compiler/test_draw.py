@@ -462,6 +462,10 @@ def test_an_unoptimized_plan_draws_without_estimates(make: Make) -> None:
     assert "not optimized (-O0)" in title(plan)
     assert all(len(node_lines(source)[c.id]) == 1 for c in plan.calls())
     assert not plan.critical_path and CRITICAL not in source
+    # The legend counts the program's calls and says it estimated nothing.
+    legend = title(plan)
+    assert "estimated use" not in legend and "not estimated" in legend
+    assert "2 calls in the program" in legend and "1 call in the program" in legend
 
 
 # ---- files -------------------------------------------------------------------------------
@@ -548,3 +552,36 @@ def test_a_hosted_model_without_a_price_is_not_called_free(make: Make) -> None:
     plan = make(source, inputs={"name": "Ada"})
     assert "unknown" in title(plan)
     assert "$ unknown" in node_lines(draw(plan).source)[call_id(plan, "hi")][0]
+
+
+HOSTED = '''
+model hosted = openai_compatible("some-model", base_url="http://localhost:8000/v1"{options})
+
+fn hi(name: str) -> greeting: str
+"""
+Greet {{{{name}}}}. {{{{greeting | max_tokens=10}}}}
+"""
+
+flow main(name: str) -> greeting: str {{
+    greeting = hi(name)
+}}
+'''
+
+
+def test_a_model_with_half_its_price_is_not_priced(make: Make) -> None:
+    """The optimizer counts a price that is missing as free and a budget refuses the
+    model: the picture says which side is unknown, and no dollars for its calls."""
+    plan = make(HOSTED.format(options=", price_in=0.5"), inputs={"name": "Ada"})
+    assert "$0.50 in · out unknown (counted as free)" in title(plan)
+    assert "$ unknown" in node_lines(draw(plan).source)[call_id(plan, "hi")][0]
+
+
+def test_what_is_free_comes_from_the_backend_capabilities(make: Make) -> None:
+    """A backend kind that declares its calls free is drawn free, whatever its name."""
+    plan = make(HOSTED.format(options=""), inputs={"name": "Ada"})
+    spec = plan.models["hosted"]
+    free = spec.capabilities.model_copy(update={"free": True})
+    plan.models["hosted"] = spec.model_copy(update={"capabilities": free})
+    label = node_lines(draw(plan).source)[call_id(plan, "hi")][0]
+    assert "free" in label and "unknown" not in label
+    assert "unknown" not in title(plan)
