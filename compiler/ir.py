@@ -14,6 +14,7 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmflow.compiler.ast import Span
+from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import Type
 
@@ -154,6 +155,35 @@ class Graph:
             )
         return out
 
+    @gc_paused()
+    def copy(self) -> Graph:
+        """A copy of the graph and its subgraphs whose nodes and edges can be changed
+        without touching this one's (an optimizer pass rewires, removes nodes and sets
+        call models). What no pass changes in place (types, spans, template segments)
+        is shared, which keeps a 10,000-call plan's copy cheap. With a stack of
+        subgraphs, not recursion: an else-if chain nests as deep as it is long."""
+        top = Graph()
+        pending: list[tuple[Graph, Graph]] = [(self, top)]
+        while pending:
+            source, target = pending.pop()
+            target.inputs = list(source.inputs)
+            target.outputs = dict(source.outputs)
+            for node in source.nodes:
+                update: dict[str, Any] = {"args": list(node.args), "carried": list(node.carried)}
+                if node.call is not None:
+                    update["call"] = node.call.model_copy()
+                if node.bodies:
+                    update["bodies"] = {key: Graph() for key in node.bodies}
+                    pending.extend(
+                        (body, update["bodies"][key]) for key, body in node.bodies.items()
+                    )
+                target.g.add_node(node.id, node=node.model_copy(update=update))
+            target.g.add_edges_from(
+                (u, v, {**data, "ports": list(data["ports"])})
+                for u, v, data in source.g.edges(data=True)
+            )
+        return top
+
     def to_json(self) -> dict[str, Any]:
         """The graph as JSON data. A node's bodies are named by id (`"n7/then"`) and listed
         flat in `subgraphs`, so the JSON nests a few levels deep however deeply the
@@ -273,6 +303,25 @@ class Plan(BaseModel):
     """Estimated seconds from start to the last output (the critical path)."""
     critical_path: list[str] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)
+
+    def copy(self) -> Plan:
+        """A plan an optimizer pass may change without changing this one: the graph is
+        copied (`Graph.copy`), the optimizer's tables are new containers of the same
+        values (passes replace entries, never change them in place)."""
+        return self.model_copy(
+            update={
+                "graph": self.graph.copy(),
+                "models": dict(self.models),
+                "known": dict(self.known),
+                "groups": list(self.groups),
+                "fallbacks": {k: list(v) for k, v in self.fallbacks.items()},
+                "priorities": dict(self.priorities),
+                "estimates": dict(self.estimates),
+                "total": self.total.model_copy() if self.total is not None else None,
+                "critical_path": list(self.critical_path),
+                "decisions": list(self.decisions),
+            }
+        )
 
     def explain(self, rule: str, message: str, node: str | None = None) -> None:
         self.decisions.append(Decision(rule=rule, message=message, node=node))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from llmflow.compiler.ir import Plan, PrefixGroup
 from llmflow.compiler.optimizer.prompts import Part, Shapes, common_tokens
+from llmflow.compiler.optimizer.working import own
 
 RULE = "prefix analysis"
 MIN_SHARED_TOKENS = 64
@@ -24,6 +25,7 @@ def _sort_key(prefix: list[Part]) -> list[tuple[int, str]]:
 
 
 def analyze_prefixes(plan: Plan, min_tokens: float = MIN_SHARED_TOKENS) -> Plan:
+    plan = own(plan, RULE)
     shapes = Shapes(plan)
     by_model: dict[str, list[str]] = {}
     for node in plan.calls():

@@ -20,6 +20,7 @@ from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer import costs
 from llmflow.compiler.optimizer.prompts import Shape, Shapes
+from llmflow.compiler.optimizer.working import own
 
 RULE = "model assignment"
 EXACT_LIMIT = 5_000
@@ -75,6 +76,11 @@ def assign_models(
     budget: float | None = None,
     exact_limit: int = EXACT_LIMIT,
 ) -> Plan:
+    plan = own(plan, RULE)
+    plan.fallbacks = {}
+    for node in plan.calls():  # what a previous run assigned: decided again
+        if node.call is not None and not node.call.pinned:
+            node.call.model = plan.default_model
     plan.objective = objective or plan.objective  # type: ignore[assignment]
     plan.budget = budget if budget is not None else plan.budget
     shapes = Shapes(plan)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmflow.compiler.ir import Graph, IRNode, Plan
+from llmflow.compiler.optimizer.working import own
 
 RULE = "common-call elimination"
 
@@ -35,6 +36,7 @@ def _key(node: IRNode) -> str:
 def eliminate_common_calls(plan: Plan) -> Plan:
     """Each graph in creation order (topological: arguments are merged first), the
     subgraphs of a node before the node; with a stack of graphs, not recursion."""
+    plan = own(plan)
     stack: list[tuple[Graph, Iterator[IRNode], dict[str, IRNode]]] = [
         (plan.graph, iter(plan.graph.nodes), {})
     ]

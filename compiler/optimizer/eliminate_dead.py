@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from llmflow.compiler.ir import Graph, Plan
+from llmflow.compiler.optimizer.working import own
 
 RULE = "dead-node elimination"
 
 
 def eliminate_dead(plan: Plan) -> Plan:
+    plan = own(plan)
     stack = [plan.graph]
     while stack:  # a graph, then the subgraphs of the nodes it keeps (no recursion)
         graph = stack.pop()

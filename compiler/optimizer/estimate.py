@@ -8,11 +8,13 @@ from __future__ import annotations
 from llmflow.compiler.ir import Estimate, Plan
 from llmflow.compiler.optimizer import costs
 from llmflow.compiler.optimizer.prompts import Shapes
+from llmflow.compiler.optimizer.working import own
 
 RULE = "estimates"
 
 
 def estimate(plan: Plan) -> Plan:
+    plan = own(plan, RULE)
     shapes = Shapes(plan)
     total = Estimate(instances=0)
     plan.estimates = {}

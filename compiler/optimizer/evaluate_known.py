@@ -13,6 +13,7 @@ from llmflow.compiler.diagnostics import Diagnostic
 from llmflow.compiler.ir import Plan
 from llmflow.compiler.modules import UnreadableSource, read_source
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
+from llmflow.compiler.optimizer.working import own
 from llmflow.errors import CompileError
 from llmflow.stdlib.builtins import BuiltinError, LimitError, evaluate
 
@@ -20,6 +21,8 @@ RULE = "known values"
 
 
 def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
+    plan = own(plan, RULE)
+    plan.known = {}
     inputs = dict(inputs or {})
     surely = _surely_run(plan)
     for spec in plan.inputs:

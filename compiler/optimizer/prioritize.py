@@ -11,6 +11,7 @@ from __future__ import annotations
 import networkx as nx
 
 from llmflow.compiler.ir import Graph, IRNode, Plan
+from llmflow.compiler.optimizer.working import own
 
 RULE = "scheduling priorities"
 LATENCY_BOOST = 1e6
@@ -19,6 +20,7 @@ outranks any difference in path length."""
 
 
 def prioritize(plan: Plan) -> Plan:
+    plan = own(plan, RULE)
     plan.priorities = {}
     durations: dict[str, float] = {}
     _durations(plan, plan.graph, durations)
