@@ -15,7 +15,7 @@ import pytest
 import llmflow
 from llmflow.compiler.catalog import resolve
 from llmflow.compiler.models import Limits
-from llmflow.compiler.optimizer.costs import token_dollars
+from llmflow.compiler.prices import dollars
 from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest, Turn
 from llmflow.runtime.backends.scripted import ScriptedBackend
 from llmflow.runtime.budget import Budget, BudgetExceeded
@@ -207,9 +207,9 @@ def test_the_budget_reserves_the_model_tokenizer_count_when_the_backend_has_one(
 
     spec = MODELS["m"]
     answer = Generation(text="ok", input_tokens=5, output_tokens=1)
-    budget = Budget(1.01 * token_dollars(spec, 5, 0, 16))
+    budget = Budget(1.01 * dollars(spec, 5, 0, 16))
     long = request("x" * 1000, max_tokens=16)  # bounded at 1,000+ tokens without a count
-    assert token_dollars(spec, prompt_tokens_at_most(long), 0, 16) > budget.limit
+    assert dollars(spec, prompt_tokens_at_most(long), 0, 16) > budget.limit
     assert asyncio.run(Gateway(Counting(lambda r: answer), MODELS, budget=budget).generate(long))
     with pytest.raises(BudgetExceeded):
         asyncio.run(gateway(lambda r: answer, budget=Budget(budget.limit)).generate(long))
