@@ -38,9 +38,11 @@ def prompt_tokens_high(request: GenerationRequest) -> int:
 
 
 def billed(spec: ModelSpec, request: GenerationRequest, answer: Generation, prompt: int) -> float:
-    """What an answer costs, from the usage its server reported. A count left out (0
-    where it cannot be: no prompt is empty, no text is free) is charged at its bound,
-    `prompt` tokens and max_tokens; a count above the bound is charged as reported."""
+    """What an answer costs, from the usage its server reported, by the arithmetic plans
+    use (`prices.prompt_dollars`: its cached tokens at the cached price). A count left
+    out (0 where it cannot be: no prompt is empty, no text is free) is charged at its
+    bound, `prompt` tokens and max_tokens; a count above the bound is charged as
+    reported."""
     prompt = answer.input_tokens or prompt  # counts are ≥ 0 (Generation validates them)
     cached = answer.cached_tokens if answer.input_tokens else 0
     output = answer.output_tokens or (request.max_tokens if answer.text else 0)
