@@ -319,3 +319,17 @@ def test_a_call_falls_back_to_the_next_qualifying_model_and_the_trace_says_so(
     assert took_over["gen_ai.request.model"] == "big"
     assert took_over["gen_ai.usage.input_tokens"] > 0
     assert took_over["start"] <= took_over["end"]
+
+
+def test_cached_prompt_tokens_are_billed_at_the_cached_price():
+    """The bill uses the plans' arithmetic (`prices.dollars`): of a reported prompt, the
+    tokens the server read from its cache cost `price_cached_in`, the rest `price_in`."""
+    spec = resolve("mini", "openai", "gpt-4o-mini")
+    assert spec.price_cached_in is not None and spec.price_cached_in < (spec.price_in or 0)
+    reply = Generation(text="ok", input_tokens=2000, cached_tokens=1152, output_tokens=10)
+    backend = ScriptedBackend(lambda req: reply)
+    gw = Gateway(backend, {"mini": spec}, sleep=Sleeps())
+    req = GenerationRequest(model="mini", turns=[Turn(role="user", text="hi")])
+    answer = asyncio.run(gw.generate(req))
+    assert answer.dollars == pytest.approx(dollars(spec, 848, 1152, 10))
+    assert answer.dollars < dollars(spec, 2000, 0, 10)
