@@ -373,16 +373,15 @@ def builtin_capabilities(backend: str, found: dict[str, Any]) -> Capabilities:
             prefix_reuse_min_tokens=64,
             structured_output=True,
             free=True,
-            timing=Timing(
-                prefill_tps=found.get("prefill_tps") or 400.0,
-                decode_tps=found.get("decode_tps") or 80.0,
-            ),
+            timing=Timing.embedded(found.get("prefill_tps"), found.get("decode_tps")),
         )
     return Capabilities(
         concurrent=True,
-        # OpenAI caches prompts from 1,024 tokens; self-hosted servers (llama.cpp
-        # server, vLLM) reuse any cached prefix, counted from the grouping minimum.
+        # OpenAI caches prompts from 1,024 tokens on, in increments of 128 tokens;
+        # self-hosted servers (llama.cpp server, vLLM) reuse any cached prefix, counted
+        # from the grouping minimum.
         prefix_reuse_min_tokens=1024 if backend == "openai" else 64,
+        prefix_reuse_step_tokens=128 if backend == "openai" else 1,
         structured_output=True,
-        timing=Timing(first_token_seconds=0.5, decode_tps=60.0),
+        timing=Timing.hosted(),
     )

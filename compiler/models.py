@@ -168,16 +168,45 @@ class Limits(BaseModel):
     """Requests in flight at once."""
 
 
+HOSTED_FIRST_TOKEN_SECONDS = 0.5
+"""Time to first token of a hosted model when nothing better is known (the speeds
+below are what plans assume; `Timing.hosted` and `Timing.embedded` hand them out)."""
+HOSTED_DECODE_TPS = 60.0
+"""Decode speed of a hosted model when nothing better is known."""
+EMBEDDED_PREFILL_TPS = 400.0
+"""Prompt tokens per second of an in-process model the catalog has not measured."""
+EMBEDDED_DECODE_TPS = 80.0
+"""Tokens generated per second of an in-process model the catalog has not measured."""
+
+
 class Timing(BaseModel):
     """How long a call takes on a model, for plans: `first_token_seconds` before the
     answer starts, then the prompt at `prefill_tps` (None: a hosted model, whose prompt
-    time the first-token latency covers) and the answer at `decode_tps`."""
+    time the first-token latency covers) and the answer at `decode_tps`. `Timing.hosted`
+    and `Timing.embedded` are the defaults of the two sorts of backend."""
 
     model_config = ConfigDict(frozen=True)
 
     first_token_seconds: float = 0.0
     prefill_tps: float | None = None
-    decode_tps: float = 60.0
+    decode_tps: float = HOSTED_DECODE_TPS
+
+    @classmethod
+    def hosted(cls) -> Timing:
+        """A model behind an API that publishes no speed: a first-token latency that
+        covers the prompt, then HOSTED_DECODE_TPS."""
+        return cls(first_token_seconds=HOSTED_FIRST_TOKEN_SECONDS, decode_tps=HOSTED_DECODE_TPS)
+
+    @classmethod
+    def embedded(cls, prefill_tps: float | None = None, decode_tps: float | None = None) -> Timing:
+        """An in-process model: no network latency, its prompt evaluated at `prefill_tps`
+        (measured, else EMBEDDED_PREFILL_TPS), its answer at `decode_tps` (measured, else
+        EMBEDDED_DECODE_TPS)."""
+        return cls(
+            first_token_seconds=0.0,
+            prefill_tps=prefill_tps or EMBEDDED_PREFILL_TPS,
+            decode_tps=decode_tps or EMBEDDED_DECODE_TPS,
+        )
 
 
 class Capabilities(BaseModel):
@@ -194,6 +223,9 @@ class Capabilities(BaseModel):
     """The shortest shared prompt prefix the backend reuses rather than evaluating again
     (the embedded engine's saved KV states: 64; OpenAI's prompt cache: 1,024). None: it
     never reuses one."""
+    prefix_reuse_step_tokens: int = 1
+    """Reuse comes in blocks of this many tokens: a reused prefix is counted down to a
+    multiple of it (OpenAI's cache hits come in increments of 128 tokens)."""
     structured_output: bool = False
     """The backend can constrain an answer to a JSON schema or a choice (llama.cpp
     grammars, `response_format`); whether a given model can is `supports_schema`."""

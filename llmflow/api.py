@@ -11,7 +11,7 @@ from llmflow.compiler import compile_file
 from llmflow.compiler.diagnostics import did_you_mean
 from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.optimizer import optimize as run_optimizer
-from llmflow.compiler.optimizer.costs import check_priced
+from llmflow.compiler.prices import check_priced
 from llmflow.errors import InputError, RunError
 from llmflow.runtime.backends import Router
 from llmflow.runtime.backends.base import Backend

@@ -14,9 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from llmflow.compiler import tokens
+from llmflow.compiler import prices, tokens
 from llmflow.compiler.models import ModelSpec
-from llmflow.compiler.optimizer.costs import token_dollars
 from llmflow.runtime import secrets
 from llmflow.runtime.backends.base import Backend, BackendError, Generation, GenerationRequest
 from llmflow.runtime.budget import Budget, Reservation
@@ -39,13 +38,15 @@ def prompt_tokens_high(request: GenerationRequest) -> int:
 
 
 def billed(spec: ModelSpec, request: GenerationRequest, answer: Generation, prompt: int) -> float:
-    """What an answer costs, from the usage its server reported. A count left out (0
-    where it cannot be: no prompt is empty, no text is free) is charged at its bound,
-    `prompt` tokens and max_tokens; a count above the bound is charged as reported."""
+    """What an answer costs, from the usage its server reported, by the arithmetic plans
+    use (`prices.prompt_dollars`: its cached tokens at the cached price). A count left
+    out (0 where it cannot be: no prompt is empty, no text is free) is charged at its
+    bound, `prompt` tokens and max_tokens; a count above the bound is charged as
+    reported."""
     prompt = answer.input_tokens or prompt  # counts are ≥ 0 (Generation validates them)
-    cached = min(answer.cached_tokens, prompt) if answer.input_tokens else 0
+    cached = answer.cached_tokens if answer.input_tokens else 0
     output = answer.output_tokens or (request.max_tokens if answer.text else 0)
-    return token_dollars(spec, prompt - cached, cached, output)
+    return prices.prompt_dollars(spec, prompt, cached, output)
 
 
 class Gateway:
@@ -85,7 +86,7 @@ class Gateway:
         count = getattr(self.backend, "count_tokens", None)  # the model's own tokenizer
         exact: int | None = count(request) if count is not None else None
         most = exact if exact is not None else prompt_tokens_at_most(request)
-        hold = Reservation(self.budget, token_dollars(spec, most, 0, request.max_tokens))
+        hold = Reservation(self.budget, prices.dollars(spec, most, 0, request.max_tokens))
         await hold.take()
         cost = 0.0
         try:

@@ -19,7 +19,9 @@ class ModelStats(BaseModel):
     calls: int = 0
     prompt_tokens: int = 0
     reused_prompt_tokens: int = 0
-    """Prompt tokens served from a reused prefix (KV state or provider cache)."""
+    """Prompt tokens served from a reused prefix (KV state or provider cache), as the
+    backend reported them: the run's side of a plan's `cached_tokens`, billed at the
+    cached price (`prices.prompt_dollars`) and already in `dollars`."""
     output_tokens: int = 0
     dollars: float = 0.0
     seconds: float = 0.0

@@ -3,8 +3,10 @@
 A call's known prefix is its prompt up to the first value that is only known at run time
 and differs between its instances (template text, inputs known at plan time, and values
 shared by every instance). Instances of a call inside a map always form one group; calls
-on the same model whose prefixes share at least `min_tokens` join it, whatever function
-they come from (a shared system prompt, a shared document). Sorting the prefixes puts
+on the same model whose prefixes share at least `min_tokens` (`prefix_reuse.
+GROUP_MIN_TOKENS`) join it, whatever function they come from (a shared system prompt, a
+shared document). How much of a group's prefix its backend will reuse is the estimates'
+question (`prefix_reuse.cached_tokens_expected`), not this pass's. Sorting the prefixes puts
 calls with long common prefixes next to each other, so grouping compares neighbours only.
 """
 
@@ -13,18 +15,16 @@ from __future__ import annotations
 from llmflow.compiler.ir import Plan, PrefixGroup
 from llmflow.compiler.optimizer.prompts import Part, Shapes, common_tokens
 from llmflow.compiler.optimizer.working import own
+from llmflow.compiler.prefix_reuse import GROUP_MIN_TOKENS
 
 RULE = "prefix analysis"
-MIN_SHARED_TOKENS = 64
-"""A prefix shorter than this is not worth keeping warm (llama.cpp evaluates 64 tokens in
-a fraction of a second; OpenAI caches from 1024)."""
 
 
 def _sort_key(prefix: list[Part]) -> list[tuple[int, str]]:
     return [(0, p) if isinstance(p, str) else (1, p.key) for p in prefix]
 
 
-def analyze_prefixes(plan: Plan, min_tokens: float = MIN_SHARED_TOKENS) -> Plan:
+def analyze_prefixes(plan: Plan, min_tokens: float = GROUP_MIN_TOKENS) -> Plan:
     plan = own(plan, RULE)
     shapes = Shapes(plan)
     by_model: dict[str, list[str]] = {}

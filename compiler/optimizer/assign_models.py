@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from llmflow.compiler import prices
 from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer import costs
@@ -86,9 +87,9 @@ def assign_models(
     shapes = Shapes(plan)
     calls = [n for n in plan.calls() if n.call is not None]
     if plan.budget is not None:  # any model may get a call: each needs its price
-        costs.check_priced(plan.models.values())
+        prices.check_priced(plan.models.values())
     for name, model in plan.models.items():
-        if not costs.priced(model):
+        if not prices.priced(model):
             plan.explain(
                 RULE,
                 f"{name} has no known price: it counts as free here; declare "

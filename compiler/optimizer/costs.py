@@ -1,62 +1,21 @@
-"""What one call costs on one model: dollars, seconds, and how well the model fits it."""
+"""What one call costs on one model: dollars, seconds, and how well the model fits it.
+
+Dollars are `llmflow.compiler.prices.dollars` (the arithmetic the runtime bills with),
+seconds the model's `Capabilities.timing`: what the optimizer knows of a backend comes
+from its declaration, never from its name."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
+from llmflow.compiler import prices
 from llmflow.compiler.ir import IRNode
-from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.models import ModelSpec, Timing
 from llmflow.compiler.optimizer.prompts import Shape
 from llmflow.compiler.types import ListT, RecordT
-from llmflow.errors import LLMFlowError
 
-REMOTE_FIRST_TOKEN_SECONDS = 0.5
-"""Time to first token of a hosted model when the catalog has no figure."""
-REMOTE_TOKENS_PER_SECOND = 60.0
-"""Decode speed of a hosted model when the catalog has no figure."""
-LOCAL_PREFILL_TPS = 400.0
-LOCAL_DECODE_TPS = 80.0
 NEUTRAL_SKILL = 0.5
 """The skill assumed for a model that declares no score for it."""
-
-
-class UnknownPrice(LLMFlowError):
-    """A budget was asked for, but a model it would pay for has no price."""
-
-
-def price_in(model: ModelSpec) -> float:
-    """USD per million input tokens; an unknown price counts as free in plans without a
-    budget (and is flagged by `llmflow models`); a budget refuses it (`check_priced`)."""
-    return model.price_in or 0.0
-
-
-def price_out(model: ModelSpec) -> float:
-    return model.price_out or 0.0
-
-
-def priced(model: ModelSpec) -> bool:
-    """Whether what a call costs on this model is known (embedded models are free)."""
-    return model.backend == "local" or (model.price_in is not None and model.price_out is not None)
-
-
-def check_priced(models: Iterable[ModelSpec]) -> None:
-    """A budget cannot be kept on a model whose price is unknown: say which, and how to
-    declare its price, instead of counting it as free."""
-    lines = []
-    for m in (m for m in models if not priced(m)):
-        missing = " and ".join(n for n in ("price_in", "price_out") if getattr(m, n) is None)
-        lines.append(
-            f"--budget: model '{m.name}' ({m.backend} \"{m.id}\") has no {missing}; declare "
-            "price_in and price_out on it (USD per 1M tokens, 0 for a free server), or a "
-            "catalog_id from the price table (llmflow models --prices TEXT)"
-        )
-    if lines:
-        raise UnknownPrice("\n".join(lines))
-
-
-def price_cached_in(model: ModelSpec) -> float:
-    return model.price_cached_in if model.price_cached_in is not None else price_in(model)
 
 
 def skill(model: ModelSpec, name: str) -> float:
@@ -84,13 +43,6 @@ def needs_schema(node: IRNode) -> bool:
     return any(isinstance(o.type, ListT | RecordT) for o in node.call.outputs)
 
 
-def token_dollars(model: ModelSpec, fresh: float, cached: float, output: float) -> float:
-    """What tokens cost on a model: fresh and cached prompt tokens, and output tokens."""
-    return (
-        fresh * price_in(model) + cached * price_cached_in(model) + output * price_out(model)
-    ) / 1e6
-
-
 @dataclass(frozen=True)
 class Cost:
     dollars: float
@@ -100,17 +52,21 @@ class Cost:
 
 def call_cost(model: ModelSpec, shape: Shape, cached_per_instance: float = 0.0) -> Cost:
     """All instances of a call on a model; `cached_per_instance` prompt tokens come from
-    a reused prefix (cheaper on hosted models, skipped by the embedded engine)."""
+    a reused prefix (`prefix_reuse.cached_tokens_expected`): billed at the cached price,
+    and not evaluated again where the backend evaluates prompts itself (`prefill_tps`)."""
     n = shape.instances
     fresh = max(0.0, shape.input_tokens - cached_per_instance)
-    dollars = n * token_dollars(model, fresh, cached_per_instance, shape.output_tokens)
-    if model.backend == "local":
-        prefill = model.prefill_tps or LOCAL_PREFILL_TPS
-        decode = model.decode_tps or LOCAL_DECODE_TPS
-        seconds = n * (fresh / prefill + shape.output_tokens / decode)
-    else:
-        seconds = n * (REMOTE_FIRST_TOKEN_SECONDS + shape.output_tokens / REMOTE_TOKENS_PER_SECOND)
-    return Cost(dollars, seconds, n * cached_per_instance)
+    dollars = n * prices.dollars(model, fresh, cached_per_instance, shape.output_tokens)
+    time = n * seconds(model.capabilities.timing, fresh, shape.output_tokens)
+    return Cost(dollars, time, n * cached_per_instance)
+
+
+def seconds(timing: Timing, fresh: float, output: float) -> float:
+    """How long one call takes: the first token's latency, the fresh prompt tokens at the
+    prefill speed (when the backend's timing counts them: a hosted model's first-token
+    latency covers its prompt), the answer at the decode speed."""
+    prefill = fresh / timing.prefill_tps if timing.prefill_tps else 0.0
+    return timing.first_token_seconds + prefill + output / timing.decode_tps
 
 
 def fits_context(model: ModelSpec, shape: Shape) -> bool:

@@ -1,10 +1,13 @@
 """Tokens, dollars and seconds per call and for the program, before anything runs.
 
 Members of a prefix group after the first read the shared prefix from a reused KV state
-(embedded models) or a provider's prompt cache, so their prefix is counted as cached."""
+(embedded models) or a provider's prompt cache, so their prefix is counted as cached:
+as much of it as the model's backend reuses (`prefix_reuse.cached_tokens_expected`:
+OpenAI, for one, caches nothing below 1,024 tokens), the same rule the runtime follows."""
 
 from __future__ import annotations
 
+from llmflow.compiler import prefix_reuse
 from llmflow.compiler.ir import Estimate, Plan
 from llmflow.compiler.optimizer import costs
 from llmflow.compiler.optimizer.prompts import Shapes
@@ -28,7 +31,8 @@ def estimate(plan: Plan) -> Plan:
         if group is not None:
             # Every instance but the group's first reads the shared prefix again.
             share = max(0.0, 1.0 - 1.0 / group.instances)
-            cached = min(group.prefix_tokens, shape.input_tokens) * share
+            shared = min(group.prefix_tokens, shape.input_tokens)
+            cached = prefix_reuse.cached_tokens_expected(model, shared) * share
         cost = costs.call_cost(model, shape, cached)
         est = Estimate(
             instances=shape.instances,
@@ -48,4 +52,18 @@ def estimate(plan: Plan) -> Plan:
         f"(~{total.cached_tokens:.0f} from reused prefixes), ~{total.output_tokens:.0f} "
         f"output tokens, ${total.dollars:.4f}, ~{total.seconds:.1f}s of model time",
     )
+    for group in plan.groups:
+        model = plan.models[group.model]
+        least = prefix_reuse.min_tokens(model)
+        if not prefix_reuse.reuses(model, group.prefix_tokens):
+            plan.explain(
+                RULE,
+                f"{group.id} on {group.model}: ~{group.prefix_tokens} shared tokens are "
+                + (
+                    f"below the {least:,} its backend reuses from"
+                    if least is not None
+                    else "not reused by its backend"
+                )
+                + ": counted as fresh prompt tokens",
+            )
     return plan

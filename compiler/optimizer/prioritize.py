@@ -4,7 +4,8 @@
 A node's priority is the estimated time from its start to the end of the run along the
 longest path through it, so whatever the slowest chain waits on runs first. The plan also
 gets its critical path and an estimated makespan: the longer of that path and the work
-queued on the busiest embedded model (one worker per model runs its calls in turn)."""
+queued on the busiest serial model (one whose backend runs its calls in turn, as the
+embedded engine's one worker per model does: `Capabilities.concurrent` is False)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ def prioritize(plan: Plan) -> Plan:
     _inner_priorities(plan, plan.graph, remaining, durations, boost)
     plan.critical_path = critical_path(plan.graph, remaining)
     path_seconds = sum(durations[n] for n in plan.critical_path)
-    busiest = _busiest_local_model(plan)
+    busiest = _busiest_serial_model(plan)
     plan.makespan = max(path_seconds, busiest)
     names = " → ".join(plan.graph.node(n).label for n in plan.critical_path if durations[n] > 0)
     plan.explain(RULE, f"critical path ~{path_seconds:.1f}s: {names or '(no calls)'}")
     if busiest > path_seconds:
         plan.explain(
             RULE,
-            f"the busiest embedded model has ~{busiest:.1f}s of calls queued: "
+            f"the busiest serial model (one call at a time) has ~{busiest:.1f}s of calls queued: "
             f"estimated makespan ~{plan.makespan:.1f}s",
         )
     for output, goal in plan.perf.items():
@@ -55,7 +56,7 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
     from the innermost out, with no recursion."""
     longest: dict[int, float] = {}
     serial: dict[int, bool] = {}
-    """Graph → do its instances queue on one embedded model (a call on one, inside)?"""
+    """Graph → do its instances queue on one serial model (a call on one, inside)?"""
     for graph in reversed(top.graphs()):
         serial[id(graph)] = False
         for node in graph.nodes:
@@ -63,7 +64,7 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
                 est = plan.estimates.get(node.id)
                 out[node.id] = est.seconds / max(est.instances, 1.0) if est else 0.0
                 assert node.call is not None
-                serial[id(graph)] |= plan.models[node.call.model].backend == "local"
+                serial[id(graph)] |= not plan.models[node.call.model].capabilities.concurrent
             elif node.bodies:
                 inner = {key: longest[id(body)] for key, body in node.bodies.items()}
                 serial[id(graph)] |= any(serial[id(b)] for b in node.bodies.values())
@@ -140,10 +141,12 @@ def critical_path(graph: Graph, remaining: dict[str, float]) -> list[str]:
         path.append(max(successors, key=lambda n: remaining[n]))
 
 
-def _busiest_local_model(plan: Plan) -> float:
+def _busiest_serial_model(plan: Plan) -> float:
+    """Seconds of calls queued on the busiest model whose backend runs one at a time."""
     load: dict[str, float] = {}
     for node in plan.calls():
         assert node.call is not None
-        if plan.models[node.call.model].backend == "local" and node.id in plan.estimates:
+        serial = not plan.models[node.call.model].capabilities.concurrent
+        if serial and node.id in plan.estimates:
             load[node.call.model] = load.get(node.call.model, 0.0) + plan.estimates[node.id].seconds
     return max(load.values(), default=0.0)

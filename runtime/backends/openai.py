@@ -4,8 +4,10 @@
 A `generate` call is exactly one HTTP request: retries, rate limits, the cache and the
 budget live a layer above, which needs every failure as a `BackendError` that says
 whether trying again can help. Prefix groups pay off through the provider's prompt
-cache: when a group's calls share enough tokens, the first request of the group is sent
-alone and the rest wait for it and then fan out, so they find the prefix cached.
+cache: when a group's calls share enough tokens (`prefix_reuse.worth_warming`: the
+server reuses them, and there are at least WARM_MIN_TOKENS), the first request of the
+group is sent alone and the rest wait for it and then fan out, so they find the prefix
+cached.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import openai
 from openai import AsyncOpenAI
 
 from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.prefix_reuse import worth_warming
 from llmflow.runtime import secrets
 from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest
 
@@ -37,11 +40,6 @@ DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 PLACEHOLDER_KEY = "no-key"
 """Sent to an `openai_compatible` server when no key is set: self-hosted servers
 usually need none, but the SDK refuses to start without one."""
-
-WARM_MIN_TOKENS = 1024
-"""A prefix group's first request is sent alone only if its calls share at least this
-many tokens: OpenAI caches prompts from 1,024 tokens on, and below that waiting for the
-first answer costs a round trip that the cache cannot pay back."""
 
 MAX_STOP = 4
 """OpenAI takes at most four stop sequences; further ones are applied to the text here."""
@@ -120,7 +118,7 @@ class OpenAIBackend:
         spec = self._models.get(request.model)
         if spec is None:
             raise BackendError(f"no OpenAI-compatible model named '{request.model}'")
-        if request.group is None or request.shared_tokens < WARM_MIN_TOKENS:
+        if request.group is None or not worth_warming(spec, request.shared_tokens):
             return await self._send(spec, request)
         key = (spec.name, request.group)
         warm = self._warm.get(key)

@@ -14,7 +14,7 @@ import pytest
 import llmflow
 from llmflow.compiler import tokens
 from llmflow.compiler.catalog import resolve
-from llmflow.compiler.optimizer.costs import token_dollars
+from llmflow.compiler.prices import dollars
 from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest, Turn
 from llmflow.runtime.backends.scripted import ScriptedBackend
 from llmflow.runtime.budget import Budget, BudgetExceeded
@@ -31,7 +31,7 @@ def request(text: str = "hello", max_tokens: int = 256) -> GenerationRequest:
 
 
 def reservation(req: GenerationRequest) -> float:
-    return token_dollars(SPEC, prompt_tokens_at_most(req), 0, req.max_tokens)
+    return dollars(SPEC, prompt_tokens_at_most(req), 0, req.max_tokens)
 
 
 class Sleeps:
@@ -123,7 +123,7 @@ def test_a_30_call_run_spends_its_budget_instead_of_stopping_early():
     calls stopped after the first few reservations and left most of the budget."""
     answer = Generation(text="ok", input_tokens=20, output_tokens=20)
     most = reservation(request("q00"))
-    cost = token_dollars(SPEC, 20, 0, 20)
+    cost = dollars(SPEC, 20, 0, 20)
     budget = Budget(8 * most)
     gw = Gateway(ScriptedBackend(lambda r: answer, delay=0.01), MODELS, budget=budget)
 
@@ -191,7 +191,7 @@ def test_dense_text_cannot_overspend():
     req = request(text, max_tokens=16)
     worst = len(text.encode()) + 8  # every byte a token, and a chat template's markers
     answer = Generation(text="晴れ", input_tokens=worst, output_tokens=16)
-    budget = Budget(5 * token_dollars(SPEC, worst, 0, 16))
+    budget = Budget(5 * dollars(SPEC, worst, 0, 16))
     gw = Gateway(ScriptedBackend(lambda r: answer, delay=0.01), MODELS, budget=budget)
 
     async def main() -> list[object]:
@@ -211,7 +211,7 @@ def test_an_answer_is_charged_the_usage_its_server_reports():
     budget = Budget(1.0)
     gw = gateway(lambda r: Generation(text="ok", input_tokens=40, output_tokens=3), budget)
     answer = asyncio.run(gw.generate(request()))
-    assert answer.dollars == budget.spent == pytest.approx(token_dollars(SPEC, 40, 0, 3))
+    assert answer.dollars == budget.spent == pytest.approx(dollars(SPEC, 40, 0, 3))
 
 
 def test_usage_a_server_leaves_out_is_charged_at_its_bound():
@@ -222,7 +222,7 @@ def test_usage_a_server_leaves_out_is_charged_at_its_bound():
     assert answer.dollars == pytest.approx(reservation(req)) == pytest.approx(budget.spent)
     budget = Budget(1.0)
     gw = gateway(lambda r: Generation(text="", input_tokens=12), budget)  # nothing generated
-    assert asyncio.run(gw.generate(req)).dollars == pytest.approx(token_dollars(SPEC, 12, 0, 0))
+    assert asyncio.run(gw.generate(req)).dollars == pytest.approx(dollars(SPEC, 12, 0, 0))
 
 
 def test_usage_above_the_reservation_is_charged_as_reported_and_stops_the_next():
@@ -231,7 +231,7 @@ def test_usage_above_the_reservation_is_charged_as_reported_and_stops_the_next()
     # A server that ignored max_tokens: what it reports is what it bills.
     gw = gateway(lambda r: Generation(text="long", input_tokens=10, output_tokens=2000), budget)
     answer = asyncio.run(gw.generate(req))
-    assert answer.dollars == pytest.approx(token_dollars(SPEC, 10, 0, 2000)) == budget.spent
+    assert answer.dollars == pytest.approx(dollars(SPEC, 10, 0, 2000)) == budget.spent
     with pytest.raises(BudgetExceeded):
         asyncio.run(gw.generate(req))
 
@@ -254,7 +254,7 @@ def test_a_try_without_an_answer_counts_as_billed_and_a_retry_reserves_again():
         ScriptedBackend(script), MODELS, budget=budget, policy=RetryPolicy(base=0.0), sleep=Sleeps()
     )
     answer = asyncio.run(gw.generate(req))
-    assert answer.retries == 2 and answer.dollars == pytest.approx(token_dollars(SPEC, 10, 0, 2))
+    assert answer.retries == 2 and answer.dollars == pytest.approx(dollars(SPEC, 10, 0, 2))
     assert budget.unanswered == pytest.approx(most)
     assert budget.spent == pytest.approx(most + answer.dollars)
     assert budget.in_flight == 0 and budget.reserved == 0
@@ -375,7 +375,7 @@ def test_a_resumed_run_counts_what_it_spent_before(compile_source, tmp_path: Pat
     plan = compile_source(PRICED)
     qs = [f"q{i}" for i in range(4)]
     answer = Generation(text="ok", input_tokens=10, output_tokens=10)
-    cost = token_dollars(plan.models["m"], 10, 0, 10)
+    cost = dollars(plan.models["m"], 10, 0, 10)
     run_dir = RunDir.create(tmp_path / "home")
     served = ScriptedBackend(lambda r: answer)
     first = Budget(10.0)

@@ -15,7 +15,7 @@ import pytest
 import llmflow
 from llmflow.compiler.catalog import resolve
 from llmflow.compiler.models import Limits
-from llmflow.compiler.optimizer.costs import token_dollars
+from llmflow.compiler.prices import dollars
 from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest, Turn
 from llmflow.runtime.backends.scripted import ScriptedBackend
 from llmflow.runtime.budget import Budget, BudgetExceeded
@@ -207,9 +207,9 @@ def test_the_budget_reserves_the_model_tokenizer_count_when_the_backend_has_one(
 
     spec = MODELS["m"]
     answer = Generation(text="ok", input_tokens=5, output_tokens=1)
-    budget = Budget(1.01 * token_dollars(spec, 5, 0, 16))
+    budget = Budget(1.01 * dollars(spec, 5, 0, 16))
     long = request("x" * 1000, max_tokens=16)  # bounded at 1,000+ tokens without a count
-    assert token_dollars(spec, prompt_tokens_at_most(long), 0, 16) > budget.limit
+    assert dollars(spec, prompt_tokens_at_most(long), 0, 16) > budget.limit
     assert asyncio.run(Gateway(Counting(lambda r: answer), MODELS, budget=budget).generate(long))
     with pytest.raises(BudgetExceeded):
         asyncio.run(gateway(lambda r: answer, budget=Budget(budget.limit)).generate(long))
@@ -319,3 +319,17 @@ def test_a_call_falls_back_to_the_next_qualifying_model_and_the_trace_says_so(
     assert took_over["gen_ai.request.model"] == "big"
     assert took_over["gen_ai.usage.input_tokens"] > 0
     assert took_over["start"] <= took_over["end"]
+
+
+def test_cached_prompt_tokens_are_billed_at_the_cached_price():
+    """The bill uses the plans' arithmetic (`prices.dollars`): of a reported prompt, the
+    tokens the server read from its cache cost `price_cached_in`, the rest `price_in`."""
+    spec = resolve("mini", "openai", "gpt-4o-mini")
+    assert spec.price_cached_in is not None and spec.price_cached_in < (spec.price_in or 0)
+    reply = Generation(text="ok", input_tokens=2000, cached_tokens=1152, output_tokens=10)
+    backend = ScriptedBackend(lambda req: reply)
+    gw = Gateway(backend, {"mini": spec}, sleep=Sleeps())
+    req = GenerationRequest(model="mini", turns=[Turn(role="user", text="hi")])
+    answer = asyncio.run(gw.generate(req))
+    assert answer.dollars == pytest.approx(dollars(spec, 848, 1152, 10))
+    assert answer.dollars < dollars(spec, 2000, 0, 10)

@@ -21,7 +21,8 @@ import openai
 import pytest
 
 import llmflow
-from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.models import Capabilities, ModelSpec
+from llmflow.compiler.prefix_reuse import WARM_MIN_TOKENS
 from llmflow.compiler.types import Prim, RecordT, json_schema
 from llmflow.runtime.backends import Router
 from llmflow.runtime.backends import openai as openai_backend
@@ -32,7 +33,7 @@ from llmflow.runtime.backends.base import (
     GenerationRequest,
     Turn,
 )
-from llmflow.runtime.backends.openai import WARM_MIN_TOKENS, OpenAIBackend, strict_schema
+from llmflow.runtime.backends.openai import OpenAIBackend, strict_schema
 from llmflow.runtime.gateway import Gateway
 from llmflow.runtime.retry import RetriesExhausted, RetryPolicy
 
@@ -144,6 +145,15 @@ def model(url: str, backend: str = "openai_compatible", **options: Any) -> Model
         supports_schema=supports_schema,
         options={"base_url": url, **options},
     )
+
+
+OPENAI_CACHE = Capabilities(prefix_reuse_min_tokens=1024, prefix_reuse_step_tokens=128)
+"""What the `openai` kind declares of its prompt cache (the warm-up reads it)."""
+
+
+def cached_model(url: str) -> ModelSpec:
+    """An `openai` model whose capabilities say it caches prompts, as OpenAI does."""
+    return model(url, "openai").model_copy(update={"capabilities": OPENAI_CACHE})
 
 
 def ask(text: str, **fields: Any) -> GenerationRequest:
@@ -510,7 +520,7 @@ def test_group_warms_up_before_fanning_out(
     )
     shared = WARM_MIN_TOKENS
     results = generate(
-        model(scripted_server.url, "openai"),
+        cached_model(scripted_server.url),
         *(ask(f"q{i}", group="g1", shared_tokens=shared) for i in range(3)),
     )
     first, *rest = sorted(scripted_server.seen, key=lambda seen: seen.started)
@@ -527,12 +537,25 @@ def test_a_group_with_a_short_shared_prefix_is_not_held_back(
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
     scripted_server.reply = lambda seen: Reply(body=chat_reply().body, delay=0.3)
     generate(
-        model(scripted_server.url, "openai"),
+        cached_model(scripted_server.url),
         *(ask(f"q{i}", group="g1", shared_tokens=WARM_MIN_TOKENS - 1) for i in range(3)),
     )
     first, *rest = sorted(scripted_server.seen, key=lambda seen: seen.started)
     assert all(seen.started < first.finished for seen in rest)  # all went together
     assert {seen.body["prompt_cache_key"] for seen in scripted_server.seen} == {"llmflow-g1"}
+
+
+def test_a_group_is_not_held_back_where_the_server_reuses_no_prefix(
+    scripted_server: ScriptedServer,
+) -> None:
+    """The warm-up asks the model's capabilities: a server that declares no prefix reuse
+    gains nothing from waiting for the first answer, however long the shared prefix."""
+    scripted_server.reply = lambda seen: Reply(body=chat_reply().body, delay=0.3)
+    never = model(scripted_server.url).model_copy(update={"capabilities": Capabilities()})
+    long = 4 * WARM_MIN_TOKENS
+    generate(never, *(ask(f"q{i}", group="g1", shared_tokens=long) for i in range(3)))
+    first, *rest = sorted(scripted_server.seen, key=lambda seen: seen.started)
+    assert all(seen.started < first.finished for seen in rest)
 
 
 def test_request_parameters(scripted_server: ScriptedServer) -> None:
