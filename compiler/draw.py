@@ -29,9 +29,9 @@ from pathlib import Path
 
 import graphviz
 
+from llmflow.compiler import prices
 from llmflow.compiler.ir import Estimate, Graph, IRNode, Plan, PrefixGroup
 from llmflow.compiler.models import ModelSpec
-from llmflow.compiler.optimizer import costs
 from llmflow.compiler.optimizer.prioritize import critical_path
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
 from llmflow.compiler.picture import (
@@ -86,7 +86,7 @@ def _count(x: float) -> str:
 def _price_unknown(model: ModelSpec) -> bool:
     """A model whose price is not known: the optimizer counts the unknown part as free
     (and a budget refuses the model), so the picture says so rather than calling it free."""
-    return not model.capabilities.free and not costs.priced(model)
+    return not model.capabilities.free and not prices.priced(model)
 
 
 def _price_text(model: ModelSpec) -> str:
@@ -95,7 +95,8 @@ def _price_text(model: ModelSpec) -> str:
         return "free"
     if not _price_unknown(model):
         return (
-            f"{_per_million(costs.price_in(model))} in · {_per_million(costs.price_out(model))} out"
+            f"{_per_million(prices.price_in(model))} in · "
+            f"{_per_million(prices.price_out(model))} out"
         )
     if model.price_in is None and model.price_out is None:
         return "unknown (counted as free)"
@@ -109,7 +110,7 @@ def _price_text(model: ModelSpec) -> str:
 def _is_free(model: ModelSpec) -> bool:
     """Calls on the model cost nothing: its backend says so, or both prices are 0."""
     return model.capabilities.free or (
-        costs.priced(model) and costs.price_in(model) == 0 and costs.price_out(model) == 0
+        prices.priced(model) and prices.price_in(model) == 0 and prices.price_out(model) == 0
     )
 
 
