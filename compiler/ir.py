@@ -8,14 +8,17 @@ known; a subgraph reads its parent node's arguments through `input` nodes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmflow.compiler.ast import Span
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import Type
+from llmflow.errors import LLMFlowError
 
 NodeKind = Literal["input", "const", "llm", "builtin", "extern", "map", "branch", "loop", "output"]
 
@@ -297,6 +300,7 @@ class Plan(BaseModel):
             "objective": self.objective,
             "budget": self.budget,
             "known_nodes": sorted(self.known),
+            "known": {k: self.known[k] for k in sorted(self.known)},
             "groups": [g.model_dump() for g in self.groups],
             "fallbacks": self.fallbacks,
             "priorities": self.priorities,
@@ -307,5 +311,218 @@ class Plan(BaseModel):
             "decisions": [d.model_dump(exclude_none=True) for d in self.decisions],
         }
 
+    @classmethod
+    def from_json(cls, data: str | bytes | Mapping[str, Any]) -> Plan:
+        """The plan `to_json` wrote (text or parsed data), ready to run without the
+        source. Anything else, cut or hostile, raises PlanError naming the JSON path."""
+        return _read_plan(data)
+
 
 IRNode.model_rebuild()
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class PlanError(LLMFlowError):
+    """Plan JSON that is not a plan `Plan.to_json` could have written."""
+
+
+_MAX_PLAN_CHARS = 1 << 30
+"""Plan text longer than this (1 GiB) is refused before parsing."""
+
+
+def _where(*loc: Any) -> str:
+    """A JSON path for people: `graph.subgraphs["n7/then"].nodes[3].type`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.isidentifier():
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(str(part))}]"
+    return out or "the plan"
+
+
+def _fail(message: str, *loc: Any) -> PlanError:
+    return PlanError(f"plan JSON: {_where(*loc)}: {message}")
+
+
+def _validated(model: type[_M], data: Any, *loc: Any) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise _fail(first["msg"] + more, *loc, *first["loc"]) from None
+
+
+class _EdgeJSON(BaseModel):
+    source: str
+    target: str
+    var: str
+    ports: list[int]
+
+
+class _GraphJSON(BaseModel):
+    nodes: list[dict[str, Any]]
+    edges: list[_EdgeJSON]
+    inputs: list[str]
+    outputs: dict[str, str]
+
+
+def _read_plan(data: str | bytes | Mapping[str, Any]) -> Plan:
+    from llmflow.runtime.values import InvalidValue, check_json
+
+    if isinstance(data, str | bytes):
+        if len(data) > _MAX_PLAN_CHARS:
+            raise PlanError(f"plan JSON: longer than {_MAX_PLAN_CHARS} characters")
+        try:
+            data = json.loads(data)
+        except RecursionError:
+            raise PlanError("plan JSON: nested too deeply to read") from None
+        except ValueError as err:  # JSONDecodeError, undecodable bytes, a huge int
+            raise PlanError(f"plan JSON: not JSON: {err}") from None
+    if not isinstance(data, Mapping):
+        raise _fail(f"a {type(data).__name__}, not an object")
+    try:
+        check_json(data)
+    except InvalidValue as err:
+        raise PlanError(f"plan JSON: {err}") from None
+    fields = {k: v for k, v in data.items() if k not in ("graph", "known", "known_nodes")}
+    plan = _validated(Plan, {**fields, "graph": Graph()})
+    if "graph" not in data:
+        raise _fail("missing", "graph")
+    plan.graph = _read_graphs(data["graph"])
+    known = data.get("known", {})
+    if not isinstance(known, Mapping):
+        raise _fail(f"a {type(known).__name__}, not an object", "known")
+    plan.known = dict(known)
+    _check_references(plan)
+    return plan
+
+
+def _read_graphs(data: Any) -> Graph:
+    """The top graph and its subgraphs (listed flat, named by `NODE/KEY`): each subgraph
+    is the body of exactly one node, so bodies form a tree, never a cycle."""
+    if not isinstance(data, Mapping):
+        raise _fail(f"a {type(data).__name__}, not an object", "graph")
+    subgraphs = data.get("subgraphs", {})
+    if not isinstance(subgraphs, Mapping):
+        raise _fail(f"a {type(subgraphs).__name__}, not an object", "graph", "subgraphs")
+    used: set[str] = set()
+    ids: set[str] = set()
+    top = Graph()
+    pending: list[tuple[Graph, Any, tuple[Any, ...]]] = [(top, data, ("graph",))]
+    while pending:
+        graph, gdata, loc = pending.pop()
+        shape = _validated(_GraphJSON, gdata, *loc)
+        for i, item in enumerate(shape.nodes):
+            where = (*loc, "nodes", i)
+            bodies = item.get("bodies", {})
+            if not isinstance(bodies, Mapping):
+                raise _fail(f"a {type(bodies).__name__}, not an object", *where, "bodies")
+            node = _validated(IRNode, {k: v for k, v in item.items() if k != "bodies"}, *where)
+            if node.id in ids:
+                raise _fail(f"node id {node.id!r} is used twice", *where, "id")
+            ids.add(node.id)
+            for port, arg in enumerate(node.args):
+                if arg not in graph.g:
+                    raise _fail(
+                        f"{arg!r} is not an earlier node of this graph", *where, "args", port
+                    )
+            graph.g.add_node(node.id, node=node)
+            for key, name in bodies.items():
+                if not isinstance(name, str) or name not in subgraphs:
+                    raise _fail(f"{name!r} is not in graph.subgraphs", *where, "bodies", key)
+                if name in used:
+                    raise _fail(
+                        f"subgraph {name!r} is the body of two nodes", *where, "bodies", key
+                    )
+                used.add(name)
+                node.bodies[key] = Graph()
+                pending.append((node.bodies[key], subgraphs[name], ("graph", "subgraphs", name)))
+        _read_edges(graph, shape, loc)
+        for i, node_id in enumerate(shape.inputs):
+            if node_id not in graph.g or graph.node(node_id).kind != "input":
+                raise _fail(f"{node_id!r} is not an input node of this graph", *loc, "inputs", i)
+        expected = [n.id for n in graph.nodes if n.kind == "input"]
+        if shape.inputs != expected:
+            raise _fail(f"lists {shape.inputs}, but the input nodes are {expected}", *loc, "inputs")
+        graph.inputs = shape.inputs
+        for name, node_id in shape.outputs.items():
+            if node_id not in graph.g:
+                raise _fail(f"{node_id!r} is not a node of this graph", *loc, "outputs", name)
+        graph.outputs = dict(shape.outputs)
+    if unused := sorted(set(subgraphs) - used):
+        raise _fail("the body of no node", "graph", "subgraphs", unused[0])
+    return top
+
+
+def _read_edges(graph: Graph, shape: _GraphJSON, loc: tuple[Any, ...]) -> None:
+    """The edges as written (their order and variable names), once they say what the
+    nodes' args say: one edge per producer and reader, with the ports it feeds."""
+    expected: dict[tuple[str, str], list[int]] = {}
+    for node in graph.nodes:
+        for port, src in enumerate(node.args):
+            expected.setdefault((src, node.id), []).append(port)
+    for i, edge in enumerate(shape.edges):
+        pair = (edge.source, edge.target)
+        if pair not in expected or graph.g.has_edge(*pair):
+            raise _fail(
+                f"{edge.source} → {edge.target} is not an argument of {edge.target!r}"
+                if pair not in expected
+                else "listed twice",
+                *loc,
+                "edges",
+                i,
+            )
+        if sorted(edge.ports) != expected[pair]:
+            raise _fail(
+                f"{edge.target} reads {edge.source} at ports {expected[pair]}",
+                *loc,
+                "edges",
+                i,
+                "ports",
+            )
+        graph.g.add_edge(*pair, var=edge.var, ports=list(edge.ports))
+    if missing := [p for p in expected if not graph.g.has_edge(*p)]:
+        raise _fail(f"no edge {missing[0][0]} → {missing[0][1]}", *loc, "edges")
+
+
+def _check_references(plan: Plan) -> None:
+    """Node ids and model names the plan's decisions name exist."""
+    ids = {n.id for n in plan.graph.walk()}
+
+    def node(node_id: str, *loc: Any) -> None:
+        if node_id not in ids:
+            raise _fail(f"{node_id!r} is not a node of the plan", *loc)
+
+    def model(name: str, *loc: Any) -> None:
+        if name not in plan.models:
+            raise _fail(f"{name!r} is not one of the plan's models", *loc)
+
+    model(plan.default_model, "default_model")
+    for n in plan.calls():
+        assert n.call is not None
+        if n.call.model not in plan.models:
+            raise _fail(
+                f"node {n.id} runs on {n.call.model!r}, not one of the plan's models", "graph"
+            )
+    for key in plan.known:
+        if key not in plan.graph.g:
+            raise _fail(f"{key!r} is not a node of the top graph", "known", key)
+    for i, group in enumerate(plan.groups):
+        model(group.model, "groups", i, "model")
+        for j, call in enumerate(group.calls):
+            node(call, "groups", i, "calls", j)
+    for key, fallbacks in plan.fallbacks.items():
+        node(key, "fallbacks", key)
+        for j, name in enumerate(fallbacks):
+            model(name, "fallbacks", key, j)
+    for table in ("priorities", "estimates"):
+        for key in getattr(plan, table):
+            node(key, table, key)
+    for i, key in enumerate(plan.critical_path):
+        node(key, "critical_path", i)
