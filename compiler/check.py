@@ -190,6 +190,9 @@ class _Scope:
         self.branch_only: dict[str, ast.Span] = {}
         """Names assigned in only some branches of an if: visible nowhere else."""
         self.loop_locals: dict[str, ast.Span] = {}
+        self.nexts: dict[str, _Def] = {}
+        """A loop body: each carried variable's value for the next iteration, checked
+        against its declared type with the other definitions, but no name anyone reads."""
         self._version: list[int] = parent._version if parent is not None else [0]
         """Bumped by every definition in the scope tree: `find`'s cache is kept until then."""
         self._found: dict[str, tuple[int, _Def | None]] = {}
@@ -949,7 +952,7 @@ class Checker:
         self.current_flow = None
 
     def _finish(self, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
-        for d in list(scope.defs.values()):
+        for d in [*scope.defs.values(), *scope.nexts.values()]:
             self._force(d)
         for check in deferred:
             check()
@@ -1133,13 +1136,9 @@ class Checker:
                         )
                     return want
 
-                name = f"{target.name}'next"
-                if name not in scope.defs:
-                    self._add(
-                        scope,
-                        name,
-                        _Def(name, target.span, check_next, reads=lambda d=d: [*reads(), d]),
-                    )
+                scope.nexts[target.name] = _Def(
+                    target.name, target.span, check_next, reads=lambda d=d: [*reads(), d]
+                )
                 continue
             self._define(scope, target, compute, reads)
 
@@ -1185,8 +1184,6 @@ class Checker:
         deferred.append(lambda: self._finish(then_scope, []))
         deferred.append(lambda: self._finish(else_scope, []))
         for name, d in then_scope.defs.items():
-            if "'" in name:
-                continue
             other = else_scope.defs.get(name)
             if other is None:
                 scope.branch_only[name] = stmt.span
@@ -1211,9 +1208,9 @@ class Checker:
                 lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
             )
         for name in else_scope.defs:
-            if name not in then_scope.defs and "'" not in name:
+            if name not in then_scope.defs:
                 scope.branch_only[name] = stmt.span
-        if not any(n in else_scope.defs for n in then_scope.defs if "'" not in n):
+        if not any(n in else_scope.defs for n in then_scope.defs):
 
             def no_effect() -> None:
                 if stmt.span in self._explained:
@@ -1314,11 +1311,7 @@ class Checker:
         self._collect(stmt.body, body, body_deferred, carried, nexts)
         self._leave(body)
         for name in body.defs:
-            if (
-                name not in carried
-                and "'" not in name
-                and (stmt.var is None or name != stmt.var.name)
-            ):
+            if name not in carried and (stmt.var is None or name != stmt.var.name):
                 scope.loop_locals[name] = stmt.span
         if stmt.until is not None:
             until = stmt.until

@@ -1,19 +1,21 @@
 """The IR: a dataflow graph whose edges are semantic variables, and the Plan around it.
 
-A `Graph` is a `networkx.DiGraph` of `IRNode`s. A node's `args` list the producers of its
-inputs in order (the edges say the same, for analysis and drawing). `map`, `branch` and
-`loop` nodes hold subgraphs that the runtime expands once their list or condition is
-known; a subgraph reads its parent node's arguments through `input` nodes.
+A `Graph` is a `networkx.DiGraph` of typed nodes (`IRNode`: a union on `kind`, one class
+per kind with only its own fields). A node's `args` list the producers of its inputs in
+order (the edges say the same, for analysis and drawing). `map`, `branch` and `loop`
+nodes hold subgraphs that the runtime expands once their list or condition is known; a
+subgraph reads its parent node's arguments through input nodes bound to a `Port`.
+A Plan writes itself as JSON (`to_json`) and reads back from it (`Plan.from_json`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from llmflow.compiler.ast import Span
 from llmflow.compiler.models import ModelSpec
@@ -22,19 +24,84 @@ from llmflow.errors import LLMFlowError
 
 NodeKind = Literal["input", "const", "llm", "builtin", "extern", "map", "branch", "loop", "output"]
 
+_STRICT = ConfigDict(frozen=True, extra="forbid")
 
-class Segment(BaseModel):
-    """One piece of a template: constant text, an input read, or an output."""
 
-    text: str | None = None
-    input: str | None = None
-    """Reads this parameter."""
-    output: str | None = None
-    """Generates this output here (its first placeholder)."""
-    ref: str | None = None
-    """Reads an output generated earlier in the same template."""
+# -- template segments: how a call's prompt is made, in order
+
+
+class Text(BaseModel):
+    """Constant template text."""
+
+    model_config = _STRICT
+    kind: Literal["text"] = "text"
+    text: str
+
+
+class Read(BaseModel):
+    """The value of a parameter (`{{review}}`), or fields of it (`{{review.summary}}`)."""
+
+    model_config = _STRICT
+    kind: Literal["read"] = "read"
+    input: str
     path: list[str] = Field(default_factory=list)
-    """Fields selected from the input or output (`{{review.summary}}`)."""
+
+
+class Generate(BaseModel):
+    """Where the model generates an output (its first placeholder)."""
+
+    model_config = _STRICT
+    kind: Literal["generate"] = "generate"
+    output: str
+
+
+class Ref(BaseModel):
+    """An output generated earlier in the same template, read again (or fields of it)."""
+
+    model_config = _STRICT
+    kind: Literal["ref"] = "ref"
+    output: str
+    path: list[str] = Field(default_factory=list)
+
+
+Segment = Annotated[Text | Read | Generate | Ref, Field(discriminator="kind")]
+
+
+# -- input bindings: what an input node's value is in its graph
+
+
+class Param(BaseModel):
+    """The flow's parameter of this name (top graph only)."""
+
+    model_config = _STRICT
+    kind: Literal["param"] = "param"
+    name: str
+
+
+class Item(BaseModel):
+    """The list element this instance of a map or `for` loop body runs on."""
+
+    model_config = _STRICT
+    kind: Literal["item"] = "item"
+
+
+class Carried(BaseModel):
+    """A loop-carried variable's value at the start of this iteration."""
+
+    model_config = _STRICT
+    kind: Literal["carried"] = "carried"
+    name: str
+
+
+class Port(BaseModel):
+    """The parent node's argument at this index (a value captured from outside)."""
+
+    model_config = _STRICT
+    kind: Literal["port"] = "port"
+    index: int
+
+
+Binding = Annotated[Param | Item | Carried | Port, Field(discriminator="kind")]
 
 
 class OutputSpec(BaseModel):
@@ -57,11 +124,13 @@ class LLMCall(BaseModel):
     needs: dict[str, float] = Field(default_factory=dict)
 
 
-class IRNode(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+# -- nodes: one class per kind, each with only its own fields
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     id: str
-    kind: NodeKind
     label: str
     type: Type
     args: list[str] = Field(default_factory=list)
@@ -69,21 +138,120 @@ class IRNode(BaseModel):
     span: Span | None = None
     var: str | None = None
     """The flow variable this node's value is bound to, if any."""
-    op: str | None = None
-    """builtin: the operator or builtin name; input: how it is bound (see `value`)."""
-    value: Any = None
-    """const: the value. input: a flow parameter name, "item", "carried:NAME" or
-    "port:K" (the K-th argument of the parent node). output: the output's name.
-    builtin field/record: the field name(s). builtin with keywords: their names."""
-    call: LLMCall | None = None
-    extern: str | None = None
+
+    @property
+    def bodies(self) -> dict[str, Graph]:
+        """The subgraphs this node holds, by role ("body"; "then", "else")."""
+        return {}
+
+
+class InputNode(_Node):
+    kind: Literal["input"] = "input"
+    binding: Binding
+
+
+class ConstNode(_Node):
+    kind: Literal["const"] = "const"
+    value: Any
+    """JSON data."""
+
+
+class LLMNode(_Node):
+    kind: Literal["llm"] = "llm"
+    call: LLMCall
+
+
+class BuiltinNode(_Node):
+    """An operator, a field access, a list or record, or a named builtin."""
+
+    kind: Literal["builtin"] = "builtin"
+    op: str
+    """The operator ("+", "and"), "field", "index", "list", "record", "neg", "not", or
+    the builtin's name."""
+    field: str | None = None
+    """op "field": the field read."""
+    names: list[str] | None = None
+    """op "record": its field names, in argument order. A named builtin: the keyword
+    names of its last arguments."""
+
+    @property
+    def static(self) -> Any:
+        """What `stdlib.builtins.evaluate` takes beside the arguments."""
+        return self.field if self.op == "field" else self.names
+
+
+class ExternNode(_Node):
+    kind: Literal["extern"] = "extern"
+    extern: str
+    """The Python function: `module:function`."""
     extern_single: bool = True
-    bodies: dict[str, Graph] = Field(default_factory=dict)
-    """map: "body". branch: "then", "else". loop: "body"."""
+    """Returns its one output itself (not a dict of outputs)."""
+    outputs: list[str]
+    """Its declared output names."""
+
+
+class MapNode(_Node):
+    """args: the list, then what the body captures (its `Port` inputs)."""
+
+    kind: Literal["map"] = "map"
+    body: Graph
+    """Outputs "value" (each kept item's result) and, with a filter, "where"."""
+
+    @property
+    def bodies(self) -> dict[str, Graph]:
+        return {"body": self.body}
+
+
+class BranchNode(_Node):
+    """args: the condition, then what the branches capture."""
+
+    kind: Literal["branch"] = "branch"
+    then: Graph
+    orelse: Graph
+    """Both output every name the if exports."""
+
+    @property
+    def bodies(self) -> dict[str, Graph]:
+        return {"then": self.then, "else": self.orelse}
+
+
+class LoopNode(_Node):
+    """args: the list (`for`), the carried variables' first values, then captures."""
+
+    kind: Literal["loop"] = "loop"
+    body: Graph
+    """Outputs each carried variable's value after an iteration, by its name, and
+    "until" (a keyword, so never a variable) if the loop has a stop condition."""
     loop_max: int | None = None
-    """loop: the iteration bound (None: once per item of the list it runs over)."""
+    """The iteration bound (None: once per item of the list it runs over)."""
     carried: list[str] = Field(default_factory=list)
-    """loop: the names of its loop-carried variables, in argument order after the list."""
+    """The names of its loop-carried variables, in argument order after the list."""
+
+    @property
+    def bodies(self) -> dict[str, Graph]:
+        return {"body": self.body}
+
+
+class OutputNode(_Node):
+    kind: Literal["output"] = "output"
+    name: str
+
+
+IRNode = Annotated[
+    InputNode
+    | ConstNode
+    | LLMNode
+    | BuiltinNode
+    | ExternNode
+    | MapNode
+    | BranchNode
+    | LoopNode
+    | OutputNode,
+    Field(discriminator="kind"),
+]
+_BODY_FIELDS = {"body": "body", "then": "then", "else": "orelse"}
+"""A subgraph's role in JSON and `bodies` → the node field holding it."""
+_NODE = TypeAdapter(IRNode)
 
 
 class Graph:
@@ -191,7 +359,8 @@ class Graph:
 
 
 def _node_json(node: IRNode) -> dict[str, Any]:
-    data = node.model_dump(mode="json", exclude={"bodies"}, exclude_none=True)
+    exclude = {"body", "then", "orelse"}
+    data = node.model_dump(mode="json", exclude=exclude, exclude_none=True)
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
     return data
@@ -283,8 +452,8 @@ class Plan(BaseModel):
     def group_of(self, node_id: str) -> PrefixGroup | None:
         return next((g for g in self.groups if node_id in g.calls), None)
 
-    def calls(self) -> list[IRNode]:
-        return [n for n in self.graph.walk() if n.kind == "llm"]
+    def calls(self) -> list[LLMNode]:
+        return [n for n in self.graph.walk() if isinstance(n, LLMNode)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -318,7 +487,8 @@ class Plan(BaseModel):
         return _read_plan(data)
 
 
-IRNode.model_rebuild()
+for _model in (MapNode, BranchNode, LoopNode):
+    _model.model_rebuild()
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -356,6 +526,18 @@ def _validated(model: type[_M], data: Any, *loc: Any) -> _M:
         first = err.errors()[0]
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
         raise _fail(first["msg"] + more, *loc, *first["loc"]) from None
+
+
+def _validated_node(data: Any, *loc: Any) -> IRNode:
+    try:
+        return _NODE.validate_python(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        inner = first["loc"]
+        if inner[:1] == (data.get("kind"),):  # the union's tag
+            inner = inner[1:]
+        raise _fail(first["msg"] + more, *loc, *inner) from None
 
 
 class _EdgeJSON(BaseModel):
@@ -423,7 +605,12 @@ def _read_graphs(data: Any) -> Graph:
             bodies = item.get("bodies", {})
             if not isinstance(bodies, Mapping):
                 raise _fail(f"a {type(bodies).__name__}, not an object", *where, "bodies")
-            node = _validated(IRNode, {k: v for k, v in item.items() if k != "bodies"}, *where)
+            fields = {k: v for k, v in item.items() if k != "bodies"}
+            for key in bodies:
+                if key not in _BODY_FIELDS:
+                    raise _fail("not a subgraph role (body, then, else)", *where, "bodies", key)
+                fields[_BODY_FIELDS[key]] = Graph()
+            node = _validated_node(fields, *where)
             if node.id in ids:
                 raise _fail(f"node id {node.id!r} is used twice", *where, "id")
             ids.add(node.id)
@@ -441,7 +628,6 @@ def _read_graphs(data: Any) -> Graph:
                         f"subgraph {name!r} is the body of two nodes", *where, "bodies", key
                     )
                 used.add(name)
-                node.bodies[key] = Graph()
                 pending.append((node.bodies[key], subgraphs[name], ("graph", "subgraphs", name)))
         _read_edges(graph, shape, loc)
         for i, node_id in enumerate(shape.inputs):
@@ -505,7 +691,6 @@ def _check_references(plan: Plan) -> None:
 
     model(plan.default_model, "default_model")
     for n in plan.calls():
-        assert n.call is not None
         if n.call.model not in plan.models:
             raise _fail(
                 f"node {n.id} runs on {n.call.model!r}, not one of the plan's models", "graph"

@@ -14,7 +14,31 @@ from typing import Any
 from llmflow.compiler import ast
 from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym
 from llmflow.compiler.heap import gc_paused
-from llmflow.compiler.ir import Graph, InputSpec, IRNode, LLMCall, OutputSpec, Plan, Segment
+from llmflow.compiler.ir import (
+    BranchNode,
+    BuiltinNode,
+    ConstNode,
+    ExternNode,
+    Generate,
+    Graph,
+    InputNode,
+    InputSpec,
+    Item,
+    LLMCall,
+    LLMNode,
+    LoopNode,
+    MapNode,
+    OutputNode,
+    OutputSpec,
+    Param,
+    Plan,
+    Port,
+    Read,
+    Ref,
+    Segment,
+    Text,
+)
+from llmflow.compiler.ir import Carried as CarriedBinding
 from llmflow.compiler.types import ANY, RecordT, Type, unify
 from llmflow.stdlib.builtins import Builtin
 
@@ -108,13 +132,12 @@ class _Env:
             port = self.first_port + len(self.captures)
             self.captures.append(outer)
             node = self.graph.add(
-                IRNode(
+                InputNode(
                     id=self.new_id(),
-                    kind="input",
                     label=producer.var or producer.label,
                     type=producer.type,
                     var=producer.var,
-                    value=f"port:{port}",
+                    binding=Port(index=port),
                 )
             )
             self._capture_nodes[outer] = node.id
@@ -142,7 +165,8 @@ class Lowerer:
         return self.checked.types.get(id(expr), ANY)
 
     def add(self, env: _Env, **fields: Any) -> str:
-        return env.graph.add(IRNode(id=self.new_id(), **fields)).id
+        kind = _KINDS[fields.pop("kind")]
+        return env.graph.add(kind(id=self.new_id(), **fields)).id
 
     def const(self, env: _Env, value: Any, type_: Type, span: ast.Span | None = None) -> str:
         return self.add(
@@ -162,7 +186,7 @@ class Lowerer:
             label=f".{name}",
             type=type_,
             args=[source],
-            value=name,
+            field=name,
             var=var,
         )
 
@@ -176,13 +200,12 @@ class Lowerer:
         inputs: list[InputSpec] = []
         for (pname, ptype, default), param in zip(sym.sig.params, sym.decl.params, strict=True):
             node = graph.add(
-                IRNode(
+                InputNode(
                     id=self.new_id(),
-                    kind="input",
                     label=pname,
                     type=ptype,
                     var=pname,
-                    value=pname,
+                    binding=Param(name=pname),
                     span=param.name.span,
                 )
             )
@@ -203,7 +226,7 @@ class Lowerer:
                 label=oname,
                 type=otype,
                 args=[env.get(oname)],
-                value=oname,
+                name=oname,
                 var=oname,
             )
             graph.outputs[oname] = out
@@ -324,7 +347,8 @@ class Lowerer:
                 label="if",
                 type=record,
                 args=[cond, *then_env.captures, *else_env.captures],
-                bodies={"then": then_env.graph, "else": else_env.graph},
+                then=then_env.graph,
+                orelse=else_env.graph,
                 span=stmt.span,
             )
             link = stmt
@@ -360,11 +384,16 @@ class Lowerer:
                 label=stmt.var.name,
                 type=item_type,
                 var=stmt.var.name,
-                value="item",
+                binding=Item(),
             )
         for name in carried:
             body.memo[name] = self.add(
-                body, kind="input", label=name, type=types[name], var=name, value=f"carried:{name}"
+                body,
+                kind="input",
+                label=name,
+                type=types[name],
+                var=name,
+                binding=CarriedBinding(name=name),
             )
         nexts: dict[str, ast.Assign] = {}
         for s in stmt.body:
@@ -386,7 +415,7 @@ class Lowerer:
                 i = [t.name for t in assign.targets].index(name)
                 fname, ftype = value_type.fields[i]
                 next_ids[name] = self.field(body, self.expr(assign.value, body), fname, ftype, name)
-        graph.outputs = {f"next:{name}": next_ids[name] for name in carried}
+        graph.outputs = {name: next_ids[name] for name in carried}
         if stmt.until is not None:
             after = _Env(graph, body)
             after.memo.update(next_ids)
@@ -399,7 +428,7 @@ class Lowerer:
             label=label,
             type=record,
             args=args + body.captures,
-            bodies={"body": graph},
+            body=graph,
             loop_max=stmt.max_iters,
             carried=carried,
             span=stmt.span,
@@ -482,7 +511,7 @@ class Lowerer:
         body = _Env(graph, env, first_port=1)
         item_type = getattr(env.graph.node(iterable).type, "item", ANY)
         body.memo[e.var.name] = self.add(
-            body, kind="input", label=e.var.name, type=item_type, var=e.var.name, value="item"
+            body, kind="input", label=e.var.name, type=item_type, var=e.var.name, binding=Item()
         )
         if e.where is not None:
             graph.outputs["where"] = self.expr(e.where, body)
@@ -495,7 +524,7 @@ class Lowerer:
             label=label,
             type=self.type_of(e),
             args=[iterable, *body.captures],
-            bodies={"body": graph},
+            body=graph,
             span=e.span,
         )
 
@@ -526,7 +555,7 @@ class Lowerer:
                 type=t,
                 args=args,
                 span=e.span,
-                value=[kw.name.name for kw in extra] or None,
+                names=[kw.name.name for kw in extra] or None,
             )
         if isinstance(callee, TypeSym):
             assert isinstance(t, RecordT)
@@ -539,7 +568,7 @@ class Lowerer:
                 type=t,
                 args=args,
                 span=e.span,
-                value=[n for n, _ in t.fields],
+                names=[n for n, _ in t.fields],
             )
         if isinstance(callee, FlowSym):
             return self.inline(callee, e, env)
@@ -556,7 +585,7 @@ class Lowerer:
                 span=e.span,
                 extern=callee.decl.target,
                 extern_single=callee.decl.single,
-                value=[name for name, _ in callee.sig.outputs],
+                outputs=[name for name, _ in callee.sig.outputs],
             )
         assert isinstance(callee, FnSym)
         return self.add(
@@ -596,7 +625,7 @@ class Lowerer:
             label=flow.decl.name.name,
             type=result,
             args=outputs,
-            value=[n for n, _ in flow.sig.outputs],
+            names=[n for n, _ in flow.sig.outputs],
         )
 
     def llm_call(self, fn: FnSym) -> LLMCall:
@@ -606,13 +635,13 @@ class Lowerer:
         specs: list[OutputSpec] = []
         for part in fn.decl.template.parts:
             if isinstance(part, ast.TemplateText):
-                segments.append(Segment(text=part.text))
+                segments.append(Text(text=part.text))
                 continue
             head, path = part.path[0].name, [p.name for p in part.path[1:]]
             if head in params:
-                segments.append(Segment(input=head, path=path))
+                segments.append(Read(input=head, path=path))
             elif any(s.name == head for s in specs):
-                segments.append(Segment(ref=head, path=path))
+                segments.append(Ref(output=head, path=path))
             else:
                 options = {
                     kw.name.name: _const_value(kw.value, self.checked) for kw in part.options
@@ -628,7 +657,7 @@ class Lowerer:
                         seed=options.get("seed"),
                     )
                 )
-                segments.append(Segment(output=head))
+                segments.append(Generate(output=head))
         return LLMCall(
             function=fn.decl.name.name,
             params=[n for n, _, _ in fn.sig.params],
@@ -638,6 +667,22 @@ class Lowerer:
             pinned=fn.pin is not None,
             needs=fn.needs,
         )
+
+
+_KINDS: dict[str, type[Any]] = {
+    cls.model_fields["kind"].default: cls
+    for cls in (
+        InputNode,
+        ConstNode,
+        LLMNode,
+        BuiltinNode,
+        ExternNode,
+        MapNode,
+        BranchNode,
+        LoopNode,
+        OutputNode,
+    )
+}
 
 
 class _Once:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from llmflow.compiler.ir import Graph, IRNode, Plan
+from llmflow.compiler.ir import Graph, IRNode, LLMNode, LoopNode, Plan
 
 RULE = "scheduling priorities"
 LATENCY_BOOST = 1e6
@@ -57,10 +57,9 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
     for graph in reversed(top.graphs()):
         serial[id(graph)] = False
         for node in graph.nodes:
-            if node.kind == "llm":
+            if isinstance(node, LLMNode):
                 est = plan.estimates.get(node.id)
                 out[node.id] = est.seconds / max(est.instances, 1.0) if est else 0.0
-                assert node.call is not None
                 serial[id(graph)] |= plan.models[node.call.model].backend == "local"
             elif node.bodies:
                 inner = {key: longest[id(body)] for key, body in node.bodies.items()}
@@ -69,8 +68,9 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
                     out[node.id] = max(inner.values())
                 else:
                     body = node.bodies["body"]
-                    items = plan.known.get(node.args[0]) if node.loop_max is None else None
-                    count = len(items) if isinstance(items, list) else (node.loop_max or 4)
+                    loop_max = node.loop_max if isinstance(node, LoopNode) else None
+                    items = plan.known.get(node.args[0]) if loop_max is None else None
+                    count = len(items) if isinstance(items, list) else (loop_max or 4)
                     parallel = node.kind == "map" and not serial[id(body)]
                     out[node.id] = inner["body"] * (1 if parallel else count)
             else:
@@ -139,7 +139,6 @@ def _critical_path(graph: Graph, remaining: dict[str, float]) -> list[str]:
 def _busiest_local_model(plan: Plan) -> float:
     load: dict[str, float] = {}
     for node in plan.calls():
-        assert node.call is not None
         if plan.models[node.call.model].backend == "local" and node.id in plan.estimates:
             load[node.call.model] = load.get(node.call.model, 0.0) + plan.estimates[node.id].seconds
     return max(load.values(), default=0.0)

@@ -168,6 +168,10 @@ def inputs_for(plan: Plan) -> dict[str, Any]:
     return {spec.name: sample(spec.type, i) for i, spec in enumerate(plan.inputs)}
 
 
+GRAPHS = {"body", "then", "orelse"}
+"""Node fields that hold subgraphs (compared graph by graph)."""
+
+
 def assert_same_graph(a: Graph, b: Graph) -> None:
     stack = [(a, b)]
     while stack:
@@ -176,7 +180,8 @@ def assert_same_graph(a: Graph, b: Graph) -> None:
         assert list(x.g.edges(data=True)) == list(y.g.edges(data=True))
         assert (x.inputs, x.outputs) == (y.inputs, y.outputs)
         for m, n in zip(x.nodes, y.nodes, strict=True):
-            assert m.model_dump(exclude={"bodies"}) == n.model_dump(exclude={"bodies"})
+            assert type(m) is type(n)
+            assert m.model_dump(exclude=GRAPHS) == n.model_dump(exclude=GRAPHS)
             assert list(m.bodies) == list(n.bodies)
             stack.extend((m.bodies[k], n.bodies[k]) for k in m.bodies)
 
@@ -325,3 +330,55 @@ def test_a_long_chain_round_trips(tmp_path: Path) -> None:
     back = Plan.from_json(json.dumps(plan.to_json()))
     assert back.to_json() == plan.to_json()
     assert run(back, {"x0": ""}) == {"x3000": "a" * 3000}
+
+
+def test_nodes_carry_only_their_own_fields(good: dict[str, Any]) -> None:
+    nodes = good["graph"]["nodes"]
+    llm = next(i for i, n in enumerate(nodes) if n["kind"] == "llm")
+    bad = copy.deepcopy(good)
+    del bad["graph"]["nodes"][llm]["call"]
+    assert error(bad) == f"plan JSON: graph.nodes[{llm}].call: Field required"
+    const = next(i for i, n in enumerate(nodes) if n["kind"] == "const")
+    bad = copy.deepcopy(good)
+    bad["graph"]["nodes"][const]["op"] = "+"
+    assert error(bad) == f"plan JSON: graph.nodes[{const}].op: Extra inputs are not permitted"
+    bad = copy.deepcopy(good)
+    bad["graph"]["nodes"][0]["binding"] = {"kind": "port", "index": "one"}
+    assert error(bad).startswith("plan JSON: graph.nodes[0].binding.port.index: ")
+    bad = copy.deepcopy(good)
+    bad["graph"]["nodes"][llm]["call"]["segments"][0] = {"kind": "text", "input": "x"}
+    assert error(bad).startswith(f"plan JSON: graph.nodes[{llm}].call.segments[0].text.")
+    bad = copy.deepcopy(good)
+    bad["graph"]["nodes"][llm]["kind"] = "lmm"
+    assert "does not match any of the expected tags" in error(bad)
+
+
+def test_bindings_and_segments_read_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "p.llmflow"
+    path.write_text(FNS + textwrap.dedent(PROGRAMS["loops"]), encoding="utf-8")
+    data = llmflow.compile(path, optimize=False).to_json()
+    bindings = [n["binding"] for n in data["graph"]["nodes"] if n["kind"] == "input"]
+    assert bindings[0] == {"kind": "param", "name": "draft"}
+    inner = [
+        n["binding"]
+        for g in data["graph"]["subgraphs"].values()
+        for n in g["nodes"]
+        if n["kind"] == "input"
+    ]
+    assert {"kind": "carried", "name": "best"} in inner
+    assert {"kind": "item"} in inner and {"kind": "port", "index": 1} in inner
+    loops = [n for n in data["graph"]["nodes"] if n["kind"] == "loop"]
+    assert {"kind": "carried", "name": "joined"} in inner and len(loops) == 2
+    body = data["graph"]["subgraphs"][loops[0]["bodies"]["body"]]
+    assert set(body["outputs"]) == {"best", "until"}
+    call = next(
+        n for g in data["graph"]["subgraphs"].values() for n in g["nodes"] if n["kind"] == "llm"
+    )
+    assert [s["kind"] for s in call["call"]["segments"]] == [
+        "read",
+        "text",
+        "read",
+        "text",
+        "generate",
+        "text",
+    ]
