@@ -139,6 +139,15 @@ Symbol = FnSym | ExternSym | FlowSym | TypeSym | ModelSym
 Callee = FnSym | ExternSym | FlowSym | TypeSym | Builtin
 
 
+@dataclass(frozen=True)
+class CallFacts:
+    callee: Callee
+    args: list[ast.Expr | None]
+    """One per parameter, in order (None: the parameter's default)."""
+    extra: list[ast.Keyword]
+    """Keyword arguments a variadic builtin takes beyond its parameters."""
+
+
 @dataclass
 class Checked:
     """The program with every name resolved and every expression typed."""
@@ -156,8 +165,45 @@ class Checked:
     """id(call) → keyword arguments a variadic builtin takes beyond its parameters."""
     enum_values: dict[int, str] = field(default_factory=dict)
     """id(attr) → the enum member an `Enum.member` expression stands for."""
+    if_exports: dict[int, list[str]] = field(default_factory=dict)
+    """id(if statement) → the names it assigns in every branch, visible after it."""
+    loop_nexts: dict[int, dict[str, ast.Assign]] = field(default_factory=dict)
+    """id(loop statement) → carried variable → the assignment of its next value."""
     models: dict[str, ModelSpec] = field(default_factory=dict)
     default_model: str = ""
+
+    # What lowering reads: typed answers about one node of a checked program, where a
+    # miss is a bug in the checker (so an assertion), never a silent `any`.
+
+    def type_of(self, e: ast.Expr) -> Type:
+        """The type the checker gave an expression."""
+        t = self.types.get(id(e))
+        assert t is not None, f"the checker did not type {type(e).__name__} at {e.span}"
+        return t
+
+    def call(self, e: ast.Call) -> CallFacts:
+        """What a call calls, with one argument per parameter (None: its default) and
+        the keyword arguments a variadic builtin takes beyond them."""
+        callee = self.callees.get(id(e))
+        assert callee is not None, f"the checker did not resolve the call at {e.span}"
+        bound = self.bound_args.get(id(e), [])
+        return CallFacts(callee, bound, self.extra_kwargs.get(id(e), []))
+
+    def callee(self, e: ast.Expr) -> Callee | None:
+        """What an expression calls (None: it is no call the checker resolved)."""
+        return self.callees.get(id(e)) if isinstance(e, ast.Call) else None
+
+    def enum_member(self, e: ast.Expr) -> str | None:
+        """The enum member an `Enum.member` expression stands for (None: it is none)."""
+        return self.enum_values.get(id(e))
+
+    def exports(self, stmt: ast.If) -> list[str]:
+        """The names an if assigns in every branch, in the order the then branch does."""
+        return self.if_exports[id(stmt)]
+
+    def next_values(self, stmt: ast.Loop) -> dict[str, ast.Assign]:
+        """A loop's carried variables that its body assigns → that assignment."""
+        return self.loop_nexts[id(stmt)]
 
     def flow(self, name: str) -> FlowSym | None:
         sym = self.symbols[self.program.main].get(name)
@@ -1183,6 +1229,8 @@ class Checker:
         deferred.append(check_cond)
         deferred.append(lambda: self._finish(then_scope, []))
         deferred.append(lambda: self._finish(else_scope, []))
+        exports: list[str] = []
+        self.checked.if_exports[id(stmt)] = exports
         for name, d in then_scope.defs.items():
             other = else_scope.defs.get(name)
             if other is None:
@@ -1199,6 +1247,7 @@ class Checker:
                     return ANY
                 return joined
 
+            exports.append(name)
             # The if is lowered as a whole: what its condition reads comes first (a
             # condition reading a name the if assigns is a cycle).
             self._define(
@@ -1309,6 +1358,7 @@ class Checker:
         nexts: dict[str, ast.Assign] = {}
         body_deferred: list[Callable[[], None]] = []
         self._collect(stmt.body, body, body_deferred, carried, nexts)
+        self.checked.loop_nexts[id(stmt)] = nexts
         self._leave(body)
         for name in body.defs:
             if name not in carried and (stmt.var is None or name != stmt.var.name):

@@ -156,13 +156,12 @@ class Lowerer:
         self.checked = checked
         self._ids = itertools.count(1)
         self._inlined: dict[int, _Env] = {}
-        self._exports: dict[int, list[str]] = {}
 
     def new_id(self) -> str:
         return f"n{next(self._ids)}"
 
     def type_of(self, expr: ast.Expr) -> Type:
-        return self.checked.types.get(id(expr), ANY)
+        return self.checked.type_of(expr)
 
     def add(self, env: _Env, **fields: Any) -> str:
         kind = _KINDS[fields.pop("kind")]
@@ -253,29 +252,9 @@ class Lowerer:
             else:
                 self.collect_loop(stmt, env)
 
-    def assigned(self, stmts: list[ast.Stmt]) -> list[str]:
-        """The names a statement list makes visible after it."""
-        names: list[str] = []
-        for stmt in stmts:
-            if isinstance(stmt, ast.Assign):
-                names += [t.name for t in stmt.targets]
-            elif isinstance(stmt, ast.If):
-                names += self.exports(stmt)
-            else:
-                names += [b.name.name for b in stmt.carried]
-        return names
-
     def exports(self, stmt: ast.If) -> list[str]:
-        """The names an if assigns in every branch; an else-if chain is worked out from
-        its last if back, each if once."""
-        chain = [stmt]
-        while id(chain[-1]) not in self._exports and (link := _chained(chain[-1])):
-            chain.append(link)
-        for s in reversed(chain):
-            if id(s) not in self._exports:
-                other = set(self.assigned(s.orelse))
-                self._exports[id(s)] = [n for n in self.assigned(s.then) if n in other]
-        return self._exports[id(stmt)]
+        """The names an if assigns in every branch (the checker found them)."""
+        return self.checked.exports(stmt)
 
     def collect_assign(
         self, stmt: ast.Assign, env: _Env, nexts: dict[str, ast.Assign] | None
@@ -395,12 +374,7 @@ class Lowerer:
                 var=name,
                 binding=CarriedBinding(name=name),
             )
-        nexts: dict[str, ast.Assign] = {}
-        for s in stmt.body:
-            if isinstance(s, ast.Assign):
-                for t in s.targets:
-                    if t.name in carried:
-                        nexts[t.name] = s
+        nexts = self.checked.next_values(stmt)
         self.collect(stmt.body, body, nexts)
         next_ids: dict[str, str] = {}
         for name in carried:
@@ -458,8 +432,9 @@ class Lowerer:
                     env, kind="builtin", op="list", label="[…]", type=t, args=args, span=e.span
                 )
             case ast.Attr():
-                if id(e) in self.checked.enum_values:
-                    return self.const(env, self.checked.enum_values[id(e)], t, e.span)
+                member = self.checked.enum_member(e)
+                if member is not None:
+                    return self.const(env, member, t, e.span)
                 if self.is_flow_call(e.value):
                     assert isinstance(e.value, ast.Call)
                     return self.flow_env(e.value, env).get(e.attr.name)
@@ -530,7 +505,8 @@ class Lowerer:
 
     def _bound(self, e: ast.Call, env: _Env, defaults: list[Any], types: list[Type]) -> list[str]:
         args = []
-        for arg, default, t in zip(self.checked.bound_args[id(e)], defaults, types, strict=True):
+        bound = self.checked.call(e).args
+        for arg, default, t in zip(bound, defaults, types, strict=True):
             if arg is not None:
                 args.append(self.expr(arg, env))
             else:
@@ -538,14 +514,15 @@ class Lowerer:
         return args
 
     def call(self, e: ast.Call, env: _Env) -> str:
-        callee = self.checked.callees[id(e)]
+        facts = self.checked.call(e)
+        callee = facts.callee
         t = self.type_of(e)
         name = e.func.name
         if isinstance(callee, Builtin):
             defaults = [None if p.required else p.default for p in callee.params]
             types = [p.type or ANY for p in callee.params]
             args = self._bound(e, env, defaults, types)
-            extra = self.checked.extra_kwargs.get(id(e), [])
+            extra = facts.extra
             args += [self.expr(kw.value, env) for kw in extra]
             return self.add(
                 env,
@@ -595,7 +572,7 @@ class Lowerer:
     def flow_env(self, e: ast.Call, env: _Env) -> _Env:
         """The inlined body of a flow call, lowered output by output as they are read."""
         if id(e) not in self._inlined:
-            flow = self.checked.callees[id(e)]
+            flow = self.checked.call(e).callee
             assert isinstance(flow, FlowSym)
             params = flow.sig.params
             defaults = [
@@ -610,7 +587,7 @@ class Lowerer:
         return self._inlined[id(e)]
 
     def is_flow_call(self, e: ast.Expr) -> bool:
-        return isinstance(e, ast.Call) and isinstance(self.checked.callees.get(id(e)), FlowSym)
+        return isinstance(self.checked.callee(e), FlowSym)
 
     def inline(self, flow: FlowSym, e: ast.Call, env: _Env) -> str:
         inner = self.flow_env(e, env)
@@ -710,8 +687,8 @@ def _const_value(expr: ast.Expr, checked: Checked) -> Any:
             return [_const_value(i, checked) for i in items]
         case ast.UnaryOp(op="-", operand=operand):
             return -_const_value(operand, checked)
-        case ast.Attr() if id(expr) in checked.enum_values:
-            return checked.enum_values[id(expr)]
+        case ast.Attr() if checked.enum_member(expr) is not None:
+            return checked.enum_member(expr)
     raise AssertionError(f"not a constant: {expr!r}")
 
 

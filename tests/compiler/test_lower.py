@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmflow.compiler import compile_file
+from llmflow.compiler import ast, compile_file
+from llmflow.compiler.check import Checked
 from llmflow.compiler.ir import (
     BuiltinNode,
     Carried,
@@ -766,3 +767,38 @@ def test_default_list_with_a_call_is_rejected_or_compiles(write: Write) -> None:
         compile_file(path)
     except CompileError as err:  # reporting it as not a constant is the expected fix
         assert err.diagnostics[0].message == "a default value must be a constant"
+
+
+# ---- what the checker hands lowering ------------------------------------------------------
+
+
+def test_the_checker_hands_lowering_its_scope_facts(checked: Callable[..., Checked]) -> None:
+    c = checked(
+        """
+        flow main(n: int, xs: list[str]) -> a: str, b: int, total: int {
+            if n > 1 {
+                b = 2
+                a = "x"
+                only_here = 1
+            } else {
+                a = "y"
+                b = 3
+            }
+            for x in xs with total = 0, seen = "" {
+                total = total + len(x)
+            }
+        }
+        """
+    )
+    flow = c.flow("main")
+    assert flow is not None
+    if_stmt, loop = flow.decl.body
+    assert isinstance(if_stmt, ast.If) and isinstance(loop, ast.Loop)
+    assert c.exports(if_stmt) == ["b", "a"]  # the then branch's order; not `only_here`
+    nexts = c.next_values(loop)
+    assert list(nexts) == ["total"]  # `seen` keeps its value
+    assert c.type_of(nexts["total"].value) == INT
+    facts = c.call(nexts["total"].value.right)  # type: ignore[attr-defined]
+    assert facts.callee.name == "len" and facts.args == [loop.body[0].value.right.args[0]]  # type: ignore[attr-defined]
+    with pytest.raises(AssertionError, match="the checker did not type"):
+        c.type_of(ast.Name(id="stray", span=if_stmt.span))
