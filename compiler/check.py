@@ -139,6 +139,15 @@ Symbol = FnSym | ExternSym | FlowSym | TypeSym | ModelSym
 Callee = FnSym | ExternSym | FlowSym | TypeSym | Builtin
 
 
+@dataclass(frozen=True)
+class CallFacts:
+    callee: Callee
+    args: list[ast.Expr | None]
+    """One per parameter, in order (None: the parameter's default)."""
+    extra: list[ast.Keyword]
+    """Keyword arguments a variadic builtin takes beyond its parameters."""
+
+
 @dataclass
 class Checked:
     """The program with every name resolved and every expression typed."""
@@ -156,8 +165,45 @@ class Checked:
     """id(call) → keyword arguments a variadic builtin takes beyond its parameters."""
     enum_values: dict[int, str] = field(default_factory=dict)
     """id(attr) → the enum member an `Enum.member` expression stands for."""
+    if_exports: dict[int, list[str]] = field(default_factory=dict)
+    """id(if statement) → the names it assigns in every branch, visible after it."""
+    loop_nexts: dict[int, dict[str, ast.Assign]] = field(default_factory=dict)
+    """id(loop statement) → carried variable → the assignment of its next value."""
     models: dict[str, ModelSpec] = field(default_factory=dict)
     default_model: str = ""
+
+    # What lowering reads: typed answers about one node of a checked program, where a
+    # miss is a bug in the checker (so an assertion), never a silent `any`.
+
+    def type_of(self, e: ast.Expr) -> Type:
+        """The type the checker gave an expression."""
+        t = self.types.get(id(e))
+        assert t is not None, f"the checker did not type {type(e).__name__} at {e.span}"
+        return t
+
+    def call(self, e: ast.Call) -> CallFacts:
+        """What a call calls, with one argument per parameter (None: its default) and
+        the keyword arguments a variadic builtin takes beyond them."""
+        callee = self.callees.get(id(e))
+        assert callee is not None, f"the checker did not resolve the call at {e.span}"
+        bound = self.bound_args.get(id(e), [])
+        return CallFacts(callee, bound, self.extra_kwargs.get(id(e), []))
+
+    def callee(self, e: ast.Expr) -> Callee | None:
+        """What an expression calls (None: it is no call the checker resolved)."""
+        return self.callees.get(id(e)) if isinstance(e, ast.Call) else None
+
+    def enum_member(self, e: ast.Expr) -> str | None:
+        """The enum member an `Enum.member` expression stands for (None: it is none)."""
+        return self.enum_values.get(id(e))
+
+    def exports(self, stmt: ast.If) -> list[str]:
+        """The names an if assigns in every branch, in the order the then branch does."""
+        return self.if_exports[id(stmt)]
+
+    def next_values(self, stmt: ast.Loop) -> dict[str, ast.Assign]:
+        """A loop's carried variables that its body assigns → that assignment."""
+        return self.loop_nexts[id(stmt)]
 
     def flow(self, name: str) -> FlowSym | None:
         sym = self.symbols[self.program.main].get(name)
@@ -190,6 +236,9 @@ class _Scope:
         self.branch_only: dict[str, ast.Span] = {}
         """Names assigned in only some branches of an if: visible nowhere else."""
         self.loop_locals: dict[str, ast.Span] = {}
+        self.nexts: dict[str, _Def] = {}
+        """A loop body: each carried variable's value for the next iteration, checked
+        against its declared type with the other definitions, but no name anyone reads."""
         self._version: list[int] = parent._version if parent is not None else [0]
         """Bumped by every definition in the scope tree: `find`'s cache is kept until then."""
         self._found: dict[str, tuple[int, _Def | None]] = {}
@@ -949,7 +998,7 @@ class Checker:
         self.current_flow = None
 
     def _finish(self, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
-        for d in list(scope.defs.values()):
+        for d in [*scope.defs.values(), *scope.nexts.values()]:
             self._force(d)
         for check in deferred:
             check()
@@ -1133,13 +1182,9 @@ class Checker:
                         )
                     return want
 
-                name = f"{target.name}'next"
-                if name not in scope.defs:
-                    self._add(
-                        scope,
-                        name,
-                        _Def(name, target.span, check_next, reads=lambda d=d: [*reads(), d]),
-                    )
+                scope.nexts[target.name] = _Def(
+                    target.name, target.span, check_next, reads=lambda d=d: [*reads(), d]
+                )
                 continue
             self._define(scope, target, compute, reads)
 
@@ -1184,9 +1229,9 @@ class Checker:
         deferred.append(check_cond)
         deferred.append(lambda: self._finish(then_scope, []))
         deferred.append(lambda: self._finish(else_scope, []))
+        exports: list[str] = []
+        self.checked.if_exports[id(stmt)] = exports
         for name, d in then_scope.defs.items():
-            if "'" in name:
-                continue
             other = else_scope.defs.get(name)
             if other is None:
                 scope.branch_only[name] = stmt.span
@@ -1202,6 +1247,7 @@ class Checker:
                     return ANY
                 return joined
 
+            exports.append(name)
             # The if is lowered as a whole: what its condition reads comes first (a
             # condition reading a name the if assigns is a cycle).
             self._define(
@@ -1211,9 +1257,9 @@ class Checker:
                 lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
             )
         for name in else_scope.defs:
-            if name not in then_scope.defs and "'" not in name:
+            if name not in then_scope.defs:
                 scope.branch_only[name] = stmt.span
-        if not any(n in else_scope.defs for n in then_scope.defs if "'" not in n):
+        if not any(n in else_scope.defs for n in then_scope.defs):
 
             def no_effect() -> None:
                 if stmt.span in self._explained:
@@ -1312,13 +1358,10 @@ class Checker:
         nexts: dict[str, ast.Assign] = {}
         body_deferred: list[Callable[[], None]] = []
         self._collect(stmt.body, body, body_deferred, carried, nexts)
+        self.checked.loop_nexts[id(stmt)] = nexts
         self._leave(body)
         for name in body.defs:
-            if (
-                name not in carried
-                and "'" not in name
-                and (stmt.var is None or name != stmt.var.name)
-            ):
+            if name not in carried and (stmt.var is None or name != stmt.var.name):
                 scope.loop_locals[name] = stmt.span
         if stmt.until is not None:
             until = stmt.until

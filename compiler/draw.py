@@ -30,7 +30,17 @@ from pathlib import Path
 import graphviz
 
 from llmflow.compiler import prices
-from llmflow.compiler.ir import Estimate, Graph, IRNode, Plan, PrefixGroup
+from llmflow.compiler.ir import (
+    Estimate,
+    Graph,
+    InputNode,
+    IRNode,
+    Item,
+    LLMNode,
+    Plan,
+    Port,
+    PrefixGroup,
+)
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer.prioritize import critical_path
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
@@ -150,7 +160,7 @@ expression's reader, and the name the expression gives it."""
 class _Drawer:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        assigned = {n.call.model for n in plan.calls() if n.call is not None}
+        assigned = {n.call.model for n in plan.calls()}
         # By declaration order, so a model keeps its colour in every plan of the program.
         declared = model_colors([*plan.models, *sorted(assigned - set(plan.models))])
         self.colors = {name: color for name, color in declared.items() if name in assigned}
@@ -242,7 +252,7 @@ class _Drawer:
         if any(body.node(leaf).kind != "input" for leaf, _, _ in leaves):
             self.absorbed = before
             return False
-        item = next((body.node(i).label for i in body.inputs if body.node(i).value == "item"), "_")
+        item = next((body.node(i).label for i in body.inputs if _is_item(body.node(i))), "_")
         source = self.names.get(self._outer_any(node.args[0]), "…")
         text = f"[{value} for {item} in {source}" + (f" if {where}" if where else "") + "]"
         self.compact[node.id] = shorten(text, 60)
@@ -271,10 +281,10 @@ class _Drawer:
                     leaves = [(node.args[0], ((id(graph), node.args[0], node_id),), text)]
                 else:
                     inner, leaves = self._fold(graph, node.args[0], node_id, depth=depth + 1)
-                    text = f"{inner}.{node.value}"
+                    text = f"{inner}.{node.field}"
                 self.absorbed.add(node_id)
                 return text, [(leaf, chain + hop, label) for leaf, chain, label in leaves]
-            if op != "field" and (op in _BINARY or op in ("not", "neg") or not node.value):
+            if op != "field" and (op in _BINARY or op in ("not", "neg") or not node.names):
                 parts = [self._fold(graph, a, node_id, depth=depth + 1) for a in node.args]
                 texts = [p[0] for p in parts]
                 if op in _BINARY and len(texts) == 2:
@@ -489,12 +499,11 @@ class _Drawer:
         return f"{node.id}_{key}_pass"
 
     def _outer(self, graph: Graph, node_id: str) -> str:
-        """The node a subgraph's `port:K` input stands for, in the enclosing graphs."""
-        node = graph.node(node_id)
-        binding = node.value if node.kind == "input" and isinstance(node.value, str) else ""
-        if binding.startswith("port:"):
+        """The node a subgraph's `Port` input stands for, in the enclosing graphs."""
+        port = _port(graph.node(node_id))
+        if port is not None:
             owner = self.owner[id(graph)]
-            return self._outer(self.parent[id(graph)], owner.args[int(binding.split(":")[1])])
+            return self._outer(self.parent[id(graph)], owner.args[port])
         return node_id
 
     # -- nodes
@@ -579,8 +588,7 @@ class _Drawer:
             return f"{len(value):,} chars" if len(value) > 24 else repr(value)
         return shorten(repr(value), 24)
 
-    def _call_attrs(self, node: IRNode, critical: bool) -> dict[str, str]:
-        assert node.call is not None
+    def _call_attrs(self, node: LLMNode, critical: bool) -> dict[str, str]:
         call = node.call
         est: Estimate | None = self.plan.estimates.get(node.id)
         model = self.plan.models.get(call.model)
@@ -729,7 +737,7 @@ class _Drawer:
             return node.args[:1]
         if node.kind == "loop":
             body = node.bodies["body"]
-            has_item = any(body.node(i).value == "item" for i in body.inputs)
+            has_item = any(_is_item(body.node(i)) for i in body.inputs)
             return node.args[: int(has_item) + len(node.carried)]
         if node.kind == "branch":
             return [] if node.args[0] in self.absorbed else node.args[:1]
@@ -755,12 +763,12 @@ class _Drawer:
             for output in ("until", "where"):
                 _, leaves = self.conditions.get(f"{node.id}:{output}", ("", []))
                 for leaf, _, label in leaves:
-                    if str(body.node(leaf).value).startswith("port:"):
+                    if _port(body.node(leaf)) is not None:
                         for drawn, _ in self._sources(body, leaf):
                             self._edge(drawn, node.id, label, ())
             if node.kind == "loop":
                 for name in node.carried:
-                    src = body.outputs.get(f"next:{name}")
+                    src = body.outputs.get(name)
                     if src is None:
                         continue
                     for drawn, _ in self._sources(body, src):
@@ -791,7 +799,7 @@ class _Drawer:
         if node.kind == "builtin" and node.op == "field" and not node.var:
             source = graph.node(node.args[0])
             if not source.bodies:
-                return f"{self._edge_label(graph, node.args[0], src)}.{node.value}"
+                return f"{self._edge_label(graph, node.args[0], src)}.{node.field}"
         if node.kind in ("builtin", "const") and not node.var:
             return ""  # an intermediate value: `+`, `join()` say nothing an edge needs
         data = graph.g.get_edge_data(src, dst) or {}
@@ -811,10 +819,10 @@ class _Drawer:
             return [(node_id, ())]
         if node.kind == "input" and graph is not self.plan.graph:
             owner = self.owner[id(graph)]
-            binding = str(node.value)
-            if binding.startswith("port:"):
+            port = _port(node)
+            if port is not None:
                 outer = self.parent[id(graph)]
-                src = owner.args[int(binding.split(":")[1])]
+                src = owner.args[port]
                 return [
                     (s, c + ((id(outer), src, owner.id),)) for s, c in self._sources(outer, src)
                 ]
@@ -823,7 +831,7 @@ class _Drawer:
             source = graph.node(node.args[0])
             hop: Chain = ((id(graph), node.args[0], node_id),)
             if source.kind in ("branch", "loop") and source.id not in self.compact:
-                key = node.value if source.kind == "branch" else f"next:{node.value}"
+                key = node.field
                 out = []
                 for branch, body in source.bodies.items():
                     if key not in body.outputs:
@@ -920,7 +928,6 @@ class _Drawer:
         per_model: dict[str, float] = {}
         dollars: dict[str, float] = {}
         for node in self.plan.calls():
-            assert node.call is not None
             est = self.plan.estimates.get(node.id)
             per_model[node.call.model] = per_model.get(node.call.model, 0.0) + (
                 est.instances if est else 1.0
@@ -975,3 +982,14 @@ class _Drawer:
             parts.append(font("dashed arrow: next iteration", 9, MUTED))
         parts.append(font("── read from an input", 9, INPUT_EDGE))
         return "    ".join(parts)
+
+
+def _port(node: IRNode) -> int | None:
+    """The parent's argument index a subgraph input stands for (None: not such an input)."""
+    if isinstance(node, InputNode) and isinstance(node.binding, Port):
+        return node.binding.index
+    return None
+
+
+def _is_item(node: IRNode) -> bool:
+    return isinstance(node, InputNode) and isinstance(node.binding, Item)

@@ -1,38 +1,108 @@
 """The IR: a dataflow graph whose edges are semantic variables, and the Plan around it.
 
-A `Graph` is a `networkx.DiGraph` of `IRNode`s. A node's `args` list the producers of its
-inputs in order (the edges say the same, for analysis and drawing). `map`, `branch` and
-`loop` nodes hold subgraphs that the runtime expands once their list or condition is
-known; a subgraph reads its parent node's arguments through `input` nodes.
+A `Graph` is a `networkx.DiGraph` of typed nodes (`IRNode`: a union on `kind`, one class
+per kind with only its own fields). A node's `args` list the producers of its inputs in
+order (the edges say the same, for analysis and drawing). `map`, `branch` and `loop`
+nodes hold subgraphs that the runtime expands once their list or condition is known; a
+subgraph reads its parent node's arguments through input nodes bound to a `Port`.
+A Plan writes itself as JSON (`to_json`) and reads back from it (`Plan.from_json`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from llmflow.compiler.ast import Span
 from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import Type
+from llmflow.errors import LLMFlowError
 
 NodeKind = Literal["input", "const", "llm", "builtin", "extern", "map", "branch", "loop", "output"]
 
+_STRICT = ConfigDict(frozen=True, extra="forbid")
 
-class Segment(BaseModel):
-    """One piece of a template: constant text, an input read, or an output."""
 
-    text: str | None = None
-    input: str | None = None
-    """Reads this parameter."""
-    output: str | None = None
-    """Generates this output here (its first placeholder)."""
-    ref: str | None = None
-    """Reads an output generated earlier in the same template."""
+# -- template segments: how a call's prompt is made, in order
+
+
+class Text(BaseModel):
+    """Constant template text."""
+
+    model_config = _STRICT
+    kind: Literal["text"] = "text"
+    text: str
+
+
+class Read(BaseModel):
+    """The value of a parameter (`{{review}}`), or fields of it (`{{review.summary}}`)."""
+
+    model_config = _STRICT
+    kind: Literal["read"] = "read"
+    input: str
     path: list[str] = Field(default_factory=list)
-    """Fields selected from the input or output (`{{review.summary}}`)."""
+
+
+class Generate(BaseModel):
+    """Where the model generates an output (its first placeholder)."""
+
+    model_config = _STRICT
+    kind: Literal["generate"] = "generate"
+    output: str
+
+
+class Ref(BaseModel):
+    """An output generated earlier in the same template, read again (or fields of it)."""
+
+    model_config = _STRICT
+    kind: Literal["ref"] = "ref"
+    output: str
+    path: list[str] = Field(default_factory=list)
+
+
+Segment = Annotated[Text | Read | Generate | Ref, Field(discriminator="kind")]
+
+
+# -- input bindings: what an input node's value is in its graph
+
+
+class Param(BaseModel):
+    """The flow's parameter of this name (top graph only)."""
+
+    model_config = _STRICT
+    kind: Literal["param"] = "param"
+    name: str
+
+
+class Item(BaseModel):
+    """The list element this instance of a map or `for` loop body runs on."""
+
+    model_config = _STRICT
+    kind: Literal["item"] = "item"
+
+
+class Carried(BaseModel):
+    """A loop-carried variable's value at the start of this iteration."""
+
+    model_config = _STRICT
+    kind: Literal["carried"] = "carried"
+    name: str
+
+
+class Port(BaseModel):
+    """The parent node's argument at this index (a value captured from outside)."""
+
+    model_config = _STRICT
+    kind: Literal["port"] = "port"
+    index: int
+
+
+Binding = Annotated[Param | Item | Carried | Port, Field(discriminator="kind")]
 
 
 class OutputSpec(BaseModel):
@@ -55,11 +125,13 @@ class LLMCall(BaseModel):
     needs: dict[str, float] = Field(default_factory=dict)
 
 
-class IRNode(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+# -- nodes: one class per kind, each with only its own fields
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     id: str
-    kind: NodeKind
     label: str
     type: Type
     args: list[str] = Field(default_factory=list)
@@ -67,21 +139,120 @@ class IRNode(BaseModel):
     span: Span | None = None
     var: str | None = None
     """The flow variable this node's value is bound to, if any."""
-    op: str | None = None
-    """builtin: the operator or builtin name; input: how it is bound (see `value`)."""
-    value: Any = None
-    """const: the value. input: a flow parameter name, "item", "carried:NAME" or
-    "port:K" (the K-th argument of the parent node). output: the output's name.
-    builtin field/record: the field name(s). builtin with keywords: their names."""
-    call: LLMCall | None = None
-    extern: str | None = None
+
+    @property
+    def bodies(self) -> dict[str, Graph]:
+        """The subgraphs this node holds, by role ("body"; "then", "else")."""
+        return {}
+
+
+class InputNode(_Node):
+    kind: Literal["input"] = "input"
+    binding: Binding
+
+
+class ConstNode(_Node):
+    kind: Literal["const"] = "const"
+    value: Any
+    """JSON data."""
+
+
+class LLMNode(_Node):
+    kind: Literal["llm"] = "llm"
+    call: LLMCall
+
+
+class BuiltinNode(_Node):
+    """An operator, a field access, a list or record, or a named builtin."""
+
+    kind: Literal["builtin"] = "builtin"
+    op: str
+    """The operator ("+", "and"), "field", "index", "list", "record", "neg", "not", or
+    the builtin's name."""
+    field: str | None = None
+    """op "field": the field read."""
+    names: list[str] | None = None
+    """op "record": its field names, in argument order. A named builtin: the keyword
+    names of its last arguments."""
+
+    @property
+    def static(self) -> Any:
+        """What `stdlib.builtins.evaluate` takes beside the arguments."""
+        return self.field if self.op == "field" else self.names
+
+
+class ExternNode(_Node):
+    kind: Literal["extern"] = "extern"
+    extern: str
+    """The Python function: `module:function`."""
     extern_single: bool = True
-    bodies: dict[str, Graph] = Field(default_factory=dict)
-    """map: "body". branch: "then", "else". loop: "body"."""
+    """Returns its one output itself (not a dict of outputs)."""
+    outputs: list[str]
+    """Its declared output names."""
+
+
+class MapNode(_Node):
+    """args: the list, then what the body captures (its `Port` inputs)."""
+
+    kind: Literal["map"] = "map"
+    body: Graph
+    """Outputs "value" (each kept item's result) and, with a filter, "where"."""
+
+    @property
+    def bodies(self) -> dict[str, Graph]:
+        return {"body": self.body}
+
+
+class BranchNode(_Node):
+    """args: the condition, then what the branches capture."""
+
+    kind: Literal["branch"] = "branch"
+    then: Graph
+    orelse: Graph
+    """Both output every name the if exports."""
+
+    @property
+    def bodies(self) -> dict[str, Graph]:
+        return {"then": self.then, "else": self.orelse}
+
+
+class LoopNode(_Node):
+    """args: the list (`for`), the carried variables' first values, then captures."""
+
+    kind: Literal["loop"] = "loop"
+    body: Graph
+    """Outputs each carried variable's value after an iteration, by its name, and
+    "until" (a keyword, so never a variable) if the loop has a stop condition."""
     loop_max: int | None = None
-    """loop: the iteration bound (None: once per item of the list it runs over)."""
+    """The iteration bound (None: once per item of the list it runs over)."""
     carried: list[str] = Field(default_factory=list)
-    """loop: the names of its loop-carried variables, in argument order after the list."""
+    """The names of its loop-carried variables, in argument order after the list."""
+
+    @property
+    def bodies(self) -> dict[str, Graph]:
+        return {"body": self.body}
+
+
+class OutputNode(_Node):
+    kind: Literal["output"] = "output"
+    name: str
+
+
+IRNode = Annotated[
+    InputNode
+    | ConstNode
+    | LLMNode
+    | BuiltinNode
+    | ExternNode
+    | MapNode
+    | BranchNode
+    | LoopNode
+    | OutputNode,
+    Field(discriminator="kind"),
+]
+_BODY_FIELDS = {"body": "body", "then": "then", "else": "orelse"}
+"""A subgraph's role in JSON and `bodies` → the node field holding it."""
+_NODE = TypeAdapter(IRNode)
 
 
 class Graph:
@@ -169,14 +340,14 @@ class Graph:
             target.inputs = list(source.inputs)
             target.outputs = dict(source.outputs)
             for node in source.nodes:
-                update: dict[str, Any] = {"args": list(node.args), "carried": list(node.carried)}
-                if node.call is not None:
+                update: dict[str, Any] = {"args": list(node.args)}
+                if isinstance(node, LoopNode):
+                    update["carried"] = list(node.carried)
+                if isinstance(node, LLMNode):
                     update["call"] = node.call.model_copy()
-                if node.bodies:
-                    update["bodies"] = {key: Graph() for key in node.bodies}
-                    pending.extend(
-                        (body, update["bodies"][key]) for key, body in node.bodies.items()
-                    )
+                for key, body in node.bodies.items():
+                    copied = update[_BODY_FIELDS[key]] = Graph()
+                    pending.append((body, copied))
                 target.g.add_node(node.id, node=node.model_copy(update=update))
             target.g.add_edges_from(
                 (u, v, {**data, "ports": list(data["ports"])})
@@ -218,7 +389,8 @@ class Graph:
 
 
 def _node_json(node: IRNode) -> dict[str, Any]:
-    data = node.model_dump(mode="json", exclude={"bodies"}, exclude_none=True)
+    exclude = {"body", "then", "orelse"}
+    data = node.model_dump(mode="json", exclude=exclude, exclude_none=True)
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
     return data
@@ -329,8 +501,8 @@ class Plan(BaseModel):
     def group_of(self, node_id: str) -> PrefixGroup | None:
         return next((g for g in self.groups if node_id in g.calls), None)
 
-    def calls(self) -> list[IRNode]:
-        return [n for n in self.graph.walk() if n.kind == "llm"]
+    def calls(self) -> list[LLMNode]:
+        return [n for n in self.graph.walk() if isinstance(n, LLMNode)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -346,6 +518,7 @@ class Plan(BaseModel):
             "objective": self.objective,
             "budget": self.budget,
             "known_nodes": sorted(self.known),
+            "known": {k: self.known[k] for k in sorted(self.known)},
             "groups": [g.model_dump() for g in self.groups],
             "fallbacks": self.fallbacks,
             "priorities": self.priorities,
@@ -356,5 +529,234 @@ class Plan(BaseModel):
             "decisions": [d.model_dump(exclude_none=True) for d in self.decisions],
         }
 
+    @classmethod
+    def from_json(cls, data: str | bytes | Mapping[str, Any]) -> Plan:
+        """The plan `to_json` wrote (text or parsed data), ready to run without the
+        source. Anything else, cut or hostile, raises PlanError naming the JSON path."""
+        return _read_plan(data)
 
-IRNode.model_rebuild()
+
+for _model in (MapNode, BranchNode, LoopNode):
+    _model.model_rebuild()
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class PlanError(LLMFlowError):
+    """Plan JSON that is not a plan `Plan.to_json` could have written."""
+
+
+_MAX_PLAN_CHARS = 1 << 30
+"""Plan text longer than this (1 GiB) is refused before parsing."""
+
+
+def _where(*loc: Any) -> str:
+    """A JSON path for people: `graph.subgraphs["n7/then"].nodes[3].type`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.isidentifier():
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(str(part))}]"
+    return out or "the plan"
+
+
+def _fail(message: str, *loc: Any) -> PlanError:
+    return PlanError(f"plan JSON: {_where(*loc)}: {message}")
+
+
+def _validated(model: type[_M], data: Any, *loc: Any) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise _fail(first["msg"] + more, *loc, *first["loc"]) from None
+
+
+def _validated_node(data: Any, *loc: Any) -> IRNode:
+    try:
+        return _NODE.validate_python(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        inner = first["loc"]
+        if inner[:1] == (data.get("kind"),):  # the union's tag
+            inner = inner[1:]
+        raise _fail(first["msg"] + more, *loc, *inner) from None
+
+
+class _EdgeJSON(BaseModel):
+    source: str
+    target: str
+    var: str
+    ports: list[int]
+
+
+class _GraphJSON(BaseModel):
+    nodes: list[dict[str, Any]]
+    edges: list[_EdgeJSON]
+    inputs: list[str]
+    outputs: dict[str, str]
+
+
+def _read_plan(data: str | bytes | Mapping[str, Any]) -> Plan:
+    from llmflow.runtime.values import InvalidValue, check_json
+
+    if isinstance(data, str | bytes):
+        if len(data) > _MAX_PLAN_CHARS:
+            raise PlanError(f"plan JSON: longer than {_MAX_PLAN_CHARS} characters")
+        try:
+            data = json.loads(data)
+        except RecursionError:
+            raise PlanError("plan JSON: nested too deeply to read") from None
+        except ValueError as err:  # JSONDecodeError, undecodable bytes, a huge int
+            raise PlanError(f"plan JSON: not JSON: {err}") from None
+    if not isinstance(data, Mapping):
+        raise _fail(f"a {type(data).__name__}, not an object")
+    try:
+        check_json(data)
+    except InvalidValue as err:
+        raise PlanError(f"plan JSON: {err}") from None
+    fields = {k: v for k, v in data.items() if k not in ("graph", "known", "known_nodes")}
+    plan = _validated(Plan, {**fields, "graph": Graph()})
+    if "graph" not in data:
+        raise _fail("missing", "graph")
+    plan.graph = _read_graphs(data["graph"])
+    known = data.get("known", {})
+    if not isinstance(known, Mapping):
+        raise _fail(f"a {type(known).__name__}, not an object", "known")
+    plan.known = dict(known)
+    _check_references(plan)
+    return plan
+
+
+def _read_graphs(data: Any) -> Graph:
+    """The top graph and its subgraphs (listed flat, named by `NODE/KEY`): each subgraph
+    is the body of exactly one node, so bodies form a tree, never a cycle."""
+    if not isinstance(data, Mapping):
+        raise _fail(f"a {type(data).__name__}, not an object", "graph")
+    subgraphs = data.get("subgraphs", {})
+    if not isinstance(subgraphs, Mapping):
+        raise _fail(f"a {type(subgraphs).__name__}, not an object", "graph", "subgraphs")
+    used: set[str] = set()
+    ids: set[str] = set()
+    top = Graph()
+    pending: list[tuple[Graph, Any, tuple[Any, ...]]] = [(top, data, ("graph",))]
+    while pending:
+        graph, gdata, loc = pending.pop()
+        shape = _validated(_GraphJSON, gdata, *loc)
+        for i, item in enumerate(shape.nodes):
+            where = (*loc, "nodes", i)
+            bodies = item.get("bodies", {})
+            if not isinstance(bodies, Mapping):
+                raise _fail(f"a {type(bodies).__name__}, not an object", *where, "bodies")
+            fields = {k: v for k, v in item.items() if k != "bodies"}
+            for key in bodies:
+                if key not in _BODY_FIELDS:
+                    raise _fail("not a subgraph role (body, then, else)", *where, "bodies", key)
+                fields[_BODY_FIELDS[key]] = Graph()
+            node = _validated_node(fields, *where)
+            if node.id in ids:
+                raise _fail(f"node id {node.id!r} is used twice", *where, "id")
+            ids.add(node.id)
+            for port, arg in enumerate(node.args):
+                if arg not in graph.g:
+                    raise _fail(
+                        f"{arg!r} is not an earlier node of this graph", *where, "args", port
+                    )
+            graph.g.add_node(node.id, node=node)
+            for key, name in bodies.items():
+                if not isinstance(name, str) or name not in subgraphs:
+                    raise _fail(f"{name!r} is not in graph.subgraphs", *where, "bodies", key)
+                if name in used:
+                    raise _fail(
+                        f"subgraph {name!r} is the body of two nodes", *where, "bodies", key
+                    )
+                used.add(name)
+                pending.append((node.bodies[key], subgraphs[name], ("graph", "subgraphs", name)))
+        _read_edges(graph, shape, loc)
+        for i, node_id in enumerate(shape.inputs):
+            if node_id not in graph.g or graph.node(node_id).kind != "input":
+                raise _fail(f"{node_id!r} is not an input node of this graph", *loc, "inputs", i)
+        expected = [n.id for n in graph.nodes if n.kind == "input"]
+        if shape.inputs != expected:
+            raise _fail(f"lists {shape.inputs}, but the input nodes are {expected}", *loc, "inputs")
+        graph.inputs = shape.inputs
+        for name, node_id in shape.outputs.items():
+            if node_id not in graph.g:
+                raise _fail(f"{node_id!r} is not a node of this graph", *loc, "outputs", name)
+        graph.outputs = dict(shape.outputs)
+    if unused := sorted(set(subgraphs) - used):
+        raise _fail("the body of no node", "graph", "subgraphs", unused[0])
+    return top
+
+
+def _read_edges(graph: Graph, shape: _GraphJSON, loc: tuple[Any, ...]) -> None:
+    """The edges as written (their order and variable names), once they say what the
+    nodes' args say: one edge per producer and reader, with the ports it feeds."""
+    expected: dict[tuple[str, str], list[int]] = {}
+    for node in graph.nodes:
+        for port, src in enumerate(node.args):
+            expected.setdefault((src, node.id), []).append(port)
+    for i, edge in enumerate(shape.edges):
+        pair = (edge.source, edge.target)
+        if pair not in expected or graph.g.has_edge(*pair):
+            raise _fail(
+                f"{edge.source} → {edge.target} is not an argument of {edge.target!r}"
+                if pair not in expected
+                else "listed twice",
+                *loc,
+                "edges",
+                i,
+            )
+        if sorted(edge.ports) != expected[pair]:
+            raise _fail(
+                f"{edge.target} reads {edge.source} at ports {expected[pair]}",
+                *loc,
+                "edges",
+                i,
+                "ports",
+            )
+        graph.g.add_edge(*pair, var=edge.var, ports=list(edge.ports))
+    if missing := [p for p in expected if not graph.g.has_edge(*p)]:
+        raise _fail(f"no edge {missing[0][0]} → {missing[0][1]}", *loc, "edges")
+
+
+def _check_references(plan: Plan) -> None:
+    """Node ids and model names the plan's decisions name exist."""
+    ids = {n.id for n in plan.graph.walk()}
+
+    def node(node_id: str, *loc: Any) -> None:
+        if node_id not in ids:
+            raise _fail(f"{node_id!r} is not a node of the plan", *loc)
+
+    def model(name: str, *loc: Any) -> None:
+        if name not in plan.models:
+            raise _fail(f"{name!r} is not one of the plan's models", *loc)
+
+    model(plan.default_model, "default_model")
+    for n in plan.calls():
+        if n.call.model not in plan.models:
+            raise _fail(
+                f"node {n.id} runs on {n.call.model!r}, not one of the plan's models", "graph"
+            )
+    for key in plan.known:
+        if key not in plan.graph.g:
+            raise _fail(f"{key!r} is not a node of the top graph", "known", key)
+    for i, group in enumerate(plan.groups):
+        model(group.model, "groups", i, "model")
+        for j, call in enumerate(group.calls):
+            node(call, "groups", i, "calls", j)
+    for key, fallbacks in plan.fallbacks.items():
+        node(key, "fallbacks", key)
+        for j, name in enumerate(fallbacks):
+            model(name, "fallbacks", key, j)
+    for table in ("priorities", "estimates"):
+        for key in getattr(plan, table):
+            node(key, table, key)
+    for i, key in enumerate(plan.critical_path):
+        node(key, "critical_path", i)

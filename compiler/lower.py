@@ -14,7 +14,31 @@ from typing import Any
 from llmflow.compiler import ast
 from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym
 from llmflow.compiler.heap import gc_paused
-from llmflow.compiler.ir import Graph, InputSpec, IRNode, LLMCall, OutputSpec, Plan, Segment
+from llmflow.compiler.ir import (
+    BranchNode,
+    BuiltinNode,
+    ConstNode,
+    ExternNode,
+    Generate,
+    Graph,
+    InputNode,
+    InputSpec,
+    Item,
+    LLMCall,
+    LLMNode,
+    LoopNode,
+    MapNode,
+    OutputNode,
+    OutputSpec,
+    Param,
+    Plan,
+    Port,
+    Read,
+    Ref,
+    Segment,
+    Text,
+)
+from llmflow.compiler.ir import Carried as CarriedBinding
 from llmflow.compiler.types import ANY, RecordT, Type, unify
 from llmflow.stdlib.builtins import Builtin
 
@@ -108,13 +132,12 @@ class _Env:
             port = self.first_port + len(self.captures)
             self.captures.append(outer)
             node = self.graph.add(
-                IRNode(
+                InputNode(
                     id=self.new_id(),
-                    kind="input",
                     label=producer.var or producer.label,
                     type=producer.type,
                     var=producer.var,
-                    value=f"port:{port}",
+                    binding=Port(index=port),
                 )
             )
             self._capture_nodes[outer] = node.id
@@ -133,16 +156,16 @@ class Lowerer:
         self.checked = checked
         self._ids = itertools.count(1)
         self._inlined: dict[int, _Env] = {}
-        self._exports: dict[int, list[str]] = {}
 
     def new_id(self) -> str:
         return f"n{next(self._ids)}"
 
     def type_of(self, expr: ast.Expr) -> Type:
-        return self.checked.types.get(id(expr), ANY)
+        return self.checked.type_of(expr)
 
     def add(self, env: _Env, **fields: Any) -> str:
-        return env.graph.add(IRNode(id=self.new_id(), **fields)).id
+        kind = _KINDS[fields.pop("kind")]
+        return env.graph.add(kind(id=self.new_id(), **fields)).id
 
     def const(self, env: _Env, value: Any, type_: Type, span: ast.Span | None = None) -> str:
         return self.add(
@@ -162,7 +185,7 @@ class Lowerer:
             label=f".{name}",
             type=type_,
             args=[source],
-            value=name,
+            field=name,
             var=var,
         )
 
@@ -176,13 +199,12 @@ class Lowerer:
         inputs: list[InputSpec] = []
         for (pname, ptype, default), param in zip(sym.sig.params, sym.decl.params, strict=True):
             node = graph.add(
-                IRNode(
+                InputNode(
                     id=self.new_id(),
-                    kind="input",
                     label=pname,
                     type=ptype,
                     var=pname,
-                    value=pname,
+                    binding=Param(name=pname),
                     span=param.name.span,
                 )
             )
@@ -203,7 +225,7 @@ class Lowerer:
                 label=oname,
                 type=otype,
                 args=[env.get(oname)],
-                value=oname,
+                name=oname,
                 var=oname,
             )
             graph.outputs[oname] = out
@@ -230,29 +252,9 @@ class Lowerer:
             else:
                 self.collect_loop(stmt, env)
 
-    def assigned(self, stmts: list[ast.Stmt]) -> list[str]:
-        """The names a statement list makes visible after it."""
-        names: list[str] = []
-        for stmt in stmts:
-            if isinstance(stmt, ast.Assign):
-                names += [t.name for t in stmt.targets]
-            elif isinstance(stmt, ast.If):
-                names += self.exports(stmt)
-            else:
-                names += [b.name.name for b in stmt.carried]
-        return names
-
     def exports(self, stmt: ast.If) -> list[str]:
-        """The names an if assigns in every branch; an else-if chain is worked out from
-        its last if back, each if once."""
-        chain = [stmt]
-        while id(chain[-1]) not in self._exports and (link := _chained(chain[-1])):
-            chain.append(link)
-        for s in reversed(chain):
-            if id(s) not in self._exports:
-                other = set(self.assigned(s.orelse))
-                self._exports[id(s)] = [n for n in self.assigned(s.then) if n in other]
-        return self._exports[id(stmt)]
+        """The names an if assigns in every branch (the checker found them)."""
+        return self.checked.exports(stmt)
 
     def collect_assign(
         self, stmt: ast.Assign, env: _Env, nexts: dict[str, ast.Assign] | None
@@ -324,7 +326,8 @@ class Lowerer:
                 label="if",
                 type=record,
                 args=[cond, *then_env.captures, *else_env.captures],
-                bodies={"then": then_env.graph, "else": else_env.graph},
+                then=then_env.graph,
+                orelse=else_env.graph,
                 span=stmt.span,
             )
             link = stmt
@@ -360,18 +363,18 @@ class Lowerer:
                 label=stmt.var.name,
                 type=item_type,
                 var=stmt.var.name,
-                value="item",
+                binding=Item(),
             )
         for name in carried:
             body.memo[name] = self.add(
-                body, kind="input", label=name, type=types[name], var=name, value=f"carried:{name}"
+                body,
+                kind="input",
+                label=name,
+                type=types[name],
+                var=name,
+                binding=CarriedBinding(name=name),
             )
-        nexts: dict[str, ast.Assign] = {}
-        for s in stmt.body:
-            if isinstance(s, ast.Assign):
-                for t in s.targets:
-                    if t.name in carried:
-                        nexts[t.name] = s
+        nexts = self.checked.next_values(stmt)
         self.collect(stmt.body, body, nexts)
         next_ids: dict[str, str] = {}
         for name in carried:
@@ -386,7 +389,7 @@ class Lowerer:
                 i = [t.name for t in assign.targets].index(name)
                 fname, ftype = value_type.fields[i]
                 next_ids[name] = self.field(body, self.expr(assign.value, body), fname, ftype, name)
-        graph.outputs = {f"next:{name}": next_ids[name] for name in carried}
+        graph.outputs = {name: next_ids[name] for name in carried}
         if stmt.until is not None:
             after = _Env(graph, body)
             after.memo.update(next_ids)
@@ -399,7 +402,7 @@ class Lowerer:
             label=label,
             type=record,
             args=args + body.captures,
-            bodies={"body": graph},
+            body=graph,
             loop_max=stmt.max_iters,
             carried=carried,
             span=stmt.span,
@@ -429,8 +432,9 @@ class Lowerer:
                     env, kind="builtin", op="list", label="[…]", type=t, args=args, span=e.span
                 )
             case ast.Attr():
-                if id(e) in self.checked.enum_values:
-                    return self.const(env, self.checked.enum_values[id(e)], t, e.span)
+                member = self.checked.enum_member(e)
+                if member is not None:
+                    return self.const(env, member, t, e.span)
                 if self.is_flow_call(e.value):
                     assert isinstance(e.value, ast.Call)
                     return self.flow_env(e.value, env).get(e.attr.name)
@@ -482,7 +486,7 @@ class Lowerer:
         body = _Env(graph, env, first_port=1)
         item_type = getattr(env.graph.node(iterable).type, "item", ANY)
         body.memo[e.var.name] = self.add(
-            body, kind="input", label=e.var.name, type=item_type, var=e.var.name, value="item"
+            body, kind="input", label=e.var.name, type=item_type, var=e.var.name, binding=Item()
         )
         if e.where is not None:
             graph.outputs["where"] = self.expr(e.where, body)
@@ -495,13 +499,14 @@ class Lowerer:
             label=label,
             type=self.type_of(e),
             args=[iterable, *body.captures],
-            bodies={"body": graph},
+            body=graph,
             span=e.span,
         )
 
     def _bound(self, e: ast.Call, env: _Env, defaults: list[Any], types: list[Type]) -> list[str]:
         args = []
-        for arg, default, t in zip(self.checked.bound_args[id(e)], defaults, types, strict=True):
+        bound = self.checked.call(e).args
+        for arg, default, t in zip(bound, defaults, types, strict=True):
             if arg is not None:
                 args.append(self.expr(arg, env))
             else:
@@ -509,14 +514,15 @@ class Lowerer:
         return args
 
     def call(self, e: ast.Call, env: _Env) -> str:
-        callee = self.checked.callees[id(e)]
+        facts = self.checked.call(e)
+        callee = facts.callee
         t = self.type_of(e)
         name = e.func.name
         if isinstance(callee, Builtin):
             defaults = [None if p.required else p.default for p in callee.params]
             types = [p.type or ANY for p in callee.params]
             args = self._bound(e, env, defaults, types)
-            extra = self.checked.extra_kwargs.get(id(e), [])
+            extra = facts.extra
             args += [self.expr(kw.value, env) for kw in extra]
             return self.add(
                 env,
@@ -526,7 +532,7 @@ class Lowerer:
                 type=t,
                 args=args,
                 span=e.span,
-                value=[kw.name.name for kw in extra] or None,
+                names=[kw.name.name for kw in extra] or None,
             )
         if isinstance(callee, TypeSym):
             assert isinstance(t, RecordT)
@@ -539,7 +545,7 @@ class Lowerer:
                 type=t,
                 args=args,
                 span=e.span,
-                value=[n for n, _ in t.fields],
+                names=[n for n, _ in t.fields],
             )
         if isinstance(callee, FlowSym):
             return self.inline(callee, e, env)
@@ -556,7 +562,7 @@ class Lowerer:
                 span=e.span,
                 extern=callee.decl.target,
                 extern_single=callee.decl.single,
-                value=[name for name, _ in callee.sig.outputs],
+                outputs=[name for name, _ in callee.sig.outputs],
             )
         assert isinstance(callee, FnSym)
         return self.add(
@@ -566,7 +572,7 @@ class Lowerer:
     def flow_env(self, e: ast.Call, env: _Env) -> _Env:
         """The inlined body of a flow call, lowered output by output as they are read."""
         if id(e) not in self._inlined:
-            flow = self.checked.callees[id(e)]
+            flow = self.checked.call(e).callee
             assert isinstance(flow, FlowSym)
             params = flow.sig.params
             defaults = [
@@ -581,7 +587,7 @@ class Lowerer:
         return self._inlined[id(e)]
 
     def is_flow_call(self, e: ast.Expr) -> bool:
-        return isinstance(e, ast.Call) and isinstance(self.checked.callees.get(id(e)), FlowSym)
+        return isinstance(self.checked.callee(e), FlowSym)
 
     def inline(self, flow: FlowSym, e: ast.Call, env: _Env) -> str:
         inner = self.flow_env(e, env)
@@ -596,7 +602,7 @@ class Lowerer:
             label=flow.decl.name.name,
             type=result,
             args=outputs,
-            value=[n for n, _ in flow.sig.outputs],
+            names=[n for n, _ in flow.sig.outputs],
         )
 
     def llm_call(self, fn: FnSym) -> LLMCall:
@@ -606,13 +612,13 @@ class Lowerer:
         specs: list[OutputSpec] = []
         for part in fn.decl.template.parts:
             if isinstance(part, ast.TemplateText):
-                segments.append(Segment(text=part.text))
+                segments.append(Text(text=part.text))
                 continue
             head, path = part.path[0].name, [p.name for p in part.path[1:]]
             if head in params:
-                segments.append(Segment(input=head, path=path))
+                segments.append(Read(input=head, path=path))
             elif any(s.name == head for s in specs):
-                segments.append(Segment(ref=head, path=path))
+                segments.append(Ref(output=head, path=path))
             else:
                 options = {
                     kw.name.name: _const_value(kw.value, self.checked) for kw in part.options
@@ -628,7 +634,7 @@ class Lowerer:
                         seed=options.get("seed"),
                     )
                 )
-                segments.append(Segment(output=head))
+                segments.append(Generate(output=head))
         return LLMCall(
             function=fn.decl.name.name,
             params=[n for n, _, _ in fn.sig.params],
@@ -638,6 +644,22 @@ class Lowerer:
             pinned=fn.pin is not None,
             needs=fn.needs,
         )
+
+
+_KINDS: dict[str, type[Any]] = {
+    cls.model_fields["kind"].default: cls
+    for cls in (
+        InputNode,
+        ConstNode,
+        LLMNode,
+        BuiltinNode,
+        ExternNode,
+        MapNode,
+        BranchNode,
+        LoopNode,
+        OutputNode,
+    )
+}
 
 
 class _Once:
@@ -665,8 +687,8 @@ def _const_value(expr: ast.Expr, checked: Checked) -> Any:
             return [_const_value(i, checked) for i in items]
         case ast.UnaryOp(op="-", operand=operand):
             return -_const_value(operand, checked)
-        case ast.Attr() if id(expr) in checked.enum_values:
-            return checked.enum_values[id(expr)]
+        case ast.Attr() if checked.enum_member(expr) is not None:
+            return checked.enum_member(expr)
     raise AssertionError(f"not a constant: {expr!r}")
 
 

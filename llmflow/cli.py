@@ -33,7 +33,7 @@ from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.check import MAX_SEED
 from llmflow.compiler.diagnostics import Diagnostic, render
-from llmflow.compiler.ir import IRNode, Plan
+from llmflow.compiler.ir import IRNode, LLMNode, Plan
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim, Type
@@ -762,7 +762,7 @@ def _print_graph(nodes: list[IRNode], plan: Plan, indent: str) -> None:
             continue
         node, depth = item
         pad = indent + "    " * min(depth, 16)
-        detail = f" on {node.call.model}" if node.call else ""
+        detail = f" on {node.call.model}" if isinstance(node, LLMNode) else ""
         est = plan.estimates.get(node.id)
         if est is not None:
             detail += f" [~{est.input_tokens:.0f}+{est.output_tokens:.0f} tok, ${est.dollars:.4f}]"

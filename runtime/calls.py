@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from llmflow.compiler.ir import LLMCall, OutputSpec
+from llmflow.compiler.ir import LLMCall, OutputSpec, Read, Ref, Text
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
 from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
@@ -149,14 +149,13 @@ async def run_call(
     turns: list[Turn] = []
     pending = ""
     for segment in call.segments:
-        if segment.text is not None:
+        if isinstance(segment, Text):
             pending += segment.text
-        elif segment.input is not None:
+        elif isinstance(segment, Read):
             pending += to_text(select(values[segment.input], segment.path))
-        elif segment.ref is not None:
-            pending += to_text(select(outputs[segment.ref], segment.path))
+        elif isinstance(segment, Ref):
+            pending += to_text(select(outputs[segment.output], segment.path))
         else:
-            assert segment.output is not None
             spec = specs[segment.output]
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
             turns.append(Turn(role="user", text=prompt))

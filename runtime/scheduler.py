@@ -18,7 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.compiler.externs import ExternError, load_extern
-from llmflow.compiler.ir import Graph, IRNode, Plan
+from llmflow.compiler.ir import (
+    Binding,
+    BranchNode,
+    BuiltinNode,
+    Carried,
+    ConstNode,
+    ExternNode,
+    Graph,
+    InputNode,
+    IRNode,
+    Item,
+    LLMNode,
+    LoopNode,
+    MapNode,
+    OutputNode,
+    Param,
+    Plan,
+    Port,
+)
 from llmflow.compiler.types import FLOAT, ListT, Type
 from llmflow.runtime.backends.base import Backend, BackendError
 from llmflow.runtime.budget import BudgetExceeded
@@ -72,7 +90,7 @@ class _Frame:
     """One execution of one graph: the top-level flow, or one map item, branch or
     loop iteration; `place` says which (the map and loop nodes and indices around it)."""
 
-    def __init__(self, graph: Graph, bindings: dict[str, Any], place: Place = ()) -> None:
+    def __init__(self, graph: Graph, bindings: dict[Binding, Any], place: Place = ()) -> None:
         self.graph = graph
         self.bindings = bindings
         self.place = place
@@ -98,7 +116,7 @@ class Scheduler:
         self._groups = {call: group for group in plan.groups for call in group.calls}
 
     async def run(self, inputs: dict[str, Any]) -> RunResult:
-        frame = _Frame(self.plan.graph, dict(inputs))
+        frame = _Frame(self.plan.graph, {Param(name=k): v for k, v in inputs.items()})
         names = list(self.plan.graph.outputs)
         results = await asyncio.gather(
             *(self._get(frame, self.plan.graph.outputs[n]) for n in names), return_exceptions=True
@@ -134,7 +152,7 @@ class Scheduler:
         return task
 
     async def _node(self, frame: _Frame, node: IRNode) -> Any:
-        if node.op in ("and", "or"):
+        if isinstance(node, BuiltinNode) and node.op in ("and", "or"):
             # Short-circuit: `len(xs) > 0 and xs[0] == "a"` must not index an empty list.
             left = await self._get(frame, node.args[0])
             if bool(left) == (node.op == "or"):
@@ -154,33 +172,32 @@ class Scheduler:
             raise NodeFailed(node, f"{type(err).__name__}: {err}") from err
 
     async def _compute(self, frame: _Frame, node: IRNode, args: list[Any]) -> Any:
-        match node.kind:
-            case "input":
-                return frame.bindings[node.value]
-            case "const":
-                return node.value
-            case "output":
+        match node:
+            case InputNode(binding=binding):
+                return frame.bindings[binding]
+            case ConstNode(value=value):
+                return value
+            case OutputNode():
                 return args[0]
-            case "builtin":
+            case BuiltinNode():
                 return _as_declared(node.type, _builtin(node, args))
-            case "llm":
+            case LLMNode():
                 return await self._llm(node, args, (*frame.place, node.id))
-            case "extern":
+            case ExternNode():
                 return await self._extern(node, args)
-            case "map":
+            case MapNode():
                 return await self._map(frame, node, args)
-            case "branch":
-                chosen = node.bodies["then" if args[0] else "else"]
+            case BranchNode():
+                chosen = node.then if args[0] else node.orelse
                 sub = _Frame(chosen, _ports(args), frame.place)
                 return {name: await self._get(sub, out) for name, out in chosen.outputs.items()}
-            case "loop":
+            case LoopNode():
                 return await self._loop(frame, node, args)
         raise AssertionError(f"unknown node kind {node.kind}")
 
-    async def _llm(self, node: IRNode, args: list[Any], place: Place) -> Any:
+    async def _llm(self, node: LLMNode, args: list[Any], place: Place) -> Any:
         """Run a call on its model; if that model keeps failing, on the next one that
         qualifies (the optimizer's fallbacks), and say so in the call's stats."""
-        assert node.call is not None
         priority = self.plan.priorities.get(node.id, 0.0)
         models = [node.call.model, *self.plan.fallbacks.get(node.id, [])]
         group = self._groups.get(node.id)
@@ -224,8 +241,7 @@ class Scheduler:
             return value
         raise AssertionError("unreachable")
 
-    async def _extern(self, node: IRNode, args: list[Any]) -> Any:
-        assert node.extern is not None
+    async def _extern(self, node: ExternNode, args: list[Any]) -> Any:
         func = self._externs.get(node.extern)
         if func is None:
             try:
@@ -238,13 +254,13 @@ class Scheduler:
             result = await func(*args)
         else:
             result = await asyncio.to_thread(func, *args)
-        if not node.extern_single and len(node.value) == 1:
+        if not node.extern_single and len(node.outputs) == 1:
             # `-> name: T` returns {"name": value}, like any extern with named outputs.
-            if not isinstance(result, dict) or node.value[0] not in result:
+            if not isinstance(result, dict) or node.outputs[0] not in result:
                 raise NodeFailed(
-                    node, f"{node.extern} must return a dict with key '{node.value[0]}'"
+                    node, f"{node.extern} must return a dict with key '{node.outputs[0]}'"
                 )
-            result = result[node.value[0]]
+            result = result[node.outputs[0]]
         try:
             value = validate(node.type, result, strict=False)
         except InvalidValue as err:
@@ -254,13 +270,13 @@ class Scheduler:
         self.on_event("done", node, {})
         return value
 
-    async def _map(self, frame: _Frame, node: IRNode, args: list[Any]) -> list[Any]:
-        items, body = args[0], node.bodies["body"]
+    async def _map(self, frame: _Frame, node: MapNode, args: list[Any]) -> list[Any]:
+        items, body = args[0], node.body
         self.on_event("expand", node, {"items": len(items)})
         ports = _ports(args)
 
         async def one(index: int, item: Any) -> tuple[bool, Any]:
-            sub = _Frame(body, {**ports, "item": item}, (*frame.place, node.id, index))
+            sub = _Frame(body, {**ports, _ITEM: item}, (*frame.place, node.id, index))
             if "where" in body.outputs and not await self._get(sub, body.outputs["where"]):
                 return False, None
             return True, await self._get(sub, body.outputs["value"])
@@ -278,22 +294,22 @@ class Scheduler:
             raise NodeFailed(node, str(err)) from None
         return values
 
-    async def _loop(self, frame: _Frame, node: IRNode, args: list[Any]) -> dict[str, Any]:
-        body = node.bodies["body"]
+    async def _loop(self, frame: _Frame, node: LoopNode, args: list[Any]) -> dict[str, Any]:
+        body = node.body
         ports = _ports(args)
         has_list = node.loop_max is None
         items = args[0] if has_list else range(node.loop_max or 0)
         first = 1 if has_list else 0
         carried = dict(zip(node.carried, args[first : first + len(node.carried)], strict=True))
         for iteration, item in enumerate(items):
-            bindings = {**ports, **{f"carried:{k}": v for k, v in carried.items()}}
+            bindings = {**ports, **{Carried(name=k): v for k, v in carried.items()}}
             if has_list:
-                bindings["item"] = item
+                bindings[_ITEM] = item
             sub = _Frame(body, bindings, (*frame.place, node.id, iteration))
             names = list(body.outputs)
             values = await asyncio.gather(*(self._get(sub, body.outputs[n]) for n in names))
             done = dict(zip(names, values, strict=True))
-            carried = {k: done[f"next:{k}"] for k in node.carried}
+            carried = {k: done[k] for k in node.carried}
             if done.get("until"):
                 break
         return carried
@@ -308,13 +324,15 @@ def _as_declared(t: Type, value: Any) -> Any:
     return value
 
 
-def _ports(args: list[Any]) -> dict[str, Any]:
-    return {f"port:{i}": v for i, v in enumerate(args)}
+_ITEM = Item()
 
 
-def _builtin(node: IRNode, args: list[Any]) -> Any:
-    assert node.op is not None
+def _ports(args: list[Any]) -> dict[Binding, Any]:
+    return {Port(index=i): v for i, v in enumerate(args)}
+
+
+def _builtin(node: BuiltinNode, args: list[Any]) -> Any:
     try:
-        return evaluate(node.op, node.value, args)
+        return evaluate(node.op, node.static, args)
     except BuiltinError as err:
         raise NodeFailed(node, str(err)) from None

@@ -29,7 +29,6 @@ def analyze_prefixes(plan: Plan, min_tokens: float = GROUP_MIN_TOKENS) -> Plan:
     shapes = Shapes(plan)
     by_model: dict[str, list[str]] = {}
     for node in plan.calls():
-        assert node.call is not None
         by_model.setdefault(node.call.model, []).append(node.id)
     groups: list[PrefixGroup] = []
     labels = {n.id: n.label for n in plan.calls()}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from llmflow.compiler import prices
-from llmflow.compiler.ir import IRNode, Plan
+from llmflow.compiler.ir import LLMNode, Plan
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer import costs
 from llmflow.compiler.optimizer.prompts import Shape, Shapes
@@ -37,8 +37,7 @@ class Option:
     qualifies: bool
 
 
-def _options(plan: Plan, node: IRNode, shape: Shape) -> list[Option]:
-    assert node.call is not None
+def _options(plan: Plan, node: LLMNode, shape: Shape) -> list[Option]:
     out = []
     for name, model in plan.models.items():
         cost = costs.call_cost(model, shape)
@@ -47,7 +46,7 @@ def _options(plan: Plan, node: IRNode, shape: Shape) -> list[Option]:
     return out
 
 
-def _qualifies(model: ModelSpec, node: IRNode, shape: Shape) -> bool:
+def _qualifies(model: ModelSpec, node: LLMNode, shape: Shape) -> bool:
     if costs.shortfall(model, node) or not costs.fits_context(model, shape):
         return False
     return not costs.needs_schema(node) or model.supports_schema is not False
@@ -85,7 +84,7 @@ def assign_models(
     plan.objective = objective or plan.objective  # type: ignore[assignment]
     plan.budget = budget if budget is not None else plan.budget
     shapes = Shapes(plan)
-    calls = [n for n in plan.calls() if n.call is not None]
+    calls = plan.calls()
     if plan.budget is not None:  # any model may get a call: each needs its price
         prices.check_priced(plan.models.values())
     for name, model in plan.models.items():
@@ -97,7 +96,6 @@ def assign_models(
             )
     choices: list[list[Option]] = []
     for node in calls:
-        assert node.call is not None
         options = _options(plan, node, shapes[node.id])
         if node.call.pinned:
             options = [o for o in options if o.model == node.call.model]
@@ -144,7 +142,6 @@ def assign_models(
             _over_budget(plan, calls, choices, picked, cheapest)
 
     for node, opts, i in zip(calls, choices, picked, strict=True):
-        assert node.call is not None
         chosen = opts[i]
         before = node.call.model
         node.call.model = chosen.model
@@ -162,7 +159,7 @@ def assign_models(
     return plan
 
 
-def _importance(plan: Plan, calls: Sequence[IRNode]) -> list[float]:
+def _importance(plan: Plan, calls: Sequence[LLMNode]) -> list[float]:
     """A call feeding many others matters more: one plus the calls downstream of it.
     The calls below each node are a bit set built from its successors' (latest first):
     one pass, not a search per call."""
@@ -178,8 +175,7 @@ def _importance(plan: Plan, calls: Sequence[IRNode]) -> list[float]:
     return [1.0 + below[n.id].bit_count() if n.id in below else 1.0 for n in calls]
 
 
-def _needs(node: IRNode) -> str:
-    assert node.call is not None
+def _needs(node: LLMNode) -> str:
     return ", ".join(f"{s} >= {q:g}" for s, q in node.call.needs.items()) or "its context length"
 
 
@@ -187,7 +183,7 @@ def _gaps(gap: dict[str, float]) -> str:
     return ", ".join(f"{s} short by {d:.2f}" for s, d in gap.items()) or "too small a context"
 
 
-def _reason(plan: Plan, node: IRNode, options: list[Option], chosen: Option) -> str:
+def _reason(plan: Plan, node: LLMNode, options: list[Option], chosen: Option) -> str:
     n = len(options)
     scope = (
         f"{n} qualifying model{'s' if n != 1 else ''}" if chosen.qualifies else "no model qualifies"
@@ -198,7 +194,6 @@ def _reason(plan: Plan, node: IRNode, options: list[Option], chosen: Option) -> 
         what = f"fastest (~{chosen.seconds:.1f}s) of {scope}"
     else:
         what = f"cheapest (${chosen.dollars:.6f}) of {scope}"
-    assert node.call is not None
     if node.call.needs:
         what += f" for {_needs(node)}"
     return what
@@ -206,7 +201,7 @@ def _reason(plan: Plan, node: IRNode, options: list[Option], chosen: Option) -> 
 
 def _over_budget(
     plan: Plan,
-    calls: Sequence[IRNode],
+    calls: Sequence[LLMNode],
     choices: list[list[Option]],
     picked: list[int],
     cheapest: float,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmflow.compiler import prices
-from llmflow.compiler.ir import IRNode
+from llmflow.compiler.ir import LLMNode
 from llmflow.compiler.models import ModelSpec, Timing
 from llmflow.compiler.optimizer.prompts import Shape
 from llmflow.compiler.types import ListT, RecordT
@@ -22,9 +22,8 @@ def skill(model: ModelSpec, name: str) -> float:
     return model.skills.get(name, NEUTRAL_SKILL if not model.skills else 0.0)
 
 
-def quality(model: ModelSpec, node: IRNode) -> float:
+def quality(model: ModelSpec, node: LLMNode) -> float:
     """How well a model serves a call: its weakest needed skill, else its mean skill."""
-    assert node.call is not None
     if node.call.needs:
         return min(skill(model, s) for s in node.call.needs)
     if not model.skills:
@@ -32,14 +31,12 @@ def quality(model: ModelSpec, node: IRNode) -> float:
     return sum(model.skills.values()) / len(model.skills)
 
 
-def shortfall(model: ModelSpec, node: IRNode) -> dict[str, float]:
+def shortfall(model: ModelSpec, node: LLMNode) -> dict[str, float]:
     """Needed skills the model lacks, and by how much."""
-    assert node.call is not None
     return {s: q - skill(model, s) for s, q in node.call.needs.items() if skill(model, s) < q}
 
 
-def needs_schema(node: IRNode) -> bool:
-    assert node.call is not None
+def needs_schema(node: LLMNode) -> bool:
     return any(isinstance(o.type, ListT | RecordT) for o in node.call.outputs)
 
 

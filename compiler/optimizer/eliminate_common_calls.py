@@ -5,31 +5,24 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from typing import Any
 
-from llmflow.compiler.ir import Graph, IRNode, Plan
+from llmflow.compiler.ir import Graph, IRNode, LLMNode, Plan
 from llmflow.compiler.optimizer.working import own
 
 RULE = "common-call elimination"
 
 
 def _deterministic(node: IRNode) -> bool:
-    if node.kind == "llm":
-        assert node.call is not None
+    if isinstance(node, LLMNode):
         return all(not o.temperature for o in node.call.outputs)
     # Externs may have side effects or read the world; inputs are bound per graph.
     return node.kind in ("const", "builtin")
 
 
 def _key(node: IRNode) -> str:
-    data: dict[str, Any] = {
-        "kind": node.kind,
-        "op": node.op,
-        "value": node.value,
-        "args": node.args,
-        "type": node.type.model_dump(mode="json"),
-        "call": node.call.model_dump(mode="json") if node.call else None,
-    }
+    """Everything that makes a node's value (its kind's own fields, its type and
+    arguments), not what names or places it."""
+    data = node.model_dump(mode="json", exclude={"id", "label", "span", "var"})
     return json.dumps(data, sort_keys=True, default=repr)
 
 

@@ -23,7 +23,6 @@ def estimate(plan: Plan) -> Plan:
     plan.estimates = {}
     groups = {call: group for group in plan.groups for call in group.calls}
     for node in plan.calls():
-        assert node.call is not None
         shape = shapes[node.id]
         model = plan.models[node.call.model]
         group = groups.get(node.id)

@@ -10,7 +10,7 @@ from typing import Any
 
 from llmflow.compiler.ast import Span
 from llmflow.compiler.diagnostics import Diagnostic
-from llmflow.compiler.ir import Plan
+from llmflow.compiler.ir import BuiltinNode, ConstNode, InputNode, MapNode, Param, Plan
 from llmflow.compiler.modules import UnreadableSource, read_source
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
 from llmflow.compiler.optimizer.working import own
@@ -29,15 +29,15 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
         if spec.name not in inputs and not spec.required:
             inputs[spec.name] = spec.default
     for node in plan.graph.nodes:
-        if node.kind == "input" and node.value in inputs:
-            plan.known[node.id] = inputs[node.value]
-        elif node.kind == "const":
+        if isinstance(node, InputNode):
+            if isinstance(node.binding, Param) and node.binding.name in inputs:
+                plan.known[node.id] = inputs[node.binding.name]
+        elif isinstance(node, ConstNode):
             plan.known[node.id] = node.value
-        elif node.kind == "builtin" and all(a in plan.known for a in node.args):
-            assert node.op is not None
+        elif isinstance(node, BuiltinNode) and all(a in plan.known for a in node.args):
             try:
                 plan.known[node.id] = evaluate(
-                    node.op, node.value, [plan.known[a] for a in node.args]
+                    node.op, node.static, [plan.known[a] for a in node.args]
                 )
             except LimitError as err:
                 if node.id not in surely:
@@ -46,7 +46,7 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
                 raise CompileError([diag], _source_of(node.span)) from None
             except (BuiltinError, TypeError, KeyError):
                 continue
-        elif node.kind == "map" and node.args[0] in plan.known:
+        elif isinstance(node, MapNode) and node.args[0] in plan.known:
             items = plan.known[node.args[0]]
             plan.explain(RULE, f"{node.label} runs {len(items)} items", node.id)
     unknown = [n for n in plan.graph.nodes if n.kind == "map" and n.args[0] not in plan.known]
@@ -66,7 +66,9 @@ def _surely_run(plan: Plan) -> set[str]:
     surely = set(plan.graph.outputs.values())
     for node in reversed(plan.graph.nodes):
         if node.id in surely:
-            conditional = node.op in ("and", "or") or node.kind in ("map", "branch", "loop")
+            conditional = bool(node.bodies) or (
+                isinstance(node, BuiltinNode) and node.op in ("and", "or")
+            )
             surely.update(node.args[:1] if conditional else node.args)
     return surely
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from llmflow.compiler.ir import Graph, IRNode, Plan
+from llmflow.compiler.ir import Graph, IRNode, LLMNode, LoopNode, Plan
 from llmflow.compiler.optimizer.working import own
 
 RULE = "scheduling priorities"
@@ -60,10 +60,9 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
     for graph in reversed(top.graphs()):
         serial[id(graph)] = False
         for node in graph.nodes:
-            if node.kind == "llm":
+            if isinstance(node, LLMNode):
                 est = plan.estimates.get(node.id)
                 out[node.id] = est.seconds / max(est.instances, 1.0) if est else 0.0
-                assert node.call is not None
                 serial[id(graph)] |= not plan.models[node.call.model].capabilities.concurrent
             elif node.bodies:
                 inner = {key: longest[id(body)] for key, body in node.bodies.items()}
@@ -72,8 +71,9 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
                     out[node.id] = max(inner.values())
                 else:
                     body = node.bodies["body"]
-                    items = plan.known.get(node.args[0]) if node.loop_max is None else None
-                    count = len(items) if isinstance(items, list) else (node.loop_max or 4)
+                    loop_max = node.loop_max if isinstance(node, LoopNode) else None
+                    items = plan.known.get(node.args[0]) if loop_max is None else None
+                    count = len(items) if isinstance(items, list) else (loop_max or 4)
                     parallel = node.kind == "map" and not serial[id(body)]
                     out[node.id] = inner["body"] * (1 if parallel else count)
             else:
@@ -145,7 +145,6 @@ def _busiest_serial_model(plan: Plan) -> float:
     """Seconds of calls queued on the busiest model whose backend runs one at a time."""
     load: dict[str, float] = {}
     for node in plan.calls():
-        assert node.call is not None
         serial = not plan.models[node.call.model].capabilities.concurrent
         if serial and node.id in plan.estimates:
             load[node.call.model] = load.get(node.call.model, 0.0) + plan.estimates[node.id].seconds

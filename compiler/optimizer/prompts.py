@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from llmflow.compiler import ir
 from llmflow.compiler import tokens as estimate_tokens
-from llmflow.compiler.ir import Graph, IRNode, OutputSpec, Plan
+from llmflow.compiler.ir import Graph, IRNode, LLMNode, LoopNode, MapNode, OutputSpec, Plan
 from llmflow.compiler.types import EnumT, ListT, Prim, RecordT, Type
 from llmflow.stdlib.builtins import select, to_text
 
@@ -64,7 +65,7 @@ Part = str | Ref
 
 @dataclass
 class Shape:
-    node: IRNode
+    node: LLMNode
     prefix: list[Part]
     """The prompt up to its first generated output."""
     input_tokens: float
@@ -142,23 +143,24 @@ class Shapes:
             for node in graph.nodes:
                 if any(a in varies for a in node.args):
                     varies.add(node.id)
-                binding = node.value if node.kind == "input" and isinstance(node.value, str) else ""
-                if binding == "item" or binding.startswith("carried:"):
+                if isinstance(node, ir.InputNode) and isinstance(
+                    node.binding, ir.Item | ir.Carried
+                ):
                     varies.add(node.id)
             inner: list[tuple[Graph, float]] = []
             for node in graph.nodes:
-                if node.kind == "llm":
+                if isinstance(node, LLMNode):
                     self.shapes[node.id] = self._shape(graph, node, outer, varies, instances)
                 for key, body in node.bodies.items():
                     items = self.plan.known.get(node.args[0]) if node.args else None
                     for inp in body.inputs:
-                        binding = body.node(inp).value
-                        if binding == "item" and isinstance(items, list) and items:
+                        binding = body.node(inp).binding  # type: ignore[union-attr]
+                        if isinstance(binding, ir.Item) and isinstance(items, list) and items:
                             self.item_tokens[inp] = sum(tokens(to_text(i)) for i in items) / len(
                                 items
                             )
-                        if isinstance(binding, str) and binding.startswith("port:"):
-                            source = node.args[int(binding.split(":")[1])]
+                        if isinstance(binding, ir.Port):
+                            source = node.args[binding.index]
                             outer[inp] = outer.get(source, source)
                             if source in varies:
                                 varies.add(inp)
@@ -166,17 +168,16 @@ class Shapes:
             stack.extend(reversed(inner))
 
     def _repeats(self, node: IRNode, key: str) -> float:
-        if node.kind == "map" or (node.kind == "loop" and node.loop_max is None):
+        if isinstance(node, MapNode) or (isinstance(node, LoopNode) and node.loop_max is None):
             items = self.plan.known.get(node.args[0])
             return float(len(items)) if isinstance(items, list) else float(DEFAULT_MAP_ITEMS)
-        if node.kind == "loop":
+        if isinstance(node, LoopNode):
             return float(node.loop_max or 1)
         return 0.5 if key in ("then", "else") else 1.0
 
     def _shape(
-        self, graph: Graph, node: IRNode, outer: dict[str, str], varies: set[str], instances: float
+        self, graph: Graph, node: LLMNode, outer: dict[str, str], varies: set[str], instances: float
     ) -> Shape:
-        assert node.call is not None
         call = node.call
         sources = dict(zip(call.params, node.args, strict=True))
         specs = {o.name: o for o in call.outputs}
@@ -186,16 +187,17 @@ class Shapes:
         generated = 0
         for segment in call.segments:
             part: Part | None = None
-            if segment.text is not None:
+            if isinstance(segment, ir.Text):
                 part = segment.text
-            elif segment.input is not None:
+            elif isinstance(segment, ir.Read):
                 part = self._part(graph, sources[segment.input], segment.path, outer, varies)
-            elif segment.ref is not None:
+            elif isinstance(segment, ir.Ref):
                 part = Ref(
-                    f"{node.id}.{segment.ref}", expected_output_tokens(specs[segment.ref]), True
+                    f"{node.id}.{segment.output}",
+                    expected_output_tokens(specs[segment.output]),
+                    True,
                 )
             else:
-                assert segment.output is not None
                 in_prefix = False
                 out = expected_output_tokens(specs[segment.output])
                 output_tokens += out
@@ -224,6 +226,6 @@ class Shapes:
         for name in path:
             t = t.field(name) if isinstance(t, RecordT) and t.field(name) else t
         size = self.item_tokens.get(source, typical_tokens(t))
-        if producer.kind == "llm" and producer.call and len(producer.call.outputs) == 1:
+        if isinstance(producer, LLMNode) and len(producer.call.outputs) == 1:
             size = expected_output_tokens(producer.call.outputs[0])
         return Ref(".".join([key, *path]), size, source in varies)

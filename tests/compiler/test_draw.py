@@ -12,7 +12,7 @@ import pytest
 
 import llmflow
 from llmflow.compiler.draw import draw, render_plan
-from llmflow.compiler.ir import Plan
+from llmflow.compiler.ir import BuiltinNode, Plan
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.picture import CRITICAL, DrawError
 
@@ -432,7 +432,7 @@ def test_inputs_outputs_and_builtins_look_different(make: Make) -> None:
     by_kind = {n.kind: n.id for n in plan.graph.nodes if n.kind in ("input", "output")}
     assert "shape=cds" in nodes[by_kind["input"]][0] and "2 items" in nodes[by_kind["input"]][0]
     assert "peripheries=2" in nodes[by_kind["output"]][0]
-    (join,) = [n for n in plan.graph.nodes if n.op == "join"]
+    (join,) = [n for n in plan.graph.nodes if isinstance(n, BuiltinNode) and n.op == "join"]
     assert "fontsize=9" in nodes[join.id][0] and "#EEEEEE" in nodes[join.id][0]
     assert not [n for n in plan.graph.nodes if n.kind == "const" and n.id in nodes]
 

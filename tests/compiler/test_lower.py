@@ -8,8 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from llmflow.compiler import compile_file
-from llmflow.compiler.ir import Graph, IRNode, OutputSpec, Plan, Segment
+from llmflow.compiler import ast, compile_file
+from llmflow.compiler.check import Checked
+from llmflow.compiler.ir import (
+    BuiltinNode,
+    Carried,
+    Generate,
+    Graph,
+    IRNode,
+    Item,
+    OutputSpec,
+    Plan,
+    Port,
+    Read,
+    Ref,
+    Text,
+)
 from llmflow.compiler.types import BOOL, FLOAT, INT, STR, EnumT, ListT, RecordT
 from llmflow.errors import CompileError
 
@@ -40,13 +54,18 @@ def only(graph: Graph, kind: str) -> IRNode:
     return nodes[0]
 
 
+def op(node: IRNode) -> str | None:
+    """A builtin's operator (None for other kinds, which have none)."""
+    return node.op if isinstance(node, BuiltinNode) else None
+
+
 def producer(graph: Graph, node: IRNode, port: int = 0) -> IRNode:
     return graph.node(node.args[port])
 
 
 def output_producer(plan: Plan, name: str) -> IRNode:
     out = plan.graph.node(plan.graph.outputs[name])
-    assert out.kind == "output" and out.value == name
+    assert out.kind == "output" and out.name == name
     return producer(plan.graph, out)
 
 
@@ -91,8 +110,8 @@ def test_map_is_a_subgraph_with_the_item_and_captured_inputs(plan: MakePlan) -> 
     body = node.bodies["body"]
     assert_well_formed(body)
     item, captured, call = body.nodes
-    assert (item.kind, item.value, item.var, item.type) == ("input", "item", "d", STR)
-    assert (captured.kind, captured.value, captured.var) == ("input", "port:1", "prefix")
+    assert (item.kind, item.binding, item.var, item.type) == ("input", Item(), "d", STR)
+    assert (captured.kind, captured.binding, captured.var) == ("input", Port(index=1), "prefix")
     assert body.inputs == [item.id, captured.id]
     assert call.kind == "llm" and call.args == [item.id, captured.id]
     assert body.outputs == {"value": call.id}
@@ -117,7 +136,7 @@ def test_comprehension_with_filter_has_a_where_output(plan: MakePlan) -> None:
     value = body.node(body.outputs["value"])
     assert (value.kind, value.op) == ("builtin", "upper")
     n_input = producer(body, where, 1)
-    assert (n_input.kind, n_input.value, n_input.var) == ("input", "port:1", "n")
+    assert (n_input.kind, n_input.binding, n_input.var) == ("input", Port(index=1), "n")
     assert node.args == [p.graph.inputs[0], p.graph.inputs[1]]
 
 
@@ -134,9 +153,9 @@ def test_nested_map_captures_through_both_levels(plan: MakePlan) -> None:
     inner = only(outer.bodies["body"], "map")
     outer_body = outer.bodies["body"]
     captured = outer_body.node(inner.args[1])
-    assert (captured.kind, captured.value, captured.var) == ("input", "port:1", "tail")
+    assert (captured.kind, captured.binding, captured.var) == ("input", Port(index=1), "tail")
     inner_inputs = [n for n in inner.bodies["body"].nodes if n.kind == "input"]
-    assert [(n.value, n.var) for n in inner_inputs] == [("item", "y"), ("port:1", "tail")]
+    assert [(n.binding, n.var) for n in inner_inputs] == [(Item(), "y"), (Port(index=1), "tail")]
     assert_well_formed(p.graph)
 
 
@@ -168,13 +187,13 @@ def test_branch_node_with_subgraphs_and_exported_names(plan: MakePlan) -> None:
     assert branch.args == [cond.id, text_input, text_input]
     then, orelse = branch.bodies["then"], branch.bodies["else"]
     then_call = only(then, "llm")
-    assert then.node(then_call.args[0]).value == "port:1"
+    assert then.node(then_call.args[0]).binding == Port(index=1)
     assert then.outputs == {"final": then_call.id}
     (else_input,) = orelse.nodes
-    assert (else_input.kind, else_input.value, else_input.var) == ("input", "port:2", "text")
+    assert (else_input.kind, else_input.binding, else_input.var) == ("input", Port(index=2), "text")
     assert orelse.outputs == {"final": else_input.id}
     final = output_producer(p, "final")
-    assert (final.kind, final.op, final.value, final.var) == ("builtin", "field", "final", "final")
+    assert (final.kind, final.op, final.field, final.var) == ("builtin", "field", "final", "final")
     assert final.args == [branch.id]
     # Nothing of the branches leaks into the flow's own graph.
     assert by_kind(p.graph, "llm") == []
@@ -219,8 +238,8 @@ def test_branch_exports_several_names_from_one_node(plan: MakePlan) -> None:
     )
     branch = only(p.graph, "branch")
     assert branch.type == RecordT(name="if", fields=(("a", STR), ("b", INT)))
-    fields = [n for n in p.graph.nodes if n.op == "field"]
-    assert [(f.value, f.args) for f in fields] == [("a", [branch.id]), ("b", [branch.id])]
+    fields = [n for n in p.graph.nodes if op(n) == "field"]
+    assert [(f.field, f.args) for f in fields] == [("a", [branch.id]), ("b", [branch.id])]
 
 
 # ---- loops --------------------------------------------------------------------------------
@@ -246,19 +265,19 @@ def test_repeat_loop_node(plan: MakePlan) -> None:
     assert loop.type == RecordT(name="loop", fields=(("draft", STR),))
     body = loop.bodies["body"]
     carried, captured, call, *until_nodes = body.nodes
-    assert (carried.kind, carried.value, carried.var) == ("input", "carried:draft", "draft")
-    assert (captured.kind, captured.value, captured.var) == ("input", "port:1", "hint")
+    assert (carried.kind, carried.binding, carried.var) == ("input", Carried(name="draft"), "draft")
+    assert (captured.kind, captured.binding, captured.var) == ("input", Port(index=1), "hint")
     assert call.kind == "llm" and call.args == [carried.id, captured.id]
     assert call.var == "draft"
-    assert set(body.outputs) == {"next:draft", "until"}
-    assert body.outputs["next:draft"] == call.id
+    assert set(body.outputs) == {"draft", "until"}
+    assert body.outputs["draft"] == call.id
     until = body.node(body.outputs["until"])
     assert (until.op, until.type) == (">", BOOL)
     length = producer(body, until, 0)
     assert length.op == "len" and length.args == [call.id]  # until reads the next value
     assert len(until_nodes) == 3
     draft = output_producer(p, "draft")
-    assert (draft.op, draft.value, draft.args) == ("field", "draft", [loop.id])
+    assert (draft.op, draft.field, draft.args) == ("field", "draft", [loop.id])
 
 
 def test_for_loop_node(plan: MakePlan) -> None:
@@ -282,15 +301,15 @@ def test_for_loop_node(plan: MakePlan) -> None:
     assert (init_joined.kind, init_joined.value, init_joined.var) == ("const", "", "joined")
     assert (init_n.kind, init_n.value, init_n.var) == ("const", 0, "n")
     body = loop.bodies["body"]
-    inputs = [(n.value, n.var) for n in body.nodes if n.kind == "input"]
+    inputs = [(n.binding, n.var) for n in body.nodes if n.kind == "input"]
     assert inputs == [
-        ("item", "x"),
-        ("carried:joined", "joined"),
-        ("carried:n", "n"),
-        ("port:3", "sep"),
+        (Item(), "x"),
+        (Carried(name="joined"), "joined"),
+        (Carried(name="n"), "n"),
+        (Port(index=3), "sep"),
     ]
-    assert set(body.outputs) == {"next:joined", "next:n"}
-    assert body.node(body.outputs["next:n"]).var == "n"
+    assert set(body.outputs) == {"joined", "n"}
+    assert body.node(body.outputs["n"]).var == "n"
     assert loop.type == RecordT(name="loop", fields=(("joined", STR), ("n", INT)))
 
 
@@ -305,8 +324,8 @@ def test_carried_value_not_reassigned_flows_through(plan: MakePlan) -> None:
         """
     )
     body = only(p.graph, "loop").bodies["body"]
-    kept = next(n for n in body.nodes if n.value == "carried:kept")
-    assert body.outputs == {"next:kept": kept.id}
+    kept = next(n for n in body.nodes if getattr(n, "binding", None) == Carried(name="kept"))
+    assert body.outputs == {"kept": kept.id}
     assert len(body.nodes) == 2  # item and kept: `other` is dead
 
 
@@ -339,12 +358,12 @@ def test_flow_calls_are_inlined(plan: MakePlan) -> None:
     ops = [n.op for n in p.graph.nodes if n.kind == "builtin"]
     assert ops.count("upper") == 2  # shout inlined once per call
     # Unpacking an inlined flow reads its outputs directly: no record is built.
-    assert not [n for n in p.graph.nodes if n.op == "record"]
+    assert not [n for n in p.graph.nodes if op(n) == "record"]
     out, loud = output_producer(p, "out"), output_producer(p, "loud")
     assert (out.kind, out.label) == ("llm", "summarize")
     assert loud.op == "+" and p.graph.node(loud.args[0]).op == "upper"
     call = only(p.graph, "llm")
-    first_upper = next(n for n in p.graph.nodes if n.op == "upper")
+    first_upper = next(n for n in p.graph.nodes if op(n) == "upper")
     assert producer(p.graph, first_upper).id == p.graph.inputs[0]
     assert producer(p.graph, call, 0).op == "+"  # the first shout's result
 
@@ -436,9 +455,9 @@ def test_edge_var_names_the_semantic_variable(plan: MakePlan) -> None:
         """
     )
     g = p.graph
-    strip = next(n for n in g.nodes if n.op == "strip")
+    strip = next(n for n in g.nodes if op(n) == "strip")
     call = only(g, "llm")
-    plus = next(n for n in g.nodes if n.op == "+")
+    plus = next(n for n in g.nodes if op(n) == "+")
     assert (strip.var, call.var, plus.var) == ("cleaned", "s", "out")
     assert g.g.edges[strip.id, call.id]["var"] == "cleaned"
     assert g.g.edges[call.id, plus.id]["var"] == "s"
@@ -449,7 +468,7 @@ def test_edge_var_names_the_semantic_variable(plan: MakePlan) -> None:
 
 def test_repeated_argument_is_one_edge_with_two_ports(plan: MakePlan) -> None:
     p = plan("flow main(t: str) -> out: str {\n    out = t + t\n}\n")
-    plus = next(n for n in p.graph.nodes if n.op == "+")
+    plus = next(n for n in p.graph.nodes if op(n) == "+")
     assert plus.args == [p.graph.inputs[0]] * 2
     assert p.graph.g.edges[p.graph.inputs[0], plus.id]["ports"] == [0, 1]
 
@@ -467,7 +486,7 @@ def test_shared_value_is_lowered_once(plan: MakePlan) -> None:
     )
     call = only(p.graph, "llm")
     assert sorted(v for _, v in p.graph.g.out_edges(call.id)) == sorted(
-        n.id for n in p.graph.nodes if n.op == "+"
+        n.id for n in p.graph.nodes if op(n) == "+"
     )
 
 
@@ -505,7 +524,7 @@ def test_expression_nodes(plan: MakePlan) -> None:
     )
     g = p.graph
     record = output_producer(p, "r")
-    assert (record.kind, record.op, record.label, record.value) == (
+    assert (record.kind, record.op, record.label, record.names) == (
         "builtin",
         "record",
         "Review",
@@ -525,10 +544,10 @@ def test_expression_nodes(plan: MakePlan) -> None:
     assert verdict.type == EnumT(name="Verdict", members=("yes", "no"))
     m = output_producer(p, "k")
     stats = producer(g, m)
-    assert (m.op, m.value) == ("field", "m")
+    assert (m.op, m.field) == ("field", "m")
     assert (stats.kind, stats.extern_single) == ("extern", False)
     fmt = output_producer(p, "f")
-    assert (fmt.op, fmt.value) == ("format", ["a", "b"])
+    assert (fmt.op, fmt.names) == ("format", ["a", "b"])
     assert [producer(g, fmt, i).kind for i in range(3)] == ["const", "input", "const"]
     count_j = output_producer(p, "j")
     assert (count_j.kind, count_j.label, count_j.var) == ("extern", "count", "j")
@@ -558,7 +577,7 @@ def test_omitted_arguments_become_default_constants(plan: MakePlan) -> None:
         ("const", -2),
         ("const", ["a"]),
     ]
-    split = next(n for n in p.graph.nodes if n.op == "split")
+    split = next(n for n in p.graph.nodes if op(n) == "split")
     assert producer(p.graph, split, 1).value == "\n"
     assert [(i.name, i.required, i.default) for i in p.inputs] == [
         ("name", True, None),
@@ -607,17 +626,17 @@ def test_llm_call_segments_outputs_options_and_model(plan: MakePlan) -> None:
     assert call.model == "big" and call.pinned is True
     assert call.needs == {"reasoning": 0.5}
     assert call.segments == [
-        Segment(text="Judge "),
-        Segment(input="r", path=["summary"]),
-        Segment(text=" in a "),
-        Segment(input="style"),
-        Segment(text=" way.\nVerdict: "),
-        Segment(output="verdict"),
-        Segment(text="\nReason: "),
-        Segment(output="reason"),
-        Segment(text="\nAgain: "),
-        Segment(ref="verdict"),
-        Segment(text="\n"),
+        Text(text="Judge "),
+        Read(input="r", path=["summary"]),
+        Text(text=" in a "),
+        Read(input="style"),
+        Text(text=" way.\nVerdict: "),
+        Generate(output="verdict"),
+        Text(text="\nReason: "),
+        Generate(output="reason"),
+        Text(text="\nAgain: "),
+        Ref(output="verdict"),
+        Text(text="\n"),
     ]
     verdict_type = EnumT(name="Verdict", members=("yes", "no"))
     assert call.outputs == [
@@ -684,7 +703,7 @@ def test_plan_to_json_is_json_serializable(plan: MakePlan) -> None:
     assert kinds.count("map") == 1 and kinds.count("loop") == 1
     loop = next(n for n in graph["nodes"] if n["kind"] == "loop")
     assert loop["bodies"] == {"body": f"{loop['id']}/body"}
-    assert set(graph["subgraphs"][loop["bodies"]["body"]]["outputs"]) == {"next:best", "until"}
+    assert set(graph["subgraphs"][loop["bodies"]["body"]]["outputs"]) == {"best", "until"}
     assert loop["loop_max"] == 2 and loop["carried"] == ["best"]
     edge = graph["edges"][0]
     assert set(edge) == {"source", "target", "var", "ports"}
@@ -748,3 +767,38 @@ def test_default_list_with_a_call_is_rejected_or_compiles(write: Write) -> None:
         compile_file(path)
     except CompileError as err:  # reporting it as not a constant is the expected fix
         assert err.diagnostics[0].message == "a default value must be a constant"
+
+
+# ---- what the checker hands lowering ------------------------------------------------------
+
+
+def test_the_checker_hands_lowering_its_scope_facts(checked: Callable[..., Checked]) -> None:
+    c = checked(
+        """
+        flow main(n: int, xs: list[str]) -> a: str, b: int, total: int {
+            if n > 1 {
+                b = 2
+                a = "x"
+                only_here = 1
+            } else {
+                a = "y"
+                b = 3
+            }
+            for x in xs with total = 0, seen = "" {
+                total = total + len(x)
+            }
+        }
+        """
+    )
+    flow = c.flow("main")
+    assert flow is not None
+    if_stmt, loop = flow.decl.body
+    assert isinstance(if_stmt, ast.If) and isinstance(loop, ast.Loop)
+    assert c.exports(if_stmt) == ["b", "a"]  # the then branch's order; not `only_here`
+    nexts = c.next_values(loop)
+    assert list(nexts) == ["total"]  # `seen` keeps its value
+    assert c.type_of(nexts["total"].value) == INT
+    facts = c.call(nexts["total"].value.right)  # type: ignore[attr-defined]
+    assert facts.callee.name == "len" and facts.args == [loop.body[0].value.right.args[0]]  # type: ignore[attr-defined]
+    with pytest.raises(AssertionError, match="the checker did not type"):
+        c.type_of(ast.Name(id="stray", span=if_stmt.span))
