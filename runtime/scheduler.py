@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmflow.compiler.diagnostics import Diagnostic
 from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.ir import Graph, IRNode, Plan
 from llmflow.compiler.types import FLOAT, ListT, Type
+from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends.base import Backend, BackendError
 from llmflow.runtime.budget import BudgetExceeded
 from llmflow.runtime.calls import CallFailed, CallStats, Place, RunSeed, run_call
@@ -33,7 +35,7 @@ Event = Callable[[str, IRNode, dict[str, Any]], None]
 `CallStats` under "stats"."""
 
 
-class NodeFailed(Exception):
+class NodeFailed(LLMFlowError):
     """A node could not compute its value. Raised again, unchanged, by every node that
     depends on it, so each failure is reported once, at its source. `not_run`: the
     call was never sent (the budget stopped it)."""
@@ -47,6 +49,13 @@ class NodeFailed(Exception):
     def where(self) -> str:
         span = self.node.span
         return f"{span}: " if span else ""
+
+    def diagnostic(self) -> Diagnostic:
+        """The failure as a runtime error at the node's place in the program, rendered
+        like a compile error (`diagnostics.render_run`)."""
+        return Diagnostic(
+            kind="run", message=f"{self.node.label} failed: {self.message}", span=self.node.span
+        )
 
 
 @dataclass(repr=False)
@@ -93,7 +102,10 @@ class Scheduler:
         """Every sampled call's seed derives from it and the call's place."""
         self.on_event = on_event or (lambda _kind, _node, _info: None)
         self.calls: list[CallStats] = []
-        self._all_tasks: list[asyncio.Task[Any]] = []
+        self._unfinished: set[asyncio.Task[Any]] = set()
+        """Tasks still running, so the run can let them finish. A finished task is
+        dropped from it: a node's value lives as long as its frame (a loop iteration, a
+        map item) or a reader needs it, not for the whole run."""
         self._externs: dict[str, Callable[..., Any]] = {}
         self._groups = {call: group for group in plan.groups for call in group.calls}
 
@@ -104,8 +116,8 @@ class Scheduler:
             *(self._get(frame, self.plan.graph.outputs[n]) for n in names), return_exceptions=True
         )
         # Let everything still in flight finish, so no computed value is lost.
-        while pending := [t for t in self._all_tasks if not t.done()]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        while self._unfinished:
+            await asyncio.gather(*self._unfinished, return_exceptions=True)
         outputs: dict[str, Any] = {}
         failures: dict[int, NodeFailed] = {}
         for name, result in zip(names, results, strict=True):
@@ -130,7 +142,8 @@ class Scheduler:
             node = frame.graph.node(node_id)
             task = asyncio.ensure_future(self._node(frame, node))
             frame.tasks[node_id] = task
-            self._all_tasks.append(task)
+            self._unfinished.add(task)
+            task.add_done_callback(self._unfinished.discard)
         return task
 
     async def _node(self, frame: _Frame, node: IRNode) -> Any:
