@@ -50,13 +50,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Pool:
-    """Backends serving one set of model declarations, and those models' limits. Plans
-    that declare a model name alike share a pool; a plan that declares one of its names
-    differently gets a pool of its own (its limits and backend options are its own)."""
+    """Backends serving one set of model declarations. Plans that declare their model
+    names alike share a pool; a plan that declares one of them differently gets a pool
+    of its own (its backend options are its own)."""
 
     backend: Backend
     models: dict[str, ModelSpec]
-    limiters: dict[str, Limiter] = field(default_factory=dict)
     opened: set[str] = field(default_factory=set)
     """Models whose hosted clients the router has created (`Router.open`)."""
 
@@ -110,7 +109,7 @@ class Session:
         self._pools: list[_Pool] = []
         self._routers: list[Router] = []
         self._writers: dict[Path, _Writers] = {}
-        self._limiters: dict[str, Limiter] = {}
+        self._limiters: dict[tuple[str, str], Limiter] = {}
         self._models: dict[str, ModelSpec] = {}
         """Every model a run of this session declared: what the writers describe."""
         self._spans: SpanWriter | None = None
@@ -160,12 +159,12 @@ class Session:
             self._spans = SpanWriter(self.otel, self._models)
         gateway = Gateway(
             pool.backend,
-            pool.models,
+            plan.models,
             cache=self.cache,
             journal=writers.journal if writers else None,
             budget=self.budget,
             policy=self.retry,
-            limiters=pool.limiters,
+            limiters={name: self._limiter(name, spec) for name, spec in plan.models.items()},
         )
         spans = self._spans
 
@@ -215,18 +214,12 @@ class Session:
         if self.backend is not None:
             if not self._pools:
                 self._pools.append(_Pool(self.backend, {}))
-            pool = self._pools[0]
-            for name, spec in plan.models.items():  # the given backend serves any name
-                pool.limiters[name] = self._limiter(name, spec)
-                pool.models[name] = spec
-            return pool
+            return self._pools[0]  # the given backend serves any model
         pool = next((p for p in self._pools if p.serves(plan.models)), None)
         if pool is None:
             router = Router(dict(plan.models))
             self._routers.append(router)
             pool = _Pool(router, dict(plan.models))
-            for name, spec in plan.models.items():  # a limit holds across pools too
-                pool.limiters[name] = self._limiter(name, spec)
             self._pools.append(pool)
         if not used <= pool.opened:
             assert isinstance(pool.backend, Router)
@@ -235,12 +228,14 @@ class Session:
         return pool
 
     def _limiter(self, name: str, spec: ModelSpec) -> Limiter:
-        """The one limiter of a model name with these limits, whichever plan or pool
-        asks: two runs of one plan, or of two plans declaring the model alike, share
-        its concurrency and its per-minute windows."""
-        known = self._limiters.get(name)
-        if known is None or known.limits != spec.limits:
-            known = self._limiters[name] = Limiter(spec.limits)
+        """The one limiter of a model name with these limits, whichever run asks: two
+        runs of one plan, or of two plans declaring the model's limits alike, share its
+        concurrency and its per-minute windows (a run declaring other limits for the name
+        starts a limiter of its own)."""
+        key = (name, spec.limits.model_dump_json())
+        known = self._limiters.get(key)
+        if known is None:
+            known = self._limiters[key] = Limiter(spec.limits)
         return known
 
     def _writers_for(self, folder: RunDir) -> _Writers:
