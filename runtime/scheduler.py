@@ -86,6 +86,9 @@ class _Frame:
         self.bindings = bindings
         self.place = place
         self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.unread: dict[str, int] | None = None
+        """Per node, how many of its readers have not had its value yet (outputs of the
+        graph are not counted: whoever runs the frame reads them)."""
 
 
 class Scheduler:
@@ -108,6 +111,9 @@ class Scheduler:
         map item) or a reader needs it, not for the whole run."""
         self._externs: dict[str, Callable[..., Any]] = {}
         self._groups = {call: group for group in plan.groups for call in group.calls}
+        self._readers: dict[int, dict[str, int]] = {}
+        """Per graph (by id: the plan holds every graph for the run), how many times its
+        nodes read each node."""
 
     async def run(self, inputs: dict[str, Any]) -> RunResult:
         frame = _Frame(self.plan.graph, dict(inputs))
@@ -150,13 +156,17 @@ class Scheduler:
         if node.op in ("and", "or"):
             # Short-circuit: `len(xs) > 0 and xs[0] == "a"` must not index an empty list.
             left = await self._get(frame, node.args[0])
+            self._read(frame, node.args[:1])
             if bool(left) == (node.op == "or"):
                 return left
-            return await self._get(frame, node.args[1])
+            right = await self._get(frame, node.args[1])
+            self._read(frame, node.args[1:])
+            return right
         if len(node.args) <= 1:  # most nodes: gather's own future and callbacks cost ~10 µs
             args = [await self._get(frame, a) for a in node.args]
         else:
             args = list(await asyncio.gather(*(self._get(frame, a) for a in node.args)))
+        self._read(frame, node.args)
         try:
             return await self._compute(frame, node, args)
         except (NodeFailed, asyncio.CancelledError):
@@ -165,6 +175,30 @@ class Scheduler:
             raise NodeFailed(node, str(err), isinstance(err, BudgetExceeded)) from err
         except Exception as err:  # extern and builtin code: report, don't crash the run
             raise NodeFailed(node, f"{type(err).__name__}: {err}") from err
+
+    def _read(self, frame: _Frame, ids: list[str]) -> None:
+        """A node has the values of `ids`: a value every reader has had is dropped from
+        its frame, so a long flow does not hold every value it ever computed."""
+        unread = frame.unread
+        if unread is None:
+            counts = self._readers.get(id(frame.graph))
+            if counts is None:
+                outputs = set(frame.graph.outputs.values())
+                counts = self._readers[id(frame.graph)] = {}
+                for reader in frame.graph.nodes:
+                    for arg in reader.args:
+                        if arg not in outputs:
+                            counts[arg] = counts.get(arg, 0) + 1
+            unread = frame.unread = dict(counts)
+        for node_id in ids:
+            left = unread.get(node_id)
+            if left is None:  # an output of the graph
+                continue
+            if left > 1:
+                unread[node_id] = left - 1
+            else:
+                del unread[node_id]
+                frame.tasks.pop(node_id, None)
 
     async def _compute(self, frame: _Frame, node: IRNode, args: list[Any]) -> Any:
         match node.kind:
