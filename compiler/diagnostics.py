@@ -11,9 +11,11 @@ caret and a long message is shortened.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -98,6 +100,22 @@ def render_all(diags: Iterable[Diagnostic], sources: dict[str, str]) -> str:
     renderer = _Renderer(sources)
     rendered = [renderer.render(d) for d in diags]
     return "\n\n".join(rendered) + "\n" if rendered else ""
+
+
+def render_run(diags: Iterable[Diagnostic], sources: dict[str, str] | None = None) -> str:
+    """Runtime errors (a call that failed, with the span of the call in the program),
+    one after another like `llmflow run` prints them: each the way `render` shows a
+    compile error, against the source it points into. Sources not given are read from
+    the files the spans name (a file that cannot be read shows no line)."""
+    diags = list(diags)
+    known = dict(sources or {})
+    for diag in diags:
+        file = diag.span.file if diag.span else None
+        if file is not None and file not in known:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                known[file] = Path(file).read_text(encoding="utf-8")
+    renderer = _Renderer(known)
+    return "".join(redact(renderer.render(diag)) + "\n" for diag in diags)
 
 
 def sort_key(diag: Diagnostic) -> tuple[str, int, int]:

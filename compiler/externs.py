@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.compiler.diagnostics import did_you_mean
+from llmflow.errors import LLMFlowError
 
 
-class ExternError(Exception):
+class ExternError(LLMFlowError):
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.message = message

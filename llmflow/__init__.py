@@ -3,6 +3,7 @@
 from llmflow.api import bind_inputs, compile, run, run_async
 from llmflow.compiler.ir import Plan
 from llmflow.errors import CompileError, InputError, LLMFlowError, RunError
+from llmflow.runtime.session import Session
 
 __all__ = [
     "CompileError",
@@ -10,6 +11,7 @@ __all__ = [
     "LLMFlowError",
     "Plan",
     "RunError",
+    "Session",
     "bind_inputs",
     "compile",
     "run",

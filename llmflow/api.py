@@ -1,38 +1,33 @@
-"""The public API: compile a program to a Plan, bind inputs, run it."""
+"""The public API: compile a program to a Plan, bind inputs, run it (through a Session)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from llmflow.compiler import compile_file
-from llmflow.compiler.diagnostics import did_you_mean
-from llmflow.compiler.ir import IRNode, Plan
+from llmflow.compiler.ir import Plan
 from llmflow.compiler.optimizer import optimize as run_optimizer
-from llmflow.compiler.prices import check_priced
-from llmflow.errors import InputError, RunError
-from llmflow.runtime.backends import Router
+from llmflow.errors import LLMFlowError, RunError
 from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import RunSeed
-from llmflow.runtime.gateway import Gateway
-from llmflow.runtime.journal import Journal
-from llmflow.runtime.otel import SpanWriter
+from llmflow.runtime.inputs import bind_inputs, quoted_name
 from llmflow.runtime.retry import RetryPolicy
 from llmflow.runtime.runs import RunDir
-from llmflow.runtime.scheduler import Event, NodeFailed, RunResult, Scheduler
-from llmflow.runtime.trace import TraceWriter
-from llmflow.runtime.values import InvalidValue, check_json, validate
+from llmflow.runtime.scheduler import Event, RunResult
+from llmflow.runtime.session import Session
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
+__all__ = ["Session", "bind_inputs", "compile", "quoted_name", "run", "run_async"]
+
 
 def compile(  # noqa: A001
-    path: str | os.PathLike[str],
+    program: Plan | str | os.PathLike[str],
     flow: str | None = None,
     *,
     inputs: dict[str, Any] | None = None,
@@ -42,78 +37,21 @@ def compile(  # noqa: A001
 ) -> Plan:
     """Parse, check, lower and optimize a program; raises CompileError with every error.
 
-    Inputs given here are known to the optimizer: map sizes, prompt text and so prefix
-    groups and estimates become exact. `optimize=False` is `-O0`."""
-    plan = compile_file(path, flow)
+    Given a Plan instead of a path (one compiled with `optimize=False`), optimize it:
+    so a caller can read the flow's input types before it binds the inputs the
+    optimizer should know. Inputs given here are known to the optimizer: map sizes,
+    prompt text and so prefix groups and estimates become exact (InputError if one does
+    not fit its type; missing ones are fine). `optimize=False` is `-O0`."""
+    if isinstance(program, Plan):
+        if flow is not None and flow != program.flow:
+            raise LLMFlowError(f"this plan is of flow {program.flow!r}, not {flow!r}")
+        plan = program
+    else:
+        plan = compile_file(program, flow)
     if optimize:
         known = bind_inputs(plan, inputs, partial=True) if inputs else None
         plan = run_optimizer(plan, inputs=known, objective=objective, budget=budget)
     return plan
-
-
-def check_budget(plan: Plan) -> None:
-    """A budget needs the price of every model the run may pay: each call's model and
-    its fallbacks (UnknownPrice names the ones without)."""
-    names = {n.call.model for n in plan.calls() if n.call}
-    names.update(name for fallbacks in plan.fallbacks.values() for name in fallbacks)
-    check_priced(plan.models[name] for name in sorted(names))
-
-
-def bind_inputs(plan: Plan, values: Mapping[str, Any], partial: bool = False) -> dict[str, Any]:
-    """Check input values against the flow's parameters and fill in defaults. Every
-    problem is reported at once, each naming its input. A value that passes is JSON data
-    that can be recorded and printed (`runtime.values.check_json`): no NaN, no lone
-    surrogate, no nesting deeper than MAX_DEPTH. `partial`: missing inputs are fine
-    (planning with what is known)."""
-    bound, problems = check_inputs(plan, values, partial)
-    if problems:
-        raise InputError("\n".join(problems.values()))
-    return bound
-
-
-def check_inputs(
-    plan: Plan, values: Mapping[str, Any], partial: bool = False, given: Iterable[str] = ()
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """`bind_inputs` without raising: the bound values, and one problem per input name.
-    `given`: names that were given but could not be read (not reported as missing)."""
-    if not isinstance(values, Mapping):
-        problem = f"inputs are a dict of name → value, not a {type(values).__name__}"
-        return {}, {"": problem}
-    problems: dict[str, str] = {}
-    known = {spec.name for spec in plan.inputs}
-    for name in values:
-        if name not in known:
-            hint = did_you_mean(name, known) if isinstance(name, str) else None
-            problems[name] = f"unknown input {quoted_name(name)}" + (
-                f"; {hint}" if hint else f" (inputs: {', '.join(sorted(known)) or 'none'})"
-            )
-    bound: dict[str, Any] = {}
-    skipped = set(given)
-    for spec in plan.inputs:
-        if spec.name in values:
-            value, what = values[spec.name], f"input '{spec.name}'"
-        elif spec.name in skipped:
-            continue
-        elif spec.required:
-            if not partial:
-                problems[spec.name] = f"missing input '{spec.name}' ({spec.type})"
-            continue
-        else:
-            value, what = spec.default, f"the default of input '{spec.name}'"
-        try:
-            bound[spec.name] = validate(spec.type, value)
-        except InvalidValue as err:
-            problems[spec.name] = f"{what} expects {spec.type}: {err}"
-    return bound, problems
-
-
-def quoted_name(name: object, limit: int = 60) -> str:
-    """An input name fit for a message: quoted, bounded, any lone surrogate (a byte of
-    a non-UTF-8 argv) escaped."""
-    text = name if isinstance(name, str) else repr(name)
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return "'" + text.encode("utf-8", "backslashreplace").decode("utf-8") + "'"
 
 
 async def run_async(
@@ -129,7 +67,9 @@ async def run_async(
     otel: TracerProvider | None = None,
     seed: int | RunSeed | None = None,
 ) -> RunResult:
-    """Run a plan; failed nodes are in the result, next to every output that succeeded.
+    """Run a plan once, in a Session of its own; failed nodes are in the result, next
+    to every output that succeeded. To run many inputs or plans with models, caches
+    and limits kept warm, open a `Session` and call its `run`.
 
     `budget`: USD the run may spend (calls that could exceed it are not sent), or a
     `Budget` to read `spent` from afterwards; a resumed run adds what its journal's
@@ -139,70 +79,11 @@ async def run_async(
     `otel`: also export each call as an OpenTelemetry span through this provider.
     `seed`: the run's seed, from which each sampled call's seed is derived (default: one
     drawn at random, in the result's `seed`); the same seed samples the same answers."""
-    bound = bind_inputs(plan, inputs)
-    if budget is not None:
-        check_budget(plan)
-    owned = backend is None
-    if backend is None:
-        router = Router(plan.models)
-        used = check_backends(plan)
-        router.open(used)
-        backend = router
-    journal = Journal(run_dir.journal) if run_dir else None
-    if budget is not None and not isinstance(budget, Budget):
-        budget = Budget(budget)
-    if budget is not None and journal is not None:
-        budget.spent += journal.dollars
-    trace = TraceWriter(run_dir.trace, plan.models) if run_dir else None
-    spans = SpanWriter(otel, plan.models) if otel else None
-    gateway = Gateway(
-        backend,
-        plan.models,
-        cache=cache,
-        journal=journal,
-        budget=budget,
-        policy=retry,
+    session = Session(
+        backend=backend, budget=budget, cache=cache, run_dir=run_dir, retry=retry, otel=otel
     )
-
-    def event(kind: str, node: IRNode, info: dict[str, Any]) -> None:
-        if "stats" in info:
-            for writer in (trace, spans):
-                if writer:
-                    writer.write(info["stats"])
-        if on_event:
-            on_event(kind, node, info)
-
-    try:
-        run_seed = RunSeed(seed) if isinstance(seed, int) else seed
-        return _printable(plan, await Scheduler(plan, gateway, event, run_seed).run(bound))
-    finally:
-        for part in (journal, trace, spans):
-            if part:
-                part.close()
-        if owned:
-            await backend.aclose()
-
-
-def check_backends(plan: Plan) -> set[str]:
-    """Fail (BackendError) if a model the plan calls cannot be reached: a hosted model
-    without its key or address. Returns the models called."""
-    used = {call.call.model for call in plan.calls() if call.call}
-    Router(plan.models).check(used)
-    return used
-
-
-def _printable(plan: Plan, result: RunResult) -> RunResult:
-    """Outputs that JSON cannot hold (an operator overflowing to inf, an integer too long
-    to print) become failures of their output, so every output can be recorded and
-    printed as JSON."""
-    for name, value in list(result.outputs.items()):
-        try:
-            check_json(value)
-        except InvalidValue as err:
-            del result.outputs[name]
-            node = plan.graph.node(plan.graph.outputs[name])
-            result.failures.append(NodeFailed(node, f"its value cannot be written as JSON: {err}"))
-    return result
+    async with session:
+        return await session.run(plan, inputs, on_event=on_event, seed=seed)
 
 
 def run(
@@ -212,10 +93,11 @@ def run(
 ) -> dict[str, Any]:
     """Compile (if given a path) and run a program; returns its outputs.
 
-    Raises CompileError, InputError, or RunError (which keeps the outputs computed)."""
+    Raises CompileError, InputError, or RunError (which keeps the outputs computed and
+    renders each failure at the call that failed); every error is an LLMFlowError."""
     plan = program if isinstance(program, Plan) else compile(program)
     result = asyncio.run(run_async(plan, inputs or {}, backend))
     if result.failures:
         messages = [f"{f.where()}{f.node.label}: {f.message}" for f in result.failures]
-        raise RunError("; ".join(messages), result.outputs, messages)
+        raise RunError("; ".join(messages), result.outputs, messages, result.failures)
     return result.outputs

@@ -20,26 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow.api import (
-    bind_inputs,
-    check_backends,
-    check_budget,
-    check_inputs,
-    compile,
-    quoted_name,
-    run_async,
-)
+from llmflow.api import Session, bind_inputs, compile, quoted_name
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.check import MAX_SEED
-from llmflow.compiler.diagnostics import Diagnostic, render
+from llmflow.compiler.diagnostics import render_run
 from llmflow.compiler.ir import IRNode, LLMNode, Plan
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
-from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import EnumT, Prim, Type
-from llmflow.errors import CompileError, InputError, LLMFlowError
+from llmflow.errors import CompileError, LLMFlowError
 from llmflow.runtime import runs, secrets
-from llmflow.runtime.backends.base import BackendError
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import RunSeed
@@ -48,6 +38,7 @@ from llmflow.runtime.otel import otlp_provider
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import RunResult
 from llmflow.runtime.secrets import clip, redact
+from llmflow.runtime.session import check_plan
 from llmflow.runtime.stats import ModelStats, call_count, model_stats
 from llmflow.runtime.trace import read_trace
 from llmflow.runtime.values import InvalidValue, check_json, parse_json
@@ -246,18 +237,24 @@ def _optimizer_options(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def load_program(program: str, flow: str | None) -> Plan:
+    """The plan a command's PROGRAM argument names, not optimized yet: a `.llmflow`
+    file compiled (where a saved plan could be loaded instead)."""
+    return compile(program, flow, optimize=False)
+
+
 def _compile(
     args: argparse.Namespace, partial: bool, recorded: dict[str, Any] | None = None
 ) -> tuple[Plan, dict[str, Any]]:
-    """Compile, read the inputs against the flow's types (a resumed run's `recorded`
-    inputs when none are given), then optimize knowing them."""
-    plan = compile(args.program, args.flow, optimize=False)
+    """Load the program, read the inputs against the flow's types (a resumed run's
+    `recorded` inputs when none are given), then optimize knowing them."""
+    plan = load_program(args.program, args.flow)
     if recorded is not None and not args.input:
         inputs = bind_inputs(plan, recorded)
     else:
         inputs = parse_inputs(plan, args.input, partial=partial)
     if args.level > 0:
-        plan = optimize(plan, inputs=inputs, objective=args.objective, budget=args.budget)
+        plan = compile(plan, inputs=inputs, objective=args.objective, budget=args.budget)
     return plan, inputs
 
 
@@ -276,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         count = len(err.diagnostics)
         sys.stderr.write(f"{count} error{'s' if count != 1 else ''}\n")
         return 1
-    except (LLMFlowError, BackendError) as err:
+    except LLMFlowError as err:
         message = redact(str(err))
         sys.stderr.write(f"error: {message}\n".replace("\n", "\nerror: ", message.count("\n")))
         return 1
@@ -326,11 +323,7 @@ def parse_inputs(plan: Plan, pairs: list[str], partial: bool = False) -> dict[st
             values[name] = _input_value(f"input {quoted_name(name)}", types.get(name), raw)
         except InvalidValue as err:
             problems[name] = str(err)
-    bound, unbound = check_inputs(plan, values, partial, given=problems)
-    problems.update({k: v for k, v in unbound.items() if k not in problems})
-    if problems:
-        raise InputError("\n".join(problems.values()))
-    return bound
+    return bind_inputs(plan, values, partial, given=problems)
 
 
 def _input_value(who: str, t: Type | None, raw: str) -> Any:
@@ -455,16 +448,16 @@ def _run(args: argparse.Namespace) -> int:
         raise LLMFlowError(
             f"run {resumed.id} ran with other inputs; resume without -i to reuse them"
         )
+    # Whatever can fail before the first call fails before the run folder exists: a
+    # failed start leaves nothing that `--resume last` or `trace last` would pick up.
+    # With a budget, -O0 plans and fallbacks too need their prices.
+    check_plan(plan, priced=args.budget is not None)
     budget = None
     if args.budget is not None:
-        check_budget(plan)  # -O0 and fallbacks too: no run folder for a budget it can't keep
         # What earlier sessions were charged for tries no journal line records; the
         # journal's answers are added when it is opened.
         budget = Budget(args.budget, spent=unanswered)
         budget.unanswered = unanswered
-    # Whatever can fail before the first call fails before the run folder exists: a
-    # failed start leaves nothing that `--resume last` or `trace last` would pick up.
-    check_backends(plan)
     otel = otlp_provider() if args.otel else None
     seed = RunSeed(args.seed) if args.seed is not None else RunSeed.draw()
     if resumed is not None and recorded is not None and isinstance(recorded.get("seed"), int):
@@ -497,18 +490,8 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"run {run_dir.id}{' (resumed)' if recorded else ''}\n")
         progress = _Progress(plan, args.quiet)
         cache = None if args.no_cache else ResponseCache(runs.home() / "cache", _warn)
-        result = asyncio.run(
-            run_async(
-                plan,
-                inputs,
-                on_event=progress,
-                budget=budget,
-                cache=cache,
-                run_dir=run_dir,
-                otel=otel,
-                seed=seed,
-            )
-        )
+        session = Session(budget=budget, cache=cache, run_dir=run_dir, otel=otel)
+        result = asyncio.run(_run_in(session, plan, inputs, progress, seed))
     except BaseException as err:
         # Whatever ended the run (an error of any kind, Ctrl-C, SIGTERM), its record
         # must not say "running".
@@ -552,6 +535,13 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"resume: llmflow run {args.program} --resume {run_dir.id}\n")
         return 1
     return 0
+
+
+async def _run_in(
+    session: Session, plan: Plan, inputs: dict[str, Any], progress: _Progress, seed: RunSeed
+) -> RunResult:
+    async with session:
+        return await session.run(plan, inputs, on_event=progress, seed=seed)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -640,18 +630,7 @@ def _record_spending(meta: dict[str, Any], budget: Budget | None) -> None:
 
 
 def _report_failures(plan: Plan, result: RunResult, budget: Budget | None) -> None:
-    sources: dict[str, str] = {}
-    for failure in result.failures:
-        if failure.not_run:
-            continue
-        span = failure.node.span
-        if span and span.file not in sources:
-            with contextlib.suppress(OSError):
-                sources[span.file] = Path(span.file).read_text(encoding="utf-8")
-        diag = Diagnostic(
-            kind="run", message=f"{failure.node.label} failed: {failure.message}", span=span
-        )
-        sys.stderr.write(redact(render(diag, sources)) + "\n")
+    sys.stderr.write(render_run(f.diagnostic() for f in result.failures if not f.not_run))
     not_run = [f.node.label for f in result.failures if f.not_run]
     if not_run:
         limit, spent = (budget.limit, budget.spent) if budget else (0.0, 0.0)

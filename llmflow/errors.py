@@ -1,11 +1,29 @@
-"""The public error hierarchy: everything llmflow raises on purpose is an LLMFlowError."""
+"""The public error hierarchy: every error llmflow lets a user see is an LLMFlowError.
+
+    LLMFlowError
+    ├── CompileError        a program has errors (all of them, as diagnostics)
+    ├── InputError          input values that do not fit the flow (one problem per input)
+    ├── RunError            a run finished with failed nodes (the outputs it computed kept)
+    ├── BackendError        a model could not answer (runtime.backends.base), and
+    │   ├── RetriesExhausted    it kept failing (runtime.retry)
+    │   └── BudgetExceeded      a call the budget could not pay (runtime.budget)
+    ├── NodeFailed          one node's failure, as RunError and RunResult list them
+    ├── UnknownPrice        a budget without a model's price (compiler.optimizer.costs)
+    ├── StoreError          a run folder, journal or cache that cannot be used
+    └── TraceError, DrawError   a trace or picture that cannot be drawn
+
+The subclasses defined elsewhere live beside the code that raises them; this module holds
+the base and the errors of the public API.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from llmflow.compiler.diagnostics import Diagnostic
+    from llmflow.runtime.scheduler import NodeFailed
 
 
 class LLMFlowError(Exception):
@@ -27,13 +45,38 @@ class CompileError(LLMFlowError):
 
 
 class InputError(LLMFlowError):
-    """An input value is missing or does not match the flow's declared type."""
+    """Input values are missing or do not match the flow's declared types. `problems`:
+    one message per input name (the name "" for a problem with all of them); the error's
+    text is every message, one a line."""
+
+    def __init__(self, problems: Mapping[str, str] | str) -> None:
+        self.problems = dict(problems) if isinstance(problems, Mapping) else {"": problems}
+        super().__init__("\n".join(self.problems.values()))
 
 
 class RunError(LLMFlowError):
-    """A run finished with failed nodes; `outputs` keeps every output that was computed."""
+    """A run finished with failed nodes; `outputs` keeps every output that was computed.
+    `failures`: one line per failure (`file:line:col: node: why`); `failed`: the
+    failures as values (node, message, span); `render()` shows each like a compile
+    error, with the line of the program that failed and a caret under the call."""
 
-    def __init__(self, message: str, outputs: dict[str, object], failures: list[str]) -> None:
+    def __init__(
+        self,
+        message: str,
+        outputs: dict[str, object],
+        failures: list[str],
+        failed: Sequence[NodeFailed] = (),
+    ) -> None:
         super().__init__(message)
         self.outputs = outputs
         self.failures = failures
+        self.failed = list(failed)
+
+    @property
+    def diagnostics(self) -> list[Diagnostic]:
+        return [failure.diagnostic() for failure in self.failed]
+
+    def render(self) -> str:
+        from llmflow.compiler.diagnostics import render_run
+
+        return render_run(self.diagnostics)

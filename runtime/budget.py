@@ -19,12 +19,17 @@ from __future__ import annotations
 import asyncio
 import math
 
+from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends.base import BackendError
 
 EPSILON = 1e-12
 """Dollars of rounding tolerated at the limit."""
 NOT_RUN = "not run: "
 """How a refusal's message starts (a call's `error` in its stats and trace)."""
+
+
+class InvalidBudget(LLMFlowError, ValueError):
+    """A budget that is not a finite amount of $0 or more."""
 
 
 class BudgetExceeded(BackendError):
@@ -40,7 +45,7 @@ class Budget:
     def __init__(self, limit: float, spent: float = 0.0) -> None:
         for amount in (limit, spent):  # NaN would let every spend through
             if not math.isfinite(amount) or amount < 0:
-                raise ValueError(f"a budget is a finite amount of $0 or more, not {amount}")
+                raise InvalidBudget(f"a budget is a finite amount of $0 or more, not {amount}")
         self.limit = limit
         self.spent = spent
         self.reserved = 0.0

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from llmflow.compiler.ir import LLMCall, OutputSpec, Read, Ref, Text
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
 from llmflow.runtime.values import InvalidValue, describe_type, parse_output
 from llmflow.stdlib.builtins import select, to_text
@@ -61,7 +62,7 @@ def derive_seed(base: int, place: Place, output: str) -> int:
     return int.from_bytes(digest, "big") % SEED_LIMIT
 
 
-class CallFailed(Exception):
+class CallFailed(LLMFlowError):
     """A call could not produce a valid value; the message names function and output."""
 
 

@@ -62,6 +62,7 @@ class Gateway:
         budget: Budget | None = None,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        limiters: dict[str, Limiter] | None = None,
     ) -> None:
         self.backend = backend
         self.models = models
@@ -70,7 +71,11 @@ class Gateway:
         self.budget = budget
         self.policy = policy or RetryPolicy()
         self.sleep = sleep
-        self._limiters = {name: Limiter(spec.limits) for name, spec in models.items()}
+        # `limiters`: the models' limits shared with other gateways (a session's runs).
+        self._limiters = limiters if limiters is not None else {}
+        for name, spec in models.items():
+            if name not in self._limiters:
+                self._limiters[name] = Limiter(spec.limits)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         spec = self.models[request.model]

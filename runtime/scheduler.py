@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmflow.compiler.diagnostics import Diagnostic
 from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.ir import (
     Binding,
@@ -38,6 +39,7 @@ from llmflow.compiler.ir import (
     Port,
 )
 from llmflow.compiler.types import FLOAT, ListT, Type
+from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends.base import Backend, BackendError
 from llmflow.runtime.budget import BudgetExceeded
 from llmflow.runtime.calls import CallFailed, CallStats, Place, RunSeed, run_call
@@ -51,7 +53,7 @@ Event = Callable[[str, IRNode, dict[str, Any]], None]
 `CallStats` under "stats"."""
 
 
-class NodeFailed(Exception):
+class NodeFailed(LLMFlowError):
     """A node could not compute its value. Raised again, unchanged, by every node that
     depends on it, so each failure is reported once, at its source. `not_run`: the
     call was never sent (the budget stopped it)."""
@@ -65,6 +67,13 @@ class NodeFailed(Exception):
     def where(self) -> str:
         span = self.node.span
         return f"{span}: " if span else ""
+
+    def diagnostic(self) -> Diagnostic:
+        """The failure as a runtime error at the node's place in the program, rendered
+        like a compile error (`diagnostics.render_run`)."""
+        return Diagnostic(
+            kind="run", message=f"{self.node.label} failed: {self.message}", span=self.node.span
+        )
 
 
 @dataclass(repr=False)
@@ -95,6 +104,9 @@ class _Frame:
         self.bindings = bindings
         self.place = place
         self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.unread: dict[str, int] | None = None
+        """Per node, how many of its readers have not had its value yet (outputs of the
+        graph are not counted: whoever runs the frame reads them)."""
 
 
 class Scheduler:
@@ -111,9 +123,15 @@ class Scheduler:
         """Every sampled call's seed derives from it and the call's place."""
         self.on_event = on_event or (lambda _kind, _node, _info: None)
         self.calls: list[CallStats] = []
-        self._all_tasks: list[asyncio.Task[Any]] = []
+        self._unfinished: set[asyncio.Task[Any]] = set()
+        """Tasks still running, so the run can let them finish. A finished task is
+        dropped from it: a node's value lives as long as its frame (a loop iteration, a
+        map item) or a reader needs it, not for the whole run."""
         self._externs: dict[str, Callable[..., Any]] = {}
         self._groups = {call: group for group in plan.groups for call in group.calls}
+        self._readers: dict[int, dict[str, int]] = {}
+        """Per graph (by id: the plan holds every graph for the run), how many times its
+        nodes read each node."""
 
     async def run(self, inputs: dict[str, Any]) -> RunResult:
         frame = _Frame(self.plan.graph, {Param(name=k): v for k, v in inputs.items()})
@@ -122,8 +140,8 @@ class Scheduler:
             *(self._get(frame, self.plan.graph.outputs[n]) for n in names), return_exceptions=True
         )
         # Let everything still in flight finish, so no computed value is lost.
-        while pending := [t for t in self._all_tasks if not t.done()]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        while self._unfinished:
+            await asyncio.gather(*self._unfinished, return_exceptions=True)
         outputs: dict[str, Any] = {}
         failures: dict[int, NodeFailed] = {}
         for name, result in zip(names, results, strict=True):
@@ -148,20 +166,25 @@ class Scheduler:
             node = frame.graph.node(node_id)
             task = asyncio.ensure_future(self._node(frame, node))
             frame.tasks[node_id] = task
-            self._all_tasks.append(task)
+            self._unfinished.add(task)
+            task.add_done_callback(self._unfinished.discard)
         return task
 
     async def _node(self, frame: _Frame, node: IRNode) -> Any:
         if isinstance(node, BuiltinNode) and node.op in ("and", "or"):
             # Short-circuit: `len(xs) > 0 and xs[0] == "a"` must not index an empty list.
             left = await self._get(frame, node.args[0])
+            self._read(frame, node.args[:1])
             if bool(left) == (node.op == "or"):
                 return left
-            return await self._get(frame, node.args[1])
+            right = await self._get(frame, node.args[1])
+            self._read(frame, node.args[1:])
+            return right
         if len(node.args) <= 1:  # most nodes: gather's own future and callbacks cost ~10 µs
             args = [await self._get(frame, a) for a in node.args]
         else:
             args = list(await asyncio.gather(*(self._get(frame, a) for a in node.args)))
+        self._read(frame, node.args)
         try:
             return await self._compute(frame, node, args)
         except (NodeFailed, asyncio.CancelledError):
@@ -170,6 +193,30 @@ class Scheduler:
             raise NodeFailed(node, str(err), isinstance(err, BudgetExceeded)) from err
         except Exception as err:  # extern and builtin code: report, don't crash the run
             raise NodeFailed(node, f"{type(err).__name__}: {err}") from err
+
+    def _read(self, frame: _Frame, ids: list[str]) -> None:
+        """A node has the values of `ids`: a value every reader has had is dropped from
+        its frame, so a long flow does not hold every value it ever computed."""
+        unread = frame.unread
+        if unread is None:
+            counts = self._readers.get(id(frame.graph))
+            if counts is None:
+                outputs = set(frame.graph.outputs.values())
+                counts = self._readers[id(frame.graph)] = {}
+                for reader in frame.graph.nodes:
+                    for arg in reader.args:
+                        if arg not in outputs:
+                            counts[arg] = counts.get(arg, 0) + 1
+            unread = frame.unread = dict(counts)
+        for node_id in ids:
+            left = unread.get(node_id)
+            if left is None:  # an output of the graph
+                continue
+            if left > 1:
+                unread[node_id] = left - 1
+            else:
+                del unread[node_id]
+                frame.tasks.pop(node_id, None)
 
     async def _compute(self, frame: _Frame, node: IRNode, args: list[Any]) -> Any:
         match node:

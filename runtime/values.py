@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import FiniteFloat, TypeAdapter, ValidationError, create_model
 
 from llmflow.compiler.types import FLOAT, AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+from llmflow.errors import LLMFlowError
 from llmflow.runtime.secrets import clip
 
 MAX_DEPTH = 100
@@ -24,7 +25,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 """A lone UTF-16 surrogate: a Python str can hold one, UTF-8 (and so JSON) cannot."""
 
 
-class InvalidValue(Exception):
+class InvalidValue(LLMFlowError):
     """Text or data that does not fit a type; the message is fed back to the model."""
 
 

@@ -31,6 +31,7 @@ from llmflow.compiler.types import (
     Type,
     assignable,
 )
+from llmflow.errors import LLMFlowError
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ MAX_DEPTH = 200
 _INT_BOUND = 10**MAX_INT_DIGITS
 
 
-class BuiltinError(Exception):
+class BuiltinError(LLMFlowError):
     """A builtin or operator failed on its arguments; the message is for the user."""
 
 

@@ -12,6 +12,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from llmflow.errors import LLMFlowError
+
 
 class Turn(BaseModel):
     """One turn of the conversation a template lowers to."""
@@ -92,7 +94,7 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-class BackendError(Exception):
+class BackendError(LLMFlowError):
     """A backend could not serve a request; the message is safe to show the user (it
     never holds an API key).
 

@@ -22,3 +22,7 @@ def broken(text: str) -> int:
 
 def named_single(text: str) -> dict:
     return {"length": len(text)}
+
+
+def numbers(n: int) -> list[str]:
+    return [str(i) for i in range(n)]

@@ -466,3 +466,66 @@ def test_a_map_whose_list_is_too_large_as_text_fails_its_node_only(compile_sourc
         len(run(plan, {"x": "a", "n": 1000}, ScriptedBackend(backend.script)).outputs["copies"])
         == 1000
     )
+
+
+def test_a_long_loop_keeps_no_finished_task(compile_source):
+    """Memory stays bounded over a long run: an iteration's tasks (and the values they
+    hold) go once the next iteration has what it carries, so as many tasks are alive at
+    the 2,000th iteration as at the 200th."""
+    import gc
+
+    plan = compile_source(
+        ECHO
+        + """
+    flow main(seed: str) -> text: str, rounds: int {
+        repeat at most 2000 with text = seed, rounds = 0 {
+            text = echo(text)
+            rounds = rounds + 1
+        }
+    }
+    """
+    )
+    alive: dict[int, int] = {}
+    calls = 0
+
+    def on_event(kind, node, info):
+        nonlocal calls
+        if kind == "done" and node.kind == "llm":
+            calls += 1
+            if calls in (200, 2000):
+                gc.collect()
+                alive[calls] = sum(isinstance(o, asyncio.Task) for o in gc.get_objects())
+
+    backend = ScriptedBackend(lambda r: "x")
+    result = asyncio.run(llmflow.run_async(plan, {"seed": "s"}, backend, on_event))
+    assert result.outputs == {"text": "x", "rounds": 2000}
+    assert alive[2000] <= alive[200] + 5, alive
+
+
+def test_a_value_every_reader_has_had_is_not_kept_for_the_rest_of_the_run(compile_source):
+    """`big` is read by `len` only: by the time the call after it runs, no list of its
+    length is alive (the flow's outputs, and values still to be read, are kept)."""
+    import gc
+
+    plan = compile_source(
+        ECHO
+        + """
+    extern fn numbers(n: int) -> list[str] = "extern_tools:numbers"
+    flow main(n: int) -> k: int, y: str {
+        big = numbers(n)
+        k = len(big)
+        y = echo(str(k))
+    }
+    """
+    )
+    size = 123_457
+    seen: list[bool] = []
+
+    def script(request: GenerationRequest) -> str:
+        gc.collect()
+        seen.append(any(type(o) is list and len(o) == size for o in gc.get_objects()))
+        return "done"
+
+    result = run(plan, {"n": size}, ScriptedBackend(script))
+    assert result.outputs == {"k": size, "y": "done"}
+    assert seen == [False]
