@@ -291,7 +291,7 @@ def test_decorators_pin_models_and_record_needs(checked: Check) -> None:
     assert result.default_model == "small"
     big = result.models["big"]
     assert (big.backend, big.id, big.skills) == ("openai", "gpt-4o-mini", {"reasoning": 0.9})
-    assert big.options == {"api_key_env": "OPENAI_API_KEY", "price_in": 0.15, "rpm": 500}
+    assert big.settings == {"api_key_env": "OPENAI_API_KEY", "price_in": 0.15, "rpm": 500}
     small = result.models["small"]
     assert (small.backend, small.context, small.chat) == ("local", 4096, True)  # n_ctx
     assert "default" not in result.models
@@ -835,7 +835,7 @@ def test_base_urls_that_can_work_are_kept(checked: Check) -> None:
         f'model m{i} = openai_compatible("x", base_url="{url}")\n' for i, url in enumerate(urls)
     )
     result = checked(source)
-    assert [result.models[f"m{i}"].options["base_url"] for i in range(3)] == urls
+    assert [result.models[f"m{i}"].settings["base_url"] for i in range(3)] == urls
 
 
 @pytest.mark.parametrize(
