@@ -17,7 +17,6 @@ pytest.importorskip("llama_cpp")
 
 import numpy as np  # noqa: E402  (comes with llama_cpp)
 
-from llmflow.runtime.backends import llama_batch  # noqa: E402
 from llmflow.runtime.backends.base import (  # noqa: E402  (needs llama_cpp)
     BackendError,
     Constraint,
@@ -28,12 +27,12 @@ from llmflow.runtime.backends.base import (  # noqa: E402  (needs llama_cpp)
 from llmflow.runtime.backends.local import (  # noqa: E402
     MIN_SHARED_PREFIX,
     LocalBackend,
-    _Call,
-    _common_prefix,
-    _next_call,
-    _prompt_tokens,
+    batch,
     find_model_file,
 )
+from llmflow.runtime.backends.local.loading import _prompt_tokens  # noqa: E402
+from llmflow.runtime.backends.local.queue import _Call, _next_call  # noqa: E402
+from llmflow.runtime.backends.local.states import _common_prefix  # noqa: E402
 
 pytestmark = pytest.mark.model
 
@@ -405,7 +404,7 @@ def together(backend: LocalBackend) -> dict[str, list]:
     model.llm.reset()
     backend._states._entries.clear()  # the batch starts from nothing, too
     sizes: list[int] = []
-    run = llama_batch.run
+    run = batch.run
 
     def counting_run(llm: object, jobs: list, done: object) -> None:
         sizes.append(len(jobs))
@@ -423,7 +422,7 @@ def together(backend: LocalBackend) -> dict[str, list]:
             model.busy.release()
         return await asyncio.gather(*tasks)
 
-    with patch.object(llama_batch, "run", counting_run):
+    with patch.object(batch, "run", counting_run):
         batched = asyncio.run(grouped())
     tokens = [
         _prompt_tokens(model, model.llm, batch_request(text, True, options))
@@ -567,14 +566,14 @@ def test_four_samples_differ_and_a_seeded_run_repeats_them(compile_source) -> No
     assert plan.groups  # the samples share their long prefix: they run as one group
 
     sizes: list[int] = []
-    run = llama_batch.run
+    run = batch.run
 
     def counting_run(llm: object, jobs: list, done: object) -> None:
         sizes.append(len(jobs))
         run(llm, jobs, done)  # type: ignore[arg-type]
 
     def samples(seed: int) -> list[str]:
-        with patch.object(llama_batch, "run", counting_run):
+        with patch.object(batch, "run", counting_run):
             result = asyncio.run(llmflow.run_async(plan, inputs, seed=seed))
         assert result.ok
         return result.outputs["cs"]
@@ -586,7 +585,7 @@ def test_four_samples_differ_and_a_seeded_run_repeats_them(compile_source) -> No
 
 
 def test_every_request_seed_is_a_fixed_llama_cpp_seed() -> None:
-    from llmflow.runtime.backends.local import DEFAULT_SEED, _llama_seed
+    from llmflow.runtime.backends.local.worker import DEFAULT_SEED, _llama_seed
 
     assert _llama_seed(None) == DEFAULT_SEED and _llama_seed(7) == 7
     for seed in (2**32 - 1, 2**32, 2**63 - 1):  # 2**32 - 1 is llama.cpp's "random"

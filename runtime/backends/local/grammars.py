@@ -1,0 +1,46 @@
+"""Constraints as llama.cpp grammars, so a model can only sample what the type allows."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+from llmflow.runtime.backends.base import Constraint
+
+logger = logging.getLogger(__name__)
+
+_PATTERN_GRAMMARS = {
+    "int": 'root ::= "-"? [0-9]+',
+    "float": 'root ::= "-"? [0-9]+ ("." [0-9]+)? ([eE] [-+]? [0-9]+)?',
+    "bool": 'root ::= "true" | "false"',
+}
+
+_GBNF_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _gbnf_literal(text: str) -> str:
+    """A GBNF string literal matching `text` exactly."""
+    escaped = "".join(
+        _GBNF_ESCAPES.get(char)
+        or (f"\\x{ord(char):02x}" if ord(char) < 0x20 or ord(char) == 0x7F else char)
+        for char in text
+    )
+    return f'"{escaped}"'
+
+
+def _grammar_source(constraint: Constraint) -> str | None:
+    """The GBNF grammar enforcing a constraint, or None if it cannot be enforced."""
+    if constraint.choices:
+        return "root ::= " + " | ".join(map(_gbnf_literal, constraint.choices))
+    if constraint.json_schema is not None:
+        try:
+            return json_schema_to_gbnf(json.dumps(constraint.json_schema))
+        except Exception as error:  # the converter raises many kinds on odd schemas
+            # Not enforcing is allowed: the caller validates every result.
+            logger.debug("JSON schema not enforced: %s", error)
+            return None
+    if constraint.pattern is not None:
+        return _PATTERN_GRAMMARS[constraint.pattern]
+    return None
