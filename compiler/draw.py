@@ -84,7 +84,7 @@ def _count(x: float) -> str:
 def _declared_price(model: ModelSpec, name: str) -> float | None:
     value = getattr(model, name, None)
     if value is None:
-        value = model.options.get(name)
+        value = model.settings.get(name)
     return None if value is None else float(value)
 
 

@@ -310,12 +310,6 @@ class ModelSpec(BaseModel):
     what the compiler reads, and a backend reads its typed settings with
     `registry.settings_of(spec)`."""
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """The former name of `settings`, for the embedded backend until it reads its
-        typed settings."""
-        return self.settings
-
 
 def default_model() -> ModelSpec:
     from llmflow.compiler.catalog import resolve

@@ -22,8 +22,10 @@ from llmflow.compiler.models import (
     ModelSpec,
     Timing,
     local_context,
+    settings_problems,
     url_error,
 )
+from llmflow.runtime.backends.base import BackendError
 from llmflow.runtime.backends.registry import BackendKind, Catalog, ModelIdError
 
 if TYPE_CHECKING:
@@ -41,6 +43,15 @@ class LocalSettings(ModelSettings):
     state_cache_mb: float | None = None
     """Megabytes of saved KV states this model may keep (default: the backend's whole
     budget, 1 GiB for all models together)."""
+
+
+def local_settings(spec: ModelSpec) -> LocalSettings:
+    """A local model's typed settings; a spec whose settings are not valid ones (built by
+    hand: the checker lets no such model through) is the model's error."""
+    problems = settings_problems(LocalSettings, spec.settings)
+    if problems:
+        raise BackendError(f"model '{spec.name}': " + "; ".join(problems.values()))
+    return LocalSettings.model_validate(spec.settings)
 
 
 class LocalKind(BackendKind):

@@ -194,12 +194,17 @@ _lock = threading.Lock()
 
 
 def get(name: str) -> BackendKind:
-    """The kind called `name`, loaded and checked on first use. KeyError: no such kind;
-    PluginError: its plugin is broken."""
+    """The kind called `name`, loaded and checked on first use. PluginError: no such
+    kind is installed (a plan made where a plugin was), or its plugin is broken."""
     kind = _loaded.get(name)
     if kind is not None:
         return kind
-    entries = _entries()[name]
+    entries = _entries().get(name)
+    if entries is None:
+        raise PluginError(
+            f"no backend kind '{name}' is installed (installed: {', '.join(names())}); "
+            "install the package that provides it"
+        )
     with _lock:
         if name not in _loaded:
             _loaded[name] = _load(entries)

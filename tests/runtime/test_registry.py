@@ -128,6 +128,14 @@ def test_a_kind_registered_twice_names_both_distributions(install: Install) -> N
     assert isinstance(registry.get("openai"), OpenAIKind)  # the others still load
 
 
+def test_a_kind_that_is_not_installed_is_a_clear_error() -> None:
+    """A plan made where a plugin was installed names a kind this process lacks."""
+    with pytest.raises(
+        PluginError, match=r"no backend kind 'echo' is installed \(installed: local, "
+    ):
+        registry.get("echo")
+
+
 def test_typed_settings_of_a_model() -> None:
     spec = ModelSpec(name="m", backend="local", id="smollm2-135m", settings={"state_cache_mb": 8})
     settings = registry.settings_of(spec)
