@@ -28,19 +28,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from llmflow.compiler.models import (
-    LOCAL_CATALOG_SOURCE,
-    LOCAL_CONTEXT,
-    LOCAL_MODELS,
-    LOCAL_PRICE_SOURCE,
-    LOCAL_SKILL_SOURCE,
-    LOCAL_SPEED_SOURCE,
-    Capabilities,
-    Limits,
-    ModelSpec,
-    Timing,
-    local_context,
-)
+from llmflow.compiler.models import Limits, ModelSpec
+from llmflow.runtime.backends import registry
+from llmflow.runtime.backends.registry import Catalog
 
 DECLARATION = "declaration"
 """The origin of a value written in the program's `model` declaration."""
@@ -139,18 +129,27 @@ def get(key: str) -> PriceEntry | None:
 
 
 def lookup(backend: str, model_id: str, catalog_id: str | None = None) -> PriceEntry | None:
-    """The entry for a declared model.
+    """The entry for a declared model, as its kind finds it (`BackendKind.price_entry`):
+    `catalog_id` (the `catalog_id` option) names the entry outright; otherwise an `openai`
+    model is looked up by its id, then as `openai/ID`, and an `openai_compatible` model
+    has none: the same id served by your own server costs what you pay for the server,
+    not a provider's price."""
+    return registry.get(backend).price_entry(model_id, catalog_id)
 
-    `catalog_id` (the `catalog_id` option) names the entry outright. Otherwise an `openai`
-    model is looked up by its id, then as `openai/ID`. An `openai_compatible` model has no
-    entry unless it names one: the same id served by your own server costs what you pay
-    for the server, not a provider's price.
-    """
-    if catalog_id is not None:
-        return get(catalog_id)
-    if backend != "openai":
-        return None
-    return get(model_id) or get(f"openai/{model_id}")
+
+def put_entry(found: Catalog, entry: PriceEntry) -> None:
+    """Record a price-table entry's values in a kind's catalog lookup."""
+    found.put(
+        source_label(),
+        context=entry.context,
+        max_output=entry.max_output,
+        chat=entry.chat,
+        price_in=entry.price_in,
+        price_out=entry.price_out,
+        price_cached_in=entry.price_cached_in,
+        supports_schema=entry.supports_schema,
+    )
+    found.catalog_id = entry.key
 
 
 def search(text: str, limit: int = 20) -> list[str]:
@@ -175,46 +174,8 @@ RESOLVED = (
     "concurrency",
 )
 """The fields taken from the first layer that sets them (skills merge per skill)."""
-NOT_OPTIONS = ("context", "chat", "skills", "backend", "id")
-"""Keys kept out of `ModelSpec.options`: they have fields of their own (or are the model)."""
-
-
-def catalog_layer(
-    backend: str, model_id: str, catalog_id: str | None = None
-) -> tuple[dict[str, Any], dict[str, str], PriceEntry | None]:
-    """What the catalogs know about a model: values, each value's origin, the table entry."""
-    values: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-
-    def put(source: str, **fields: Any) -> None:
-        for key, value in fields.items():
-            if value is not None:
-                values[key] = value
-                origin[key] = source
-
-    if backend == "local":
-        put(LOCAL_PRICE_SOURCE, price_in=0.0, price_out=0.0, price_cached_in=0.0)
-        put(LOCAL_CATALOG_SOURCE, supports_schema=True)  # llama.cpp grammars
-        local = LOCAL_MODELS.get(model_id)
-        if local is not None:
-            put(LOCAL_CATALOG_SOURCE, context=local.context, chat=local.chat)
-            put(LOCAL_SPEED_SOURCE, prefill_tps=local.prefill_tps, decode_tps=local.decode_tps)
-            values["skills"] = dict(local.skills)
-            origin["skills"] = LOCAL_SKILL_SOURCE
-        return values, origin, None
-    entry = lookup(backend, model_id, catalog_id)
-    if entry is not None:
-        put(
-            source_label(),
-            context=entry.context,
-            max_output=entry.max_output,
-            chat=entry.chat,
-            price_in=entry.price_in,
-            price_out=entry.price_out,
-            price_cached_in=entry.price_cached_in,
-            supports_schema=entry.supports_schema,
-        )
-    return values, origin, entry
+NOT_SETTINGS = ("context", "chat", "skills", "backend", "id")
+"""Keys kept out of `ModelSpec.settings`: they have fields of their own (or are the model)."""
 
 
 def resolve(
@@ -224,9 +185,14 @@ def resolve(
     layers: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> ModelSpec:
     """A model's spec from its option layers, highest precedence first (the declaration,
-    then the config file), over what the catalogs know. Each value records its origin."""
-    catalog_id = next((opts["catalog_id"] for _, opts in layers if "catalog_id" in opts), None)
-    found, found_origin, entry = catalog_layer(backend, model_id, catalog_id)
+    then the config file), over what its kind's catalogs know. Each value records its
+    origin. The layers hold valid settings of the kind (see `compiler/resolve.py`)."""
+    kind = registry.get(backend)
+    written: dict[str, Any] = {}
+    for _, opts in reversed(layers):
+        written.update(opts)
+    settings = kind.settings.model_validate(written)
+    found = kind.catalog(model_id, settings)
     fields: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key in RESOLVED:
@@ -235,32 +201,25 @@ def resolve(
                 fields[key], sources[key] = opts[key], label
                 break
         else:
-            if key in found:
-                fields[key], sources[key] = found[key], found_origin[key]
+            if key in found.values:
+                fields[key], sources[key] = found.values[key], found.origin[key]
     skills: dict[str, float] = {}
     skill_source: dict[str, str] = {}
-    ordered = [(found_origin.get("skills", ""), {"skills": found.get("skills", {})})]
+    ordered = [(found.origin.get("skills", ""), {"skills": found.values.get("skills", {})})]
     for label, opts in [*ordered, *reversed(layers)]:
-        for skill, score in opts.get("skills", {}).items():
+        for skill, score in (opts.get("skills") or {}).items():
             skills[skill], skill_source[skill] = float(score), label
-    options: dict[str, Any] = {}
-    for _, opts in reversed(layers):
-        options.update({k: v for k, v in opts.items() if k not in NOT_OPTIONS})
-    if backend == "local":  # the window it will run with, not the one it was trained with
-        window = local_context(fields.get("context"), options.get("n_ctx"))
-        if window != fields.get("context"):
-            n_ctx_from = next((label for label, opts in layers if "n_ctx" in opts), None)
-            capped = f"{sources['context']}, capped" if "context" in sources else "default"
-            sources["context"] = (
-                f"n_ctx ({n_ctx_from})" if n_ctx_from else f"{capped} (n_ctx {LOCAL_CONTEXT})"
-            )
-        fields["context"] = window
-    capabilities = builtin_capabilities(backend, found)
+    set_by = {k: next(label for label, opts in layers if k in opts) for k in written}
+    window, window_source = kind.context_window(
+        fields.get("context"), sources.get("context"), settings, set_by
+    )
+    if window is not None:
+        fields["context"], sources["context"] = window, window_source or "default"
     prices = ("price_in", "price_out", "price_cached_in")
     price_origins = list(dict.fromkeys(sources[p] for p in prices if p in sources))
     return ModelSpec(
         name=name,
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
         id=model_id,
         context=fields.get("context"),
         max_output=fields.get("max_output"),
@@ -273,13 +232,13 @@ def resolve(
         skills=skills,
         skill_source=skill_source,
         limits=Limits(**{k: fields.get(k) for k in ("rpm", "tpm", "concurrency")}),
-        prefill_tps=found.get("prefill_tps"),
-        decode_tps=found.get("decode_tps"),
-        speed_source=found_origin.get("prefill_tps"),
-        catalog_id=entry.key if entry is not None else None,
+        prefill_tps=found.values.get("prefill_tps"),
+        decode_tps=found.values.get("decode_tps"),
+        speed_source=found.origin.get("prefill_tps"),
+        catalog_id=found.catalog_id,
         sources=sources,
-        capabilities=capabilities,
-        options=options,
+        capabilities=kind.capabilities(found),
+        settings={k: v for k, v in written.items() if k not in NOT_SETTINGS},
     )
 
 
@@ -363,25 +322,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def builtin_capabilities(backend: str, found: dict[str, Any]) -> Capabilities:
-    """The built-in kinds' capabilities (until backend kinds declare their own)."""
-    if backend == "local":
-        return Capabilities(
-            concurrent=False,
-            prefix_reuse_min_tokens=64,
-            structured_output=True,
-            free=True,
-            timing=Timing.embedded(found.get("prefill_tps"), found.get("decode_tps")),
-        )
-    return Capabilities(
-        concurrent=True,
-        # OpenAI caches prompts from 1,024 tokens on, in increments of 128 tokens;
-        # self-hosted servers (llama.cpp server, vLLM) reuse any cached prefix, counted
-        # from the grouping minimum.
-        prefix_reuse_min_tokens=1024 if backend == "openai" else 64,
-        prefix_reuse_step_tokens=128 if backend == "openai" else 1,
-        structured_output=True,
-        timing=Timing.hosted(),
-    )

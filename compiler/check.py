@@ -15,20 +15,12 @@ from typing import Any
 
 import networkx as nx
 
-from llmflow.compiler import ast, catalog
+from llmflow.compiler import ast, catalog, resolve
 from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
 from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.heap import gc_paused
-from llmflow.compiler.models import (
-    BACKENDS,
-    LOCAL_MODELS,
-    MAX_OPTION_NUMBER,
-    MODEL_OPTIONS,
-    ModelSpec,
-    default_model,
-    option_error,
-)
+from llmflow.compiler.models import MAX_OPTION_NUMBER, ModelSpec
 from llmflow.compiler.modules import Program
 from llmflow.compiler.parse import MAX_NESTING, nesting
 from llmflow.compiler.types import (
@@ -52,7 +44,7 @@ from llmflow.stdlib.builtins import BUILTINS, Builtin
 
 OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature", "seed"}
 MAX_SEED = 2**63 - 1
-# Model options and backends (MODEL_OPTIONS, BACKENDS) live in models.py.
+# Model options are each backend kind's settings: see compiler/resolve.py.
 RESERVED = frozenset(
     [
         "import",
@@ -502,91 +494,48 @@ class Checker:
         return None
 
     def _check_model(self, decl: ast.ModelDecl) -> None:
+        """A `model` declaration → its spec (on its symbol); errors via `resolve`."""
         sym = self._lookup(decl.name.name)
-        backend = decl.backend.name
-        if backend not in BACKENDS:
-            self.error(
-                "unknown-name",
-                f"unknown model backend '{backend}'",
-                decl.backend.span,
-                hint=did_you_mean(backend, BACKENDS) or "backends: " + ", ".join(BACKENDS),
-            )
-            return
-        example = "smollm2-135m" if backend == "local" else "gpt-4o-mini"
-        if (
-            len(decl.args) != 1
-            or not isinstance(decl.args[0], ast.Const)
-            or not isinstance(decl.args[0].value, str)
-        ):
-            self.error(
-                "type",
-                f"{backend}(...) takes the model's id as its one positional argument",
-                decl.span,
-                hint=f'write {backend}("{example}")',
-            )
-            return
-        model_id = decl.args[0].value
-        options: dict[str, Any] = {}
-        for kw in decl.kwargs:
-            key = kw.name.name
-            if key == "api_key":
-                self.diags.append(
-                    Diagnostic(
-                        kind="declaration",
-                        message="API keys do not belong in program text",
-                        span=kw.span,
-                        hint='name the environment variable that holds it: api_key_env="MY_KEY"',
-                    )
-                )
-                continue
-            if key not in MODEL_OPTIONS:
+        diags = resolve.Diagnostics("program")
+        try:
+            kind = resolve.backend_kind(decl.backend.name, decl.backend.span, diags)
+            if kind is None:
+                return
+            if (
+                len(decl.args) != 1
+                or not isinstance(decl.args[0], ast.Const)
+                or not isinstance(decl.args[0].value, str)
+            ):
                 self.error(
-                    "unknown-name",
-                    f"unknown model option '{key}'",
-                    kw.name.span,
-                    hint=did_you_mean(key, MODEL_OPTIONS) or "options: " + ", ".join(MODEL_OPTIONS),
-                )
-                continue
-            value = self._const_value(kw.value)
-            if value is None:
-                continue
-            problem = option_error(key, value)
-            if problem is None and key == "catalog_id":
-                missing, hint = config_file.catalog_id_problem(value)
-                if missing:
-                    self.error("unknown-name", missing, kw.value.span, hint=hint)
-                    continue
-            if problem is not None:
-                self.error("type", problem, kw.value.span)
-                continue
-            options[key] = value
-        if backend == "local" and model_id not in LOCAL_MODELS:
-            if model_id.endswith(".gguf"):
-                path = self.program.paths[self.module].parent / model_id
-                if not path.is_file():
-                    self.error(
-                        "declaration",
-                        f"no model file '{model_id}'",
-                        decl.args[0].span,
-                        hint=f"paths are relative to the declaring file; looked for {path}",
-                    )
-                    return
-                model_id = str(path.resolve())
-            else:
-                self.error(
-                    "unknown-name",
-                    f"unknown embedded model '{model_id}'",
-                    decl.args[0].span,
-                    hint=did_you_mean(model_id, LOCAL_MODELS)
-                    or "embedded models: "
-                    + ", ".join(LOCAL_MODELS)
-                    + ", or a path to a .gguf file",
+                    "type",
+                    f"{kind.name}(...) takes the model's id as its one positional argument",
+                    decl.span,
+                    hint=f'write {kind.name}("{kind.example_id}")',
                 )
                 return
-        assert isinstance(sym, ModelSym)
-        name = decl.name.name
-        layers = [(catalog.DECLARATION, options), *config_file.overrides(self._config(), name)]
-        sym.spec = catalog.resolve(name, backend, model_id, layers)
+            options = []
+            for kw in decl.kwargs:
+                key, value = kw.name.name, None
+                if key in kind.settings.model_fields:  # else reported without its value
+                    value = self._const_value(kw.value)
+                    if value is None:
+                        continue
+                options.append(resolve.Option(key, value, kw.name.span, kw.value.span, kw.span))
+            valid = resolve.check_options(kind, options, diags)
+            base = self.program.paths[self.module].parent
+            model_id = resolve.model_id(
+                kind, decl.args[0].value, decl.args[0].span, base, "the declaring file", diags
+            )
+            if model_id is None:
+                return
+            assert isinstance(sym, ModelSym)
+            name = decl.name.name
+            config = resolve.config_layer(self._config(), name, kind, diags)
+            sym.spec = resolve.resolve(
+                name, kind, model_id, [(catalog.DECLARATION, valid), *config]
+            )
+        finally:
+            self.diags.extend(diags.list)
 
     def _config(self) -> config_file.Config | None:
         """The program's config file (llmflow.toml or [tool.llmflow]), loaded once; its
@@ -665,10 +614,9 @@ class Checker:
         elif configured is not None:
             self.checked.default_model = configured
         else:
-            spec = default_model()
-            layers = config_file.overrides(config, spec.name)
-            if layers:
-                spec = catalog.resolve(spec.name, spec.backend, spec.id, layers)
+            diags = resolve.Diagnostics("config")
+            spec = resolve.default_model(config, diags)
+            self.diags.extend(diags.list)
             self.checked.models.setdefault(spec.name, spec)
             self.checked.default_model = spec.name
 

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmflow.compiler import catalog
+from llmflow.compiler import resolve
 from llmflow.compiler.ast import Span
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean
-from llmflow.compiler.models import BACKENDS, LOCAL_MODELS, MODEL_OPTIONS, ModelSpec, option_error
+from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.modules import UnreadableSource, read_source
+from llmflow.runtime.backends import registry
 
 CONFIG_NAME = "llmflow.toml"
 PYPROJECT = "pyproject.toml"
@@ -223,18 +224,36 @@ def _validate(config: Config, data: dict[str, Any]) -> list[Diagnostic]:
             )
             continue
         entry = ConfigModel(name=name, options={}, span=span)
-        for key, value in table.items():
-            key_span = config.span("models", name, key)
-            entry.spans[key] = key_span
-            problem = _option_problem(key, value)
-            if problem is not None:
-                message, hint = problem
-                if key == "skills" and message.startswith("skill '"):
-                    skill = message.split("'")[1]
-                    key_span = config.span("models", name, "skills", skill)
-                error(message, key_span, hint)
-                continue
-            entry.options[key] = value
+        entry.spans = {key: config.span("models", name, key) for key in table}
+        file_diags = resolve.Diagnostics("config")
+        kind = None
+        if "backend" in table:
+            backend = table["backend"]
+            if isinstance(backend, str):
+                kind = resolve.backend_kind(backend, entry.spans["backend"], file_diags)
+            else:
+                error("model option 'backend' expects str", entry.spans["backend"])
+            if kind is not None:
+                entry.options["backend"] = backend
+        if "id" in table:
+            if isinstance(table["id"], str):
+                entry.options["id"] = table["id"]
+            else:
+                error("model option 'id' expects str", entry.spans["id"])
+        options = [
+            resolve.Option(
+                key,
+                value,
+                entry.spans[key],
+                entry.spans[key],
+                entry.spans[key],
+                skill_span=lambda skill, n=name: config.span("models", n, "skills", skill),
+            )
+            for key, value in table.items()
+            if key not in ("backend", "id")
+        ]
+        entry.options.update(resolve.check_options(kind, options, file_diags))
+        diags.extend(file_diags.list)
         if ("backend" in table) != ("id" in table):
             missing = "id" if "backend" in table else "backend"
             error(
@@ -248,86 +267,25 @@ def _validate(config: Config, data: dict[str, Any]) -> list[Diagnostic]:
     return diags
 
 
-def _option_problem(key: str, value: Any) -> tuple[str, str] | None:
-    if key == "api_key":
-        return (
-            "API keys do not belong in config files",
-            'name the environment variable that holds it: api_key_env = "MY_KEY"',
-        )
-    if key == "backend":
-        if value not in BACKENDS:
-            return (
-                f"unknown model backend '{value}'",
-                did_you_mean(str(value), BACKENDS) or "backends: " + ", ".join(BACKENDS),
-            )
-        return None
-    if key == "id":
-        return None if isinstance(value, str) else ("model option 'id' expects str", "")
-    if key not in MODEL_OPTIONS:
-        return (
-            f"unknown model option '{key}'",
-            did_you_mean(key, [*MODEL_OPTIONS, "backend", "id"])
-            or "options: backend, id, " + ", ".join(MODEL_OPTIONS),
-        )
-    message = option_error(key, value)
-    if message is None and key == "catalog_id":
-        message, hint = catalog_id_problem(value)
-        return (message, hint) if message else None
-    return (message, "") if message else None
-
-
-def catalog_id_problem(value: str) -> tuple[str, str]:
-    """('', '') when `value` is a key of the price table, else a message and a hint."""
-    if catalog.get(value) is not None:
-        return "", ""
-    close = catalog.search(value, limit=3)
-    hint = (
-        "entries containing it: " + ", ".join(close)
-        if close
-        else did_you_mean(value, catalog.keys()) or "list entries: llmflow models --prices TEXT"
-    )
-    return f"no entry '{value}' in the price table", hint
-
-
 def config_spec(config: Config, entry: ConfigModel) -> tuple[ModelSpec | None, list[Diagnostic]]:
     """The model a config entry with backend and id defines (checked like a declaration)."""
     options = dict(entry.options)
-    backend, model_id = options.pop("backend"), options.pop("id")
-    if backend == "local" and model_id not in LOCAL_MODELS:
-        span = entry.spans.get("id", entry.span)
-        if not model_id.endswith(".gguf"):
-            return None, [
-                Diagnostic(
-                    kind="config",
-                    message=f"unknown embedded model '{model_id}'",
-                    span=span,
-                    hint=did_you_mean(model_id, LOCAL_MODELS)
-                    or "embedded models: "
-                    + ", ".join(LOCAL_MODELS)
-                    + ", or a path to a .gguf file",
-                )
-            ]
-        path = config.path.parent / model_id
-        if not path.is_file():
-            return None, [
-                Diagnostic(
-                    kind="config",
-                    message=f"no model file '{model_id}'",
-                    span=span,
-                    hint=f"paths are relative to {config.label}; looked for {path}",
-                )
-            ]
-        model_id = str(path.resolve())
-    return catalog.resolve(entry.name, backend, model_id, [(config.label, options)]), []
+    kind = registry.get(options.pop("backend"))
+    diags = resolve.Diagnostics("config")
+    span = entry.spans.get("id", entry.span)
+    model_id = resolve.model_id(
+        kind, options.pop("id"), span, config.path.parent, config.label, diags
+    )
+    if model_id is None:
+        return None, diags.list
+    return resolve.resolve(entry.name, kind, model_id, [(config.label, options)]), diags.list
 
 
-def overrides(config: Config | None, name: str) -> list[tuple[str, dict[str, Any]]]:
-    """The config layer for the model `name` (empty without one), as `catalog.resolve`
-    takes it: backend and id are left out, the declaration decides those."""
-    if config is None or name not in config.models:
-        return []
-    opts = {k: v for k, v in config.models[name].options.items() if k not in ("backend", "id")}
-    return [(config.label, opts)] if opts else []
+def overrides(config: Config | None, name: str, backend: str = "local") -> list[resolve.Layer]:
+    """The config layer for the model `name` of kind `backend` (empty without one), as
+    `catalog.resolve` takes it: the options that kind takes (checking a program reports
+    the others)."""
+    return resolve.config_layer(config, name, registry.get(backend), resolve.Diagnostics("config"))
 
 
 # ---- finding a key's line ---------------------------------------------------------------

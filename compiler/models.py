@@ -10,33 +10,16 @@ from __future__ import annotations
 
 import math
 import urllib.parse
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-BackendKind = Literal["local", "openai", "openai_compatible"]
-BACKENDS: tuple[str, ...] = ("local", "openai", "openai_compatible")
-
-MODEL_OPTIONS: dict[str, type | tuple[type, ...]] = {
-    "context": int,
-    "max_output": int,
-    "chat": bool,
-    "skills": dict,
-    "base_url": str,
-    "api_key_env": str,
-    "price_in": (int, float),
-    "price_out": (int, float),
-    "price_cached_in": (int, float),
-    "supports_schema": bool,
-    "catalog_id": str,
-    "rpm": int,
-    "tpm": int,
-    "concurrency": int,
-    "n_ctx": int,
-    "timeout": (int, float),
-}
-"""Every option a model declaration (or a config-file model) may set, with its type."""
-
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 MAX_OPTION_NUMBER = 10**15
 """No count, size, price or time of a model comes near this; a larger one is a typo, and
@@ -68,25 +51,92 @@ def url_error(url: str) -> str | None:
     return None
 
 
-def option_error(key: str, value: Any) -> str | None:
-    """Why a value is wrong for a known model option (None: it is fine)."""
-    expected = MODEL_OPTIONS[key]
-    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-        names = expected.__name__ if isinstance(expected, type) else "number"
-        return f"model option '{key}' expects {names}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"model option '{key}' expects a finite number"
-    if isinstance(value, int | float) and abs(value) > MAX_OPTION_NUMBER:
-        return f"model option '{key}' is too large: at most {MAX_OPTION_NUMBER:,}"
-    if key == "base_url":
-        return url_error(value)
-    if key == "skills":
-        for skill, score in value.items():
-            if not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1:
-                return f"skill '{skill}' must be a number from 0 to 1"
-    elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-        return f"model option '{key}' cannot be negative"
-    return None
+class ModelSettings(BaseModel):
+    """The options every model declaration takes, whatever its backend kind. A kind's
+    `settings` model subclasses this with its own (`n_ctx`, `base_url`...); the checker
+    validates each option a program or config file writes against the kind's model, so
+    an unknown option or a wrong value is a positioned error.
+
+    Values are strict (`context="big"` is an error, not a coercion) and every number is
+    finite, at most MAX_OPTION_NUMBER and not negative: a subclass's numeric settings get
+    the same rules for free."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    context: int | None = None
+    """Most prompt tokens (overrides the catalog)."""
+    max_output: int | None = None
+    chat: bool | None = None
+    """Chat-tuned (turns go through its chat template) or completion-only."""
+    skills: dict[str, float] | None = None
+    """Capability scores from 0 to 1 by skill name, merged over the catalog's."""
+    price_in: float | None = None
+    """USD per million input tokens."""
+    price_out: float | None = None
+    price_cached_in: float | None = None
+    supports_schema: bool | None = None
+    catalog_id: str | None = None
+    """The price-table entry to take prices and windows from."""
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _plausible(cls, value: Any, info: ValidationInfo) -> Any:
+        key = info.field_name
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"model option '{key}' expects a finite number")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if abs(value) > MAX_OPTION_NUMBER:
+                raise ValueError(
+                    f"model option '{key}' is too large: at most {MAX_OPTION_NUMBER:,}"
+                )
+            if value < 0:
+                raise ValueError(f"model option '{key}' cannot be negative")
+        if key == "skills" and isinstance(value, dict):
+            for skill, score in value.items():
+                if not 0 <= score <= 1:
+                    raise ValueError(f"skill '{skill}' must be a number from 0 to 1")
+        return value
+
+
+_TYPE_NAMES = {
+    "int_type": "int",
+    "int_from_float": "int",
+    "float_type": "number",
+    "bool_type": "bool",
+    "string_type": "str",
+    "dict_type": "dict",
+    "list_type": "list",
+}
+
+
+def settings_problems(settings: type[ModelSettings], values: dict[str, Any]) -> dict[str, str]:
+    """Why each option in `values` is wrong for `settings`, by option (empty: all valid),
+    worded like every other diagnostic: "model option 'rpm' expects int"."""
+    try:
+        settings.model_validate(values)
+    except ValidationError as err:
+        problems: dict[str, str] = {}
+        for e in err.errors():
+            key = str(e["loc"][0]) if e["loc"] else ""
+            if key in problems:
+                continue
+            if key == "skills" and len(e["loc"]) > 1 and e["type"] != "value_error":
+                problems[key] = f"skill '{e['loc'][1]}' must be a number from 0 to 1"
+            elif e["type"] == "value_error":
+                problems[key] = str(e["ctx"]["error"])
+            elif e["type"] == "extra_forbidden":
+                problems[key] = f"unknown model option '{key}'"
+            elif e["type"] in _TYPE_NAMES:
+                problems[key] = f"model option '{key}' expects {_TYPE_NAMES[e['type']]}"
+            elif e["type"] in ("literal_error", "enum"):
+                problems[key] = f"model option '{key}': {e['msg'][:1].lower()}{e['msg'][1:]}"
+            else:
+                problems[key] = f"model option '{key}' is not valid: {e['msg']}"
+        return problems
+    return {}
 
 
 class LocalModel(BaseModel):
@@ -245,7 +295,9 @@ class ModelSpec(BaseModel):
 
     name: str
     """The name the program uses (`model small = ...` gives "small")."""
-    backend: BackendKind
+    backend: str
+    """Its backend kind's name (`local`, `openai`, a plugin's): see
+    `llmflow.runtime.backends.registry`."""
     id: str
     """Backend-specific id: an embedded model name, a `.gguf` path, or an API model id."""
     context: int | None = None
@@ -283,10 +335,12 @@ class ModelSpec(BaseModel):
     price_in, price_out, price_cached_in, supports_schema, rpm, tpm, concurrency)."""
     capabilities: Capabilities = Field(default_factory=Capabilities)
     """What its backend kind declares for it (see `Capabilities`)."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """The options as written (program over config file) other than context, chat and
-    skills: base_url, api_key_env, n_ctx, prices, limits... The resolved fields above are
-    what the compiler reads; backends read their own settings (n_ctx, base_url) here."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """The options as written (program over config file), validated by the kind's
+    settings model, other than context, chat and skills: base_url, api_key_env, n_ctx,
+    prices, limits... As plain data so a plan serializes; the resolved fields above are
+    what the compiler reads, and a backend reads its typed settings with
+    `registry.settings_of(spec)`."""
 
 
 def default_model() -> ModelSpec:

@@ -41,7 +41,7 @@ def request_key(spec: ModelSpec, request: GenerationRequest) -> str:
     identity = {
         "backend": spec.backend,
         "id": spec.id,
-        "base_url": spec.options.get("base_url"),
+        "base_url": spec.settings.get("base_url"),
         "chat": spec.chat,
         "request": request.model_dump(
             mode="json", exclude={"model", "group", "priority", "node", "random_seed"}

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from llmflow.compiler.models import ModelSpec
+from llmflow.runtime.backends import registry
 from llmflow.runtime.calls import CallStats
 from llmflow.runtime.secrets import redact
 from llmflow.runtime.store import JsonLines, read_json_lines
-
-PROVIDERS = {"local": "llama.cpp", "openai": "openai", "openai_compatible": "openai"}
 
 
 def call_record(stats: CallStats, spec: ModelSpec) -> dict[str, Any]:
@@ -28,7 +27,7 @@ def call_record(stats: CallStats, spec: ModelSpec) -> dict[str, Any]:
         "llmflow.function": stats.function,
         "llmflow.model": stats.model,
         "gen_ai.operation.name": "chat" if spec.chat else "text_completion",
-        "gen_ai.provider.name": PROVIDERS[spec.backend],
+        "gen_ai.provider.name": registry.kind_of(spec).provider,
         "gen_ai.request.model": spec.id,
         "start": stats.start,
         "end": stats.end,

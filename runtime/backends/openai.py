@@ -56,22 +56,22 @@ def key_env(spec: ModelSpec) -> str | None:
     """The variable that holds the model's key. An `openai_compatible` model whose program
     names its server gets $OPENAI_API_KEY only if it asks for it (api_key_env): an OpenAI
     key must not travel to a third party's address by default."""
-    named = spec.options.get("api_key_env")
-    if named or spec.backend == "openai" or "base_url" not in spec.options:
+    named = spec.settings.get("api_key_env")
+    if named or spec.backend == "openai" or "base_url" not in spec.settings:
         return named or DEFAULT_KEY_ENV
     return None
 
 
 def base_url(spec: ModelSpec) -> str | None:
     """The model's `base_url`, else $OPENAI_BASE_URL, else None (the SDK's default)."""
-    return spec.options.get("base_url") or os.environ.get("OPENAI_BASE_URL") or None
+    return spec.settings.get("base_url") or os.environ.get("OPENAI_BASE_URL") or None
 
 
 def check_model(spec: ModelSpec) -> None:
     """Fail before a run starts if a model cannot be reached: an `openai` model (or one
     that names `api_key_env`) without its key, an `openai_compatible` one without a URL."""
     variable = key_env(spec)
-    named = "api_key_env" in spec.options
+    named = "api_key_env" in spec.settings
     if variable and secrets.api_key(variable) is None and (spec.backend == "openai" or named):
         raise BackendError(
             f"model '{spec.name}' needs an API key: set the environment variable {variable}"
@@ -226,7 +226,7 @@ def _params(spec: ModelSpec, request: GenerationRequest, legacy_schema: bool) ->
     params: dict[str, Any] = {
         "model": spec.id,
         "temperature": request.temperature,
-        "timeout": float(spec.options.get("timeout") or DEFAULT_TIMEOUT),
+        "timeout": float(spec.settings.get("timeout") or DEFAULT_TIMEOUT),
     }
     stops = [stop for stop in request.stop if stop][:MAX_STOP]
     if stops:

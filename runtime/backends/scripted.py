@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from llmflow.compiler.models import ModelSpec
 from llmflow.runtime.backends.base import Generation, GenerationRequest
 
 Script = Callable[[GenerationRequest], "str | Generation | Awaitable[str | Generation]"]
@@ -59,3 +60,22 @@ class ScriptedBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+def settings_script(models: dict[str, ModelSpec]) -> ScriptedBackend:
+    """The backend of `scripted` models: each call gets its model's `reply` setting, or
+    the last line of its prompt, after the model's `delay`."""
+    from llmflow.runtime.backends.kinds import ScriptedSettings
+
+    settings = {name: ScriptedSettings.model_validate(m.settings) for name, m in models.items()}
+
+    async def script(request: GenerationRequest) -> str:
+        own = settings[request.model]
+        if own.delay:
+            await asyncio.sleep(own.delay)
+        if own.reply is not None:
+            return own.reply
+        lines = request.turns[-1].text.strip().splitlines() if request.turns else []
+        return lines[-1] if lines else ""
+
+    return ScriptedBackend(script)

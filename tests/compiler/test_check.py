@@ -291,10 +291,32 @@ def test_decorators_pin_models_and_record_needs(checked: Check) -> None:
     assert result.default_model == "small"
     big = result.models["big"]
     assert (big.backend, big.id, big.skills) == ("openai", "gpt-4o-mini", {"reasoning": 0.9})
-    assert big.options == {"api_key_env": "OPENAI_API_KEY", "price_in": 0.15, "rpm": 500}
+    assert big.settings == {"api_key_env": "OPENAI_API_KEY", "price_in": 0.15, "rpm": 500}
     small = result.models["small"]
     assert (small.backend, small.context, small.chat) == ("local", 4096, True)  # n_ctx
     assert "default" not in result.models
+
+
+def test_documented_local_settings_are_accepted_and_typed(checked: Check) -> None:
+    """`state_cache_mb` (docs/optimizer.md) was rejected as an unknown option; every
+    setting of the kind's settings model is accepted, and read back typed."""
+    from llmflow.runtime.backends import registry
+    from llmflow.runtime.backends.kinds import LocalSettings
+
+    result = checked('model m = local("smollm2-135m", state_cache_mb=64, n_ctx=2048)\n')
+    spec = result.models["m"]
+    assert spec.settings == {"state_cache_mb": 64, "n_ctx": 2048}
+    settings = registry.settings_of(spec)
+    assert isinstance(settings, LocalSettings)
+    assert (settings.state_cache_mb, settings.n_ctx, spec.context) == (64.0, 2048, 2048)
+
+
+def test_an_unknown_option_hints_the_kinds_settings(diagnostics: Diags) -> None:
+    (d,) = diagnostics('model m = openai("gpt-4o-mini", timeuot=3)\n')
+    assert (d.message, d.hint) == ("unknown model option 'timeuot'", "did you mean 'timeout'?")
+    (d,) = diagnostics('model m = scripted("x", zzz=3)\n')
+    assert d.hint.startswith("options: context, max_output, chat, skills, ")
+    assert d.hint.endswith(", concurrency, reply, delay")
 
 
 def test_local_model_from_a_gguf_path(write: Write, checked: Check) -> None:
@@ -472,6 +494,14 @@ CASES: dict[str, tuple[str, list[tuple[str, str, int, int]]]] = {
     "unknown backend": (
         'model m = anthropic("claude")\n',
         [("unknown-name", "unknown model backend 'anthropic'", 1, 11)],
+    ),
+    "a setting of another kind": (
+        'model m = openai("gpt-4o-mini", n_ctx=512)\n',
+        [("unknown-name", "model option 'n_ctx' is not a setting of openai models", 1, 33)],
+    ),
+    "a setting of the wrong type": (
+        'model m = local("smollm2-135m", state_cache_mb="big")\n',
+        [("type", "model option 'state_cache_mb' expects number", 1, 48)],
     ),
     "too many arguments": (
         FN + "flow f(a: str) -> b: str {\n    b = greet(a, a, a)\n}\n",
@@ -835,7 +865,7 @@ def test_base_urls_that_can_work_are_kept(checked: Check) -> None:
         f'model m{i} = openai_compatible("x", base_url="{url}")\n' for i, url in enumerate(urls)
     )
     result = checked(source)
-    assert [result.models[f"m{i}"].options["base_url"] for i in range(3)] == urls
+    assert [result.models[f"m{i}"].settings["base_url"] for i in range(3)] == urls
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,7 @@ def test_the_declaration_wins_over_the_config_and_the_config_over_the_catalog(
     assert mini.price_source == f"llmflow.toml + {TABLE}"
     assert mini.skills == {"reasoning": 0.9, "writing": 0.7}
     assert mini.skill_source == {"reasoning": "declaration", "writing": "llmflow.toml"}
-    assert mini.options["rpm"] == 60 and mini.options["tpm"] == 100000
+    assert mini.settings["rpm"] == 60 and mini.settings["tpm"] == 100000
 
 
 def test_overrides_by_name_apply_to_declared_and_default_models(write: Write) -> None:
@@ -155,7 +155,7 @@ def test_overrides_by_name_apply_to_declared_and_default_models(write: Write) ->
     ]
     assert small.skills == {"reasoning": 0.1, "writing": 0.4, "extraction": 0.2}
     assert small.skill_source["writing"] == "llmflow.toml"
-    assert small.limits.concurrency == 1 and small.options == {"concurrency": 1, "n_ctx": 2048}
+    assert small.limits.concurrency == 1 and small.settings == {"concurrency": 1, "n_ctx": 2048}
     default = check(write("b.llmflow", UNPINNED)).models["default"]
     assert default.skills["reasoning"] == 0.3
     assert default.skill_source["reasoning"] == "llmflow.toml"
@@ -331,7 +331,7 @@ def test_good_base_urls_are_accepted(write: Write) -> None:
             f'[models.mini]\nbackend = "openai_compatible"\nid = "m"\nbase_url = "{url}"\n',
         )
         checked = check(write("prog.llmflow", PINNED.replace("MODEL", "mini")))
-        assert checked.models["mini"].options["base_url"] == url
+        assert checked.models["mini"].settings["base_url"] == url
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")

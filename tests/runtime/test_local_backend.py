@@ -264,7 +264,7 @@ def test_a_restored_state_generates_what_a_fresh_context_does(
 def test_the_state_cache_stays_within_its_budget() -> None:
     budget_mb = 6  # a ~180-token state takes ~4 MB with SmolLM2-135M
     spec = ModelSpec(
-        name="tiny", backend="local", id="smollm2-135m", options={"state_cache_mb": budget_mb}
+        name="tiny", backend="local", id="smollm2-135m", settings={"state_cache_mb": budget_mb}
     )
     backend = LocalBackend({"tiny": spec})
     try:

@@ -143,7 +143,7 @@ def model(url: str, backend: str = "openai_compatible", **options: Any) -> Model
         id="smollm2",
         chat=chat,
         supports_schema=supports_schema,
-        options={"base_url": url, **options},
+        settings={"base_url": url, **options},
     )
 
 
@@ -627,7 +627,7 @@ def test_router_checks_keys_and_addresses(monkeypatch: pytest.MonkeyPatch) -> No
     models = {
         "gpt": ModelSpec(name="gpt", backend="openai", id="gpt-4o-mini"),
         "mine": ModelSpec(
-            name="mine", backend="openai_compatible", id="x", options={"api_key_env": "MINE"}
+            name="mine", backend="openai_compatible", id="x", settings={"api_key_env": "MINE"}
         ),
         "far": ModelSpec(name="far", backend="openai_compatible", id="x"),
     }

@@ -18,6 +18,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmflow.compiler.models import LOCAL_MODELS, ModelSpec, local_context
 from llmflow.runtime.backends.base import BackendError, GenerationRequest
+from llmflow.runtime.backends.kinds import local_settings
 from llmflow.runtime.backends.local import batch
 from llmflow.runtime.backends.local.files import find_model_file
 from llmflow.runtime.backends.local.queue import _Call
@@ -70,7 +71,7 @@ def _load(model: _Model) -> Llama:
     # The window the plan was made for (catalog.resolve sets it); a spec built by hand
     # without one gets what resolve would have given it.
     n_ctx = spec.context or local_context(
-        local.context if local else None, spec.options.get("n_ctx")
+        local.context if local else None, local_settings(spec).n_ctx
     )
     # verbose=False would make llama-cpp-python redirect file descriptors 1 and 2
     # during the load, which loses output written meanwhile by other threads; with

@@ -18,6 +18,7 @@ from llama_cpp import Llama
 
 from llmflow.compiler.models import ModelSpec
 from llmflow.runtime.backends.base import BackendError
+from llmflow.runtime.backends.kinds import local_settings
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +115,9 @@ class _StateCache:
 
 def _state_limit(spec: ModelSpec, default: int) -> int:
     """The bytes of saved states a model may keep: its `state_cache_mb`, or the default."""
-    limit = spec.options.get("state_cache_mb")
+    limit = local_settings(spec).state_cache_mb  # a number of megabytes >= 0
     if limit is None:
         return default
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0:
-        raise BackendError(
-            f"model '{spec.name}': state_cache_mb must be a number of megabytes >= 0"
-        )
     return int(limit * (1 << 20))
 
 
