@@ -27,7 +27,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.catalog import resolve
 from llmflow.runtime.backends.base import Generation, GenerationRequest, Turn
 from llmflow.runtime.backends.local import LocalBackend
 
@@ -79,7 +79,7 @@ class Run:
 
 
 async def run(waves: list[list[Key]], grouped: bool) -> Run:
-    backend = LocalBackend({"m": ModelSpec(name="m", backend="local", id="smollm2-135m")})
+    backend = LocalBackend({"m": resolve("m", "local", "smollm2-135m")})
     try:
         warm = GenerationRequest(model="m", turns=[Turn(role="user", text="Hi")], max_tokens=1)
         await backend.generate(warm)  # load the model before the clock starts

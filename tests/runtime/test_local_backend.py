@@ -10,7 +10,9 @@ from unittest.mock import patch
 
 import pytest
 
-from llmflow.compiler.models import LOCAL_MODELS, ModelSpec
+from llmflow.compiler import prefix_reuse
+from llmflow.compiler.catalog import resolve
+from llmflow.compiler.models import LOCAL_MODELS
 from llmflow.runtime.gateway import prompt_tokens_at_most
 
 pytest.importorskip("llama_cpp")
@@ -25,7 +27,6 @@ from llmflow.runtime.backends.base import (  # noqa: E402  (needs llama_cpp)
     Turn,
 )
 from llmflow.runtime.backends.local import (  # noqa: E402
-    MIN_SHARED_PREFIX,
     LocalBackend,
     batch,
     find_model_file,
@@ -35,6 +36,10 @@ from llmflow.runtime.backends.local.queue import _Call, _next_call  # noqa: E402
 from llmflow.runtime.backends.local.states import _common_prefix  # noqa: E402
 
 pytestmark = pytest.mark.model
+
+MIN_SHARED_PREFIX = prefix_reuse.min_tokens(resolve("m", "local", "smollm2-135m"))
+"""The embedded engine's reuse minimum, as its kind declares it (plans count from it)."""
+assert MIN_SHARED_PREFIX == 64
 
 
 def _installed(model_id: str) -> bool:
@@ -57,8 +62,8 @@ needs_gemma = pytest.mark.skipif(
 def backend() -> Iterator[LocalBackend]:
     backend = LocalBackend(
         {
-            "chat": ModelSpec(name="chat", backend="local", id="smollm2-135m"),
-            "base": ModelSpec(name="base", backend="local", id="gemma3-270m", chat=False),
+            "chat": resolve("chat", "local", "smollm2-135m"),
+            "base": resolve("base", "local", "gemma3-270m"),
         }
     )
     yield backend
@@ -86,7 +91,7 @@ def test_the_prompt_is_counted_with_the_model_tokenizer_once_it_is_loaded(
 ) -> None:
     text = "東京都の天気は晴れ。🌸 " * 10
     request = GenerationRequest(model="chat", turns=[Turn(role="user", text=text)], max_tokens=2)
-    unloaded = LocalBackend({"chat": ModelSpec(name="chat", backend="local", id="smollm2-135m")})
+    unloaded = LocalBackend({"chat": resolve("chat", "local", "smollm2-135m")})
     assert unloaded.count_tokens(request) is None  # no load just to count
     answer = asyncio.run(backend.generate(request))
     assert backend.count_tokens(request) == answer.input_tokens
@@ -263,9 +268,7 @@ def test_a_restored_state_generates_what_a_fresh_context_does(
 @needs_smollm2
 def test_the_state_cache_stays_within_its_budget() -> None:
     budget_mb = 6  # a ~180-token state takes ~4 MB with SmolLM2-135M
-    spec = ModelSpec(
-        name="tiny", backend="local", id="smollm2-135m", settings={"state_cache_mb": budget_mb}
-    )
+    spec = resolve("tiny", "local", "smollm2-135m", [("test", {"state_cache_mb": budget_mb})])
     backend = LocalBackend({"tiny": spec})
     try:
         for doc in range(3):
@@ -280,6 +283,22 @@ def test_the_state_cache_stays_within_its_budget() -> None:
             prompt = _prompt_tokens(backend._models["tiny"], llm, request)
             _, length = backend._states.longest("tiny", np.array(prompt, dtype=np.intc))
             assert (length >= MIN_SHARED_PREFIX) == kept
+    finally:
+        asyncio.run(backend.aclose())
+
+
+@needs_smollm2
+def test_the_reuse_minimum_is_the_models_capability() -> None:
+    """The engine's threshold is the capability plans count cached tokens from: a model
+    whose kind declares no prefix reuse keeps no saved state, one that declares 64 does."""
+    spec = resolve("chat", "local", "smollm2-135m")
+    caps = spec.capabilities.model_copy(update={"prefix_reuse_min_tokens": None})
+    never = spec.model_copy(update={"name": "never", "capabilities": caps})
+    backend = LocalBackend({"never": never, "chat": spec})
+    try:
+        for model in ("never", "chat"):
+            asyncio.run(backend.generate(doc_request(0, 0, True, model=model, sentences=6)))
+        assert backend._states.nbytes("never") == 0 < backend._states.nbytes("chat")
     finally:
         asyncio.run(backend.aclose())
 
@@ -332,12 +351,15 @@ def fake_calls(*specs: tuple[str | None, float]) -> list[_Call]:
 
 def test_queue_order_without_the_model() -> None:
     fifo = fake_calls((None, 0), (None, 0))
-    assert _next_call(fifo, None, lambda call: 1000 * call.order) is fifo[0]
+    least = MIN_SHARED_PREFIX
+    assert _next_call(fifo, None, lambda call: 1000 * call.order, least) is fifo[0]
     calls = fake_calls((None, 0), ("A", 0), ("B", 2), ("C", 1), ("A", 0.5))
-    assert _next_call(calls, "A", lambda call: 0) is calls[4]  # same group, most urgent
-    reusable = {0: MIN_SHARED_PREFIX, 3: MIN_SHARED_PREFIX + 5}
-    assert _next_call(calls, "Z", lambda call: reusable.get(call.order, 0)) is calls[3]
-    assert _next_call(calls, "Z", lambda call: MIN_SHARED_PREFIX - 1) is calls[2]  # priority
+    assert _next_call(calls, "A", lambda call: 0, least) is calls[4]  # same group, most urgent
+    reusable = {0: least, 3: least + 5}
+    assert _next_call(calls, "Z", lambda call: reusable.get(call.order, 0), least) is calls[3]
+    assert _next_call(calls, "Z", lambda call: least - 1, least) is calls[2]  # priority
+    # The minimum is the model's: one that reuses from more tokens lets priority decide.
+    assert _next_call(calls, "Z", lambda call: reusable.get(call.order, 0), 100) is calls[2]
 
 
 # Batched calls: optimized calls waiting together run as parallel sequences of one

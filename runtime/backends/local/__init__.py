@@ -25,14 +25,12 @@ waiting call runs next), `loading` (a model's slot, loading it, its prompt token
 from llmflow.runtime.backends.local import batch
 from llmflow.runtime.backends.local.backend import LocalBackend
 from llmflow.runtime.backends.local.files import cache_dir, find_model_file
-from llmflow.runtime.backends.local.queue import MIN_SHARED_PREFIX
 from llmflow.runtime.backends.local.states import DEFAULT_STATE_CACHE_MB
 from llmflow.runtime.backends.local.worker import DEFAULT_SEED
 
 __all__ = [
     "DEFAULT_SEED",
     "DEFAULT_STATE_CACHE_MB",
-    "MIN_SHARED_PREFIX",
     "LocalBackend",
     "batch",
     "cache_dir",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from llmflow.compiler import prefix_reuse
 from llmflow.compiler.models import LOCAL_MODELS, ModelSpec, local_context
 from llmflow.runtime.backends.base import BackendError, GenerationRequest
 from llmflow.runtime.backends.kinds import local_settings
@@ -61,6 +63,15 @@ class _Model:
     last_group: str | None = None
     group_prompts: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
     """The last prompt served of each recent group, to find what the group shares."""
+
+    @property
+    def reuse_min_tokens(self) -> float:
+        """The fewest shared tokens worth reordering calls, restoring or saving a state,
+        or batching calls for: what the model's kind declares (`prefix_reuse.min_tokens`,
+        64 for the embedded engine), the figure plans count cached tokens from. A spec
+        that declares none reuses no saved state (only what llama.cpp keeps itself)."""
+        least = prefix_reuse.min_tokens(self.spec)
+        return math.inf if least is None else least
 
 
 def _load(model: _Model) -> Llama:

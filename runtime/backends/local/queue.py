@@ -12,9 +12,6 @@ from llama_cpp import LlamaGrammar
 
 from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest
 
-MIN_SHARED_PREFIX = 64
-"""Fewer common tokens than this do not justify reordering calls or restoring a state."""
-
 
 @dataclass(eq=False)
 class _Call:
@@ -38,12 +35,16 @@ class _Call:
 
 
 def _next_call(
-    waiting: Sequence[_Call], last_group: str | None, reusable: Callable[[_Call], int]
+    waiting: Sequence[_Call],
+    last_group: str | None,
+    reusable: Callable[[_Call], int],
+    least: float,
 ) -> _Call:
     """The call a free model serves next.
 
     (a) The call whose prompt has the longest prefix already in the context or a saved
-    state (`reusable`), if at least MIN_SHARED_PREFIX tokens, so shared text is evaluated
+    state (`reusable`), if at least `least` tokens (the model's reuse minimum, `_Model.
+    reuse_min_tokens`: fewer do not justify reordering calls), so shared text is evaluated
     once; else (b) one of the group just served, so a group runs back to back; else
     (c) the highest priority. Ties, and queues of -O0 calls only, go first come first
     served. A long group can delay other calls: the optimizer made it a group to finish
@@ -57,7 +58,7 @@ def _next_call(
 
     lengths = {call: reusable(call) for call in waiting}
     best = max(waiting, key=lambda call: (lengths[call], *urgency(call)))
-    if lengths[best] >= MIN_SHARED_PREFIX:
+    if lengths[best] >= least:
         return best
     same = [c for c in waiting if last_group is not None and c.request.group == last_group]
     if same:

@@ -18,7 +18,7 @@ from llama_cpp import Llama, StoppingCriteriaList
 from llmflow.runtime.backends.base import BackendError, Generation
 from llmflow.runtime.backends.local import batch
 from llmflow.runtime.backends.local.loading import _load, _Model, _prompt_tokens
-from llmflow.runtime.backends.local.queue import MIN_SHARED_PREFIX, _Call, _next_call
+from llmflow.runtime.backends.local.queue import _Call, _next_call
 from llmflow.runtime.backends.local.states import (
     _common_prefix,
     _restore,
@@ -95,7 +95,7 @@ class _Worker:
 
         The call's prefix goes into the context as for a call alone (`_prefill`: saved
         states, save points); then the waiting optimized calls sharing at least
-        MIN_SHARED_PREFIX tokens with the context join it as parallel sequences. Each
+        `reuse_min_tokens` with the context join it as parallel sequences. Each
         result is handed over as soon as its call finishes.
         """
         started = time.perf_counter()
@@ -144,8 +144,8 @@ class _Worker:
                 _settle(c, error=_failure(model, error))
 
     def _companions(self, model: _Model, llm: Llama, room: int) -> list[tuple[_Call, int, int]]:
-        """Dequeue the waiting optimized calls that share at least MIN_SHARED_PREFIX
-        tokens with the context, longest share first, as many as the context has
+        """Dequeue the waiting optimized calls that share at least the model's
+        `reuse_min_tokens` with the context, longest share first, as many as the context has
         sequences and KV cells (`room`) for; each with its shared length, twice (the
         tokens it starts from, the tokens it reports as cached)."""
         with model.mutex:
@@ -157,7 +157,7 @@ class _Worker:
             except BackendError:
                 continue  # reported when the call is served alone
             shared = min(_common_prefix(llm._input_ids, tokens), len(tokens) - 1)
-            if shared >= MIN_SHARED_PREFIX:
+            if shared >= model.reuse_min_tokens:
                 shares.append((c, shared))
         shares.sort(key=lambda cs: (-cs[1], -cs[0].request.priority, cs[0].order))
         chosen = []
@@ -179,7 +179,12 @@ class _Worker:
             waiting = list(model.waiting)
         if not waiting:
             return None
-        call = _next_call(waiting, model.last_group, lambda c: self._reusable(model, llm, c))
+        call = _next_call(
+            waiting,
+            model.last_group,
+            lambda c: self._reusable(model, llm, c),
+            model.reuse_min_tokens,
+        )
         with model.mutex:
             if call not in model.waiting:
                 return None
@@ -237,7 +242,7 @@ class _Worker:
         evaluates the rest, always including the last prompt token (for its logits).
         An -O0 call gets only that reuse of the previous call's prefix. An optimized call
         (one with a group or a priority) first restores a saved state if it beats the
-        context by MIN_SHARED_PREFIX tokens, then evaluates the rest of its prompt in
+        context by the model's `reuse_min_tokens`, then evaluates the rest of its prompt in
         steps, saving the state where it stops sharing with its group and before its
         last token, so later calls find their prefix even if other prompts ran between.
         """
@@ -247,8 +252,9 @@ class _Worker:
         if call.fifo:
             return min(reused, last)
         name = model.spec.name
+        least = model.reuse_min_tokens
         state, in_state = self.states.longest(name, tokens)
-        if state is not None and in_state >= reused + MIN_SHARED_PREFIX:
+        if state is not None and in_state >= reused + least:
             if _restore(llm, state):
                 self.states.touch(state)
                 reused = in_state
@@ -266,12 +272,12 @@ class _Worker:
             if len(model.group_prompts) > _GROUP_HISTORY:
                 model.group_prompts.popitem(last=False)
             points.insert(0, shared)
-            if siblings and shared >= MIN_SHARED_PREFIX and last - shared < 2 * MIN_SHARED_PREFIX:
+            if siblings and shared >= least and last - shared < 2 * least:
                 # A short tail after the group's prefix is cheaper evaluated in the batch
                 # with the waiting siblings'. A call alone keeps its whole prompt: the
                 # group's next call may extend it (a conversation, a growing transcript).
                 points.pop()
-        points = [p for p in points if p >= MIN_SHARED_PREFIX and p > max(in_state, reused)]
+        points = [p for p in points if p >= least and p > max(in_state, reused)]
         if not points:
             return reused
         if not _truncate(llm, reused):
