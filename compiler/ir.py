@@ -617,18 +617,23 @@ def _read_plan(data: str | bytes | Mapping[str, Any]) -> Plan:
             raise PlanError(f"plan JSON: not JSON: {err}") from None
     if not isinstance(data, Mapping):
         raise _fail(f"a {type(data).__name__}, not an object")
-    try:
-        check_json(data)
+    known = data.get("known", {})
+    try:  # each known value on its own: a value may nest as deep as any input may
+        check_json({k: v for k, v in data.items() if k != "known"})
     except InvalidValue as err:
         raise PlanError(f"plan JSON: {err}") from None
+    if not isinstance(known, Mapping):
+        raise _fail(f"a {type(known).__name__}, not an object", "known")
+    for key, value in known.items():
+        try:
+            check_json(value)
+        except InvalidValue as err:
+            raise _fail(str(err), "known", key) from None
     fields = {k: v for k, v in data.items() if k not in ("graph", "known", "known_nodes")}
     plan = _validated(Plan, {**fields, "graph": Graph()})
     if "graph" not in data:
         raise _fail("missing", "graph")
     plan.graph = _read_graphs(data["graph"])
-    known = data.get("known", {})
-    if not isinstance(known, Mapping):
-        raise _fail(f"a {type(known).__name__}, not an object", "known")
     plan.known = dict(known)
     _check_references(plan)
     return plan
