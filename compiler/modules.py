@@ -46,6 +46,12 @@ class UnreadableSource(Exception):
 
 def read_source(path: str | os.PathLike[str]) -> str:
     """The text of a program file (a UTF-8 byte order mark dropped), or UnreadableSource."""
+    return decode_source(read_file(path, MAX_SOURCE_BYTES, "a program"))
+
+
+def read_file(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (`what` it is, for the
+    message), or UnreadableSource: never blocks on a FIFO or reads a device forever."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
@@ -55,7 +61,7 @@ def read_source(path: str | os.PathLike[str]) -> str:
     except OSError as err:
         raise UnreadableSource(f"cannot read it: {err.strerror or err}") from None
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SOURCE_BYTES:
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
         os.close(fd)
         if stat.S_ISDIR(info.st_mode):
             raise UnreadableSource("not a file: it is a directory")
@@ -63,15 +69,15 @@ def read_source(path: str | os.PathLike[str]) -> str:
             raise UnreadableSource(
                 "not a regular file: a FIFO, socket or device could block or never end"
             )
-        raise UnreadableSource(_too_big(info.st_size))
+        raise UnreadableSource(_too_big(info.st_size, limit, what))
     with os.fdopen(fd, "rb") as file:
         try:
-            data = file.read(MAX_SOURCE_BYTES + 1)
+            data = file.read(limit + 1)
         except OSError as err:
             raise UnreadableSource(f"cannot read it: {err.strerror or err}") from None
-    if len(data) > MAX_SOURCE_BYTES:
-        raise UnreadableSource(_too_big(len(data)))
-    return decode_source(data)
+    if len(data) > limit:
+        raise UnreadableSource(_too_big(len(data), limit, what))
+    return data
 
 
 def decode_source(data: bytes) -> str:
@@ -102,8 +108,8 @@ def decode_source(data: bytes) -> str:
         ) from None
 
 
-def _too_big(size: int) -> str:
-    return f"too big: {size:,} bytes; a program is at most {MAX_SOURCE_BYTES:,} bytes (8 MiB)"
+def _too_big(size: int, limit: int, what: str) -> str:
+    return f"too big: {size:,} bytes; {what} is at most {limit:,} bytes ({limit >> 20} MiB)"
 
 
 def stdlib_modules() -> list[str]:

@@ -7,7 +7,8 @@ import os
 from typing import TYPE_CHECKING, Any, Literal
 
 from llmflow.compiler import compile_file
-from llmflow.compiler.ir import Plan
+from llmflow.compiler.ir import Plan, PlanError
+from llmflow.compiler.modules import UnreadableSource, read_file
 from llmflow.compiler.optimizer import optimize as run_optimizer
 from llmflow.errors import LLMFlowError, RunError
 from llmflow.runtime.backends.base import Backend
@@ -37,6 +38,10 @@ def compile(  # noqa: A001
 ) -> Plan:
     """Parse, check, lower and optimize a program; raises CompileError with every error.
 
+    A path ending in `.json` is a saved plan (`llmflow plan --json`, `Plan.to_json`): it
+    is loaded as it was saved, decisions and edits included, and not optimized again
+    (PlanError if it is not a plan).
+
     Given a Plan instead of a path (one compiled with `optimize=False`), optimize it:
     so a caller can read the flow's input types before it binds the inputs the
     optimizer should know. Inputs given here are known to the optimizer: map sizes,
@@ -46,12 +51,38 @@ def compile(  # noqa: A001
         if flow is not None and flow != program.flow:
             raise LLMFlowError(f"this plan is of flow {program.flow!r}, not {flow!r}")
         plan = program
+    elif is_saved_plan(program):
+        plan = load_plan(program)
+        if flow is not None and flow != plan.flow:
+            raise LLMFlowError(f"{program}: this plan is of flow {plan.flow!r}, not {flow!r}")
+        return plan
     else:
         plan = compile_file(program, flow)
     if optimize:
         known = bind_inputs(plan, inputs, partial=True) if inputs else None
         plan = run_optimizer(plan, inputs=known, objective=objective, budget=budget)
     return plan
+
+
+MAX_PLAN_BYTES = 256 * 2**20
+"""Largest saved plan read (256 MiB): a 10,000-call plan takes a few tens of MiB."""
+
+
+def is_saved_plan(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).endswith(".json")
+
+
+def load_plan(path: str | os.PathLike[str]) -> Plan:
+    """A plan saved as JSON, ready to run without its source; PlanError (naming the
+    file, and the JSON path of what is wrong) for anything else."""
+    try:
+        data = read_file(path, MAX_PLAN_BYTES, "a saved plan")
+    except UnreadableSource as err:
+        raise PlanError(f"{os.fspath(path)}: {err}") from None
+    try:
+        return Plan.from_json(data)
+    except PlanError as err:
+        raise PlanError(f"{os.fspath(path)}: {err}") from None
 
 
 async def run_async(
@@ -91,7 +122,8 @@ def run(
     inputs: dict[str, Any] | None = None,
     backend: Backend | None = None,
 ) -> dict[str, Any]:
-    """Compile (if given a path) and run a program; returns its outputs.
+    """Compile (if given a path; a saved plan's `.json` is loaded) and run a program;
+    returns its outputs.
 
     Raises CompileError, InputError, or RunError (which keeps the outputs computed and
     renders each failure at the call that failed); every error is an LLMFlowError."""

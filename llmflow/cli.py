@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow.api import Session, bind_inputs, compile, quoted_name
+from llmflow.api import Session, bind_inputs, compile, is_saved_plan, quoted_name
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.check import MAX_SEED
@@ -238,8 +238,8 @@ def _optimizer_options(sub: argparse.ArgumentParser) -> None:
 
 
 def load_program(program: str, flow: str | None) -> Plan:
-    """The plan a command's PROGRAM argument names, not optimized yet: a `.llmflow`
-    file compiled (where a saved plan could be loaded instead)."""
+    """The plan a command's PROGRAM argument names: a `.llmflow` file compiled, not
+    optimized yet, or a saved plan's `.json` as it was saved."""
     return compile(program, flow, optimize=False)
 
 
@@ -253,7 +253,7 @@ def _compile(
         inputs = bind_inputs(plan, recorded)
     else:
         inputs = parse_inputs(plan, args.input, partial=partial)
-    if args.level > 0:
+    if args.level > 0 and not is_saved_plan(args.program):  # a saved plan runs as saved
         plan = compile(plan, inputs=inputs, objective=args.objective, budget=args.budget)
     return plan, inputs
 
