@@ -1,7 +1,7 @@
 """llmflow: compile programs that call several LLMs into a plan, then run it."""
 
 from llmflow.api import bind_inputs, compile, run, run_async
-from llmflow.compiler.ir import Plan
+from llmflow.compiler.ir import Plan, PlanError
 from llmflow.errors import CompileError, InputError, LLMFlowError, RunError
 from llmflow.runtime.session import Session
 
@@ -10,6 +10,7 @@ __all__ = [
     "InputError",
     "LLMFlowError",
     "Plan",
+    "PlanError",
     "RunError",
     "Session",
     "bind_inputs",

@@ -8,7 +8,10 @@
     │   ├── RetriesExhausted    it kept failing (runtime.retry)
     │   └── BudgetExceeded      a call the budget could not pay (runtime.budget)
     ├── NodeFailed          one node's failure, as RunError and RunResult list them
-    ├── UnknownPrice        a budget without a model's price (compiler.optimizer.costs)
+    ├── UnknownPrice        a budget without a model's price (compiler.prices)
+    ├── UnknownOption       an optimizer option no pass takes (compiler.optimizer)
+    ├── PlanError           a saved plan's JSON that is not a plan (compiler.ir)
+    ├── PluginError         a backend plugin that cannot be loaded (runtime.backends.registry)
     ├── StoreError          a run folder, journal or cache that cannot be used
     └── TraceError, DrawError   a trace or picture that cannot be drawn
 
