@@ -142,11 +142,6 @@ class BackendKind:
         "declaration", "llmflow.toml"). The embedded engine caps it."""
         return context, source
 
-    def estimate_tokens(self, text: str) -> int | None:
-        """The kind's own count of `text` in tokens, if it knows one better than the
-        shared estimate (`compiler/tokens.py`) without loading a model; None: it does not."""
-        return None
-
     def check(self, spec: ModelSpec) -> None:
         """Fail before a run starts if `spec` cannot be reached (a missing key, no
         address); raise `BackendError` with a message the user can act on."""
