@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,10 +124,11 @@ class Scheduler:
         """Every sampled call's seed derives from it and the call's place."""
         self.on_event = on_event or (lambda _kind, _node, _info: None)
         self.calls: list[CallStats] = []
-        self._unfinished: set[asyncio.Task[Any]] = set()
-        """Tasks still running, so the run can let them finish. A finished task is
-        dropped from it: a node's value lives as long as its frame (a loop iteration, a
-        map item) or a reader needs it, not for the whole run."""
+        self._unfinished: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        """Tasks that may still run, so the run can let them finish. Held weakly: a
+        node's value lives as long as its frame (a loop iteration, a map item) or a
+        reader needs it, not for the whole run (a done callback per task to drop it
+        would cost an event-loop callback per node)."""
         self._externs: dict[str, Callable[..., Any]] = {}
         self._groups = {call: group for group in plan.groups for call in group.calls}
         self._readers: dict[int, dict[str, int]] = {}
@@ -140,8 +142,8 @@ class Scheduler:
             *(self._get(frame, self.plan.graph.outputs[n]) for n in names), return_exceptions=True
         )
         # Let everything still in flight finish, so no computed value is lost.
-        while self._unfinished:
-            await asyncio.gather(*self._unfinished, return_exceptions=True)
+        while pending := [task for task in self._unfinished if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
         outputs: dict[str, Any] = {}
         failures: dict[int, NodeFailed] = {}
         for name, result in zip(names, results, strict=True):
@@ -167,7 +169,6 @@ class Scheduler:
             task = asyncio.ensure_future(self._node(frame, node))
             frame.tasks[node_id] = task
             self._unfinished.add(task)
-            task.add_done_callback(self._unfinished.discard)
         return task
 
     async def _node(self, frame: _Frame, node: IRNode) -> Any:
