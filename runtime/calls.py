@@ -33,6 +33,9 @@ SEED_LIMIT = 2**31
 """Seeds sent are below this: every server and llama.cpp (a uint32, with 2**32 - 1
 meaning "random") takes them."""
 
+RowId = str | int
+"""A dataset row's id: its id column's value, else its line number."""
+
 Place = tuple[str | int, ...]
 """Where a call runs: for each map or loop around it, that node and the item or iteration
 index, then the call's own node (`("n4", 2, "n7")`: n7 in the third item of map n4)."""
@@ -51,6 +54,11 @@ class RunSeed:
     @classmethod
     def draw(cls) -> RunSeed:
         return cls(random.randrange(SEED_LIMIT), chosen=False)
+
+    def for_row(self, row: RowId) -> RunSeed:
+        """A dataset row's seed: derived from this one and the row's id, so rows sample
+        apart and a resumed row samples (and so finds in the journal) what it did."""
+        return RunSeed(derive_seed(self.value, ("row", row), ""), self.chosen)
 
 
 def derive_seed(base: int, place: Place, output: str) -> int:
@@ -73,6 +81,8 @@ class CallStats(BaseModel):
     model: str
     node: str = ""
     group: str | None = None
+    row: RowId | None = None
+    """The dataset row whose run made the call (`Session.run_many`)."""
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0

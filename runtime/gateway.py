@@ -20,6 +20,7 @@ from llmflow.runtime import secrets
 from llmflow.runtime.backends.base import Backend, BackendError, Generation, GenerationRequest
 from llmflow.runtime.budget import Budget, Reservation
 from llmflow.runtime.cache import ResponseCache, deterministic, request_key
+from llmflow.runtime.calls import RowId
 from llmflow.runtime.journal import Journal
 from llmflow.runtime.limits import Limiter
 from llmflow.runtime.retry import RetriesExhausted, RetryPolicy
@@ -63,11 +64,13 @@ class Gateway:
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limiters: dict[str, Limiter] | None = None,
+        row: RowId | None = None,
     ) -> None:
         self.backend = backend
         self.models = models
         self.cache = cache
         self.journal = journal
+        self.row = row
         self.budget = budget
         self.policy = policy or RetryPolicy()
         self.sleep = sleep
@@ -86,7 +89,7 @@ class Gateway:
         if self.cache and deterministic(request) and (answer := self.cache.get(key)):
             answer = answer.model_copy(update={"source": "cache", **replayed})
             if self.journal:  # at $0: a resumed run counts the journal's dollars as spent
-                self.journal.record(key, answer)
+                self.journal.record(key, answer, self.row)
             return answer
         count = getattr(self.backend, "count_tokens", None)  # the model's own tokenizer
         exact: int | None = count(request) if count is not None else None
@@ -103,7 +106,7 @@ class Gateway:
         stored = self.journal or self.cache
         recorded = answer.model_copy(update={"retries": 0, "events": []}) if stored else answer
         if self.journal:
-            self.journal.record(key, recorded)
+            self.journal.record(key, recorded, self.row)
         if self.cache and deterministic(request):
             self.cache.put(key, recorded)
         return answer

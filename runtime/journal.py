@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llmflow.runtime.backends.base import Generation
+from llmflow.runtime.calls import RowId
 from llmflow.runtime.store import JsonLines, read_json_lines
 
 
@@ -76,8 +77,13 @@ class Journal:
         queue = self._replay.get(key)
         return queue.popleft() if queue else None
 
-    def record(self, key: str, generation: Generation) -> None:
-        self._out.write({"key": key, "generation": generation.model_dump(mode="json")})
+    def record(self, key: str, generation: Generation, row: RowId | None = None) -> None:
+        """Write an answer down; `row`: the dataset row that asked (an executor that
+        replays row by row finds a row's answers by it)."""
+        entry: dict[str, Any] = {"key": key, "generation": generation.model_dump(mode="json")}
+        if row is not None:
+            entry["row"] = row
+        self._out.write(entry)
 
     def close(self) -> None:
         self._out.close()

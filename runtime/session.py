@@ -18,7 +18,7 @@ Like httpx's `Client`, the object is small and each concern stays in its own mod
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +32,7 @@ from llmflow.runtime.backends import Router
 from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
-from llmflow.runtime.calls import CallStats, RunSeed
+from llmflow.runtime.calls import CallStats, RowId, RunSeed
 from llmflow.runtime.gateway import Gateway
 from llmflow.runtime.inputs import bind_inputs
 from llmflow.runtime.journal import Journal
@@ -88,7 +88,9 @@ class Session:
     their journal and trace to unless `run` names another; a journal already there is
     replayed (resume), and its answers count as spent. `retry`: the retry policy.
     `otel`: also export each call as an OpenTelemetry span through this provider (shut
-    down when the session closes)."""
+    down when the session closes). `limiter_for`: the limiter of a model name (given
+    its declaration), instead of one per name and limits in this process: an executor
+    spanning processes passes limiters that hold its limits across all of them."""
 
     def __init__(
         self,
@@ -99,6 +101,7 @@ class Session:
         run_dir: RunDir | None = None,
         retry: RetryPolicy | None = None,
         otel: TracerProvider | None = None,
+        limiter_for: Callable[[str, ModelSpec], Limiter] | None = None,
     ) -> None:
         self.backend = backend
         self.budget = Budget(budget) if isinstance(budget, int | float) else budget
@@ -106,6 +109,7 @@ class Session:
         self.run_dir = run_dir
         self.retry = retry or RetryPolicy()
         self.otel = otel
+        self._limiter_for = limiter_for
         self._pools: list[_Pool] = []
         self._routers: list[Router] = []
         self._writers: dict[Path, _Writers] = {}
@@ -140,13 +144,17 @@ class Session:
         on_event: Event | None = None,
         seed: int | RunSeed | None = None,
         run_dir: RunDir | None = None,
+        row: RowId | None = None,
+        journal: Journal | None = None,
     ) -> RunResult:
         """Run a plan; failed nodes are in the result, next to every output that
         succeeded. The inputs are checked first (InputError names every problem), and
         then the plan (`check`): nothing is sent or written for a run that cannot start.
         `seed`: the run's seed, from which each sampled call's seed derives (default:
         drawn at random, in the result's `seed`): the same seed samples the same answers.
-        `run_dir`: this run's folder, instead of the session's."""
+        `run_dir`: this run's folder, instead of the session's. `row`: the dataset row
+        this run is (`run_many`): its calls' trace records and journal lines say so.
+        `journal`: answer from and record into this journal instead of the folder's."""
         if self._closed:
             raise LLMFlowError("this session is closed: open a new one")
         bound = bind_inputs(plan, inputs)
@@ -154,6 +162,8 @@ class Session:
         pool = self._pool(plan)
         folder = run_dir or self.run_dir
         writers = self._writers_for(folder) if folder else None
+        if journal is None and writers is not None:
+            journal = writers.journal
         self._models.update(plan.models)
         if self.otel is not None and self._spans is None:
             self._spans = SpanWriter(self.otel, self._models)
@@ -161,7 +171,8 @@ class Session:
             pool.backend,
             plan.models,
             cache=self.cache,
-            journal=writers.journal if writers else None,
+            journal=journal,
+            row=row,
             budget=self.budget,
             policy=self.retry,
             limiters={name: self._limiter(name, spec) for name, spec in plan.models.items()},
@@ -171,6 +182,7 @@ class Session:
         def event(kind: str, node: IRNode, info: dict[str, Any]) -> None:
             stats: CallStats | None = info.get("stats")
             if stats is not None:
+                stats.row = row
                 if writers:
                     writers.trace.write(stats)
                 if spans:
@@ -232,6 +244,8 @@ class Session:
         runs of one plan, or of two plans declaring the model's limits alike, share its
         concurrency and its per-minute windows (a run declaring other limits for the name
         starts a limiter of its own)."""
+        if self._limiter_for is not None:
+            return self._limiter_for(name, spec)
         key = (name, spec.limits.model_dump_json())
         known = self._limiters.get(key)
         if known is None:

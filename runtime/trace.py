@@ -42,6 +42,7 @@ def call_record(stats: CallStats, spec: ModelSpec) -> dict[str, Any]:
         "llmflow.cache_hit": stats.cache_hits > 0,
         "llmflow.journal_hit": stats.journal_hits > 0,
         "llmflow.group": stats.group,
+        "llmflow.row": stats.row,
         "llmflow.seeds": dict(stats.seeds) or None,
         "llmflow.status": "error" if stats.error else "ok",
         "error.type": redact(stats.error) if stats.error else None,
