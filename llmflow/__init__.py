@@ -1,8 +1,9 @@
 """llmflow: compile programs that call several LLMs into a plan, then run it."""
 
-from llmflow.api import bind_inputs, compile, run, run_async
+from llmflow.api import bind_inputs, compile, run, run_async, run_batch, run_batch_sync
 from llmflow.compiler.ir import Plan, PlanError
 from llmflow.errors import CompileError, InputError, LLMFlowError, RunError
+from llmflow.runtime.batch import RowResult
 from llmflow.runtime.session import Session
 
 __all__ = [
@@ -11,10 +12,13 @@ __all__ = [
     "LLMFlowError",
     "Plan",
     "PlanError",
+    "RowResult",
     "RunError",
     "Session",
     "bind_inputs",
     "compile",
     "run",
     "run_async",
+    "run_batch",
+    "run_batch_sync",
 ]

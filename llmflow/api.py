@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 from llmflow.compiler import compile_file
@@ -12,11 +14,13 @@ from llmflow.compiler.modules import UnreadableSource, read_file
 from llmflow.compiler.optimizer import optimize as run_optimizer
 from llmflow.errors import LLMFlowError, RunError
 from llmflow.runtime.backends.base import Backend
+from llmflow.runtime.batch import DEFAULT_IN_FLIGHT, RowResult
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.inputs import bind_inputs, quoted_name
 from llmflow.runtime.retry import RetryPolicy
+from llmflow.runtime.rows import bind_rows
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import Event, RunResult
 from llmflow.runtime.session import Session
@@ -24,7 +28,16 @@ from llmflow.runtime.session import Session
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
-__all__ = ["Session", "bind_inputs", "compile", "quoted_name", "run", "run_async"]
+__all__ = [
+    "Session",
+    "bind_inputs",
+    "compile",
+    "quoted_name",
+    "run",
+    "run_async",
+    "run_batch",
+    "run_batch_sync",
+]
 
 
 def compile(  # noqa: A001
@@ -115,6 +128,64 @@ async def run_async(
     )
     async with session:
         return await session.run(plan, inputs, on_event=on_event, seed=seed)
+
+
+async def run_batch(
+    program: Plan | str | os.PathLike[str],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    constants: Mapping[str, Any] | None = None,
+    id_column: str | None = None,
+    in_flight: int = DEFAULT_IN_FLIGHT,
+    backend: Backend | None = None,
+    budget: float | Budget | None = None,
+    cache: ResponseCache | None = None,
+    run_dir: RunDir | None = None,
+    retry: RetryPolicy | None = None,
+    seed: int | RunSeed | None = None,
+) -> AsyncIterator[RowResult]:
+    """Run a program once per row, `in_flight` rows at a time in one Session, and yield
+    each row's `RowResult` as it finishes (completion order: its `id` says which row,
+    the `id_column` field's value or else the row's position, from 1). Rows are taken
+    from the iterable only as rows finish, so a generator can stream a large dataset. A
+    row's fields are the flow's inputs (others are ignored), `constants` are given to
+    every row; a row that does not fit the flow's inputs, or whose run fails, is a result
+    with its `error`, and the others go on. A path is compiled once, knowing the
+    constants; a Plan runs as given. Other options as for `run_async`."""
+    plan = program if isinstance(program, Plan) else compile(program, inputs=dict(constants or {}))
+    records = (
+        (position, dict(row), None)
+        if isinstance(row, Mapping)
+        else (position, {}, f"a row is a dict of input values, not a {type(row).__name__}")
+        for position, row in enumerate(rows, 1)
+    )
+    source = bind_rows(plan, records, id_column=id_column, constants=constants)
+    run_seed = RunSeed(seed) if isinstance(seed, int) else seed
+    session = Session(backend=backend, budget=budget, cache=cache, run_dir=run_dir, retry=retry)
+    async with session:
+        async for result in session.run_many(plan, source, in_flight=in_flight, seed=run_seed):
+            yield result
+
+
+def run_batch_sync(
+    program: Plan | str | os.PathLike[str],
+    rows: Iterable[Mapping[str, Any]],
+    **options: Any,
+) -> list[RowResult]:
+    """`run_batch` for a script or a notebook: every row's result, in the rows' order.
+    Where an event loop is running already (a notebook) it runs in a thread of its own."""
+
+    async def collect() -> list[RowResult]:
+        return [result async for result in run_batch(program, rows, **options)]
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        results = asyncio.run(collect())
+    else:
+        with ThreadPoolExecutor(1) as pool:
+            results = pool.submit(asyncio.run, collect()).result()
+    return sorted(results, key=lambda result: result.line)
 
 
 def run(

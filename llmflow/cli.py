@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmflow import cli_dataset
 from llmflow.api import Session, bind_inputs, compile, is_saved_plan, quoted_name
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
@@ -27,24 +28,26 @@ from llmflow.compiler.check import MAX_SEED
 from llmflow.compiler.diagnostics import render_run
 from llmflow.compiler.ir import IRNode, LLMNode, Plan
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
-from llmflow.compiler.types import EnumT, Prim, Type
+from llmflow.compiler.types import Type
 from llmflow.errors import CompileError, LLMFlowError
 from llmflow.runtime import runs, secrets
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import RunSeed
+from llmflow.runtime.inputs import value_from_text
 from llmflow.runtime.journal import read_journal
 from llmflow.runtime.otel import otlp_provider
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import RunResult
-from llmflow.runtime.secrets import clip, redact
+from llmflow.runtime.secrets import redact
 from llmflow.runtime.session import check_plan
 from llmflow.runtime.stats import ModelStats, call_count, model_stats
 from llmflow.runtime.trace import read_trace
-from llmflow.runtime.values import InvalidValue, check_json, parse_json
+from llmflow.runtime.values import InvalidValue, check_json
 
 EXAMPLES = {
     "run": "llmflow run examples/hello.llmflow -i name=Ada\n"
+    "  llmflow run examples/hello.llmflow --inputs names.jsonl --output greetings.jsonl\n"
     "  llmflow run examples/qa_over_doc.llmflow -i doc=@paper.txt \\\n"
     '      -i \'questions=["Who?", "When?"]\' --json',
     "check": "llmflow check examples/*.llmflow",
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         help="continue a run that stopped (its id, or `last`): finished calls are not sent again",
     )
     _optimizer_options(run)
+    cli_dataset.add_options(run)
 
     check = command("check", "Check programs and report every error in them.")
     check.add_argument("programs", nargs="+", metavar="program")
@@ -340,13 +344,7 @@ def _input_value(who: str, t: Type | None, raw: str) -> Any:
             code = ord(text[err.start])
             what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
             raise InvalidValue(f"{who} is not UTF-8 text ({what} at offset {offset})") from None
-    if t is None or t == Prim(name="str") or isinstance(t, EnumT):
-        return text
-    try:
-        return parse_json(text)
-    except InvalidValue as err:
-        shown = clip(text, 60).encode("utf-8", "backslashreplace").decode("utf-8")
-        raise InvalidValue(f"{who} expects {t} written as JSON: {err} in {shown!r}") from None
+    return value_from_text(who, t, text)
 
 
 def _read_input_file(who: str, path: Path) -> str:
@@ -441,6 +439,15 @@ class _Progress:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.inputs is not None or (args.resume and cli_dataset.is_dataset_run(args.resume)):
+        return cli_dataset.run_dataset(args)
+    for option in ("output", "id", "limit", "max_failures", "ray_address", "ray_workers"):
+        if getattr(args, option) is not None:
+            raise LLMFlowError(f"--{option.replace('_', '-')} is for dataset runs: give --inputs")
+    if args.map or args.retry_failed or args.executor != "local":
+        raise LLMFlowError(
+            "--map, --retry-failed and --executor are for dataset runs: give --inputs"
+        )
     resumed, recorded = _resumed_run(args)
     unanswered = _resumed_budget(args, recorded)
     plan, inputs = _compile(args, partial=False, recorded=recorded["inputs"] if recorded else None)

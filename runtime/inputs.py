@@ -9,8 +9,10 @@ from typing import Any
 
 from llmflow.compiler.diagnostics import did_you_mean
 from llmflow.compiler.ir import Plan
+from llmflow.compiler.types import EnumT, Prim, Type
 from llmflow.errors import InputError
-from llmflow.runtime.values import InvalidValue, validate
+from llmflow.runtime.secrets import clip
+from llmflow.runtime.values import InvalidValue, parse_json, validate
 
 
 def bind_inputs(
@@ -61,3 +63,16 @@ def quoted_name(name: object, limit: int = 60) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return "'" + text.encode("utf-8", "backslashreplace").decode("utf-8") + "'"
+
+
+def value_from_text(who: str, t: Type | None, text: str) -> Any:
+    """An input written as text (`-i NAME=VALUE`, a CSV cell): the text itself for `str`
+    and enum inputs (and unknown names, reported later), JSON for the others. Problems
+    are InvalidValue, naming `who`."""
+    if t is None or t == Prim(name="str") or isinstance(t, EnumT):
+        return text
+    try:
+        return parse_json(text)
+    except InvalidValue as err:
+        shown = clip(text, 60).encode("utf-8", "backslashreplace").decode("utf-8")
+        raise InvalidValue(f"{who} expects {t} written as JSON: {err} in {shown!r}") from None

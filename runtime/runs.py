@@ -113,6 +113,22 @@ class RunDir:
         hint = f"; recent runs: {', '.join(known[-3:])}" if known else ""
         raise StoreError(f"no run '{ref}' in {runs}{hint}")
 
+    @classmethod
+    def of_output(cls, output: Path, root: Path | None = None) -> RunDir | None:
+        """The latest dataset run that wrote this results file (its record names it),
+        if any: running again with the same `--output` resumes it."""
+        runs = (root or home()) / "runs"
+        wanted = str(output.resolve())
+        for name in reversed(_runs_in(runs)):
+            run = cls(runs / name)
+            try:
+                dataset = run.read_meta().get("dataset")
+            except StoreError:
+                continue  # a broken record is no one's results file
+            if isinstance(dataset, dict) and dataset.get("output") == wanted:
+                return run
+        return None
+
     @property
     def journal(self) -> Path:
         return self.path / "journal.jsonl"

@@ -18,7 +18,7 @@ Like httpx's `Client`, the object is small and each concern stays in its own mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +30,7 @@ from llmflow.compiler.prices import check_priced
 from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends import Router
 from llmflow.runtime.backends.base import Backend
+from llmflow.runtime.batch import DEFAULT_IN_FLIGHT, RowResult, run_rows
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import CallStats, RowId, RunSeed
@@ -39,6 +40,7 @@ from llmflow.runtime.journal import Journal
 from llmflow.runtime.limits import Limiter
 from llmflow.runtime.otel import SpanWriter
 from llmflow.runtime.retry import RetryPolicy
+from llmflow.runtime.rows import Row
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.scheduler import Event, NodeFailed, RunResult, Scheduler
 from llmflow.runtime.trace import TraceWriter
@@ -146,6 +148,7 @@ class Session:
         run_dir: RunDir | None = None,
         row: RowId | None = None,
         journal: Journal | None = None,
+        checked: bool = False,
     ) -> RunResult:
         """Run a plan; failed nodes are in the result, next to every output that
         succeeded. The inputs are checked first (InputError names every problem), and
@@ -154,11 +157,13 @@ class Session:
         drawn at random, in the result's `seed`): the same seed samples the same answers.
         `run_dir`: this run's folder, instead of the session's. `row`: the dataset row
         this run is (`run_many`): its calls' trace records and journal lines say so.
-        `journal`: answer from and record into this journal instead of the folder's."""
+        `journal`: answer from and record into this journal instead of the folder's.
+        `checked`: the plan passed `check` in this session already (a dataset's rows)."""
         if self._closed:
             raise LLMFlowError("this session is closed: open a new one")
         bound = bind_inputs(plan, inputs)
-        self.check(plan)
+        if not checked:
+            self.check(plan)
         pool = self._pool(plan)
         folder = run_dir or self.run_dir
         writers = self._writers_for(folder) if folder else None
@@ -192,6 +197,28 @@ class Session:
 
         run_seed = RunSeed(seed) if isinstance(seed, int) else seed
         return _printable(plan, await Scheduler(plan, gateway, event, run_seed).run(bound))
+
+    def run_many(
+        self,
+        plan: Plan,
+        rows: Iterable[Row] | AsyncIterable[Row],
+        *,
+        in_flight: int = DEFAULT_IN_FLIGHT,
+        seed: RunSeed | None = None,
+        keep_calls: bool = False,
+        on_event: Event | None = None,
+    ) -> AsyncIterator[RowResult]:
+        """Run the plan once per row, `in_flight` rows at a time, yielding each row's
+        result as it finishes (`runtime.batch.run_rows`)."""
+        return run_rows(
+            self,
+            plan,
+            rows,
+            in_flight=in_flight,
+            seed=seed,
+            keep_calls=keep_calls,
+            on_event=on_event,
+        )
 
     async def aclose(self) -> None:
         """Close every backend the session created and every writer it opened, each even

@@ -31,6 +31,9 @@ class ScriptedBackend:
     delay: float = 0.0
     """Seconds each reply takes, so tests can see what runs concurrently."""
     served: list[Served] = field(default_factory=list)
+    """Every request, for a test to look at; not kept with `keep_served=False` (a
+    program's `scripted` models: a dataset of 100,000 rows must not grow memory)."""
+    keep_served: bool = True
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -47,7 +50,8 @@ class ScriptedBackend:
         finally:
             self.in_flight -= 1
         end = time.perf_counter()
-        self.served.append(Served(request, start, end))
+        if self.keep_served:
+            self.served.append(Served(request, start, end))
         if isinstance(reply, Generation):
             return reply
         prompt = "".join(t.text for t in request.turns)
@@ -78,4 +82,4 @@ def settings_script(models: dict[str, ModelSpec]) -> ScriptedBackend:
         lines = request.turns[-1].text.strip().splitlines() if request.turns else []
         return lines[-1] if lines else ""
 
-    return ScriptedBackend(script)
+    return ScriptedBackend(script, keep_served=False)
