@@ -13,6 +13,12 @@ streams, so each fault is exact. Everything is deterministic:
 - Service time: `latency + prefill * uncached prompt tokens + decode * output tokens`.
 - Faults: the first attempts of each (model, prompt) follow `fail_first`; after that a draw
   that depends only on (seed, model, prompt, attempt number), not on arrival order.
+- Rate limit, as a provider enforces it: with `rpm` (and/or `tpm`) set, a request whose
+  model already had `rpm` requests admitted in the last `window` seconds (or whose tokens,
+  prompt + max_tokens as OpenAI charges them up front, would pass `tpm`) is refused before
+  anything else happens to it: 429 with Retry-After (when enough of the window has slid
+  by), logged with fault "over_limit" (an injected 429 is "rate_limit"). A refused
+  request is not an attempt and uses none of the limit.
 - Log: one record per request (`RECORD_FIELDS`), written before its reply is sent.
 """
 
@@ -31,7 +37,7 @@ import signal
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -41,13 +47,16 @@ from typing import Any, Self, TextIO
 import h11
 
 __all__ = [
-    "FAULTS", "FaultServer", "PrefixCache", "ServerConfig", "ServerHandle", "count_tokens",
-    "default_answer", "schema_example", "start_server",
+    "FAULTS", "OVER_LIMIT", "FaultServer", "PrefixCache", "RateWindow", "ServerConfig",
+    "ServerHandle", "count_tokens", "default_answer", "schema_example", "start_server",
 ]  # fmt: skip
 
 FAULTS = (
     "rate_limit", "server_error", "unavailable", "hang", "drop", "malformed", "invalid_output",
 )  # fmt: skip
+OVER_LIMIT = "over_limit"
+"""The logged fault of a request refused by the declared rate limit (not in FAULTS: it is
+not drawn, it is earned)."""
 CHARS_PER_TOKEN = 4
 CHAT, COMPLETIONS, MODELS = "/v1/chat/completions", "/v1/completions", "/v1/models"
 RECORD_FIELDS = (
@@ -85,6 +94,9 @@ class ServerConfig:
     fail_first: list[str] = field(default_factory=list)  # faults of attempts 0, 1, ...
     hang_seconds: float = 3600.0
     retry_after: float = 1.0  # seconds, sent as Retry-After (rounded up) and retry-after-ms
+    rpm: int | None = None  # requests admitted per model per `window` seconds; None: no limit
+    tpm: int | None = None  # tokens (prompt + max_tokens) per model per `window`; None: none
+    window: float = 60.0  # seconds of the sliding rate-limit window
     api_key: str | None = field(default=None, repr=False)  # None: no authentication
     models: list[str] | None = None  # None: any model name is served
     log_path: str | Path | None = None  # JSONL, one record per request, flushed each
@@ -98,6 +110,14 @@ class ServerConfig:
             raise ValueError(f"unknown fault in fail_first: {', '.join(unknown)}")
         if self.block_size < 1 or self.cache_blocks < 0 or (self.slots or 1) < 1:
             raise ValueError("block_size and slots must be >= 1, cache_blocks >= 0")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"{name} must be a whole number >= 1 (or None: no limit)")
+        if isinstance(self.window, bool) or not isinstance(self.window, int | float):
+            raise ValueError("window must be a number of seconds")
+        if not 0 < self.window < math.inf:
+            raise ValueError("window must be a positive, finite number of seconds")
 
 
 def count_tokens(text: str) -> int:
@@ -289,6 +309,60 @@ def _prompt(path: str, body: dict[str, Any]) -> tuple[str, str]:
     return prompt, prompt
 
 
+class RateWindow:
+    """What one model admitted in the last `window` seconds: a sliding log of (arrival,
+    tokens), as providers count requests and tokens per minute."""
+
+    def __init__(self) -> None:
+        self._log: deque[tuple[float, int]] = deque()
+        self._tokens = 0
+
+    def admit(self, config: ServerConfig, now: float, tokens: int) -> tuple[str, float] | None:
+        """Count the request in and return None; or, if a limit would be broken, return
+        that limit ("requests" or "tokens") and the seconds until the request would fit
+        (inf: never), without counting it."""
+        while self._log and self._log[0][0] <= now - config.window:
+            self._tokens -= self._log.popleft()[1]
+        over: list[tuple[float, str]] = []
+        if config.rpm is not None and len(self._log) >= config.rpm:
+            over.append((self._log[len(self._log) - config.rpm][0] + config.window, "requests"))
+        if config.tpm is not None and self._tokens + tokens > config.tpm:
+            excess, free_at = self._tokens + tokens - config.tpm, math.inf
+            for stamp, spent in self._log if tokens <= config.tpm else ():
+                excess -= spent
+                if excess <= 0:
+                    free_at = stamp + config.window
+                    break
+            over.append((free_at, "tokens"))
+        if over:
+            free_at, which = max(over)
+            return which, max(free_at - now, 0.001)
+        self._log.append((now, tokens))
+        self._tokens += tokens
+        return None
+
+
+def _over_limit(config: ServerConfig, model: str, which: str, wait: float, tokens: int) -> _Reply:
+    """OpenAI's 429 for a rate limit: which limit, and when to retry (Retry-After)."""
+    limit = config.rpm if which == "requests" else config.tpm
+    if wait == math.inf:
+        message = (
+            f"Request too large for {model}: {tokens} tokens, over the limit of {limit} "
+            f"tokens per {config.window:g} s."
+        )
+        return _error(429, message, which, "rate_limit_exceeded")
+    message = (
+        f"Rate limit reached for {model} on {which} per {config.window:g} s: limit {limit}. "
+        f"Please try again in {wait:.3f}s."
+    )
+    reply = _error(429, message, which, "rate_limit_exceeded")
+    reply.headers += [
+        ("retry-after", str(math.ceil(wait))),
+        ("retry-after-ms", str(math.ceil(wait * 1000))),
+    ]
+    return reply
+
+
 def _choose_fault(config: ServerConfig, key: str, attempt: int) -> str | None:
     """`fail_first` for the first attempts, then a draw from (seed, key, attempt) only, so
     concurrent clients get the same faults whatever order their requests arrive in."""
@@ -315,6 +389,7 @@ class FaultServer:
         self._cache = PrefixCache(self.config.block_size, self.config.cache_blocks)
         self._slots = asyncio.Semaphore(self.config.slots) if self.config.slots else None
         self._attempts: dict[str, int] = {}
+        self._windows: defaultdict[str, RateWindow] = defaultdict(RateWindow)
         self._ids, self._conn_ids = itertools.count(1), itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -504,6 +579,12 @@ class FaultServer:
         body = _check_body(config, raw, record)
         prompt, source = _prompt(path, body)
         record.update(prompt_sha256=_sha256(prompt), prompt_tokens=count_tokens(prompt))
+        if config.rpm is not None or config.tpm is not None:
+            tokens = record["prompt_tokens"] + (record["max_tokens"] or 0)
+            window = self._windows[str(body.get("model"))]
+            if over := window.admit(config, record["arrival"], tokens):
+                record["fault"] = OVER_LIMIT
+                return _over_limit(config, str(body.get("model")), *over, tokens)
         key = f"{body.get('model')}\0{record['prompt_sha256']}"
         attempt = record["attempt"] = self._attempts.get(key, 0)
         self._attempts[key] = attempt + 1
@@ -675,7 +756,12 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "seed": (int, "seed of the fault draws"),
     **{name: (float, f"fraction of requests that get the {name} fault") for name in FAULTS},
     "hang_seconds": (float, "how long a hang lasts"),
-    "retry_after": (float, "seconds a 429 asks the client to wait"),
+    "retry_after": (float, "seconds an injected 429 asks the client to wait"),
+    "window": (float, "seconds of the rate-limit window (--rpm, --tpm)"),
+}
+_LIMIT_FLAGS = {
+    "rpm": "requests admitted per model per window; over it: 429 (default: no limit)",
+    "tpm": "tokens (prompt + max_tokens) per model per window (default: no limit)",
 }
 
 
@@ -685,13 +771,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m llmflow.runtime.testing.server",
         description="An OpenAI-compatible server on 127.0.0.1 that misbehaves on request.",
         epilog="example:\n  python -m llmflow.runtime.testing.server --latency 0.2 "
-        "--rate-limit 0.05 --log calls.jsonl",
+        "--rate-limit 0.05 --log calls.jsonl\n  python -m llmflow.runtime.testing.server "
+        "--latency 0.2 --rpm 600 --log calls.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for name, (kind, help_) in _FLAGS.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=kind, default=getattr(ServerConfig, name), help=help_)
     add = parser.add_argument
+    for name, help_ in _LIMIT_FLAGS.items():
+        add(f"--{name}", type=int, help=help_)
     add("--fail-first", default="", help="comma-separated faults of each prompt's first attempts")
     add("--models", help="comma-separated model names served (default: any)")
     add("--api-key", help="require 'Authorization: Bearer KEY'")
@@ -705,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             models=args["models"].split(",") if args["models"] else None,
             api_key=args["api_key"],
             partition_cache_by_key=args["partition_cache_by_key"],
+            **{name: args[name] for name in _LIMIT_FLAGS},
             log_path=args["log"],
         )
     except ValueError as exc:

@@ -21,7 +21,13 @@ import openai
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from llmflow.runtime.testing.server import FAULTS, ServerHandle, start_server
+from llmflow.runtime.testing.server import (
+    FAULTS,
+    RateWindow,
+    ServerConfig,
+    ServerHandle,
+    start_server,
+)
 
 
 def sha256(text: str) -> str:
@@ -205,6 +211,118 @@ def test_rate_limit_says_when_to_retry() -> None:
         assert second["arrival"] - first["finish"] >= 0.19
 
 
+def test_over_the_rpm_limit_a_429_says_when_and_the_log_tells_it_from_an_injected_one() -> None:
+    with start_server(rpm=3, window=30.0, fail_first=["rate_limit"]) as server:
+        errors = ask(server, "a", "b", "c", "d", "e")
+        assert all(isinstance(e, openai.RateLimitError) for e in errors)
+        # 3 admitted, each prompt's first attempt being an injected 429; 2 over the limit
+        faults = sorted(str(r["fault"]) for r in server.log)
+        assert faults == ["over_limit"] * 2 + ["rate_limit"] * 3
+        assert [r["status"] for r in server.log] == [429] * 5
+        over = [e for e in errors if "Rate limit reached for m on requests per 30 s" in e.message]
+        assert len(over) == 2
+        assert all(e.code == "rate_limit_exceeded" and e.type == "requests" for e in over)
+        assert all(29 <= int(e.response.headers["retry-after"]) <= 30 for e in over)
+        assert all(int(e.response.headers["retry-after-ms"]) <= 30_000 for e in over)
+    with start_server(rpm=2, window=30.0) as server:
+        assert all(not isinstance(r, Exception) for r in ask(server, "a", "b"))
+        [refused] = ask(server, "c")
+        assert isinstance(refused, openai.RateLimitError)
+        other = httpx2.post(
+            f"{server.url}/completions", json={"model": "other", "prompt": "c"}
+        )  # each model has its own window
+        assert other.status_code == 200
+        assert [r["fault"] for r in server.log][-2:] == ["over_limit", None]
+
+
+def test_raw_429_body_and_headers_and_the_window_slides() -> None:
+    with start_server(rpm=2, window=0.5) as server:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        url = f"{server.url}/chat/completions"
+        assert [httpx2.post(url, json=body).status_code for _ in "ab"] == [200, 200]
+        response = httpx2.post(url, json=body)
+        assert response.status_code == 429
+        error = response.json()["error"]
+        assert error["type"] == "requests" and error["code"] == "rate_limit_exceeded"
+        assert set(error) == {"message", "type", "param", "code"}
+        wait = int(response.headers["retry-after-ms"]) / 1000
+        assert 0 < wait <= 0.5 and response.headers["retry-after"] == "1"
+        time.sleep(wait + 0.01)  # as told: the window has slid past the first request
+        assert httpx2.post(url, json=body).status_code == 200
+        statuses = [(r["status"], r["fault"]) for r in server.log]
+        assert statuses == [(200, None)] * 2 + [(429, "over_limit"), (200, None)]
+        assert [r["attempt"] for r in server.log] == [0, 1, None, 2]  # refused: no attempt
+
+
+def test_an_over_limit_request_is_not_an_attempt_and_a_retrying_client_gets_through() -> None:
+    with start_server(rpm=1, window=0.4, fail_first=["server_error"]) as server:
+        [reply] = ask(server, "hi", max_retries=4)  # the SDK honours retry-after-ms
+        assert reply.choices[0].message.content == expected("hi")
+        faults = [r["fault"] for r in server.log]
+        assert faults[0] == "server_error" and faults[-1] is None
+        assert set(faults[1:-1]) <= {"over_limit"}
+        admitted = [r for r in server.log if r["fault"] != "over_limit"]
+        assert [r["attempt"] for r in admitted] == [0, 1]
+        assert admitted[1]["arrival"] - admitted[0]["arrival"] > 0.4
+
+
+def test_tpm_counts_prompt_and_max_tokens() -> None:
+    # "user: hi\n" is 9 characters, 3 tokens; with max_tokens=5 a request costs 8 tokens
+    with start_server(tpm=11, window=30.0) as server:
+        [first] = ask(server, "hi", max_tokens=5)
+        assert first.usage.prompt_tokens == 3
+        [second] = ask(server, "hi", max_tokens=5)
+        assert isinstance(second, openai.RateLimitError) and second.type == "tokens"
+        assert "retry-after" in second.response.headers
+        [small] = ask(server, "", max_tokens=1)  # "user: \n": 2 tokens + 1: 11 in all
+        assert not isinstance(small, Exception)
+    with start_server(tpm=10, rpm=100) as server:
+        [huge] = ask(server, "hi", max_tokens=50)
+        assert isinstance(huge, openai.RateLimitError)
+        assert "Request too large" in huge.message and "retry-after" not in huge.response.headers
+
+
+def cfg(**fields: Any) -> ServerConfig:
+    return ServerConfig(**({"window": 10.0} | fields))
+
+
+def test_rate_window_slides_rather_than_resetting() -> None:
+    window, config = RateWindow(), cfg(rpm=2)
+    assert window.admit(config, 0.0, 1) is None
+    assert window.admit(config, 6.0, 1) is None
+    assert window.admit(config, 7.0, 1) == ("requests", pytest.approx(3.0))  # 0.0 leaves at 10
+    assert window.admit(config, 9.9, 1) is not None  # refused ones are not counted...
+    assert window.admit(config, 10.0, 1) is None  # ...so at 10 the first has left
+    assert window.admit(config, 12.0, 1) == ("requests", pytest.approx(4.0))  # 6.0 is still in
+    assert window.admit(config, 16.0, 1) is None
+
+
+def test_rate_window_tokens_wait_for_enough_to_leave() -> None:
+    window, config = RateWindow(), cfg(tpm=10)
+    assert window.admit(config, 0.0, 4) is None
+    assert window.admit(config, 1.0, 4) is None
+    assert window.admit(config, 2.0, 5) == ("tokens", pytest.approx(8.0))  # 4 free at 10
+    assert window.admit(config, 2.0, 9) == ("tokens", pytest.approx(9.0))  # 8 free at 11
+    assert window.admit(config, 2.0, 11) == ("tokens", math.inf)  # never
+    assert window.admit(config, 2.0, 2) is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"rpm": 0}, {"rpm": -5}, {"rpm": 1.5}, {"rpm": True}, {"tpm": 0}, {"tpm": "10"}],
+)
+def test_bad_limits_are_refused(fields: dict[str, Any]) -> None:
+    name = next(iter(fields))
+    with pytest.raises(ValueError, match=f"{name} must be a whole number >= 1"):
+        ServerConfig(**fields)
+
+
+@pytest.mark.parametrize("window", [0, -1.0, math.inf, math.nan, "60", None])
+def test_bad_windows_are_refused(window: Any) -> None:
+    with pytest.raises(ValueError, match="window must be a"):
+        ServerConfig(window=window)
+
+
 def test_server_errors_and_unavailable() -> None:
     with start_server(fail_first=["server_error", "unavailable"]) as server:
         errors = [ask(server, "hi")[0] for _ in range(3)]
@@ -351,6 +469,24 @@ def test_garbage_gets_a_400_and_the_server_lives_on(server: ServerHandle) -> Non
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
     assert ask(server, "hi")[0].choices[0].message.content == expected("hi")
+
+
+def test_cli_takes_a_rate_limit_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "llmflow.runtime.testing.server"]
+    bad = subprocess.run([*command, "--rpm", "0"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "rpm must be a whole number >= 1" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    with subprocess.Popen(
+        [*command, "--rpm", "2", "--window", "30"], stdout=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            url = process.stdout.readline().strip()
+            body = {"model": "m", "prompt": "hi"}
+            statuses = [httpx2.post(f"{url}/completions", json=body).status_code for _ in "abc"]
+            assert statuses == [200, 200, 429]
+        finally:
+            process.terminate()
+        assert process.wait(timeout=5) == 0
 
 
 def test_cli_prints_its_url_and_logs(tmp_path: Path) -> None:
