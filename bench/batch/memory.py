@@ -1,0 +1,178 @@
+"""Memory of a dataset run: peak RSS of `llmflow run memory.llmflow --inputs rows.jsonl
+--output out.jsonl` at 1,000, 10,000 and 100,000 rows on an instant backend, and the cost
+per row.
+
+    python bench/batch/memory.py [--sizes 1000,10000,100000] [--reps 1] [--single 200]
+                                 [--trace N] [--json out.json]
+
+Each run is its own process (the command as a user types it, with a fresh $LLMFLOW_HOME);
+its peak RSS is the child's own `ru_maxrss` (`os.wait4`), so nothing of this process
+counts. The program (`memory.llmflow`) is two chained calls per row on a `scripted` model
+with no delay, each row's prompts distinct, so what grows with the rows is llmflow's. Cost
+per row is the wall-clock slope between the smallest and the largest size (start-up
+cancels out). `--single N` times the same program's one-row `llmflow.run` in-process, N
+times, for the cost of a call outside a dataset run. `--trace N` runs N rows in-process
+under tracemalloc and prints the allocations alive at the end, by line, to see what grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PROGRAM = HERE / "memory.llmflow"
+
+
+def write_rows(path: Path, count: int) -> None:
+    with path.open("w") as f:
+        for i in range(count):
+            row = {"ticket": f"Ticket {i}: the export button does nothing on page {i % 7}."}
+            f.write(json.dumps(row) + "\n")
+
+
+def command(rows: Path, output: Path) -> list[str]:
+    return ["llmflow", "run", str(PROGRAM), "--inputs", str(rows), "--output", str(output)]
+
+
+def measure(count: int, rep: int) -> dict[str, Any]:
+    """One `llmflow run` over `count` rows: its peak RSS, wall clock and rows written."""
+    with tempfile.TemporaryDirectory(prefix="llmflow-batch-memory-") as name:
+        tmp = Path(name)
+        rows, output = tmp / "rows.jsonl", tmp / "out.jsonl"
+        write_rows(rows, count)
+        env = os.environ | {"LLMFLOW_HOME": str(tmp / "home")}
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [*command(rows, output), "-q"], env=env, cwd=tmp, stderr=subprocess.PIPE
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        assert process.stderr is not None
+        stderr = process.stderr.read().decode()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise SystemExit(f"llmflow run failed ({process.returncode}): {stderr[-2000:]}")
+        lines = output.read_text().splitlines()
+        failed = sum(json.loads(line)["error"] is not None for line in lines)
+        if len(lines) != count or failed:
+            raise SystemExit(f"{count} rows: {len(lines)} lines written, {failed} failed")
+    return {"rows": count, "rep": rep, "peak_rss_mib": usage.ru_maxrss / 1024, "seconds": seconds}
+
+
+def single(times: int) -> dict[str, float]:
+    """The program's one-row `llmflow.run`, in-process: seconds per run (2 calls)."""
+    import llmflow
+
+    row = {"ticket": "Ticket 0: the export button does nothing on page 0."}
+    plan = llmflow.compile(PROGRAM, inputs=row)
+    with tempfile.TemporaryDirectory(prefix="llmflow-batch-single-") as name:
+        os.environ["LLMFLOW_HOME"] = name
+        llmflow.run(plan, row)  # warm: imports, the backend
+        runs = []
+        for i in range(times):
+            inputs = {"ticket": f"Ticket {i}: the export button does nothing on page {i % 7}."}
+            start = time.perf_counter()
+            outputs = llmflow.run(plan, inputs)
+            runs.append(time.perf_counter() - start)
+            assert outputs["team"] == inputs["ticket"], outputs
+    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
+
+
+def trace(count: int, top: int = 15) -> None:
+    """Run `count` rows through the CLI in-process under tracemalloc; print what is alive
+    at the end, by line (what a growing run keeps per row shows up here)."""
+    from llmflow.cli import main as cli
+
+    with tempfile.TemporaryDirectory(prefix="llmflow-batch-trace-") as name:
+        tmp = Path(name)
+        rows, output = tmp / "rows.jsonl", tmp / "out.jsonl"
+        write_rows(rows, count)
+        os.environ["LLMFLOW_HOME"] = str(tmp / "home")
+        tracemalloc.start(8)
+        code = cli([*command(rows, output)[2:], "-q"])
+        snapshot = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+    stats = snapshot.statistics("lineno")
+    total = sum(s.size for s in stats)
+    print(f"{count} rows (exit {code}): {total / 2**20:.1f} MiB traced alive at the end")
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        print(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d} blocks  {frame}")
+
+
+def machine_line() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average {load}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--single", type=int, default=200, help="one-row runs (0: none)")
+    parser.add_argument("--trace", type=int, help="rows to run under tracemalloc instead")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args()
+    if args.trace:
+        trace(args.trace)
+        return
+    sizes = [int(size) for size in args.sizes.split(",")]
+    print(machine_line() + " (at the start)", flush=True)
+    results = []
+    for rep in range(args.reps):
+        for count in sizes:
+            results.append(measure(count, rep))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    print(machine_line() + " (at the end)\n")
+    print("| rows | peak RSS | wall clock | rows/s |")
+    print("|---:|---:|---:|---:|")
+    for count in sizes:
+        mine = [r for r in results if r["rows"] == count]
+        rss = [r["peak_rss_mib"] for r in mine]
+        secs = [r["seconds"] for r in mine]
+        spread = f" ({min(rss):.1f}–{max(rss):.1f})" if len(mine) > 1 else ""
+        print(
+            f"| {count:,} | {statistics.median(rss):.1f} MiB{spread} "
+            f"| {statistics.median(secs):.2f} s | {count / statistics.median(secs):,.0f} |"
+        )
+    small, large = min(sizes), max(sizes)
+    if small != large:
+        per_rep = []
+        for rep in range(args.reps):
+            by = {r["rows"]: r["seconds"] for r in results if r["rep"] == rep}
+            per_rep.append((by[large] - by[small]) / (large - small))
+        slope = statistics.median(per_rep)
+        print(
+            f"\nper row (slope {small:,} → {large:,} rows): {slope * 1e6:.0f} µs "
+            f"({min(per_rep) * 1e6:.0f}–{max(per_rep) * 1e6:.0f}), {slope * 1e6 / 2:.0f} µs "
+            "per call"
+        )
+    if args.single:
+        one = single(args.single)
+        print(
+            f"one-row llmflow.run in-process ({args.single} runs): "
+            f"{one['median'] * 1e6:.0f} µs median ({one['min'] * 1e6:.0f}–"
+            f"{one['max'] * 1e6:.0f}), {one['median'] * 1e6 / 2:.0f} µs per call"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
