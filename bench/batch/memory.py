@@ -12,7 +12,7 @@ with no delay, each row's prompts distinct, so what grows with the rows is llmfl
 per row is the wall-clock slope between the smallest and the largest size (start-up
 cancels out). `--single N` times the same program's one-row `llmflow.run` in-process, N
 times, for the cost of a call outside a dataset run. `--trace N` runs N rows in-process
-under tracemalloc and prints the allocations alive at the end, by line, to see what grows.
+under tracemalloc and prints what grew between a fifth and four fifths of the rows.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -89,9 +90,10 @@ def single(times: int) -> dict[str, float]:
     return {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
 
 
-def trace(count: int, top: int = 15) -> None:
-    """Run `count` rows through the CLI in-process under tracemalloc; print what is alive
-    at the end, by line (what a growing run keeps per row shows up here)."""
+def trace(count: int, top: int = 12) -> None:
+    """Run `count` rows through the CLI in-process under tracemalloc, snapshot what is
+    alive once a fifth and once four fifths of the rows are written, and print what grew
+    in between, by line: what a run keeps per row."""
     from llmflow.cli import main as cli
 
     with tempfile.TemporaryDirectory(prefix="llmflow-batch-trace-") as name:
@@ -99,16 +101,39 @@ def trace(count: int, top: int = 15) -> None:
         rows, output = tmp / "rows.jsonl", tmp / "out.jsonl"
         write_rows(rows, count)
         os.environ["LLMFLOW_HOME"] = str(tmp / "home")
-        tracemalloc.start(8)
-        code = cli([*command(rows, output)[2:], "-q"])
-        snapshot = tracemalloc.take_snapshot()
+        snapshots: list[tuple[int, tracemalloc.Snapshot]] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            for mark in (count // 5, count * 4 // 5):
+                while not done.is_set():
+                    written = output.read_bytes().count(b"\n") if output.exists() else 0
+                    if written >= mark:
+                        snapshots.append((written, tracemalloc.take_snapshot()))
+                        break
+                    time.sleep(0.05)
+
+        tracemalloc.start(12)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        code = cli([*command(rows, output)[1:], "-q"])
+        done.set()
+        watcher.join()
         tracemalloc.stop()
-    stats = snapshot.statistics("lineno")
-    total = sum(s.size for s in stats)
-    print(f"{count} rows (exit {code}): {total / 2**20:.1f} MiB traced alive at the end")
-    for stat in stats[:top]:
-        frame = stat.traceback[0]
-        print(f"  {stat.size / 2**20:7.2f} MiB {stat.count:8d} blocks  {frame}")
+    if len(snapshots) < 2:
+        raise SystemExit(f"the run ended (exit {code}) before both snapshots")
+    (first, before), (second, after) = snapshots
+    growth = after.compare_to(before, "traceback")
+    total = sum(d.size_diff for d in growth)
+    rows_between = second - first
+    print(
+        f"{rows_between} rows between the snapshots (exit {code}): "
+        f"{total / 2**20:+.2f} MiB traced, {total / rows_between:+.0f} bytes per row"
+    )
+    for diff in growth[:top]:
+        print(f"\n{diff.size_diff / rows_between:+7.0f} B/row {diff.count_diff:+8d} blocks")
+        for line in diff.traceback.format(limit=6, most_recent_first=True):
+            print("   " + line)
 
 
 def machine_line() -> str:

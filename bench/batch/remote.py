@@ -4,7 +4,7 @@ declared requests-per-minute limit that binds, llmflow beside LangChain's `abatc
 
     python bench/batch/remote.py [--rows 1000] [--rpm 700] [--window 60] [--latency 0.2]
                                  [--in-flight 16] [--reps 1] [--systems llmflow,langchain]
-                                 [--json out.json]
+                                 [--json out.json] [--keep DIR]
 
 Each run gets a fresh server (`python -m llmflow.runtime.testing.server --rpm R`, its own
 process), which refuses a request over the limit with a 429 and Retry-After and logs it as
@@ -184,6 +184,9 @@ def measure(system: str, args: argparse.Namespace, rep: int) -> dict[str, Any]:
         finally:
             server.stop()
         records = server.records()
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            (args.keep / f"{run}.server.jsonl").write_text(server.log.read_text())
     statuses = Counter((r["status"], r["fault"]) for r in records)
     ok = [r for r in records if r["status"] == 200]
     span = max(r["finish"] for r in records) - min(r["arrival"] for r in records)
@@ -243,11 +246,11 @@ def table(results: list[dict[str, Any]], systems: list[str]) -> str:
             return f"{mid} ({format(min(values), fmt)}–{format(max(values), fmt)})"
 
         lines.append(
-            f"| {system} | {spread('rows_finished', 'd')} of {mine[0]['rows']} "
-            f"| {spread('requests_ok', 'd')} | {spread('over_limit', 'd')} "
+            f"| {system} | {spread('rows_finished', '.0f')} of {mine[0]['rows']} "
+            f"| {spread('requests_ok', '.0f')} | {spread('over_limit', '.0f')} "
             f"| {spread('server_span', '.1f')} s | {spread('bound_span', '.1f')} s "
             f"| {spread('throughput', '.2f')} | {spread('allowed_throughput', '.2f')} "
-            f"| {spread('efficiency', '.1%')} | {spread('peak_in_window', 'd')} |"
+            f"| {spread('efficiency', '.1%')} | {spread('peak_in_window', '.0f')} |"
         )
     return "\n".join(lines)
 
@@ -264,6 +267,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--keep", type=Path, help="keep each run's server log in this folder")
     args = parser.parse_args()
     systems = args.systems.split(",")
     if unknown := set(systems) - set(SYSTEMS):
