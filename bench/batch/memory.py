@@ -3,16 +3,17 @@
 per row.
 
     python bench/batch/memory.py [--sizes 1000,10000,100000] [--reps 1] [--single 200]
-                                 [--trace N] [--json out.json]
+                                 [--no-cache] [--trace N] [--json out.json]
 
 Each run is its own process (the command as a user types it, with a fresh $LLMFLOW_HOME);
 its peak RSS is the child's own `ru_maxrss` (`os.wait4`), so nothing of this process
 counts. The program (`memory.llmflow`) is two chained calls per row on a `scripted` model
 with no delay, each row's prompts distinct, so what grows with the rows is llmflow's. Cost
 per row is the wall-clock slope between the smallest and the largest size (start-up
-cancels out). `--single N` times the same program's one-row `llmflow.run` in-process, N
-times, for the cost of a call outside a dataset run. `--trace N` runs N rows in-process
-under tracemalloc and prints what grew between a fifth and four fifths of the rows.
+cancels out); `--no-cache` runs without the response cache. `--single N` times the same
+program's one-row `llmflow.run` in-process, N times, for the cost of a call outside a
+dataset run. `--trace N` runs N rows in-process under tracemalloc and prints what grew
+between a fifth and four fifths of the rows.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def command(rows: Path, output: Path) -> list[str]:
     return ["llmflow", "run", str(PROGRAM), "--inputs", str(rows), "--output", str(output)]
 
 
-def measure(count: int, rep: int) -> dict[str, Any]:
+def measure(count: int, rep: int, flags: list[str]) -> dict[str, Any]:
     """One `llmflow run` over `count` rows: its peak RSS, wall clock and rows written."""
     with tempfile.TemporaryDirectory(prefix="llmflow-batch-memory-") as name:
         tmp = Path(name)
@@ -55,7 +56,7 @@ def measure(count: int, rep: int) -> dict[str, Any]:
         env = os.environ | {"LLMFLOW_HOME": str(tmp / "home")}
         start = time.perf_counter()
         process = subprocess.Popen(
-            [*command(rows, output), "-q"], env=env, cwd=tmp, stderr=subprocess.PIPE
+            [*command(rows, output), "-q", *flags], env=env, cwd=tmp, stderr=subprocess.PIPE
         )
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
@@ -151,6 +152,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--single", type=int, default=200, help="one-row runs (0: none)")
+    parser.add_argument("--no-cache", action="store_true", help="pass --no-cache to each run")
     parser.add_argument("--trace", type=int, help="rows to run under tracemalloc instead")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
@@ -162,7 +164,7 @@ def main() -> None:
     results = []
     for rep in range(args.reps):
         for count in sizes:
-            results.append(measure(count, rep))
+            results.append(measure(count, rep, ["--no-cache"] if args.no_cache else []))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(machine_line() + " (at the end)\n")
     print("| rows | peak RSS | wall clock | rows/s |")
