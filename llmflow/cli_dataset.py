@@ -108,10 +108,16 @@ def _positive(text: str) -> int:
     return value
 
 
+_NOT_RUN = ("budget", "objective", "estimates", "total", "makespan", "critical_path", "decisions")
+"""Parts of a plan that say what the optimizer thought, not what a run does."""
+
+
 def plan_digest(plan: Plan) -> str:
-    """What a resumed dataset run compares: the plan it ran (templates, types, models,
-    the optimizer's decisions, where each node is in the source)."""
-    text = json.dumps(plan.to_json(), sort_keys=True, separators=(",", ":"))
+    """What a resumed dataset run compares: what the plan runs (its graph, templates,
+    types, models, groups and fallbacks, where each node is in the source), so that a
+    resume with another budget is the same run."""
+    data = {k: v for k, v in plan.to_json().items() if k not in _NOT_RUN}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
