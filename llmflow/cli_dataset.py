@@ -337,7 +337,7 @@ def _drive(
     restore_sigterm = shared._stop_on_sigterm()
     cache = None if args.no_cache else ResponseCache(runs.home() / "cache", shared._warn)
     skipped = results.rows if results else 0
-    progress = Progress(total - skipped if total is not None else None, args.quiet)
+    progress = Progress(max(total - skipped, 0) if total is not None else None, args.quiet)
     shown = str(output or "stdout")
     try:
         run_dir.write_meta(meta)
