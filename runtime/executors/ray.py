@@ -30,7 +30,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import Any, Self
@@ -133,9 +133,11 @@ class RayExecutor:
         self._trace: TraceWriter | None = None
         self._worker_options: dict[str, Any] = {}
         self._plan_json = ""
+        self._restore_output: Callable[[], None] = lambda: None
 
     async def __aenter__(self) -> Self:
         ray = self.ray
+        self._restore_output = _ray_output_to_stderr()
         if not ray.is_initialized():
             where = f" at {self.address}" if self.address else ""
             try:
@@ -394,6 +396,7 @@ class RayExecutor:
                     part.close()
             if self._started_ray:
                 ray.shutdown()
+            self._restore_output()
 
 
 class _Died(Exception):
@@ -412,3 +415,25 @@ def _worker_error(err: Any) -> BaseException:
 
 async def _value(ref: Any) -> Any:
     return await ref
+
+
+def _ray_output_to_stderr() -> Callable[[], None]:
+    """Ray prints what its processes say (and "a worker died" notices) on the driver's
+    stdout, where the results may be going: send it to stderr, with the progress and
+    the logs, until the returned function puts it back. Ray's own function, wrapped; a
+    Ray without it is left alone."""
+    import ray._private.worker as worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None:
+        return lambda: None
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    worker.print_to_stdstream = to_stderr
+
+    def restore() -> None:
+        worker.print_to_stdstream = printer
+
+    return restore

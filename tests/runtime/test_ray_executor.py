@@ -293,6 +293,25 @@ def test_the_cli_runs_rows_on_a_cluster_and_resumes(tmp_path: Path) -> None:
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(line["id"] for line in written) == [1, 2, 3, 4, 5, 6]
     assert {line["id"]: line["outputs"]["n"] for line in written} == {i: i - 1 for i in range(1, 7)}
+    to_stdout = [c for c in command if c not in ("--output", "out.jsonl")] + ["--limit", "2"]
+    third = subprocess.run(to_stdout, cwd=tmp_path, env=env, **CAPTURE)
+    assert third.returncode == 0, third.stderr
+    assert sorted(json.loads(line)["id"] for line in third.stdout.splitlines()) == [1, 2]
+
+
+def test_a_plan_the_workers_cannot_run_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget needs every model's price: the workers check the plan before any row."""
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    with start_server() as server:
+        plan = compile_text(tmp_path, LIMITED.format(url=server.url, limits="rpm=100"))
+        rows = rows_of(plan, [{"x": "x"}])
+        with pytest.raises(
+            llmflow.LLMFlowError, match="a Ray worker cannot run this plan: .*price"
+        ):
+            on_ray(plan, rows, JobSettings(budget=1.0), workers=1)
+        assert server.log == []
 
 
 CAPTURE: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 180}
