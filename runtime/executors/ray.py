@@ -315,13 +315,12 @@ class RayExecutor:
             )
             async for ref in stream:
                 item = await ref
-                if "answer" in item:
-                    key, data = item["answer"]
+                for key, data in item["answers"]:
                     answer = Generation.model_validate(data)
                     answers.append((key, answer))
                     if self._journal is not None:
                         self._journal.record(key, answer, row.id)
-                else:
+                if "result" in item:
                     result = result_of(item["result"])
         except died as err:
             raise _Died(str(err)) from None

@@ -161,9 +161,10 @@ class RowWorker:
         return {"pid": os.getpid(), "problem": self.problem}
 
     async def run(self, row: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield `{"answer": [key, generation]}` for each answer the row receives, then
-        `{"result": ...}` (`result_json`). `row`: `row_json`, with the answers the
-        driver's journal holds for it."""
+        """Yield `{"answers": [[key, generation], ...]}` as the row receives answers,
+        the last with `"result"` (`result_json`). Answers that arrive together, or just
+        before the row ends, go in one item: an item costs a Ray message. `row`:
+        `row_json`, with the answers the driver's journal holds for it."""
         assert self.problem is None
         arrived: asyncio.Queue[tuple[str, Generation] | None] = asyncio.Queue()
         answers = [(key, Generation.model_validate(g)) for key, g in row["answers"]]
@@ -175,10 +176,19 @@ class RowWorker:
         )
         task.add_done_callback(lambda _: arrived.put_nowait(None))
         try:
-            while (answer := await arrived.get()) is not None:
-                key, generation = answer
-                yield {"answer": [key, generation.model_dump(mode="json")]}
-            yield {"result": result_json(task.result())}
+            ended = False
+            while not ended:
+                batch = [await arrived.get()]
+                await asyncio.sleep(0)  # a row whose last answer this was ends now
+                while not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                ended = batch[-1] is None
+                item: dict[str, Any] = {
+                    "answers": [[k, g.model_dump(mode="json")] for k, g in filter(None, batch)]
+                }
+                if ended:
+                    item["result"] = result_json(task.result())
+                yield item
         finally:
             if not task.done():
                 task.cancel()
