@@ -12,7 +12,9 @@ executor, and 2 workers against 1 on an I/O-bound workload.
   process against the Ray executor with 1 and 2 workers (16 rows in flight per worker),
   timed from the first row's result to the last (start-up excluded). Beside it, what Ray
   itself costs per row here: one actor call per row, and a streaming call yielding one
-  item or three (a row's answers and result in one message, or each in its own).
+  item or three (a row's answers and result in one message, or each in its own); and
+  how many slots per second one limits actor grants (every call of the cluster to a
+  model with declared limits takes one: a ceiling on calls/s however many workers).
 - **I/O-bound**: `--io-rows` rows of one call to the loopback test server (`latency`
   0.2 s per request, no limit declared), 8 rows in flight per worker: at most 40 rows/s
   per worker, so 2 workers can double what 1 does.
@@ -38,9 +40,11 @@ from typing import Any
 import ray
 
 import llmflow
+from llmflow.compiler.models import Limits
 from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.executors.local import LocalExecutor
 from llmflow.runtime.executors.ray import JobSettings, RayExecutor
+from llmflow.runtime.executors.ray_state import LimitsActor, SharedLimiter
 from llmflow.runtime.rows import Row, bind_rows
 from llmflow.runtime.testing.server import start_server
 
@@ -142,6 +146,27 @@ async def raw_ray(rows: int) -> dict[str, float]:
     return out
 
 
+async def limiter_grants(requests: int) -> float:
+    """Slots per second one limits actor grants and takes back (`SharedLimiter.slot`,
+    as a worker's calls use it), 64 requests at once from this process, under a
+    concurrency limit of 64 (enforced, never reached)."""
+    actor = ray.remote(LimitsActor).options(num_cpus=0, max_concurrency=10_000)
+    limits = Limits(concurrency=64)
+    shared = SharedLimiter(actor.remote(limits.model_dump()), "bench", limits)
+
+    async def one() -> None:
+        async with shared.slot(10):
+            pass
+
+    await one()
+    started = time.perf_counter()
+    for start in range(0, requests, 64):
+        await asyncio.gather(*(one() for _ in range(start, min(start + 64, requests))))
+    rate = requests / (time.perf_counter() - started)
+    ray.kill(shared.actor)
+    return rate
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3g} ({min(values):.3g}–{max(values):.3g})"
 
@@ -183,6 +208,7 @@ def main() -> None:
             add("local: ms per row", rest / (count - 1) * 1000)
             for name, ms in asyncio.run(raw_ray(args.rows)).items():
                 add(f"Ray alone, {name} (ms per row)", ms)
+            add("one limits actor: slots granted per second", asyncio.run(limiter_grants(4000)))
         with start_server(latency=LATENCY) as server:
             remote = compiled(folder, REMOTE.format(url=server.url))
             io_rows = rows_of(remote, args.io_rows)
