@@ -363,7 +363,13 @@ class RayExecutor:
         worker.alive = False
         self.ray.kill(worker.handle, no_restart=True)
         holders = [*self.limiters.values(), *([self.budget] if self.budget else [])]
-        await asyncio.gather(*(_value(actor.drop.remote(worker.name)) for actor in holders))
+        try:
+            await asyncio.gather(*(_value(actor.drop.remote(worker.name)) for actor in holders))
+        except self.ray.exceptions.RayActorError as err:
+            raise LLMFlowError(
+                "the run's shared limits or budget went with a Ray process that died "
+                f"({redact(str(err)).splitlines()[0]}); run again to resume"
+            ) from None
         self._start_worker()
 
     async def _close(self) -> None:
