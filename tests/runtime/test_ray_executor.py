@@ -33,6 +33,7 @@ from llmflow.runtime.trace import read_trace
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'llmflow[ray]'")
 
 from llmflow.runtime.executors.ray import JobSettings, RayExecutor  # noqa: E402
+from llmflow.runtime.executors.ray_state import GONE, BudgetActor, LimitsActor  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -312,6 +313,36 @@ def test_a_plan_the_workers_cannot_run_is_a_clear_error(
         ):
             on_ray(plan, rows, JobSettings(budget=1.0), workers=1)
         assert server.log == []
+
+
+def test_a_dead_workers_slots_are_freed_and_its_late_requests_refused() -> None:
+    """The shared actors' bookkeeping, driven directly (as the driver and two workers
+    would): a dropped holder's slots go back, its reservations are charged in full."""
+
+    async def go() -> None:
+        limits = LimitsActor({"concurrency": 1})
+        ticket = await limits.acquire("w1", 10)
+        assert isinstance(ticket, int)
+        waiting = asyncio.ensure_future(limits.acquire("w2", 10))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # one slot, held by w1
+        assert await limits.drop("w1") == 1
+        assert isinstance(await asyncio.wait_for(waiting, 1), int)  # w1's slot went to w2
+        assert await limits.acquire("w1", 10) == GONE
+        await limits.release(ticket, 5)  # a dead worker's late release changes nothing
+        assert limits.usage()["held"] == 1
+
+        budget = BudgetActor(1.0)
+        assert await budget.reserve("w1", 0.4) is None
+        assert await budget.reserve("w2", 0.4) is None
+        await budget.settle("w2", 0.4, 0.1, True)
+        assert await budget.drop("w1") == 1
+        await budget.settle("w1", 0.4, 0.0, True)  # too late: charged in full already
+        assert budget.spending() == {"limit": 1.0, "spent": 0.5, "unanswered": 0.4}
+        assert await budget.reserve("w1", 0.1) == GONE
+        assert "budget" in (await budget.reserve("w2", 0.6) or "")  # $0.5 left
+
+    asyncio.run(go())
 
 
 CAPTURE: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 180}
