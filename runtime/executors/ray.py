@@ -134,8 +134,17 @@ class RayExecutor:
         self._worker_options: dict[str, Any] = {}
         self._plan_json = ""
         self._restore_output: Callable[[], None] = lambda: None
+        self._opened = False
 
     async def __aenter__(self) -> Self:
+        return self  # the cluster is joined at the first row: a resume with none left skips it
+
+    async def _start(self) -> None:
+        """Join (or start) the cluster, open the run files, start the shared actors and
+        the workers; `__aexit__` undoes whatever part of it was done."""
+        if self._opened:
+            return
+        self._opened = True
         ray = self.ray
         self._restore_output = _ray_output_to_stderr()
         if not ray.is_initialized():
@@ -149,12 +158,7 @@ class RayExecutor:
             except (ConnectionError, ValueError, RuntimeError) as err:
                 raise LLMFlowError(f"cannot start or reach a Ray cluster{where}: {err}") from None
             self._started_ray = True
-        try:
-            self._open()
-        except BaseException:
-            await self._close()
-            raise
-        return self
+        self._open()
 
     async def __aexit__(
         self,
@@ -229,6 +233,11 @@ class RayExecutor:
 
     async def _results(self, rows: Iterable[Row]) -> AsyncIterator[RowResult]:
         source = iter(rows)
+        first = next(source, None)
+        if first is None:
+            return
+        await self._start()
+        source = itertools.chain([first], source)
         again: deque[Row] = deque()  # rows whose worker died under them
         deaths: dict[RowId, int] = {}
         answers: dict[RowId, list[tuple[str, Generation]]] = {}
@@ -387,7 +396,13 @@ class RayExecutor:
                 )
         try:
             if self.budget is not None and self.settings.spending is not None:
-                spending = await _value(self.budget.spending.remote())
+                try:
+                    spending = await _value(self.budget.spending.remote())
+                except ray.exceptions.RayActorError:
+                    raise LLMFlowError(
+                        "what the run spent is lost with the budget's Ray process; the "
+                        "journal still has every answer: run again to resume"
+                    ) from None
                 self.settings.spending.spent = spending["spent"]
                 self.settings.spending.unanswered = spending["unanswered"]
         finally:

@@ -300,6 +300,17 @@ def test_the_cli_runs_rows_on_a_cluster_and_resumes(tmp_path: Path) -> None:
     assert sorted(json.loads(line)["id"] for line in third.stdout.splitlines()) == [1, 2]
 
 
+def test_with_no_rows_left_no_worker_starts(tmp_path: Path) -> None:
+    plan = compile_text(tmp_path, ECHO)
+
+    async def go() -> list[dict[str, Any]]:
+        async with RayExecutor(plan, JobSettings(), workers=2) as executor:
+            assert [r async for r in executor.results([])] == []
+            return executor.workers_info()
+
+    assert asyncio.run(go()) == []  # a resume with every row written costs nothing
+
+
 def test_a_plan_the_workers_cannot_run_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
