@@ -14,8 +14,9 @@ Faults: Ray runs an actor call at most once, and a worker that dies takes the ro
 was running with it. The driver sees the death, frees what the worker held at the
 shared actors, starts a replacement and gives the rows to a worker again, each with
 every answer recorded for it so far (none of its journaled calls is sent again). A row
-is yielded once, when its result arrives; a row whose worker died under it
-`ROW_ATTEMPTS` times is yielded failed, saying so. See docs/scaling.md.
+is yielded once, when its result arrives; a row that saw two deaths runs alone (`_Todo`),
+and one whose worker died under it `ROW_ATTEMPTS` times is yielded failed, saying so.
+See docs/scaling.md.
 
 Ray is imported only when a RayExecutor is made: without it, a clear error says how to
 install it.
@@ -30,7 +31,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import Any, Self
@@ -87,6 +88,8 @@ class _Worker:
     pid: int | None = None
     ready: bool = False
     alive: bool = True
+    alone: bool = False
+    """Running a suspect row, and nothing else."""
 
 
 class RayExecutor:
@@ -237,22 +240,14 @@ class RayExecutor:
         if first is None:
             return
         await self._start()
-        source = itertools.chain([first], source)
-        again: deque[Row] = deque()  # rows whose worker died under them
+        todo = _Todo(itertools.chain([first], source))
         deaths: dict[RowId, int] = {}
         answers: dict[RowId, list[tuple[str, Generation]]] = {}
         running: dict[asyncio.Future[Any], tuple[_Worker, Row]] = {}
-        exhausted = stopped = False
         try:
             while True:
                 for worker in self._pool:
-                    while worker.alive and worker.ready and worker.running < self.in_flight:
-                        row = None if stopped else again.popleft() if again else None
-                        if row is None and not stopped and not exhausted:
-                            row = next(source, None)
-                            exhausted = row is None
-                        if row is None:
-                            break
+                    while (row := todo.next_for(worker, self.in_flight)) is not None:
                         if row.problem is not None:
                             yield RowResult(row.id, row.line, row.digest, {}, error=row.problem)
                             continue
@@ -262,7 +257,7 @@ class RayExecutor:
                         task = asyncio.ensure_future(self._run_on(worker, row, answers[row.id]))
                         running[task] = (worker, row)
                         worker.running += 1
-                if not running and (stopped or exhausted and not again):
+                if not running and todo.empty:
                     return
                 starting = {w.started: w for w in self._pool if w.alive and not w.ready}
                 done, _ = await asyncio.wait(
@@ -274,13 +269,14 @@ class RayExecutor:
                         continue
                     worker, row = running.pop(future)
                     worker.running -= 1
+                    worker.alone = False
                     try:
                         result = future.result()
                     except _Died:
                         await self._bury(worker)
                         deaths[row.id] = deaths.get(row.id, 0) + 1
                         if deaths[row.id] < ROW_ATTEMPTS:
-                            again.append(row)
+                            todo.died(row, deaths[row.id])
                             continue
                         answers.pop(row.id, None)
                         yield RowResult(
@@ -297,7 +293,7 @@ class RayExecutor:
                         for call in result.calls:
                             self._trace.write(call)
                     result.calls = []
-                    stopped |= result.not_run
+                    todo.stopped |= result.not_run
                     yield result
         finally:
             for future in running:
@@ -417,6 +413,47 @@ class RayExecutor:
             if self._started_ray:
                 ray.shutdown()
             self._restore_output()
+
+
+class _Todo:
+    """The rows still to hand out: fresh ones from the source, and rows whose worker died
+    under them. After one death a row goes back in line (most deaths are the machine's,
+    not the row's); after two it is a suspect, run alone on a worker (the others drain
+    first), so a row that kills every worker it meets takes no other row down with it."""
+
+    def __init__(self, source: Iterator[Row]) -> None:
+        self.source = source
+        self.again: deque[Row] = deque()
+        self.suspects: deque[Row] = deque()
+        self.exhausted = False
+        self.stopped = False
+        """A row could not be paid for: no new row starts (a resume runs the rest)."""
+
+    def died(self, row: Row, deaths: int) -> None:
+        (self.suspects if deaths >= 2 else self.again).append(row)
+
+    def next_for(self, worker: _Worker, in_flight: int) -> Row | None:
+        """The row this worker runs next, if it should start one now."""
+        if self.stopped or not (worker.alive and worker.ready) or worker.alone:
+            return None
+        if self.suspects:
+            if worker.running:
+                return None
+            worker.alone = True
+            return self.suspects.popleft()
+        if worker.running >= in_flight:
+            return None
+        if self.again:
+            return self.again.popleft()
+        if self.exhausted:
+            return None
+        row = next(self.source, None)
+        self.exhausted = row is None
+        return row
+
+    @property
+    def empty(self) -> bool:
+        return self.stopped or (self.exhausted and not self.again and not self.suspects)
 
 
 class _Died(Exception):

@@ -32,7 +32,7 @@ from llmflow.runtime.trace import read_trace
 
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'llmflow[ray]'")
 
-from llmflow.runtime.executors.ray import JobSettings, RayExecutor  # noqa: E402
+from llmflow.runtime.executors.ray import ROW_ATTEMPTS, JobSettings, RayExecutor  # noqa: E402
 from llmflow.runtime.executors.ray_state import GONE, BudgetActor, LimitsActor  # noqa: E402
 
 
@@ -298,6 +298,31 @@ def test_the_cli_runs_rows_on_a_cluster_and_resumes(tmp_path: Path) -> None:
     third = subprocess.run(to_stdout, cwd=tmp_path, env=env, **CAPTURE)
     assert third.returncode == 0, third.stderr
     assert sorted(json.loads(line)["id"] for line in third.stdout.splitlines()) == [1, 2]
+
+
+POISON = """
+extern fn check(x: str) -> str = "ray_poison:check"
+
+flow main(x: str) -> y: str {
+    y = check(x)
+}
+"""
+
+
+def test_a_row_that_kills_every_worker_it_meets_fails_alone(tmp_path: Path) -> None:
+    (tmp_path / "ray_poison.py").write_text(
+        "import os, signal\n\n\ndef check(x):\n"
+        "    if x == 'die':\n        os.kill(os.getpid(), signal.SIGKILL)\n    return x\n"
+    )
+    plan = compile_text(tmp_path, POISON)
+    rows = rows_of(plan, [{"x": "die" if i == 3 else f"x{i}"} for i in range(1, 9)])
+    results = on_ray(plan, rows, workers=2, in_flight=2)
+    assert sorted(r.id for r in results) == list(range(1, 9))
+    failed = {r.id: r.error for r in results if not r.ok}
+    assert failed == {3: f"its Ray worker died {ROW_ATTEMPTS} times while running it"}
+    assert {r.id: r.outputs["y"] for r in results if r.ok} == {
+        i: f"x{i}" for i in range(1, 9) if i != 3
+    }
 
 
 def test_with_no_rows_left_no_worker_starts(tmp_path: Path) -> None:
