@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import math
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -93,14 +94,14 @@ class _Worker:
 
 
 class RayExecutor:
-    """Runs rows on Ray actors; an async context manager (the cluster, actors and run
-    files are opened on entry and closed on exit).
+    """Runs rows on Ray actors; an async context manager (the cluster is joined, and the
+    actors and run files opened, at the first row; all of it closed on exit).
 
-    `address`: the cluster to join (`ray.init(address=...)`: "auto", "HOST:6379",
-    "ray://HOST:10001"); None starts a local one, unless this process is connected to a
-    cluster already. `workers`: row workers (default: one per CPU of the cluster).
-    `in_flight`: rows running at once *on each worker*. `run_dir`: the run folder whose
-    journal is replayed and appended and whose trace is written."""
+    `address`: the cluster to join (`ray.init(address=...)`: "auto", "HOST:6379"); None
+    starts a local one, unless this process is connected to a cluster already.
+    `workers`: row workers (default: one per CPU of the cluster). `in_flight`: rows
+    running at once *on each worker*. `run_dir`: the run folder whose journal is
+    replayed and appended and whose trace is written."""
 
     def __init__(
         self,
@@ -179,17 +180,23 @@ class RayExecutor:
             replayed = self._journal.dollars  # the answers it has were paid for
             self._trace = TraceWriter(self.run_dir.trace, dict(self.plan.models))
         shared = {"num_cpus": 0, "max_concurrency": 10_000, "max_restarts": 0}
+        tag = secrets.token_hex(3)  # names to find them by (`ray list actors`), never shared
         settings = self.settings
         if settings.budget is not None:
-            actor = ray.remote(BudgetActor).options(name="llmflow-budget", **shared)
+            actor = ray.remote(BudgetActor).options(name=f"llmflow-budget-{tag}", **shared)
             self.budget = actor.remote(
                 settings.budget, settings.spent + replayed, settings.unanswered
             )
-        for name, spec in self.plan.models.items():
-            limits = spec.limits
+        plan = self.plan
+        used = {node.call.model for node in plan.calls()}
+        used.update(name for fallbacks in plan.fallbacks.values() for name in fallbacks)
+        for name in sorted(used):
+            limits = plan.models[name].limits
             if limits.rpm or limits.tpm or limits.concurrency:
-                actor = ray.remote(LimitsActor).options(name=f"llmflow-limits-{name}", **shared)
-                self.limiters[name] = actor.remote(limits.model_dump(), settings.limit_period)
+                named = ray.remote(LimitsActor).options(
+                    name=f"llmflow-limits-{name}-{tag}", **shared
+                )
+                self.limiters[name] = named.remote(limits.model_dump(), settings.limit_period)
         cpus = ray.cluster_resources().get("CPU", 1.0)
         count = self.workers or max(1, int(cpus))
         self._worker_options = {
