@@ -12,7 +12,8 @@ executor, and 2 workers against 1 on an I/O-bound workload.
   process against the Ray executor with 1 and 2 workers (16 rows in flight per worker),
   timed from the first row's result to the last (start-up excluded). Beside it, what Ray
   itself costs per row here: one actor call per row, and a streaming call yielding one
-  item or three (a row's answers and result in one message, or each in its own); and
+  item or three (a row's answers and result in one message, or each in its own), and
+  shards (a streaming call of 16 rows, one item per row); and
   how many slots per second one limits actor grants (every call of the cluster to a
   model with declared limits takes one: a ceiling on calls/s however many workers).
 - **I/O-bound**: `--io-rows` rows of one call to the loopback test server (`latency`
@@ -142,6 +143,11 @@ async def raw_ray(rows: int) -> dict[str, float]:
         for start in range(0, rows, 16):
             await asyncio.gather(*(one(i) for i in range(start, min(start + 16, rows))))
         out[name] = (time.perf_counter() - started) / rows * 1000
+    # A shard: one streaming call of 16 rows, one item each (4 shards at once).
+    started = time.perf_counter()
+    for start in range(0, rows, 64):
+        await asyncio.gather(*(stream(i, 16) for i in range(start, min(start + 64, rows), 16)))
+    out["shards of 16 rows, an item per row"] = (time.perf_counter() - started) / rows * 1000
     ray.kill(actor)
     return out
 
