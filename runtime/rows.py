@@ -261,10 +261,14 @@ def _jsonl(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any], str | None]
         if not text.strip():
             continue
         try:
-            value = json.loads(text)
+            value = json.loads(text.rstrip("\r\n"))  # else a cut line's error is on "line 2"
         except json.JSONDecodeError as err:
             what = clip(text.strip(), 40)
-            yield number, {"text": text}, f"not JSON at column {err.colno} ({err.msg}) in {what!r}"
+            yield (
+                number,
+                {"text": text},
+                f"not JSON at column {err.pos + 1} ({err.msg}) in {what!r}",
+            )
             continue
         except (ValueError, RecursionError) as err:  # huge integers, deep nesting
             yield number, {"text": text}, f"not a row: {clip(str(err), 80)}"
