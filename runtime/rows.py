@@ -109,10 +109,10 @@ def bind_rows(
     known = {spec.name for spec in plan.inputs}
     for name in [*mapping, *constants]:
         if name not in known:
-            flag = "--map" if name in mapping else "-i"
+            what = f"--map {quoted_name(name)[1:-1]}=…" if name in mapping else "a constant input"
             raise RowsError(
-                f"{flag} {quoted_name(name)[1:-1]}=…: the flow has no input "
-                f"{quoted_name(name)} (inputs: {', '.join(sorted(known)) or 'none'})"
+                f"{what}: the flow has no input {quoted_name(name)} "
+                f"(inputs: {', '.join(sorted(known)) or 'none'})"
             )
     columns = {name: mapping.get(name, name) for name in known if name not in constants}
     types = {spec.name: spec.type for spec in plan.inputs}
@@ -125,7 +125,7 @@ def bind_rows(
             if problem is None:
                 row_id, problem = _row_id(fields, id_column)
             if problem is not None:
-                row_id = f"line {line}"  # not an int: never another row's line or id
+                row_id = f"{'line' if shown else 'row'} {line}"  # never another row's id
             if row_id in seen:
                 raise RowsError(
                     f"{where}: id {clip(json.dumps(row_id, ensure_ascii=False), 60)} is "

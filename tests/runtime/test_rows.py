@@ -192,7 +192,7 @@ def test_a_mapped_column_that_is_missing_names_the_columns(tmp_path: Path, plan:
     ("options", "expected"),
     [
         ({"mapping": {"nmae": "who"}}, "--map nmae=…: the flow has no input 'nmae' (inputs: "),
-        ({"constants": {"nn": 1}}, "-i nn=…: the flow has no input 'nn'"),
+        ({"constants": {"nn": 1}}, "a constant input: the flow has no input 'nn'"),
     ],
 )
 def test_an_unknown_input_name_stops_before_any_row(
@@ -268,6 +268,8 @@ def test_a_huge_duplicate_id_is_clipped_in_the_message(tmp_path: Path, plan: Pla
 def test_bind_rows_without_a_file_name_says_row(plan: Plan) -> None:
     (row,) = bind_rows(plan, [(4, {"nom": "x"}, None)])
     assert row.problem is not None and row.problem.startswith("row 4: missing input 'name'")
+    records = [(1, {"k": 2, "name": "a"}, None), (2, {"name": "b"}, None)]
+    assert [r.id for r in bind_rows(plan, records, id_column="k")] == [2, "row 2"]
 
 
 # CSV
