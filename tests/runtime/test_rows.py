@@ -554,3 +554,20 @@ def test_a_duplicate_csv_id_through_the_cli_leaves_no_traceback(program: Path) -
     assert done.returncode == 1
     assert 'dup.csv:3: id "1" is also the id of line 2' in done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_a_row_without_an_id_and_a_row_whose_id_is_its_line_resume_apart(
+    program: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put(program.parent, "rows.jsonl", jsonl({"k": 2, "name": "a"}, {"name": "b"}))
+    args = ["run", "prog.llmflow", "-q", "--inputs", "rows.jsonl", "--id", "k"]
+    args += ["--output", "out.jsonl"]
+    assert main(args) == 1  # the row without an id failed
+    out = program.parent / "out.jsonl"
+    written = {(r := json.loads(text))["id"]: r["error"] for text in out.read_text().splitlines()}
+    assert written == {2: None, "line 2": "rows.jsonl:2: no id: the row has no field 'k'"}
+    capsys.readouterr()
+    assert main(args) == 1  # resumes: both rows are held, neither runs again
+    err = capsys.readouterr().err
+    assert "twice" not in err and "1 row failed" in err, err
+    assert len(out.read_text().splitlines()) == 2
