@@ -18,6 +18,7 @@ import json
 import os
 import stat
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,7 +337,7 @@ def _csv(
     if lines.problem is not None:
         raise RowsError(f"{shown}:1: the header is {lines.problem}")
     if len(set(header)) != len(header):
-        twice = sorted({name for name in header if header.count(name) > 1})
+        twice = sorted(name for name, count in Counter(header).items() if count > 1)
         names = ", ".join(quoted_name(name, 30) for name in twice)
         raise RowsError(f"{shown}:1: the header names {names} twice")
     while True:

@@ -365,6 +365,14 @@ def test_csv_header_problems_stop_the_rows(tmp_path: Path, plan: Plan) -> None:
         read(path, plan)
 
 
+def test_a_wide_header_with_names_twice_is_refused_at_once(tmp_path: Path, plan: Plan) -> None:
+    names = [f"c{i}" for i in range(200_000)]
+    path = put(tmp_path, "rows.csv", ",".join([*names, "c7", "c9"]) + "\n")
+    err = _without_blocking(lambda: read(path, plan))  # not a count per name
+    assert isinstance(err, RowsError)
+    assert str(err) == "rows.csv:1: the header names 'c7', 'c9' twice"
+
+
 def test_an_empty_csv_or_one_with_only_a_header_has_no_rows(tmp_path: Path, plan: Plan) -> None:
     assert read(put(tmp_path, "a.csv", ""), plan) == []
     assert read(put(tmp_path, "b.csv", "name,n\n"), plan) == []
