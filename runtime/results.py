@@ -99,12 +99,10 @@ class ResultsFile:
         value = result.to_json()
         data = (dumps(value) + "\n").encode("utf-8")
         if len(data) > MAX_LINE:
-            value["outputs"], value["error"] = (
-                {},
-                (
-                    f"the row's outputs take {len(data) // 2**20} MiB, more than a results "
-                    f"line holds ({MAX_LINE // 2**20} MiB)"
-                ),
+            value["outputs"] = {}
+            value["error"] = (
+                f"the row's outputs take {len(data) // 2**20} MiB, more than a results line "
+                f"holds ({MAX_LINE // 2**20} MiB)"
             )
             data = (dumps(value) + "\n").encode("utf-8")
         view = memoryview(data)
@@ -116,6 +114,8 @@ class ResultsFile:
                 os.fsync(self._fd)
                 self._synced = now
         except OSError as err:
+            with contextlib.suppress(OSError):  # no part line for a later one to follow
+                os.ftruncate(self._fd, self._end)
             raise StoreError(f"cannot write {self.path}: {err.strerror}") from None
         if value["error"] is None:
             self.done[key] = result.digest

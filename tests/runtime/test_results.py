@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -343,3 +345,37 @@ def test_a_bad_output_file_through_the_cli_is_one_clear_error(
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "out.jsonl:2:1: not a result line of llmflow" in err and "Traceback" not in err
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from llmflow.runtime.batch import RowResult
+from llmflow.runtime.results import ResultsFile
+from llmflow.runtime.store import StoreError
+
+path = Path(sys.argv[1])
+results = ResultsFile(path)
+results.write(RowResult(1, 1, "d", {"out": "small"}))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails: EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 100, resource.RLIM_INFINITY))
+try:
+    results.write(RowResult(2, 1, "d", {"out": "x" * 10_000}))  # 100 bytes of it fit
+except StoreError as err:
+    print(err)
+results.close()
+"""
+
+
+def test_a_write_that_fails_part_way_leaves_no_part_line(tmp_path: Path) -> None:
+    # A real partial write: the file size limit lets the first 100 bytes through.
+    path = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.startswith(f"cannot write {path}: File too large"), done
+    assert ids(path) == [1] and path.read_text().endswith("\n")
