@@ -193,6 +193,8 @@ class _open:
 
     def __enter__(self) -> IO[bytes]:
         if str(self.source) == STDIN:
+            if sys.stdin is None or not hasattr(sys.stdin, "buffer"):
+                raise RowsError("--inputs -: there is no standard input to read (it is closed)")
             return sys.stdin.buffer
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
         try:

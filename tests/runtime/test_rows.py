@@ -428,6 +428,15 @@ def test_standard_input(plan: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not stdin.closed  # not ours to close
 
 
+def test_a_closed_standard_input_is_refused(
+    program: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", None)  # as Python sets it when fd 0 is closed
+    assert main(["run", "prog.llmflow", "-q", "--inputs", "-"]) == 1
+    err = capsys.readouterr().err
+    assert "--inputs -: there is no standard input to read" in err and "Traceback" not in err
+
+
 def _without_blocking(action: Callable[[], object]) -> BaseException | None:
     """What `action` raised, failing the test if it blocks (a FIFO open would)."""
     caught: list[BaseException] = []
