@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import hashlib
+import io
 import json
 import sys
 import time
@@ -294,8 +296,10 @@ def _drive(
         )
 
     total: int | None = None
-    if source != STDIN and (results is not None and results.rows or sys.stderr.isatty()):
+    if source != STDIN and results is not None and results.rows:
         total = _check_rows(rows(), results, args.force, args.limit)
+    elif source != STDIN and sys.stderr.isatty() and not args.quiet:
+        total = _count_rows(args.inputs, source_format(source, args.format), args.limit)
     args.resume = run_dir.id if run_dir else None
     unanswered = shared._resumed_budget(args, recorded)
     budget = None
@@ -333,7 +337,7 @@ def _drive(
     restore_sigterm = shared._stop_on_sigterm()
     cache = None if args.no_cache else ResponseCache(runs.home() / "cache", shared._warn)
     skipped = results.rows if results else 0
-    progress = Progress(total - skipped if total is not None else None, args.quiet)
+    progress = Progress(max(total - skipped, 0) if total is not None else None, args.quiet)
     shown = str(output or "stdout")
     try:
         run_dir.write_meta(meta)
@@ -458,6 +462,22 @@ def _check_rows(
         if results is not None and results.has(row.id):
             _same(row, results, force)
     return count
+
+
+def _count_rows(path: str, fmt: str, limit: int | None) -> int | None:
+    """About how many rows a file holds, for the progress bar: its non-blank lines (CSV:
+    its records, less the header). None if it cannot be read (reading it says why)."""
+    count = 0
+    try:
+        with open(path, "rb") as file:
+            if fmt == "csv":
+                text = io.TextIOWrapper(file, encoding="utf-8", errors="replace", newline="")
+                count = max(sum(1 for record in csv.reader(text) if record) - 1, 0)
+            else:
+                count = sum(1 for line in file if line.strip())
+    except (OSError, csv.Error):
+        return None
+    return min(count, limit) if limit is not None else count
 
 
 def _same(row: Row, results: ResultsFile, force: bool) -> None:

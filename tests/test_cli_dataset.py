@@ -263,3 +263,78 @@ def test_a_killed_dataset_run_resumes_losing_and_repeating_nothing(tmp_path: Pat
     repeated = [r for r in again if r["prompt_sha256"] in answered]
     assert len(repeated) <= 4
     assert len(again) == 48 - len(answered) + len(repeated)
+
+
+SLOW = PROGRAM.replace('reply="hi")', 'reply="hi", delay=0.05)')
+
+
+def test_ctrl_c_stops_cleanly_and_resume_run_finishes_it(tmp_path: Path) -> None:
+    (tmp_path / "prog.llmflow").write_text(SLOW)
+    write_rows(tmp_path / "rows.jsonl", [{"name": f"n{i}"} for i in range(200)])
+    args = [sys.executable, "-m", "llmflow.cli", "run", "prog.llmflow", "--inputs", "rows.jsonl"]
+    args += ["--output", "out.jsonl", "--rows-in-flight", "2"]
+    first = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "out.jsonl"
+    deadline = time.monotonic() + 60
+    while not out.exists() or len(out.read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.02)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=30)
+    assert first.returncode == 130, err
+    assert "resume: llmflow run prog.llmflow --inputs rows.jsonl --output out.jsonl" in err
+    assert "Traceback" not in err
+    (run_dir,) = (Path(os.environ["LLMFLOW_HOME"]) / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
+    written = len(lines(out))
+    assert 0 < written < 200
+    second = subprocess.run(
+        [sys.executable, "-m", "llmflow.cli", "run", "prog.llmflow", "--resume", run_dir.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 0, second.stderr
+    assert f"resumed: {written} rows written before" in second.stderr
+    assert sorted(r["id"] for r in lines(out)) == list(range(1, 201))
+
+
+def test_the_progress_line_counts_rows_rate_spend_and_eta() -> None:
+    import io
+
+    from llmflow.cli_dataset import Progress
+    from llmflow.runtime.batch import RowResult, RowStats
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = Progress(4, quiet=False, stream=stream)
+    progress.add(RowResult(1, 1, "d", {}, stats=RowStats(dollars=0.5)))
+    progress.add(RowResult(2, 2, "d", {}, error="boom"))
+    line = progress.line(progress.started + 2.0)
+    assert line.startswith("[############............] 2/4 rows (1 failed)  1.0 rows/s  $0.5000")
+    assert line.endswith("ETA 2s")
+    assert "\r" in stream.getvalue()  # drawn live on a terminal
+    assert Progress(None, quiet=False, stream=io.StringIO()).live is False
+
+
+def test_the_plan_digest_is_the_same_in_every_process(work: Path) -> None:
+    code = (
+        "import llmflow; from llmflow.cli_dataset import plan_digest; "
+        "print(plan_digest(llmflow.compile('prog.llmflow')))"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=work,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (1, 2)
+    }
+    assert len(digests) == 1
