@@ -92,6 +92,35 @@ def read_rows(
         )
 
 
+def count_rows(
+    source: str | Path, *, fmt: Format | None = None, limit: int | None = None
+) -> int | None:
+    """About how many rows a file holds (its non-blank lines; CSV: its records, less the
+    header), at most `limit`, for a progress bar: None if it cannot be read (reading the
+    rows says why). Opened as `read_rows` opens it (a FIFO never blocks), each line read
+    bounded, so it costs a pass over the file and no memory."""
+    if str(source) == STDIN:
+        return None
+    count = 0
+    try:
+        with _open(source, str(source)) as stream:
+            if source_format(source, fmt) == "csv":
+                reader = csv.reader(_CsvLines(stream, str(source)), _dialect(source))
+                next(reader, None)  # the header
+                for record in reader:
+                    count += bool(record)
+                    if limit is not None and count >= limit:
+                        break
+            else:
+                while raw := _read_line(stream)[0]:
+                    count += bool(raw.strip())
+                    if limit is not None and count >= limit:
+                        break
+    except (RowsError, csv.Error):
+        return None
+    return min(count, limit) if limit is not None else count
+
+
 def bind_rows(
     plan: Plan,
     records: Iterable[tuple[int, dict[str, Any], str | None]],
@@ -289,6 +318,8 @@ class _CsvLines:
     starts cannot be told (a quoted field may hold newlines), so it is a RowsError."""
 
     def __init__(self, stream: IO[bytes], shown: str) -> None:
+        if csv.field_size_limit() < MAX_ROW_BYTES:  # the records are bounded, not fields
+            csv.field_size_limit(MAX_ROW_BYTES)
         self.stream, self.shown = stream, shown
         self.number = 0
         self.start = 1
@@ -325,11 +356,8 @@ class _CsvLines:
 def _csv(
     stream: IO[bytes], shown: str, source: str | Path
 ) -> Iterator[tuple[int, dict[str, Any], str | None]]:
-    if csv.field_size_limit() < MAX_ROW_BYTES:  # the records are bounded, not the fields
-        csv.field_size_limit(MAX_ROW_BYTES)
     lines = _CsvLines(stream, shown)
-    dialect = "excel-tab" if str(source).lower().endswith(".tsv") else "excel"
-    reader = csv.reader(lines, dialect)
+    reader = csv.reader(lines, _dialect(source))
     try:
         header = next(reader, None)
     except csv.Error as err:
@@ -361,6 +389,10 @@ def _csv(
             yield line, fields, f"{len(record)} fields where the header has {len(header)}"
         else:
             yield line, dict(zip(header, record, strict=True)), None
+
+
+def _dialect(source: str | Path) -> str:
+    return "excel-tab" if str(source).lower().endswith(".tsv") else "excel"
 
 
 def _json_kind(value: Any) -> str:

@@ -20,7 +20,7 @@ import pytest
 from llmflow.cli import main
 from llmflow.compiler.ir import Plan
 from llmflow.runtime import rows as rows_module
-from llmflow.runtime.rows import Row, RowsError, bind_rows, read_rows
+from llmflow.runtime.rows import Row, RowsError, bind_rows, count_rows, read_rows
 
 PROGRAM = """
 model m = scripted("x", reply="ok")
@@ -588,3 +588,24 @@ def test_a_row_without_an_id_and_a_row_whose_id_is_its_line_resume_apart(
     err = capsys.readouterr().err
     assert "twice" not in err and "1 row failed" in err, err
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_count_rows_counts_what_read_rows_reads_and_never_blocks(
+    tmp_path: Path, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines_ = put(tmp_path, "rows.jsonl", jsonl({"name": "a"}, "", "{bad", {"name": "c"}))
+    records = put(tmp_path, "rows.csv", 'name\n"two\nlines"\n\nb\nc\n')
+    assert count_rows(lines_) == len(read(lines_, plan)) == 3
+    assert count_rows(records) == len(read(records, plan)) == 3
+    assert count_rows(records, limit=2) == count_rows(lines_, limit=2) == 2
+    assert count_rows(put(tmp_path, "empty.csv", "")) == 0
+    assert count_rows("-") is None  # stdin is read once, by the run
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    counted: list[int | None] = []
+    assert _without_blocking(lambda: counted.append(count_rows(fifo))) is None
+    assert counted == [None]
+    assert count_rows(tmp_path) is None and count_rows(tmp_path / "missing.jsonl") is None
+    monkeypatch.setattr(rows_module, "MAX_ROW_BYTES", 64)
+    assert count_rows(put(tmp_path, "long.csv", 'name\n"open\n' + "x\n" * 100)) is None
+    assert count_rows(put(tmp_path, "long.jsonl", "x" * 1000 + "\n{}\n")) == 2
