@@ -3,10 +3,13 @@
 JSON lines (one object per line) or CSV with a header; a file or standard input. A row's
 fields are the flow's inputs (`mapping` renames: input → column; other fields are
 ignored, so a labeled dataset reads as is), `constants` are given to every row. A row
-that cannot be used (not JSON, not an object, a missing or mistyped input) is a `Row`
-with a `problem`, which the executor records as that row's error: one bad line does not
-stop ten thousand good ones. A problem with the whole source (not readable, a CSV without
-a header, two rows with one id) stops the run: `RowsError`, naming file and line.
+that cannot be used (not JSON, not an object, not UTF-8, too long, a missing or mistyped
+input, no usable id) is a `Row` with a `problem`, which the executor records as that row's
+error: one bad line does not stop ten thousand good ones. Such a row without an id of its
+own is `"line N"` (`"row N"` from Python), which no other row's id can be taken for. A
+problem with the whole source (not readable, a bad CSV header, a CSV record too long to
+tell where the next starts, two rows with one id) stops the run: `RowsError`, naming file
+and line.
 """
 
 from __future__ import annotations
