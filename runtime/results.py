@@ -49,7 +49,9 @@ def id_key(row_id: RowId) -> str:
 
 class ResultsFile:
     """An open results file: what it held when opened (`done`, `failed`: id key →
-    the row's input digest) and the appender of new lines."""
+    the row's input digest) and the appender of new lines. What it appends is counted,
+    not remembered (a run's own rows are one per id already), so memory does not grow
+    with the rows a run writes."""
 
     def __init__(
         self,
@@ -62,6 +64,8 @@ class ResultsFile:
         self.failed: dict[str, str | None] = {}
         self.written = 0
         """Lines this process appended."""
+        self.written_failed = 0
+        """Of them, rows that failed."""
         self._fd = _open(path)
         self._synced = time.monotonic()
         try:
@@ -73,7 +77,10 @@ class ResultsFile:
             raise
 
     def retry_failed(self) -> None:
-        """Drop the failed rows' lines, so that they run again and each id keeps one."""
+        """Drop the failed rows' lines, so that they run again and each id keeps one
+        (before any row is written: a run's own failures are its to report)."""
+        if self.written:
+            raise StoreError(f"{self.path}: failed rows are retried before rows are written")
         if self.failed:
             self._rewrite()
             self.failed.clear()
@@ -81,7 +88,12 @@ class ResultsFile:
     @property
     def rows(self) -> int:
         """Rows the file holds: done or failed."""
-        return len(self.done) + len(self.failed)
+        return len(self.done) + len(self.failed) + self.written
+
+    @property
+    def failed_rows(self) -> int:
+        """Rows of the file that failed, before this run and in it."""
+        return len(self.failed) + self.written_failed
 
     def has(self, row_id: RowId) -> bool:
         key = id_key(row_id)
@@ -92,7 +104,7 @@ class ResultsFile:
         return self.done.get(key, self.failed.get(key))
 
     def write(self, result: RowResult) -> None:
-        """Append the row's line (a row the file holds is refused: one line per id)."""
+        """Append the row's line (a row the file held is refused: one line per id)."""
         key = id_key(result.id)
         if key in self.done or key in self.failed:
             raise StoreError(f"{self.path}: row {clip(key, 60)} is written already")
@@ -117,11 +129,7 @@ class ResultsFile:
             with contextlib.suppress(OSError):  # no part line for a later one to follow
                 os.ftruncate(self._fd, self._end)
             raise StoreError(f"cannot write {self.path}: {err.strerror}") from None
-        if value["error"] is None:
-            self.done[key] = result.digest
-            self._kept.append((self._end, self._end + len(data)))
-        else:
-            self.failed[key] = result.digest
+        self.written_failed += value["error"] is not None
         self._end += len(data)
         self.written += 1
 

@@ -175,14 +175,25 @@ def test_a_row_in_the_file_twice_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_writing_a_row_the_file_holds_is_refused(tmp_path: Path) -> None:
+def test_writing_a_row_the_file_held_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
+    path.write_text(line(1, "boom"))
     with_file = opened(path)
-    with_file.write(result(1, "failed"))
     with pytest.raises(StoreError, match="row 1 is written already"):
         with_file.write(result(1))
     with_file.close()
     assert opened(path).rows == 1  # still a file that opens
+
+
+def test_rows_a_run_writes_are_counted_not_remembered(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with_file = opened(path)
+    for i in range(1, 101):
+        with_file.write(result(i, "boom" if i % 10 == 0 else None))
+    assert with_file.rows == 100 and with_file.failed_rows == 10
+    assert with_file.done == {} and with_file.failed == {}  # memory flat in rows written
+    with_file.close()
+    assert len(opened(path).done) == 90
 
 
 def test_retry_failed_drops_failed_rows_in_one_rename_keeping_the_mode(tmp_path: Path) -> None:
@@ -216,24 +227,15 @@ def test_retry_failed_without_failures_leaves_the_file_alone(tmp_path: Path) -> 
     with_file.close()
 
 
-def test_retry_failed_keeps_the_rows_written_since_opening_and_runs_twice(
-    tmp_path: Path,
-) -> None:
+def test_retry_failed_comes_before_any_row_is_written(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     path.write_text(line(1) + line(2, "boom"))
     with_file = opened(path)
     with_file.write(result(3))
-    with_file.write(result(4, "boom"))
-    with_file.retry_failed()
-    assert ids(path) == [1, 3]
-    with_file.write(result(2))
-    with_file.write(result(5, "boom"))
-    with_file.write(result(6))
-    with_file.retry_failed()  # the ranges of the rewritten file, not the old one
-    with_file.write(result(5))
+    with pytest.raises(StoreError, match="before rows are written"):
+        with_file.retry_failed()
     with_file.close()
-    assert ids(path) == [1, 3, 2, 6, 5]
-    assert opened(path).failed == {}
+    assert ids(path) == [1, 2, 3]
 
 
 def test_retry_failed_through_a_symbolic_link_rewrites_its_target(tmp_path: Path) -> None:
