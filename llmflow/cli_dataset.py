@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import hashlib
-import io
 import json
 import sys
 import time
@@ -33,7 +31,7 @@ from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.executors import Executor
 from llmflow.runtime.executors.local import LocalExecutor
 from llmflow.runtime.results import ResultsFile, id_key
-from llmflow.runtime.rows import STDIN, Row, RowsError, read_rows, source_format
+from llmflow.runtime.rows import STDIN, Row, RowsError, count_rows, read_rows, source_format
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.session import Session, check_plan
 from llmflow.runtime.stats import ModelStats
@@ -284,6 +282,7 @@ def _drive(
 ) -> int:
     output = results.path if results is not None else None
     source = STDIN if args.inputs == "-" else str(Path(args.inputs).resolve())
+    shown_rows = "<stdin>" if source == STDIN else args.inputs
 
     def rows() -> Iterator[Row]:
         return read_rows(
@@ -297,9 +296,9 @@ def _drive(
 
     total: int | None = None
     if source != STDIN and results is not None and results.rows:
-        total = _check_rows(rows(), results, args.force, args.limit)
+        total = _check_rows(rows(), results, args.force, args.limit, shown_rows)
     elif source != STDIN and sys.stderr.isatty() and not args.quiet:
-        total = _count_rows(args.inputs, source_format(source, args.format), args.limit)
+        total = count_rows(args.inputs, fmt=args.format, limit=args.limit)
     args.resume = run_dir.id if run_dir else None
     unanswered = shared._resumed_budget(args, recorded)
     budget = None
@@ -345,7 +344,7 @@ def _drive(
             resumed = f" (resumed: {skipped} rows written before)" if skipped else ""
             sys.stderr.write(f"run {run_dir.id}{resumed}\n")
         executor = _executor(args, plan, seed, budget, cache, run_dir)
-        todo = _todo(rows(), results, args.force, args.limit)
+        todo = _todo(rows(), results, args.force, args.limit, shown_rows)
         outcome = asyncio.run(_write_all(executor, todo, results, progress, args.max_failures))
     except BaseException as err:
         meta["status"] = "stopped"
@@ -362,7 +361,7 @@ def _drive(
         restore_sigterm()
         if cache:
             cache.close()
-    failed = len(results.failed) if results else progress.failed
+    failed = results.failed_rows if results else progress.failed
     finished = outcome == "done"
     meta["status"] = ("failed" if failed else "done") if finished else "stopped"
     meta["finished"] = time.time()
@@ -397,7 +396,7 @@ def _finish(
     shared: Any,
 ) -> None:
     meta["dataset"]["rows"] = results.rows if results else progress.done
-    meta["dataset"]["failed"] = len(results.failed) if results else progress.failed
+    meta["dataset"]["failed"] = results.failed_rows if results else progress.failed
     try:
         run_dir.write_meta(meta)
     except LLMFlowError as problem:
@@ -438,20 +437,20 @@ async def _write_all(
 
 
 def _todo(
-    rows: Iterator[Row], results: ResultsFile | None, force: bool, limit: int | None
+    rows: Iterator[Row], results: ResultsFile | None, force: bool, limit: int | None, shown: str
 ) -> Iterator[Row]:
     """The rows to run: the first `limit` of the source, less those written."""
     for count, row in enumerate(rows, 1):
         if limit is not None and count > limit:
             return
         if results is not None and results.has(row.id):
-            _same(row, results, force)
+            _same(row, results, force, shown)
             continue
         yield row
 
 
 def _check_rows(
-    rows: Iterator[Row], results: ResultsFile | None, force: bool, limit: int | None
+    rows: Iterator[Row], results: ResultsFile | None, force: bool, limit: int | None, shown: str
 ) -> int:
     """Before anything runs: every written row still has the inputs it ran with (unless
     `force`). Returns the number of rows (up to `limit`), for the progress bar."""
@@ -460,31 +459,15 @@ def _check_rows(
         if limit is not None and count > limit:
             return limit
         if results is not None and results.has(row.id):
-            _same(row, results, force)
+            _same(row, results, force, shown)
     return count
 
 
-def _count_rows(path: str, fmt: str, limit: int | None) -> int | None:
-    """About how many rows a file holds, for the progress bar: its non-blank lines (CSV:
-    its records, less the header). None if it cannot be read (reading it says why)."""
-    count = 0
-    try:
-        with open(path, "rb") as file:
-            if fmt == "csv":
-                text = io.TextIOWrapper(file, encoding="utf-8", errors="replace", newline="")
-                count = max(sum(1 for record in csv.reader(text) if record) - 1, 0)
-            else:
-                count = sum(1 for line in file if line.strip())
-    except (OSError, csv.Error):
-        return None
-    return min(count, limit) if limit is not None else count
-
-
-def _same(row: Row, results: ResultsFile, force: bool) -> None:
+def _same(row: Row, results: ResultsFile, force: bool, shown: str) -> None:
     written = results.digest(row.id)
     if not force and written is not None and written != row.digest:
         raise RowsError(
-            f"line {row.line}: row {id_key(row.id)} has other inputs than when it was "
+            f"{shown}:{row.line}: row {id_key(row.id)} has other inputs than when it was "
             f"written to {results.path} (the inputs changed?); write to another --output, "
             "or --force to keep what was written"
         )
