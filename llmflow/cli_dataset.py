@@ -70,7 +70,7 @@ def add_options(run: argparse.ArgumentParser) -> None:
         type=_positive,
         default=16,
         metavar="N",
-        help="rows running at once (default 16)",
+        help="rows running at once (default 16; with --executor ray, per worker)",
     )
     rows.add_argument("--limit", type=_positive, metavar="N", help="only the first N rows")
     rows.add_argument(
