@@ -6,8 +6,10 @@ per row.
                                  [--no-cache] [--trace N] [--json out.json]
 
 Each run is its own process (the command as a user types it, with a fresh $LLMFLOW_HOME);
-its peak RSS is the child's own `ru_maxrss` (`os.wait4`), so nothing of this process
-counts. The program (`memory.llmflow`) is two chained calls per row on a `scripted` model
+its peak RSS is the child's `ru_maxrss` (`os.wait4`). Linux starts a child's maxrss at
+its parent's peak when it execs, so this process keeps itself small (it streams the
+results; `parent_peak_rss_mib` says how small) and reads nothing of llmflow until the
+sizes are done. The program (`memory.llmflow`) is two chained calls per row on a `scripted` model
 with no delay, each row's prompts distinct, so what grows with the rows is llmflow's. Cost
 per row is the wall-clock slope between the smallest and the largest size (start-up
 cancels out); `--no-cache` runs without the response cache. `--single N` times the same
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,11 +68,21 @@ def measure(count: int, rep: int, flags: list[str]) -> dict[str, Any]:
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             raise SystemExit(f"llmflow run failed ({process.returncode}): {stderr[-2000:]}")
-        lines = output.read_text().splitlines()
-        failed = sum(json.loads(line)["error"] is not None for line in lines)
-        if len(lines) != count or failed:
-            raise SystemExit(f"{count} rows: {len(lines)} lines written, {failed} failed")
-    return {"rows": count, "rep": rep, "peak_rss_mib": usage.ru_maxrss / 1024, "seconds": seconds}
+        lines = failed = 0
+        with output.open() as results:  # line by line: this process must stay small
+            for line in results:
+                lines += 1
+                failed += json.loads(line)["error"] is not None
+        if lines != count or failed:
+            raise SystemExit(f"{count} rows: {lines} lines written, {failed} failed")
+    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "rows": count,
+        "rep": rep,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "seconds": seconds,
+        "parent_peak_rss_mib": mine,
+    }
 
 
 def single(times: int) -> dict[str, float]:
