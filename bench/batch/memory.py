@@ -137,14 +137,16 @@ def trace(count: int, top: int = 12) -> None:
     if len(snapshots) < 2:
         raise SystemExit(f"the run ended (exit {code}) before both snapshots")
     (first, before), (second, after) = snapshots
-    growth = after.compare_to(before, "traceback")
+    mine = [tracemalloc.Filter(False, tracemalloc.__file__)]  # the first snapshot itself
+    growth = after.filter_traces(mine).compare_to(before.filter_traces(mine), "traceback")
     total = sum(d.size_diff for d in growth)
     rows_between = second - first
     print(
         f"{rows_between} rows between the snapshots (exit {code}): "
         f"{total / 2**20:+.2f} MiB traced, {total / rows_between:+.0f} bytes per row"
     )
-    for diff in growth[:top]:
+    grew = [d for d in growth if d.size_diff > 0]  # what was freed (lark's tables) aside
+    for diff in grew[:top]:
         print(f"\n{diff.size_diff / rows_between:+7.0f} B/row {diff.count_diff:+8d} blocks")
         for line in diff.traceback.format(limit=6, most_recent_first=True):
             print("   " + line)
