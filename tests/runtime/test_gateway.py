@@ -131,6 +131,31 @@ def test_requests_per_period_hold_over_a_sliding_window():
         assert sent[i + 5] - sent[i] >= 0.4  # any 6 consecutive sends span a full window
 
 
+def test_a_request_counts_in_the_window_until_a_period_after_it_ends():
+    """A request held up after taking its slot (a pause before it reaches the server)
+    must not leave the window early: its entry is stamped when it ends."""
+    limiter = Limiter(Limits(rpm=2), period=0.2)
+    times: dict[str, tuple[float, float]] = {}
+
+    async def one(name: str, hold: float) -> None:
+        async with limiter.slot(1):
+            began = time.monotonic()
+            await asyncio.sleep(hold)
+        times[name] = (began, time.monotonic())
+
+    async def many() -> None:
+        slow = asyncio.create_task(one("slow", 1.0))  # longer than the window
+        quick = asyncio.create_task(one("quick", 0.0))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(one("third", 0.0), one("fourth", 0.0), slow, quick)
+
+    asyncio.run(many())
+    assert times["third"][0] >= times["quick"][1] + 0.2  # a period after the first end
+    for start, _ in times.values():  # never more than 2 in flight or ended within a period
+        counted = [n for n, (b, e) in times.items() if b <= start < e + 0.2]
+        assert len(counted) <= 2, counted
+
+
 def test_tokens_per_period_hold_and_are_settled_to_real_usage():
     limiter = Limiter(Limits(tpm=100), period=0.3)
     started: list[tuple[float, int]] = []
