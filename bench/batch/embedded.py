@@ -84,6 +84,7 @@ async def run_mode(
         async for result in session.run_many(plan, bound_rows(plan, records), in_flight=in_flight):
             results.append(result)
         elapsed = time.perf_counter() - started
+    await backend.aclose()
     failed = [r.error for r in results if not r.ok]
     if failed:
         raise SystemExit(f"{len(failed)} rows failed, e.g. {failed[0]}")
