@@ -13,8 +13,9 @@ The lower bound is what llama-cpp-python itself needs for the same tokens: the u
 prompt tokens (the 20-shot prefix once, plus each row's own suffix) at its prefill rate
 (`Llama.eval` of a 1,024-token prompt from an empty cache), plus the rows' output tokens
 at its fastest decode rate (`Llama.generate`, greedy, one sequence). Each rate is the
-best of three, measured right after the repetition it bounds; so is the 1-minute load
-average, since llama.cpp uses both cores and anything else running slows it down.
+best of three, measured right after the repetition it bounds. The 1-minute load average
+is recorded as each mode starts, since llama.cpp uses both cores and anything else
+running slows it down (the modes alternate which goes first).
 """
 
 from __future__ import annotations
@@ -168,7 +169,10 @@ def measure(records: list[dict[str, Any]], reps: int, in_flight: int) -> list[di
         runs: dict[str, Recorder] = {}
         answers: dict[str, dict[Any, Any]] = {}
         batches = Batches()
-        for mode, plan in (("O0", base), ("O1", optimized)):
+        load: dict[str, float] = {}
+        modes = [("O0", base), ("O1", optimized)]
+        for mode, plan in modes if rep % 2 == 0 else modes[::-1]:  # neither always first
+            load[mode] = os.getloadavg()[0]
             with batches.counting() if mode == "O1" else contextlib.nullcontext():
                 elapsed, recorder, results = asyncio.run(run_mode(plan, records, in_flight))
             seconds[mode], runs[mode] = elapsed, recorder
@@ -204,6 +208,8 @@ def measure(records: list[dict[str, Any]], reps: int, in_flight: int) -> list[di
             "correct_O1": sum(answers["O1"][k] == labels[k] for k in answers["O1"]),
             **rates,
             "load_1min": [load_before, os.getloadavg()[0]],
+            "load_1min_O0": load["O0"],
+            "load_1min_O1": load["O1"],
         }
         out.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "batch_sizes"}), file=sys.stderr)
@@ -223,7 +229,7 @@ def main() -> None:
     runs = measure(records, args.reps, args.in_flight)
     print(
         "| rep | -O0 rows/s | optimized rows/s | bound rows/s | speedup | optimized / bound "
-        "| rows per batch | load |"
+        "| rows per batch | load at -O0, optimized |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in runs:
@@ -232,7 +238,7 @@ def main() -> None:
             f"| {r['rep']} | {r['O0_rows_per_s']:.2f} | {r['O1_rows_per_s']:.2f} "
             f"| {r['bound_rows_per_s']:.2f} | {r['speedup']:.2f}x | {r['O1_over_bound']:.2f}x "
             f"| {statistics.mean(sizes) if sizes else 0:.1f} "
-            f"| {r['load_1min'][0]:.1f}-{r['load_1min'][1]:.1f} |"
+            f"| {r['load_1min_O0']:.1f}, {r['load_1min_O1']:.1f} |"
         )
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))
