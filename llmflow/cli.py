@@ -47,7 +47,8 @@ from llmflow.runtime.values import InvalidValue, check_json
 
 EXAMPLES = {
     "run": "llmflow run examples/hello.llmflow -i name=Ada\n"
-    "  llmflow run examples/hello.llmflow --inputs names.jsonl --output greetings.jsonl\n"
+    "  llmflow run examples/review_triage.llmflow --inputs examples/data/reviews.jsonl \\\n"
+    "      --id id --output triage.jsonl\n"
     "  llmflow run examples/qa_over_doc.llmflow -i doc=@paper.txt \\\n"
     '      -i \'questions=["Who?", "When?"]\' --json',
     "check": "llmflow check examples/*.llmflow",

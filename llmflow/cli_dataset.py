@@ -31,7 +31,7 @@ from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.executors import Executor
 from llmflow.runtime.executors.local import LocalExecutor
 from llmflow.runtime.results import ResultsFile, id_key
-from llmflow.runtime.rows import STDIN, Row, RowsError, read_rows, source_format
+from llmflow.runtime.rows import STDIN, Row, RowsError, count_rows, read_rows, source_format
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.session import Session, check_plan
 from llmflow.runtime.stats import ModelStats
@@ -70,7 +70,7 @@ def add_options(run: argparse.ArgumentParser) -> None:
         type=_positive,
         default=16,
         metavar="N",
-        help="rows running at once (default 16)",
+        help="rows running at once (default 16; with --executor ray, per worker)",
     )
     rows.add_argument("--limit", type=_positive, metavar="N", help="only the first N rows")
     rows.add_argument(
@@ -108,10 +108,16 @@ def _positive(text: str) -> int:
     return value
 
 
+_NOT_RUN = ("budget", "objective", "estimates", "total", "makespan", "critical_path", "decisions")
+"""Parts of a plan that say what the optimizer thought, not what a run does."""
+
+
 def plan_digest(plan: Plan) -> str:
-    """What a resumed dataset run compares: the plan it ran (templates, types, models,
-    the optimizer's decisions, where each node is in the source)."""
-    text = json.dumps(plan.to_json(), sort_keys=True, separators=(",", ":"))
+    """What a resumed dataset run compares: what the plan runs (its graph, templates,
+    types, models, groups and fallbacks, where each node is in the source), so that a
+    resume with another budget is the same run."""
+    data = {k: v for k, v in plan.to_json().items() if k not in _NOT_RUN}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -276,6 +282,7 @@ def _drive(
 ) -> int:
     output = results.path if results is not None else None
     source = STDIN if args.inputs == "-" else str(Path(args.inputs).resolve())
+    shown_rows = "<stdin>" if source == STDIN else args.inputs
 
     def rows() -> Iterator[Row]:
         return read_rows(
@@ -288,8 +295,10 @@ def _drive(
         )
 
     total: int | None = None
-    if source != STDIN and (results is not None and results.rows or sys.stderr.isatty()):
-        total = _check_rows(rows(), results, args.force, args.limit)
+    if source != STDIN and results is not None and results.rows:
+        total = _check_rows(rows(), results, args.force, args.limit, shown_rows)
+    elif source != STDIN and sys.stderr.isatty() and not args.quiet:
+        total = count_rows(args.inputs, fmt=args.format, limit=args.limit)
     args.resume = run_dir.id if run_dir else None
     unanswered = shared._resumed_budget(args, recorded)
     budget = None
@@ -327,7 +336,7 @@ def _drive(
     restore_sigterm = shared._stop_on_sigterm()
     cache = None if args.no_cache else ResponseCache(runs.home() / "cache", shared._warn)
     skipped = results.rows if results else 0
-    progress = Progress(total - skipped if total is not None else None, args.quiet)
+    progress = Progress(max(total - skipped, 0) if total is not None else None, args.quiet)
     shown = str(output or "stdout")
     try:
         run_dir.write_meta(meta)
@@ -335,7 +344,7 @@ def _drive(
             resumed = f" (resumed: {skipped} rows written before)" if skipped else ""
             sys.stderr.write(f"run {run_dir.id}{resumed}\n")
         executor = _executor(args, plan, seed, budget, cache, run_dir)
-        todo = _todo(rows(), results, args.force, args.limit)
+        todo = _todo(rows(), results, args.force, args.limit, shown_rows)
         outcome = asyncio.run(_write_all(executor, todo, results, progress, args.max_failures))
     except BaseException as err:
         meta["status"] = "stopped"
@@ -352,7 +361,7 @@ def _drive(
         restore_sigterm()
         if cache:
             cache.close()
-    failed = len(results.failed) if results else progress.failed
+    failed = results.failed_rows if results else progress.failed
     finished = outcome == "done"
     meta["status"] = ("failed" if failed else "done") if finished else "stopped"
     meta["finished"] = time.time()
@@ -387,7 +396,7 @@ def _finish(
     shared: Any,
 ) -> None:
     meta["dataset"]["rows"] = results.rows if results else progress.done
-    meta["dataset"]["failed"] = len(results.failed) if results else progress.failed
+    meta["dataset"]["failed"] = results.failed_rows if results else progress.failed
     try:
         run_dir.write_meta(meta)
     except LLMFlowError as problem:
@@ -428,20 +437,20 @@ async def _write_all(
 
 
 def _todo(
-    rows: Iterator[Row], results: ResultsFile | None, force: bool, limit: int | None
+    rows: Iterator[Row], results: ResultsFile | None, force: bool, limit: int | None, shown: str
 ) -> Iterator[Row]:
     """The rows to run: the first `limit` of the source, less those written."""
     for count, row in enumerate(rows, 1):
         if limit is not None and count > limit:
             return
         if results is not None and results.has(row.id):
-            _same(row, results, force)
+            _same(row, results, force, shown)
             continue
         yield row
 
 
 def _check_rows(
-    rows: Iterator[Row], results: ResultsFile | None, force: bool, limit: int | None
+    rows: Iterator[Row], results: ResultsFile | None, force: bool, limit: int | None, shown: str
 ) -> int:
     """Before anything runs: every written row still has the inputs it ran with (unless
     `force`). Returns the number of rows (up to `limit`), for the progress bar."""
@@ -450,15 +459,15 @@ def _check_rows(
         if limit is not None and count > limit:
             return limit
         if results is not None and results.has(row.id):
-            _same(row, results, force)
+            _same(row, results, force, shown)
     return count
 
 
-def _same(row: Row, results: ResultsFile, force: bool) -> None:
+def _same(row: Row, results: ResultsFile, force: bool, shown: str) -> None:
     written = results.digest(row.id)
     if not force and written is not None and written != row.digest:
         raise RowsError(
-            f"line {row.line}: row {id_key(row.id)} has other inputs than when it was "
+            f"{shown}:{row.line}: row {id_key(row.id)} has other inputs than when it was "
             f"written to {results.path} (the inputs changed?); write to another --output, "
             "or --force to keep what was written"
         )

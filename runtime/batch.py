@@ -25,6 +25,7 @@ from llmflow.runtime.secrets import redact
 from llmflow.runtime.stats import ModelStats, call_count, model_stats
 
 if TYPE_CHECKING:
+    from llmflow.runtime.journal import Journal
     from llmflow.runtime.session import Session
 
 DEFAULT_IN_FLIGHT = 16
@@ -118,7 +119,7 @@ async def run_rows(
                     exhausted = True
                 else:
                     task = asyncio.ensure_future(
-                        _run_row(session, plan, row, seed, keep_calls, on_event)
+                        run_row(session, plan, row, seed, keep_calls=keep_calls, on_event=on_event)
                     )
                     running.add(task)
             if not running:
@@ -138,19 +139,30 @@ async def run_rows(
             await closer()
 
 
-async def _run_row(
+async def run_row(
     session: Session,
     plan: Plan,
     row: Row,
     seed: RunSeed,
-    keep_calls: bool,
-    on_event: Event | None,
+    *,
+    keep_calls: bool = False,
+    on_event: Event | None = None,
+    journal: Journal | None = None,
 ) -> RowResult:
+    """One row's run (the plan checked already); `journal`: answer from and record into
+    this one instead of the session's (an executor in another process replays the row's
+    own answers)."""
     if row.problem is not None:
         return RowResult(row.id, row.line, row.digest, {}, error=row.problem)
     started = time.perf_counter()
     result = await session.run(
-        plan, row.inputs, row=row.id, seed=seed.for_row(row.id), on_event=on_event, checked=True
+        plan,
+        row.inputs,
+        row=row.id,
+        seed=seed.for_row(row.id),
+        on_event=on_event,
+        journal=journal,
+        checked=True,
     )
     stats = RowStats(calls=call_count(result.calls), seconds=time.perf_counter() - started)
     for call in result.calls:

@@ -30,6 +30,12 @@ def read_journal(path: Path) -> tuple[list[tuple[str, Generation]], int]:
     """The journal's entries (key, answer) in the order they were written, and how many
     lines were unreadable. A missing journal is empty; a directory in its place is an
     error naming it."""
+    entries, unreadable = read_journal_rows(path)
+    return [(key, generation) for key, generation, _ in entries], unreadable
+
+
+def read_journal_rows(path: Path) -> tuple[list[tuple[str, Generation, RowId | None]], int]:
+    """`read_journal`, each entry with the row that recorded it (None: no row said)."""
     values, unreadable = read_json_lines(path)
     entries = []
     for value in values:
@@ -41,14 +47,16 @@ def read_journal(path: Path) -> tuple[list[tuple[str, Generation]], int]:
     return entries, unreadable
 
 
-def _entry(value: Any) -> tuple[str, Generation] | None:
+def _entry(value: Any) -> tuple[str, Generation, RowId | None] | None:
     if not isinstance(value, dict):
         return None
-    key, generation = value.get("key"), value.get("generation")
+    key, generation, row = value.get("key"), value.get("generation"), value.get("row")
     if not isinstance(key, str) or not isinstance(generation, dict):
         return None
+    if isinstance(row, bool) or not isinstance(row, str | int):
+        row = None  # the answer is still good; only whose it was is unknown
     try:
-        return key, Generation.model_validate(generation, strict=True)
+        return key, Generation.model_validate(generation, strict=True), row
     except ValidationError:
         return None
 
@@ -56,10 +64,14 @@ def _entry(value: Any) -> tuple[str, Generation] | None:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
-        entries, self.unreadable = read_journal(path)
+        entries, self.unreadable = read_journal_rows(path)
         self._replay: dict[str, deque[Generation]] = defaultdict(deque)
-        for key, generation in entries:
+        self._rows: dict[RowId, list[str]] = defaultdict(list)
+        """The keys each row recorded, in order (`take_row`)."""
+        for key, generation, row in entries:
             self._replay[key].append(generation)
+            if row is not None:
+                self._rows[row].append(key)
         self._out = JsonLines(path)
 
     @property
@@ -76,6 +88,17 @@ class Journal:
         """The recorded answer for a request, if the journal holds one not yet used."""
         queue = self._replay.get(key)
         return queue.popleft() if queue else None
+
+    def take_row(self, row: RowId) -> list[tuple[str, Generation]]:
+        """Every unused answer the row recorded (key, answer), taken: what a row run
+        elsewhere (a Ray worker) replays. Identical requests share their answers, as
+        with `take`: another row's answer to the same request may come back."""
+        taken = []
+        for key in self._rows.pop(row, []):
+            answer = self.take(key)
+            if answer is not None:
+                taken.append((key, answer))
+        return taken
 
     def record(self, key: str, generation: Generation, row: RowId | None = None) -> None:
         """Write an answer down; `row`: the dataset row that asked (an executor that

@@ -3,10 +3,13 @@
 JSON lines (one object per line) or CSV with a header; a file or standard input. A row's
 fields are the flow's inputs (`mapping` renames: input → column; other fields are
 ignored, so a labeled dataset reads as is), `constants` are given to every row. A row
-that cannot be used (not JSON, not an object, a missing or mistyped input) is a `Row`
-with a `problem`, which the executor records as that row's error: one bad line does not
-stop ten thousand good ones. A problem with the whole source (not readable, a CSV without
-a header, two rows with one id) stops the run: `RowsError`, naming file and line.
+that cannot be used (not JSON, not an object, not UTF-8, too long, a missing or mistyped
+input, no usable id) is a `Row` with a `problem`, which the executor records as that row's
+error: one bad line does not stop ten thousand good ones. Such a row without an id of its
+own is `"line N"` (`"row N"` from Python), which no other row's id can be taken for. A
+problem with the whole source (not readable, a bad CSV header, a CSV record too long to
+tell where the next starts, two rows with one id) stops the run: `RowsError`, naming file
+and line.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import io
 import json
 import os
 import stat
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +95,35 @@ def read_rows(
         )
 
 
+def count_rows(
+    source: str | Path, *, fmt: Format | None = None, limit: int | None = None
+) -> int | None:
+    """About how many rows a file holds (its non-blank lines; CSV: its records, less the
+    header), at most `limit`, for a progress bar: None if it cannot be read (reading the
+    rows says why). Opened as `read_rows` opens it (a FIFO never blocks), each line read
+    bounded, so it costs a pass over the file and no memory."""
+    if str(source) == STDIN:
+        return None
+    count = 0
+    try:
+        with _open(source, str(source)) as stream:
+            if source_format(source, fmt) == "csv":
+                reader = csv.reader(_CsvLines(stream, str(source)), _dialect(source))
+                next(reader, None)  # the header
+                for record in reader:
+                    count += bool(record)
+                    if limit is not None and count >= limit:
+                        break
+            else:
+                while raw := _read_line(stream)[0]:
+                    count += bool(raw.strip())
+                    if limit is not None and count >= limit:
+                        break
+    except (RowsError, csv.Error):
+        return None
+    return min(count, limit) if limit is not None else count
+
+
 def bind_rows(
     plan: Plan,
     records: Iterable[tuple[int, dict[str, Any], str | None]],
@@ -108,28 +140,31 @@ def bind_rows(
     mapping = dict(mapping or {})
     constants = dict(constants or {})
     known = {spec.name for spec in plan.inputs}
-    for name in mapping:
+    for name in [*mapping, *constants]:
         if name not in known:
+            what = f"--map {quoted_name(name)[1:-1]}=…" if name in mapping else "a constant input"
             raise RowsError(
-                f"--map {quoted_name(name)[1:-1]}=…: the flow has no input {quoted_name(name)} "
+                f"{what}: the flow has no input {quoted_name(name)} "
                 f"(inputs: {', '.join(sorted(known)) or 'none'})"
             )
     columns = {name: mapping.get(name, name) for name in known if name not in constants}
     types = {spec.name: spec.type for spec in plan.inputs}
     seen: dict[RowId, int] = {}
+    """Declared ids → their line (line-number ids cannot repeat: nothing kept for them)."""
     for line, fields, problem in records:
         row_id: RowId = line
-        if problem is None and id_column is not None:
-            row_id, problem = _row_id(fields, id_column)
-            if problem is not None:
-                row_id = line
         where = f"{shown}:{line}" if shown else f"row {line}"
-        if row_id in seen and problem is None:
-            raise RowsError(
-                f"{where}: id {json.dumps(row_id)} is also the id of line "
-                f"{seen[row_id]}: ids ({id_column}) must be unique"
-            )
-        seen[row_id] = line
+        if id_column is not None:
+            if problem is None:
+                row_id, problem = _row_id(fields, id_column)
+            if problem is not None:
+                row_id = f"{'line' if shown else 'row'} {line}"  # never another row's id
+            if row_id in seen:
+                raise RowsError(
+                    f"{where}: id {clip(json.dumps(row_id, ensure_ascii=False), 60)} is "
+                    f"also the id of line {seen[row_id]}: ids ({id_column}) must be unique"
+                )
+            seen[row_id] = line
         if problem is not None:
             yield Row(row_id, line, {}, _digest(fields), f"{where}: {problem}")
             continue
@@ -190,6 +225,8 @@ class _open:
 
     def __enter__(self) -> IO[bytes]:
         if str(self.source) == STDIN:
+            if sys.stdin is None or not hasattr(sys.stdin, "buffer"):
+                raise RowsError("--inputs -: there is no standard input to read (it is closed)")
             return sys.stdin.buffer
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -210,30 +247,44 @@ class _open:
             self.stream.close()
 
 
+def _size(count: int) -> str:
+    return f"{count // 2**20} MiB" if count >= 2**20 else f"{count} bytes"
+
+
+def _read_line(stream: IO[bytes]) -> tuple[bytes, bool]:
+    """The next line, at most MAX_ROW_BYTES of it (whether it was longer: the rest is
+    skipped unread, in bounded pieces). A UTF-8 BOM is the caller's to drop."""
+    raw = stream.readline(MAX_ROW_BYTES + 1)
+    if len(raw) <= MAX_ROW_BYTES or raw.endswith(b"\n"):
+        return raw, False
+    while (rest := stream.readline(2**20)) and not rest.endswith(b"\n"):
+        pass
+    return raw, True
+
+
 def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None, str | None]]:
     """(line number, text, problem) per line; a line too long or not UTF-8 is a problem
     (the rest of a long line is skipped unread). A UTF-8 BOM at the start is dropped."""
     number = 0
     while True:
-        raw = stream.readline(MAX_ROW_BYTES + 1)
+        raw, long = _read_line(stream)
         if not raw:
             return
         number += 1
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[3:]
-        if len(raw) > MAX_ROW_BYTES and not raw.endswith(b"\n"):
-            while (rest := stream.readline(2**20)) and not rest.endswith(b"\n"):
-                pass
-            yield number, None, f"the line is longer than {MAX_ROW_BYTES // 2**20} MiB"
+        if long:
+            yield number, None, f"the line is longer than {_size(MAX_ROW_BYTES)}"
             continue
         try:
             yield number, raw.decode("utf-8"), None
         except UnicodeDecodeError as err:
-            yield (
-                number,
-                None,
-                f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})",
-            )
+            yield number, None, _not_utf8(raw, err)
+
+
+def _not_utf8(raw: bytes, err: UnicodeDecodeError, line: int | None = None) -> str:
+    at = f"line {line} " if line is not None else ""
+    return f"not UTF-8 text (byte 0x{raw[err.start]:02x} at {at}column {err.start + 1})"
 
 
 def _jsonl(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any], str | None]]:
@@ -245,10 +296,14 @@ def _jsonl(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any], str | None]
         if not text.strip():
             continue
         try:
-            value = json.loads(text)
+            value = json.loads(text.rstrip("\r\n"))  # else a cut line's error is on "line 2"
         except json.JSONDecodeError as err:
             what = clip(text.strip(), 40)
-            yield number, {"text": text}, f"not JSON at column {err.colno} ({err.msg}) in {what!r}"
+            yield (
+                number,
+                {"text": text},
+                f"not JSON at column {err.pos + 1} ({err.msg}) in {what!r}",
+            )
             continue
         except (ValueError, RecursionError) as err:  # huge integers, deep nesting
             yield number, {"text": text}, f"not a row: {clip(str(err), 80)}"
@@ -259,45 +314,88 @@ def _jsonl(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any], str | None]
         yield number, value, None
 
 
+class _CsvLines:
+    """The physical lines of a CSV file for `csv.reader`, decoded one at a time (so a
+    byte that is not UTF-8 is found on its own line, and spoils only its record), each
+    record held to MAX_ROW_BYTES. A record too long is the end: past it, where a record
+    starts cannot be told (a quoted field may hold newlines), so it is a RowsError."""
+
+    def __init__(self, stream: IO[bytes], shown: str) -> None:
+        if csv.field_size_limit() < MAX_ROW_BYTES:  # the records are bounded, not fields
+            csv.field_size_limit(MAX_ROW_BYTES)
+        self.stream, self.shown = stream, shown
+        self.number = 0
+        self.start = 1
+        """Where the record being read starts."""
+        self.size = 0
+        self.problem: str | None = None
+        """The record's first undecodable byte."""
+
+    def next_record(self) -> None:
+        self.start, self.size, self.problem = self.number + 1, 0, None
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            raw, long = _read_line(self.stream)
+            if not raw:
+                return
+            self.number += 1
+            if self.number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]
+            self.size += len(raw)
+            if long or self.size > MAX_ROW_BYTES:
+                raise RowsError(
+                    f"{self.shown}:{self.start}: a CSV record longer than "
+                    f"{_size(MAX_ROW_BYTES)} (an unclosed quote?): the rows after it "
+                    "cannot be told apart"
+                )
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                self.problem = self.problem or _not_utf8(raw, err, self.number)
+                yield raw.decode("utf-8", "replace")
+
+
 def _csv(
     stream: IO[bytes], shown: str, source: str | Path
 ) -> Iterator[tuple[int, dict[str, Any], str | None]]:
-    csv.field_size_limit(MAX_ROW_BYTES)
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    dialect = "excel-tab" if str(source).lower().endswith(".tsv") else "excel"
-    reader = csv.reader(text, dialect)
+    lines = _CsvLines(stream, shown)
+    reader = csv.reader(lines, _dialect(source))
     try:
         header = next(reader, None)
-        if header is None:
+    except csv.Error as err:
+        raise RowsError(f"{shown}:1: the header is not a CSV record: {err}") from None
+    if header is None:
+        return
+    if lines.problem is not None:
+        raise RowsError(f"{shown}:1: the header is {lines.problem}")
+    if len(set(header)) != len(header):
+        twice = sorted(name for name, count in Counter(header).items() if count > 1)
+        names = ", ".join(quoted_name(name, 30) for name in twice)
+        raise RowsError(f"{shown}:1: the header names {names} twice")
+    while True:
+        lines.next_record()
+        try:
+            record = next(reader)
+        except StopIteration:
             return
-        if len(set(header)) != len(header):
-            twice = sorted({name for name in header if header.count(name) > 1})
-            raise RowsError(f"{shown}:1: the header names {', '.join(twice)} twice")
-        while True:
-            line = reader.line_num + 1
-            try:
-                record = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                yield line, {"line": line}, f"not a CSV record: {err}"
-                continue
-            if not record:
-                continue
-            if len(record) != len(header):
-                yield (
-                    line,
-                    dict(zip(header, record, strict=False)),
-                    (f"{len(record)} fields where the header has {len(header)}"),
-                )
-                continue
+        except csv.Error as err:
+            yield lines.start, {"line": lines.start}, f"not a CSV record: {err}"
+            continue
+        line = lines.start
+        if lines.problem is not None:
+            yield line, {"line": line}, lines.problem
+        elif not record:
+            continue
+        elif len(record) != len(header):
+            fields = dict(zip(header, record, strict=False))
+            yield line, fields, f"{len(record)} fields where the header has {len(header)}"
+        else:
             yield line, dict(zip(header, record, strict=True)), None
-    except UnicodeDecodeError as err:
-        raise RowsError(
-            f"{shown}:{reader.line_num + 1}: not UTF-8 text (byte 0x{err.object[err.start]:02x})"
-        ) from None
-    finally:
-        text.detach()
+
+
+def _dialect(source: str | Path) -> str:
+    return "excel-tab" if str(source).lower().endswith(".tsv") else "excel"
 
 
 def _json_kind(value: Any) -> str:

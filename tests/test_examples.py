@@ -90,3 +90,13 @@ def test_two_models(capsys: pytest.CaptureFixture[str]) -> None:
     out = run_json(capsys, "examples/two_models.llmflow", "-i", f"opening={opening}")
     assert out["story"].startswith(opening + " ") and len(out["story"]) > len(opening) + 5
     assert out["title"].strip()
+
+
+def test_review_triage_over_a_dataset(tmp_path: Path) -> None:
+    """The README's dataset example, on the embedded model: one line per row, by id."""
+    out = tmp_path / "triage.jsonl"
+    args = ["run", "examples/review_triage.llmflow", "--inputs", "examples/data/reviews.jsonl"]
+    assert main([*args, "--id", "id", "--output", str(out), "--limit", "3", "-q"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ["r1", "r2", "r3"]
+    assert all(r["outputs"]["sentiment"] in {"positive", "negative", "mixed"} for r in rows)

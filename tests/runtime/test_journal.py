@@ -157,3 +157,22 @@ def test_a_directory_or_a_link_in_its_place_is_an_error_naming_it(tmp_path: Path
     with pytest.raises(StoreError, match=f"{link} is a symbolic link"):
         Journal(link)
     assert target.read_text() == "keep me\n"
+
+
+def test_a_row_takes_back_its_own_answers_only(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.record("a", FIRST, row=1)
+    journal.record("b", WIDE, row="r2")
+    journal.record("c", LATER, row=1)
+    journal.record("d", LATER)
+    journal.close()
+    with path.open("a") as out:  # a row id of no usable type: the answer stays, unowned
+        out.write(json.dumps({"key": "e", "generation": FIRST.model_dump(), "row": [1]}) + "\n")
+    resumed = Journal(path)
+    assert resumed.unreadable == 0
+    assert resumed.take_row(1) == [("a", FIRST), ("c", LATER)]
+    assert resumed.take_row(1) == [] and resumed.take_row("1") == []
+    assert resumed.take("b") == WIDE and resumed.take_row("r2") == []  # taken already
+    assert (resumed.take("d"), resumed.take("e")) == (LATER, FIRST)
+    resumed.close()
