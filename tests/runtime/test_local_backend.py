@@ -743,3 +743,119 @@ def test_every_request_seed_is_a_fixed_llama_cpp_seed() -> None:
     assert _llama_seed(None) == DEFAULT_SEED and _llama_seed(7) == 7
     for seed in (2**32 - 1, 2**32, 2**63 - 1):  # 2**32 - 1 is llama.cpp's "random"
         assert 0 <= _llama_seed(seed) < 2**32 - 1
+
+
+ROWS = """
+model chat = local("smollm2-135m")
+
+enum Kind { question_about_a_bill, report_of_a_broken_device, request_for_a_new_password }
+
+fn sort(ticket: str) -> kind: Kind
+\"\"\"Sort each support ticket by its kind.
+
+Ticket: Why is my invoice for March twice as high as the one for February?
+Kind: question_about_a_bill
+
+Ticket: The screen of the tablet I bought stays black when I switch it on.
+Kind: report_of_a_broken_device
+
+Ticket: I forgot how I log in to my account and need a way back in.
+Kind: request_for_a_new_password
+
+Ticket: {{ticket}}
+Kind: {{kind}}\"\"\"
+
+flow main(ticket: str) -> kind: Kind {
+    kind = sort(ticket)
+}
+"""
+TICKETS = (
+    "My phone charger sparks when I plug it in.",
+    "What is the extra fee on my last bill?",
+    "Please send me a link to set a new password.",
+    "The speaker makes no sound at all.",
+)
+
+
+@needs_smollm2
+def test_rows_of_a_dataset_run_share_their_prefix_and_decode_together(
+    backend: LocalBackend, compile_source
+) -> None:
+    """The rows of a dataset run call one function with one long prefix (a call each,
+    so no prefix group): waiting together, they run as one batch that evaluates the
+    prefix once, and each row's enum answer is spelled out once its first tokens
+    decide it, not decoded token by token."""
+    from llmflow.runtime.rows import bind_rows
+    from llmflow.runtime.session import Session
+
+    plan = compile_source(ROWS)
+    assert not plan.groups  # one call per row: what rows share is the backend's to find
+    model = backend._models["chat"]
+    asyncio.run(backend.generate(batch_request("Hi", False, {"max_tokens": 1})))  # loaded
+    assert model.llm is not None
+    model.llm.reset()
+    backend._states._entries.clear()
+    rows = list(bind_rows(plan, ((i, {"ticket": t}, None) for i, t in enumerate(TICKETS, 1))))
+    outputs: list[batch.Output] = []
+    prompts: list[list[int]] = []
+    sizes: list[int] = []
+    run = batch.run
+
+    def recording_run(llm: object, jobs: list, done: Callable) -> None:
+        sizes.append(len(jobs))
+        prompts.extend(job.tokens.tolist() for job in jobs)
+
+        def record(index: int, output: batch.Output) -> None:
+            outputs.append(output)
+            done(index, output)
+
+        run(llm, jobs, record)  # type: ignore[arg-type]
+
+    async def all_rows() -> list:
+        async with Session(backend=backend) as session:
+            model.busy.acquire()  # the worker waits until every row's call is queued
+            try:
+                results = session.run_many(plan, rows, in_flight=len(rows), keep_calls=True)
+                collecting = asyncio.ensure_future(_collect(results))
+                await asyncio.sleep(0.3)
+            finally:
+                model.busy.release()
+            return await collecting
+
+    with patch.object(batch, "run", recording_run):
+        results = asyncio.run(all_rows())
+    assert [r.error for r in results] == [None] * len(TICKETS)
+    kinds = {"question_about_a_bill", "report_of_a_broken_device", "request_for_a_new_password"}
+    assert {r.outputs["kind"] for r in results} <= kinds
+    assert sizes == [len(TICKETS)]
+    calls = [c for r in results for c in r.calls]
+    evaluated = sum(c.input_tokens - c.cached_tokens for c in calls)
+    assert evaluated == trie_size(prompts)  # the prefix once, then what each row adds
+    first = min(calls, key=lambda c: c.cached_tokens)
+    prefix = min(_common_prefix(np.array(prompts[0]), np.array(p)) for p in prompts[1:])
+    assert first.cached_tokens == 0 and prefix > 100
+    assert all(c.cached_tokens >= prefix for c in calls if c is not first)
+    assert all(o.forced > 0 for o in outputs)  # every kind is several tokens long
+
+
+async def _collect(results: object) -> list:
+    return [result async for result in results]  # type: ignore[attr-defined]
+
+
+def test_a_choice_is_spelled_out_only_when_decoding_could_give_nothing_else() -> None:
+    def rest(text: str, choices: list[str], stop: tuple[str, ...] = (), limit: int = 16) -> object:
+        job = batch.Job(np.array([1, 2]), 0, limit, 0.0, 0, stop=stop, choices=choices)
+        state = batch._Sequence(0, job, None, limit, None, None)  # type: ignore[arg-type]
+        state.choices = [c.encode() for c in choices]
+        state.completion = [7] * 2  # two tokens so far
+        return state._forced_rest(text.encode())
+
+    kinds = ["billing", "bill_later", "technical"]
+    assert rest("tech", kinds) == b"nical"
+    assert rest("technical", kinds) == b""  # complete: only an end token could follow
+    assert rest("bill", kinds) is None  # two choices go on from here
+    assert rest("bill", ["bill", "billing"]) is None  # a choice, and a longer one
+    assert rest("tech", kinds, stop=("n",)) is None  # a stop string would cut it
+    assert rest("tech", kinds, limit=7) is None  # 2 + 5 tokens might reach the limit
+    assert rest("tech", kinds, limit=8) == b"nical"
+    assert rest("tech", []) is None  # not a choice

@@ -11,7 +11,10 @@ after a group's shared prefix is saved in a memory-bounded LRU, so a call of the
 arriving after other prompts restores it instead of evaluating the prefix again. The
 optimized calls waiting when one is served that share its prefix run with it, as
 parallel sequences of one llama.cpp batch (`batch`): the prefix is evaluated once
-and the calls' suffixes and outputs are decoded together, at a large batch's rate.
+and the calls' suffixes and outputs are decoded together, at a large batch's rate (a
+call needs no group for that: the rows of a dataset run, a call each, meet there too),
+and an answer among choices (an enum) stops being decoded once its first tokens decide
+which choice it is.
 Ungrouped calls of priority 0 (-O0) are served first come, first served, and reuse only
 what llama.cpp keeps of the previous call's prompt.
 

@@ -49,6 +49,9 @@ class Job:
     seed: int
     stop: Sequence[str] = ()
     grammar: LlamaGrammar | None = None
+    choices: Sequence[str] = ()
+    """The texts `grammar` allows, when it is a choice among strings (an enum): once
+    the text so far starts only one of them, the rest is spelled out, not decoded."""
     cancelled: Callable[[], bool] = lambda: False
 
 
@@ -60,6 +63,9 @@ class Output:
     shared: int = 0
     """Prompt tokens after `Job.reused` that another job of the batch evaluated for both
     (their prompts go on alike): not evaluated again for this one."""
+    forced: int = 0
+    """Output tokens of a choice's rest, added without decoding (`Job.choices`): the
+    tokenizer's split of that text (the model might split it otherwise)."""
 
 
 def enable_sequences(llm: Llama, n: int) -> None:
@@ -108,6 +114,8 @@ class _Sequence:
     multibyte_fix: int = 0
     shared: int = 0
     output: Output | None = None
+    choices: list[bytes] = field(default_factory=list)
+    """`Job.choices` as bytes, when a grammar enforces them."""
 
     @property
     def pending(self) -> list[int]:
@@ -169,10 +177,32 @@ class _Sequence:
         if stops:
             self._finish(text[: text.index(stops[0].encode("utf-8"))], "stop")
             return False
+        if (rest := self._forced_rest(text)) is not None:
+            forced = llm.tokenize(rest, add_bos=False, special=False) if rest else []
+            self.completion += forced
+            self._finish(text + rest, "stop")
+            assert self.output is not None
+            self.output.forced = len(forced)
+            return False
         if len(self.completion) >= self.limit:
             self._finish(text, "length")
             return False
         return True
+
+    def _forced_rest(self, text: bytes) -> bytes | None:
+        """The rest of the only choice the text so far can become, when decoding it
+        could only spell it out and end: no other choice starts with the text, no stop
+        string occurs in the choice, and it ends (in at most one token per byte) before
+        the limit. Then the same text and ending come out as from decoding every token,
+        without the decode steps (for an enum, usually all of them after the first)."""
+        matching = [c for c in self.choices if c.startswith(text)]
+        if len(matching) != 1:
+            return None
+        choice = matching[0]
+        if any(stop.encode("utf-8") in choice for stop in self.job.stop):
+            return None
+        rest = choice[len(text) :]
+        return rest if len(self.completion) + len(rest) < self.limit else None
 
     def _finish(self, text: bytes, reason: str) -> None:
         text_str = text.decode("utf-8", errors="ignore")
@@ -240,6 +270,8 @@ def run(llm: Llama, jobs: Sequence[Job], done: Callable[[int, Output], None]) ->
             limit = max_tokens(llm, len(job.tokens), job.max_tokens)
             state = _Sequence(seq, job, llm, limit, *_samplers(llm, job))
             state.stream, state.n_past = job.tokens.tolist(), job.reused
+            if job.grammar is not None:
+                state.choices = [choice.encode("utf-8") for choice in job.choices]
             states.append(state)
         for state in states[1:]:
             llama_cpp.llama_memory_seq_rm(memory, state.seq, -1, -1)

@@ -120,6 +120,7 @@ class _Worker:
                 seed=_llama_seed(c.request.seed),
                 stop=[stop for stop in c.request.stop if stop],
                 grammar=c.grammar,
+                choices=_choices(c),
                 cancelled=c.cancelled.is_set,
             )
             for c, reused, _ in served
@@ -243,8 +244,9 @@ class _Worker:
         An -O0 call gets only that reuse of the previous call's prefix. An optimized call
         (one with a group or a priority) first restores a saved state if it beats the
         context by the model's `reuse_min_tokens`, then evaluates the rest of its prompt in
-        steps, saving the state where it stops sharing with its group and before its
-        last token, so later calls find their prefix even if other prompts ran between.
+        steps, saving the state where it stops sharing with its group (`_shared`) and
+        before its last token, so later calls find their prefix even if other prompts ran
+        between; a short tail that waiting calls do not share is left to their batch.
         """
         last = len(tokens) - 1
         reused = _common_prefix(llm._input_ids, tokens)
@@ -265,18 +267,18 @@ class _Worker:
         # prompt (but the last token), since a later call may share any prefix of it
         # (an item of one map reading what an item of another map read).
         points = [last]
+        shared, siblings = self._shared(model, llm, call, tokens)
         if group is not None:
-            shared, siblings = self._group_shared(model, llm, call, tokens)
             model.group_prompts[group] = tokens
             model.group_prompts.move_to_end(group)
             if len(model.group_prompts) > _GROUP_HISTORY:
                 model.group_prompts.popitem(last=False)
-            points.insert(0, shared)
-            if siblings and shared >= least and last - shared < 2 * least:
-                # A short tail after the group's prefix is cheaper evaluated in the batch
-                # with the waiting siblings'. A call alone keeps its whole prompt: the
-                # group's next call may extend it (a conversation, a growing transcript).
-                points.pop()
+        points.insert(0, shared)
+        if siblings and shared >= least and last - shared < 2 * least:
+            # A short tail after the shared prefix is cheaper evaluated in the batch
+            # with the waiting siblings'. A call alone keeps its whole prompt: the
+            # group's next call may extend it (a conversation, a growing transcript).
+            points.pop()
         points = [p for p in points if p >= least and p > max(in_state, reused)]
         if not points:
             return reused
@@ -290,16 +292,17 @@ class _Worker:
                 self.states.add(_save(llm, name, size), model.state_limit)
         return reused
 
-    def _group_shared(
+    def _shared(
         self, model: _Model, llm: Llama, call: _Call, tokens: np.ndarray
     ) -> tuple[int, bool]:
-        """How much of the prompt its group shares: the longest common prefix with a
-        waiting call of the group or with the group's previous prompt; all but the last
-        token when no other call of the group is known yet. And whether calls of the
-        group are waiting."""
+        """How much of the prompt others share: the longest common prefix with a waiting
+        call of its group or with the group's previous prompt (for an ungrouped
+        optimized call, with a waiting ungrouped one: the rows of a dataset run calling
+        one function, a call each); all but the last token when no such call is known.
+        And whether such calls are waiting."""
         group = call.request.group
         with model.mutex:
-            siblings = [c for c in model.waiting if c.request.group == group]
+            siblings = [c for c in model.waiting if not c.fifo and c.request.group == group]
         others = []
         for sibling in siblings:
             with contextlib.suppress(BackendError):
@@ -332,6 +335,12 @@ class _Worker:
                 call.error = error
                 raise
         return call.tokens
+
+
+def _choices(call: _Call) -> list[str]:
+    """The strings a call's grammar chooses among, if it is a choice (an enum)."""
+    constraint = call.request.constraint
+    return list(constraint.choices or ()) if constraint is not None else []
 
 
 def _failure(model: _Model, error: BaseException) -> BaseException:
