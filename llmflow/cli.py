@@ -265,6 +265,7 @@ def _compile(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for "resume: ..." hints
     secrets.register_environment()
     handler = {"run": _run, "check": _check, "plan": _plan, "models": _models, "trace": _trace}[
         args.command

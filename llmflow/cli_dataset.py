@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from llmflow.runtime.executors.local import LocalExecutor
 from llmflow.runtime.results import ResultsFile, id_key
 from llmflow.runtime.rows import STDIN, Row, RowsError, count_rows, read_rows, source_format
 from llmflow.runtime.runs import RunDir
+from llmflow.runtime.secrets import redact
 from llmflow.runtime.session import Session, check_plan
 from llmflow.runtime.stats import ModelStats
 from llmflow.runtime.store import dumps
@@ -370,22 +372,37 @@ def _drive(
     progress.summary(run_dir, skipped, shown)
     if outcome == "budget":
         assert budget is not None
+        again = _again(args, without="--budget")
         sys.stderr.write(
             f"stopped: the budget of ${budget.limit:.4f} cannot pay for more rows "
-            f"(${budget.spent:.4f} spent); resume with a larger --budget: {_again(args)}\n"
+            f"(${budget.spent:.4f} spent); resume with a larger one: {again} --budget USD\n"
         )
     elif outcome == "failures":
         sys.stderr.write(f"stopped: {args.max_failures} rows failed (--max-failures)\n")
     if failed:
         earlier = failed - progress.failed
         note = f" ({earlier} of them before this run)" if earlier > 0 else ""
-        retry = f"; run them again: {_again(args)} --retry-failed" if output else ""
+        retry = f"; run them again: {_again(args, add='--retry-failed')}" if output else ""
         sys.stderr.write(f"{failed} row{'s' if failed != 1 else ''} failed{note}{retry}\n")
     return 0 if finished and not failed else 1
 
 
-def _again(args: argparse.Namespace) -> str:
-    return f"llmflow run {args.program} --inputs {args.inputs} --output {args.output}"
+def _again(args: argparse.Namespace, without: str | None = None, add: str = "") -> str:
+    """The command that goes on with this run: the one typed, every option kept (an `--id`
+    or `--map` left out would make the written rows look changed), less `without`'s
+    option, plus `add` when it is not there."""
+    words: list[str] = []
+    skip = False
+    for word in getattr(args, "argv", None) or [args.program]:
+        if skip:
+            skip = False
+        elif without and word == without:
+            skip = True
+        elif not (without and word.startswith(without + "=")):
+            words.append(word)
+    if add and add not in words:
+        words.append(add)
+    return redact("llmflow " + shlex.join(words))
 
 
 def _finish(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -185,15 +186,22 @@ def test_the_budget_stops_new_rows_and_a_resume_with_more_finishes(
     (work / "prog.llmflow").write_text(
         PROGRAM.replace('reply="hi")', 'reply="hi", price_in=10000, price_out=10000)')
     )
-    write_rows(work / "rows.jsonl", [{"name": f"n{i}"} for i in range(20)])
-    args = ["--inputs", "rows.jsonl", "--output", "out.jsonl", "--rows-in-flight", "1"]
-    assert run(*args, "--budget", "4") == 1
+    write_rows(work / "rows.jsonl", [{"key": f"k{i:02d}", "name": f"n{i}"} for i in range(20)])
+    args = ["--inputs", "rows.jsonl", "--output", "out.jsonl", "--id", "key"]
+    assert run(*args, "--budget", "4", "--rows-in-flight", "1") == 1
     err = capsys.readouterr().err
     assert "cannot pay for more rows" in err
     done = lines(work / "out.jsonl")
     assert 0 < len(done) < 20 and all(r["error"] is None for r in done)  # not run: not written
-    assert run(*args, "--budget", "100") == 0
-    assert sorted(r["id"] for r in lines(work / "out.jsonl")) == list(range(1, 21))
+    # The hint is the command as typed (its --id too, or the written rows would look
+    # changed), less the old budget: run as printed with a larger one, it finishes.
+    hint = err.split("resume with a larger one: ")[1].splitlines()[0]
+    assert hint == (
+        "llmflow run prog.llmflow -q --inputs rows.jsonl --output out.jsonl --id key "
+        "--rows-in-flight 1 --budget USD"
+    )
+    assert main(shlex.split(hint.replace("USD", "100"))[1:]) == 0
+    assert sorted(r["id"] for r in lines(work / "out.jsonl")) == [f"k{i:02d}" for i in range(20)]
 
 
 def test_rows_from_stdin(work: Path) -> None:
@@ -282,7 +290,8 @@ def test_ctrl_c_stops_cleanly_and_resume_run_finishes_it(tmp_path: Path) -> None
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=30)
     assert first.returncode == 130, err
-    assert "resume: llmflow run prog.llmflow --inputs rows.jsonl --output out.jsonl" in err
+    resume = "resume: llmflow run prog.llmflow --inputs rows.jsonl --output out.jsonl"
+    assert f"{resume} --rows-in-flight 2\n" in err
     assert "Traceback" not in err
     (run_dir,) = (Path(os.environ["LLMFLOW_HOME"]) / "runs").iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
