@@ -10,7 +10,8 @@ model, through `llmflow.run_batch` (one Session, the dataset executor). Then, pe
   correctness column row for row (the stand-in letters, see prepare.py, make it so);
 - GSM8K: the final number of the answer text against the reference's, and how often that
   agrees with the table's correctness column, with the rows where it does not written to
-  `OUT/gsm8k_disagreements.jsonl` to read;
+  `OUT/gsm8k_disagreements.jsonl` to read; and RouteLLM's own grading rule
+  (`routellm_value`) over the replayed texts, which must reproduce the column exactly;
 - dollars and tokens over the whole set at the price table's prices, and seconds per call
   (the run's wall time over its calls) next to the lookup alone (`ReplayTable.find` over
   every prompt).
@@ -67,6 +68,23 @@ def final_number(text: str) -> float | None:
 def numeric_match(text: str, expected: str) -> bool:
     got = final_number(text)
     return got is not None and abs(got - float(expected.replace(",", ""))) < 1e-6
+
+
+def routellm_value(text: str) -> int | None:
+    """RouteLLM's own grading of GSM8K (routellm/evals/gsm8k/generate_responses.py,
+    after SGLang's benchmark), restated to explain its correctness column: commas
+    removed, the last run of digits in the whole text read as a Python literal, so signs
+    and decimal points are dropped ("$20.00" reads as "00", which is not a valid literal,
+    so the answer counts as wrong; "-15" reads as 15)."""
+    runs = re.findall(r"\d+", text.replace(",", ""))
+    if not runs or (len(runs[-1]) > 1 and runs[-1].startswith("0")):
+        return None
+    return int(runs[-1])
+
+
+def routellm_match(text: str, reference_solution_number: str) -> bool:
+    got = routellm_value(text)
+    return got is not None and got == routellm_value(reference_solution_number)
 
 
 # ---- running ----------------------------------------------------------------------------
@@ -202,16 +220,27 @@ def check_gsm8k(data: Path, limit: int | None, in_flight: int, out: Path) -> dic
                         "expected": r["expected"],
                         "extracted": final_number(text),
                         "table_says_correct": r["recorded"][column],
+                        "routellm_rule_reads": routellm_value(text),
                         "answer_tail": text[-300:],
                     }
                 )
         agree = sum(right[r["id"]] == r["recorded"][column] for r in rows)
+        their = {
+            r["id"]: routellm_match(
+                run["outputs"].get(r["id"], {}).get("answer", ""), r["expected"]
+            )
+            for r in rows
+        }
         report[name] = {
             "accuracy_all": share(sum(right.values()), len(rows)),
             "table_all": share(sum(r["recorded"][column] for r in rows), len(rows)),
             "accuracy_clean": share(sum(right[r["id"]] for r in clean), len(clean)),
             "table_clean": share(sum(r["recorded"][column] for r in clean), len(clean)),
             "agreement_with_table": share(agree, len(rows)),
+            "routellm_rule_accuracy_all": share(sum(their.values()), len(rows)),
+            "routellm_rule_agreement_with_table": share(
+                sum(their[r["id"]] == r["recorded"][column] for r in rows), len(rows)
+            ),
             "metric_right_table_wrong": sum(
                 right[r["id"]] and not r["recorded"][column] for r in rows
             ),

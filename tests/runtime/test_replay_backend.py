@@ -22,7 +22,7 @@ from llmflow.compiler.models import ModelSpec
 from llmflow.errors import CompileError
 from llmflow.runtime.backends import GenerationRequest, Turn, registry
 from llmflow.runtime.backends import replay as replay_module
-from llmflow.runtime.backends.base import BackendError
+from llmflow.runtime.backends.base import BackendError, Generation
 from llmflow.runtime.backends.replay import ReplayBackend, TableError, answer_tokens, read_table
 
 GPT4 = "gpt-4-1106-preview"
@@ -60,7 +60,9 @@ def spec(table: Path | str, model_id: str = GPT4, name: str = "m", **settings: o
     return resolve(name, "replay", model_id, [("declaration", written)])
 
 
-def ask(backend: ReplayBackend, prompt: str, model: str = "m", stop: list[str] | None = None):
+def ask(
+    backend: ReplayBackend, prompt: str, model: str = "m", stop: list[str] | None = None
+) -> Generation:
     request = GenerationRequest(
         model=model, turns=[Turn(role="user", text=prompt)], stop=stop or []
     )
