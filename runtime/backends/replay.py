@@ -67,11 +67,6 @@ Key = tuple[str, ...]
 """A recording's key: the texts a prompt must contain, longest first."""
 
 
-def key_text(key: Key) -> str:
-    """A key as errors show it: its longest part, cut."""
-    return json.dumps(key[0][:SHOWN_PROMPT_CHARS], ensure_ascii=False)
-
-
 @dataclass
 class ReplayTable:
     """One table's recordings, indexed for finding the key a prompt contains."""

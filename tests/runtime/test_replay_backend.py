@@ -285,6 +285,14 @@ def test_a_model_the_table_does_not_record_and_a_missing_table(tmp_path: Path, t
         ask(empty, "anything")
 
 
+def test_a_model_without_a_table_says_how_to_give_one() -> None:
+    from llmflow.compiler.catalog import resolve
+
+    backend = ReplayBackend({"m": resolve("m", "replay", GPT4, [])})
+    with pytest.raises(BackendError, match=r"has no table: write replay\("):
+        ask(backend, "anything")
+
+
 def test_a_changed_table_is_read_again(tmp_path: Path) -> None:
     path = write_table(tmp_path / "t.jsonl", RECORDINGS[:1])
     assert ask(ReplayBackend({"m": spec(path)}), RECORDINGS[0]["key"]).text == "8"
