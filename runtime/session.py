@@ -28,7 +28,7 @@ from llmflow.compiler.ir import IRNode, Plan
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.prices import check_priced
 from llmflow.errors import LLMFlowError
-from llmflow.runtime.backends import Router
+from llmflow.runtime.backends import Router, registry
 from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.batch import DEFAULT_IN_FLIGHT, RowResult, run_rows
 from llmflow.runtime.budget import Budget
@@ -254,11 +254,12 @@ class Session:
             if not self._pools:
                 self._pools.append(_Pool(self.backend, {}))
             return self._pools[0]  # the given backend serves any model
-        pool = next((p for p in self._pools if p.serves(plan.models)), None)
+        models = registry.anchored(plan.models, Path(plan.base_dir))
+        pool = next((p for p in self._pools if p.serves(models)), None)
         if pool is None:
-            router = Router(dict(plan.models))
+            router = Router(models)
             self._routers.append(router)
-            pool = _Pool(router, dict(plan.models))
+            pool = _Pool(router, models)
             self._pools.append(pool)
         if not used <= pool.opened:
             assert isinstance(pool.backend, Router)
@@ -305,7 +306,7 @@ def check_plan(plan: Plan, *, priced: bool = False, reached: bool = True) -> Non
         names.update(name for fallbacks in plan.fallbacks.values() for name in fallbacks)
         check_priced(plan.models[name] for name in sorted(names))
     if reached:
-        Router(plan.models).check(_called(plan))
+        Router(registry.anchored(plan.models, Path(plan.base_dir))).check(_called(plan))
 
 
 def _called(plan: Plan) -> set[str]:

@@ -231,3 +231,51 @@ class ScriptedKind(BackendKind):
         from llmflow.runtime.backends.scripted import settings_script
 
         return settings_script(models)
+
+
+# ---- replay: recorded answers of real models --------------------------------------------
+
+
+class ReplaySettings(ModelSettings):
+    table: str | None = None
+    """The JSON-lines table of recorded answers (`runtime/backends/replay.py`); a
+    relative path is relative to the main program's folder."""
+    latency: float | None = None
+    """Seconds each answer takes (default: none)."""
+
+
+class ReplayKind(BackendKind):
+    """Answers as a real model once did, from a table of its recorded answers
+    (`runtime/backends/replay.py`): the id names the recorded model (the table's column)
+    and, by default, its price-table entry (`catalog_id` names another). Concurrent, no
+    prefix reuse, billed at the table's prices for estimated tokens."""
+
+    name = "replay"
+    provider = "llmflow.replay"
+    settings = ReplaySettings
+    example_id = "gpt-4-1106-preview"
+
+    def price_entry(self, model_id: str, catalog_id: str | None) -> PriceEntry | None:
+        from llmflow.compiler import catalog
+
+        return catalog.get(catalog_id if catalog_id is not None else model_id)
+
+    def capabilities(self, found: Catalog) -> Capabilities:
+        return Capabilities(timing=Timing(decode_tps=10_000.0))
+
+    def anchored(self, spec: ModelSpec, base: Path) -> ModelSpec:
+        table = spec.settings.get("table")
+        if not isinstance(table, str) or not table or Path(table).is_absolute():
+            return spec
+        settings = {**spec.settings, "table": str(base / table)}
+        return spec.model_copy(update={"settings": settings})
+
+    def check(self, spec: ModelSpec) -> None:
+        from llmflow.runtime.backends.replay import model_table
+
+        model_table(spec)
+
+    def create(self, models: dict[str, ModelSpec]) -> Backend:
+        from llmflow.runtime.backends.replay import ReplayBackend
+
+        return ReplayBackend(models)

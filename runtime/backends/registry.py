@@ -2,7 +2,7 @@
 
 A kind is a `BackendKind` subclass registered as a Python entry point in the group
 `llmflow.backends`; the entry point's name is the kind's name. llmflow's own kinds
-(`local`, `openai`, `openai_compatible`, `scripted`) are registered the same way in its
+(`local`, `openai`, `openai_compatible`, `scripted`, `replay`) are registered the same way in its
 `pyproject.toml`, so a plugin package adds a backend without a patch:
 
     [project.entry-points."llmflow.backends"]
@@ -41,6 +41,7 @@ BUILTIN = {
     "openai": "llmflow.runtime.backends.kinds:OpenAIKind",
     "openai_compatible": "llmflow.runtime.backends.kinds:OpenAICompatibleKind",
     "scripted": "llmflow.runtime.backends.kinds:ScriptedKind",
+    "replay": "llmflow.runtime.backends.kinds:ReplayKind",
 }
 """llmflow's own entry points, as its pyproject.toml declares them. Used only when the
 installed metadata has none of them (an editable install made before they existed)."""
@@ -130,6 +131,12 @@ class BackendKind:
         (or of the config file), which hints call `base_name`."""
         return model_id
 
+    def anchored(self, spec: ModelSpec, base: Path) -> ModelSpec:
+        """The spec a run uses, with the relative paths of its settings (a replay table)
+        made absolute against `base`, the main program's folder (where `extern` modules
+        are found too). The default: the spec as it is."""
+        return spec
+
     def context_window(
         self,
         context: int | None,
@@ -213,6 +220,18 @@ def kinds() -> list[BackendKind]:
 
 def kind_of(spec: ModelSpec) -> BackendKind:
     return get(spec.backend)
+
+
+def anchored(models: dict[str, ModelSpec], base: Path) -> dict[str, ModelSpec]:
+    """A plan's models as a run uses them: each with its kind's `anchored` paths. A
+    model whose kind is not installed stays as it is (its first use says so)."""
+    found: dict[str, ModelSpec] = {}
+    for name, spec in models.items():
+        try:
+            found[name] = kind_of(spec).anchored(spec, base)
+        except PluginError:
+            found[name] = spec
+    return found
 
 
 def settings_of(spec: ModelSpec) -> ModelSettings:
