@@ -7,6 +7,12 @@ most the budget): solved exactly by dynamic programming over Pareto frontiers fo
 programs, and greedily by best value per dollar for large ones, with the LP bound that
 says how far from the optimum the greedy answer can be. When the budget cannot buy every
 need, the plan says which calls fall short and by how much instead of downgrading quietly.
+
+Ties never move a call: a model exactly as cheap and as good as the call's declared
+model (its pin, else the program's default) does not displace it, whatever its speed
+under the cost and quality objectives; and a template written as a chat turn
+(`costs.written_as_chat_turn`) is not moved to a completion-only model unless no chat
+model meets its needs.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ class Option:
     seconds: float
     quality: float
     qualifies: bool
+    declared: bool = False
+    """The call's declared model (its pin, else the program's default): ties keep it."""
+    fits: bool = True
+    """The model serves the template's form (`costs.fits_form`), or is the declared one."""
 
 
 def _options(plan: Plan, node: LLMNode, shape: Shape) -> list[Option]:
@@ -42,7 +52,10 @@ def _options(plan: Plan, node: LLMNode, shape: Shape) -> list[Option]:
     for name, model in plan.models.items():
         cost = costs.call_cost(model, shape)
         qualifies = _qualifies(model, node, shape)
-        out.append(Option(name, cost.dollars, cost.seconds, costs.quality(model, node), qualifies))
+        declared = name == node.call.model
+        fits = declared or costs.fits_form(model, node.call)
+        quality = costs.quality(model, node)
+        out.append(Option(name, cost.dollars, cost.seconds, quality, qualifies, declared, fits))
     return out
 
 
@@ -60,14 +73,22 @@ def _value(option: Option, objective: str, weight: float) -> float:
     return -option.dollars
 
 
+_DECIDING = {"cost": 3, "quality": 3, "latency": 4}
+"""How many leading keys of `_rank` say what the objective cares about (before the
+declared model's precedence): options equal on them are as good a choice."""
+
+
 def _rank(option: Option, objective: str) -> tuple[float, ...]:
-    """A call's own preference, ties included: on equal cost, the better model, then the
-    faster; on equal quality, the cheaper; on equal speed, the cheaper."""
+    """A call's own preference, ties included. First what the objective wants (the
+    cheapest, the best, the fastest); among equals, a model that fits the template's
+    form; then the objective's other concerns; then the declared model; then speed.
+    Qualities are compared to 9 decimals, so sums that differ only by rounding tie."""
+    quality = round(option.quality, 9)
     if objective == "quality":
-        return (option.quality, -option.dollars, -option.seconds)
+        return (quality, option.fits, -option.dollars, option.declared, -option.seconds)
     if objective == "latency":
-        return (-option.seconds, -option.dollars, option.quality)
-    return (-option.dollars, option.quality, -option.seconds)
+        return (-option.seconds, option.fits, -option.dollars, quality, option.declared)
+    return (-option.dollars, option.fits, quality, option.declared, -option.seconds)
 
 
 def assign_models(
@@ -145,7 +166,7 @@ def assign_models(
         chosen = opts[i]
         before = node.call.model
         node.call.model = chosen.model
-        reason = _reason(plan, node, opts, chosen)
+        reason = _reason(plan, node, opts, chosen) + _kept(plan.objective, opts, chosen)
         moved = "" if before == chosen.model else f" (declared default: {before})"
         others = sorted(
             (o for o in opts if o.qualifies and o is not chosen),
@@ -197,6 +218,30 @@ def _reason(plan: Plan, node: LLMNode, options: list[Option], chosen: Option) ->
     if node.call.needs:
         what += f" for {_needs(node)}"
     return what
+
+
+def _kept(objective: str, options: list[Option], chosen: Option) -> str:
+    """What the tie rules did: a model as good by the objective but not fitting the
+    template's form lost to one that fits; the declared model kept a tie; or the call
+    landed on a model that does not fit its form, which no measurement vouches for."""
+    rank = _rank(chosen, objective)
+    out = ""
+    if not chosen.fits:
+        out += "; written as a chat turn, on a completion-only model: measure it (llmflow tune)"
+    unfit = [o.model for o in options if not o.fits and _rank(o, objective)[:1] == rank[:1]]
+    if chosen.fits and unfit:
+        out += (
+            f"; written as a chat turn: not moved to completion-only {', '.join(unfit)} "
+            "without measurements"
+        )
+    keys = _DECIDING[objective]
+    tied = [
+        o.model for o in options if o is not chosen and _rank(o, objective)[:keys] == rank[:keys]
+    ]
+    if chosen.declared and tied:
+        what = "is" if len(tied) == 1 else "are"
+        out += f"; {', '.join(tied)} {what} as good a choice: the declared model stays"
+    return out
 
 
 def _over_budget(
