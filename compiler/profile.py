@@ -421,7 +421,8 @@ def parse(data: bytes | str, name: str) -> Profile:
         elif first["type"] == "missing":
             message = f"missing field {loc[-1]!r}"
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        where = ".".join(str(p) for p in loc)
+        named = loc[:-1] if first["type"] in ("extra_forbidden", "missing") else loc
+        where = ".".join(str(p) for p in named)
         raise _error(
             name, f"{where}: {message}{more}" if where else message + more, text, _locate(text, loc)
         ) from None
