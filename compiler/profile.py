@@ -258,6 +258,32 @@ def model_ref(spec: ModelSpec) -> ModelRef:
     return ModelRef(backend=spec.backend, id=spec.id, answers={"chat": spec.chat, **answers})
 
 
+def new_profile(
+    plan: Plan,
+    baseline: Mapping[str, str],
+    score: Score,
+    measured: Mapping[tuple[str, str], tuple[Score, PerCall]],
+    data: str = "",
+) -> Profile:
+    """A profile of `plan`'s flow: the baseline (function → model name of the plan) and
+    its score, and per (function, model name) the end-to-end score and cost per call
+    measured with that function moved (the keys and hashes are the plan's)."""
+    hashes = templates(plan)
+    functions: dict[str, dict[str, Measurement]] = {}
+    for (fn, model), (entry_score, per_call) in measured.items():
+        functions.setdefault(fn, {})[model] = Measurement(
+            template=hashes[fn], score=entry_score, per_call=per_call
+        )
+    used = set(baseline.values()) | {m for _, m in measured}
+    return Profile(
+        program=ProgramRef(file=Path(plan.file).name, flow=plan.flow, hash=program_hash(plan)),
+        data=data,
+        models={name: model_ref(plan.models[name]) for name in sorted(used)},
+        baseline=Baseline(assignment=dict(baseline), score=score),
+        functions=functions,
+    )
+
+
 def profile_path(program: str | os.PathLike[str]) -> Path:
     """Where a program's profile lives: `report.llmflow` → `report.profile.json`."""
     path = Path(program)

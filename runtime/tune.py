@@ -143,6 +143,12 @@ class Measurements:
             self.rows_measured += len(missing)
         return [known[r] for r in rows]
 
+    def score(self, assignment: Assignment, rows: Sequence[int]) -> Score:
+        """The mean score with its 95% interval of rows already measured (a profile's
+        entry for the point); KeyError if one was not."""
+        known = self.outcomes[_key(assignment)]
+        return interval([known[r].score for r in rows])
+
 
 def _checked(outcome: Outcome | Sequence[float], row: int, assignment: Assignment) -> Outcome:
     try:

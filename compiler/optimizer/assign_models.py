@@ -211,6 +211,7 @@ def assign_models(
         if min_quality is not None or over:
             _solve_measured(plan, calls, choices, picked, items, evidence, min_quality)
         _explain_estimate(plan, calls, choices, picked, evidence, min_quality)
+        _explain_categories(plan, calls, choices, picked, evidence)
     elif plan.budget is not None and spend > plan.budget:
         cheapest = sum(min(o.dollars for o in opts) for opts in choices)
         if cheapest <= plan.budget:
@@ -445,6 +446,49 @@ def _explain_estimate(
         f"estimated score {estimate:.3f}{floor}: the baseline's {evidence.baseline} plus the "
         f"measured changes of {len(measured)} function{'s' if len(measured) != 1 else ''}{rest}",
     )
+
+
+def _explain_categories(
+    plan: Plan,
+    calls: Sequence[LLMNode],
+    choices: list[list[Option]],
+    picked: list[int],
+    evidence: Evidence,
+) -> None:
+    """Where a function's scores per value of an enum input say another of its measured
+    models is better for some values, say which (Composition of Experts' map): the plan
+    gives each call one model, so the map is advice until calls route by category."""
+    done: set[str] = set()
+    for c, node in enumerate(calls):
+        fn = node.call.function
+        if fn in done:
+            continue
+        done.add(fn)
+        chosen = choices[c][picked[c]].model
+        per_value: dict[str, tuple[float, str]] = {}
+        source: str | None = None
+        for option in choices[c]:
+            entry = evidence.of(fn, option.model)
+            if entry is None or entry.categories is None:
+                continue
+            source = entry.categories.input
+            for value, score in entry.categories.scores.items():
+                best = per_value.get(value)
+                if (
+                    best is None
+                    or score.mean > best[0] + 1e-12
+                    or (abs(score.mean - best[0]) <= 1e-12 and option.model == chosen)
+                ):
+                    per_value[value] = (score.mean, option.model)
+        better = {v: m for v, (_, m) in sorted(per_value.items()) if m != chosen}
+        if source is not None and better:
+            routes = ", ".join(f"{v} → {m}" for v, m in better.items())
+            plan.explain(
+                RULE,
+                f"{node.label}: by {source}, measured better elsewhere for {routes} "
+                f"(the rest on {chosen}); calls do not route by category yet",
+                node.id,
+            )
 
 
 def _over_budget(

@@ -289,3 +289,17 @@ def test_files_that_are_not_there_or_not_files(tmp_path: Path) -> None:
     with pytest.raises(profiles.ProfileError) as info:
         profiles.load(huge)
     assert "larger than 64 MiB" in info.value.render()
+
+
+def test_new_profile_from_measurements(tmp_path: Path) -> None:
+    plan = compiled(tmp_path)
+    prof = profiles.new_profile(
+        plan,
+        {"ask": "small", "judge": "small"},
+        score(0.5),
+        {("ask", "mini"): (score(0.7), profiles.PerCall(input_tokens=12, dollars=0.0001))},
+        data="dev.jsonl",
+    )
+    assert prof.program.file == "p.llmflow" and set(prof.models) == {"small", "mini"}
+    evidence = profiles.match(profiles.parse(prof.to_json(), "x"), plan)
+    assert evidence.stale == [] and evidence.score_of("ask", "mini") == score(0.7)

@@ -290,6 +290,9 @@ def test_every_assignment_and_row_is_measured_once() -> None:
     assert (
         first.measured_rows == 9 * 25 + 25
     )  # every assignment on the tuning rows; the chosen held out
+    start = {"f0": "cheap", "f1": "cheap"}
+    assert memo.score(start, first.split.tuning).mean == pytest.approx(first.start.score)
+    assert memo.score(start, first.split.tuning).n == 25
     again = run(tune(CANDIDATES, memo, 50, target=0.8))
     assert again.measured_rows <= 25  # only a different chosen point's held-out rows
     calls = len(table.asked)

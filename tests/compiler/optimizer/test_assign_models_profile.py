@@ -298,3 +298,32 @@ def test_solve_floor_matches_brute_force() -> None:
         greedy, how = solve_floor(weights, values, need, limit=0) or ([], "")
         assert how == "greedy"
         assert sum(values[c][i] for c, i in enumerate(greedy)) >= need - 1e-9
+
+
+def test_scores_per_category_say_where_another_model_is_better(tmp_path: Path) -> None:
+    plan = compiled(tmp_path)
+    prof = profile_of(plan, 0.60, SCORES)
+    a = prof.functions["a"]
+    by_value = {
+        "cheap": {"math": 0.9, "art": 0.3},
+        "mid": {"math": 0.5, "art": 0.95},
+        "best": {"math": 0.6, "art": 0.7},
+    }
+    functions = dict(prof.functions)
+    functions["a"] = {
+        m: e.model_copy(
+            update={
+                "categories": profiles.Categories(
+                    input="x", scores={v: score(s) for v, s in by_value[m].items()}
+                )
+            }
+        )
+        for m, e in a.items()
+    }
+    prof = prof.model_copy(update={"functions": functions})
+    out = optimize(plan, profile=prof)
+    assert assigned(out)["a"] == "cheap"
+    assert any(
+        m.startswith("a: by x, measured better elsewhere for art → mid (the rest on cheap)")
+        for m in messages(out)
+    )
