@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmflow.compiler.ast import Span
-from llmflow.compiler.diagnostics import Diagnostic, render
+from llmflow.compiler.diagnostics import Diagnostic, render_all
 from llmflow.compiler.ir import LLMCall, Plan
 from llmflow.compiler.models import ModelSpec
 from llmflow.errors import LLMFlowError
@@ -49,6 +49,8 @@ MAX_PROFILE_BYTES = 64 * 2**20
 MAX_DEPTH = 32
 """Deepest nesting read: a profile nests six levels; anything deeper is not one."""
 MAX_ROWS = 10**12
+MAX_ERRORS = 20
+"""Field errors reported at once; past these, how many more there are."""
 
 NEUTRAL_SETTINGS = frozenset(
     {
@@ -75,16 +77,23 @@ other setting (`base_url`, a plugin's own) is part of the model's identity."""
 
 
 class ProfileError(LLMFlowError):
-    """A profile that cannot be used; `diagnostic` says where and why."""
+    """A profile that cannot be used; `diagnostics` say where and why (every field
+    error of the file at once)."""
 
-    def __init__(self, diagnostic: Diagnostic, source: str = "") -> None:
-        self.diagnostic = diagnostic
+    def __init__(self, diagnostics: Diagnostic | list[Diagnostic], source: str = "") -> None:
+        self.diagnostics = diagnostics if isinstance(diagnostics, list) else [diagnostics]
         self.source = source
         super().__init__(self.render())
 
+    @property
+    def diagnostic(self) -> Diagnostic:
+        return self.diagnostics[0]
+
     def render(self) -> str:
-        file = self.diagnostic.span.file if self.diagnostic.span else self.diagnostic.file
-        return render(self.diagnostic, {file: self.source} if file and self.source else {})
+        first = self.diagnostics[0]
+        file = first.span.file if first.span else first.file
+        sources = {file: self.source} if file and self.source else {}
+        return render_all(self.diagnostics, sources).rstrip("\n")
 
 
 # ---- the file's shape --------------------------------------------------------------------
@@ -223,7 +232,8 @@ class Profile(BaseModel):
         return self
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+        data = self.model_dump(mode="json", exclude_none=True)
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 # ---- keys ---------------------------------------------------------------------------------
@@ -439,19 +449,32 @@ def parse(data: bytes | str, name: str) -> Profile:
     try:
         return Profile.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = f"unknown field {loc[-1]!r}"
-        elif first["type"] == "missing":
-            message = f"missing field {loc[-1]!r}"
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        named = loc[:-1] if first["type"] in ("extra_forbidden", "missing") else loc
-        where = ".".join(str(p) for p in named)
-        raise _error(
-            name, f"{where}: {message}{more}" if where else message + more, text, _locate(text, loc)
-        ) from None
+        diagnostics = [_field_error(name, text, e) for e in err.errors()[:MAX_ERRORS]]
+        if err.error_count() > MAX_ERRORS:
+            diagnostics.append(
+                Diagnostic(
+                    kind="profile",
+                    message=f"and {err.error_count() - MAX_ERRORS} more errors",
+                    file=name,
+                )
+            )
+        raise ProfileError(diagnostics, text) from None
+
+
+def _field_error(name: str, text: str, error: Any) -> Diagnostic:
+    loc = tuple(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = f"unknown field {loc[-1]!r}"
+    elif error["type"] == "missing":
+        message = f"missing field {loc[-1]!r}"
+    named = loc[:-1] if error["type"] in ("extra_forbidden", "missing") else loc
+    where = ".".join(str(p) for p in named)
+    line, col = _locate(text, loc)
+    span = Span(file=name, line=line, col=col, end_line=line, end_col=col + 1)
+    return Diagnostic(
+        kind="profile", message=f"{where}: {message}" if where else message, span=span
+    )
 
 
 def _decode(text: str, name: str) -> Any:

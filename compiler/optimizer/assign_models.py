@@ -210,8 +210,6 @@ def assign_models(
         over = plan.budget is not None and spend > plan.budget
         if min_quality is not None or over:
             _solve_measured(plan, calls, choices, picked, items, evidence, min_quality)
-        _explain_estimate(plan, calls, choices, picked, evidence, min_quality)
-        _explain_categories(plan, calls, choices, picked, evidence)
     elif plan.budget is not None and spend > plan.budget:
         cheapest = sum(min(o.dollars for o in opts) for opts in choices)
         if cheapest <= plan.budget:
@@ -241,6 +239,9 @@ def assign_models(
             plan.fallbacks[node.id] = [o.model for o in others]
             reason += f"; falls back to {', '.join(plan.fallbacks[node.id])}"
         plan.explain(RULE, f"{node.label} → {chosen.model}{moved}: {reason}", node.id)
+    if evidence is not None and evidence.baseline is not None and items:
+        _explain_estimate(plan, calls, choices, picked, evidence, min_quality)
+        _explain_categories(plan, calls, choices, picked, evidence)
     return plan
 
 
@@ -436,7 +437,8 @@ def _explain_estimate(
     assert estimate is not None
     unmeasured = len(assignment) - len(measured)
     rest = (
-        f"; {unmeasured} unmeasured function{'s' if unmeasured != 1 else ''} count at the baseline"
+        f"; {unmeasured} unmeasured function{'s count' if unmeasured != 1 else ' counts'} "
+        "at the baseline"
         if unmeasured
         else ""
     )

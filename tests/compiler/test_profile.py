@@ -303,3 +303,27 @@ def test_new_profile_from_measurements(tmp_path: Path) -> None:
     assert prof.program.file == "p.llmflow" and set(prof.models) == {"small", "mini"}
     evidence = profiles.match(profiles.parse(prof.to_json(), "x"), plan)
     assert evidence.stale == [] and evidence.score_of("ask", "mini") == score(0.7)
+
+
+def test_every_field_error_at_once() -> None:
+    text = '{\n  "llmflow_profile": 1,\n  "program": {"file": "t", "flow": "main", "hash": "sha256:00"}\n}\n'
+    assert error(text) == (
+        "p.profile.json:3:44: error: program.hash: String should match pattern "
+        "'^sha256:[0-9a-f]{64}$'\n"
+        "  |\n"
+        '3 |   "program": {"file": "t", "flow": "main", "hash": "sha256:00"}\n'
+        "  |                                            ^\n"
+        "\n"
+        "p.profile.json:1:1: error: missing field 'models'\n"
+        "  |\n"
+        "1 | {\n"
+        "  | ^\n"
+        "\n"
+        "p.profile.json:1:1: error: missing field 'baseline'\n"
+        "  |\n"
+        "1 | {\n"
+        "  | ^"
+    )
+    many = '{"llmflow_profile": 1, ' + ", ".join(f'"x{i}": 1' for i in range(30)) + "}"
+    out = error(many)
+    assert out.count("error:") == 21 and "p.profile.json: error: and 13 more errors" in out
