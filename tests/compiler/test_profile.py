@@ -306,7 +306,10 @@ def test_new_profile_from_measurements(tmp_path: Path) -> None:
 
 
 def test_every_field_error_at_once() -> None:
-    text = '{\n  "llmflow_profile": 1,\n  "program": {"file": "t", "flow": "main", "hash": "sha256:00"}\n}\n'
+    text = (
+        '{\n  "llmflow_profile": 1,\n'
+        '  "program": {"file": "t", "flow": "main", "hash": "sha256:00"}\n}\n'
+    )
     assert error(text) == (
         "p.profile.json:3:44: error: program.hash: String should match pattern "
         "'^sha256:[0-9a-f]{64}$'\n"
