@@ -163,7 +163,7 @@ def assign_models(
     evidence = match(profile, plan) if profile is not None else None
     for problem in evidence.stale if evidence is not None else ():
         plan.explain(RULE, f"profile: {problem}")
-    if min_quality is not None and not (evidence and evidence.baseline):
+    if min_quality is not None and not (evidence and evidence.baseline and evidence.measured):
         plan.explain(
             RULE,
             f"min_quality {min_quality:g} needs measurements (llmflow tune writes a "
@@ -345,9 +345,9 @@ def _solve_measured(
                     [-k for k in _rank(choices[c][i], "cost")],
                 ),
             )
-    names = list(items)
+    names: list[str] = []
     models: list[list[str]] = []
-    for fn in names:  # the models every call of the function can take, best first
+    for fn in items:  # the models every call of the function can take, best first
         common = set.intersection(*({o.model for o in choices[c]} for c in items[fn]))
         first = choices[items[fn][0]]
         ordered = sorted(
@@ -355,7 +355,11 @@ def _solve_measured(
             key=lambda o: _rank(o, plan.objective),
             reverse=True,
         )
-        models.append([o.model for o in ordered])
+        if ordered:  # else its calls keep their own picks
+            names.append(fn)
+            models.append([o.model for o in ordered])
+    if not names:
+        return
 
     def total(fn_index: int, model: str, what: str) -> float:
         return sum(
@@ -391,8 +395,18 @@ def _solve_measured(
             what = "fastest" if plan.objective == "latency" else "cheapest"
             plan.explain(RULE, f"{what} assignment estimated at or above {min_quality:g} ({how})")
     if plan.budget is not None:
-        spent = fixed + (sum(dollars[f][i] for f, i in enumerate(pick)) if pick else math.inf)
+        current = pick or [
+            _position(models[f], choices[items[fn][0]][picked[items[fn][0]]].model)
+            for f, fn in enumerate(names)
+        ]
+        spent = fixed + sum(dollars[f][i] for f, i in enumerate(current))
         if spent > plan.budget + 1e-12:
+            if pick is not None and min_quality is not None:
+                plan.explain(
+                    RULE,
+                    f"that assignment costs ${spent:.4f}, over the budget of "
+                    f"${plan.budget:.4f}: the budget wins",
+                )
             left = plan.budget - fixed
             cheapest = sum(min(d) for d in dollars)
             if cheapest > left + 1e-12:
@@ -420,6 +434,10 @@ def _solve_measured(
     for f, fn in enumerate(names):
         for c in items[fn]:
             picked[c] = next(i for i, o in enumerate(choices[c]) if o.model == models[f][pick[f]])
+
+
+def _position(models: list[str], model: str) -> int:
+    return models.index(model) if model in models else 0
 
 
 def _explain_estimate(

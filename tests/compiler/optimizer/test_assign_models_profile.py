@@ -327,3 +327,23 @@ def test_scores_per_category_say_where_another_model_is_better(tmp_path: Path) -
         m.startswith("a: by x, measured better elsewhere for art → mid (the rest on cheap)")
         for m in messages(out)
     )
+
+
+def test_a_floor_over_the_budget_gives_way_to_the_budget(tmp_path: Path) -> None:
+    plan = compiled(tmp_path)
+    prof = profile_of(plan, 0.60, SCORES)
+    floor = optimize(plan, profile=prof, min_quality=0.95)
+    assert floor.total is not None
+    budget = optimize(plan, profile=prof).total.dollars * 1.5  # type: ignore[union-attr]
+    out = optimize(plan, profile=prof, min_quality=0.95, budget=budget)
+    assert out.total is not None and out.total.dollars <= budget + 1e-12
+    assert any("over the budget of" in m and "the budget wins" in m for m in messages(out))
+    assert any("best estimated score within the budget" in m for m in messages(out))
+
+
+def test_every_call_of_a_measured_function_gets_the_same_model(tmp_path: Path) -> None:
+    plan = compiled(tmp_path, PROGRAM.replace("out = c(b(a(x)))", "out = c(b(a(a(x))))"))
+    out = optimize(plan, profile=profile_of(plan, 0.60, SCORES), min_quality=0.7)
+    models = [n.call.model for n in out.calls() if n.call.function == "a"]
+    assert len(models) == 2 and len(set(models)) == 1
+    assert any("estimated score" in m for m in messages(out))
