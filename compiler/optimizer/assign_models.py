@@ -7,21 +7,36 @@ most the budget): solved exactly by dynamic programming over Pareto frontiers fo
 programs, and greedily by best value per dollar for large ones, with the LP bound that
 says how far from the optimum the greedy answer can be. When the budget cannot buy every
 need, the plan says which calls fall short and by how much instead of downgrading quietly.
+
+Ties never move a call: a model exactly as cheap and as good as the call's declared
+model (its pin, else the program's default) does not displace it, whatever its speed
+under the cost and quality objectives; and a template written as a chat turn
+(`costs.written_as_chat_turn`) is not moved to a completion-only model unless no chat
+model meets its needs.
+
+With a profile (`llmflow.compiler.profile`), measured quality replaces declared skills
+where it exists: a function measured on some models chooses among those (by their
+end-to-end scores), and `min_quality` asks for the cheapest (or, under `latency`, the
+fastest) assignment whose estimated program score (`Evidence.estimate`: baseline plus
+measured per-function changes) is at least the floor. A budget then buys the best
+estimated score. Functions nothing measured are assigned by declared skills as before,
+at their cheapest when a floor or a budget is being met, and count at the baseline.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 
 from llmflow.compiler import prices
 from llmflow.compiler.ir import LLMNode, Plan
-from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer import costs
 from llmflow.compiler.optimizer.prompts import Shape, Shapes
 from llmflow.compiler.optimizer.working import own
+from llmflow.compiler.profile import Evidence, Profile, Score, match
 
 RULE = "model assignment"
 EXACT_LIMIT = 5_000
@@ -35,21 +50,60 @@ class Option:
     seconds: float
     quality: float
     qualifies: bool
+    declared: bool = False
+    """The call's declared model (its pin, else the program's default): ties keep it."""
+    fits: bool = True
+    """The model serves the template's form (`costs.fits_form`), is the declared one, or
+    was measured on this function."""
+    usable: bool = True
+    """Fits the context and can produce the output type (needs aside)."""
+    measured: Score | None = None
+    """The profile's end-to-end score with this call's function on this model."""
 
 
-def _options(plan: Plan, node: LLMNode, shape: Shape) -> list[Option]:
+def _options(plan: Plan, node: LLMNode, shape: Shape, evidence: Evidence | None) -> list[Option]:
     out = []
+    fn = node.call.function
     for name, model in plan.models.items():
         cost = costs.call_cost(model, shape)
-        qualifies = _qualifies(model, node, shape)
-        out.append(Option(name, cost.dollars, cost.seconds, costs.quality(model, node), qualifies))
+        dollars, seconds = cost.dollars, cost.seconds
+        score = evidence.score_of(fn, name) if evidence is not None else None
+        entry = evidence.of(fn, name) if evidence is not None else None
+        if entry is not None and entry.per_call.input_tokens > 0:  # measured cost per call
+            dollars = shape.instances * entry.per_call.dollars
+            seconds = shape.instances * entry.per_call.seconds
+        declared = name == node.call.model
+        usable = costs.fits_context(model, shape) and (
+            not costs.needs_schema(node) or model.supports_schema is not False
+        )
+        out.append(
+            Option(
+                model=name,
+                dollars=dollars,
+                seconds=seconds,
+                quality=score.mean if score is not None else costs.quality(model, node),
+                qualifies=usable and not costs.shortfall(model, node),
+                declared=declared,
+                fits=declared or score is not None or costs.fits_form(model, node.call),
+                usable=usable,
+                measured=score,
+            )
+        )
     return out
 
 
-def _qualifies(model: ModelSpec, node: LLMNode, shape: Shape) -> bool:
-    if costs.shortfall(model, node) or not costs.fits_context(model, shape):
-        return False
-    return not costs.needs_schema(node) or model.supports_schema is not False
+def _measured_candidates(options: list[Option]) -> list[Option]:
+    """A measured function chooses among its measured models. A need is met by declared
+    skills, or by a measured score at least the low end of the interval of the best
+    measured model whose skills meet it (measured as good as what the need asks for)."""
+    measured = [o for o in options if o.measured is not None and o.usable]
+    meeting = [o.measured for o in measured if o.qualifies and o.measured is not None]
+    reference = max(meeting, key=lambda s: s.mean, default=None)
+    return [
+        o if o.qualifies else replace(o, qualifies=True)
+        for o in measured
+        if o.qualifies or (reference is not None and o.quality >= reference.low)
+    ]
 
 
 def _value(option: Option, objective: str, weight: float) -> float:
@@ -60,14 +114,22 @@ def _value(option: Option, objective: str, weight: float) -> float:
     return -option.dollars
 
 
+_DECIDING = {"cost": 3, "quality": 3, "latency": 4}
+"""How many leading keys of `_rank` say what the objective cares about (before the
+declared model's precedence): options equal on them are as good a choice."""
+
+
 def _rank(option: Option, objective: str) -> tuple[float, ...]:
-    """A call's own preference, ties included: on equal cost, the better model, then the
-    faster; on equal quality, the cheaper; on equal speed, the cheaper."""
+    """A call's own preference, ties included. First what the objective wants (the
+    cheapest, the best, the fastest); among equals, a model that fits the template's
+    form; then the objective's other concerns; then the declared model; then speed.
+    Qualities are compared to 9 decimals, so sums that differ only by rounding tie."""
+    quality = round(option.quality, 9)
     if objective == "quality":
-        return (option.quality, -option.dollars, -option.seconds)
+        return (quality, option.fits, -option.dollars, option.declared, -option.seconds)
     if objective == "latency":
-        return (-option.seconds, -option.dollars, option.quality)
-    return (-option.dollars, option.quality, -option.seconds)
+        return (-option.seconds, option.fits, -option.dollars, quality, option.declared)
+    return (-option.dollars, option.fits, quality, option.declared, -option.seconds)
 
 
 def assign_models(
@@ -75,7 +137,11 @@ def assign_models(
     objective: str | None = None,
     budget: float | None = None,
     exact_limit: int = EXACT_LIMIT,
+    profile: Profile | None = None,
+    min_quality: float | None = None,
 ) -> Plan:
+    """`profile`: measurements to assign from (`compiler.profile`); `min_quality`: the
+    least estimated end-to-end score the assignment may have (needs a profile)."""
     plan = own(plan, RULE)
     plan.fallbacks = {}
     for node in plan.calls():  # what a previous run assigned: decided again
@@ -94,10 +160,22 @@ def assign_models(
                 f"{name} has no known price: it counts as free here; declare "
                 "price_in/price_out (USD per 1M tokens) to weigh it properly",
             )
+    evidence = match(profile, plan) if profile is not None else None
+    for problem in evidence.stale if evidence is not None else ():
+        plan.explain(RULE, f"profile: {problem}")
+    if min_quality is not None and not (evidence and evidence.baseline and evidence.measured):
+        plan.explain(
+            RULE,
+            f"min_quality {min_quality:g} needs measurements (llmflow tune writes a "
+            "profile): assigned by declared skills",
+        )
     choices: list[list[Option]] = []
     for node in calls:
-        options = _options(plan, node, shapes[node.id])
-        if node.call.pinned:
+        options = _options(plan, node, shapes[node.id], evidence)
+        measured = _measured_candidates(options) if not node.call.pinned else []
+        if measured:
+            options = measured
+        elif node.call.pinned:
             options = [o for o in options if o.model == node.call.model]
             if not options[0].qualifies:
                 plan.explain(
@@ -127,7 +205,12 @@ def assign_models(
         for opts in choices
     ]
     spend = sum(choices[c][i].dollars for c, i in enumerate(picked))
-    if plan.budget is not None and spend > plan.budget:
+    items = _measured_items(calls, choices)
+    if evidence is not None and evidence.baseline is not None and items:
+        over = plan.budget is not None and spend > plan.budget
+        if min_quality is not None or over:
+            _solve_measured(plan, calls, choices, picked, items, evidence, min_quality)
+    elif plan.budget is not None and spend > plan.budget:
         cheapest = sum(min(o.dollars for o in opts) for opts in choices)
         if cheapest <= plan.budget:
             values = [
@@ -145,7 +228,7 @@ def assign_models(
         chosen = opts[i]
         before = node.call.model
         node.call.model = chosen.model
-        reason = _reason(plan, node, opts, chosen)
+        reason = _reason(plan, node, opts, chosen) + _kept(plan.objective, opts, chosen)
         moved = "" if before == chosen.model else f" (declared default: {before})"
         others = sorted(
             (o for o in opts if o.qualifies and o is not chosen),
@@ -156,6 +239,9 @@ def assign_models(
             plan.fallbacks[node.id] = [o.model for o in others]
             reason += f"; falls back to {', '.join(plan.fallbacks[node.id])}"
         plan.explain(RULE, f"{node.label} → {chosen.model}{moved}: {reason}", node.id)
+    if evidence is not None and evidence.baseline is not None and items:
+        _explain_estimate(plan, calls, choices, picked, evidence, min_quality)
+        _explain_categories(plan, calls, choices, picked, evidence)
     return plan
 
 
@@ -185,9 +271,8 @@ def _gaps(gap: dict[str, float]) -> str:
 
 def _reason(plan: Plan, node: LLMNode, options: list[Option], chosen: Option) -> str:
     n = len(options)
-    scope = (
-        f"{n} qualifying model{'s' if n != 1 else ''}" if chosen.qualifies else "no model qualifies"
-    )
+    kind = "measured" if chosen.measured is not None else "qualifying"
+    scope = f"{n} {kind} model{'s' if n != 1 else ''}" if chosen.qualifies else "no model qualifies"
     if plan.objective == "quality":
         what = f"best quality ({chosen.quality:.2f}) of {scope}"
     elif plan.objective == "latency":
@@ -196,7 +281,234 @@ def _reason(plan: Plan, node: LLMNode, options: list[Option], chosen: Option) ->
         what = f"cheapest (${chosen.dollars:.6f}) of {scope}"
     if node.call.needs:
         what += f" for {_needs(node)}"
-    return what
+    evidence = f"score {chosen.measured}" if chosen.measured is not None else "declared"
+    return f"{what} ({evidence})"
+
+
+def _kept(objective: str, options: list[Option], chosen: Option) -> str:
+    """What the tie rules did: a model as good by the objective but not fitting the
+    template's form lost to one that fits; the declared model kept a tie; or the call
+    landed on a model that does not fit its form, which no measurement vouches for."""
+    rank = _rank(chosen, objective)
+    out = ""
+    if not chosen.fits:
+        out += "; written as a chat turn, on a completion-only model: measure it (llmflow tune)"
+    unfit = [o.model for o in options if not o.fits and _rank(o, objective)[:1] == rank[:1]]
+    if chosen.fits and unfit:
+        out += (
+            f"; written as a chat turn: not moved to completion-only {', '.join(unfit)} "
+            "without measurements"
+        )
+    keys = _DECIDING[objective]
+    tied = [
+        o.model for o in options if o is not chosen and _rank(o, objective)[:keys] == rank[:keys]
+    ]
+    if chosen.declared and tied:
+        what = "is" if len(tied) == 1 else "are"
+        out += f"; {', '.join(tied)} {what} as good a choice: the declared model stays"
+    return out
+
+
+# ---- from measurements -----------------------------------------------------------------
+
+
+def _measured_items(calls: Sequence[LLMNode], choices: list[list[Option]]) -> dict[str, list[int]]:
+    """Measured functions → their calls (by index): one choice each, since a measurement
+    is of every call of the function on one model."""
+    items: dict[str, list[int]] = {}
+    for c, node in enumerate(calls):
+        if choices[c] and all(o.measured is not None for o in choices[c]):
+            items.setdefault(node.call.function, []).append(c)
+    return items
+
+
+def _solve_measured(
+    plan: Plan,
+    calls: Sequence[LLMNode],
+    choices: list[list[Option]],
+    picked: list[int],
+    items: dict[str, list[int]],
+    evidence: Evidence,
+    min_quality: float | None,
+) -> None:
+    """Choose a model per measured function: the cheapest (fastest under `latency`)
+    reaching `min_quality`, or the best estimated score within the budget. The other
+    calls take their cheapest option and the rest of the budget is the functions'."""
+    assert evidence.baseline is not None
+    measured = {c for cs in items.values() for c in cs}
+    for c in range(len(calls)):
+        if c not in measured and plan.budget is not None:
+            picked[c] = min(
+                range(len(choices[c])),
+                key=lambda i, c=c: (
+                    choices[c][i].dollars,
+                    [-k for k in _rank(choices[c][i], "cost")],
+                ),
+            )
+    names: list[str] = []
+    models: list[list[str]] = []
+    for fn in items:  # the models every call of the function can take, best first
+        common = set.intersection(*({o.model for o in choices[c]} for c in items[fn]))
+        first = choices[items[fn][0]]
+        ordered = sorted(
+            (o for o in first if o.model in common),
+            key=lambda o: _rank(o, plan.objective),
+            reverse=True,
+        )
+        if ordered:  # else its calls keep their own picks
+            names.append(fn)
+            models.append([o.model for o in ordered])
+    if not names:
+        return
+
+    def total(fn_index: int, model: str, what: str) -> float:
+        return sum(
+            getattr(next(o for o in choices[c] if o.model == model), what)
+            for c in items[names[fn_index]]
+        )
+
+    dollars = [[total(f, m, "dollars") for m in ms] for f, ms in enumerate(models)]
+    seconds = [[total(f, m, "seconds") for m in ms] for f, ms in enumerate(models)]
+    base = evidence.baseline.mean
+    values = [
+        [(evidence.score_of(fn, m) or evidence.baseline).mean - base for m in ms]
+        for fn, ms in zip(names, models, strict=True)
+    ]
+    fixed = sum(choices[c][picked[c]].dollars for c in range(len(calls)) if c not in measured)
+    pick: list[int] | None = None
+    if min_quality is not None and plan.objective != "quality":
+        weights = seconds if plan.objective == "latency" else dollars
+        found = solve_floor(weights, values, min_quality - base)
+        if found is None:
+            best = base + sum(max(v) for v in values)
+            plan.explain(
+                RULE,
+                f"no assignment reaches min_quality {min_quality:g}: the best estimate is "
+                f"{best:.3f}; taking the best measured models",
+            )
+            pick = [
+                max(range(len(v)), key=lambda i, v=v: (v[i], -dollars[f][i]))
+                for f, v in enumerate(values)
+            ]
+        else:
+            pick, how = found
+            what = "fastest" if plan.objective == "latency" else "cheapest"
+            plan.explain(RULE, f"{what} assignment estimated at or above {min_quality:g} ({how})")
+    if plan.budget is not None:
+        current = pick or [
+            _position(models[f], choices[items[fn][0]][picked[items[fn][0]]].model)
+            for f, fn in enumerate(names)
+        ]
+        spent = fixed + sum(dollars[f][i] for f, i in enumerate(current))
+        if spent > plan.budget + 1e-12:
+            if pick is not None and min_quality is not None:
+                plan.explain(
+                    RULE,
+                    f"that assignment costs ${spent:.4f}, over the budget of "
+                    f"${plan.budget:.4f}: the budget wins",
+                )
+            left = plan.budget - fixed
+            cheapest = sum(min(d) for d in dollars)
+            if cheapest > left + 1e-12:
+                plan.explain(
+                    RULE,
+                    f"the budget of ${plan.budget:.4f} cannot buy the measured functions their "
+                    f"cheapest models (${fixed + cheapest:.4f} in all): taking the cheapest",
+                )
+                pick = [min(range(len(d)), key=lambda i, d=d: d[i]) for d in dollars]
+            else:
+                opts = [
+                    [
+                        Option(m, dollars[f][i], seconds[f][i], values[f][i], True)
+                        for i, m in enumerate(ms)
+                    ]
+                    for f, ms in enumerate(models)
+                ]
+                pick, how = solve_budget(opts, values, left)
+                plan.explain(
+                    RULE,
+                    f"best estimated score within the budget of ${plan.budget:.4f} ({how})",
+                )
+    if pick is None:
+        return
+    for f, fn in enumerate(names):
+        for c in items[fn]:
+            picked[c] = next(i for i, o in enumerate(choices[c]) if o.model == models[f][pick[f]])
+
+
+def _position(models: list[str], model: str) -> int:
+    return models.index(model) if model in models else 0
+
+
+def _explain_estimate(
+    plan: Plan,
+    calls: Sequence[LLMNode],
+    choices: list[list[Option]],
+    picked: list[int],
+    evidence: Evidence,
+    min_quality: float | None,
+) -> None:
+    assert evidence.baseline is not None
+    assignment = {n.call.function: choices[c][picked[c]].model for c, n in enumerate(calls)}
+    measured = sorted(fn for fn, m in assignment.items() if evidence.score_of(fn, m) is not None)
+    estimate = evidence.estimate(assignment)
+    assert estimate is not None
+    unmeasured = len(assignment) - len(measured)
+    rest = (
+        f"; {unmeasured} unmeasured function{'s count' if unmeasured != 1 else ' counts'} "
+        "at the baseline"
+        if unmeasured
+        else ""
+    )
+    floor = f", floor {min_quality:g}" if min_quality is not None else ""
+    plan.explain(
+        RULE,
+        f"estimated score {estimate:.3f}{floor}: the baseline's {evidence.baseline} plus the "
+        f"measured changes of {len(measured)} function{'s' if len(measured) != 1 else ''}{rest}",
+    )
+
+
+def _explain_categories(
+    plan: Plan,
+    calls: Sequence[LLMNode],
+    choices: list[list[Option]],
+    picked: list[int],
+    evidence: Evidence,
+) -> None:
+    """Where a function's scores per value of an enum input say another of its measured
+    models is better for some values, say which (Composition of Experts' map): the plan
+    gives each call one model, so the map is advice until calls route by category."""
+    done: set[str] = set()
+    for c, node in enumerate(calls):
+        fn = node.call.function
+        if fn in done:
+            continue
+        done.add(fn)
+        chosen = choices[c][picked[c]].model
+        per_value: dict[str, tuple[float, str]] = {}
+        source: str | None = None
+        for option in choices[c]:
+            entry = evidence.of(fn, option.model)
+            if entry is None or entry.categories is None:
+                continue
+            source = entry.categories.input
+            for value, score in entry.categories.scores.items():
+                best = per_value.get(value)
+                if (
+                    best is None
+                    or score.mean > best[0] + 1e-12
+                    or (abs(score.mean - best[0]) <= 1e-12 and option.model == chosen)
+                ):
+                    per_value[value] = (score.mean, option.model)
+        better = {v: m for v, (_, m) in sorted(per_value.items()) if m != chosen}
+        if source is not None and better:
+            routes = ", ".join(f"{v} → {m}" for v, m in better.items())
+            plan.explain(
+                RULE,
+                f"{node.label}: by {source}, measured better elsewhere for {routes} "
+                f"(the rest on {chosen}); calls do not route by category yet",
+                node.id,
+            )
 
 
 def _over_budget(
@@ -226,6 +538,59 @@ def _over_budget(
 
 
 # ---- the multiple-choice knapsack ------------------------------------------------------
+
+
+def solve_floor(
+    weights: list[list[float]], values: list[list[float]], need: float, limit: int = EXACT_LIMIT
+) -> tuple[list[int], str] | None:
+    """One option per item, least total weight (dollars, seconds) with total value at
+    least `need`; None when even the best options fall short. Exact over Pareto
+    frontiers while they stay under `limit` states, else greedy: start from each item's
+    best option and take the downgrades that save the most weight per value lost. On
+    ties the earlier option wins (callers list the preferred first)."""
+    if sum(max(v) for v in values) < need - 1e-9:
+        return None
+    frontier: list[tuple[float, float, tuple[int, ...]]] = [(0.0, 0.0, ())]
+    for c, item in enumerate(values):
+        grown = [
+            (w + weights[c][i], v + item[i], picks + (i,))
+            for w, v, picks in frontier
+            for i in range(len(item))
+        ]
+        grown.sort(key=lambda s: (s[0], -s[1]))
+        frontier, best = [], float("-inf")
+        for state in grown:
+            if state[1] > best + 1e-12:
+                frontier.append(state)
+                best = state[1]
+        if len(frontier) > limit:
+            return _greedy_floor(weights, values, need), "greedy"
+    feasible = [s for s in frontier if s[1] >= need - 1e-9]
+    return list(min(feasible, key=lambda s: s[0])[2]), "exact"
+
+
+def _greedy_floor(weights: list[list[float]], values: list[list[float]], need: float) -> list[int]:
+    picks = [
+        max(range(len(v)), key=lambda i, v=v, c=c: (v[i], -weights[c][i]))
+        for c, v in enumerate(values)
+    ]
+    total = sum(values[c][i] for c, i in enumerate(picks))
+    while True:
+        best: tuple[float, int, int] | None = None
+        for c, item in enumerate(values):
+            for i in range(len(item)):
+                saved = weights[c][picks[c]] - weights[c][i]
+                lost = item[picks[c]] - item[i]
+                if saved <= 0 or total - lost < need - 1e-9:
+                    continue
+                ratio = saved / lost if lost > 0 else math.inf
+                if best is None or ratio > best[0]:
+                    best = (ratio, c, i)
+        if best is None:
+            return picks
+        _, c, i = best
+        total -= values[c][picks[c]] - values[c][i]
+        picks[c] = i
 
 
 def solve_budget(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmflow.compiler import prices
-from llmflow.compiler.ir import LLMNode
+from llmflow.compiler.ir import Generate, LLMCall, LLMNode, Read, Ref, Text
 from llmflow.compiler.models import ModelSpec, Timing
 from llmflow.compiler.optimizer.prompts import Shape
 from llmflow.compiler.types import ListT, RecordT
@@ -34,6 +34,32 @@ def quality(model: ModelSpec, node: LLMNode) -> float:
 def shortfall(model: ModelSpec, node: LLMNode) -> dict[str, float]:
     """Needed skills the model lacks, and by how much."""
     return {s: q - skill(model, s) for s, q in node.call.needs.items() if skill(model, s) < q}
+
+
+def written_as_chat_turn(call: LLMCall) -> bool:
+    """Whether the template reads as a message to answer rather than text to continue:
+    some output placeholder begins its own line (nothing but spaces between it and the
+    line break or template start before it), as in `Name two problems.\\n{{critique}}`.
+    A placeholder after text on its line continues that text (`Introduction. {{intro}}`,
+    `Answer: {{a}}`, `{{opening}} {{next}}`): the form a completion-only model serves.
+    Such a template is not moved to a completion-only model without measurements."""
+    on_line = False  # text or a value since the last line break
+    for segment in call.segments:
+        if isinstance(segment, Text):
+            line = segment.text.rsplit("\n", 1)
+            on_line = bool(line[-1].strip()) if len(line) > 1 else on_line or bool(line[0].strip())
+        elif isinstance(segment, Read | Ref):
+            on_line = True
+        elif isinstance(segment, Generate):
+            if not on_line:
+                return True
+            on_line = True
+    return False
+
+
+def fits_form(model: ModelSpec, call: LLMCall) -> bool:
+    """A completion-only model does not fit a template written as a chat turn."""
+    return model.chat or not written_as_chat_turn(call)
 
 
 def needs_schema(node: LLMNode) -> bool:
