@@ -48,7 +48,9 @@ def oracle_picks_strong(weak_right: bool, strong_right: bool) -> bool:
     return strong_right and not weak_right
 
 
-def optimal_accuracy(weak_right: Sequence[bool], strong_right: Sequence[bool], share: float) -> float:
+def optimal_accuracy(
+    weak_right: Sequence[bool], strong_right: Sequence[bool], share: float
+) -> float:
     """The best accuracy any router reaches with `share` of its calls on the strong
     model (RouteLLM's `get_optimal_accuracy`): every question the weak model gets right,
     plus as many as the share allows of those only the strong one gets right."""

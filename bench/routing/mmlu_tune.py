@@ -51,6 +51,10 @@ CANDIDATES = {FUNCTION: [WEAK, STRONG]}
 """Mixtral first: the start, and the one ties go to."""
 GOAL = 0.95
 """Of all-GPT-4's accuracy (issue 11)."""
+INNER_SEEDS = 3
+MARGIN_STEP = 0.0025
+MARGIN_STEPS = 20
+"""`calibrated_margin`'s search: 0 to 5 points of accuracy above the goal."""
 RANDOM_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -179,6 +183,8 @@ async def one_split(
 
     headline_target = GOAL * strong_tuning
     tuned_info, tuned = await per_subject(headline_target)
+    margin = await calibrated_margin(memo, outcomes, list(tuning), seed)
+    calibrated_info, calibrated = await per_subject(headline_target + margin)
     single = await tune(CANDIDATES, memo, ids, target=headline_target, categories=cats, seed=seed)
     single_model = single.chosen.assignment[FUNCTION]
 
@@ -208,8 +214,7 @@ async def one_split(
     curve_tuned = [Curve(p["strong_share"], p["accuracy"]) for p in sweep]
     curve_random = [Curve(f["strong_share"], f["accuracy"]) for f in randoms.values()]
     curve_oracle = [
-        Curve(x / 20, metrics.optimal_accuracy(weak_right, strong_right, x / 20))
-        for x in range(21)
+        Curve(x / 20, metrics.optimal_accuracy(weak_right, strong_right, x / 20)) for x in range(21)
     ]
     meeting = [p for p in sweep if p["meets_goal"]]
     return {
@@ -222,6 +227,7 @@ async def one_split(
         "mixtral": scored(mixtral),
         "single": {"model": single_model, **scored(outcomes.single(held, single_model))},
         "tuned": {**tuned_info, **tuned},
+        "calibrated": {"margin": margin, **calibrated_info, **calibrated},
         "random": {str(rate): f for rate, f in randoms.items()},
         "oracle": oracle,
         "sweep": sweep,
@@ -234,6 +240,41 @@ async def one_split(
             "oracle": metrics.apgr(curve_oracle, w, s),
         },
     }
+
+
+async def calibrated_margin(
+    memo: Measurements, outcomes: Outcomes, tuning: list[int], seed: int
+) -> float:
+    """How far above 95% of GPT-4 to set the target so that the subject map still
+    reaches 95% on rows it was not chosen on, found inside the tuning half only: split it
+    again (INNER_SEEDS ways), tune on one part, find the least margin (MARGIN_STEP steps)
+    meeting the goal on the other; the median over the inner splits. A subject that
+    looked easy for Mixtral on few rows tends to be less so on the next ones, so the
+    tuning accuracy of the chosen map is optimistic; the margin pays for that."""
+    cats = dict(enumerate(outcomes.subjects))
+    found = []
+    for j in range(INNER_SEEDS):
+        inner_seed = 1000 + 10 * seed + j
+        inner = split_rows(tuning, 0.5, inner_seed, cats)
+        floor = GOAL * accuracy(outcomes, STRONG, inner.held_out)
+        base = GOAL * accuracy(outcomes, STRONG, inner.tuning)
+        margin = MARGIN_STEP * MARGIN_STEPS
+        for k in range(MARGIN_STEPS + 1):
+            result = await tune(
+                CANDIDATES,
+                memo,
+                tuning,
+                target=base + MARGIN_STEP * k,
+                categories=cats,
+                by_category=True,
+                seed=inner_seed,
+            )
+            assert result.held_out is not None and result.split == inner
+            if result.held_out.score.mean >= floor - 1e-12:
+                margin = MARGIN_STEP * k
+                break
+        found.append(margin)
+    return spread(found).median
 
 
 def _groups(rows: Sequence[int], subjects: Sequence[str]) -> dict[str, list[int]]:
@@ -294,7 +335,10 @@ def table(splits: list[dict[str, Any]]) -> str:
         lines.append(row(f"random, {rate:.0%} to GPT-4", lambda s, r=rate: s["random"][str(r)]))
     lines += [
         row("tuned per subject, target 95% of tuning GPT-4", lambda s: s["tuned"]),
-        row("sweep point meeting 95% on held-out (read off)", lambda s: s["sweep_best_meeting_goal"]),
+        row("tuned per subject, target + margin from the tuning half", lambda s: s["calibrated"]),
+        row(
+            "sweep point meeting 95% on held-out (read off)", lambda s: s["sweep_best_meeting_goal"]
+        ),
         row("oracle (cheaper right model per question)", lambda s: s["oracle"]),
         "",
         "| APGR (RouteLLM) | median (range) |",
@@ -338,7 +382,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="random splits (default 5)")
     parser.add_argument("--steps", type=int, default=20, help="targets in the sweep, minus one")
     parser.add_argument("--in-flight", type=int, default=64)
-    parser.add_argument("--rows", type=int, default=None, help="only the first N rows (a smoke run)")
+    parser.add_argument(
+        "--rows", type=int, default=None, help="only the first N rows (a smoke run)"
+    )
     parser.add_argument("--json", type=Path, default=prepare.OUT / "mmlu_tune.json")
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
