@@ -1,6 +1,7 @@
 """Tune MMLU's model per subject on RouteLLM's outcomes; score it on held-out halves.
 
     python bench/routing/mmlu_tune.py [--seeds 5] [--steps 20] [--in-flight 64] [--json FILE]
+    python bench/routing/mmlu_tune.py --rows 600 --seeds 2 --steps 5   # a smoke run
 
 The program is bench/routing/mmlu.llmflow (`answer(subject, question) -> Letter`), run
 through the real runtime on the replay models (Mixtral-8x7B, GPT-4-1106: docs/runtime.md),
@@ -12,7 +13,8 @@ map whose tuning accuracy reaches a target. The held-out half then scores:
 - all-GPT-4 (best single), all-Mixtral (cheapest single), and the single model tune picks;
 - random routers sending a share of the questions to GPT-4;
 - the tuned per-subject router at the headline target, 95% of all-GPT-4's accuracy on
-  the *tuning* half (nothing is fitted on held-out rows), and a sweep of targets from
+  the *tuning* half (nothing is fitted on held-out rows); the same with a margin above
+  it found inside the tuning half (`calibrated_margin`); and a sweep of targets from
   all-Mixtral's tuning accuracy to the best a subject map reaches, for the curve;
 - the oracle: per question, the cheaper model that is right.
 
