@@ -84,12 +84,10 @@ class Program:
         self.rows = rows
         self.in_flight = in_flight
         self.calls = 0
-        self.seconds = 0.0
 
     async def measure(self, assignment: dict[str, str], ids: Sequence[int]) -> list[Outcome]:
         """Each row's outcome: 1 if its letter is the expected one, the row's dollars and
         seconds as the runtime billed them."""
-        start = time.perf_counter()
         plan = assigned(self.plan, assignment)
         batch = [self.rows[i] for i in ids]
         position = {row["id"]: n for n, row in enumerate(batch)}
@@ -103,7 +101,6 @@ class Program:
             right = result.outputs.get("letter") == batch[n]["expected"]
             got[n] = Outcome(float(right), result.stats.dollars, result.stats.seconds)
             self.calls += result.stats.calls
-        self.seconds += time.perf_counter() - start
         missing = [batch[n]["id"] for n, o in enumerate(got) if o is None]
         if missing:
             raise SystemExit(f"no result for rows {missing[:3]} on {assignment}")
