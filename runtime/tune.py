@@ -553,7 +553,7 @@ class _Search:
             for v in names
         ]
         share = [len(groups[v]) / total for v in names]
-        picks = self.combine(options, share)
+        picks, slack = self.combine(options, share)
         mapping = {
             v: dict(options[c][i].assignment)
             for c, (v, i) in enumerate(zip(names, picks, strict=True))
@@ -574,18 +574,30 @@ class _Search:
             held_out=None,
             split=split,
             start=start,
-            how=f"per category ({len(names)} values), each {' / '.join(sorted(hows))}",
+            how=f"per category ({len(names)} values), each {' / '.join(sorted(hows))}"
+            + (
+                f"; combined approximately (frontier past {FRONTIER_LIMIT} states): the map "
+                f"costs at most {slack:.6g} per row more than the cheapest as good"
+                if slack
+                else ""
+            ),
             reason=_shortfall(self.goal, chosen),
             points=singles,
             categories=mapping,
         )
 
-    def combine(self, options: list[list[Point]], share: list[float]) -> list[int]:
-        """One point per category: the objective over the row-weighted sums, exactly
-        over Pareto frontiers (greedy per category past FRONTIER_LIMIT states)."""
+    def combine(
+        self, options: list[list[Point]], share: list[float]
+    ) -> tuple[list[int], float]:
+        """One point per category: the objective over the row-weighted sums, over Pareto
+        frontiers of (cost, score). Exact while a frontier has at most FRONTIER_LIMIT
+        states; past that, each frontier keeps the best-scoring state of each of
+        FRONTIER_LIMIT equal cost bands, which costs the optimum's path at most one band
+        per category: the second value is that bound on the chosen cost (0.0: exact)."""
         states: list[tuple[float, float, float, float, tuple[int, ...]]] = [
             (0.0, 0.0, 0.0, 0.0, ())
         ]
+        slack = 0.0
         for c, opts in enumerate(options):
             grown = [
                 (
@@ -605,12 +617,13 @@ class _Search:
                     states.append(s)
                     top = s[1]
             if len(states) > FRONTIER_LIMIT:
-                return [0 for _ in options]  # each category's own choice
+                states, band = _thinned(states, FRONTIER_LIMIT)
+                slack += band
         points = [
             (Point({}, score, dollars, seconds, 0), picks)
             for _, score, dollars, seconds, picks in states
         ]
-        return list(min(points, key=lambda x: self.goal.rank(x[0], x[1]))[1])
+        return list(min(points, key=lambda x: self.goal.rank(x[0], x[1]))[1]), slack
 
     async def singles(
         self, per: Mapping[str, Result], groups: Mapping[str, list[int]], rows: Sequence[int]
@@ -621,6 +634,20 @@ class _Search:
         if _key(self.start) not in common:
             common.add(_key(self.start))
         return await self.measure_all([dict(k) for k in sorted(common)], rows)
+
+
+def _thinned(
+    states: list[tuple[float, float, float, float, tuple[int, ...]]], limit: int
+) -> tuple[list[tuple[float, float, float, float, tuple[int, ...]]], float]:
+    """A frontier sorted by cost (scores rising) cut to `limit` equal cost bands, each
+    keeping its best-scoring (last) state; returns it and the band's width. Any dropped
+    state is matched by a kept one scoring as well and costing at most a band more."""
+    low, high = states[0][0], states[-1][0]
+    band = (high - low) / limit
+    kept: dict[int, tuple[float, float, float, float, tuple[int, ...]]] = {}
+    for s in states:
+        kept[min(int((s[0] - low) / band), limit - 1)] = s
+    return list(kept.values()), band
 
 
 def _shortfall(goal: Objective, chosen: Point) -> str:
