@@ -169,7 +169,7 @@ def _comparable(value: Any, how: Normalize) -> Any:
     try:
         return ("j", json.dumps(value, sort_keys=True, allow_nan=False, default=repr))
     except (ValueError, TypeError, RecursionError):
-        return ("x", id(value))  # NaN, inf, cycles: equal to nothing else
+        return ("x", object())  # NaN, inf, cycles: equal to nothing, not even itself
 
 
 def _kind(value: Any) -> str:

@@ -100,6 +100,7 @@ def prepare(
         checked = check_file(path, source)
         spec = _chosen(checked.evals, eval_name, path)
         plan = lower(checked, spec.flow)
+        spec = plan.evals[spec.name]  # with its judges' calls
         if optimize_plan:
             known = bind_inputs(plan, dict(constants or {}), partial=True)
             plan = optimize(plan, inputs=known)
@@ -112,12 +113,16 @@ def prepare(
 _COMMAND_LINE = "command_line"
 
 
-def _with_eval_block(path: str, metrics: Mapping[str, str], flow: str | None) -> str:
+def _with_eval_block(path: str, metrics: Mapping[str, str], flow: str | None) -> str | None:
     """The program's source with the command line's metrics as one more eval block (so
-    they are checked, and errors shown, as any eval's)."""
-    from llmflow.compiler.modules import read_file
+    they are checked, and errors shown, as any eval's). None if the file cannot be read
+    as a program (compiling it says why)."""
+    from llmflow.compiler.modules import MAX_SOURCE_BYTES, UnreadableSource, read_file
 
-    source = read_file(path, 8 * 2**20, "a program")
+    try:
+        source = read_file(path, MAX_SOURCE_BYTES, "a program").decode("utf-8")
+    except (UnreadableSource, UnicodeDecodeError):
+        return None
     lines = [f"    {name}: {text}" for name, text in metrics.items()]
     options = f"(flow = {flow})" if flow else ""
     return (
@@ -223,10 +228,10 @@ async def evaluate(
         session = Session(backend=backend, budget=budget, cache=cache, run_dir=run_dir, retry=retry)
     results: list[RowScore] = []
     functions: dict[str, Usage] = {}
+    pending: list[asyncio.Task[RowScore]] = []
     try:
         if own:
             await session.__aenter__()
-        pending: list[asyncio.Task[RowScore]] = []
         stream: AsyncIterator[RowResult] = session.run_many(
             plan, rows, in_flight=in_flight, seed=run_seed, keep_calls=True
         )
@@ -243,6 +248,9 @@ async def evaluate(
             pending.append(task)
         results = list(await asyncio.gather(*pending))
     finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if own:
             await session.__aexit__(None, None, None)
     results.sort(key=lambda r: r.line)
@@ -463,7 +471,9 @@ class _Scorer:
         inputs = {
             name: given[name] if name in given else row_inputs.get(name) for name in metric.binds
         }
-        run = await session.run(plan, inputs, seed=seed.for_row(result.id) if seed else None)
+        run = await session.run(
+            plan, inputs, row=result.id, seed=seed.for_row(result.id) if seed else None
+        )
         usage = self.judge_usage.setdefault(metric.function, Usage())
         for call in run.calls:
             usage.add(call)
