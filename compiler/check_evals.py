@@ -29,11 +29,11 @@ from llmflow.compiler.types import BOOL, FLOAT, INT, STR, AnyT, EnumT, ListT, Re
 if TYPE_CHECKING:
     from llmflow.compiler.check import Checker, FlowSym
 
-METRICS = ("exact", "contains", "numeric", "f1", "fields", "judge")
+METRICS = ("exact", "enum", "contains", "numeric", "f1", "fields", "judge")
 """The built-in metrics; any other name must be an `extern fn (output, expected)`."""
 NORMALIZE_OPTIONS = ("case", "whitespace", "punctuation", "articles", "normalize")
 EVAL_OPTIONS = ("data", "flow")
-_METRIC_HINT = "metrics: exact, contains, numeric, f1, fields, judge(fn), or an extern fn"
+_METRIC_HINT = "metrics: exact, enum, contains, numeric, f1, fields, judge(fn), or an extern fn"
 
 
 def check_eval(checker: Checker, decl: ast.EvalDecl) -> EvalSpec | None:
@@ -166,6 +166,8 @@ class _Metrics:
             return None
         if isinstance(t, AnyT):
             return None  # the output's type has an error of its own
+        if name == "enum":
+            return self.enum(span, args, kwargs, t, what)
         if name in ("exact", "contains", "f1"):
             return self.text_metric(name, span, args, kwargs, t, what)
         if name == "numeric":
@@ -248,6 +250,23 @@ class _Metrics:
         if name == "contains":
             return ContainsMetric(normalize=normalize)
         return F1Metric(normalize=normalize)
+
+    def enum(
+        self, span: ast.Span, args: list[ast.Expr], kwargs: list[ast.Keyword], t: Type, what: str
+    ) -> Metric | None:
+        """Enum equality: exact match, written so the reader sees the output is a label."""
+        if not isinstance(t, EnumT):
+            self.error(
+                f"enum does not fit {what}: it is {t}, enum scores an enum's member",
+                span,
+                hint=_suggest(t),
+                kind="type",
+            )
+            return None
+        for arg in [*args, *kwargs][:1]:
+            self.error("enum takes no options", arg.span, hint="write enum")
+            return None
+        return ExactMetric()
 
     def numeric(
         self, span: ast.Span, args: list[ast.Expr], kwargs: list[ast.Keyword], t: Type, what: str

@@ -28,11 +28,11 @@ flow main(review: str) -> sentiment: Sentiment {
     sentiment = classify(review)
 }
 '''
-EVAL = '''
+EVAL = """
 eval dev(data = "rows.jsonl") {
     sentiment: exact
 }
-'''
+"""
 ROWS = [
     {"id": "r1", "review": "positive", "expected": {"sentiment": "positive"}},
     {"id": "r2", "review": "negative", "expected": {"sentiment": "positive"}},
@@ -99,7 +99,9 @@ def test_json_on_stdout(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_models_side_by_side(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", "prog.llmflow", "--models", "echo,yes", "--json", "--output", "r.jsonl"]) == 0
+    assert (
+        main(["eval", "prog.llmflow", "--models", "echo,yes", "--json", "--output", "r.jsonl"]) == 0
+    )
     out, err = capsys.readouterr()
     reports = json.loads(out)
     assert [(r["model"], r["scores"]["sentiment"]["score"]) for r in reports] == [
@@ -125,7 +127,12 @@ def test_bad_rows_are_shown_with_file_and_line(
 ) -> None:
     write_rows(
         work / "rows.jsonl",
-        [ROWS[0], "{cut", {"review": "positive"}, {"review": "x", "expected": {"sentiment": "meh"}}],
+        [
+            ROWS[0],
+            "{cut",
+            {"review": "positive"},
+            {"review": "x", "expected": {"sentiment": "meh"}},
+        ],
     )
     assert main(["eval", "prog.llmflow"]) == 0
     err = capsys.readouterr().err

@@ -57,14 +57,14 @@ eval judged(data = "rows.jsonl") {
 }
 '''
 
-METRICS = '''
+METRICS = """
 def close(output, expected):
     if expected == 99:
         raise ValueError("no metric for 99")
     if expected == 98:
         return 2.0
     return 1.0 if abs(output - expected) <= 1 else 0.0
-'''
+"""
 
 
 def reply(request: GenerationRequest) -> str:
@@ -161,8 +161,12 @@ def test_a_failed_row_scores_zero_and_counts_as_failed(work: Path) -> None:
 
 def test_expected_values_at_the_top_of_a_row(work: Path) -> None:
     flat = json.dumps(
-        {"review": "positive lid 3", "sentiment": "positive", "issue": {"component": "lid",
-         "severity": 3}, "severity": 3}
+        {
+            "review": "positive lid 3",
+            "sentiment": "positive",
+            "issue": {"component": "lid", "severity": 3},
+            "severity": 3,
+        }
     )
     (work / "rows.jsonl").write_text(flat + "\n")
     report = run(work, "dev")
@@ -200,8 +204,13 @@ def test_bad_rows_are_problems_with_file_and_line_and_are_not_run(work: Path) ->
 
 def test_an_extern_metric_that_fails_is_a_problem_of_its_row(work: Path) -> None:
     (work / "rows.jsonl").write_text(
-        "\n".join([row("positive lid 3", "positive", "lid", 99),
-                   row("positive lid 3", "positive", "lid", 98)]) + "\n"
+        "\n".join(
+            [
+                row("positive lid 3", "positive", "lid", 99),
+                row("positive lid 3", "positive", "lid", 98),
+            ]
+        )
+        + "\n"
     )
     report = run(work, "dev")
     first, second = report.rows
@@ -218,7 +227,9 @@ def test_an_enum_judge_scores_through_the_same_session(work: Path) -> None:
     assert report.judges["grade"].calls == 4
     assert "grade" not in report.functions
     assert report.total.calls == 4 * 3
-    prompts = [s.request.turns[0].text for s in backend.served if "Grade" in s.request.turns[0].text]
+    prompts = [
+        s.request.turns[0].text for s in backend.served if "Grade" in s.request.turns[0].text
+    ]
     assert "Grade negative against positive for negative lid 3:" in prompts
 
 
