@@ -185,3 +185,26 @@ def test_usage_errors_exit_2(work: Path, args: list[str]) -> None:
 def test_limit(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "prog.llmflow", "--limit", "2", "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 2
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.model
+def test_the_example_on_the_embedded_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/triage_eval.llmflow end to end on SmolLM2: one labeled row, both
+    outputs scored, every call on the default model."""
+    monkeypatch.chdir(REPO)
+    assert main(["eval", "examples/triage_eval.llmflow", "--limit", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["rows"] == 1 and report["failed"] == 0
+    for name in ("sentiment", "issue"):
+        score = report["scores"][name]
+        assert score["rows"] == 1 and 0 <= score["score"] <= 1
+        assert score["ci95"][0] <= score["score"] <= score["ci95"][1]
+    assert report["functions"]["classify"]["models"] == ["small"]
+    assert report["functions"]["extract_issue"]["calls"] == 1
+    assert "sentiment (exact)" in err and "issue (fields)" in err
