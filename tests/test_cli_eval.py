@@ -74,7 +74,7 @@ def test_the_table_goes_to_stderr_and_the_rows_to_a_file(
     assert "eval dev: flow main on 4 rows" in err
     assert re.search(r"sentiment \(exact\)\s+0\.750 \[0\.30, 0\.95\] n=4", err), err
     assert "classify: 4 calls on echo" in err
-    written = lines(rows_file(err))
+    written = sorted(lines(rows_file(err)), key=lambda r: r["line"])  # as they finish
     assert [(r["id"], r["scores"]) for r in written] == [
         (1, {"sentiment": 1.0}),
         (2, {"sentiment": 0.0}),
@@ -112,6 +112,7 @@ def test_models_side_by_side(work: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert re.search(r"output\s+echo\s+yes", err)
     written = lines(work / "r.jsonl")
     assert [r["model"] for r in written] == ["echo"] * 4 + ["yes"] * 4
+    assert sorted(r["line"] for r in written[:4]) == [1, 2, 3, 4]
 
 
 def test_min_score_is_a_gate(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
