@@ -24,9 +24,20 @@ from llmflow.compiler.evalspec import (
     Normalize,
     NumericMetric,
 )
-from llmflow.compiler.types import BOOL, FLOAT, INT, STR, AnyT, EnumT, ListT, RecordT, Type
+from llmflow.compiler.types import (
+    BOOL,
+    FLOAT,
+    INT,
+    STR,
+    AnyT,
+    EnumT,
+    ListT,
+    RecordT,
+    Type,
+    assignable,
+)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # check.py imports this module: its symbols are imported where used
     from llmflow.compiler.check import Checker, FlowSym
 
 METRICS = ("exact", "enum", "contains", "numeric", "f1", "fields", "judge")
@@ -578,8 +589,6 @@ def _holds_text(t: Type) -> bool:
 
 def _accepts(value: Type, param: Type) -> bool:
     """A parameter of type `param` takes a value of type `value` (an enum is text)."""
-    from llmflow.compiler.types import assignable
-
     return assignable(value, param)
 
 

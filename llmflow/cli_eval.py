@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmflow.api import compile
+from llmflow.compiler.check import MAX_SEED
 from llmflow.errors import LLMFlowError
 from llmflow.runtime import runs
 from llmflow.runtime.budget import Budget
@@ -87,7 +88,7 @@ def add_command(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--rows-in-flight", type=_positive, default=16, metavar="N", help="rows at once"
     )
-    sub.add_argument("--seed", type=int, metavar="N", help="the seed sampled calls derive from")
+    sub.add_argument("--seed", type=_seed, metavar="N", help="the seed sampled calls derive from")
     sub.add_argument("--no-cache", action="store_true", help="ask the models again")
     sub.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
 
@@ -99,6 +100,16 @@ def _fraction(text: str) -> float:
         value = math.nan
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"a score is a number from 0 to 1, not {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
     return value
 
 

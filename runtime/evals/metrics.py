@@ -27,7 +27,7 @@ from llmflow.compiler.evalspec import (
     Normalize,
     NumericMetric,
 )
-from llmflow.compiler.types import STR, AnyT, ListT, RecordT, Type
+from llmflow.compiler.types import AnyT, ListT, RecordT, Type
 from llmflow.runtime.values import InvalidValue, validate
 
 MAX_SCORED_CHARS = 1_000_000
@@ -102,8 +102,6 @@ def expected_value(metric: Metric, t: Type, raw: Any) -> Any:
             except InvalidValue as err:
                 raise InvalidValue(f"field '{name}': {err}") from None
         return out
-    if isinstance(metric, F1Metric) and t == STR:
-        return validate(STR, raw)
     return validate(t, raw)
 
 

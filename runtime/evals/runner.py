@@ -10,10 +10,11 @@ not run (nothing is spent on it); one missing some is scored on the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,36 +224,31 @@ async def evaluate(
         labels,
     )
     run_seed = RunSeed(seed) if isinstance(seed, int) else seed
-    own = session is None
-    if session is None:
-        session = Session(backend=backend, budget=budget, cache=cache, run_dir=run_dir, retry=retry)
-    results: list[RowScore] = []
     functions: dict[str, Usage] = {}
     pending: list[asyncio.Task[RowScore]] = []
-    try:
-        if own:
-            await session.__aenter__()
-        stream: AsyncIterator[RowResult] = session.run_many(
+
+    async def scored(result: RowResult, label: _Labeled, session: Session) -> RowScore:
+        row = await scorer.score(session, result, label, run_seed)
+        if on_row is not None:
+            on_row(row)
+        return row
+
+    async with contextlib.AsyncExitStack() as stack:
+        if session is None:
+            session = Session(
+                backend=backend, budget=budget, cache=cache, run_dir=run_dir, retry=retry
+            )
+            await stack.enter_async_context(session)
+        stack.push_async_callback(_cancel, pending)
+        async for result in session.run_many(
             plan, rows, in_flight=in_flight, seed=run_seed, keep_calls=True
-        )
-        async for result in stream:
+        ):
             for call in result.calls:
                 functions.setdefault(call.function, Usage()).add(call)
+            result.calls = []  # summed up: a long eval's memory stays flat
             label = labels.pop(result.line, _Labeled({}, {}))
-            result.calls = []
-            task = asyncio.ensure_future(scorer.score(session, result, label, run_seed))
-            if on_row is not None:
-                task.add_done_callback(
-                    lambda t: t.cancelled() or t.exception() or on_row(t.result())
-                )
-            pending.append(task)
+            pending.append(asyncio.ensure_future(scored(result, label, session)))
         results = list(await asyncio.gather(*pending))
-    finally:
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if own:
-            await session.__aexit__(None, None, None)
     results.sort(key=lambda r: r.line)
     total = Usage()
     for usage in [*functions.values(), *scorer.judge_usage.values()]:
@@ -273,6 +269,13 @@ async def evaluate(
         total=total,
         seconds=time.perf_counter() - started,
     )
+
+
+async def _cancel(tasks: list[asyncio.Task[RowScore]]) -> None:
+    """Scoring that is still going when the eval stops (an error, Ctrl-C) is cancelled."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def evaluate_sync(*args: Any, **options: Any) -> EvalReport:
@@ -370,14 +373,15 @@ class _Scorer:
             dollars=result.stats.dollars,
             seconds=result.stats.seconds,
         )
-        if result.not_run:
+        if result.not_run:  # not the program's failure: the budget ran out
             row.error = row.error or "not run: the budget could not pay for it"
+            return row
         if not label.expected or label.inputs is None:
             return row  # the row could not be run: a data problem, not scored
         for name, metric in self.spec.metrics.items():
             if name not in label.expected:
                 continue
-            if result.error is not None or result.not_run or name not in result.outputs:
+            if result.error is not None or name not in result.outputs:
                 row.scores[name] = 0.0
                 continue
             try:
@@ -486,7 +490,8 @@ class _Scorer:
 
     def _judge_plan(self, metric: JudgeMetric, t: Type) -> Plan:
         """A plan of the judge's one call, its inputs typed as the values it is given."""
-        plan = self._judge_plans.get(metric.function)
+        key = f"{metric.function}:{t.model_dump_json()}"
+        plan = self._judge_plans.get(key)
         if plan is not None:
             return plan
         assert metric.call is not None, "lowering fills in a judge's call"
@@ -523,7 +528,7 @@ class _Scorer:
             models=self.plan.models,
             default_model=self.plan.default_model,
         )
-        self._judge_plans[metric.function] = plan
+        self._judge_plans[key] = plan
         return plan
 
 

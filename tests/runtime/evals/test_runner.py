@@ -301,3 +301,74 @@ def test_the_report_is_json(work: Path) -> None:
     assert data["scores"]["sentiment"]["judged"] is True
     assert data["scores"]["sentiment"]["ci95"][0] <= 0.75 <= data["scores"]["sentiment"]["ci95"][1]
     assert len(data["row_scores"]) == 4 and data["judges"]["grade"]["calls"] == 4
+
+
+JUDGED = '''
+model m = scripted("m")
+
+enum Label { yes, no }
+
+fn answer(q: str) -> a: str
+"""Answer {{q}}
+{{a}}"""
+
+fn label(q: str) -> l: Label
+"""Label {{q}}
+{{l}}"""
+
+fn rate(output: str, expected: str) -> score: float
+"""Rate {{output}} {{expected}}
+{{score}}"""
+
+fn ok(output: str) -> good: bool
+"""Ok {{output}}
+{{good}}"""
+
+flow main(q: str) -> a: str, b: str, l: Label {
+    a = answer(q)
+    b = answer(q)
+    l = label(q)
+}
+
+eval dev(data = "rows.jsonl") {
+    a: judge(rate)
+    b: judge(ok)
+    l: judge(ok)
+}
+'''
+
+
+def judging(request: GenerationRequest) -> str:
+    """answer echoes its question; rate answers the number in the question's first
+    word (2 is out of range, "x" fails validation); ok says true for "good"."""
+    prompt = request.turns[0].text
+    words = prompt.split()
+    if words[0] == "Answer":
+        return words[1]
+    if words[0] == "Label":
+        return "yes" if words[1] == "good" else "no"
+    if words[0] == "Rate":
+        return "not a number" if words[1] == "x" else words[1]
+    return "true" if words[1] in ("good", "yes") else "false"
+
+
+def test_float_and_bool_judges_and_their_failures(tmp_path: Path) -> None:
+    (tmp_path / "prog.llmflow").write_text(JUDGED)
+    rows = [
+        {"q": "0.25", "expected": {"a": "x", "b": "y", "l": "yes"}},
+        {"q": "2", "expected": {"a": "x", "b": "y", "l": "no"}},
+        {"q": "x", "expected": {"a": "x", "b": "y", "l": "yes"}},
+        {"q": "good", "expected": {"a": "x", "b": "y", "l": "yes"}},
+    ]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = evaluate_sync(tmp_path / "prog.llmflow", backend=ScriptedBackend(judging))
+    first, second, third, fourth = report.rows
+    assert first.scores["a"] == 0.25 and first.scores["b"] == 0.0
+    assert "judge rate gave 2.0, not a score from 0 to 1" in second.problems["a"]
+    assert "judge rate failed: rate(): output 'score' is not a valid float" in third.problems["a"]
+    assert fourth.scores["b"] == 1.0
+    # One judge for outputs of two types (str and an enum): each gets its own typed plan.
+    assert [r.scores.get("l") for r in report.rows] == [0.0, 0.0, 0.0, 1.0]
+    assert report.scores["a"].rows == 1 and report.scores["a"].skipped == 3
+    assert report.scores["a"].interval == "bootstrap"
+    assert report.judges["rate"].calls == 4 and report.judges["ok"].calls == 8
