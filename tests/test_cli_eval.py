@@ -164,6 +164,7 @@ def test_metric_on_the_command_line(work: Path, capsys: pytest.CaptureFixture[st
         (["--data", "missing.jsonl"], "cannot read missing.jsonl: No such file or directory"),
         (["--models", "echo,gpt9"], "--models: 'gpt9' is not a model of this program"),
         (["--eval", "test"], "no eval 'test' (evals: dev)"),
+        (["--data", "."], "is a directory: --inputs reads a file"),
     ],
 )
 def test_errors_exit_1(
