@@ -20,11 +20,12 @@ from typing import Any, TextIO
 from llmflow.api import compile
 from llmflow.compiler.check import MAX_SEED
 from llmflow.errors import LLMFlowError
+from llmflow.evals import evaluate, prepare
 from llmflow.runtime import runs
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import RunSeed
-from llmflow.runtime.evals import EvalReport, RowScore, evaluate, prepare, unpinned
+from llmflow.runtime.evals import EvalReport, RowScore, unpinned
 from llmflow.runtime.runs import RunDir
 from llmflow.runtime.session import Session, check_plan
 from llmflow.runtime.store import dumps

@@ -1,12 +1,13 @@
 """Evals: a program scored on labeled rows (docs/evals.md).
 
-`evaluate` runs the rows through the dataset runner and scores each output with its
-metric (`metrics.py`), `EvalReport` is what it measured, `pin_functions` puts semantic
-functions on chosen models (the assignment an eval, or a tuner, runs with)."""
+`run_eval` runs the rows through the dataset runner and scores each output with its
+metric (`metrics.py`); `EvalReport` is what it measured; `assign.py` pins semantic
+functions to models. Compiling and optimizing the plan to measure is the API layer's
+(`llmflow.evals`): the runtime loads no optimizer pass."""
 
-from llmflow.runtime.evals.assign import functions, pin_functions, unpinned
+from llmflow.runtime.evals.assign import check_assignment, functions, unpinned, with_pins
 from llmflow.runtime.evals.report import EvalReport, OutputScore, RowScore, Usage, summarize
-from llmflow.runtime.evals.runner import EvalError, evaluate, evaluate_sync, prepare
+from llmflow.runtime.evals.runner import EvalError, judges, run_eval
 
 __all__ = [
     "EvalError",
@@ -14,11 +15,11 @@ __all__ = [
     "OutputScore",
     "RowScore",
     "Usage",
-    "evaluate",
-    "evaluate_sync",
+    "check_assignment",
     "functions",
-    "pin_functions",
-    "prepare",
+    "judges",
+    "run_eval",
     "summarize",
     "unpinned",
+    "with_pins",
 ]

@@ -1,16 +1,14 @@
 """Pinning semantic functions to models: the one way an eval (and a tuner) runs a plan
 with another model assignment. Every call node of a pinned function gets the model and
-`pinned`, then the optimizer decides the rest again around the pins (prefix groups,
-fallbacks and estimates follow the new models); a plan that was never optimized (-O0)
-stays unoptimized."""
+`pinned`; the groups and fallbacks of those calls are dropped, since they were decided
+for other models (`llmflow.pin_functions` decides them again with the optimizer, which
+the runtime never loads)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from llmflow.compiler.ir import Plan
-from llmflow.compiler.optimizer import optimize
 from llmflow.errors import LLMFlowError
 
 
@@ -42,20 +40,17 @@ def check_assignment(plan: Plan, assignment: Mapping[str, str], also: tuple[str,
             )
 
 
-def pin_functions(
-    plan: Plan, assignment: Mapping[str, str], *, inputs: Mapping[str, Any] | None = None
-) -> Plan:
+def with_pins(plan: Plan, assignment: Mapping[str, str]) -> Plan:
     """A copy of the plan with every call of each function in `assignment` on its model
-    and pinned there. `inputs`: values known before running (constants), for the
-    optimizer. The plan given is not changed."""
+    and pinned there, nothing else decided again (`llmflow.pin_functions` also runs the
+    optimizer around the pins). The plan given is not changed."""
     check_assignment(plan, assignment)
-    if not assignment:
-        return plan
     pinned = plan.copy()
     for node in pinned.calls():
         model = assignment.get(node.call.function)
         if model is not None:
             node.call.model, node.call.pinned = model, True
-    if not plan.decisions:  # -O0: no groups, no fallbacks to follow the pins
-        return pinned
-    return optimize(pinned, inputs=dict(inputs or {}), objective=plan.objective, budget=plan.budget)
+    changed = {n.id for n in pinned.calls() if n.call.function in assignment}
+    pinned.groups = [g for g in pinned.groups if not changed & set(g.calls)]
+    pinned.fallbacks = {k: v for k, v in pinned.fallbacks.items() if k not in changed}
+    return pinned

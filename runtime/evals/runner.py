@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmflow.compiler import check_file
 from llmflow.compiler.evalspec import (
     EvalSpec,
     ExternMetric,
@@ -38,8 +37,6 @@ from llmflow.compiler.ir import (
     Param,
     Plan,
 )
-from llmflow.compiler.lower import lower
-from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import Type
 from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends.base import Backend
@@ -48,9 +45,8 @@ from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.evals import metrics as builtin
-from llmflow.runtime.evals.assign import check_assignment, pin_functions
 from llmflow.runtime.evals.report import EvalReport, RowScore, Usage, summarize
-from llmflow.runtime.inputs import bind_inputs, quoted_name
+from llmflow.runtime.inputs import quoted_name
 from llmflow.runtime.retry import RetryPolicy
 from llmflow.runtime.rows import (
     Record,
@@ -73,90 +69,12 @@ class EvalError(LLMFlowError):
     """An eval that cannot run: no such eval, no data, a bad assignment."""
 
 
-def prepare(
-    program: Plan | str | os.PathLike[str],
-    eval_name: str | None = None,
-    *,
-    metrics: Mapping[str, str] | None = None,
-    flow: str | None = None,
-    assignment: Mapping[str, str] | None = None,
-    constants: Mapping[str, Any] | None = None,
-    optimize_plan: bool = True,
-) -> tuple[Plan, EvalSpec]:
-    """The plan to run (functions pinned as `assignment` says) and the eval to score it
-    with. `program`: a `.llmflow` file or a compiled Plan (whose `evals` are used).
-    `metrics`: output → metric text (`"exact"`, `"numeric(tolerance = 1)"`), checked as
-    an eval block of the program would be, instead of a declared eval."""
-    if isinstance(program, Plan):
-        if metrics:
-            raise EvalError("metrics given as text need the program's source, not a plan")
-        spec = _chosen(program.evals, eval_name, program.file)
-        plan = program
-    else:
-        path = os.fspath(program)
-        source = None
-        if metrics:
-            source = _with_eval_block(path, metrics, flow)
-            eval_name = _COMMAND_LINE
-        checked = check_file(path, source)
-        spec = _chosen(checked.evals, eval_name, path)
-        plan = lower(checked, spec.flow)
-        spec = plan.evals[spec.name]  # with its judges' calls
-        if optimize_plan:
-            known = bind_inputs(plan, dict(constants or {}), partial=True)
-            plan = optimize(plan, inputs=known)
-    judges = tuple(m.function for m in _judges(spec.metrics.values()))
-    check_assignment(plan, assignment or {}, also=judges)
-    flow_pins = {k: v for k, v in (assignment or {}).items() if k not in judges or _calls(plan, k)}
-    return pin_functions(plan, flow_pins, inputs=constants), spec
-
-
-_COMMAND_LINE = "command_line"
-
-
-def _with_eval_block(path: str, metrics: Mapping[str, str], flow: str | None) -> str | None:
-    """The program's source with the command line's metrics as one more eval block (so
-    they are checked, and errors shown, as any eval's). None if the file cannot be read
-    as a program (compiling it says why)."""
-    from llmflow.compiler.modules import MAX_SOURCE_BYTES, UnreadableSource, read_file
-
-    try:
-        source = read_file(path, MAX_SOURCE_BYTES, "a program").decode("utf-8")
-    except (UnreadableSource, UnicodeDecodeError):
-        return None
-    lines = [f"    {name}: {text}" for name, text in metrics.items()]
-    options = f"(flow = {flow})" if flow else ""
-    return (
-        source.rstrip("\n") + f"\n\neval {_COMMAND_LINE}{options} {{\n" + "\n".join(lines) + "\n}\n"
-    )
-
-
-def _chosen(evals: Mapping[str, EvalSpec], name: str | None, where: str) -> EvalSpec:
-    if name is not None:
-        if name not in evals:
-            known = ", ".join(evals) or "none"
-            raise EvalError(f"{where}: no eval '{name}' (evals: {known})")
-        return evals[name]
-    if len(evals) == 1:
-        return next(iter(evals.values()))
-    if not evals:
-        raise EvalError(
-            f"{where} declares no eval: add an eval block (docs/evals.md) or give "
-            "--metric OUTPUT=METRIC"
-        )
-    raise EvalError(f"{where} declares several evals ({', '.join(evals)}): choose one with --eval")
-
-
-def _judges(metrics: Any) -> Iterator[JudgeMetric]:
+def judges(metrics: Any) -> Iterator[JudgeMetric]:
     for metric in metrics:
         if isinstance(metric, JudgeMetric):
             yield metric
         elif isinstance(metric, FieldsMetric):
-            yield from _judges(metric.fields.values())
-
-
-def _calls(plan: Plan, function: str) -> bool:
-    return any(n.call.function == function for n in plan.calls())
+            yield from judges(metric.fields.values())
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -172,14 +90,12 @@ class _Labeled:
     """The row's inputs as bound to the flow (what a judge may read)."""
 
 
-async def evaluate(
-    program: Plan | str | os.PathLike[str],
-    eval_name: str | None = None,
+async def run_eval(
+    plan: Plan,
+    spec: EvalSpec,
     data: str | os.PathLike[str] | None = None,
-    assignment: Mapping[str, str] | None = None,
     *,
-    metrics: Mapping[str, str] | None = None,
-    flow: str | None = None,
+    assignment: Mapping[str, str] | None = None,
     constants: Mapping[str, Any] | None = None,
     limit: int | None = None,
     id_column: str | None = None,
@@ -193,17 +109,13 @@ async def evaluate(
     seed: int | RunSeed | None = None,
     on_row: Callable[[RowScore], None] | None = None,
 ) -> EvalReport:
-    """Score a program on labeled rows; see `prepare` for `program`, `eval_name`,
-    `metrics`, `flow`. `data`: the rows (default: the eval's `data`). `assignment`:
-    semantic function → model, pinning every call of each (judges too). `session`: run
-    in this open Session (models, caches and limits kept warm across evals; then
-    `backend`, `budget`, `cache`, `run_dir`, `retry` are the session's own) instead of
-    one of its own. `limit`: only the first N rows. `on_row`: called as each row is
-    scored (a progress line)."""
+    """Score `plan` (its calls on the models they are to be measured on: see
+    `llmflow.evals.prepare`) with `spec` on the labeled rows of `data` (default: the
+    eval's own). `assignment`: what the plan's functions were pinned to (recorded in the
+    report), and the models of judges it names. `session`: run in this open Session
+    (then `backend`, `budget`, `cache`, `run_dir` and `retry` are the session's own).
+    `limit`: only the first N rows. `on_row`: called as each row is scored."""
     started = time.perf_counter()
-    plan, spec = prepare(
-        program, eval_name, metrics=metrics, flow=flow, assignment=assignment, constants=constants
-    )
     source = data if data is not None else spec.data
     if source is None:
         raise EvalError(f"eval '{spec.name}' names no data file: give data (--data ROWS)")
@@ -254,7 +166,7 @@ async def evaluate(
     for usage in [*functions.values(), *scorer.judge_usage.values()]:
         _merge(total, usage)
     names = {k: describe(m) for k, m in spec.metrics.items()}
-    judged = {k for k, m in spec.metrics.items() if any(True for _ in _judges([m]))}
+    judged = {k for k, m in spec.metrics.items() if any(True for _ in judges([m]))}
     return EvalReport(
         eval=spec.name,
         flow=spec.flow,
@@ -276,18 +188,6 @@ async def _cancel(tasks: list[asyncio.Task[RowScore]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def evaluate_sync(*args: Any, **options: Any) -> EvalReport:
-    """`evaluate` for a script or a notebook (where a loop runs already, in a thread)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(evaluate(*args, **options))
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, evaluate(*args, **options)).result()
 
 
 def _merge(total: Usage, usage: Usage) -> None:
@@ -553,4 +453,4 @@ def _as_score(value: Any, who: str) -> float:
     return float(value)
 
 
-__all__ = ["EvalError", "RowsError", "evaluate", "evaluate_sync", "prepare"]
+__all__ = ["EvalError", "RowsError", "judges", "run_eval"]

@@ -13,9 +13,10 @@ import pytest
 import llmflow
 from llmflow.compiler.ir import Plan
 from llmflow.errors import CompileError, LLMFlowError
+from llmflow.evals import evaluate_sync, pin_functions
 from llmflow.runtime.backends.base import GenerationRequest
 from llmflow.runtime.backends.scripted import ScriptedBackend
-from llmflow.runtime.evals import EvalError, evaluate_sync, pin_functions, unpinned
+from llmflow.runtime.evals import EvalError, unpinned, with_pins
 from llmflow.runtime.rows import RowsError
 
 PROGRAM = '''
@@ -253,6 +254,11 @@ def test_pinning_by_function_without_the_cli(work: Path) -> None:
     }
     assert {n.call.model for n in plan.calls()} == {"a"}  # the plan given is unchanged
     assert unpinned(plan, "b") == {"classify": "b", "issue_of": "b"}
+    runtime_only = with_pins(plan, {"issue_of": "b"})  # no optimizer: groups dropped
+    moved = [n.id for n in runtime_only.calls() if n.call.function == "issue_of"]
+    assert all(n.call.model == "b" for n in runtime_only.calls() if n.id in moved)
+    assert not any(set(moved) & set(g.calls) for g in runtime_only.groups)
+    assert not set(moved) & set(runtime_only.fallbacks)
     with pytest.raises(LLMFlowError, match="never calls"):
         pin_functions(plan, {"nope": "b"})
     with pytest.raises(LLMFlowError, match="does not declare"):
