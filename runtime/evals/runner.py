@@ -25,6 +25,7 @@ from llmflow.compiler.evalspec import (
     FieldsMetric,
     JudgeMetric,
     Metric,
+    NumericMetric,
     describe,
 )
 from llmflow.compiler.externs import ExternError, load_extern
@@ -46,7 +47,7 @@ from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import RunSeed
 from llmflow.runtime.evals import metrics as builtin
 from llmflow.runtime.evals.report import EvalReport, RowScore, Usage, summarize
-from llmflow.runtime.inputs import quoted_name
+from llmflow.runtime.inputs import quoted_name, value_from_text
 from llmflow.runtime.retry import RetryPolicy
 from llmflow.runtime.rows import (
     Record,
@@ -70,6 +71,7 @@ class EvalError(LLMFlowError):
 
 
 def judges(metrics: Any) -> Iterator[JudgeMetric]:
+    """The judges among metrics, those of record fields included (they ask a model)."""
     for metric in metrics:
         if isinstance(metric, JudgeMetric):
             yield metric
@@ -122,15 +124,16 @@ async def run_eval(
     if limit is not None and limit < 1:
         raise EvalError(f"limit is 1 or more, not {limit}")
     shown = shown_name(source)
+    csv = source_format(source) == "csv"
     scorer = _Scorer(plan, spec, assignment or {}, shown)
     labels: dict[int, _Labeled] = {}
     rows = _with_inputs(
         bind_rows(
             plan,
-            _labeled(read_records(source), spec, plan, labels, limit),
+            _labeled(read_records(source), spec, plan, labels, limit, csv),
             id_column=id_column,
             constants=constants,
-            text=source_format(source) == "csv",
+            text=csv,
             shown=shown,
         ),
         labels,
@@ -204,6 +207,7 @@ def _labeled(
     plan: Plan,
     labels: dict[int, _Labeled],
     limit: int | None,
+    text: bool,
 ) -> Iterator[Record]:
     """The records, each one's expected values put aside in `labels` (by line); a record
     with none usable becomes a problem record, which is not run."""
@@ -211,7 +215,7 @@ def _labeled(
         if limit is not None and count > limit:
             return
         if problem is None:
-            label = _expected(fields, spec, plan)
+            label = _expected(fields, spec, plan, text)
             labels[line] = label
             if not label.expected:
                 problem = "; ".join(label.problems.values()) or "no expected values"
@@ -225,7 +229,9 @@ def _with_inputs(rows: Iterator[Row], labels: dict[int, _Labeled]) -> Iterator[R
         yield row
 
 
-def _expected(fields: dict[str, Any], spec: EvalSpec, plan: Plan) -> _Labeled:
+def _expected(fields: dict[str, Any], spec: EvalSpec, plan: Plan, text: bool) -> _Labeled:
+    """A record's expected values; `text`: its fields are CSV cells, read as inputs are
+    (the text itself for str and enum outputs and for numeric, JSON otherwise)."""
     label = _Labeled({}, {})
     nested = fields.get("expected", _MISSING)
     if nested is not _MISSING and not isinstance(nested, dict):
@@ -237,8 +243,11 @@ def _expected(fields: dict[str, Any], spec: EvalSpec, plan: Plan) -> _Labeled:
         if raw is _MISSING:
             label.problems[name] = f"no expected value for output {quoted_name(name)} ({where})"
             continue
+        t = plan.outputs[name]
         try:
-            label.expected[name] = builtin.expected_value(metric, plan.outputs[name], raw)
+            if text and isinstance(raw, str) and not isinstance(metric, NumericMetric):
+                raw = value_from_text(f"column {quoted_name(name)}", t, raw)
+            label.expected[name] = builtin.expected_value(metric, t, raw)
         except InvalidValue as err:
             label.problems[name] = f"{where}: {clip(str(err), 200)}"
     return label

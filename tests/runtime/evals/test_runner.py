@@ -378,3 +378,17 @@ def test_float_and_bool_judges_and_their_failures(tmp_path: Path) -> None:
     assert report.scores["a"].rows == 1 and report.scores["a"].skipped == 3
     assert report.scores["a"].interval == "bootstrap"
     assert report.judges["rate"].calls == 4 and report.judges["ok"].calls == 8
+
+
+def test_csv_rows_read_expected_values_as_inputs_are(work: Path) -> None:
+    (work / "rows.csv").write_text(
+        "review,sentiment,severity,issue\n"
+        'positive lid 3,positive,3,"{""component"": ""lid"", ""severity"": 3}"\n'
+        "negative cap 2,negative,2.5,not json\n"
+    )
+    report = run(work, "dev", data=work / "rows.csv")
+    first, second = report.rows
+    assert first.scores == {"sentiment": 1.0, "issue": 1.0, "severity": 1.0}
+    assert second.scores == {"sentiment": 1.0}
+    assert "column 'issue' expects Issue written as JSON" in second.problems["issue"]
+    assert second.problems["severity"].startswith(f"{work / 'rows.csv'}:3: 'severity': ")
