@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow.api import compile
+from llmflow.api import compile, is_saved_plan
 from llmflow.compiler.check import MAX_SEED
 from llmflow.errors import LLMFlowError
 from llmflow.evals import evaluate, prepare
@@ -152,13 +152,16 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = _metrics(args.metric)
     if metrics and args.eval:
         raise LLMFlowError("--metric scores without an eval block: give --metric or --eval")
+    if args.flow and not metrics:
+        raise LLMFlowError("--flow is for --metric: an eval block names the flow it scores")
     if metrics and not args.data:
         raise LLMFlowError("--metric needs --data: the labeled rows to score")
     base, spec = prepare(
         args.program, args.eval, metrics=metrics, flow=args.flow, optimize_plan=False
     )
     constants = parse_inputs(base, args.input, partial=True)
-    plan = compile(base, inputs=constants, budget=args.budget)
+    saved = is_saved_plan(args.program)  # runs as saved
+    plan = base if saved else compile(base, inputs=constants, budget=args.budget)
     models = [m.strip() for m in args.models.split(",")] if args.models else [None]
     for model in models:
         if model is not None and model not in plan.models:

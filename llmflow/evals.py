@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from llmflow.api import is_saved_plan, load_plan
 from llmflow.compiler import check_file
 from llmflow.compiler.evalspec import EvalSpec
 from llmflow.compiler.ir import Plan
@@ -61,9 +62,12 @@ def prepare(
 ) -> tuple[Plan, EvalSpec]:
     """The plan to run (functions pinned as `assignment` says) and the eval to score it
     with. `program`: a `.llmflow` file (compiled for the eval's flow, optimized unless
-    `optimize_plan` is false) or a Plan, whose `evals` are used. `metrics`: output →
+    `optimize_plan` is false), or a Plan or a saved plan's `.json`, whose `evals` are
+    used. `metrics`: output →
     metric text (`"exact"`, `"numeric(tolerance = 1)"`), checked as an eval block of
     the program would be, instead of a declared eval (`flow`: the flow they score)."""
+    if not isinstance(program, Plan) and is_saved_plan(program):
+        program = load_plan(program)  # runs as saved: not optimized again
     if isinstance(program, Plan):
         if metrics:
             raise EvalError("metrics given as text need the program's source, not a plan")

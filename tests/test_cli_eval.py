@@ -184,6 +184,17 @@ def test_usage_errors_exit_2(work: Path, args: list[str]) -> None:
     assert exit.value.code == 2
 
 
+def test_a_saved_plan_evaluates_as_its_program(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "prog.llmflow", "--json"]) == 0
+    (work / "plan.json").write_text(capsys.readouterr().out)
+    assert main(["eval", "plan.json", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["scores"]["sentiment"]["score"] == 0.75
+    assert main(["eval", "prog.llmflow", "--flow", "main"]) == 1
+    assert "--flow is for --metric" in capsys.readouterr().err
+
+
 def test_limit(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "prog.llmflow", "--limit", "2", "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 2
