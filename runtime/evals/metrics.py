@@ -37,7 +37,7 @@ MAX_SCORED_CHARS = 1_000_000
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.IGNORECASE)
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _SPACES = re.compile(r"\s+")
-_GSM8K_ANSWER = re.compile(r"####\s*([-+]?[\d,]*\.?\d+)")
+_GSM8K_ANSWER = re.compile(r"####\s*\$?\s*([-+]?[\d,]*\.?\d+)")
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?")
 
 

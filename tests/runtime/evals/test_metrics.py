@@ -88,6 +88,7 @@ def test_numeric_tolerances() -> None:
     [
         ("She pays 3 + 4 = 7 dollars.\n#### 7", 7.0),
         ("#### 1,234", 1234.0),
+        ("so $40.00 - $20.00 = $20.00.\n\n#### $20.00 profit, 3 days", 20.0),
         ("first 12, then 18\n#### 30\nand 99 later", 30.0),  # the marked answer wins
         ("The answer is 1,000,000.", 1_000_000.0),
         ("It costs $-3.50 in the end", -3.5),
