@@ -237,12 +237,17 @@ async def _run_all(
         for model in models:
             assignment = unpinned(plan, model) if model is not None else None
 
-            def write(row: RowScore, model: str | None = model) -> None:
+            progress = _Progress(model, live=not args.quiet and sys.stderr.isatty())
+
+            def write(
+                row: RowScore, model: str | None = model, progress: _Progress = progress
+            ) -> None:
                 line = row.to_json()
                 if model is not None:
                     line = {"model": model, **line}
                 rows_file.write(dumps(line) + "\n")
                 rows_file.flush()
+                progress.add(row)
 
             report = await evaluate(
                 plan,
@@ -257,8 +262,33 @@ async def _run_all(
                 seed=seed,
                 on_row=write,
             )
+            progress.done()
             reports.append((model, report))
     return reports
+
+
+class _Progress:
+    """A live line on stderr while a terminal watches: rows scored, failed, seconds."""
+
+    def __init__(self, model: str | None, live: bool) -> None:
+        self.label = f"{model}: " if model else ""
+        self.live = live
+        self.started = time.perf_counter()
+        self.rows = self.failed = 0
+
+    def add(self, row: RowScore) -> None:
+        self.rows += 1
+        self.failed += row.error is not None
+        if self.live:
+            elapsed = time.perf_counter() - self.started
+            sys.stderr.write(
+                f"\r{self.label}{self.rows} rows scored, {self.failed} failed, {elapsed:.1f}s\x1b[K"
+            )
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.live:
+            sys.stderr.write("\r\x1b[K")
 
 
 def _json(model: str | None, report: EvalReport) -> dict[str, Any]:
