@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +21,7 @@ from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.batch import DEFAULT_IN_FLIGHT
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
-from llmflow.runtime.calls import RunSeed
+from llmflow.runtime.calls import RowId, RunSeed
 from llmflow.runtime.evals import EvalError, EvalReport, RowScore, judges, run_eval, with_pins
 from llmflow.runtime.evals.assign import check_assignment
 from llmflow.runtime.inputs import bind_inputs
@@ -103,6 +103,7 @@ async def evaluate(
     flow: str | None = None,
     constants: Mapping[str, Any] | None = None,
     limit: int | None = None,
+    only: Collection[RowId] | None = None,
     id_column: str | None = None,
     in_flight: int = DEFAULT_IN_FLIGHT,
     session: Session | None = None,
@@ -119,7 +120,9 @@ async def evaluate(
     `assignment`: semantic function → model, pinning every call of each (a judge's
     too). `session`: run in this open Session (models, caches, limits and budget kept
     across evals; `backend`, `budget`, `cache`, `run_dir`, `retry` are then the
-    session's own). `limit`: the first N rows. `on_row`: called as each row is scored."""
+    session's own). `limit`: the first N rows; `only`: the rows with these ids (the id
+    column's values, else line numbers), a split's. `on_row`: called as each row is
+    scored."""
     plan, spec = prepare(
         program, eval_name, metrics=metrics, flow=flow, assignment=assignment, constants=constants
     )
@@ -130,6 +133,7 @@ async def evaluate(
         assignment=assignment,
         constants=constants,
         limit=limit,
+        only=only,
         id_column=id_column,
         in_flight=in_flight,
         session=session,

@@ -109,7 +109,14 @@ class RowScore:
     problems: dict[str, str] = field(default_factory=dict)
     """Output → why it was not scored (`file:line: ...`)."""
     dollars: float = 0.0
+    """What the flow's calls of the row cost (its judges' calls not included)."""
     seconds: float = 0.0
+
+    @property
+    def score(self) -> float | None:
+        """The mean of the row's output scores (None: none was scored): one number per
+        row, for a search over assignments."""
+        return sum(self.scores.values()) / len(self.scores) if self.scores else None
 
     def to_json(self) -> dict[str, Any]:
         return {

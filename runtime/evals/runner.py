@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.batch import DEFAULT_IN_FLIGHT, RowResult
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
-from llmflow.runtime.calls import RunSeed
+from llmflow.runtime.calls import RowId, RunSeed
 from llmflow.runtime.evals import metrics as builtin
 from llmflow.runtime.evals.report import EvalReport, RowScore, Usage, summarize
 from llmflow.runtime.inputs import quoted_name, value_from_text
@@ -100,6 +100,7 @@ async def run_eval(
     assignment: Mapping[str, str] | None = None,
     constants: Mapping[str, Any] | None = None,
     limit: int | None = None,
+    only: Collection[RowId] | None = None,
     id_column: str | None = None,
     in_flight: int = DEFAULT_IN_FLIGHT,
     session: Session | None = None,
@@ -116,7 +117,9 @@ async def run_eval(
     eval's own). `assignment`: what the plan's functions were pinned to (recorded in the
     report), and the models of judges it names. `session`: run in this open Session
     (then `backend`, `budget`, `cache`, `run_dir` and `retry` are the session's own).
-    `limit`: only the first N rows. `on_row`: called as each row is scored."""
+    `limit`: only the first N rows. `only`: only the rows with these ids (the id
+    column's values, else line numbers; a held-out split); the others are not run.
+    `on_row`: called as each row is scored."""
     started = time.perf_counter()
     source = data if data is not None else spec.data
     if source is None:
@@ -137,6 +140,7 @@ async def run_eval(
             shown=shown,
         ),
         labels,
+        None if only is None else set(only),
     )
     run_seed = RunSeed(seed) if isinstance(seed, int) else seed
     functions: dict[str, Usage] = {}
@@ -222,8 +226,14 @@ def _labeled(
         yield line, fields, problem
 
 
-def _with_inputs(rows: Iterator[Row], labels: dict[int, _Labeled]) -> Iterator[Row]:
+def _with_inputs(
+    rows: Iterator[Row], labels: dict[int, _Labeled], only: set[RowId] | None
+) -> Iterator[Row]:
+    """The rows to run (those in `only`), each one's inputs kept with its label."""
     for row in rows:
+        if only is not None and row.id not in only:
+            labels.pop(row.line, None)
+            continue
         if row.line in labels and row.problem is None:
             labels[row.line].inputs = row.inputs
         yield row

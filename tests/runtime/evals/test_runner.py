@@ -275,6 +275,15 @@ def test_a_compiled_or_saved_plan_evaluates_alike(work: Path) -> None:
     assert report.scores["sentiment"].mean == 0.75
 
 
+def test_only_some_rows_run(work: Path) -> None:
+    backend = ScriptedBackend(reply)
+    report = run(work, "dev", only={2, 4}, backend=backend)
+    assert [r.id for r in report.rows] == [2, 4] and len(backend.served) == 4
+    assert [r.score for r in report.rows] == [pytest.approx(2 / 3), 1.0]
+    by_id = run(work, "dev", only={"r3"}, id_column="id")
+    assert [r.id for r in by_id.rows] == ["r3"]
+
+
 def test_limit_and_data_given_at_run_time(work: Path) -> None:
     (work / "other.jsonl").write_text("\n".join(ROWS[1:]) + "\n")
     report = run(work, "dev", data=work / "other.jsonl", limit=2)
