@@ -131,6 +131,15 @@ class EvalSpec(BaseModel):
     """`file:line` of the declaration, for messages."""
 
 
+def judges_of(metric: Metric) -> list[JudgeMetric]:
+    """The judges a metric asks (a record's fields' included)."""
+    if isinstance(metric, JudgeMetric):
+        return [metric]
+    if isinstance(metric, FieldsMetric):
+        return [j for m in metric.fields.values() for j in judges_of(m)]
+    return []
+
+
 def describe(metric: Metric) -> str:
     """A metric as people write it (`numeric(tolerance = 1)`), for reports."""
     match metric:

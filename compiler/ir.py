@@ -774,3 +774,13 @@ def _check_references(plan: Plan) -> None:
             node(key, table, key)
     for i, key in enumerate(plan.critical_path):
         node(key, "critical_path", i)
+    for name, spec in plan.evals.items():
+        if spec.flow != plan.flow:
+            raise _fail(f"scores flow {spec.flow!r}, not this plan's", "evals", name, "flow")
+        for output, metric in spec.metrics.items():
+            if output not in plan.outputs:
+                raise _fail("not an output of the plan's flow", "evals", name, "metrics", output)
+            for judge in evalspec.judges_of(metric):
+                if judge.call is None:
+                    raise _fail("a judge without its call", "evals", name, "metrics", output)
+                model(judge.call.model, "evals", name, "metrics", output)

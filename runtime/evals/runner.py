@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from llmflow.compiler.evalspec import (
     Metric,
     NumericMetric,
     describe,
+    judges_of,
 )
 from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.ir import (
@@ -70,13 +71,10 @@ class EvalError(LLMFlowError):
     """An eval that cannot run: no such eval, no data, a bad assignment."""
 
 
-def judges(metrics: Any) -> Iterator[JudgeMetric]:
+def judges(metrics: Iterable[Metric]) -> Iterator[JudgeMetric]:
     """The judges among metrics, those of record fields included (they ask a model)."""
     for metric in metrics:
-        if isinstance(metric, JudgeMetric):
-            yield metric
-        elif isinstance(metric, FieldsMetric):
-            yield from judges(metric.fields.values())
+        yield from judges_of(metric)
 
 
 # ---- the run ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ carried by the plan of the flow they score, and left out of a dataset run's dige
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -143,3 +144,28 @@ def test_eval_is_reserved_as_a_variable_and_enum_is_a_metric(tmp_path: Path) -> 
     with pytest.raises(CompileError) as err:
         llmflow.compile(write(tmp_path, PROGRAM + "\neval e { issue: enum }\n"))
     assert "enum does not fit output 'issue': it is Issue" in err.value.render()
+
+
+def _judge(data: dict) -> dict:  # type: ignore[type-arg]
+    return data["metrics"]["sentiment"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "message"),
+    [
+        ("dev", lambda e: e["metrics"].update(sentiment={"kind": "x"}), "dev.metrics.sentiment"),
+        ("dev", lambda e: e["metrics"].update(nope={"kind": "exact"}), "not an output of the plan"),
+        ("dev", lambda e: e.update(flow="other"), "scores flow 'other', not this plan's"),
+        ("judged", lambda e: _judge(e).update(call=None), "a judge without its call"),
+        (
+            "judged",
+            lambda e: _judge(e)["call"].update(model="gpt-9"),
+            "'gpt-9' is not one of the plan's models",
+        ),
+    ],
+)
+def test_a_saved_plans_evals_are_checked(tmp_path: Path, name: str, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    data = llmflow.compile(write(tmp_path, PROGRAM + EVALS)).to_json()
+    edit(data["evals"][name])
+    with pytest.raises(llmflow.PlanError, match=re.escape(message)):
+        llmflow.Plan.from_json(json.dumps(data))
