@@ -304,7 +304,7 @@ def _table(reports: list[tuple[str | None, EvalReport]], out: TextIO) -> None:
     labels = [model or "score" for model, _ in reports]
     out.write(f"eval {first.eval}: flow {first.flow} on {len(first.rows)} rows of {first.data}\n\n")
     width = max([len("output"), *(len(f"{k} ({m})") for k, m in first.metrics.items())])
-    cell = 26
+    cell = 34
     header = f"  {'output':<{width}}  " + "".join(f"{label:<{cell}}" for label in labels)
     out.write(header.rstrip() + "\n")
     for name, metric in first.metrics.items():
