@@ -235,7 +235,24 @@ class FlowDecl(Node):
     decorators: list[Decorator] = Field(default_factory=list)
 
 
-Decl = ImportDecl | ModelDecl | EnumDecl | RecordDecl | FnDecl | ExternDecl | FlowDecl
+class EvalMetric(Node):
+    """`sentiment: exact(case = false)`: how one flow output is scored."""
+
+    output: Ident
+    metric: Expr
+    """A metric's name, or a call of it with its options."""
+
+
+class EvalDecl(Node):
+    """`eval dev(data = "dev.jsonl", flow = main) { output: metric ... }`."""
+
+    name: Ident
+    args: list[Expr] = Field(default_factory=list)
+    kwargs: list[Keyword] = Field(default_factory=list)
+    metrics: list[EvalMetric] = Field(default_factory=list)
+
+
+Decl = ImportDecl | ModelDecl | EnumDecl | RecordDecl | FnDecl | ExternDecl | FlowDecl | EvalDecl
 
 
 class Module(BaseModel):

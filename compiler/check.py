@@ -17,7 +17,9 @@ import networkx as nx
 
 from llmflow.compiler import ast, catalog, resolve
 from llmflow.compiler import config as config_file
+from llmflow.compiler.check_evals import check_eval
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
+from llmflow.compiler.evalspec import EvalSpec
 from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.models import MAX_OPTION_NUMBER, ModelSpec
@@ -69,6 +71,7 @@ RESERVED = frozenset(
         "not",
         "true",
         "false",
+        "eval",
     ]
 )
 DECORATORS = ("model", "needs")
@@ -163,6 +166,8 @@ class Checked:
     """id(loop statement) → carried variable → the assignment of its next value."""
     models: dict[str, ModelSpec] = field(default_factory=dict)
     default_model: str = ""
+    evals: dict[str, EvalSpec] = field(default_factory=dict)
+    """The main file's `eval` blocks, checked, by name (`compiler/check_evals.py`)."""
 
     # What lowering reads: typed answers about one node of a checked program, where a
     # miss is a bug in the checker (so an assertion), never a silent `any`.
@@ -341,8 +346,33 @@ class Checker:
                     self._check_flow(decl)
         if not self._check_flow_cycles():
             self._check_inlined_depth()
+        self._check_evals()
         self.diags.sort(key=sort_key)
         return self.checked, self.diags
+
+    def _check_evals(self) -> None:
+        """Every module's eval blocks (after the flows they score); the main file's are
+        kept for the plan."""
+        for name, module in self.program.modules.items():
+            self.module = name
+            seen: dict[str, ast.EvalDecl] = {}
+            for decl in module.decls:
+                if not isinstance(decl, ast.EvalDecl):
+                    continue
+                if decl.name.name in seen:
+                    first = seen[decl.name.name].name.span
+                    self.error(
+                        "declaration",
+                        f"eval '{decl.name.name}' is declared twice",
+                        decl.name.span,
+                        hint=f"first declared on line {first.line}",
+                    )
+                    continue
+                seen[decl.name.name] = decl
+                spec = check_eval(self, decl)
+                if spec is not None and name == self.program.main:
+                    self.checked.evals[spec.name] = spec
+        self.module = self.program.main
 
     # -- declarations and scopes
 

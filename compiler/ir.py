@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from llmflow.compiler import evalspec
 from llmflow.compiler.ast import Span
+from llmflow.compiler.evalspec import EvalSpec
 from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import Type
@@ -476,6 +478,10 @@ class Plan(BaseModel):
     critical_path: list[str] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)
 
+    evals: dict[str, EvalSpec] = Field(default_factory=dict)
+    """The program's `eval` blocks of this flow (docs/evals.md): what `llmflow eval`
+    runs. Not what a run does: a dataset run's plan digest leaves them out."""
+
     def copy(self) -> Plan:
         """A plan an optimizer pass may change without changing this one: the graph is
         copied (`Graph.copy`), the optimizer's tables are new containers of the same
@@ -527,6 +533,7 @@ class Plan(BaseModel):
             "makespan": self.makespan,
             "critical_path": self.critical_path,
             "decisions": [d.model_dump(exclude_none=True) for d in self.decisions],
+            "evals": {k: e.model_dump(mode="json") for k, e in self.evals.items()},
         }
 
     @classmethod
@@ -538,6 +545,8 @@ class Plan(BaseModel):
 
 for _model in (MapNode, BranchNode, LoopNode):
     _model.model_rebuild()
+for _model in (evalspec.JudgeMetric, evalspec.FieldsMetric, evalspec.EvalSpec, Plan):
+    _model.model_rebuild(_types_namespace={"LLMCall": LLMCall, **vars(evalspec)})
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -765,3 +774,13 @@ def _check_references(plan: Plan) -> None:
             node(key, table, key)
     for i, key in enumerate(plan.critical_path):
         node(key, "critical_path", i)
+    for name, spec in plan.evals.items():
+        if spec.flow != plan.flow:
+            raise _fail(f"scores flow {spec.flow!r}, not this plan's", "evals", name, "flow")
+        for output, metric in spec.metrics.items():
+            if output not in plan.outputs:
+                raise _fail("not an output of the plan's flow", "evals", name, "metrics", output)
+            for judge in evalspec.judges_of(metric):
+                if judge.call is None:
+                    raise _fail("a judge without its call", "evals", name, "metrics", output)
+                model(judge.call.model, "evals", name, "metrics", output)

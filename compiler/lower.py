@@ -13,6 +13,7 @@ from typing import Any
 
 from llmflow.compiler import ast
 from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym
+from llmflow.compiler.evalspec import EvalSpec, FieldsMetric, JudgeMetric, Metric
 from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.ir import (
     BranchNode,
@@ -239,7 +240,24 @@ class Lowerer:
             models=self.checked.models,
             default_model=self.checked.default_model,
             perf={o.name.name: o.perf.name for o in sym.decl.outputs if o.perf is not None},  # type: ignore[misc]
+            evals={n: self.lower_eval(e) for n, e in self.checked.evals.items() if e.flow == name},
         )
+
+    def lower_eval(self, spec: EvalSpec) -> EvalSpec:
+        """The eval with each judge's call in it, so the plan alone can run it."""
+        return spec.model_copy(
+            update={"metrics": {k: self.lower_metric(m) for k, m in spec.metrics.items()}}
+        )
+
+    def lower_metric(self, metric: Metric) -> Metric:
+        if isinstance(metric, JudgeMetric):
+            fn = self.checked.symbols[self.checked.program.main][metric.function]
+            assert isinstance(fn, FnSym), f"the checker let judge {metric.function} through"
+            return metric.model_copy(update={"call": self.llm_call(fn)})
+        if isinstance(metric, FieldsMetric):
+            fields = {k: self.lower_metric(m) for k, m in metric.fields.items()}
+            return metric.model_copy(update={"fields": fields})
+        return metric
 
     def collect(
         self, stmts: list[ast.Stmt], env: _Env, nexts: dict[str, ast.Assign] | None = None

@@ -32,9 +32,9 @@ from llmflow.compiler.heap import gc_paused
 from llmflow.stdlib.builtins import MAX_INT_DIGITS
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
-_DECL_START = re.compile(r"(import|model|enum|record|extern|fn|flow)\b|@")
+_DECL_START = re.compile(r"(import|model|enum|record|extern|fn|flow|eval)\b|@")
 _DECL_NAME = re.compile(
-    r"^(?:extern\s+)?(?:fn|flow|enum|record|model)\s+([A-Za-z_]\w*)", re.MULTILINE
+    r"^(?:extern\s+)?(?:fn|flow|enum|record|model|eval)\s+([A-Za-z_]\w*)", re.MULTILINE
 )
 
 
@@ -657,6 +657,22 @@ class _Builder:
             body=body,
             decorators=decorators,
         )
+
+    @_spanned
+    def eval_decl(self, span: ast.Span, children: list) -> ast.EvalDecl:
+        name, args, *metrics = children
+        positional, keywords = args or ([], [])
+        return ast.EvalDecl(
+            span=span,
+            name=self._ident(name),
+            args=positional,
+            kwargs=keywords,
+            metrics=[m for m in metrics if m is not None],
+        )
+
+    @_spanned
+    def eval_metric(self, span: ast.Span, children: list) -> ast.EvalMetric:
+        return ast.EvalMetric(span=span, output=self._ident(children[0]), metric=children[1])
 
     # statements
     def block(self, children: list) -> list[ast.Stmt]:

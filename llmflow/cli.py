@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow import cli_dataset
+from llmflow import cli_dataset, cli_eval
 from llmflow.api import Session, bind_inputs, compile, is_saved_plan, quoted_name
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
@@ -55,6 +55,7 @@ EXAMPLES = {
     "plan": "llmflow plan examples/qa_over_doc.llmflow --json",
     "models": "llmflow models examples/hello.llmflow",
     "trace": "llmflow trace 20261126-124501-ab12 -o timeline.svg",
+    "eval": cli_eval.EXAMPLE,
 }
 
 
@@ -126,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _optimizer_options(run)
     cli_dataset.add_options(run)
+
+    cli_eval.add_command(command("eval", "Score a program on labeled rows (docs/evals.md)."))
 
     check = command("check", "Check programs and report every error in them.")
     check.add_argument("programs", nargs="+", metavar="program")
@@ -267,9 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for "resume: ..." hints
     secrets.register_environment()
-    handler = {"run": _run, "check": _check, "plan": _plan, "models": _models, "trace": _trace}[
-        args.command
-    ]
+    handler = {
+        "run": _run,
+        "eval": cli_eval.run_eval,
+        "check": _check,
+        "plan": _plan,
+        "models": _models,
+        "trace": _trace,
+    }[args.command]
     try:
         if args.command in ("plan", "models"):  # they print model options and constants
             return _masked_stdout(handler, args)

@@ -110,8 +110,18 @@ def _positive(text: str) -> int:
     return value
 
 
-_NOT_RUN = ("budget", "objective", "estimates", "total", "makespan", "critical_path", "decisions")
-"""Parts of a plan that say what the optimizer thought, not what a run does."""
+_NOT_RUN = (
+    "budget",
+    "objective",
+    "estimates",
+    "total",
+    "makespan",
+    "critical_path",
+    "decisions",
+    "evals",
+)
+"""Parts of a plan that say what the optimizer thought (or how `llmflow eval` scores
+it), not what a run does."""
 
 
 def plan_digest(plan: Plan) -> str:

@@ -80,19 +80,36 @@ def read_rows(
     """The rows of a file (`-`: standard input), one at a time, each bound to the flow.
     `id_column`: the field holding each row's id (a string or an integer, unique);
     without one a row's id is its line number."""
-    shown = "<stdin>" if str(source) == STDIN else str(source)
-    kind = source_format(source, fmt)
+    shown = shown_name(source)
+    yield from bind_rows(
+        plan,
+        read_records(source, fmt=fmt),
+        id_column=id_column,
+        mapping=mapping,
+        constants=constants,
+        text=source_format(source, fmt) == "csv",
+        shown=shown,
+    )
+
+
+Record = tuple[int, dict[str, Any], str | None]
+"""A row as read, before it is bound to a flow: (line, fields, problem)."""
+
+
+def shown_name(source: str | Path) -> str:
+    """The source as messages name it."""
+    return "<stdin>" if str(source) == STDIN else str(source)
+
+
+def read_records(source: str | Path, *, fmt: Format | None = None) -> Iterator[Record]:
+    """The records of a file (`-`: standard input), one at a time, with every field
+    (a labeled dataset's expected values too): what `bind_rows` binds to a flow."""
+    shown = shown_name(source)
     with _open(source, shown) as stream:
-        records = _jsonl(stream) if kind == "jsonl" else _csv(stream, shown, source)
-        yield from bind_rows(
-            plan,
-            records,
-            id_column=id_column,
-            mapping=mapping,
-            constants=constants,
-            text=kind == "csv",
-            shown=shown,
-        )
+        if source_format(source, fmt) == "jsonl":
+            yield from _jsonl(stream)
+        else:
+            yield from _csv(stream, shown, source)
 
 
 def count_rows(

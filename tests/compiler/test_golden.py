@@ -60,6 +60,10 @@ REQUIRED = {
     "import_not_a_program",
     "secret_on_error_line",
     "long_line",
+    "eval_metric_errors",
+    "eval_judge_errors",
+    "eval_declaration_errors",
+    "eval_syntax_error",
 }
 
 
