@@ -12,8 +12,6 @@ import asyncio
 import itertools
 from collections.abc import Sequence
 
-import pytest
-
 from llmflow.runtime.tune import FRONTIER_LIMIT, Outcome, tune
 
 CATEGORIES = 13  # 2**13 = 8192 frontier states > FRONTIER_LIMIT
