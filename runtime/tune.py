@@ -586,9 +586,7 @@ class _Search:
             categories=mapping,
         )
 
-    def combine(
-        self, options: list[list[Point]], share: list[float]
-    ) -> tuple[list[int], float]:
+    def combine(self, options: list[list[Point]], share: list[float]) -> tuple[list[int], float]:
         """One point per category: the objective over the row-weighted sums, over Pareto
         frontiers of (cost, score). Exact while a frontier has at most FRONTIER_LIMIT
         states; past that, each frontier keeps the best-scoring state of each of
