@@ -12,6 +12,8 @@ from llmflow.compiler import compile_file
 from llmflow.compiler.ir import Plan, PlanError
 from llmflow.compiler.modules import UnreadableSource, read_file
 from llmflow.compiler.optimizer import optimize as run_optimizer
+from llmflow.compiler.profile import Profile, profile_path
+from llmflow.compiler.profile import load as load_profile
 from llmflow.errors import LLMFlowError, RunError
 from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.batch import DEFAULT_IN_FLIGHT, RowResult
@@ -48,6 +50,8 @@ def compile(  # noqa: A001
     optimize: bool = True,
     objective: Literal["cost", "quality", "latency"] = "cost",
     budget: float | None = None,
+    profile: Profile | str | os.PathLike[str] | bool = True,
+    min_quality: float | None = None,
 ) -> Plan:
     """Parse, check, lower and optimize a program; raises CompileError with every error.
 
@@ -59,7 +63,13 @@ def compile(  # noqa: A001
     so a caller can read the flow's input types before it binds the inputs the
     optimizer should know. Inputs given here are known to the optimizer: map sizes,
     prompt text and so prefix groups and estimates become exact (InputError if one does
-    not fit its type; missing ones are fine). `optimize=False` is `-O0`."""
+    not fit its type; missing ones are fine). `optimize=False` is `-O0`.
+
+    `profile`: what model assignment measured quality from. True (the default) reads
+    the program's own profile (`report.llmflow` → `report.profile.json`, written by
+    `llmflow tune`) when there is one; a path or a `Profile` names another; False uses
+    declared skills only. `min_quality`: the cheapest assignment whose estimated score
+    (from the profile) reaches it."""
     if isinstance(program, Plan):
         if flow is not None and flow != program.flow:
             raise LLMFlowError(f"this plan is of flow {program.flow!r}, not {flow!r}")
@@ -73,8 +83,27 @@ def compile(  # noqa: A001
         plan = compile_file(program, flow)
     if optimize:
         known = bind_inputs(plan, inputs, partial=True) if inputs else None
-        plan = run_optimizer(plan, inputs=known, objective=objective, budget=budget)
+        plan = run_optimizer(
+            plan,
+            inputs=known,
+            objective=objective,
+            budget=budget,
+            profile=measured_profile(plan, profile),
+            min_quality=min_quality,
+        )
     return plan
+
+
+def measured_profile(
+    plan: Plan, profile: Profile | str | os.PathLike[str] | bool
+) -> Profile | None:
+    """The profile `compile` assigns from (see there); a named file must exist."""
+    if isinstance(profile, Profile) or profile is False:
+        return profile or None
+    if profile is True:
+        beside = profile_path(plan.file) if plan.file else None
+        return load_profile(beside) if beside is not None and beside.is_file() else None
+    return load_profile(profile)
 
 
 MAX_PLAN_BYTES = 256 * 2**20

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow import cli_dataset, cli_eval
+from llmflow import cli_dataset, cli_eval, cli_tune
 from llmflow.api import Session, bind_inputs, compile, is_saved_plan, quoted_name
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
@@ -56,6 +56,7 @@ EXAMPLES = {
     "models": "llmflow models examples/hello.llmflow",
     "trace": "llmflow trace 20261126-124501-ab12 -o timeline.svg",
     "eval": cli_eval.EXAMPLE,
+    "tune": cli_tune.EXAMPLE,
 }
 
 
@@ -129,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     cli_dataset.add_options(run)
 
     cli_eval.add_command(command("eval", "Score a program on labeled rows (docs/evals.md)."))
+    cli_tune.add_command(
+        command("tune", "Choose each function's model from measurements (docs/tuning.md).")
+    )
 
     check = command("check", "Check programs and report every error in them.")
     check.add_argument("programs", nargs="+", metavar="program")
@@ -243,6 +247,23 @@ def _optimizer_options(sub: argparse.ArgumentParser) -> None:
         help="spend at most this much: the plan fits it, and a run sends no call that could "
         "exceed it",
     )
+    sub.add_argument(
+        "--min-quality",
+        type=float,
+        metavar="SCORE",
+        help="the cheapest assignment whose measured score (from the profile) reaches this",
+    )
+    measured = sub.add_mutually_exclusive_group()
+    measured.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="assign models from this profile (default: PROGRAM.profile.json if there is one)",
+    )
+    measured.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="assign models from declared skills only",
+    )
 
 
 def load_program(program: str, flow: str | None) -> Plan:
@@ -262,7 +283,14 @@ def _compile(
     else:
         inputs = parse_inputs(plan, args.input, partial=partial)
     if args.level > 0 and not is_saved_plan(args.program):  # a saved plan runs as saved
-        plan = compile(plan, inputs=inputs, objective=args.objective, budget=args.budget)
+        plan = compile(
+            plan,
+            inputs=inputs,
+            objective=args.objective,
+            budget=args.budget,
+            profile=False if args.no_profile else (args.profile or True),
+            min_quality=args.min_quality,
+        )
     return plan, inputs
 
 
@@ -273,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "run": _run,
         "eval": cli_eval.run_eval,
+        "tune": cli_tune.run_tune,
         "check": _check,
         "plan": _plan,
         "models": _models,

@@ -94,6 +94,15 @@ def add_command(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
 
 
+def constant_inputs(plan: Any, pairs: list[str]) -> dict[str, Any]:
+    """The `-i` inputs every row gets: only those given (a default filled in here would
+    win over every row's own value)."""
+    from llmflow.cli import parse_inputs
+
+    given = {pair.partition("=")[0] for pair in pairs}
+    return {k: v for k, v in parse_inputs(plan, pairs, partial=True).items() if k in given}
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -147,8 +156,6 @@ def _metrics(pairs: list[str]) -> dict[str, str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from llmflow.cli import parse_inputs
-
     metrics = _metrics(args.metric)
     if metrics and args.eval:
         raise LLMFlowError("--metric scores without an eval block: give --metric or --eval")
@@ -159,7 +166,7 @@ def run_eval(args: argparse.Namespace) -> int:
     base, spec = prepare(
         args.program, args.eval, metrics=metrics, flow=args.flow, optimize_plan=False
     )
-    constants = parse_inputs(base, args.input, partial=True)
+    constants = constant_inputs(base, args.input)
     saved = is_saved_plan(args.program)  # runs as saved
     plan = base if saved else compile(base, inputs=constants, budget=args.budget)
     models = [m.strip() for m in args.models.split(",")] if args.models else [None]

@@ -221,3 +221,16 @@ def test_the_example_on_the_embedded_model(
     assert report["functions"]["classify"]["models"] == ["small"]
     assert report["functions"]["extract_issue"]["calls"] == 1
     assert "sentiment (exact)" in err and "issue (fields)" in err
+
+
+def test_a_rows_own_value_wins_over_an_inputs_default(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A defaulted input the rows give is theirs: only `-i` constants apply to every row
+    (the defaults were once filled in as constants, and every row scored as the default)."""
+    (work / "defaulted.llmflow").write_text(
+        PROGRAM.replace("flow main(review: str)", 'flow main(review: str = "positive")') + EVAL
+    )
+    assert main(["eval", "defaulted.llmflow", "--id", "id", "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scores"]["sentiment"]["score"] == 0.75  # echo of each row's review

@@ -1,0 +1,121 @@
+"""`llmflow tune PROGRAM`: the search over scripted models whose scores are known in
+advance, the profile it writes beside the program, and `plan`/`run` choosing from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmflow.cli import main
+
+PROGRAM = '''
+model yes = scripted("yes", reply="positive")
+model echo = scripted("echo", price_in=100, price_out=100)
+
+enum Sentiment { positive, negative }
+
+fn classify(review: str) -> sentiment: Sentiment
+"""
+{{review}}
+{{sentiment}}
+"""
+
+flow main(review: str, topic: str = "x") -> sentiment: Sentiment {
+    sentiment = classify(review)
+}
+
+eval dev(data = "rows.jsonl") {
+    sentiment: exact
+}
+'''
+# echo repeats the review: always right; yes says positive: right on half the rows.
+# Reviews carry their row number so that no two prompts are alike (no cache hits).
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prog.llmflow").write_text(PROGRAM)
+    with (tmp_path / "rows.jsonl").open("w") as rows:
+        for i in range(20):
+            s = "positive" if i % 2 else "negative"
+            topic = "a" if i < 10 else "b"
+            row = {"id": f"r{i}", "review": s, "topic": topic, "expected": {"sentiment": s}}
+            rows.write(json.dumps(row) + "\n")
+    return tmp_path
+
+
+def tune(*args: str) -> int:
+    return main(["tune", "prog.llmflow", "--id", "id", *args])
+
+
+def test_a_target_chooses_the_cheapest_assignment_reaching_it_and_writes_the_profile(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tune("--target", "0.9", "--json") == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["chosen"]["assignment"] == {"classify": "echo"}
+    assert result["held_out"]["score"]["mean"] == 1.0 and result["held_out"]["score"]["n"] == 10
+    assert "--min-quality 0.9" in err
+    profile = json.loads((work / "prog.profile.json").read_text())
+    assert profile["baseline"]["assignment"] == {"classify": "yes"}
+    assert profile["baseline"]["score"]["n"] == 10
+    entry = profile["functions"]["classify"]["echo"]
+    assert entry["score"]["mean"] == 1.0
+    assert entry["per_call"]["dollars"] > 0  # per call, from the eval's usage
+
+    # plan and run now assign from what was measured.
+    assert main(["plan", "prog.llmflow", "--explain", "--min-quality", "0.9"]) == 0
+    assert "classify → echo" in capsys.readouterr().out
+    assert main(["plan", "prog.llmflow", "--explain"]) == 0
+    explained = capsys.readouterr().out
+    assert "classify → yes" in explained and "measured" in explained
+    assert main(["plan", "prog.llmflow", "--explain", "--no-profile"]) == 0
+    assert "measured" not in capsys.readouterr().out
+
+
+def test_an_unreachable_target_says_so_and_exits_1(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tune("--target", "1.0", "--models", "yes", "--no-write") == 1
+    err = capsys.readouterr().err
+    assert "missed: no measured assignment reaches the target 1" in err
+    assert not (work / "prog.profile.json").exists()
+
+
+def test_by_category_chooses_a_model_per_value(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tune("--by", "topic", "--target", "0.9", "--json", "-q", "--no-write") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["categories"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "nope"], "--models: 'nope' is not a model of this program"),
+        (["--by", "nope"], "--by: 'nope' is not an input of flow main"),
+        (["--metric", "sentiment=exact"], "--metric needs --data"),
+        (["--data", "missing.jsonl"], "missing.jsonl"),
+    ],
+)
+def test_bad_options_are_clear_errors(
+    work: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert tune(*args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "internal error" not in err
+
+
+def test_a_damaged_profile_is_an_error_with_its_position(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "prog.profile.json").write_text('{"llmflow_profile": 1,\n  "program": ')
+    assert main(["plan", "prog.llmflow"]) == 1
+    err = capsys.readouterr().err
+    assert "prog.profile.json:2:" in err and "Traceback" not in err
+    assert main(["plan", "prog.llmflow", "--no-profile"]) == 0
