@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmflow.compiler.ast import Span
-from llmflow.compiler.diagnostics import Diagnostic, render_all
+from llmflow.compiler.diagnostics import Diagnostic, render_all, sort_key
 from llmflow.compiler.models import ModelSpec
 from llmflow.errors import LLMFlowError
 from llmflow.runtime import secrets
@@ -269,7 +269,7 @@ def load(path: Path) -> dict[str, Entry]:
             _diagnostic(shown, text, _problem(e), _offset_of(text, e["loc"]))
             for e in err.errors(include_url=False)[:10]
         ]
-        raise CassetteError(diags, {shown: text}) from None
+        raise CassetteError(sorted(diags, key=sort_key), {shown: text}) from None
     entries: dict[str, Entry] = {}
     diags = []
     for i, entry in enumerate(parsed.entries):
@@ -349,8 +349,17 @@ def _first_char(text: str) -> int:
 
 
 def _problem(error: Any) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "the file"
+    where = ".".join(_part(part) for part in error["loc"]) or "the file"
     return f"not a cassette: {where}: {error['msg']}"
+
+
+def _part(part: str | int) -> str:
+    """A step of a value's path, as a message shows it: a key the file chose is quoted,
+    escaped (no terminal escapes, no bidi overrides) and cut short, unless it is a name."""
+    if isinstance(part, int) or (part.isidentifier() and part.isascii() and len(part) <= 40):
+        return str(part)
+    quoted = json.dumps(part)
+    return quoted if len(quoted) <= 40 else quoted[:39] + '…"'
 
 
 def _offset_of(text: str, loc: tuple[Any, ...]) -> int | None:

@@ -509,7 +509,11 @@ def test_edited_requests_versions_and_duplicates(recorded_file: Path) -> None:
         (b'{"version": 1, "entries": []}\x00', "1:30: not a cassette: it holds a NUL byte"),
         (b"[" * 200_000 + b"]" * 200_000, "not a cassette: nested too deeply"),
         (b'{"version": 1, "entries": [' + b"[" * 5000 + b"]" * 5000 + b"]}", "nested too deeply"),
-        (b'{"version": 1, "entries": [], "extra": "\\u202e"}', "1:40: not a cassette: extra: Extra inputs"),
+        (b'{"version": 1, "entries": [], "x": "\xe2\x80\xae"}', "1:36: not a cassette: x: Extra"),
+        (
+            b'{"version": 1, "entries": [], "\\u001b[2J' + b"k" * 100 + b'": 1}',
+            'not a cassette: "\\u001b[2J' + "k" * 29 + '\u2026": Extra inputs',
+        ),
     ],
 )
 def test_garbled_and_hostile_files(tmp_path: Path, content: bytes, expected: str) -> None:
@@ -517,7 +521,8 @@ def test_garbled_and_hostile_files(tmp_path: Path, content: bytes, expected: str
     path.write_bytes(content)
     error = failure_of(path)
     assert expected in str(error), str(error)
-    assert "\u202e" not in error.render()  # shown text cannot drive the terminal
+    for shown in (str(error), error.render()):  # shown text cannot drive the terminal
+        assert "\u202e" not in shown and "\x1b" not in shown
 
 
 def test_huge_and_special_files(tmp_path: Path) -> None:
