@@ -51,6 +51,9 @@ MAX_BYTES = 64 * 2**20
 """A cassette larger than this is refused unread (a test suite's answers come nowhere
 near it; a file that large is not one)."""
 
+MAX_PROBLEMS = 10
+"""Problems of one file reported (each costs a slow pass to place)."""
+
 MAX_DIFF_LINES = 60
 """Lines of a miss's diff shown; the rest are counted."""
 
@@ -241,6 +244,15 @@ def load(path: Path) -> dict[str, Entry]:
     """The entries of a cassette file by key. CassetteError: the file cannot be read, or
     is not a cassette (each problem with its line and column)."""
     text = _read_text(path)
+    try:  # the fast way (pydantic's own JSON parser); on any problem, the careful one
+        parsed = CassetteFile.model_validate_json(text)
+    except (ValidationError, ValueError, RecursionError):
+        parsed = _parse_carefully(path, text)
+    return _checked(path, text, parsed)
+
+
+def _parse_carefully(path: Path, text: str) -> CassetteFile:
+    """The file's content, or the error that says where and why it is not a cassette."""
     shown = str(path)
     try:
         data = json.loads(text)
@@ -251,9 +263,10 @@ def load(path: Path) -> dict[str, Entry]:
         raise _error(shown, text, f"not a cassette: {reason}", None) from None
     if not isinstance(data, dict):
         raise _error(shown, text, "not a cassette: not a JSON object", _first_char(text))
+    places = _Places(text)
     version = data.get("version")
     if version != VERSION:
-        offset = _offset_of(text, ("version",)) if "version" in data else _first_char(text)
+        offset = places.of(("version",)) if "version" in data else _first_char(text)
         raise _error(
             shown,
             text,
@@ -266,15 +279,24 @@ def load(path: Path) -> dict[str, Entry]:
         parsed = CassetteFile.model_validate(data)
     except ValidationError as err:
         diags = [
-            _diagnostic(shown, text, _problem(e), _offset_of(text, e["loc"]))
-            for e in err.errors(include_url=False)[:10]
+            _diagnostic(shown, text, _problem(e), places.of(e["loc"]))
+            for e in err.errors(include_url=False)[:MAX_PROBLEMS]
         ]
         raise CassetteError(sorted(diags, key=sort_key), {shown: text}) from None
+    return parsed
+
+
+def _checked(path: Path, text: str, parsed: CassetteFile) -> dict[str, Entry]:
+    """The entries by key, if each key is its request's and no request is there twice."""
+    shown = str(path)
+    if parsed.version != VERSION:
+        _parse_carefully(path, text)  # raises, placing the version
+    places = _Places(text)
     entries: dict[str, Entry] = {}
-    diags = []
+    diags: list[Diagnostic] = []
     for i, entry in enumerate(parsed.entries):
-        where = _offset_of(text, ("entries", i, "key"))
         if entry_key(entry.model, entry.request) != entry.key:
+            where = places.of(("entries", i, "key"))
             diags.append(
                 _diagnostic(
                     shown,
@@ -285,8 +307,11 @@ def load(path: Path) -> dict[str, Entry]:
                 )
             )
         elif entry.key in entries:
+            where = places.of(("entries", i, "key"))
             diags.append(_diagnostic(shown, text, f"entry {i + 1} records a request twice", where))
         entries[entry.key] = entry
+        if len(diags) >= MAX_PROBLEMS:
+            break
     if diags:
         raise CassetteError(diags, {shown: text})
     return entries
@@ -362,23 +387,36 @@ def _part(part: str | int) -> str:
     return quoted if len(quoted) <= 40 else quoted[:39] + '…"'
 
 
-def _offset_of(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Where in the file the value at `loc` (a pydantic error's path) starts, or the
-    deepest value on the way that exists. Parsed again, slowly, only when there is an
-    error to place (the fast parser keeps no positions)."""
-    try:
-        tree = _located(text)
-    except (ValueError, RecursionError):
-        return None
-    node = tree
-    for part in loc:
-        children = node.children
-        found = isinstance(children, dict) and isinstance(part, str) and part in children
-        found |= isinstance(children, list) and isinstance(part, int) and 0 <= part < len(children)
-        if not found:
-            break
-        node = children[part]  # type: ignore[index]
-    return node.offset
+class _Places:
+    """Where in the file each value starts: parsed again, slowly and once, only when there
+    is an error to place (the fast parser keeps no positions)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._tree: _Located | None = None
+        self._failed = False
+
+    def of(self, loc: tuple[Any, ...]) -> int | None:
+        """The offset of the value at `loc` (a pydantic error's path), or of the deepest
+        value on the way that exists."""
+        if self._tree is None and not self._failed:
+            try:
+                self._tree = _located(self.text)
+            except (ValueError, RecursionError):
+                self._failed = True
+        node = self._tree
+        if node is None:
+            return None
+        for part in loc:
+            children = node.children
+            found = isinstance(children, dict) and isinstance(part, str) and part in children
+            found |= (
+                isinstance(children, list) and isinstance(part, int) and 0 <= part < len(children)
+            )
+            if not found:
+                break
+            node = children[part]  # type: ignore[index]
+        return node.offset
 
 
 class _Located:
@@ -468,19 +506,38 @@ def shown_request(request: RecordedRequest) -> list[str]:
     return shown
 
 
-def _closest(asked: RecordedRequest, candidates: list[Entry]) -> Entry | None:
-    """The candidate whose request reads most like this one (difflib's ratio over the
-    shown lines; a quick bound first, so a large cassette stays fast)."""
-    if not candidates:
-        return None
-    mine = shown_request(asked)
-    scored = []
+Shown = tuple[list[str], frozenset[str]]
+"""A request's shown lines, and the set of them (for a quick first ranking)."""
+
+
+def _shown(request: RecordedRequest) -> Shown:
+    shown = shown_request(request)
+    return shown, frozenset(shown)
+
+
+def _closest(asked: RecordedRequest, candidates: list[Entry], shown: dict[str, Shown]) -> Entry:
+    """The candidate whose request reads most like this one: difflib's ratio over the
+    shown lines, for the few with the most lines in common (so a cassette of thousands of
+    entries explains a miss in milliseconds). `shown`: each entry's lines, by key, kept
+    from one miss to the next."""
+    mine, my_set = _shown(asked)
+    ranked = []
     for entry in candidates:
-        matcher = difflib.SequenceMatcher(None, mine, shown_request(entry.request))
-        scored.append((matcher.quick_ratio(), entry.key, matcher))
-    scored.sort(key=lambda s: (-s[0], s[1]))
-    best = max(scored[:8], key=lambda s: (s[2].ratio(), s[0]))
-    return next(e for e in candidates if e.key == best[1])
+        known = shown.get(entry.key)
+        if known is None:
+            known = shown[entry.key] = _shown(entry.request)
+        ranked.append((-len(my_set & known[1]) / max(len(my_set | known[1]), 1), entry.key))
+    ranked.sort()
+    matcher = difflib.SequenceMatcher(None)
+    matcher.set_seq2(mine)  # difflib indexes the second sequence, once
+    best: tuple[float, float, str] | None = None
+    for common, key in ranked[:8]:
+        matcher.set_seq1(shown[key][0])
+        score = (matcher.ratio(), -common, key)
+        if best is None or score[:2] > best[:2]:
+            best = score
+    assert best is not None
+    return next(e for e in candidates if e.key == best[2])
 
 
 def _diff(recorded: RecordedRequest, asked: RecordedRequest, key: str) -> list[str]:
@@ -556,6 +613,8 @@ class Cassette:
         """A request failed while recording: what it had recorded must not be dropped."""
         self._dirty = False
         self._saved_at = time.monotonic()
+        self._shown: dict[str, Shown] = {}
+        """Each entry's request as a miss's diff shows it, made on the first miss."""
         self.misses: list[CassetteMiss] = []
         """Every request replay could not answer, in order (`explain()` each)."""
         self.replayed = 0
@@ -629,10 +688,11 @@ class Cassette:
     def _miss(self, model: RecordedModel, asked: RecordedRequest) -> CassetteMiss:
         known = list(self.entries.values())
         same = [e for e in known if (e.model.backend, e.model.id) == (model.backend, model.id)]
-        closest = _closest(asked, same or [e for e in known if e.model.name == model.name])
-        if closest is None:
+        candidates = same or [e for e in known if e.model.name == model.name]
+        if not candidates:
             summary = f"nothing is recorded for {model.backend} model '{model.id}'"
             return CassetteMiss(self.path, model, summary, [])
+        closest = _closest(asked, candidates, self._shown)
         diff = _diff(closest.request, asked, closest.key)
         return CassetteMiss(self.path, model, _summary(closest.request, asked, closest.key), diff)
 

@@ -7,6 +7,7 @@ stored."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from llmflow.runtime import secrets
 from llmflow.runtime.backends import registry
 from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest
 from llmflow.runtime.backends.scripted import ScriptedBackend
+from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.cassette import Cassette, CassetteError, CassetteMiss, load
 from llmflow.runtime.rows import Row
 from llmflow.runtime.scheduler import RunResult
@@ -75,7 +77,7 @@ class Refusing:
         return None
 
 
-def run(plan: Plan, inputs: dict[str, Any], cassette: Cassette, **session: Any) -> RunResult:
+def run(plan: Plan, inputs: dict[str, Any], cassette: Cassette | None, **session: Any) -> RunResult:
     async def main() -> RunResult:
         async with Session(cassette=cassette, **session) as s:
             return await s.run(plan, inputs)
@@ -240,6 +242,35 @@ def test_a_miss_is_no_fallback(compile_source: Callable[..., Plan], tmp_path: Pa
     result = run(compile_source(GREET), {"name": "Bob"}, cassette)
     assert [c.retries for c in result.calls] == [0] and len(cassette.misses) == 1
     assert "[user]" in "\n".join(cassette.misses[0].diff)
+
+
+def test_the_response_cache_answers_nothing_beside_a_cassette(
+    compile_source: Callable[..., Plan], tmp_path: Path
+) -> None:
+    """A cached answer must not hide a missing recording (CI has no cache), and a
+    recording asks the model, not the cache."""
+    plan = compile_source(GREET)
+    cache = ResponseCache(tmp_path / "cache")
+    try:
+        warm = run(plan, {"name": "Ada"}, None, cache=cache)
+        assert warm.ok and cache.get(next(iter(_cache_keys(cache)))) is not None
+        path = tmp_path / "c.json"
+        path.write_text('{"entries": [], "version": 1}')
+        cassette = Cassette(path)
+        assert not run(plan, {"name": "Ada"}, cassette, cache=cache).ok
+        assert len(cassette.misses) == 1
+        backend = ScriptedBackend(lambda r: "fresh")
+        record(plan, {"name": "Ada"}, path, cache=cache, backend=backend)
+        assert len(backend.served) == 1 and entries(path)[0]["answer"]["text"] == ["fresh"]
+    finally:
+        cache.close()
+
+
+def _cache_keys(cache: ResponseCache) -> list[str]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(cache.path)) as db:
+        return [row[0] for row in db.execute("SELECT key FROM answers")]
 
 
 # ---- modes ---------------------------------------------------------------------------------
