@@ -613,6 +613,9 @@ class Cassette:
         """A request failed while recording: what it had recorded must not be dropped."""
         self._dirty = False
         self._saved_at = time.monotonic()
+        self._save_every = SAVE_EVERY
+        """Seconds between saves while recording: SAVE_EVERY, or ten times what the last
+        save took (a save holds up the run's event loop; a big file must not stall it)."""
         self._shown: dict[str, Shown] = {}
         """Each entry's request as a miss's diff shows it, made on the first miss."""
         self.misses: list[CassetteMiss] = []
@@ -660,7 +663,7 @@ class Cassette:
         self._used.add(entry.key)
         self.recorded += 1
         self._dirty = True
-        if time.monotonic() - self._saved_at >= SAVE_EVERY:
+        if time.monotonic() - self._saved_at >= self._save_every:
             self.save()
         return answer
 
@@ -672,6 +675,7 @@ class Cassette:
         drop = final and self.mode == "record" and self.prune and not self._incomplete
         if not self._dirty and not (drop and self._loaded - self._used):
             return
+        started = time.monotonic()
         with _folder_lock(self.path.parent):
             on_disk = load(self.path) if os.path.lexists(self.path) else {}
             if drop:
@@ -681,9 +685,10 @@ class Cassette:
             _write_atomically(self.path, dump(on_disk))
             self._entries = on_disk
         if drop:
-            self._loaded = set(on_disk)
+            self._loaded = set()  # pruned: a later save of this cassette only adds
         self._dirty = False
         self._saved_at = time.monotonic()
+        self._save_every = max(SAVE_EVERY, 10 * (self._saved_at - started))
 
     def _miss(self, model: RecordedModel, asked: RecordedRequest) -> CassetteMiss:
         known = list(self.entries.values())

@@ -303,6 +303,21 @@ def test_a_full_recording_drops_what_it_no_longer_asks(
     ]
 
 
+def test_one_recording_over_several_sessions_keeps_all_they_asked(
+    compile_source: Callable[..., Plan], tmp_path: Path
+) -> None:
+    """A test runner may open a session per test case on one cassette: each session's
+    close prunes, and none drops what a later one records."""
+    plan = compile_source(GREET)
+    path = tmp_path / "c.json"
+    record(plan, {"name": "Old"}, path)
+    cassette = Cassette(path, mode="record")
+    for name in ("Ada", "Bob"):
+        assert run(plan, {"name": name}, cassette).ok
+    texts = [e["request"]["turns"][0]["text"][0] for e in entries(path)]
+    assert texts == ["Write a greeting for Ada.\n", "Write a greeting for Bob.\n"]
+
+
 def test_a_recording_that_fails_or_stops_drops_nothing(
     compile_source: Callable[..., Plan], tmp_path: Path
 ) -> None:
