@@ -1,10 +1,11 @@
 """Everything between a call and the model that answers it.
 
-A request goes through, in order: the run journal (a resumed run takes the answers it
-already has), the response cache (deterministic requests), the budget (reserve the most
-it could cost), the model's limits (a slot per try) and the retry loop (transient
-failures, with backoff). Backends stay simple: one try, one answer or one
-`BackendError` that says whether trying again could help.
+A request goes through, in order: a test's cassette if there is one (it replays the
+recorded answer, or records what the rest of the way answers), the run journal (a
+resumed run takes the answers it already has), the response cache (deterministic
+requests), the budget (reserve the most it could cost), the model's limits (a slot per
+try) and the retry loop (transient failures, with backoff). Backends stay simple: one
+try, one answer or one `BackendError` that says whether trying again could help.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmflow.compiler import prices, tokens
 from llmflow.compiler.models import ModelSpec
@@ -24,6 +25,9 @@ from llmflow.runtime.calls import RowId
 from llmflow.runtime.journal import Journal
 from llmflow.runtime.limits import Limiter
 from llmflow.runtime.retry import RetriesExhausted, RetryPolicy
+
+if TYPE_CHECKING:
+    from llmflow.runtime.cassette import Cassette
 
 
 def prompt_tokens_at_most(request: GenerationRequest) -> int:
@@ -65,8 +69,10 @@ class Gateway:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limiters: dict[str, Limiter] | None = None,
         row: RowId | None = None,
+        cassette: Cassette | None = None,
     ) -> None:
         self.backend = backend
+        self.cassette = cassette
         self.models = models
         self.cache = cache
         self.journal = journal
@@ -81,6 +87,12 @@ class Gateway:
                 self._limiters[name] = Limiter(spec.limits)
 
     async def generate(self, request: GenerationRequest) -> Generation:
+        if self.cassette is not None:
+            spec = self.models[request.model]
+            return await self.cassette.answer(spec, request, self._generate)
+        return await self._generate(request)
+
+    async def _generate(self, request: GenerationRequest) -> Generation:
         spec = self.models[request.model]
         key = request_key(spec, request) if self.journal or self.cache else ""  # ~15 µs
         replayed = {"seconds": 0.0, "dollars": 0.0}

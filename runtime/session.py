@@ -34,6 +34,7 @@ from llmflow.runtime.batch import DEFAULT_IN_FLIGHT, RowResult, run_rows
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import CallStats, RowId, RunSeed
+from llmflow.runtime.cassette import Cassette, OfflineBackend
 from llmflow.runtime.gateway import Gateway
 from llmflow.runtime.inputs import bind_inputs
 from llmflow.runtime.journal import Journal
@@ -92,7 +93,13 @@ class Session:
     `otel`: also export each call as an OpenTelemetry span through this provider (shut
     down when the session closes). `limiter_for`: the limiter of a model name (given
     its declaration), instead of one per name and limits in this process: an executor
-    spanning processes passes limiters that hold its limits across all of them."""
+    spanning processes passes limiters that hold its limits across all of them.
+    `cassette`: answer from (or record into) these recorded answers, a test's
+    (`runtime/cassette.py`): replaying, no backend is created and no model's key or
+    address is needed; recording, the response cache is not read. Runs given no seed
+    (or one drawn at random) use the cassette's, so sampled calls replay. The session
+    saves what it recorded when it closes (pruning the unused entries only when it
+    closes without an error)."""
 
     def __init__(
         self,
@@ -104,8 +111,10 @@ class Session:
         retry: RetryPolicy | None = None,
         otel: TracerProvider | None = None,
         limiter_for: Callable[[str, ModelSpec], Limiter] | None = None,
+        cassette: Cassette | None = None,
     ) -> None:
         self.backend = backend
+        self.cassette = cassette
         self.budget = Budget(budget) if isinstance(budget, int | float) else budget
         self.cache = cache
         self.run_dir = run_dir
@@ -132,11 +141,12 @@ class Session:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self._close(complete=error is None)
 
     def check(self, plan: Plan) -> None:
         """Fail if the plan cannot run in this session (`check_plan`)."""
-        check_plan(plan, priced=self.budget is not None, reached=self.backend is None)
+        sends = self.cassette is None or self.cassette.sends
+        check_plan(plan, priced=self.budget is not None, reached=self.backend is None and sends)
 
     async def run(
         self,
@@ -175,7 +185,8 @@ class Session:
         gateway = Gateway(
             pool.backend,
             plan.models,
-            cache=self.cache,
+            cache=self.cache if self.cassette is None else None,
+            cassette=self.cassette,
             journal=journal,
             row=row,
             budget=self.budget,
@@ -196,6 +207,8 @@ class Session:
                 on_event(kind, node, info)
 
         run_seed = RunSeed(seed) if isinstance(seed, int) else seed
+        if self.cassette is not None and (run_seed is None or not run_seed.chosen):
+            run_seed = self.cassette.seed
         return _printable(plan, await Scheduler(plan, gateway, event, run_seed).run(bound))
 
     def run_many(
@@ -210,6 +223,8 @@ class Session:
     ) -> AsyncIterator[RowResult]:
         """Run the plan once per row, `in_flight` rows at a time, yielding each row's
         result as it finishes (`runtime.batch.run_rows`)."""
+        if self.cassette is not None and (seed is None or not seed.chosen):
+            seed = self.cassette.seed  # each row's seed derives from it and the row's id
         return run_rows(
             self,
             plan,
@@ -222,11 +237,18 @@ class Session:
 
     async def aclose(self) -> None:
         """Close every backend the session created and every writer it opened, each even
-        if closing another failed. A session closes once; closing again does nothing."""
+        if closing another failed, and save what its cassette recorded. A session closes
+        once; closing again does nothing."""
+        await self._close(complete=True)
+
+    async def _close(self, complete: bool) -> None:
         if self._closed:
             return
         self._closed = True
         closers: list[Any] = [w.close for w in self._writers.values()]
+        if self.cassette is not None and self.cassette.sends:
+            cassette = self.cassette
+            closers.append(lambda: cassette.save(final=complete))
         if self._spans is not None:
             closers.append(self._spans.close)
         elif self.otel is not None:
@@ -250,6 +272,10 @@ class Session:
         """The pool that serves the plan's models, created (and its hosted clients
         opened) if none does yet."""
         used = _called(plan)
+        if self.cassette is not None and not self.cassette.sends:
+            if not self._pools:  # replaying: no backend, no model loaded, nothing sent
+                self._pools.append(_Pool(OfflineBackend(), {}))
+            return self._pools[0]
         if self.backend is not None:
             if not self._pools:
                 self._pools.append(_Pool(self.backend, {}))

@@ -76,8 +76,9 @@ class Generation(BaseModel):
     dollars: float = Field(0.0, ge=0, allow_inf_nan=False)
     """What this answer cost at the model's prices (the gateway sets it; answers from
     the cache or a journal cost nothing)."""
-    source: Literal["model", "cache", "journal"] = "model"
-    """Who answered: the model, the response cache, or a resumed run's journal."""
+    source: Literal["model", "cache", "journal", "cassette"] = "model"
+    """Who answered: the model, the response cache, a resumed run's journal, or a test's
+    cassette of recorded answers (`runtime/cassette.py`)."""
     seed: int | None = None
     """The seed the answer was sampled with (the request's), kept in the journal."""
     retries: int = 0
