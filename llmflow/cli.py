@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow import cli_dataset, cli_eval, cli_tune
+from llmflow import cli_cassette, cli_dataset, cli_eval, cli_test, cli_tune
 from llmflow.api import Session, bind_inputs, compile, is_saved_plan, quoted_name
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
@@ -34,6 +34,7 @@ from llmflow.runtime import runs, secrets
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import RunSeed
+from llmflow.runtime.cassette import CassetteError
 from llmflow.runtime.inputs import value_from_text
 from llmflow.runtime.journal import read_journal
 from llmflow.runtime.otel import otlp_provider
@@ -57,6 +58,7 @@ EXAMPLES = {
     "trace": "llmflow trace 20261126-124501-ab12 -o timeline.svg",
     "eval": cli_eval.EXAMPLE,
     "tune": cli_tune.EXAMPLE,
+    "test": cli_test.EXAMPLE,
 }
 
 
@@ -128,10 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _optimizer_options(run)
     cli_dataset.add_options(run)
+    cli_cassette.add_options(run)
 
     cli_eval.add_command(command("eval", "Score a program on labeled rows (docs/evals.md)."))
     cli_tune.add_command(
         command("tune", "Choose each function's model from measurements (docs/tuning.md).")
+    )
+    cli_test.add_command(
+        command("test", "Run the eval rows as test cases on recorded answers (docs/testing.md).")
     )
 
     check = command("check", "Check programs and report every error in them.")
@@ -302,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": _run,
         "eval": cli_eval.run_eval,
         "tune": cli_tune.run_tune,
+        "test": cli_test.run_test,
         "check": _check,
         "plan": _plan,
         "models": _models,
@@ -311,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("plan", "models"):  # they print model options and constants
             return _masked_stdout(handler, args)
         return handler(args)
+    except CassetteError as err:
+        sys.stderr.write(err.render())
+        return 1
     except CompileError as err:
         sys.stderr.write(err.render())
         count = len(err.diagnostics)
@@ -497,7 +507,8 @@ def _run(args: argparse.Namespace) -> int:
     # Whatever can fail before the first call fails before the run folder exists: a
     # failed start leaves nothing that `--resume last` or `trace last` would pick up.
     # With a budget, -O0 plans and fallbacks too need their prices.
-    check_plan(plan, priced=args.budget is not None)
+    cassette = cli_cassette.cassette_of(args)
+    check_plan(plan, priced=args.budget is not None, reached=cli_cassette.sends(cassette))
     budget = None
     if args.budget is not None:
         # What earlier sessions were charged for tries no journal line records; the
@@ -536,7 +547,7 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"run {run_dir.id}{' (resumed)' if recorded else ''}\n")
         progress = _Progress(plan, args.quiet)
         cache = None if args.no_cache else ResponseCache(runs.home() / "cache", _warn)
-        session = Session(budget=budget, cache=cache, run_dir=run_dir, otel=otel)
+        session = Session(budget=budget, cache=cache, run_dir=run_dir, otel=otel, cassette=cassette)
         result = asyncio.run(_run_in(session, plan, inputs, progress, seed))
     except BaseException as err:
         # Whatever ended the run (an error of any kind, Ctrl-C, SIGTERM), its record
@@ -567,6 +578,7 @@ def _run(args: argparse.Namespace) -> int:
         _warn(str(problem))
     finally:
         run_dir.unlock()
+    cli_cassette.report(cassette, sys.stderr)
     stats = model_stats(result.calls)
     progress.summary(result, stats, run_dir, budget)
     if args.json and args.stats:
