@@ -141,7 +141,7 @@ def run_tune(args: argparse.Namespace) -> int:
         _table(result, sys.stderr)
         if written:
             sys.stderr.write(f"profile: {written}\n")
-            if args.target is not None and not result.categories:
+            if args.target is not None and not result.categories and not result.reason:
                 sys.stderr.write(
                     f"plan and run choose from it: llmflow run {args.program} "
                     f"--min-quality {args.target:g}\n"
