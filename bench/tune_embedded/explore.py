@@ -3,8 +3,7 @@
     python bench/tune_embedded/explore.py PROGRAM [--rows N]
 
 PROGRAM's flow outputs are named after variants; each output is compared with the row's
-`expected` value named by the output's first letter (c → category, o → order_id,
-r → refund). Prints each output's accuracy on each model with a 95% Wilson interval.
+`expected` value named by the output's first letter (c → category, o → order_id). Prints each output's accuracy on each model with a 95% Wilson interval.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from measure import load_rows, run_rows
 import llmflow
 from llmflow.runtime.tune import interval
 
-KEYS = {"c": "category", "o": "order_id", "r": "refund"}
+KEYS = {"c": "category", "o": "order_id"}
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data" / "support_desk_dev.jsonl"
 
 

@@ -88,7 +88,7 @@ async def main() -> None:
         report["single"][model] = {"seconds": round(took, 1)}
         for fn in OUTPUT_OF:
             s = interval([float(correct[fn, model, i]) for i in every])
-            report["single"][model][fn] = s._asdict()
+            report["single"][model][fn] = s.model_dump()
             print(f"  {fn:13} on {model:5}: {shown(s)}")
         print(f"  ({model}: {len(rows) * len(OUTPUT_OF)} calls in {took:.0f}s)")
 
@@ -111,7 +111,7 @@ async def main() -> None:
         entry: dict[str, Any] = {
             "seed": seed,
             "chosen": chosen,
-            "held_out": result.held_out.score._asdict(),
+            "held_out": result.held_out.score.model_dump(),
             "seconds": round(took, 1),
             "others": {},
         }
@@ -120,7 +120,7 @@ async def main() -> None:
                 continue
             await memo.get(point.assignment, held)
             s = memo.score(point.assignment, held)
-            entry["others"][label(point.assignment)] = s._asdict()
+            entry["others"][label(point.assignment)] = s.model_dump()
             print(f"  vs     {label(point.assignment)}: held out {shown(s)}")
         report["seeds"].append(entry)
     if args.json:
