@@ -3,7 +3,8 @@
     python bench/tune_embedded/explore.py PROGRAM [--rows N]
 
 PROGRAM's flow outputs are named after variants; each output is compared with the row's
-`expected` value named by the output's first letter (c → category, o → order_id). Prints each output's accuracy on each model with a 95% Wilson interval.
+`expected` value named by the output's first letter (c → category, o → order_id).
+Prints each output's accuracy on each model with a 95% Wilson interval.
 """
 
 from __future__ import annotations
