@@ -1,9 +1,9 @@
 """Template variants of each function on each model: which form suits which model.
 
-    python bench/tune_embedded/explore.py PROGRAM [--rows N]
+    python bench/tune_embedded/explore.py PROGRAM [--rows N] [--data ROWS.jsonl]
 
 PROGRAM's flow outputs are named after variants; each output is compared with the row's
-`expected` value named by the output's first letter (c → category, o → order_id).
+`expected` value named by the output's first letter (c → category, o → order_id, r → refund).
 Prints each output's accuracy on each model with a 95% Wilson interval.
 """
 
@@ -19,7 +19,7 @@ from measure import load_rows, run_rows
 import llmflow
 from llmflow.runtime.tune import interval
 
-KEYS = {"c": "category", "o": "order_id"}
+KEYS = {"c": "category", "o": "order_id", "r": "refund"}
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data" / "support_desk_dev.jsonl"
 
 
@@ -28,8 +28,9 @@ async def main() -> None:
     parser.add_argument("program")
     parser.add_argument("--rows", type=int, default=0)
     parser.add_argument("--models", default="small,base")
+    parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
-    rows = load_rows(DATA)
+    rows = load_rows(args.data)
     if args.rows:
         rows = rows[:: max(1, len(rows) // args.rows)][: args.rows]
     plan = llmflow.compile(args.program, optimize=False)

@@ -5,7 +5,7 @@ the choice on held-out rows.
 
 1. Each single-model assignment (every function on SmolLM2, every function on Gemma) runs
    on every labeled row: each function's own accuracy on each model, with its 95% Wilson
-   interval.
+   interval, beside the accuracy of always answering the most common expected value.
 2. `llmflow.runtime.tune.tune` searches the per-function assignments on a seeded tuning
    half (row score: the fraction of the row's outputs that match), and the chosen one is
    scored on the held-out half, beside every single-model assignment on the same rows.
@@ -23,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ PROGRAM = ROOT / "examples" / "support_desk.llmflow"
 DATA = ROOT / "examples" / "data" / "support_desk_dev.jsonl"
 MODELS = ("small", "base")
 """Candidates, preferred first: `small` (SmolLM2) is the program's default."""
-OUTPUT_OF = {"categorize": "category", "order_number": "order_id"}
+OUTPUT_OF = {"categorize": "category", "order_number": "order_id", "refund": "refund"}
 """Each semantic function → the flow output (and `expected` key) it produces."""
 
 
@@ -91,6 +92,11 @@ async def main() -> None:
             report["single"][model][fn] = s.model_dump()
             print(f"  {fn:13} on {model:5}: {shown(s)}")
         print(f"  ({model}: {len(rows) * len(OUTPUT_OF)} calls in {took:.0f}s)")
+    for fn, output in OUTPUT_OF.items():
+        values = Counter(json.dumps(row["expected"][output]) for row in rows)
+        value, count = values.most_common(1)[0]
+        report.setdefault("majority", {})[fn] = count / len(rows)
+        print(f"  {fn:13} always {value}: {count / len(rows):.3f}")
 
     candidates = {fn: list(MODELS) for fn in OUTPUT_OF}
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -118,10 +124,15 @@ async def main() -> None:
         for point in result.points:
             if point.assignment == chosen:
                 continue
-            await memo.get(point.assignment, held)
+            theirs = await memo.get(point.assignment, held)
+            ours = await memo.get(chosen, held)
             s = memo.score(point.assignment, held)
-            entry["others"][label(point.assignment)] = s.model_dump()
-            print(f"  vs     {label(point.assignment)}: held out {shown(s)}")
+            gain = interval([a.score - b.score for a, b in zip(ours, theirs, strict=True)])
+            entry["others"][label(point.assignment)] = {**s.model_dump(), "gain": gain.model_dump()}
+            print(
+                f"  vs     {label(point.assignment)}: held out {shown(s)}; chosen minus it "
+                f"(paired) {gain.mean:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]"
+            )
         report["seeds"].append(entry)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

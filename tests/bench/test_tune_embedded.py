@@ -39,13 +39,18 @@ def test_rows_fit_the_flow() -> None:
         assert set(row["expected"]) == set(plan.outputs)
         assert row["expected"]["category"] in CATEGORIES
         assert str(row["expected"]["order_id"]) in row["message"]
+        assert row["expected"]["refund"] in {"yes", "no"}
 
 
 def test_pinning_moves_only_the_named_function() -> None:
     plan = llmflow.compile(PROGRAM, optimize=False)
     pinned = bench_module().pinned(plan, {"order_number": "base"})
     models = {node.call.function: (node.call.model, node.call.pinned) for node in pinned.calls()}
-    assert models == {"categorize": ("small", False), "order_number": ("base", True)}
+    assert models == {
+        "categorize": ("small", False),
+        "order_number": ("base", True),
+        "refund": ("small", False),
+    }
     assert {node.call.model for node in plan.calls()} == {"small"}  # the original is kept
 
 
@@ -57,7 +62,8 @@ def test_two_rows_run_on_both_models_with_declared_types() -> None:
     results = llmflow.run_batch_sync(pinned, [{"message": row["message"]} for row in rows])
     assert [r.error for r in results] == [None, None]
     for result in results:
-        assert set(result.outputs) == {"category", "order_id"}
+        assert set(result.outputs) == {"category", "order_id", "refund"}
+        assert result.outputs["refund"] in {"yes", "no"}
         assert result.outputs["category"] in CATEGORIES
         assert type(result.outputs["order_id"]) is int
         assert set(result.models) == {"small", "base"}
