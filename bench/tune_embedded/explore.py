@@ -3,7 +3,7 @@
     python bench/tune_embedded/explore.py PROGRAM [--rows N] [--data ROWS.jsonl]
 
 PROGRAM's flow outputs are named after variants; each output is compared with the row's
-`expected` value named by the output's first letter (c → category, o → order_id, r → refund).
+`expected` value of its own name, else the one named by the output's first letter (c → category, o → order_id, r → refund).
 Prints each output's accuracy on each model with a 95% Wilson interval.
 """
 
@@ -36,7 +36,8 @@ async def main() -> None:
     plan = llmflow.compile(args.program, optimize=False)
     functions = sorted({node.call.function for node in plan.calls()})
     outputs = list(plan.outputs)
-    expected = {name: KEYS[name[0]] for name in outputs}
+    labels = rows[0]["expected"]
+    expected = {name: name if name in labels else KEYS[name[0]] for name in outputs}
     for model in args.models.split(","):
         t = time.perf_counter()
         scored = await run_rows(plan, {fn: model for fn in functions}, rows, expected)
