@@ -3,7 +3,8 @@
     python bench/tune_embedded/explore.py PROGRAM [--rows N] [--data ROWS.jsonl]
 
 PROGRAM's flow outputs are named after variants; each output is compared with the row's
-`expected` value of its own name, else the one named by the output's first letter (c → category, o → order_id, r → refund).
+`expected` value of its own name, else the one named by the output's first letter
+(c → category, o → order_id, r → refund).
 Prints each output's accuracy on each model with a 95% Wilson interval.
 """
 
