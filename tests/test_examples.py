@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,18 @@ def test_review_triage_over_a_dataset(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == ["r1", "r2", "r3"]
     assert all(r["outputs"]["sentiment"] in {"positive", "negative", "mixed"} for r in rows)
+
+
+def test_triage_eval_replays_its_cassette_with_no_model() -> None:
+    """`llmflow test` on the committed cassette: the recorded verdicts, in a process where
+    llama.cpp cannot even be imported (CI needs no model)."""
+    code = (
+        "import sys; sys.modules['llama_cpp'] = None\n"
+        "from llmflow.cli import main\n"
+        "sys.exit(main(['test', 'examples/triage_eval.llmflow', '-q']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr  # the small models miss most cases
+    assert "cassette examples/triage_eval.cassette.json: 28 replayed" in done.stderr
+    assert "1 of 14 cases passed, 13 failed" in done.stderr
+    assert "Traceback" not in done.stderr
