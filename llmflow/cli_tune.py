@@ -216,7 +216,7 @@ async def _search(
                 if got is None:
                     outcomes.append(Outcome(0.0))
                 else:
-                    outcomes.append(Outcome(got.score or 0.0, got.dollars, got.seconds))
+                    outcomes.append(Outcome(got.score or 0.0, got.priced, got.seconds))
             return outcomes
 
         memo = Measurements(measure)

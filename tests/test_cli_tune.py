@@ -119,3 +119,19 @@ def test_a_damaged_profile_is_an_error_with_its_position(
     err = capsys.readouterr().err
     assert "prog.profile.json:2:" in err and "Traceback" not in err
     assert main(["plan", "prog.llmflow", "--no-profile"]) == 0
+
+
+def test_answers_from_the_cache_are_priced_so_a_second_tune_chooses_the_same(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Re-tuning reads every answer from the cache: they cost nothing now, but the dear
+    model must not look free (it once did, and a cost search would have taken it)."""
+    assert tune("--target", "0.4", "--json", "-q", "--no-write") == 0
+    first = json.loads(capsys.readouterr().out)
+    assert tune("--target", "0.4", "--json", "-q", "--no-write") == 0
+    again = json.loads(capsys.readouterr().out)
+    dear = [p for p in again["points"] if p["assignment"] == {"classify": "echo"}]
+    assert dear and dear[0]["dollars"] > 0
+    assert again["chosen"]["assignment"] == first["chosen"]["assignment"] == {"classify": "yes"}
+    assert again["chosen"]["dollars"] == first["chosen"]["dollars"]
+    assert again["held_out"]["dollars"] == first["held_out"]["dollars"]

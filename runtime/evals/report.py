@@ -111,6 +111,10 @@ class RowScore:
     dollars: float = 0.0
     """What the flow's calls of the row cost (its judges' calls not included)."""
     seconds: float = 0.0
+    priced: float = 0.0
+    """What those calls cost at their models' prices, answers from the cache or the
+    journal included (they cost nothing now, but an assignment does not become free
+    because it was measured before: what a search over assignments compares)."""
 
     @property
     def score(self) -> float | None:

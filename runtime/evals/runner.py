@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmflow.compiler import prices
 from llmflow.compiler.evalspec import (
     EvalSpec,
     ExternMetric,
@@ -45,7 +46,7 @@ from llmflow.runtime.backends.base import Backend
 from llmflow.runtime.batch import DEFAULT_IN_FLIGHT, RowResult
 from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
-from llmflow.runtime.calls import RowId, RunSeed
+from llmflow.runtime.calls import CallStats, RowId, RunSeed
 from llmflow.runtime.evals import metrics as builtin
 from llmflow.runtime.evals.report import EvalReport, RowScore, Usage, summarize
 from llmflow.runtime.inputs import quoted_name, value_from_text
@@ -144,8 +145,11 @@ async def run_eval(
     functions: dict[str, Usage] = {}
     pending: list[asyncio.Task[RowScore]] = []
 
-    async def scored(result: RowResult, label: _Labeled, session: Session) -> RowScore:
+    async def scored(
+        result: RowResult, label: _Labeled, session: Session, priced: float
+    ) -> RowScore:
         row = await scorer.score(session, result, label, run_seed)
+        row.priced = priced
         if on_row is not None:
             on_row(row)
         return row
@@ -162,9 +166,10 @@ async def run_eval(
         ):
             for call in result.calls:
                 functions.setdefault(call.function, Usage()).add(call)
+            priced = _priced(plan, result.calls)
             result.calls = []  # summed up: a long eval's memory stays flat
             label = labels.pop(result.line, _Labeled({}, {}))
-            pending.append(asyncio.ensure_future(scored(result, label, session)))
+            pending.append(asyncio.ensure_future(scored(result, label, session, priced)))
         results = list(await asyncio.gather(*pending))
     results.sort(key=lambda r: r.line)
     total = Usage()
@@ -193,6 +198,17 @@ async def _cancel(tasks: list[asyncio.Task[RowScore]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _priced(plan: Plan, calls: Iterable[CallStats]) -> float:
+    """What calls cost at their models' prices, answers from the cache or the journal
+    included (`RowScore.priced`)."""
+    total = 0.0
+    for c in calls:
+        model = plan.models.get(c.model)
+        if model is not None and prices.priced(model):
+            total += prices.prompt_dollars(model, c.input_tokens, c.cached_tokens, c.output_tokens)
+    return total
 
 
 def _merge(total: Usage, usage: Usage) -> None:
