@@ -22,9 +22,9 @@ from typing import Any, TextIO
 
 from llmflow import cli_cassette, cli_dataset, cli_eval, cli_test, cli_tune
 from llmflow.api import Session, bind_inputs, compile, is_saved_plan, quoted_name
+from llmflow.cli_args import dollars, seed
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
-from llmflow.compiler.check import MAX_SEED
 from llmflow.compiler.diagnostics import render_run
 from llmflow.compiler.ir import IRNode, LLMNode, Plan
 from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS, ModelSpec
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--seed",
-        type=_seed,
+        type=seed,
         metavar="N",
         help="the run's seed: every sampled call's seed derives from it and the call's place, "
         "so the same seed samples the same answers (default: drawn at random, kept in run.json)",
@@ -209,28 +209,6 @@ def _redacted(data: Any) -> Any:
     return data
 
 
-def _dollars(text: str) -> float:
-    """A `--budget`: a finite amount, zero or more (NaN would compare false with every
-    spend and let all of it through)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of dollars: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"a budget is a finite amount of $0 or more, not {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
-    return value
-
-
 def _optimizer_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "-O",
@@ -248,7 +226,7 @@ def _optimizer_options(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument(
         "--budget",
-        type=_dollars,
+        type=dollars,
         metavar="USD",
         help="spend at most this much: the plan fits it, and a run sends no call that could "
         "exceed it",

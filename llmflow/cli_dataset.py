@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmflow.api import compile, is_saved_plan
+from llmflow.cli_args import positive
 from llmflow.compiler.ir import Plan
 from llmflow.errors import LLMFlowError
 from llmflow.runtime import runs
@@ -69,14 +70,14 @@ def add_options(run: argparse.ArgumentParser) -> None:
     rows.add_argument(
         "--rows-in-flight",
         "--concurrency",
-        type=_positive,
+        type=positive,
         default=16,
         metavar="N",
         help="rows running at once (default 16; with --executor ray, per worker)",
     )
-    rows.add_argument("--limit", type=_positive, metavar="N", help="only the first N rows")
+    rows.add_argument("--limit", type=positive, metavar="N", help="only the first N rows")
     rows.add_argument(
-        "--max-failures", type=_positive, metavar="N", help="stop once N rows have failed"
+        "--max-failures", type=positive, metavar="N", help="stop once N rows have failed"
     )
     rows.add_argument(
         "--retry-failed", action="store_true", help="when resuming, run the failed rows again"
@@ -96,18 +97,8 @@ def add_options(run: argparse.ArgumentParser) -> None:
         "--ray-address", metavar="ADDR", help="the Ray cluster (default: start a local one)"
     )
     rows.add_argument(
-        "--ray-workers", type=_positive, metavar="N", help="Ray actors (default: one per CPU)"
+        "--ray-workers", type=positive, metavar="N", help="Ray actors (default: one per CPU)"
     )
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, not {text!r}")
-    return value
 
 
 _NOT_RUN = (

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from llmflow.api import compile, is_saved_plan
-from llmflow.compiler.check import MAX_SEED
+from llmflow.cli_args import dollars, fraction, positive, seed
 from llmflow.errors import LLMFlowError
 from llmflow.evals import evaluate, prepare
 from llmflow.runtime import runs
@@ -63,7 +62,7 @@ def add_command(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--json", action="store_true", help="print the report(s) as JSON on stdout")
     sub.add_argument(
         "--min-score",
-        type=_fraction,
+        type=fraction,
         metavar="X",
         help="exit 1 if any output's score is below X (a CI gate)",
     )
@@ -73,7 +72,7 @@ def add_command(sub: argparse.ArgumentParser) -> None:
         help="write each row's outputs, expected values and scores here (default: in the "
         "run's folder)",
     )
-    sub.add_argument("--limit", type=_positive, metavar="N", help="only the first N rows")
+    sub.add_argument("--limit", type=positive, metavar="N", help="only the first N rows")
     sub.add_argument("--id", metavar="COLUMN", help="each row's id (default: its line number)")
     sub.add_argument(
         "-i",
@@ -84,12 +83,12 @@ def add_command(sub: argparse.ArgumentParser) -> None:
         help="an input given to every row (NAME=@FILE reads a file)",
     )
     sub.add_argument(
-        "--budget", type=_dollars, metavar="USD", help="spend at most this much, judges included"
+        "--budget", type=dollars, metavar="USD", help="spend at most this much, judges included"
     )
     sub.add_argument(
-        "--rows-in-flight", type=_positive, default=16, metavar="N", help="rows at once"
+        "--rows-in-flight", type=positive, default=16, metavar="N", help="rows at once"
     )
-    sub.add_argument("--seed", type=_seed, metavar="N", help="the seed sampled calls derive from")
+    sub.add_argument("--seed", type=seed, metavar="N", help="the seed sampled calls derive from")
     sub.add_argument("--no-cache", action="store_true", help="ask the models again")
     sub.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
 
@@ -101,46 +100,6 @@ def constant_inputs(plan: Any, pairs: list[str]) -> dict[str, Any]:
 
     given = {pair.partition("=")[0] for pair in pairs}
     return {k: v for k, v in parse_inputs(plan, pairs, partial=True).items() if k in given}
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a score is a number from 0 to 1, not {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, not {text!r}")
-    return value
-
-
-def _dollars(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"a budget is a finite amount of $0 or more, not {text!r}")
-    return value
 
 
 def _metrics(pairs: list[str]) -> dict[str, str]:

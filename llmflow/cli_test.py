@@ -16,7 +16,8 @@ import sys
 from typing import Any
 
 from llmflow import cli_cassette
-from llmflow.cli_eval import _fraction, constant_inputs
+from llmflow.cli_args import fraction
+from llmflow.cli_eval import constant_inputs
 from llmflow.compiler import check_file
 from llmflow.errors import LLMFlowError
 from llmflow.evals import evaluate, prepare
@@ -35,7 +36,7 @@ def add_command(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--eval", metavar="NAME", help="only this eval block's cases")
     sub.add_argument(
         "--min-score",
-        type=_fraction,
+        type=fraction,
         default=1.0,
         metavar="X",
         help="a case passes when each scored output reaches X (default: 1)",

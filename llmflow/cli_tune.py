@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmflow.cli_eval import _dollars, _fraction, _metrics, _positive, _seed, _warn, constant_inputs
+from llmflow.cli_args import dollars, fraction, positive, seed
+from llmflow.cli_eval import _metrics, _warn, constant_inputs
 from llmflow.compiler import profile as profiles
 from llmflow.compiler.ir import Plan
 from llmflow.errors import LLMFlowError
@@ -55,11 +56,11 @@ def add_command(sub: argparse.ArgumentParser) -> None:
         "--models", metavar="A,B", help="the candidate models (default: all the program's)"
     )
     sub.add_argument(
-        "--target", type=_fraction, metavar="SCORE", help="the cheapest assignment scoring this"
+        "--target", type=fraction, metavar="SCORE", help="the cheapest assignment scoring this"
     )
     sub.add_argument(
         "--budget",
-        type=_dollars,
+        type=dollars,
         metavar="USD",
         help="the best assignment costing at most this per row",
     )
@@ -76,13 +77,13 @@ def add_command(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument(
         "--held-out",
-        type=_fraction,
+        type=fraction,
         default=0.5,
         metavar="F",
         help="the share of rows kept to validate the choice (default: 0.5)",
     )
-    sub.add_argument("--seed", type=_seed, default=0, metavar="N", help="the split's seed")
-    sub.add_argument("--limit", type=_positive, metavar="N", help="only the first N rows")
+    sub.add_argument("--seed", type=seed, default=0, metavar="N", help="the split's seed")
+    sub.add_argument("--limit", type=positive, metavar="N", help="only the first N rows")
     sub.add_argument("--id", metavar="COLUMN", help="each row's id (default: its line number)")
     sub.add_argument(
         "-i",
@@ -93,10 +94,10 @@ def add_command(sub: argparse.ArgumentParser) -> None:
         help="an input given to every row",
     )
     sub.add_argument(
-        "--spend", type=_dollars, metavar="USD", help="stop measuring past this much in all"
+        "--spend", type=dollars, metavar="USD", help="stop measuring past this much in all"
     )
     sub.add_argument(
-        "--rows-in-flight", type=_positive, default=16, metavar="N", help="rows at once"
+        "--rows-in-flight", type=positive, default=16, metavar="N", help="rows at once"
     )
     sub.add_argument("--no-cache", action="store_true", help="ask the models again")
     sub.add_argument("--no-write", action="store_true", help="do not write the profile")
