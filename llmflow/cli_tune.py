@@ -130,7 +130,7 @@ def run_tune(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else ResponseCache(runs.home() / "cache", _warn)
     try:
         result, memo, usage = asyncio.run(
-            _search(args, spec.name, data, metrics, constants, candidates, rows, categories, cache)
+            _search(args, plan, spec.name, data, constants, candidates, rows, categories, cache)
         )
     finally:
         if cache is not None:
@@ -176,9 +176,9 @@ def _candidates(plan: Plan, models: str | None) -> dict[str, list[str]]:
 
 async def _search(
     args: argparse.Namespace,
+    plan: Plan,
     eval_name: str,
     data: str,
-    metrics: dict[str, str],
     constants: dict[str, Any],
     candidates: dict[str, list[str]],
     rows: list[Any],
@@ -192,12 +192,10 @@ async def _search(
 
         async def measure(assignment: dict[str, str], which: Sequence[int]) -> list[Outcome]:
             report: EvalReport = await evaluate(
-                args.program,
+                plan,  # compiled once; it carries the eval, --metric's too
                 eval_name,
                 data,
                 assignment,
-                metrics=metrics or None,
-                flow=args.flow,
                 constants=constants,
                 only=[ids[r] for r in which],
                 id_column=args.id,

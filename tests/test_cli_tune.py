@@ -135,3 +135,11 @@ def test_answers_from_the_cache_are_priced_so_a_second_tune_chooses_the_same(
     assert again["chosen"]["assignment"] == first["chosen"]["assignment"] == {"classify": "yes"}
     assert again["chosen"]["dollars"] == first["chosen"]["dollars"]
     assert again["held_out"]["dollars"] == first["held_out"]["dollars"]
+
+
+def test_a_metric_given_on_the_command_line_is_tuned_on(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--data", "rows.jsonl", "--metric", "sentiment=exact", "--target", "0.9"]
+    assert tune(*args, "--json", "-q", "--no-write") == 0
+    assert json.loads(capsys.readouterr().out)["chosen"]["assignment"] == {"classify": "echo"}
