@@ -420,6 +420,23 @@ class PrefixGroup(BaseModel):
     """The start of the shared prefix, for people."""
 
 
+class Route(BaseModel):
+    """A call whose model depends on the value of one of its inputs (Composition of
+    Experts' category → model map), chosen from per-category measurements: a value the
+    map does not name runs on the call's own model."""
+
+    input: str
+    """The call's parameter whose value picks the model."""
+    models: dict[str, str]
+    """Value (as text) → model name."""
+    shares: dict[str, float] = Field(default_factory=dict)
+    """Value → the share of the measured rows that had it, for estimates."""
+
+    def model_for(self, value: Any, default: str) -> str:
+        key = value if isinstance(value, str) else json.dumps(value)
+        return self.models.get(key, default)
+
+
 class Estimate(BaseModel):
     instances: float = 1.0
     input_tokens: float = 0.0
@@ -468,6 +485,8 @@ class Plan(BaseModel):
     groups: list[PrefixGroup] = Field(default_factory=list)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     """Call node id → the models that take it over, in order, if its own keeps failing."""
+    routes: dict[str, Route] = Field(default_factory=dict)
+    """Call node id → its model per value of one input, where measurements say so."""
     priorities: dict[str, float] = Field(default_factory=dict)
     """Node id → priority: higher runs first when calls wait for one model."""
     estimates: dict[str, Estimate] = Field(default_factory=dict)
@@ -493,6 +512,7 @@ class Plan(BaseModel):
                 "known": dict(self.known),
                 "groups": list(self.groups),
                 "fallbacks": {k: list(v) for k, v in self.fallbacks.items()},
+                "routes": dict(self.routes),
                 "priorities": dict(self.priorities),
                 "estimates": dict(self.estimates),
                 "total": self.total.model_copy() if self.total is not None else None,
@@ -527,6 +547,7 @@ class Plan(BaseModel):
             "known": {k: self.known[k] for k in sorted(self.known)},
             "groups": [g.model_dump() for g in self.groups],
             "fallbacks": self.fallbacks,
+            "routes": {k: r.model_dump() for k, r in self.routes.items()},
             "priorities": self.priorities,
             "estimates": {k: e.model_dump() for k, e in self.estimates.items()},
             "total": self.total.model_dump() if self.total else None,
@@ -769,6 +790,14 @@ def _check_references(plan: Plan) -> None:
         node(key, "fallbacks", key)
         for j, name in enumerate(fallbacks):
             model(name, "fallbacks", key, j)
+    calls = {n.id: n for n in plan.calls()}
+    for key, route in plan.routes.items():
+        if key not in calls:
+            raise _fail(f"{key!r} is not a call of the plan", "routes", key)
+        if route.input not in calls[key].call.params:
+            raise _fail(f"{route.input!r} is not an input of {key}", "routes", key, "input")
+        for value, name in route.models.items():
+            model(name, "routes", key, "models", value)
     for table in ("priorities", "estimates"):
         for key in getattr(plan, table):
             node(key, table, key)
