@@ -62,6 +62,10 @@ class Ref:
 
 Part = str | Ref
 
+SYSTEM_END = Ref("<end of system>", 0.0, False)
+"""Where a prompt's system section ends: two prompts share a prefix across it only if
+both have one there (a chat template wraps the system turn in its own tokens)."""
+
 
 @dataclass
 class Shape:
@@ -197,6 +201,8 @@ class Shapes:
                     expected_output_tokens(specs[segment.output]),
                     True,
                 )
+            elif isinstance(segment, ir.System):
+                part = SYSTEM_END
             else:
                 in_prefix = False
                 out = expected_output_tokens(specs[segment.output])
