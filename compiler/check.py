@@ -569,6 +569,9 @@ class Checker:
                 return {k.name: self._const_value(v) for k, v in zip(keys, values, strict=True)}
             case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float() as v)):
                 return -v
+            case ast.Name(id=name) if (const := self._const_sym(name)) is not None:
+                self.checked.const_values[id(expr)] = const.value
+                return const.value
         self.error(
             "type",
             "expected a constant here",
@@ -1572,7 +1575,8 @@ class Checker:
             "unknown-name",
             f"unknown variable '{e.id}'",
             e.span,
-            hint=scope.hint_for(e.id, self._explained) or did_you_mean(e.id, scope.names()),
+            hint=scope.hint_for(e.id, self._explained)
+            or did_you_mean(e.id, [*scope.names(), *self._const_names()]),
         )
         return ANY
 

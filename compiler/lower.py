@@ -753,6 +753,8 @@ def _const_value(expr: ast.Expr, checked: Checked) -> Any:
             return -_const_value(operand, checked)
         case ast.Attr() if checked.enum_member(expr) is not None:
             return checked.enum_member(expr)
+        case ast.Name() if checked.const_value(expr)[0]:
+            return checked.const_value(expr)[1]
     raise AssertionError(f"not a constant: {expr!r}")
 
 

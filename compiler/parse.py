@@ -27,7 +27,7 @@ from lark.parsers.lalr_analysis import Reduce
 from lark.parsers.lalr_parser_state import ParseConf, ParserState
 
 from llmflow.compiler import ast
-from llmflow.compiler.diagnostics import Diagnostic, quote
+from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, quote
 from llmflow.compiler.heap import gc_paused
 from llmflow.stdlib.builtins import MAX_INT_DIGITS
 
@@ -1022,7 +1022,13 @@ def _sections(
     seen_system: ast.Span | None = None
     for at, word, where in tags:
         if word not in ("system", "end"):
-            error(f"unknown template block '{{% {word} %}}'", where)
+            close = did_you_mean(word, ["system", "end"])
+            error(
+                f"unknown template block '{{% {word} %}}'",
+                where,
+                hint=f"{close + ' ' if close else ''}the one block is "
+                "{% system %}...{% end %}, at the template's start",
+            )
         elif word == "system" and opened is not None:
             error("a system section cannot contain another", where)
         elif word == "system" and seen_system is not None:
@@ -1031,6 +1037,7 @@ def _sections(
                 where,
                 hint=f"one system section per template (the first is on line {seen_system.line})",
             )
+            opened = (at, where)
         elif word == "system":
             seen_system = where
             before = parts[:at]

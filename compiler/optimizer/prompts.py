@@ -62,9 +62,11 @@ class Ref:
 
 Part = str | Ref
 
-SYSTEM_END = Ref("<end of system>", 0.0, False)
-"""Where a prompt's system section ends: two prompts share a prefix across it only if
-both have one there (a chat template wraps the system turn in its own tokens)."""
+SYSTEM_START = Ref("<system>", 0.0, False)
+SYSTEM_END = Ref("</system>", 0.0, False)
+"""Where a prompt's system section starts and ends: a prompt shares a prefix with another
+across them only if both have a system section there (a chat template wraps the system
+turn in tokens of its own; a completion model's system text ends in a blank line)."""
 
 
 @dataclass
@@ -189,6 +191,8 @@ class Shapes:
         in_prefix = True
         input_tokens = output_tokens = 0.0
         generated = 0
+        if any(isinstance(segment, ir.System) for segment in call.segments):
+            prefix.append(SYSTEM_START)
         for segment in call.segments:
             part: Part | None = None
             if isinstance(segment, ir.Text):
