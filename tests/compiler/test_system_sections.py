@@ -130,4 +130,4 @@ flow main(q: str, topic: str) -> a: str, t: str, p: str {{
     assert "ask, tell (2 calls) share" in line
     assert "Rule 0: answer plainly" in line
     # the same text outside a system section is another prompt: not in the group
-    assert "g2 on" not in out and "plain" not in line
+    assert "g2 on" not in out and "plain (" not in line and ", plain" not in line
