@@ -350,14 +350,14 @@ class Checker:
         for name, module in self.program.modules.items():
             self.module = name
             for decl in module.decls:
-                if isinstance(decl, ast.ModelDecl) and self._declared_by(decl):
-                    self._check_model(decl)
-        self._collect_models()
+                if isinstance(decl, ast.ConstDecl) and self._declared_by(decl):
+                    self._check_const(decl)
         for name, module in self.program.modules.items():
             self.module = name
             for decl in module.decls:
-                if isinstance(decl, ast.ConstDecl) and self._declared_by(decl):
-                    self._check_const(decl)
+                if isinstance(decl, ast.ModelDecl) and self._declared_by(decl):
+                    self._check_model(decl)
+        self._collect_models()
         for name, module in self.program.modules.items():
             self.module = name
             for decl in module.decls:

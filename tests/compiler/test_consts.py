@@ -158,3 +158,17 @@ flow main(x: str) -> y: str {
 """
     )
     assert diag.kind == "syntax"
+
+
+def test_a_constant_can_set_a_model_option(plan: Callable[..., Plan]) -> None:
+    p = plan(
+        """
+const RPM = 30
+model m = local("smollm2-135m", rpm=RPM)
+
+flow main(x: str) -> y: str {
+    y = x
+}
+"""
+    )
+    assert p.models["m"].settings["rpm"] == 30

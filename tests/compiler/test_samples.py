@@ -3,6 +3,7 @@ sampled, so the optimizer counts n instances that share one prefix group."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,3 +129,25 @@ flow main(q: str) -> a: str {
     assert node.label == "reason" and p.estimates[node.id].instances == 5
     (group,) = p.groups
     assert group.instances == 5
+
+
+def test_a_plan_with_samples_and_a_system_section_reads_back_from_json(
+    plan: Callable[..., Plan],
+) -> None:
+    p = optimize(
+        plan(
+            SOLVE
+            + '''
+fn framed(q: str) -> a: str
+"""{% system %}Be brief.{% end %}{{q}} {{a}}"""
+
+flow main(q: str) -> xs: list[str], f: str {
+    xs = sample N: solve(q)
+    f = framed(q)
+}
+'''
+        )
+    )
+    data = p.to_json()
+    assert '"kind": "system"' in json.dumps(data)
+    assert Plan.from_json(json.dumps(data)).to_json() == data

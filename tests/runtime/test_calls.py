@@ -225,3 +225,19 @@ flow main(thing: str) -> c: str, s: str {
     stats = json.loads(out)["stats"]["default"]
     assert stats["calls"] == 2
     assert stats["reused_prompt_tokens"] >= 100  # the rules: ~150 tokens, read once
+
+
+def test_a_resumed_run_finds_each_sample_in_its_journal(
+    compile_source: Callable[..., Plan], tmp_path: Path
+) -> None:
+    from llmflow.runtime.runs import RunDir
+
+    plan = compile_source(SAMPLES)
+    run_dir = RunDir.create(tmp_path / "home")
+    first = asyncio.run(
+        llmflow.run_async(plan, {"q": "x"}, ScriptedBackend(by_seed), run_dir=run_dir, seed=9)
+    )
+    replay = ScriptedBackend(by_seed)
+    again = asyncio.run(llmflow.run_async(plan, {"q": "x"}, replay, run_dir=run_dir, seed=9))
+    assert again.outputs == first.outputs
+    assert replay.served == [] and sum(c.journal_hits for c in again.calls) == 5
