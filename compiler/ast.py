@@ -102,7 +102,26 @@ class MapExpr(Node):
     where: Expr | None = None
 
 
-Expr = Name | Const | ListExpr | DictExpr | Attr | Index | Call | BinOp | UnaryOp | MapExpr
+class SampleExpr(Node):
+    """`sample n: f(x)`: n samples of one call, as a list (docs/language.md, Samples)."""
+
+    count: Expr
+    body: Expr
+
+
+Expr = (
+    Name
+    | Const
+    | ListExpr
+    | DictExpr
+    | Attr
+    | Index
+    | Call
+    | BinOp
+    | UnaryOp
+    | MapExpr
+    | SampleExpr
+)
 
 
 class Ident(Node):
@@ -159,6 +178,8 @@ class Placeholder(Node):
 
 class Template(Node):
     parts: list[TemplateText | Placeholder]
+    system: list[TemplateText | Placeholder] | None = None
+    """The `{% system %}...{% end %}` section at the template's start: the system message."""
 
 
 # ---- declarations -----------------------------------------------------------------------
@@ -252,7 +273,24 @@ class EvalDecl(Node):
     metrics: list[EvalMetric] = Field(default_factory=list)
 
 
-Decl = ImportDecl | ModelDecl | EnumDecl | RecordDecl | FnDecl | ExternDecl | FlowDecl | EvalDecl
+class ConstDecl(Node):
+    """`const STYLE = \"\"\"...\"\"\"`: a module-level literal, importable like a function."""
+
+    name: Ident
+    value: Expr
+
+
+Decl = (
+    ConstDecl
+    | ImportDecl
+    | ModelDecl
+    | EnumDecl
+    | RecordDecl
+    | FnDecl
+    | ExternDecl
+    | FlowDecl
+    | EvalDecl
+)
 
 
 class Module(BaseModel):
@@ -285,6 +323,8 @@ def operands(e: Expr) -> list[Expr]:
             return [*args, *(kw.value for kw in kwargs)]
         case BinOp(left=left, right=right):
             return [left, right]
+        case SampleExpr(count=count, body=body):
+            return [count, body]
         case MapExpr(iterable=iterable, where=where, body=body):
             return [iterable, body] if where is None else [iterable, where, body]
     return []  # names, constants, and {key: value} (an error in a flow: not checked)

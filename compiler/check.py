@@ -72,8 +72,12 @@ RESERVED = frozenset(
         "true",
         "false",
         "eval",
+        "const",
+        "sample",
     ]
 )
+MAX_SAMPLES = 100
+"""The most samples one `sample n: f(x)` draws (each is a model call)."""
 DECORATORS = ("model", "needs")
 
 
@@ -130,7 +134,15 @@ class ModelSym:
     spec: ModelSpec | None = None
 
 
-Symbol = FnSym | ExternSym | FlowSym | TypeSym | ModelSym
+@dataclass
+class ConstSym:
+    decl: ast.ConstDecl
+    module: str
+    type: Type = ANY
+    value: Any = None
+
+
+Symbol = FnSym | ExternSym | FlowSym | TypeSym | ModelSym | ConstSym
 Callee = FnSym | ExternSym | FlowSym | TypeSym | Builtin
 
 
@@ -168,6 +180,10 @@ class Checked:
     default_model: str = ""
     evals: dict[str, EvalSpec] = field(default_factory=dict)
     """The main file's `eval` blocks, checked, by name (`compiler/check_evals.py`)."""
+    const_values: dict[int, Any] = field(default_factory=dict)
+    """id(name or placeholder) → the value of the module constant it reads."""
+    sample_counts: dict[int, int] = field(default_factory=dict)
+    """id(sample expression) → how many samples it draws."""
 
     # What lowering reads: typed answers about one node of a checked program, where a
     # miss is a bug in the checker (so an assertion), never a silent `any`.
@@ -189,6 +205,10 @@ class Checked:
     def callee(self, e: ast.Expr) -> Callee | None:
         """What an expression calls (None: it is no call the checker resolved)."""
         return self.callees.get(id(e)) if isinstance(e, ast.Call) else None
+
+    def const_value(self, e: ast.Expr | ast.Placeholder) -> tuple[bool, Any]:
+        """Whether a name or placeholder reads a module constant, and its value."""
+        return (id(e) in self.const_values, self.const_values.get(id(e)))
 
     def enum_member(self, e: ast.Expr) -> str | None:
         """The enum member an `Enum.member` expression stands for (None: it is none)."""
@@ -330,6 +350,11 @@ class Checker:
         for name, module in self.program.modules.items():
             self.module = name
             for decl in module.decls:
+                if isinstance(decl, ast.ConstDecl) and self._declared_by(decl):
+                    self._check_const(decl)
+        for name, module in self.program.modules.items():
+            self.module = name
+            for decl in module.decls:
                 if isinstance(decl, ast.ModelDecl) and self._declared_by(decl):
                     self._check_model(decl)
         self._collect_models()
@@ -423,6 +448,8 @@ class Checker:
                 return TypeSym(decl, module)
             case ast.ModelDecl():
                 return ModelSym(decl, module)
+            case ast.ConstDecl():
+                return ConstSym(decl, module)
         return None
 
     def _lookup(self, name: str) -> Symbol | None:
@@ -503,6 +530,33 @@ class Checker:
         )
         return ANY
 
+    # -- module constants
+
+    def _check_const(self, decl: ast.ConstDecl) -> None:
+        """`const NAME = literal`: its type and value, on its symbol."""
+        sym = self._lookup(decl.name.name)
+        assert isinstance(sym, ConstSym)
+        if decl.name.name in RESERVED:
+            self.error("declaration", f"'{decl.name.name}' is a reserved word", decl.name.span)
+        t = self.expr(decl.value, _Scope())
+        if not self._is_constant(decl.value) or isinstance(decl.value, ast.Attr):
+            self.error(
+                "type",
+                "a constant's value must be a literal",
+                decl.value.span,
+                hint='write a string, """text""", number, true/false or a list of them',
+            )
+            return
+        sym.type = t
+        sym.value = _literal(decl.value)
+
+    def _const_sym(self, name: str) -> ConstSym | None:
+        sym = self._lookup(name)
+        return sym if isinstance(sym, ConstSym) else None
+
+    def _const_names(self) -> list[str]:
+        return [n for n, s in self.checked.symbols[self.module].items() if isinstance(s, ConstSym)]
+
     # -- models
 
     def _const_value(self, expr: ast.Expr) -> Any:
@@ -515,6 +569,9 @@ class Checker:
                 return {k.name: self._const_value(v) for k, v in zip(keys, values, strict=True)}
             case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float() as v)):
                 return -v
+            case ast.Name(id=name) if (const := self._const_sym(name)) is not None:
+                self.checked.const_values[id(expr)] = const.value
+                return const.value
         self.error(
             "type",
             "expected a constant here",
@@ -807,6 +864,20 @@ class Checker:
         outs = dict(outputs)
         generated: set[str] = set()
         fn = decl.name.name
+        for part in decl.template.system or []:
+            if not isinstance(part, ast.Placeholder) or not part.path:
+                continue
+            head = part.path[0]
+            if head.name in outs and head.name not in inputs:
+                self.error(
+                    "template",
+                    f"output '{head.name}' cannot be generated in the system section",
+                    head.span,
+                    hint="the system section holds only text, inputs and constants; "
+                    "generate outputs after {% end %}",
+                )
+                continue
+            self._template_value(part, inputs, {}, fn)
         for part in decl.template.parts:
             if not isinstance(part, ast.Placeholder) or not part.path:
                 continue
@@ -822,19 +893,10 @@ class Checker:
                     )
                 self._check_options(part)
                 continue
-            if head.name in inputs:
-                t = inputs[head.name]
-            elif head.name in outs:
-                t = outs[head.name]
-            else:
-                self.error(
-                    "template",
-                    f"unknown variable '{head.name}'",
-                    head.span,
-                    label=f"not an input or output of `{fn}`",
-                    hint=did_you_mean(head.name, [*inputs, *outs]),
-                )
+            if head.name not in inputs and head.name not in outs:
+                self._template_value(part, inputs, outs, fn)
                 continue
+            t = inputs[head.name] if head.name in inputs else outs[head.name]
             what = "an input" if head.name in inputs else "already generated"
             if part.options:
                 self.error(
@@ -853,6 +915,37 @@ class Checker:
                     o.name.span,
                     hint=f"add {{{{{o.name.name}}}}} to the template where the model writes it",
                 )
+
+    def _template_value(
+        self, part: ast.Placeholder, inputs: dict[str, Type], outs: dict[str, Type], fn: str
+    ) -> None:
+        """A placeholder that reads an input or a module constant (not an output)."""
+        head = part.path[0]
+        const = self._const_sym(head.name) if head.name not in inputs else None
+        if head.name in inputs:
+            t = inputs[head.name]
+        elif const is not None:
+            t = const.type
+            self.checked.const_values[id(part)] = const.value
+        else:
+            self.error(
+                "template",
+                f"unknown variable '{head.name}'",
+                head.span,
+                label=f"not an input or output of `{fn}`",
+                hint=did_you_mean(head.name, [*inputs, *outs, *self._const_names()]),
+            )
+            return
+        if part.options:
+            self.error(
+                "template",
+                "options apply where an output is generated",
+                part.options[0].span,
+                hint=f"'{head.name}' is {'an input' if const is None else 'a constant'}; "
+                "put options on the output's first placeholder",
+            )
+        for sel in part.path[1:]:
+            t = self._field(t, sel)
 
     def _check_options(self, part: ast.Placeholder) -> None:
         for opt in part.options:
@@ -1052,6 +1145,17 @@ class Checker:
         compute: Callable[[], Type],
         reads: Callable[[], list[_Def]] | None = None,
     ) -> _Def | None:
+        const = self._const_sym(name.name)
+        if const is not None:
+            self.error(
+                "assign",
+                f"cannot assign to constant '{name.name}'",
+                name.span,
+                hint=f"'{name.name}' is declared `const` on line {const.decl.span.line}"
+                + ("" if const.module == self.module else f" of {const.module}")
+                + "; give the variable another name",
+            )
+            return None
         if name.name in RESERVED:
             self.error(
                 "declaration",
@@ -1440,6 +1544,8 @@ class Checker:
                 return t
             case ast.MapExpr():
                 return self._map(e, scope)
+            case ast.SampleExpr():
+                return self._sample(e, scope)
         raise AssertionError(f"unhandled expression {e!r}")
 
     def _name(self, e: ast.Name, scope: _Scope) -> Type:
@@ -1447,6 +1553,9 @@ class Checker:
         if d is not None:
             return self._force(d)
         sym = self._lookup(e.id)
+        if isinstance(sym, ConstSym):
+            self.checked.const_values[id(e)] = sym.value
+            return sym.type
         if isinstance(sym, TypeSym):
             self.error(
                 "type",
@@ -1466,7 +1575,8 @@ class Checker:
             "unknown-name",
             f"unknown variable '{e.id}'",
             e.span,
-            hint=scope.hint_for(e.id, self._explained) or did_you_mean(e.id, scope.names()),
+            hint=scope.hint_for(e.id, self._explained)
+            or did_you_mean(e.id, [*scope.names(), *self._const_names()]),
         )
         return ANY
 
@@ -1554,6 +1664,43 @@ class Checker:
             if not assignable(wt, BOOL):
                 self.error("type", f"filter condition is {wt}, not bool", e.where.span)
         return ListT(item=self.expr(e.body, inner))
+
+    def _sample(self, e: ast.SampleExpr, scope: _Scope) -> Type:
+        """`sample n: f(x)`: n a positive int constant, f a semantic function."""
+        self.expr(e.count, scope)
+        count = e.count
+        value: Any = None
+        if isinstance(count, ast.Const):
+            value = count.value
+        elif isinstance(count, ast.Name) and id(count) in self.checked.const_values:
+            value = self.checked.const_values[id(count)]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            self.error(
+                "type",
+                "the number of samples must be a positive integer constant",
+                count.span,
+                hint="write a number or a const: sample 5: solve(q)",
+            )
+        elif value > MAX_SAMPLES:
+            self.error(
+                "limit",
+                f"too many samples: {value:,}; at most {MAX_SAMPLES}",
+                count.span,
+                hint="each sample is a model call",
+            )
+        else:
+            self.checked.sample_counts[id(e)] = value
+        t = self.expr(e.body, scope)
+        if not isinstance(self.checked.callee(e.body), FnSym):
+            if not (isinstance(e.body, ast.Call) and e.body.func.name in self.broken):
+                self.error(
+                    "type",
+                    "sample draws from a call of a semantic function (fn)",
+                    e.body.span,
+                    hint="write sample 5: solve(q), where solve is an fn",
+                )
+            self.checked.sample_counts.pop(id(e), None)
+        return ListT(item=t)
 
     def _call(self, e: ast.Call, scope: _Scope) -> Type:
         name = e.func.name
@@ -1753,6 +1900,18 @@ class Checker:
 @gc_paused()
 def check(program: Program) -> tuple[Checked, list[Diagnostic]]:
     return Checker(program).run()
+
+
+def _literal(expr: ast.Expr) -> Any:
+    """The value of a literal the checker accepted as constant."""
+    match expr:
+        case ast.Const(value=value):
+            return value
+        case ast.ListExpr(items=items):
+            return [_literal(i) for i in items]
+        case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float() as v)):
+            return -v
+    raise AssertionError(f"not a literal: {expr!r}")
 
 
 def _list_depth(t: Type) -> int:

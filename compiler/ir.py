@@ -67,7 +67,15 @@ class Ref(BaseModel):
     path: list[str] = Field(default_factory=list)
 
 
-Segment = Annotated[Text | Read | Generate | Ref, Field(discriminator="kind")]
+class System(BaseModel):
+    """The end of the template's system section: the segments before it are the system
+    message (a chat model's system turn, a completion model's leading text)."""
+
+    model_config = _STRICT
+    kind: Literal["system"] = "system"
+
+
+Segment = Annotated[Text | Read | Generate | Ref | System, Field(discriminator="kind")]
 
 
 # -- input bindings: what an input node's value is in its graph

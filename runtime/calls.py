@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from llmflow.compiler.ir import LLMCall, OutputSpec, Read, Ref, Text
+from llmflow.compiler.ir import LLMCall, OutputSpec, Read, Ref, System, Text
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
 from llmflow.errors import LLMFlowError
@@ -166,6 +166,9 @@ async def run_call(
             pending += to_text(select(values[segment.input], segment.path))
         elif isinstance(segment, Ref):
             pending += to_text(select(outputs[segment.output], segment.path))
+        elif isinstance(segment, System):
+            turns.append(system_turn(pending, model.chat))
+            pending = ""
         else:
             spec = specs[segment.output]
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
@@ -184,6 +187,12 @@ async def run_call(
     if len(call.outputs) == 1:
         return outputs[call.outputs[0].name]
     return outputs
+
+
+def system_turn(text: str, chat: bool) -> Turn:
+    """The system section as a turn: a chat model's system message; for a completion
+    model, the leading text, set off from the rest by a blank line."""
+    return Turn(role="system", text=text.strip() if chat else text.strip() + "\n\n")
 
 
 def _seeding(spec: OutputSpec, seed: RunSeed | None, place: Place) -> tuple[int | None, bool]:

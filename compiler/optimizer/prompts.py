@@ -62,6 +62,12 @@ class Ref:
 
 Part = str | Ref
 
+SYSTEM_START = Ref("<system>", 0.0, False)
+SYSTEM_END = Ref("</system>", 0.0, False)
+"""Where a prompt's system section starts and ends: a prompt shares a prefix with another
+across them only if both have a system section there (a chat template wraps the system
+turn in tokens of its own; a completion model's system text ends in a blank line)."""
+
 
 @dataclass
 class Shape:
@@ -185,6 +191,8 @@ class Shapes:
         in_prefix = True
         input_tokens = output_tokens = 0.0
         generated = 0
+        if any(isinstance(segment, ir.System) for segment in call.segments):
+            prefix.append(SYSTEM_START)
         for segment in call.segments:
             part: Part | None = None
             if isinstance(segment, ir.Text):
@@ -197,6 +205,8 @@ class Shapes:
                     expected_output_tokens(specs[segment.output]),
                     True,
                 )
+            elif isinstance(segment, ir.System):
+                part = SYSTEM_END
             else:
                 in_prefix = False
                 out = expected_output_tokens(specs[segment.output])
