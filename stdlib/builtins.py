@@ -401,8 +401,7 @@ BUILTINS: dict[str, Builtin] = {
             (Param("text", STR), Param("model", STR, "default")),
             _fixed(INT),
             tokenizers.count_tokens,
-            "How many tokens text is on an embedded model's tokenizer (model: an embedded "
-            "model id, or default).",
+            "Tokens of text on an embedded model's tokenizer.",
         ),
         Builtin(
             "chunk_tokens",
@@ -414,16 +413,14 @@ BUILTINS: dict[str, Builtin] = {
             ),
             _fixed(ListT(item=STR)),
             tokenizers.chunk_tokens,
-            "Cut text into pieces of at most `size` tokens of an embedded model's tokenizer, "
-            "at natural boundaries; consecutive pieces share about `overlap` tokens.",
+            "Cut text into pieces of at most `size` tokens.",
         ),
         Builtin(
             "truncate_tokens",
             (Param("text", STR), Param("size", INT), Param("model", STR, "default")),
             _fixed(STR),
             tokenizers.truncate_tokens,
-            "The start of text that fits in `size` tokens of an embedded model's tokenizer, "
-            "cut at a word boundary.",
+            "The start of text that fits in `size` tokens.",
         ),
         Builtin(
             "format",

@@ -64,7 +64,8 @@ def _prefix_chars(text: str, tokens: list[int], model: str) -> int:
 
 
 def count_tokens(text: str, model: str = "default") -> int:
-    """How many tokens `text` is on an embedded model's tokenizer."""
+    """How many tokens `text` is on an embedded model's tokenizer (`model`: an embedded
+    model id, or `default`), without a beginning-of-text token."""
     return len(tokenize(text, model))
 
 
