@@ -11,6 +11,7 @@ inputs, and the scheduler at run time, all through `builtins.evaluate`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -24,6 +25,18 @@ _BOUNDARIES = ("\n\n", "\n", ". ", " ")
 MAX_CHARS_PER_TOKEN = 32
 """A window of this many characters per token always holds `size` tokens of text (a token
 of a real vocabulary is rarely longer than 16 characters)."""
+
+
+def _close() -> None:
+    """Free the vocabularies before the interpreter tears llama_cpp's module down (its
+    `__del__` would then call freed functions and print a traceback)."""
+    with _LOCK:
+        for llm in _VOCABS.values():
+            llm.close()
+        _VOCABS.clear()
+
+
+atexit.register(_close)
 
 
 def _vocab(model: str) -> Any:
