@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,13 +114,8 @@ def test_rag_answer_cites_only_relevant_passages(capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.model
-def test_judge_eval_reports_a_judged_score() -> None:
-    done = subprocess.run(
-        ["llmflow", "eval", "examples/judge_eval.llmflow", "--limit", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "judged" in done.stdout + done.stderr and "Traceback" not in done.stderr
+def test_judge_eval_reports_a_judged_score(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["eval", "examples/judge_eval.llmflow", "--limit", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "judged" in out + err and "Traceback" not in err
