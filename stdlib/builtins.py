@@ -32,6 +32,7 @@ from llmflow.compiler.types import (
     assignable,
 )
 from llmflow.errors import LLMFlowError
+from llmflow.stdlib import tokenizers
 
 
 @dataclass(frozen=True)
@@ -428,6 +429,32 @@ BUILTINS: dict[str, Builtin] = {
             _fixed(ListT(item=STR)),
             chunk,
             "Cut text into pieces of at most `size` characters at natural boundaries.",
+        ),
+        Builtin(
+            "count_tokens",
+            (Param("text", STR), Param("model", STR, "default")),
+            _fixed(INT),
+            tokenizers.count_tokens,
+            "Tokens of text on an embedded model's tokenizer.",
+        ),
+        Builtin(
+            "chunk_tokens",
+            (
+                Param("text", STR),
+                Param("size", INT),
+                Param("overlap", INT, 0),
+                Param("model", STR, "default"),
+            ),
+            _fixed(ListT(item=STR)),
+            tokenizers.chunk_tokens,
+            "Cut text into pieces of at most `size` tokens.",
+        ),
+        Builtin(
+            "truncate_tokens",
+            (Param("text", STR), Param("size", INT), Param("model", STR, "default")),
+            _fixed(STR),
+            tokenizers.truncate_tokens,
+            "The start of text that fits in `size` tokens.",
         ),
         Builtin(
             "format",
