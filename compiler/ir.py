@@ -114,6 +114,8 @@ class OutputSpec(BaseModel):
     stop: list[str] | None = None
     temperature: float | None = None
     seed: int | None = None
+    choices: str | None = None
+    """`choices=options`: the input whose strings (known at run time) the output is one of."""
 
 
 class LLMCall(BaseModel):
@@ -395,6 +397,8 @@ def _node_json(node: IRNode) -> dict[str, Any]:
     data = node.model_dump(mode="json", exclude=exclude, exclude_none=True)
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
+    if isinstance(node, ConstNode):
+        data["value"] = node.value  # None (an if's missing else) is a value here
     return data
 
 

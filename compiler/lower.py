@@ -40,7 +40,7 @@ from llmflow.compiler.ir import (
     Text,
 )
 from llmflow.compiler.ir import Carried as CarriedBinding
-from llmflow.compiler.types import ANY, RecordT, Type, unify
+from llmflow.compiler.types import ANY, RecordT, Type, format_instructions, optional, unify
 from llmflow.stdlib.builtins import Builtin
 
 
@@ -331,7 +331,11 @@ class Lowerer:
             if link is not None:
                 else_env.branches[id(link)].value = node_id
             exports = self.exports(stmt)
-            else_env.graph.outputs = {name: else_env.get(name) for name in exports}
+            absent = self.checked.if_absent.get(id(stmt), [])
+            else_env.graph.outputs = {
+                name: self.none(else_env, then_env, name) if name in absent else else_env.get(name)
+                for name in exports
+            }
             types: dict[str, Type] = {}
             for sub in (then_env, else_env):
                 for name, out in sub.graph.outputs.items():
@@ -350,6 +354,12 @@ class Lowerer:
             )
             link = stmt
         return node_id
+
+    def none(self, else_env: _Env, then_env: _Env, name: str) -> str:
+        """The value of a name an if without else did not assign: none, of the optional
+        type of what the then branch assigns."""
+        then_type = then_env.graph.node(then_env.graph.outputs[name]).type
+        return self.const(else_env, None, optional(then_type))
 
     def collect_loop(self, stmt: ast.Loop, env: _Env) -> None:
         loop = _Once(lambda: self.lower_loop(stmt, env))
@@ -639,9 +649,14 @@ class Lowerer:
                 segments.append(Ref(output=head, path=path))
             else:
                 options = {
-                    kw.name.name: _const_value(kw.value, self.checked) for kw in part.options
+                    kw.name.name: kw.value.id
+                    if isinstance(kw.value, ast.Name)
+                    else _const_value(kw.value, self.checked)
+                    for kw in part.options
                 }
                 stop = options.get("stop")
+                if options.get("format"):
+                    segments.append(Text(text=format_instructions(outputs[head])))
                 specs.append(
                     OutputSpec(
                         name=head,
@@ -650,6 +665,7 @@ class Lowerer:
                         stop=[stop] if isinstance(stop, str) else stop,
                         temperature=options.get("temperature"),
                         seed=options.get("seed"),
+                        choices=options.get("choices"),
                     )
                 )
                 segments.append(Generate(output=head))

@@ -34,6 +34,8 @@ class Constraint(BaseModel):
     choices: list[str] | None = None
     json_schema: dict[str, Any] | None = None
     pattern: Literal["int", "float", "bool"] | None = None
+    max_chars: int | None = None
+    """Text of at most this many characters (a `str[max=N]` output)."""
 
 
 class GenerationRequest(BaseModel):
