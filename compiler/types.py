@@ -193,11 +193,11 @@ def json_schema(t: Type) -> dict[str, Any]:
             return schema if most is None else {**schema, "maxItems": most}
         case EnumT(members=members, descriptions=notes):
             schema = {"type": "string", "enum": list(members)}
-            said = [f"{m}: {n}" for m, n in zip(members, notes, strict=True) if n]
+            said = [f"{m}: {n}" for m, n in zip(members, notes, strict=False) if n]
             return {**schema, "description": "; ".join(said)} if said else schema
         case RecordT(fields=fields, descriptions=notes):
             properties = {name: json_schema(ft) for name, ft in fields}
-            for (name, _), note in zip(fields, notes, strict=True):
+            for (name, _), note in zip(fields, notes, strict=False):
                 if note:
                     properties[name] = {**properties[name], "description": note}
             return {
@@ -236,7 +236,7 @@ def describe_format(t: Type, indent: str = "") -> str:
                 return " or ".join(f'"{m}"' for m in members)
             lines = [
                 f'{inner}"{m}"' + (f"  // {n}" if n else "")
-                for m, n in zip(members, notes, strict=True)
+                for m, n in zip(members, notes, strict=False)
             ]
             return "one of:\n" + "\n".join(lines)
         case RecordT(fields=fields, descriptions=notes):
