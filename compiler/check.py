@@ -43,6 +43,7 @@ from llmflow.compiler.types import (
     assignable,
     is_numeric,
     optional,
+    unbounded,
     unify,
 )
 from llmflow.stdlib.builtins import BUILTINS, Builtin
@@ -1508,7 +1509,9 @@ class Checker:
     def expr(self, e: ast.Expr, scope: _Scope) -> Type:
         if isinstance(e, ast.BinOp):
             return self._binops(e, scope)
-        t = self._expr(e, scope)
+        # A value's bounds were checked where it was made: in expressions, str[max=80]
+        # is a str (len(), +, comparisons), and is checked again where one is declared.
+        t = unbounded(self._expr(e, scope))
         if isinstance(t, ListT) and _list_depth(t) > MAX_NESTING:
             # Written nesting is bounded by the parser; this is built up through names
             # (`a1 = [a0]`, `a2 = [a1]`, …), and every later stage would recurse on it.

@@ -152,6 +152,8 @@ def constraint_for(t: Type, choices: list[str] | None = None) -> Constraint | No
             return Constraint(pattern=name)
         case Prim(name="str", max_len=int() as most):
             return Constraint(max_chars=most)
+        case OptionalT(item=Prim() | EnumT()):
+            return None  # `none` or a scalar's text: no JSON to constrain; validated
         case ListT() | RecordT() | OptionalT() | UnionT():
             return Constraint(json_schema=json_schema(t))
     return None
