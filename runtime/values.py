@@ -335,6 +335,11 @@ def describe_type(t: Type) -> str:
             return "true or false"
         case EnumT(members=members):
             return "exactly one of: " + ", ".join(members)
-        case ListT() | RecordT():
+        case UnionT(options=options) if all(isinstance(o, EnumT) for o in options):
+            members = [m for o in options if isinstance(o, EnumT) for m in o.members]
+            return "exactly one of: " + ", ".join(members)
+        case ListT() | RecordT() | OptionalT() | UnionT():
             return "JSON matching this schema: " + json.dumps(json_schema(t))
+        case Prim(name="str", max_len=int() as most):
+            return f"text of at most {most} characters"
     return "text"

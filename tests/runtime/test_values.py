@@ -217,3 +217,21 @@ def test_run_time_choices_read_leniently_and_reject_others() -> None:
     assert parse_choice(["billing", "shipping"], "Billing.") == "billing"
     with pytest.raises(InvalidValue, match="expected one of billing, shipping"):
         parse_choice(["billing", "shipping"], "sales")
+
+
+def test_the_retry_message_describes_the_new_types() -> None:
+    from llmflow.runtime.values import describe_type
+
+    assert describe_type(Prim(name="str", max_len=9)) == "text of at most 9 characters"
+    assert describe_type(OptionalT(item=ListT(item=INT))).startswith("JSON matching")
+    union = UnionT(options=(EnumT(name="A", members=("a",)), EnumT(name="B", members=("b",))))
+    assert describe_type(union) == "exactly one of: a, b"
+
+
+def test_a_bounded_str_input_is_its_text_and_is_checked_for_length() -> None:
+    from llmflow.runtime.inputs import value_from_text
+
+    bounded = Prim(name="str", max_len=5)
+    assert value_from_text("-i name", bounded, "Jane") == "Jane"
+    with pytest.raises(InvalidValue, match="at most 5 characters"):
+        validate(bounded, value_from_text("-i name", bounded, "Jane Doe"))
