@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llmflow.compiler.optimizer.prompts import typical_tokens
 from llmflow.compiler.types import (
     FLOAT,
     INT,
@@ -98,3 +99,9 @@ def test_format_instructions_say_how_to_answer() -> None:
         "Answer with JSON in this format:\n"
         "[string (at most 30 characters), ...] (at most 5 items)\n"
     )
+
+
+def test_bounds_shrink_the_typical_size_of_a_value() -> None:
+    assert typical_tokens(ListT(item=STR, max_items=2)) < typical_tokens(ListT(item=STR))
+    assert typical_tokens(Prim(name="str", max_len=30)) == 10
+    assert typical_tokens(OptionalT(item=INT)) == typical_tokens(INT)
