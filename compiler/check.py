@@ -1672,6 +1672,7 @@ class Checker:
             if is_numeric(lt) and is_numeric(rt):
                 return FLOAT if FLOAT in (lt, rt) else INT
             hint = "convert with str(...) first" if STR in (lt, rt) else ""
+            hint = _optional_hint(lt, ANY) or _optional_hint(rt, ANY) or hint
             self.error("type", f"cannot add {lt} and {rt}", e.span, hint=hint)
             return ANY
         if is_numeric(lt) and is_numeric(rt):
@@ -1915,6 +1916,11 @@ def _optional_hint(got: Type, want: Type) -> str:
     """Why an optional does not fit, and what to do instead."""
     if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
         return ""
+    if isinstance(want, AnyT):  # an operand
+        return (
+            f"{got} may hold no value (an if without else assigned it); "
+            "assign it in an else branch too"
+        )
     return (
         f"{got} may hold no value (an if without else assigned it); declare where it "
         f"goes as {got} too, or assign it in an else branch"
