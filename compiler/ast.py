@@ -33,12 +33,19 @@ class Node(BaseModel):
 
 class TypeRef(Node):
     name: str
+    """A type's name, or "|" for a union of `args`."""
     args: list[TypeRef] = Field(default_factory=list)
+    bounds: list[Keyword] = Field(default_factory=list)
+    """`list[str, max=5]`: the `max=5`."""
+    optional: bool = False
+    """`str?`."""
 
     def __str__(self) -> str:
-        if not self.args:
-            return self.name
-        return f"{self.name}[{', '.join(str(a) for a in self.args)}]"
+        if self.name == "|":
+            return " | ".join(map(str, self.args))
+        inside = [*map(str, self.args), *(f"{b.name.name}={b.value}" for b in self.bounds)]
+        text = f"{self.name}[{', '.join(inside)}]" if inside else self.name
+        return text + "?" if self.optional else text
 
 
 # ---- expressions ------------------------------------------------------------------------
@@ -194,6 +201,8 @@ class Param(Node):
 class Output(Node):
     name: Ident
     type: TypeRef
+    description: str = ""
+    """A record field's `"..."` after its type, shown to the model."""
     perf: Ident | None = None
     """`@latency` or `@throughput` on a flow output (Parrot's performance criteria)."""
 
@@ -221,6 +230,8 @@ class ModelDecl(Node):
 class EnumDecl(Node):
     name: Ident
     members: list[Ident]
+    descriptions: list[str] = Field(default_factory=list)
+    """One per member ("" for none): `enum E { a "what a means" }`."""
 
 
 class RecordDecl(Node):

@@ -35,16 +35,20 @@ from llmflow.compiler.types import (
     AnyT,
     EnumT,
     ListT,
+    OptionalT,
     Prim,
     RecordT,
     Type,
+    UnionT,
     assignable,
     is_numeric,
+    optional,
+    unbounded,
     unify,
 )
 from llmflow.stdlib.builtins import BUILTINS, Builtin
 
-OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature", "seed"}
+OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature", "seed", "format", "choices"}
 MAX_SEED = 2**63 - 1
 # Model options are each backend kind's settings: see compiler/resolve.py.
 RESERVED = frozenset(
@@ -174,6 +178,9 @@ class Checked:
     """id(attr) → the enum member an `Enum.member` expression stands for."""
     if_exports: dict[int, list[str]] = field(default_factory=dict)
     """id(if statement) → the names it assigns in every branch, visible after it."""
+    if_absent: dict[int, list[str]] = field(default_factory=dict)
+    """id(if statement without else) → the exports its missing else leaves empty (None):
+    their types are optional."""
     loop_nexts: dict[int, dict[str, ast.Assign]] = field(default_factory=dict)
     """id(loop statement) → carried variable → the assignment of its next value."""
     models: dict[str, ModelSpec] = field(default_factory=dict)
@@ -483,14 +490,18 @@ class Checker:
         saved, self.module = self.module, sym.module
         decl = sym.decl
         if isinstance(decl, ast.EnumDecl):
-            members: dict[str, None] = {}
-            for m in decl.members:
+            members: dict[str, str] = {}
+            notes = decl.descriptions or [""] * len(decl.members)
+            for m, note in zip(decl.members, notes, strict=True):
                 if m.name in members:
                     self.error("declaration", f"enum member '{m.name}' is listed twice", m.span)
-                members[m.name] = None
-            sym.type = EnumT(name=name, members=tuple(members))
+                    continue
+                members[m.name] = note
+            described = tuple(members.values()) if any(members.values()) else ()
+            sym.type = EnumT(name=name, members=tuple(members), descriptions=described)
         else:
             fields: dict[str, Type] = {}
+            notes: dict[str, str] = {}
             for f in decl.fields:
                 if f.name.name in fields:
                     self.error(
@@ -498,12 +509,20 @@ class Checker:
                     )
                     continue
                 fields[f.name.name] = self.resolve_type(f.type)
-            sym.type = RecordT(name=name, fields=tuple(fields.items()))
+                notes[f.name.name] = f.description
+            described = tuple(notes.values()) if any(notes.values()) else ()
+            sym.type = RecordT(name=name, fields=tuple(fields.items()), descriptions=described)
         self.module = saved
         self._resolving_types.discard(key)
         return sym.type
 
     def resolve_type(self, ref: ast.TypeRef) -> Type:
+        if ref.name == "|":
+            return self._union(ref)
+        if ref.optional:
+            return optional(self.resolve_type(ref.model_copy(update={"optional": False})))
+        if ref.bounds:
+            return self._bounded(ref)
         if ref.name == "list":
             if len(ref.args) != 1:
                 self.error("type", "list takes one type argument", ref.span, hint="write list[str]")
@@ -556,6 +575,65 @@ class Checker:
 
     def _const_names(self) -> list[str]:
         return [n for n, s in self.checked.symbols[self.module].items() if isinstance(s, ConstSym)]
+
+    def _union(self, ref: ast.TypeRef) -> Type:
+        """`A | B`: records and enums only, each once (a model's JSON tells them apart)."""
+        options: list[Type] = []
+        for arg in ref.args:
+            t = self.resolve_type(arg)
+            if isinstance(t, AnyT):
+                return ANY
+            if not isinstance(t, RecordT | EnumT):
+                self.error(
+                    "type",
+                    f"a union joins records or enums, not {t}",
+                    arg.span,
+                    hint="declare a record for each case: record Email { address: str }",
+                )
+                return ANY
+            if t in options:
+                self.error("type", f"{t} is listed twice in this union", arg.span)
+                continue
+            options.append(t)
+        return UnionT(options=tuple(options)) if len(options) > 1 else options[0]
+
+    def _bounded(self, ref: ast.TypeRef) -> Type:
+        """`list[T, max=N]`, `str[max=N]`: a bound the validator checks and the embedded
+        backend's grammar enforces."""
+        t = self.resolve_type(ref.model_copy(update={"bounds": []}))
+        most = None
+        for b in ref.bounds:
+            value = b.value.value if isinstance(b.value, ast.Const) else None
+            if b.name.name != "max":
+                self.error(
+                    "type",
+                    f"unknown bound '{b.name.name}'",
+                    b.name.span,
+                    hint="the bound is max=N: list[str, max=5], str[max=200]",
+                )
+            elif not isinstance(value, int) or value < 1:
+                self.error("type", "max must be a positive integer", b.value.span)
+            elif value > MAX_OPTION_NUMBER:
+                self.error(
+                    "limit", f"max is too large: at most {MAX_OPTION_NUMBER:,}", b.value.span
+                )
+            elif most is not None:
+                self.error("type", "max is given twice", b.span)
+            else:
+                most = value
+        if most is None or isinstance(t, AnyT):
+            return t
+        if isinstance(t, ListT):
+            return ListT(item=t.item, max_items=most)
+        if t == STR:
+            return Prim(name="str", max_len=most)
+        self.error(
+            "type",
+            f"{t} takes no bound",
+            ref.bounds[0].span,
+            hint="bounds apply to lists (items) and str (characters)",
+        )
+        return t
 
     # -- models
 
@@ -891,7 +969,7 @@ class Checker:
                         part.path[1].span,
                         hint=f"generate the whole value with {{{{{head.name}}}}}",
                     )
-                self._check_options(part)
+                self._check_options(part, inputs, outs[head.name])
                 continue
             if head.name not in inputs and head.name not in outs:
                 self._template_value(part, inputs, outs, fn)
@@ -947,7 +1025,9 @@ class Checker:
         for sel in part.path[1:]:
             t = self._field(t, sel)
 
-    def _check_options(self, part: ast.Placeholder) -> None:
+    def _check_options(
+        self, part: ast.Placeholder, inputs: dict[str, Type] | None = None, out: Type = ANY
+    ) -> None:
         for opt in part.options:
             key = opt.name.name
             if key not in OUTPUT_OPTIONS:
@@ -956,10 +1036,20 @@ class Checker:
                     f"unknown option '{key}'",
                     opt.name.span,
                     hint=did_you_mean(key, OUTPUT_OPTIONS)
-                    or "options: max_tokens, stop, temperature, seed",
+                    or "options: max_tokens, stop, temperature, seed, format, choices",
                 )
                 continue
+            if key == "choices":
+                self._check_choices(opt, inputs or {}, out)
+                continue
             value = self._const_value(opt.value)
+            if key == "format" and value is not True:
+                self.error(
+                    "type",
+                    "format is a flag",
+                    opt.value.span,
+                    hint="write {{o | format}} to describe the output's type in the prompt",
+                )
             if key == "max_tokens" and not (
                 isinstance(value, int) and not isinstance(value, bool) and value > 0
             ):
@@ -984,6 +1074,33 @@ class Checker:
             ):
                 self.error("type", f"seed must be an integer from 0 to {MAX_SEED}", opt.value.span)
 
+    def _check_choices(self, opt: ast.Keyword, inputs: dict[str, Type], out: Type) -> None:
+        """`choices=options`: the output is one of an input's strings, known at run time."""
+        name = opt.value.id if isinstance(opt.value, ast.Name) else None
+        if name is None or name not in inputs:
+            self.error(
+                "type",
+                "choices takes an input of this function",
+                opt.value.span,
+                hint="declare a parameter options: list[str] and write choices=options",
+            )
+            return
+        t = inputs[name]
+        if not (isinstance(t, ListT) and assignable(t.item, STR) and not isinstance(t.item, AnyT)):
+            self.error(
+                "type",
+                f"choices needs a list[str], but '{name}' is {t}",
+                opt.value.span,
+                hint=f"declare {name}: list[str]",
+            )
+        if not assignable(out, STR) or isinstance(out, EnumT):
+            self.error(
+                "type",
+                f"an output with choices is a str, not {out}",
+                opt.name.span,
+                hint="declare the output as str; an enum already has its choices",
+            )
+
     def _field(self, t: Type, sel: ast.Ident) -> Type:
         if isinstance(t, AnyT):
             return ANY
@@ -999,7 +1116,23 @@ class Checker:
                 or "fields: " + ", ".join(n for n, _ in t.fields),
             )
             return ANY
-        self.error("type", f"{t} has no fields", sel.span)
+        if isinstance(t, UnionT) and (ft := t.field(sel.name)) is not None:
+            return ft
+        if isinstance(t, UnionT):
+            self.error(
+                "type",
+                f"not every option of {t} has a field '{sel.name}' of one type",
+                sel.span,
+                hint="a field of a union is one that each of its records has, with one type",
+            )
+            return ANY
+        hint = (
+            f"{t} may hold no value, so it has no fields to read; "
+            "assign it in an else branch too, or pass it on whole"
+            if isinstance(t, OptionalT)
+            else ""
+        )
+        self.error("type", f"{t} has no fields", sel.span, hint=hint)
         return ANY
 
     # -- externs
@@ -1064,7 +1197,12 @@ class Checker:
                 continue
             got = self._force(d)
             if not assignable(got, t):
-                self.error("type", f"output '{name}' is declared {t} but assigned {got}", d.span)
+                self.error(
+                    "type",
+                    f"output '{name}' is declared {t} but assigned {got}",
+                    d.span,
+                    hint=_optional_hint(got, t),
+                )
         self._finish(scope, deferred)
         self.current_flow = None
 
@@ -1313,8 +1451,20 @@ class Checker:
         deferred.append(lambda: self._finish(else_scope, []))
         exports: list[str] = []
         self.checked.if_exports[id(stmt)] = exports
+        absent: list[str] = []
         for name, d in then_scope.defs.items():
             other = else_scope.defs.get(name)
+            if other is None and not stmt.orelse and scope.find(name) is None:
+                # No else: after the if, the name holds the then branch's value or none.
+                absent.append(name)
+                exports.append(name)
+                self._define(
+                    scope,
+                    ast.Ident(name=name, span=d.span),
+                    lambda a=d: optional(self._force(a)),
+                    lambda a=d: [*self._reads(stmt.cond, scope), a],
+                )
+                continue
             if other is None:
                 scope.branch_only[name] = stmt.span
                 continue
@@ -1338,10 +1488,12 @@ class Checker:
                 join,
                 lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
             )
+        if absent:
+            self.checked.if_absent[id(stmt)] = absent
         for name in else_scope.defs:
             if name not in then_scope.defs:
                 scope.branch_only[name] = stmt.span
-        if not any(n in else_scope.defs for n in then_scope.defs):
+        if not exports:
 
             def no_effect() -> None:
                 if stmt.span in self._explained:
@@ -1461,7 +1613,9 @@ class Checker:
     def expr(self, e: ast.Expr, scope: _Scope) -> Type:
         if isinstance(e, ast.BinOp):
             return self._binops(e, scope)
-        t = self._expr(e, scope)
+        # A value's bounds were checked where it was made: in expressions, str[max=80]
+        # is a str (len(), +, comparisons), and is checked again where one is declared.
+        t = unbounded(self._expr(e, scope))
         if isinstance(t, ListT) and _list_depth(t) > MAX_NESTING:
             # Written nesting is bounded by the parser; this is built up through names
             # (`a1 = [a0]`, `a2 = [a1]`, …), and every later stage would recurse on it.
@@ -1628,6 +1782,7 @@ class Checker:
             if is_numeric(lt) and is_numeric(rt):
                 return FLOAT if FLOAT in (lt, rt) else INT
             hint = "convert with str(...) first" if STR in (lt, rt) else ""
+            hint = _optional_hint(lt, ANY) or _optional_hint(rt, ANY) or hint
             self.error("type", f"cannot add {lt} and {rt}", e.span, hint=hint)
             return ANY
         if is_numeric(lt) and is_numeric(rt):
@@ -1822,7 +1977,9 @@ class Checker:
                     "type",
                     f"argument '{pname}' of {name}() expects {ptype}, got {got}",
                     arg.span,
-                    hint="convert with str(...)" if ptype == STR and isinstance(got, Prim) else "",
+                    hint="convert with str(...)"
+                    if ptype == STR and isinstance(got, Prim)
+                    else _optional_hint(got, ptype),
                 )
                 ok = False
         self.checked.bound_args[id(e)] = bound
@@ -1912,6 +2069,21 @@ def _literal(expr: ast.Expr) -> Any:
         case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float() as v)):
             return -v
     raise AssertionError(f"not a literal: {expr!r}")
+
+
+def _optional_hint(got: Type, want: Type) -> str:
+    """Why an optional does not fit, and what to do instead."""
+    if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
+        return ""
+    if isinstance(want, AnyT):  # an operand
+        return (
+            f"{got} may hold no value (an if without else assigned it); "
+            "assign it in an else branch too"
+        )
+    return (
+        f"{got} may hold no value (an if without else assigned it); declare where it "
+        f"goes as {got} too, or assign it in an else branch"
+    )
 
 
 def _list_depth(t: Type) -> int:

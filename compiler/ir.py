@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 from llmflow.compiler import evalspec
 from llmflow.compiler.ast import Span
@@ -122,6 +130,16 @@ class OutputSpec(BaseModel):
     stop: list[str] | None = None
     temperature: float | None = None
     seed: int | None = None
+    choices: str | None = None
+    """`choices=options`: the input whose strings (known at run time) the output is one of."""
+
+    @model_serializer(mode="wrap")
+    def _without_choices(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Left out when absent, so template hashes (profiles) stay what they were."""
+        data: dict[str, Any] = handler(self)
+        if self.choices is None:
+            data.pop("choices", None)
+        return data
 
 
 class LLMCall(BaseModel):
@@ -403,6 +421,8 @@ def _node_json(node: IRNode) -> dict[str, Any]:
     data = node.model_dump(mode="json", exclude=exclude, exclude_none=True)
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
+    if isinstance(node, ConstNode):
+        data["value"] = node.value  # None (an if's missing else) is a value here
     return data
 
 

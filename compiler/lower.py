@@ -41,7 +41,16 @@ from llmflow.compiler.ir import (
     Text,
 )
 from llmflow.compiler.ir import Carried as CarriedBinding
-from llmflow.compiler.types import ANY, INT, ListT, RecordT, Type, unify
+from llmflow.compiler.types import (
+    ANY,
+    INT,
+    ListT,
+    RecordT,
+    Type,
+    format_instructions,
+    optional,
+    unify,
+)
 from llmflow.stdlib.builtins import Builtin, to_text
 
 SAMPLE_TEMPERATURE = 0.7
@@ -336,7 +345,11 @@ class Lowerer:
             if link is not None:
                 else_env.branches[id(link)].value = node_id
             exports = self.exports(stmt)
-            else_env.graph.outputs = {name: else_env.get(name) for name in exports}
+            absent = self.checked.if_absent.get(id(stmt), [])
+            else_env.graph.outputs = {
+                name: self.none(else_env, then_env, name) if name in absent else else_env.get(name)
+                for name in exports
+            }
             types: dict[str, Type] = {}
             for sub in (then_env, else_env):
                 for name, out in sub.graph.outputs.items():
@@ -355,6 +368,12 @@ class Lowerer:
             )
             link = stmt
         return node_id
+
+    def none(self, else_env: _Env, then_env: _Env, name: str) -> str:
+        """The value of a name an if without else did not assign: none, of the optional
+        type of what the then branch assigns."""
+        then_type = then_env.graph.node(then_env.graph.outputs[name]).type
+        return self.const(else_env, None, optional(then_type))
 
     def collect_loop(self, stmt: ast.Loop, env: _Env) -> None:
         loop = _Once(lambda: self.lower_loop(stmt, env))
@@ -684,10 +703,10 @@ class Lowerer:
             elif any(s.name == head for s in specs):
                 segments.append(Ref(output=head, path=path))
             else:
-                options = {
-                    kw.name.name: _const_value(kw.value, self.checked) for kw in part.options
-                }
+                options = {kw.name.name: _option(kw.value, self.checked) for kw in part.options}
                 stop = options.get("stop")
+                if options.get("format"):
+                    segments.append(Text(text=format_instructions(outputs[head])))
                 specs.append(
                     OutputSpec(
                         name=head,
@@ -696,6 +715,7 @@ class Lowerer:
                         stop=[stop] if isinstance(stop, str) else stop,
                         temperature=options.get("temperature"),
                         seed=options.get("seed"),
+                        choices=options.get("choices"),
                     )
                 )
                 segments.append(Generate(output=head))
@@ -741,6 +761,13 @@ class _Once:
 
 def _record_field(t: Type, name: str) -> Type:
     return t.field(name) or ANY if isinstance(t, RecordT) else ANY
+
+
+def _option(expr: ast.Expr, checked: Checked) -> Any:
+    """An output option's value: a constant's, or the name of the input it reads."""
+    if isinstance(expr, ast.Name) and not checked.const_value(expr)[0]:
+        return expr.id
+    return _const_value(expr, checked)
 
 
 def _const_value(expr: ast.Expr, checked: Checked) -> Any:

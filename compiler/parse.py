@@ -570,8 +570,15 @@ class _Builder:
     def enum_decl(self, span: ast.Span, children: list) -> ast.EnumDecl:
         name, *members = [c for c in children if c is not None]
         return ast.EnumDecl(
-            span=span, name=self._ident(name), members=[self._ident(m) for m in members]
+            span=span,
+            name=self._ident(name),
+            members=[m for m, _ in members],
+            descriptions=[d for _, d in members] if any(d for _, d in members) else [],
         )
+
+    def member(self, children: list) -> tuple[ast.Ident, str]:
+        name, doc = children
+        return self._ident(name), self._unquote(doc) if doc is not None else ""
 
     @_spanned
     def record_decl(self, span: ast.Span, children: list) -> ast.RecordDecl:
@@ -580,7 +587,9 @@ class _Builder:
 
     @_spanned
     def field(self, span: ast.Span, children: list) -> ast.Output:
-        return ast.Output(span=span, name=self._ident(children[0]), type=children[1])
+        name, type_, doc = children
+        description = self._unquote(doc) if doc is not None else ""
+        return ast.Output(span=span, name=self._ident(name), type=type_, description=description)
 
     @_spanned
     def output(self, span: ast.Span, children: list) -> ast.Output:
@@ -603,8 +612,23 @@ class _Builder:
 
     @_spanned
     def type(self, span: ast.Span, children: list) -> ast.TypeRef:
-        name, *args = [c for c in children if c is not None]
-        return ast.TypeRef(span=span, name=name[0], args=args)
+        if len(children) == 1:
+            return children[0]  # type: ignore[no-any-return]
+        return ast.TypeRef(span=span, name="|", args=children)
+
+    @_spanned
+    def single(self, span: ast.Span, children: list) -> ast.TypeRef:
+        name, *rest, optional = children
+        args = [c for c in rest if isinstance(c, ast.TypeRef)]
+        bounds = [c for c in rest if isinstance(c, ast.Keyword)]
+        return ast.TypeRef(
+            span=span, name=name[0], args=args, bounds=bounds, optional=optional is not None
+        )
+
+    @_spanned
+    def bound(self, span: ast.Span, children: list) -> ast.Keyword:
+        name, value = children
+        return ast.Keyword(span=span, name=self._ident(name), value=self.int([value]))
 
     @_spanned
     def decorator(self, span: ast.Span, children: list) -> ast.Decorator:
@@ -802,6 +826,13 @@ class _Builder:
         return ast.Keyword(span=span, name=self._ident(children[0]), value=children[1])
 
     option = kwarg
+
+    @_spanned
+    def flag(self, span: ast.Span, children: list) -> ast.Keyword:
+        """`{{o | format}}`: an option written alone means `= true`."""
+        name = self._ident(children[0])
+        return ast.Keyword(span=span, name=name, value=ast.Const(span=name.span, value=True))
+
     pair = kwarg
 
     @_spanned

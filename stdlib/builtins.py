@@ -300,6 +300,8 @@ def to_text(value: Any) -> str:
     """A value as text, in prompts and in `str()`: lists one item a line, records as JSON."""
     if isinstance(value, str):
         return value
+    if value is None:  # an optional without a value
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):

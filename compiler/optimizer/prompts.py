@@ -14,7 +14,7 @@ from functools import cached_property
 from llmflow.compiler import ir
 from llmflow.compiler import tokens as estimate_tokens
 from llmflow.compiler.ir import Graph, IRNode, LLMNode, LoopNode, MapNode, OutputSpec, Plan
-from llmflow.compiler.types import EnumT, ListT, Prim, RecordT, Type
+from llmflow.compiler.types import EnumT, ListT, OptionalT, Prim, RecordT, Type, UnionT
 from llmflow.stdlib.builtins import select, to_text
 
 DEFAULT_MAP_ITEMS = 4
@@ -29,12 +29,20 @@ def tokens(text: str) -> float:
 def typical_tokens(t: Type) -> float:
     """Size of a value of this type not known at plan time."""
     match t:
+        case Prim(name="str", max_len=int() as most):
+            return min(200.0, most / 3)
         case Prim(name="str"):
             return 200.0
+        case ListT(item=item, max_items=int() as most):
+            return min(DEFAULT_MAP_ITEMS, most) * (typical_tokens(item) + 2)
         case ListT(item=item):
             return DEFAULT_MAP_ITEMS * (typical_tokens(item) + 2)
         case RecordT(fields=fields):
             return sum(typical_tokens(ft) + 4 for _, ft in fields)
+        case OptionalT(item=item):
+            return typical_tokens(item)
+        case UnionT(options=options):
+            return max(typical_tokens(o) for o in options)
     return 2.0
 
 
