@@ -10,7 +10,8 @@ profile it writes makes `llmflow eval --min-quality T` on the held-out half run 
 with its calls routed by subject. Reported beside `llmflow eval --models gpt4` and
 `--models mixtral` on the same held-out rows: accuracy, dollars, saving against
 all-GPT-4, and whether the routed accuracy is at least 95% of all-GPT-4's there.
-Answers come from the response cache after the first seed.
+Tune reuses cached answers (priced as their models' answers); the held-out evals ask
+again (`--no-cache`), so their dollars are what the plan pays.
 """
 
 from __future__ import annotations

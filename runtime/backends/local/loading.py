@@ -46,7 +46,7 @@ _LOAD_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _no_weight_repacking() -> Iterator[None]:
+def no_weight_repacking() -> Iterator[None]:
     """Load without llama.cpp's extra buffer types (weights repacked for AMX and other
     CPU kernels): on Xeons with AMX in this sandbox, decoding a batch of more than one
     token with repacked weights segfaults. `Llama` takes no such option, so its default
@@ -115,7 +115,7 @@ def _load(model: _Model) -> Llama:
             _LOAD_LOCK,
             open(os.devnull, "w") as devnull,
             contextlib.redirect_stderr(devnull),
-            _no_weight_repacking(),
+            no_weight_repacking(),
         ):
             llm = Llama(
                 model_path=str(path), n_ctx=int(n_ctx), n_threads=os.cpu_count(), verbose=True
