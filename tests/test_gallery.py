@@ -119,3 +119,15 @@ def test_judge_eval_reports_a_judged_score(capsys: pytest.CaptureFixture[str]) -
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "judged" in out + err and "Traceback" not in err
+
+
+@pytest.mark.model
+def test_resume_extract_finishes_inside_its_bounds(capsys: pytest.CaptureFixture[str]) -> None:
+    """Unbounded, the 135M model repeats a skill until max_tokens cuts the JSON off; the
+    bounds in the schema make the grammar close the lists."""
+    resume = ROOT / "examples/data/resume.txt"
+    argv = ["run", str(ROOT / "examples/resume_extract.llmflow"), "-i", f"resume=@{resume}"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 1 <= out["skills"] <= 8 and len(out["parsed"]["jobs"]) <= 4
+    assert all(len(skill) <= 30 for skill in out["parsed"]["skills"])
