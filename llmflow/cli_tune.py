@@ -20,6 +20,7 @@ from typing import Any
 
 from llmflow.cli_args import dollars, fraction, positive, seed
 from llmflow.cli_eval import _metrics, _warn, constant_inputs
+from llmflow.compiler import prices
 from llmflow.compiler import profile as profiles
 from llmflow.compiler.ir import Plan
 from llmflow.errors import LLMFlowError
@@ -208,8 +209,16 @@ async def _search(
             )
             for fn, used in report.functions.items():
                 seen = usage.setdefault((_key(assignment), fn), [0, 0, 0, 0.0, 0.0])
+                model = plan.models.get(assignment.get(fn, ""))
+                dollars = (  # at the model's price: a cached answer is not free to run
+                    prices.prompt_dollars(
+                        model, used.input_tokens, used.cached_tokens, used.output_tokens
+                    )
+                    if model is not None and prices.priced(model)
+                    else used.dollars
+                )
                 for i, value in enumerate(
-                    (used.calls, used.input_tokens, used.output_tokens, used.dollars, used.seconds)
+                    (used.calls, used.input_tokens, used.output_tokens, dollars, used.seconds)
                 ):
                     seen[i] += value
             by_id = {row.id: row for row in report.rows}

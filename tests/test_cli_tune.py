@@ -214,3 +214,17 @@ def test_a_profile_by_category_makes_calls_route_by_their_input(
     assert routed_report["scores"]["sentiment"]["score"] == 1.0  # type: ignore[index]
     assert routed_report["total"]["models"] == ["yes", "echo"]  # type: ignore[index]
     assert 0 < routed_report["total"]["dollars"] < dear["total"]["dollars"]  # type: ignore[index,operator]
+
+
+def test_a_retune_from_the_cache_prices_calls_as_the_first_tune_did(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cached answers cost nothing to fetch, but the profile's cost per call is what the
+    model charges: else a re-tune would find the dear model free and route everything
+    to it."""
+    assert tune("--target", "0.9", "-q") == 0
+    first = json.loads((work / "prog.profile.json").read_text())["functions"]["classify"]
+    assert tune("--target", "0.9", "-q") == 0
+    again = json.loads((work / "prog.profile.json").read_text())["functions"]["classify"]
+    assert again["echo"]["per_call"]["dollars"] > 0
+    assert again["echo"]["per_call"]["dollars"] == first["echo"]["per_call"]["dollars"]

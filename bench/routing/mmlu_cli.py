@@ -104,13 +104,10 @@ def main() -> None:
             )  # fmt: skip
             plan = llmflow("plan", str(program), "--min-quality", str(target))
             routes = next(iter(plan["routes"].values()), {"models": {}})["models"]
-            routed = llmflow(
-                "eval", str(program), "--data", held_file, "--min-quality", str(target), *common
-            )
-            strong = llmflow("eval", str(program), "--data", held_file, "--models", "gpt4", *common)
-            weak = llmflow(
-                "eval", str(program), "--data", held_file, "--models", "mixtral", *common
-            )
+            held_out = ["eval", str(program), "--data", held_file, "--no-cache", *common]
+            routed = llmflow(*held_out, "--min-quality", str(target))
+            strong = llmflow(*held_out, "--models", "gpt4")
+            weak = llmflow(*held_out, "--models", "mixtral")
             got, s, w = accuracy(routed), accuracy(strong), accuracy(weak)
             dollars = {
                 k: r["total"]["dollars"]
