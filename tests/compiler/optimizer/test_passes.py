@@ -296,3 +296,59 @@ def test_work_a_run_may_skip_is_not_a_plan_time_error(make: Make) -> None:
     )
     known = [n for n in plan.graph.nodes if n.id in plan.known]
     assert [n.op for n in known if isinstance(n, BuiltinNode)] == ["<"]
+
+
+LABEL_FN = '''
+fn label(x: str) -> tag: str
+"""
+Tag {{x}}: {{tag | max_tokens=4}}
+"""
+'''
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        ([["a", "b", "c", "d", "e"], ["f", "g", "h", "i", "j"]], 10),
+        ([["a", "b", "c"], ["d"], []], 4),
+        ([[]], 0),
+    ],
+)
+def test_a_nested_map_over_a_known_list_counts_its_calls_exactly(
+    make: Make, groups: list[list[str]], expected: int
+) -> None:
+    plan = make(
+        LABEL_FN
+        + """
+    flow main(groups: list[list[str]]) -> out: list[list[str]] {
+        out = map g in groups: map x in g: label(x)
+    }
+    """,
+        inputs={"groups": groups},
+    )
+    assert plan.total.instances == expected
+
+
+def test_three_nested_maps_over_known_lists_count_exactly(make: Make) -> None:
+    plan = make(
+        LABEL_FN
+        + """
+    flow main(xs: list[list[list[str]]], hs: list[str]) -> out: list[list[list[list[str]]]] {
+        out = map g in xs: map h in hs: map p in g: map x in p: label(x)
+    }
+    """,
+        inputs={"xs": [[["a", "b"], ["c"]], [["d", "e", "f"]]], "hs": ["1", "2"]},
+    )
+    assert plan.total.instances == (3 + 3) * 2
+
+
+def test_a_nested_map_over_an_unknown_list_assumes_a_size_per_level(make: Make) -> None:
+    plan = make(
+        LABEL_FN
+        + """
+    flow main(groups: list[list[str]]) -> out: list[list[str]] {
+        out = map g in groups: map x in g: label(x)
+    }
+    """
+    )
+    assert plan.total.instances == 16
