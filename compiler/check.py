@@ -46,6 +46,8 @@ from llmflow.stdlib.builtins import BUILTINS, Builtin
 
 OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature", "seed"}
 MAX_SEED = 2**63 - 1
+OPTION_INPUT_TYPES = {"max_tokens": ("int",), "temperature": ("int", "float"), "seed": ("int",)}
+"""The options a function's input can give, and the input types each takes."""
 # Model options are each backend kind's settings: see compiler/resolve.py.
 RESERVED = frozenset(
     [
@@ -820,7 +822,7 @@ class Checker:
                         part.path[1].span,
                         hint=f"generate the whole value with {{{{{head.name}}}}}",
                     )
-                self._check_options(part)
+                self._check_options(part, inputs)
                 continue
             if head.name in inputs:
                 t = inputs[head.name]
@@ -854,7 +856,7 @@ class Checker:
                     hint=f"add {{{{{o.name.name}}}}} to the template where the model writes it",
                 )
 
-    def _check_options(self, part: ast.Placeholder) -> None:
+    def _check_options(self, part: ast.Placeholder, inputs: dict[str, Type]) -> None:
         for opt in part.options:
             key = opt.name.name
             if key not in OUTPUT_OPTIONS:
@@ -866,7 +868,13 @@ class Checker:
                     or "options: max_tokens, stop, temperature, seed",
                 )
                 continue
+            if isinstance(opt.value, ast.Name):
+                self._check_option_input(key, opt.value, inputs)
+                continue
+            reported = len(self.diags)
             value = self._const_value(opt.value)
+            if len(self.diags) > reported:
+                continue  # not a constant: one error for one mistake
             if key == "max_tokens" and not (
                 isinstance(value, int) and not isinstance(value, bool) and value > 0
             ):
@@ -890,6 +898,34 @@ class Checker:
                 isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
             ):
                 self.error("type", f"seed must be an integer from 0 to {MAX_SEED}", opt.value.span)
+
+    def _check_option_input(self, key: str, name: ast.Name, inputs: dict[str, Type]) -> None:
+        """`max_tokens=n`, `temperature=t`, `seed=s`: a number the call is given (its
+        range is checked when the call runs, where the value is known)."""
+        wanted = OPTION_INPUT_TYPES.get(key)
+        if wanted is None:
+            self.error(
+                "type",
+                f"{key} must be a constant",
+                name.span,
+                hint="only max_tokens, temperature and seed can come from an input",
+            )
+            return
+        t = inputs.get(name.id)
+        if t is None:
+            self.error(
+                "unknown-name",
+                f"unknown variable '{name.id}'",
+                name.span,
+                label="not an input of this function",
+                hint=did_you_mean(name.id, inputs) or f"write a number or add an input '{name.id}'",
+            )
+        elif not isinstance(t, AnyT) and str(t) not in wanted:
+            self.error(
+                "type",
+                f"{key} must be {' or '.join(wanted)}, but '{name.id}' is {t}",
+                name.span,
+            )
 
     def _field(self, t: Type, sel: ast.Ident) -> Type:
         if isinstance(t, AnyT):

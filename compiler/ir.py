@@ -114,6 +114,9 @@ class OutputSpec(BaseModel):
     stop: list[str] | None = None
     temperature: float | None = None
     seed: int | None = None
+    from_inputs: dict[str, str] = Field(default_factory=dict)
+    """Numeric options given by one of the function's inputs (`max_tokens=n`): option →
+    input name, read when the call runs."""
 
 
 class LLMCall(BaseModel):

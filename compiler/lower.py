@@ -639,7 +639,14 @@ class Lowerer:
                 segments.append(Ref(output=head, path=path))
             else:
                 options = {
-                    kw.name.name: _const_value(kw.value, self.checked) for kw in part.options
+                    kw.name.name: _const_value(kw.value, self.checked)
+                    for kw in part.options
+                    if not isinstance(kw.value, ast.Name)
+                }
+                from_inputs = {
+                    kw.name.name: kw.value.id
+                    for kw in part.options
+                    if isinstance(kw.value, ast.Name)
                 }
                 stop = options.get("stop")
                 specs.append(
@@ -650,6 +657,7 @@ class Lowerer:
                         stop=[stop] if isinstance(stop, str) else stop,
                         temperature=options.get("temperature"),
                         seed=options.get("seed"),
+                        from_inputs=from_inputs,
                     )
                 )
                 segments.append(Generate(output=head))

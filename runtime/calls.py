@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from llmflow.compiler.ir import LLMCall, OutputSpec, Read, Ref, Text
-from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.models import MAX_OPTION_NUMBER, ModelSpec
 from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
 from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
@@ -167,7 +167,7 @@ async def run_call(
         elif isinstance(segment, Ref):
             pending += to_text(select(outputs[segment.output], segment.path))
         else:
-            spec = specs[segment.output]
+            spec = _with_inputs(call, specs[segment.output], values)
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
             turns.append(Turn(role="user", text=prompt))
             pending = ""
@@ -184,6 +184,37 @@ async def run_call(
     if len(call.outputs) == 1:
         return outputs[call.outputs[0].name]
     return outputs
+
+
+OPTION_RANGES = {
+    "max_tokens": (1, MAX_OPTION_NUMBER, "a positive integer"),
+    "temperature": (0, 2, "a number from 0 to 2"),
+    "seed": (0, 2**63 - 1, "an integer from 0 to 2**63-1"),
+}
+
+
+def _with_inputs(call: LLMCall, spec: OutputSpec, values: dict[str, Any]) -> OutputSpec:
+    """The output's options with those an input gives (`max_tokens=n`) filled in, each
+    checked here because only now is its value known."""
+    if not spec.from_inputs:
+        return spec
+    update: dict[str, Any] = {}
+    for option, name in spec.from_inputs.items():
+        value = values[name]
+        low, high, what = OPTION_RANGES[option]
+        whole = option != "temperature"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (whole and not isinstance(value, int))
+            or not low <= value <= high
+        ):
+            raise CallFailed(
+                f"{call.function}(): output '{spec.name}': {option}={name} must be {what}, "
+                f"but '{name}' is {value!r}"
+            )
+        update[option] = value
+    return spec.model_copy(update=update)
 
 
 def _seeding(spec: OutputSpec, seed: RunSeed | None, place: Place) -> tuple[int | None, bool]:

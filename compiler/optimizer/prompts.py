@@ -39,10 +39,20 @@ def typical_tokens(t: Type) -> float:
     return 2.0
 
 
-def expected_output_tokens(spec: OutputSpec) -> float:
-    """Output length used in estimates: its max_tokens if set, else a typical length."""
+DEFAULT_INPUT_MAX_TOKENS = 256
+"""The output length assumed for `max_tokens=n` when `n` is not known at plan time."""
+
+
+def expected_output_tokens(spec: OutputSpec, known: dict[str, Any] | None = None) -> float:
+    """Output length used in estimates: its max_tokens if set (`known`, for one an input
+    gives: its value by input name when known at plan time, else a stated default), else
+    a typical length."""
     if spec.max_tokens is not None:
         return float(spec.max_tokens)
+    if "max_tokens" in spec.from_inputs:
+        value = (known or {}).get(spec.from_inputs["max_tokens"])
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        return float(value) if ok else float(DEFAULT_INPUT_MAX_TOKENS)
     match spec.type:
         case Prim(name="str"):
             return 256.0
@@ -208,6 +218,15 @@ class Shapes:
         call = node.call
         sources = dict(zip(call.params, node.args, strict=True))
         specs = {o.name: o for o in call.outputs}
+        known = {
+            name: self.plan.known[outer.get(source, source)]
+            for name, source in sources.items()
+            if outer.get(source, source) in self.plan.known
+        }
+        for name, source in sources.items():
+            values = self.item_values.get(outer.get(source, source))
+            if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                known[name] = sum(values) / len(values)  # an item: its average over the list
         prefix: list[Part] = []
         in_prefix = True
         input_tokens = output_tokens = 0.0
@@ -221,12 +240,12 @@ class Shapes:
             elif isinstance(segment, ir.Ref):
                 part = Ref(
                     f"{node.id}.{segment.output}",
-                    expected_output_tokens(specs[segment.output]),
+                    expected_output_tokens(specs[segment.output], known),
                     True,
                 )
             else:
                 in_prefix = False
-                out = expected_output_tokens(specs[segment.output])
+                out = expected_output_tokens(specs[segment.output], known)
                 output_tokens += out
                 generated += 1
                 if generated == len(specs):

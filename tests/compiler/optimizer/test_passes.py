@@ -352,3 +352,40 @@ def test_a_nested_map_over_an_unknown_list_assumes_a_size_per_level(make: Make) 
     """
     )
     assert plan.total.instances == 16
+
+
+SIZED_FN = '''
+fn ask(q: str, n: int) -> a: str
+"""
+{{q}} {{a | max_tokens=n}}
+"""
+'''
+
+
+def test_max_tokens_from_a_known_input_is_the_estimated_output_length(make: Make) -> None:
+    source = (
+        SIZED_FN
+        + """
+    flow main(q: str, n: int) -> a: str {
+        a = ask(q, n)
+    }
+    """
+    )
+    assert make(source, inputs={"n": 7}).total.output_tokens == 7
+    from llmflow.compiler.optimizer.prompts import DEFAULT_INPUT_MAX_TOKENS
+
+    assert make(source).total.output_tokens == DEFAULT_INPUT_MAX_TOKENS
+
+
+def test_max_tokens_from_a_map_item_uses_each_known_value(make: Make) -> None:
+    plan = make(
+        SIZED_FN
+        + """
+    flow main(ns: list[int]) -> a: list[str] {
+        a = map n in ns: ask("Hi", n)
+    }
+    """,
+        inputs={"ns": [5, 9, 1]},
+    )
+    assert plan.total.instances == 3
+    assert plan.total.output_tokens == 5 + 9 + 1
