@@ -217,6 +217,18 @@ def _with_inputs(call: LLMCall, spec: OutputSpec, values: dict[str, Any]) -> Out
     return spec.model_copy(update=update)
 
 
+def _cut_off(call: LLMCall, spec: OutputSpec, max_tokens: int, error: str) -> CallFailed:
+    """The model stopped at the token cap mid-answer: asking again with the same cap would
+    cut it again, so say which cap to raise rather than "not a valid ..."."""
+    kind = "text" if isinstance(spec.type, AnyT) else str(spec.type)
+    how = f"{{{{{spec.name} | max_tokens=...}}}}"
+    return CallFailed(
+        f"{call.function}(): output '{spec.name}' ({kind}) was cut off at "
+        f"max_tokens={max_tokens} (finish reason: length) before it was complete ({error}); "
+        f"raise max_tokens: {how}"
+    )
+
+
 def _seeding(spec: OutputSpec, seed: RunSeed | None, place: Place) -> tuple[int | None, bool]:
     """The output's seed, and whether it was drawn at random (greedy outputs need none:
     a seed would only split the response cache)."""
@@ -267,6 +279,8 @@ async def _generate(
             return parse_output(spec.type, text), text
         except InvalidValue as err:
             error = str(err)
+        if generation.finish_reason == "length":
+            raise _cut_off(call, spec, request.max_tokens, error)
         if attempt + 1 < ATTEMPTS:
             stats.validation_retries += 1
             lead_in = turns[-1].text.rsplit("\n", 1)[-1] if not model.chat else ""
