@@ -1557,6 +1557,13 @@ class Checker:
             self.error("type", f"cannot add {lt} and {rt}", e.span, hint=hint)
             return ANY
         if is_numeric(lt) and is_numeric(rt):
+            if e.op in ("/", "//", "%") and _is_zero(e.right):
+                self.error(
+                    "type",
+                    f"`{e.op}` divides by zero",
+                    e.span,
+                    hint="every run fails here; divide by a number other than 0",
+                )
             return FLOAT if e.op == "/" or FLOAT in (lt, rt) else INT
         self.error("type", f"`{e.op}` needs numbers, not {lt} and {rt}", e.span)
         return ANY
@@ -1796,3 +1803,13 @@ def _list_depth(t: Type) -> int:
     while isinstance(t, ListT):
         t, depth = t.item, depth + 1
     return depth
+
+
+def _is_zero(e: ast.Expr) -> bool:
+    """A constant 0 (or 0.0) divisor: known to fail before anything runs."""
+    return (
+        isinstance(e, ast.Const)
+        and isinstance(e.value, int | float)
+        and not isinstance(e.value, bool)
+        and e.value == 0
+    )

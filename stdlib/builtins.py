@@ -481,6 +481,7 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "-": operator.sub,
     "*": operator.mul,
     "/": operator.truediv,
+    "//": operator.floordiv,
     "%": operator.mod,
     "==": operator.eq,
     "!=": operator.ne,
@@ -530,7 +531,7 @@ def evaluate(op: str, value: Any, args: list[Any]) -> Any:
 
 
 def _operator(op: str, a: Any, b: Any) -> Any:
-    if op in ("/", "%") and b == 0:
+    if op in ("/", "//", "%") and b == 0:
         raise BuiltinError("division by zero")
     if op == "*":
         sequence, count = (a, b) if isinstance(b, int) else (b, a)

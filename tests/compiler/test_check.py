@@ -925,3 +925,21 @@ def test_a_list_type_built_up_through_names_is_held_to_the_nesting_limit(
     found = summary(diagnostics(source))
     assert found[0] == ("limit", "the type of this value nests lists more than 64 deep", 66, 11)
     assert {kind for kind, *_ in found} == {"limit"}
+
+
+def test_integer_division_of_ints_is_an_int_and_of_a_float_a_float(tmp_path) -> None:
+    import textwrap
+
+    import llmflow
+
+    path = tmp_path / "div.llmflow"
+    path.write_text(
+        textwrap.dedent("""
+        flow main(n: int, x: float) -> a: int, b: float, c: int {
+            a = n // 2
+            b = x // 2
+            c = n % 2
+        }
+        """)
+    )
+    assert llmflow.run(path, {"n": 7, "x": 7.5}) == {"a": 3, "b": 3.0, "c": 1}

@@ -130,3 +130,18 @@ def test_measure_stops_counting_early() -> None:
     shared = ["y" * 1000] * 1000
     size, _ = measure([shared] * 1000, limit=5_000)
     assert 5_000 < size < 10_000
+
+
+@pytest.mark.parametrize(
+    ("op", "a", "b", "expected"),
+    [("//", 7, 2, 3), ("//", -7, 2, -4), ("%", -7, 2, 1), ("//", 7.5, 2, 3.0)],
+)
+def test_integer_division_and_remainder_round_down(op: str, a: Any, b: Any, expected: Any) -> None:
+    result = evaluate(op, None, [a, b])
+    assert result == expected and type(result) is type(expected)
+
+
+@pytest.mark.parametrize("op", ["/", "//", "%"])
+def test_division_by_zero_is_a_builtin_error(op: str) -> None:
+    with pytest.raises(BuiltinError, match="division by zero"):
+        evaluate(op, None, [7, 0])
