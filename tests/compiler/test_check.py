@@ -943,3 +943,21 @@ def test_integer_division_of_ints_is_an_int_and_of_a_float_a_float(tmp_path) -> 
         """)
     )
     assert llmflow.run(path, {"n": 7, "x": 7.5}) == {"a": 3, "b": 3.0, "c": 1}
+
+
+def test_enumerate_and_zip_records_read_by_field_in_a_map(tmp_path) -> None:
+    import textwrap
+
+    import llmflow
+
+    path = tmp_path / "en.llmflow"
+    path.write_text(
+        textwrap.dedent("""
+        flow main(xs: list[str], ns: list[int]) -> a: list[str], b: list[int] {
+            a = map e in enumerate(xs): str(e.index) + ". " + e.item
+            b = map p in zip(ns, xs): p.first * len(p.second)
+        }
+        """)
+    )
+    outputs = llmflow.run(path, {"xs": ["a", "bb"], "ns": [3, 4]})
+    assert outputs == {"a": ["0. a", "1. bb"], "b": [3, 8]}
