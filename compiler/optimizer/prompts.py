@@ -139,6 +139,9 @@ class Shapes:
         self.item_values: dict[str, list[Any]] = {}
         """Every value an `item` input node takes over all instances of its body, when the
         list is known: a nested map over a known list of lists then runs exactly as often."""
+        self.assumed: dict[str, list[str]] = {}
+        """By call node: `max_tokens=NAME` options whose input is not known at plan time
+        (estimated at DEFAULT_INPUT_MAX_TOKENS)."""
         self._walk(plan.graph)
 
     def __getitem__(self, node_id: str) -> Shape:
@@ -245,7 +248,11 @@ class Shapes:
                 )
             else:
                 in_prefix = False
-                out = expected_output_tokens(specs[segment.output], known)
+                spec = specs[segment.output]
+                out = expected_output_tokens(spec, known)
+                name = spec.from_inputs.get("max_tokens")
+                if name is not None and name not in known:
+                    self.assumed.setdefault(node.id, []).append(f"{spec.name} | max_tokens={name}")
                 output_tokens += out
                 generated += 1
                 if generated == len(specs):

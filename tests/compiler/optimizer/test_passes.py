@@ -374,7 +374,12 @@ def test_max_tokens_from_a_known_input_is_the_estimated_output_length(make: Make
     assert make(source, inputs={"n": 7}).total.output_tokens == 7
     from llmflow.compiler.optimizer.prompts import DEFAULT_INPUT_MAX_TOKENS
 
-    assert make(source).total.output_tokens == DEFAULT_INPUT_MAX_TOKENS
+    unknown = make(source)
+    assert unknown.total.output_tokens == DEFAULT_INPUT_MAX_TOKENS
+    assert any(
+        f"max_tokens=n not known before running; estimates assume {DEFAULT_INPUT_MAX_TOKENS}" in m
+        for m in said(unknown, "estimates")
+    )
 
 
 def test_max_tokens_from_a_map_item_uses_each_known_value(make: Make) -> None:
