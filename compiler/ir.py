@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 from llmflow.compiler import evalspec
 from llmflow.compiler.ast import Span
@@ -117,6 +125,14 @@ class OutputSpec(BaseModel):
     from_inputs: dict[str, str] = Field(default_factory=dict)
     """Numeric options given by one of the function's inputs (`max_tokens=n`): option →
     input name, read when the call runs."""
+
+    @model_serializer(mode="wrap")
+    def _without_from_inputs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Left out when empty, so cache keys and template hashes stay what they were."""
+        data: dict[str, Any] = handler(self)
+        if not self.from_inputs:
+            data.pop("from_inputs", None)
+        return data
 
 
 class LLMCall(BaseModel):
