@@ -394,3 +394,20 @@ def test_max_tokens_from_a_map_item_uses_each_known_value(make: Make) -> None:
     )
     assert plan.total.instances == 3
     assert plan.total.output_tokens == 5 + 9 + 1
+
+
+def test_calls_whose_temperature_an_input_gives_are_not_merged(make: Make) -> None:
+    plan = make(
+        '''
+    fn poem(topic: str, t: float) -> p: str
+    """
+    A poem on {{topic}}: {{p | max_tokens=20, temperature=t}}
+    """
+
+    flow main(topic: str, t: float) -> a: str, b: str {
+        a = poem(topic, t)
+        b = poem(topic, t)
+    }
+    '''
+    )
+    assert calls(plan) == ["poem", "poem"]
