@@ -33,12 +33,19 @@ class Node(BaseModel):
 
 class TypeRef(Node):
     name: str
+    """A type's name, or "|" for a union of `args`."""
     args: list[TypeRef] = Field(default_factory=list)
+    bounds: list[Keyword] = Field(default_factory=list)
+    """`list[str, max=5]`: the `max=5`."""
+    optional: bool = False
+    """`str?`."""
 
     def __str__(self) -> str:
-        if not self.args:
-            return self.name
-        return f"{self.name}[{', '.join(str(a) for a in self.args)}]"
+        if self.name == "|":
+            return " | ".join(map(str, self.args))
+        inside = [*map(str, self.args), *(f"{b.name.name}={b.value}" for b in self.bounds)]
+        text = f"{self.name}[{', '.join(inside)}]" if inside else self.name
+        return text + "?" if self.optional else text
 
 
 # ---- expressions ------------------------------------------------------------------------
@@ -102,7 +109,26 @@ class MapExpr(Node):
     where: Expr | None = None
 
 
-Expr = Name | Const | ListExpr | DictExpr | Attr | Index | Call | BinOp | UnaryOp | MapExpr
+class SampleExpr(Node):
+    """`sample n: f(x)`: n samples of one call, as a list (docs/language.md, Samples)."""
+
+    count: Expr
+    body: Expr
+
+
+Expr = (
+    Name
+    | Const
+    | ListExpr
+    | DictExpr
+    | Attr
+    | Index
+    | Call
+    | BinOp
+    | UnaryOp
+    | MapExpr
+    | SampleExpr
+)
 
 
 class Ident(Node):
@@ -159,6 +185,8 @@ class Placeholder(Node):
 
 class Template(Node):
     parts: list[TemplateText | Placeholder]
+    system: list[TemplateText | Placeholder] | None = None
+    """The `{% system %}...{% end %}` section at the template's start: the system message."""
 
 
 # ---- declarations -----------------------------------------------------------------------
@@ -173,6 +201,8 @@ class Param(Node):
 class Output(Node):
     name: Ident
     type: TypeRef
+    description: str = ""
+    """A record field's `"..."` after its type, shown to the model."""
     perf: Ident | None = None
     """`@latency` or `@throughput` on a flow output (Parrot's performance criteria)."""
 
@@ -200,6 +230,8 @@ class ModelDecl(Node):
 class EnumDecl(Node):
     name: Ident
     members: list[Ident]
+    descriptions: list[str] = Field(default_factory=list)
+    """One per member ("" for none): `enum E { a "what a means" }`."""
 
 
 class RecordDecl(Node):
@@ -252,7 +284,24 @@ class EvalDecl(Node):
     metrics: list[EvalMetric] = Field(default_factory=list)
 
 
-Decl = ImportDecl | ModelDecl | EnumDecl | RecordDecl | FnDecl | ExternDecl | FlowDecl | EvalDecl
+class ConstDecl(Node):
+    """`const STYLE = \"\"\"...\"\"\"`: a module-level literal, importable like a function."""
+
+    name: Ident
+    value: Expr
+
+
+Decl = (
+    ConstDecl
+    | ImportDecl
+    | ModelDecl
+    | EnumDecl
+    | RecordDecl
+    | FnDecl
+    | ExternDecl
+    | FlowDecl
+    | EvalDecl
+)
 
 
 class Module(BaseModel):
@@ -285,6 +334,8 @@ def operands(e: Expr) -> list[Expr]:
             return [*args, *(kw.value for kw in kwargs)]
         case BinOp(left=left, right=right):
             return [left, right]
+        case SampleExpr(count=count, body=body):
+            return [count, body]
         case MapExpr(iterable=iterable, where=where, body=body):
             return [iterable, body] if where is None else [iterable, where, body]
     return []  # names, constants, and {key: value} (an error in a flow: not checked)

@@ -35,16 +35,20 @@ from llmflow.compiler.types import (
     AnyT,
     EnumT,
     ListT,
+    OptionalT,
     Prim,
     RecordT,
     Type,
+    UnionT,
     assignable,
     is_numeric,
+    optional,
+    unbounded,
     unify,
 )
 from llmflow.stdlib.builtins import BUILTINS, Builtin
 
-OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature", "seed"}
+OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature", "seed", "format", "choices"}
 MAX_SEED = 2**63 - 1
 OPTION_INPUT_TYPES = {"max_tokens": ("int",), "temperature": ("int", "float"), "seed": ("int",)}
 """The options a function's input can give, and the input types each takes."""
@@ -74,8 +78,12 @@ RESERVED = frozenset(
         "true",
         "false",
         "eval",
+        "const",
+        "sample",
     ]
 )
+MAX_SAMPLES = 100
+"""The most samples one `sample n: f(x)` draws (each is a model call)."""
 DECORATORS = ("model", "needs")
 
 
@@ -132,7 +140,15 @@ class ModelSym:
     spec: ModelSpec | None = None
 
 
-Symbol = FnSym | ExternSym | FlowSym | TypeSym | ModelSym
+@dataclass
+class ConstSym:
+    decl: ast.ConstDecl
+    module: str
+    type: Type = ANY
+    value: Any = None
+
+
+Symbol = FnSym | ExternSym | FlowSym | TypeSym | ModelSym | ConstSym
 Callee = FnSym | ExternSym | FlowSym | TypeSym | Builtin
 
 
@@ -164,12 +180,19 @@ class Checked:
     """id(attr) → the enum member an `Enum.member` expression stands for."""
     if_exports: dict[int, list[str]] = field(default_factory=dict)
     """id(if statement) → the names it assigns in every branch, visible after it."""
+    if_absent: dict[int, list[str]] = field(default_factory=dict)
+    """id(if statement without else) → the exports its missing else leaves empty (None):
+    their types are optional."""
     loop_nexts: dict[int, dict[str, ast.Assign]] = field(default_factory=dict)
     """id(loop statement) → carried variable → the assignment of its next value."""
     models: dict[str, ModelSpec] = field(default_factory=dict)
     default_model: str = ""
     evals: dict[str, EvalSpec] = field(default_factory=dict)
     """The main file's `eval` blocks, checked, by name (`compiler/check_evals.py`)."""
+    const_values: dict[int, Any] = field(default_factory=dict)
+    """id(name or placeholder) → the value of the module constant it reads."""
+    sample_counts: dict[int, int] = field(default_factory=dict)
+    """id(sample expression) → how many samples it draws."""
 
     # What lowering reads: typed answers about one node of a checked program, where a
     # miss is a bug in the checker (so an assertion), never a silent `any`.
@@ -191,6 +214,10 @@ class Checked:
     def callee(self, e: ast.Expr) -> Callee | None:
         """What an expression calls (None: it is no call the checker resolved)."""
         return self.callees.get(id(e)) if isinstance(e, ast.Call) else None
+
+    def const_value(self, e: ast.Expr | ast.Placeholder) -> tuple[bool, Any]:
+        """Whether a name or placeholder reads a module constant, and its value."""
+        return (id(e) in self.const_values, self.const_values.get(id(e)))
 
     def enum_member(self, e: ast.Expr) -> str | None:
         """The enum member an `Enum.member` expression stands for (None: it is none)."""
@@ -332,6 +359,11 @@ class Checker:
         for name, module in self.program.modules.items():
             self.module = name
             for decl in module.decls:
+                if isinstance(decl, ast.ConstDecl) and self._declared_by(decl):
+                    self._check_const(decl)
+        for name, module in self.program.modules.items():
+            self.module = name
+            for decl in module.decls:
                 if isinstance(decl, ast.ModelDecl) and self._declared_by(decl):
                     self._check_model(decl)
         self._collect_models()
@@ -425,6 +457,8 @@ class Checker:
                 return TypeSym(decl, module)
             case ast.ModelDecl():
                 return ModelSym(decl, module)
+            case ast.ConstDecl():
+                return ConstSym(decl, module)
         return None
 
     def _lookup(self, name: str) -> Symbol | None:
@@ -458,14 +492,18 @@ class Checker:
         saved, self.module = self.module, sym.module
         decl = sym.decl
         if isinstance(decl, ast.EnumDecl):
-            members: dict[str, None] = {}
-            for m in decl.members:
+            members: dict[str, str] = {}
+            notes = decl.descriptions or [""] * len(decl.members)
+            for m, note in zip(decl.members, notes, strict=True):
                 if m.name in members:
                     self.error("declaration", f"enum member '{m.name}' is listed twice", m.span)
-                members[m.name] = None
-            sym.type = EnumT(name=name, members=tuple(members))
+                    continue
+                members[m.name] = note
+            described = tuple(members.values()) if any(members.values()) else ()
+            sym.type = EnumT(name=name, members=tuple(members), descriptions=described)
         else:
             fields: dict[str, Type] = {}
+            notes: dict[str, str] = {}
             for f in decl.fields:
                 if f.name.name in fields:
                     self.error(
@@ -473,12 +511,20 @@ class Checker:
                     )
                     continue
                 fields[f.name.name] = self.resolve_type(f.type)
-            sym.type = RecordT(name=name, fields=tuple(fields.items()))
+                notes[f.name.name] = f.description
+            described = tuple(notes.values()) if any(notes.values()) else ()
+            sym.type = RecordT(name=name, fields=tuple(fields.items()), descriptions=described)
         self.module = saved
         self._resolving_types.discard(key)
         return sym.type
 
     def resolve_type(self, ref: ast.TypeRef) -> Type:
+        if ref.name == "|":
+            return self._union(ref)
+        if ref.optional:
+            return optional(self.resolve_type(ref.model_copy(update={"optional": False})))
+        if ref.bounds:
+            return self._bounded(ref)
         if ref.name == "list":
             if len(ref.args) != 1:
                 self.error("type", "list takes one type argument", ref.span, hint="write list[str]")
@@ -505,6 +551,92 @@ class Checker:
         )
         return ANY
 
+    # -- module constants
+
+    def _check_const(self, decl: ast.ConstDecl) -> None:
+        """`const NAME = literal`: its type and value, on its symbol."""
+        sym = self._lookup(decl.name.name)
+        assert isinstance(sym, ConstSym)
+        if decl.name.name in RESERVED:
+            self.error("declaration", f"'{decl.name.name}' is a reserved word", decl.name.span)
+        t = self.expr(decl.value, _Scope())
+        if not self._is_constant(decl.value) or isinstance(decl.value, ast.Attr):
+            self.error(
+                "type",
+                "a constant's value must be a literal",
+                decl.value.span,
+                hint='write a string, """text""", number, true/false or a list of them',
+            )
+            return
+        sym.type = t
+        sym.value = _literal(decl.value)
+
+    def _const_sym(self, name: str) -> ConstSym | None:
+        sym = self._lookup(name)
+        return sym if isinstance(sym, ConstSym) else None
+
+    def _const_names(self) -> list[str]:
+        return [n for n, s in self.checked.symbols[self.module].items() if isinstance(s, ConstSym)]
+
+    def _union(self, ref: ast.TypeRef) -> Type:
+        """`A | B`: records and enums only, each once (a model's JSON tells them apart)."""
+        options: list[Type] = []
+        for arg in ref.args:
+            t = self.resolve_type(arg)
+            if isinstance(t, AnyT):
+                return ANY
+            if not isinstance(t, RecordT | EnumT):
+                self.error(
+                    "type",
+                    f"a union joins records or enums, not {t}",
+                    arg.span,
+                    hint="declare a record for each case: record Email { address: str }",
+                )
+                return ANY
+            if t in options:
+                self.error("type", f"{t} is listed twice in this union", arg.span)
+                continue
+            options.append(t)
+        return UnionT(options=tuple(options)) if len(options) > 1 else options[0]
+
+    def _bounded(self, ref: ast.TypeRef) -> Type:
+        """`list[T, max=N]`, `str[max=N]`: a bound the validator checks and the embedded
+        backend's grammar enforces."""
+        t = self.resolve_type(ref.model_copy(update={"bounds": []}))
+        most = None
+        for b in ref.bounds:
+            value = b.value.value if isinstance(b.value, ast.Const) else None
+            if b.name.name != "max":
+                self.error(
+                    "type",
+                    f"unknown bound '{b.name.name}'",
+                    b.name.span,
+                    hint="the bound is max=N: list[str, max=5], str[max=200]",
+                )
+            elif not isinstance(value, int) or value < 1:
+                self.error("type", "max must be a positive integer", b.value.span)
+            elif value > MAX_OPTION_NUMBER:
+                self.error(
+                    "limit", f"max is too large: at most {MAX_OPTION_NUMBER:,}", b.value.span
+                )
+            elif most is not None:
+                self.error("type", "max is given twice", b.span)
+            else:
+                most = value
+        if most is None or isinstance(t, AnyT):
+            return t
+        if isinstance(t, ListT):
+            return ListT(item=t.item, max_items=most)
+        if t == STR:
+            return Prim(name="str", max_len=most)
+        self.error(
+            "type",
+            f"{t} takes no bound",
+            ref.bounds[0].span,
+            hint="bounds apply to lists (items) and str (characters)",
+        )
+        return t
+
     # -- models
 
     def _const_value(self, expr: ast.Expr) -> Any:
@@ -517,6 +649,9 @@ class Checker:
                 return {k.name: self._const_value(v) for k, v in zip(keys, values, strict=True)}
             case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float() as v)):
                 return -v
+            case ast.Name(id=name) if (const := self._const_sym(name)) is not None:
+                self.checked.const_values[id(expr)] = const.value
+                return const.value
         self.error(
             "type",
             "expected a constant here",
@@ -809,6 +944,20 @@ class Checker:
         outs = dict(outputs)
         generated: set[str] = set()
         fn = decl.name.name
+        for part in decl.template.system or []:
+            if not isinstance(part, ast.Placeholder) or not part.path:
+                continue
+            head = part.path[0]
+            if head.name in outs and head.name not in inputs:
+                self.error(
+                    "template",
+                    f"output '{head.name}' cannot be generated in the system section",
+                    head.span,
+                    hint="the system section holds only text, inputs and constants; "
+                    "generate outputs after {% end %}",
+                )
+                continue
+            self._template_value(part, inputs, {}, fn)
         for part in decl.template.parts:
             if not isinstance(part, ast.Placeholder) or not part.path:
                 continue
@@ -822,21 +971,12 @@ class Checker:
                         part.path[1].span,
                         hint=f"generate the whole value with {{{{{head.name}}}}}",
                     )
-                self._check_options(part, inputs)
+                self._check_options(part, inputs, outs[head.name])
                 continue
-            if head.name in inputs:
-                t = inputs[head.name]
-            elif head.name in outs:
-                t = outs[head.name]
-            else:
-                self.error(
-                    "template",
-                    f"unknown variable '{head.name}'",
-                    head.span,
-                    label=f"not an input or output of `{fn}`",
-                    hint=did_you_mean(head.name, [*inputs, *outs]),
-                )
+            if head.name not in inputs and head.name not in outs:
+                self._template_value(part, inputs, outs, fn)
                 continue
+            t = inputs[head.name] if head.name in inputs else outs[head.name]
             what = "an input" if head.name in inputs else "already generated"
             if part.options:
                 self.error(
@@ -856,7 +996,40 @@ class Checker:
                     hint=f"add {{{{{o.name.name}}}}} to the template where the model writes it",
                 )
 
-    def _check_options(self, part: ast.Placeholder, inputs: dict[str, Type]) -> None:
+    def _template_value(
+        self, part: ast.Placeholder, inputs: dict[str, Type], outs: dict[str, Type], fn: str
+    ) -> None:
+        """A placeholder that reads an input or a module constant (not an output)."""
+        head = part.path[0]
+        const = self._const_sym(head.name) if head.name not in inputs else None
+        if head.name in inputs:
+            t = inputs[head.name]
+        elif const is not None:
+            t = const.type
+            self.checked.const_values[id(part)] = const.value
+        else:
+            self.error(
+                "template",
+                f"unknown variable '{head.name}'",
+                head.span,
+                label=f"not an input or output of `{fn}`",
+                hint=did_you_mean(head.name, [*inputs, *outs, *self._const_names()]),
+            )
+            return
+        if part.options:
+            self.error(
+                "template",
+                "options apply where an output is generated",
+                part.options[0].span,
+                hint=f"'{head.name}' is {'an input' if const is None else 'a constant'}; "
+                "put options on the output's first placeholder",
+            )
+        for sel in part.path[1:]:
+            t = self._field(t, sel)
+
+    def _check_options(
+        self, part: ast.Placeholder, inputs: dict[str, Type] | None = None, out: Type = ANY
+    ) -> None:
         for opt in part.options:
             key = opt.name.name
             if key not in OUTPUT_OPTIONS:
@@ -865,16 +1038,26 @@ class Checker:
                     f"unknown option '{key}'",
                     opt.name.span,
                     hint=did_you_mean(key, OUTPUT_OPTIONS)
-                    or "options: max_tokens, stop, temperature, seed",
+                    or "options: max_tokens, stop, temperature, seed, format, choices",
                 )
                 continue
-            if isinstance(opt.value, ast.Name):
-                self._check_option_input(key, opt.value, inputs)
+            if key == "choices":
+                self._check_choices(opt, inputs or {}, out)
+                continue
+            if isinstance(opt.value, ast.Name) and self._const_sym(opt.value.id) is None:
+                self._check_option_input(key, opt.value, inputs or {})
                 continue
             reported = len(self.diags)
             value = self._const_value(opt.value)
             if len(self.diags) > reported:
                 continue  # not a constant: one error for one mistake
+            if key == "format" and value is not True:
+                self.error(
+                    "type",
+                    "format is a flag",
+                    opt.value.span,
+                    hint="write {{o | format}} to describe the output's type in the prompt",
+                )
             if key == "max_tokens" and not (
                 isinstance(value, int) and not isinstance(value, bool) and value > 0
             ):
@@ -927,6 +1110,33 @@ class Checker:
                 name.span,
             )
 
+    def _check_choices(self, opt: ast.Keyword, inputs: dict[str, Type], out: Type) -> None:
+        """`choices=options`: the output is one of an input's strings, known at run time."""
+        name = opt.value.id if isinstance(opt.value, ast.Name) else None
+        if name is None or name not in inputs:
+            self.error(
+                "type",
+                "choices takes an input of this function",
+                opt.value.span,
+                hint="declare a parameter options: list[str] and write choices=options",
+            )
+            return
+        t = inputs[name]
+        if not (isinstance(t, ListT) and assignable(t.item, STR) and not isinstance(t.item, AnyT)):
+            self.error(
+                "type",
+                f"choices needs a list[str], but '{name}' is {t}",
+                opt.value.span,
+                hint=f"declare {name}: list[str]",
+            )
+        if not assignable(out, STR) or isinstance(out, EnumT):
+            self.error(
+                "type",
+                f"an output with choices is a str, not {out}",
+                opt.name.span,
+                hint="declare the output as str; an enum already has its choices",
+            )
+
     def _field(self, t: Type, sel: ast.Ident) -> Type:
         if isinstance(t, AnyT):
             return ANY
@@ -942,7 +1152,23 @@ class Checker:
                 or "fields: " + ", ".join(n for n, _ in t.fields),
             )
             return ANY
-        self.error("type", f"{t} has no fields", sel.span)
+        if isinstance(t, UnionT) and (ft := t.field(sel.name)) is not None:
+            return ft
+        if isinstance(t, UnionT):
+            self.error(
+                "type",
+                f"not every option of {t} has a field '{sel.name}' of one type",
+                sel.span,
+                hint="a field of a union is one that each of its records has, with one type",
+            )
+            return ANY
+        hint = (
+            f"{t} may hold no value, so it has no fields to read; "
+            "assign it in an else branch too, or pass it on whole"
+            if isinstance(t, OptionalT)
+            else ""
+        )
+        self.error("type", f"{t} has no fields", sel.span, hint=hint)
         return ANY
 
     # -- externs
@@ -1007,7 +1233,12 @@ class Checker:
                 continue
             got = self._force(d)
             if not assignable(got, t):
-                self.error("type", f"output '{name}' is declared {t} but assigned {got}", d.span)
+                self.error(
+                    "type",
+                    f"output '{name}' is declared {t} but assigned {got}",
+                    d.span,
+                    hint=_optional_hint(got, t),
+                )
         self._finish(scope, deferred)
         self.current_flow = None
 
@@ -1088,6 +1319,17 @@ class Checker:
         compute: Callable[[], Type],
         reads: Callable[[], list[_Def]] | None = None,
     ) -> _Def | None:
+        const = self._const_sym(name.name)
+        if const is not None:
+            self.error(
+                "assign",
+                f"cannot assign to constant '{name.name}'",
+                name.span,
+                hint=f"'{name.name}' is declared `const` on line {const.decl.span.line}"
+                + ("" if const.module == self.module else f" of {const.module}")
+                + "; give the variable another name",
+            )
+            return None
         if name.name in RESERVED:
             self.error(
                 "declaration",
@@ -1245,8 +1487,20 @@ class Checker:
         deferred.append(lambda: self._finish(else_scope, []))
         exports: list[str] = []
         self.checked.if_exports[id(stmt)] = exports
+        absent: list[str] = []
         for name, d in then_scope.defs.items():
             other = else_scope.defs.get(name)
+            if other is None and not stmt.orelse and scope.find(name) is None:
+                # No else: after the if, the name holds the then branch's value or none.
+                absent.append(name)
+                exports.append(name)
+                self._define(
+                    scope,
+                    ast.Ident(name=name, span=d.span),
+                    lambda a=d: optional(self._force(a)),
+                    lambda a=d: [*self._reads(stmt.cond, scope), a],
+                )
+                continue
             if other is None:
                 scope.branch_only[name] = stmt.span
                 continue
@@ -1270,10 +1524,12 @@ class Checker:
                 join,
                 lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
             )
+        if absent:
+            self.checked.if_absent[id(stmt)] = absent
         for name in else_scope.defs:
             if name not in then_scope.defs:
                 scope.branch_only[name] = stmt.span
-        if not any(n in else_scope.defs for n in then_scope.defs):
+        if not exports:
 
             def no_effect() -> None:
                 if stmt.span in self._explained:
@@ -1393,7 +1649,9 @@ class Checker:
     def expr(self, e: ast.Expr, scope: _Scope) -> Type:
         if isinstance(e, ast.BinOp):
             return self._binops(e, scope)
-        t = self._expr(e, scope)
+        # A value's bounds were checked where it was made: in expressions, str[max=80]
+        # is a str (len(), +, comparisons), and is checked again where one is declared.
+        t = unbounded(self._expr(e, scope))
         if isinstance(t, ListT) and _list_depth(t) > MAX_NESTING:
             # Written nesting is bounded by the parser; this is built up through names
             # (`a1 = [a0]`, `a2 = [a1]`, …), and every later stage would recurse on it.
@@ -1476,6 +1734,8 @@ class Checker:
                 return t
             case ast.MapExpr():
                 return self._map(e, scope)
+            case ast.SampleExpr():
+                return self._sample(e, scope)
         raise AssertionError(f"unhandled expression {e!r}")
 
     def _name(self, e: ast.Name, scope: _Scope) -> Type:
@@ -1483,6 +1743,9 @@ class Checker:
         if d is not None:
             return self._force(d)
         sym = self._lookup(e.id)
+        if isinstance(sym, ConstSym):
+            self.checked.const_values[id(e)] = sym.value
+            return sym.type
         if isinstance(sym, TypeSym):
             self.error(
                 "type",
@@ -1502,7 +1765,8 @@ class Checker:
             "unknown-name",
             f"unknown variable '{e.id}'",
             e.span,
-            hint=scope.hint_for(e.id, self._explained) or did_you_mean(e.id, scope.names()),
+            hint=scope.hint_for(e.id, self._explained)
+            or did_you_mean(e.id, [*scope.names(), *self._const_names()]),
         )
         return ANY
 
@@ -1554,6 +1818,7 @@ class Checker:
             if is_numeric(lt) and is_numeric(rt):
                 return FLOAT if FLOAT in (lt, rt) else INT
             hint = "convert with str(...) first" if STR in (lt, rt) else ""
+            hint = _optional_hint(lt, ANY) or _optional_hint(rt, ANY) or hint
             self.error("type", f"cannot add {lt} and {rt}", e.span, hint=hint)
             return ANY
         if is_numeric(lt) and is_numeric(rt):
@@ -1597,6 +1862,43 @@ class Checker:
             if not assignable(wt, BOOL):
                 self.error("type", f"filter condition is {wt}, not bool", e.where.span)
         return ListT(item=self.expr(e.body, inner))
+
+    def _sample(self, e: ast.SampleExpr, scope: _Scope) -> Type:
+        """`sample n: f(x)`: n a positive int constant, f a semantic function."""
+        self.expr(e.count, scope)
+        count = e.count
+        value: Any = None
+        if isinstance(count, ast.Const):
+            value = count.value
+        elif isinstance(count, ast.Name) and id(count) in self.checked.const_values:
+            value = self.checked.const_values[id(count)]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            self.error(
+                "type",
+                "the number of samples must be a positive integer constant",
+                count.span,
+                hint="write a number or a const: sample 5: solve(q)",
+            )
+        elif value > MAX_SAMPLES:
+            self.error(
+                "limit",
+                f"too many samples: {value:,}; at most {MAX_SAMPLES}",
+                count.span,
+                hint="each sample is a model call",
+            )
+        else:
+            self.checked.sample_counts[id(e)] = value
+        t = self.expr(e.body, scope)
+        if not isinstance(self.checked.callee(e.body), FnSym):
+            if not (isinstance(e.body, ast.Call) and e.body.func.name in self.broken):
+                self.error(
+                    "type",
+                    "sample draws from a call of a semantic function (fn)",
+                    e.body.span,
+                    hint="write sample 5: solve(q), where solve is an fn",
+                )
+            self.checked.sample_counts.pop(id(e), None)
+        return ListT(item=t)
 
     def _call(self, e: ast.Call, scope: _Scope) -> Type:
         name = e.func.name
@@ -1718,7 +2020,9 @@ class Checker:
                     "type",
                     f"argument '{pname}' of {name}() expects {ptype}, got {got}",
                     arg.span,
-                    hint="convert with str(...)" if ptype == STR and isinstance(got, Prim) else "",
+                    hint="convert with str(...)"
+                    if ptype == STR and isinstance(got, Prim)
+                    else _optional_hint(got, ptype),
                 )
                 ok = False
         self.checked.bound_args[id(e)] = bound
@@ -1796,6 +2100,33 @@ class Checker:
 @gc_paused()
 def check(program: Program) -> tuple[Checked, list[Diagnostic]]:
     return Checker(program).run()
+
+
+def _literal(expr: ast.Expr) -> Any:
+    """The value of a literal the checker accepted as constant."""
+    match expr:
+        case ast.Const(value=value):
+            return value
+        case ast.ListExpr(items=items):
+            return [_literal(i) for i in items]
+        case ast.UnaryOp(op="-", operand=ast.Const(value=int() | float() as v)):
+            return -v
+    raise AssertionError(f"not a literal: {expr!r}")
+
+
+def _optional_hint(got: Type, want: Type) -> str:
+    """Why an optional does not fit, and what to do instead."""
+    if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
+        return ""
+    if isinstance(want, AnyT):  # an operand
+        return (
+            f"{got} may hold no value (an if without else assigned it); "
+            "assign it in an else branch too"
+        )
+    return (
+        f"{got} may hold no value (an if without else assigned it); declare where it "
+        f"goes as {got} too, or assign it in an else branch"
+    )
 
 
 def _list_depth(t: Type) -> int:

@@ -75,7 +75,15 @@ class Ref(BaseModel):
     path: list[str] = Field(default_factory=list)
 
 
-Segment = Annotated[Text | Read | Generate | Ref, Field(discriminator="kind")]
+class System(BaseModel):
+    """The end of the template's system section: the segments before it are the system
+    message (a chat model's system turn, a completion model's leading text)."""
+
+    model_config = _STRICT
+    kind: Literal["system"] = "system"
+
+
+Segment = Annotated[Text | Read | Generate | Ref | System, Field(discriminator="kind")]
 
 
 # -- input bindings: what an input node's value is in its graph
@@ -125,13 +133,18 @@ class OutputSpec(BaseModel):
     from_inputs: dict[str, str] = Field(default_factory=dict)
     """Numeric options given by one of the function's inputs (`max_tokens=n`): option →
     input name, read when the call runs."""
+    choices: str | None = None
+    """`choices=options`: the input whose strings (known at run time) the output is one of."""
 
     @model_serializer(mode="wrap")
-    def _without_from_inputs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Left out when empty, so cache keys and template hashes stay what they were."""
+    def _without_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`from_inputs` and `choices` left out when unused, so cache keys and template
+        hashes (profiles) stay what they were."""
         data: dict[str, Any] = handler(self)
         if not self.from_inputs:
             data.pop("from_inputs", None)
+        if self.choices is None:
+            data.pop("choices", None)
         return data
 
 
@@ -414,6 +427,8 @@ def _node_json(node: IRNode) -> dict[str, Any]:
     data = node.model_dump(mode="json", exclude=exclude, exclude_none=True)
     data["id"], data["kind"], data["label"] = node.id, node.kind, node.label
     data["type"] = node.type.model_dump(mode="json")
+    if isinstance(node, ConstNode):
+        data["value"] = node.value  # None (an if's missing else) is a value here
     return data
 
 
@@ -437,6 +452,23 @@ class PrefixGroup(BaseModel):
     """Estimated tokens every member's prompt starts with."""
     preview: str
     """The start of the shared prefix, for people."""
+
+
+class Route(BaseModel):
+    """A call whose model depends on the value of one of its inputs (Composition of
+    Experts' category → model map), chosen from per-category measurements: a value the
+    map does not name runs on the call's own model."""
+
+    input: str
+    """The call's parameter whose value picks the model."""
+    models: dict[str, str]
+    """Value (as text) → model name."""
+    shares: dict[str, float] = Field(default_factory=dict)
+    """Value → the share of the measured rows that had it, for estimates."""
+
+    def model_for(self, value: Any, default: str) -> str:
+        key = value if isinstance(value, str) else json.dumps(value)
+        return self.models.get(key, default)
 
 
 class Estimate(BaseModel):
@@ -487,6 +519,8 @@ class Plan(BaseModel):
     groups: list[PrefixGroup] = Field(default_factory=list)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     """Call node id → the models that take it over, in order, if its own keeps failing."""
+    routes: dict[str, Route] = Field(default_factory=dict)
+    """Call node id → its model per value of one input, where measurements say so."""
     priorities: dict[str, float] = Field(default_factory=dict)
     """Node id → priority: higher runs first when calls wait for one model."""
     estimates: dict[str, Estimate] = Field(default_factory=dict)
@@ -512,6 +546,7 @@ class Plan(BaseModel):
                 "known": dict(self.known),
                 "groups": list(self.groups),
                 "fallbacks": {k: list(v) for k, v in self.fallbacks.items()},
+                "routes": dict(self.routes),
                 "priorities": dict(self.priorities),
                 "estimates": dict(self.estimates),
                 "total": self.total.model_copy() if self.total is not None else None,
@@ -546,6 +581,7 @@ class Plan(BaseModel):
             "known": {k: self.known[k] for k in sorted(self.known)},
             "groups": [g.model_dump() for g in self.groups],
             "fallbacks": self.fallbacks,
+            "routes": {k: r.model_dump() for k, r in self.routes.items()},
             "priorities": self.priorities,
             "estimates": {k: e.model_dump() for k, e in self.estimates.items()},
             "total": self.total.model_dump() if self.total else None,
@@ -788,6 +824,14 @@ def _check_references(plan: Plan) -> None:
         node(key, "fallbacks", key)
         for j, name in enumerate(fallbacks):
             model(name, "fallbacks", key, j)
+    calls = {n.id: n for n in plan.calls()}
+    for key, route in plan.routes.items():
+        if key not in calls:
+            raise _fail(f"{key!r} is not a call of the plan", "routes", key)
+        if route.input not in calls[key].call.params:
+            raise _fail(f"{route.input!r} is not an input of {key}", "routes", key, "input")
+        for value, name in route.models.items():
+            model(name, "routes", key, "models", value)
     for table in ("priorities", "estimates"):
         for key in getattr(plan, table):
             node(key, table, key)

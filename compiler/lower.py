@@ -37,11 +37,25 @@ from llmflow.compiler.ir import (
     Read,
     Ref,
     Segment,
+    System,
     Text,
 )
 from llmflow.compiler.ir import Carried as CarriedBinding
-from llmflow.compiler.types import ANY, RecordT, Type, unify
-from llmflow.stdlib.builtins import Builtin
+from llmflow.compiler.types import (
+    ANY,
+    INT,
+    ListT,
+    RecordT,
+    Type,
+    format_instructions,
+    optional,
+    unify,
+)
+from llmflow.stdlib.builtins import Builtin, to_text
+
+SAMPLE_TEMPERATURE = 0.7
+"""The temperature `sample n: f(x)` draws with, for outputs that set none (greedy
+decoding would give n copies of one answer)."""
 
 
 class _Env:
@@ -331,7 +345,11 @@ class Lowerer:
             if link is not None:
                 else_env.branches[id(link)].value = node_id
             exports = self.exports(stmt)
-            else_env.graph.outputs = {name: else_env.get(name) for name in exports}
+            absent = self.checked.if_absent.get(id(stmt), [])
+            else_env.graph.outputs = {
+                name: self.none(else_env, then_env, name) if name in absent else else_env.get(name)
+                for name in exports
+            }
             types: dict[str, Type] = {}
             for sub in (then_env, else_env):
                 for name, out in sub.graph.outputs.items():
@@ -350,6 +368,12 @@ class Lowerer:
             )
             link = stmt
         return node_id
+
+    def none(self, else_env: _Env, then_env: _Env, name: str) -> str:
+        """The value of a name an if without else did not assign: none, of the optional
+        type of what the then branch assigns."""
+        then_type = then_env.graph.node(then_env.graph.outputs[name]).type
+        return self.const(else_env, None, optional(then_type))
 
     def collect_loop(self, stmt: ast.Loop, env: _Env) -> None:
         loop = _Once(lambda: self.lower_loop(stmt, env))
@@ -443,6 +467,9 @@ class Lowerer:
             case ast.Const(value=value):
                 return self.const(env, value, t, e.span)
             case ast.Name(id=name):
+                is_const, value = self.checked.const_value(e)
+                if is_const:
+                    return self.const(env, value, t, e.span)
                 return env.get(name)
             case ast.ListExpr(items=items):
                 args = [self.expr(i, env) for i in items]
@@ -475,6 +502,8 @@ class Lowerer:
                 )
             case ast.MapExpr():
                 return self.lower_map(e, env)
+            case ast.SampleExpr():
+                return self.lower_sample(e, env)
             case ast.Call():
                 return self.call(e, env)
         raise AssertionError(f"unhandled expression {e!r}")
@@ -517,6 +546,34 @@ class Lowerer:
             label=label,
             type=self.type_of(e),
             args=[iterable, *body.captures],
+            body=graph,
+            span=e.span,
+        )
+
+    def lower_sample(self, e: ast.SampleExpr, env: _Env) -> str:
+        """`sample n: f(x)` is a map over `range(n)` whose body is the call, sampled: the
+        optimizer counts n instances sharing one prefix, and each instance's place (the
+        map and its index) gives it its own seed, the same again on a rerun."""
+        count = self.checked.sample_counts[id(e)]
+        indices = self.const(env, list(range(count)), ListT(item=INT), e.count.span)
+        graph = Graph()
+        body = _Env(graph, env, first_port=1)
+        self.add(body, kind="input", label="sample", type=INT, binding=Item())
+        value = self.expr(e.body, body)
+        call = graph.node(value)
+        assert isinstance(call, LLMNode), "the checker lets only fn calls be sampled"
+        outputs = [
+            o if o.temperature else o.model_copy(update={"temperature": SAMPLE_TEMPERATURE})
+            for o in call.call.outputs
+        ]
+        call.call = call.call.model_copy(update={"outputs": outputs})
+        graph.outputs["value"] = value
+        return self.add(
+            env,
+            kind="map",
+            label=f"sample {count}: {call.label}",
+            type=self.type_of(e),
+            args=[indices, *body.captures],
             body=graph,
             span=e.span,
         )
@@ -628,27 +685,38 @@ class Lowerer:
         params = {n for n, _, _ in fn.sig.params}
         segments: list[Segment] = []
         specs: list[OutputSpec] = []
-        for part in fn.decl.template.parts:
+        template = fn.decl.template
+        system = [*template.system, None] if template.system is not None else []
+        for part in [*system, *template.parts]:
+            if part is None:
+                segments.append(System())
+                continue
             if isinstance(part, ast.TemplateText):
                 segments.append(Text(text=part.text))
                 continue
             head, path = part.path[0].name, [p.name for p in part.path[1:]]
-            if head in params:
+            is_const, value = self.checked.const_value(part)
+            if is_const and head not in params:
+                segments.append(Text(text=to_text(value)))
+            elif head in params:
                 segments.append(Read(input=head, path=path))
             elif any(s.name == head for s in specs):
                 segments.append(Ref(output=head, path=path))
             else:
+                inputs = {  # options an input gives: names, not constants
+                    kw.name.name: kw.value.id
+                    for kw in part.options
+                    if isinstance(kw.value, ast.Name) and not self.checked.const_value(kw.value)[0]
+                }
                 options = {
                     kw.name.name: _const_value(kw.value, self.checked)
                     for kw in part.options
-                    if not isinstance(kw.value, ast.Name)
+                    if kw.name.name not in inputs
                 }
-                from_inputs = {
-                    kw.name.name: kw.value.id
-                    for kw in part.options
-                    if isinstance(kw.value, ast.Name)
-                }
+                from_inputs = {k: v for k, v in inputs.items() if k != "choices"}
                 stop = options.get("stop")
+                if options.get("format"):
+                    segments.append(Text(text=format_instructions(outputs[head])))
                 specs.append(
                     OutputSpec(
                         name=head,
@@ -658,6 +726,7 @@ class Lowerer:
                         temperature=options.get("temperature"),
                         seed=options.get("seed"),
                         from_inputs=from_inputs,
+                        choices=inputs.get("choices"),
                     )
                 )
                 segments.append(Generate(output=head))
@@ -715,6 +784,8 @@ def _const_value(expr: ast.Expr, checked: Checked) -> Any:
             return -_const_value(operand, checked)
         case ast.Attr() if checked.enum_member(expr) is not None:
             return checked.enum_member(expr)
+        case ast.Name() if checked.const_value(expr)[0]:
+            return checked.const_value(expr)[1]
     raise AssertionError(f"not a constant: {expr!r}")
 
 

@@ -27,14 +27,14 @@ from lark.parsers.lalr_analysis import Reduce
 from lark.parsers.lalr_parser_state import ParseConf, ParserState
 
 from llmflow.compiler import ast
-from llmflow.compiler.diagnostics import Diagnostic, quote
+from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, quote
 from llmflow.compiler.heap import gc_paused
 from llmflow.stdlib.builtins import MAX_INT_DIGITS
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
-_DECL_START = re.compile(r"(import|model|enum|record|extern|fn|flow|eval)\b|@")
+_DECL_START = re.compile(r"(import|model|enum|record|extern|fn|flow|eval|const)\b|@")
 _DECL_NAME = re.compile(
-    r"^(?:extern\s+)?(?:fn|flow|enum|record|model|eval)\s+([A-Za-z_]\w*)", re.MULTILINE
+    r"^(?:extern\s+)?(?:fn|flow|enum|record|model|eval|const)\s+([A-Za-z_]\w*)", re.MULTILINE
 )
 
 
@@ -551,6 +551,10 @@ class _Builder:
         return ast.ImportDecl(span=span, module=".".join(c[0] for c in children))
 
     @_spanned
+    def const_decl(self, span: ast.Span, children: list) -> ast.ConstDecl:
+        return ast.ConstDecl(span=span, name=self._ident(children[0]), value=children[1])
+
+    @_spanned
     def model_decl(self, span: ast.Span, children: list) -> ast.ModelDecl:
         name, backend, args = children
         positional, keywords = args or ([], [])
@@ -566,8 +570,15 @@ class _Builder:
     def enum_decl(self, span: ast.Span, children: list) -> ast.EnumDecl:
         name, *members = [c for c in children if c is not None]
         return ast.EnumDecl(
-            span=span, name=self._ident(name), members=[self._ident(m) for m in members]
+            span=span,
+            name=self._ident(name),
+            members=[m for m, _ in members],
+            descriptions=[d for _, d in members] if any(d for _, d in members) else [],
         )
+
+    def member(self, children: list) -> tuple[ast.Ident, str]:
+        name, doc = children
+        return self._ident(name), self._unquote(doc) if doc is not None else ""
 
     @_spanned
     def record_decl(self, span: ast.Span, children: list) -> ast.RecordDecl:
@@ -576,7 +587,9 @@ class _Builder:
 
     @_spanned
     def field(self, span: ast.Span, children: list) -> ast.Output:
-        return ast.Output(span=span, name=self._ident(children[0]), type=children[1])
+        name, type_, doc = children
+        description = self._unquote(doc) if doc is not None else ""
+        return ast.Output(span=span, name=self._ident(name), type=type_, description=description)
 
     @_spanned
     def output(self, span: ast.Span, children: list) -> ast.Output:
@@ -599,8 +612,23 @@ class _Builder:
 
     @_spanned
     def type(self, span: ast.Span, children: list) -> ast.TypeRef:
-        name, *args = [c for c in children if c is not None]
-        return ast.TypeRef(span=span, name=name[0], args=args)
+        if len(children) == 1:
+            return children[0]  # type: ignore[no-any-return]
+        return ast.TypeRef(span=span, name="|", args=children)
+
+    @_spanned
+    def single(self, span: ast.Span, children: list) -> ast.TypeRef:
+        name, *rest, optional = children
+        args = [c for c in rest if isinstance(c, ast.TypeRef)]
+        bounds = [c for c in rest if isinstance(c, ast.Keyword)]
+        return ast.TypeRef(
+            span=span, name=name[0], args=args, bounds=bounds, optional=optional is not None
+        )
+
+    @_spanned
+    def bound(self, span: ast.Span, children: list) -> ast.Keyword:
+        name, value = children
+        return ast.Keyword(span=span, name=self._ident(name), value=self.int([value]))
 
     @_spanned
     def decorator(self, span: ast.Span, children: list) -> ast.Decorator:
@@ -729,6 +757,10 @@ class _Builder:
         return ast.MapExpr(span=span, var=self._ident(var), iterable=iterable, body=body)
 
     @_spanned
+    def sample_expr(self, span: ast.Span, children: list) -> ast.SampleExpr:
+        return ast.SampleExpr(span=span, count=children[0], body=children[1])
+
+    @_spanned
     def comprehension(self, span: ast.Span, children: list) -> ast.MapExpr:
         body, var, iterable, where = children
         return ast.MapExpr(
@@ -794,6 +826,13 @@ class _Builder:
         return ast.Keyword(span=span, name=self._ident(children[0]), value=children[1])
 
     option = kwarg
+
+    @_spanned
+    def flag(self, span: ast.Span, children: list) -> ast.Keyword:
+        """`{{o | format}}`: an option written alone means `= true`."""
+        name = self._ident(children[0])
+        return ast.Keyword(span=span, name=name, value=ast.Const(span=name.span, value=True))
+
     pair = kwarg
 
     @_spanned
@@ -935,10 +974,22 @@ def parse_template(
 
     parts: list[ast.TemplateText | ast.Placeholder] = []
     diags: list[Diagnostic] = []
+    tags: list[tuple[int, str, ast.Span]] = []
+    """Block tags (`{% system %}`, `{% end %}`): index in `parts` where each stands."""
+
+    def text(a: int, b: int) -> None:
+        for m in _TAG.finditer(body, a, b):
+            if m.start() > a:
+                parts.append(ast.TemplateText(span=span(a, m.start()), text=body[a : m.start()]))
+            tags.append((len(parts), m.group(1), span(m.start(), m.end())))
+            a = m.end() + (1 if body.startswith("\n", m.end()) and m.end() < b else 0)
+        if b > a:
+            parts.append(ast.TemplateText(span=span(a, b), text=body[a:b]))
+
     cursor = 0
     for start, end in _placeholders(body):
         if start > cursor:
-            parts.append(ast.TemplateText(span=span(cursor, start), text=body[cursor:start]))
+            text(cursor, start)
         inner_start, inner_end = start + 2, end - 2
         inner = body[inner_start:inner_end]
         l1, c1 = position(inner_start)
@@ -974,5 +1025,71 @@ def parse_template(
         )
         cursor = end
     if cursor < len(body):
-        parts.append(ast.TemplateText(span=span(cursor, len(body)), text=body[cursor:]))
-    return ast.Template(span=span(0, len(body)), parts=parts), diags
+        text(cursor, len(body))
+    template = ast.Template(span=span(0, len(body)), parts=parts)
+    if tags:
+        template = _sections(template, tags, diags)
+    return template, diags
+
+
+_TAG = re.compile(r"\{%[ \t]*([A-Za-z_]\w*)[ \t]*%\}", re.ASCII)
+"""A block tag: one word between `{%` and `%}` (other `{% ... %}` text stays text)."""
+SYSTEM_HINT = "write the system message first: {% system %}You are terse.{% end %}"
+
+
+def _sections(
+    template: ast.Template, tags: list[tuple[int, str, ast.Span]], diags: list[Diagnostic]
+) -> ast.Template:
+    """Cut the template's leading `{% system %}...{% end %}` section off its parts; any
+    other use of block tags is an error (and the tags are dropped)."""
+
+    def error(message: str, where: ast.Span, hint: str = SYSTEM_HINT) -> None:
+        diags.append(Diagnostic(kind="template", message=message, span=where, hint=hint))
+
+    parts = template.parts
+    system: list[ast.TemplateText | ast.Placeholder] | None = None
+    rest_from = 0
+    opened: tuple[int, ast.Span] | None = None
+    seen_system: ast.Span | None = None
+    for at, word, where in tags:
+        if word not in ("system", "end"):
+            close = did_you_mean(word, ["system", "end"])
+            error(
+                f"unknown template block '{{% {word} %}}'",
+                where,
+                hint=f"{close + ' ' if close else ''}the one block is "
+                "{% system %}...{% end %}, at the template's start",
+            )
+        elif word == "system" and opened is not None:
+            error("a system section cannot contain another", where)
+        elif word == "system" and seen_system is not None:
+            error(
+                "the template has a system section already",
+                where,
+                hint=f"one system section per template (the first is on line {seen_system.line})",
+            )
+            opened = (at, where)
+        elif word == "system":
+            seen_system = where
+            before = parts[:at]
+            if any(not (isinstance(p, ast.TemplateText) and not p.text.strip()) for p in before):
+                error("the system section must come first in the template", where)
+            opened = (at, where)
+        elif opened is None:
+            error("'{% end %}' closes no section", where)
+        else:
+            if system is None and not any(
+                not (isinstance(p, ast.TemplateText) and not p.text.strip())
+                for p in parts[: opened[0]]
+            ):
+                system, rest_from = parts[opened[0] : at], at
+            opened = None
+    if opened is not None:
+        error(
+            "the system section is never closed",
+            opened[1],
+            hint="end it with {% end %} before the rest of the template",
+        )
+    if system is None:
+        return template
+    return template.model_copy(update={"parts": parts[rest_from:], "system": system})

@@ -274,22 +274,28 @@ def new_profile(
     score: Score,
     measured: Mapping[tuple[str, str], tuple[Score, PerCall]],
     data: str = "",
+    categories: Mapping[tuple[str, str], Categories] | None = None,
+    baseline_categories: Categories | None = None,
 ) -> Profile:
     """A profile of `plan`'s flow: the baseline (function → model name of the plan) and
     its score, and per (function, model name) the end-to-end score and cost per call
-    measured with that function moved (the keys and hashes are the plan's)."""
+    measured with that function moved (the keys and hashes are the plan's); with
+    `categories`, the same scores per value of a flow input."""
     hashes = templates(plan)
     functions: dict[str, dict[str, Measurement]] = {}
     for (fn, model), (entry_score, per_call) in measured.items():
         functions.setdefault(fn, {})[model] = Measurement(
-            template=hashes[fn], score=entry_score, per_call=per_call
+            template=hashes[fn],
+            score=entry_score,
+            per_call=per_call,
+            categories=(categories or {}).get((fn, model)),
         )
     used = set(baseline.values()) | {m for _, m in measured}
     return Profile(
         program=ProgramRef(file=Path(plan.file).name, flow=plan.flow, hash=program_hash(plan)),
         data=data,
         models={name: model_ref(plan.models[name]) for name in sorted(used)},
-        baseline=Baseline(assignment=dict(baseline), score=score),
+        baseline=Baseline(assignment=dict(baseline), score=score, categories=baseline_categories),
         functions=functions,
     )
 
@@ -310,6 +316,8 @@ class Evidence:
     measured: dict[tuple[str, str], Measurement] = field(default_factory=dict)
     """(function, model name in the plan) → its measurement."""
     baseline: Score | None = None
+    baseline_categories: Categories | None = None
+    """The baseline's scores per value of a flow input, when tuned `--by` it."""
     baseline_models: dict[str, str] = field(default_factory=dict)
     """Function → the plan's model the baseline ran it on (those still in the plan)."""
     stale: list[str] = field(default_factory=list)
@@ -332,6 +340,18 @@ class Evidence:
         ):
             return self.baseline
         return None
+
+    def category_scores(self, function: str, model: str, input: str) -> dict[str, Score] | None:
+        """Scores per value of flow input `input` with `function` on `model`, as
+        `score_of` finds its end-to-end score; None where nothing was measured by it."""
+        entry = self.measured.get((function, model))
+        if entry is not None:
+            found = entry.categories
+        elif self.baseline_models.get(function) == model and function in self.functions():
+            found = self.baseline_categories
+        else:
+            return None
+        return dict(found.scores) if found is not None and found.input == input else None
 
     def functions(self) -> set[str]:
         """The functions with at least one measurement that holds."""
@@ -373,6 +393,7 @@ def match(profile: Profile, plan: Plan) -> Evidence:
                 "(or its settings changed): its entries are not used"
             )
     evidence.baseline = profile.baseline.score
+    evidence.baseline_categories = profile.baseline.categories
     evidence.baseline_models = {
         fn: by_profile[m] for fn, m in profile.baseline.assignment.items() if by_profile[m]
     }

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmflow import cli_cassette, cli_dataset, cli_eval, cli_test, cli_tune
+from llmflow import cli_cassette, cli_dataset, cli_doc, cli_eval, cli_test, cli_tune
 from llmflow.api import Session, bind_inputs, compile, is_saved_plan, quoted_name
-from llmflow.cli_args import dollars, seed
+from llmflow.cli_args import add_measured_options, dollars, profile_choice, seed
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import render_run
@@ -59,6 +59,7 @@ EXAMPLES = {
     "eval": cli_eval.EXAMPLE,
     "tune": cli_tune.EXAMPLE,
     "test": cli_test.EXAMPLE,
+    "doc": cli_doc.EXAMPLE,
 }
 
 
@@ -139,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     cli_test.add_command(
         command("test", "Run the eval rows as test cases on recorded answers (docs/testing.md).")
     )
+
+    cli_doc.add_command(command("doc", "Show the standard library's modules, functions and docs."))
 
     check = command("check", "Check programs and report every error in them.")
     check.add_argument("programs", nargs="+", metavar="program")
@@ -231,23 +234,7 @@ def _optimizer_options(sub: argparse.ArgumentParser) -> None:
         help="spend at most this much: the plan fits it, and a run sends no call that could "
         "exceed it",
     )
-    sub.add_argument(
-        "--min-quality",
-        type=float,
-        metavar="SCORE",
-        help="the cheapest assignment whose measured score (from the profile) reaches this",
-    )
-    measured = sub.add_mutually_exclusive_group()
-    measured.add_argument(
-        "--profile",
-        metavar="FILE",
-        help="assign models from this profile (default: PROGRAM.profile.json if there is one)",
-    )
-    measured.add_argument(
-        "--no-profile",
-        action="store_true",
-        help="assign models from declared skills only",
-    )
+    add_measured_options(sub)
 
 
 def load_program(program: str, flow: str | None) -> Plan:
@@ -272,7 +259,7 @@ def _compile(
             inputs=inputs,
             objective=args.objective,
             budget=args.budget,
-            profile=False if args.no_profile else (args.profile or True),
+            profile=profile_choice(args),
             min_quality=args.min_quality,
         )
     return plan, inputs
@@ -287,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cli_eval.run_eval,
         "tune": cli_tune.run_tune,
         "test": cli_test.run_test,
+        "doc": cli_doc.run_doc,
         "check": _check,
         "plan": _plan,
         "models": _models,

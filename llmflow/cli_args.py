@@ -49,3 +49,30 @@ def fraction(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"a score is a number from 0 to 1, not {text!r}")
     return value
+
+
+def add_measured_options(sub: argparse.ArgumentParser) -> None:
+    """`--min-quality`, `--profile`, `--no-profile`: how plan, run and eval assign
+    models from measurements (read back with `profile_choice`)."""
+    sub.add_argument(
+        "--min-quality",
+        type=float,
+        metavar="SCORE",
+        help="the cheapest assignment whose measured score (from the profile) reaches this",
+    )
+    measured = sub.add_mutually_exclusive_group()
+    measured.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="assign models from this profile (default: PROGRAM.profile.json if there is one)",
+    )
+    measured.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="assign models from declared skills only",
+    )
+
+
+def profile_choice(args: argparse.Namespace) -> str | bool:
+    """What `llmflow.compile(profile=)` gets from `add_measured_options`' flags."""
+    return False if args.no_profile else (args.profile or True)

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmflow.api import compile, is_saved_plan
-from llmflow.cli_args import dollars, fraction, positive, seed
+from llmflow.cli_args import (
+    add_measured_options,
+    dollars,
+    fraction,
+    positive,
+    profile_choice,
+    seed,
+)
 from llmflow.errors import LLMFlowError
 from llmflow.evals import evaluate, prepare
 from llmflow.runtime import runs
@@ -89,6 +96,7 @@ def add_command(sub: argparse.ArgumentParser) -> None:
         "--rows-in-flight", type=positive, default=16, metavar="N", help="rows at once"
     )
     sub.add_argument("--seed", type=seed, metavar="N", help="the seed sampled calls derive from")
+    add_measured_options(sub)
     sub.add_argument("--no-cache", action="store_true", help="ask the models again")
     sub.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
 
@@ -127,7 +135,17 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     constants = constant_inputs(base, args.input)
     saved = is_saved_plan(args.program)  # runs as saved
-    plan = base if saved else compile(base, inputs=constants, budget=args.budget)
+    plan = (
+        base
+        if saved
+        else compile(
+            base,
+            inputs=constants,
+            budget=args.budget,
+            profile=profile_choice(args),
+            min_quality=args.min_quality,
+        )
+    )
     models = [m.strip() for m in args.models.split(",")] if args.models else [None]
     for model in models:
         if model is not None and model not in plan.models:

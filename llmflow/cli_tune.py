@@ -135,16 +135,20 @@ def run_tune(args: argparse.Namespace) -> int:
     finally:
         if cache is not None:
             cache.close()
+    by = None if categories is None else (args.by, categories)
     written = (
-        None if args.no_write else _write_profile(args, plan, result, memo, usage, data, len(rows))
+        None
+        if args.no_write
+        else _write_profile(args, plan, result, memo, usage, data, len(rows), by)
     )
     if not args.quiet:
         _table(result, sys.stderr)
         if written:
             sys.stderr.write(f"profile: {written}\n")
-            if args.target is not None and not result.categories and not result.reason:
+            if args.target is not None and not result.reason:
+                how = f" (routing calls by {args.by})" if result.categories else ""
                 sys.stderr.write(
-                    f"plan and run choose from it: llmflow run {args.program} "
+                    f"plan and run choose from it{how}: llmflow run {args.program} "
                     f"--min-quality {args.target:g}\n"
                 )
     if args.json:
@@ -242,25 +246,33 @@ def _write_profile(
     usage: dict[Any, list[float]],
     data: str,
     n: int,
+    by: tuple[str, list[str]] | None,
 ) -> Path:
     """The start assignment and each one-function change the search measured, scored on
-    the tuning rows, merged into the profile beside the program."""
+    the tuning rows (with `--by`, also per value of that input, so plans can route by
+    it), merged into the profile beside the program."""
     tuning = result.split.tuning
     start = result.start.assignment
     measured = {}
+    per_value: dict[tuple[str, str], profiles.Categories] = {}
     for point in result.points:
         moved = [fn for fn in start if point.assignment[fn] != start[fn]]
         if len(moved) == 1:
-            measured[(moved[0], point.assignment[moved[0]])] = (
+            key = (moved[0], point.assignment[moved[0]])
+            measured[key] = (
                 memo.score(point.assignment, tuning),
                 _per_call(usage.get((_key(point.assignment), moved[0]))),
             )
+            if by is not None:
+                per_value[key] = _by_value(memo, point.assignment, tuning, *by)
     fresh = profiles.new_profile(
         plan,
         start,
         memo.score(start, tuning),
         measured,
         data=f"{Path(data).name} ({n} rows, {len(tuning)} tuned on)",
+        categories=per_value,
+        baseline_categories=None if by is None else _by_value(memo, start, tuning, *by),
     )
     path = profiles.profile_path(args.program)
     old = None
@@ -274,6 +286,17 @@ def _write_profile(
         _warn(line)
     profiles.save(merged.profile, path)
     return path
+
+
+def _by_value(
+    memo: Measurements, assignment: dict[str, str], rows: list[int], input: str, values: list[str]
+) -> profiles.Categories:
+    """The assignment's score on the rows of each value of `input`."""
+    groups: dict[str, list[int]] = {}
+    for r in rows:
+        groups.setdefault(values[r], []).append(r)
+    scores = {v: memo.score(assignment, members) for v, members in sorted(groups.items())}
+    return profiles.Categories(input=input, scores=scores)
 
 
 def _key(assignment: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -17,12 +17,22 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from llmflow.compiler.ir import LLMCall, OutputSpec, Read, Ref, Text
+from llmflow.compiler.ir import LLMCall, OutputSpec, Read, Ref, System, Text
 from llmflow.compiler.models import MAX_OPTION_NUMBER, ModelSpec
-from llmflow.compiler.types import AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+from llmflow.compiler.types import (
+    AnyT,
+    EnumT,
+    ListT,
+    OptionalT,
+    Prim,
+    RecordT,
+    Type,
+    UnionT,
+    json_schema,
+)
 from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends.base import Backend, Constraint, Generation, GenerationRequest, Turn
-from llmflow.runtime.values import InvalidValue, describe_type, parse_output
+from llmflow.runtime.values import InvalidValue, describe_type, parse_choice, parse_output
 from llmflow.stdlib.builtins import select, to_text
 
 ATTEMPTS = 2
@@ -122,18 +132,29 @@ class CallStats(BaseModel):
 def default_max_tokens(t: Type) -> int:
     if isinstance(t, Prim) and t.name != "str" or isinstance(t, EnumT):
         return 16
-    if isinstance(t, ListT | RecordT):
+    if isinstance(t, ListT | RecordT | OptionalT | UnionT):
         return 512
     return 256
 
 
-def constraint_for(t: Type) -> Constraint | None:
+def constraint_for(t: Type, choices: list[str] | None = None) -> Constraint | None:
+    """What the output must look like; `choices` are an output's `choices=` strings."""
+    if choices is not None:
+        return Constraint(choices=choices)
     match t:
         case EnumT(members=members):
             return Constraint(choices=list(members))
+        case UnionT(options=options) if all(isinstance(o, EnumT) for o in options):
+            return Constraint(
+                choices=[m for o in options if isinstance(o, EnumT) for m in o.members]
+            )
         case Prim(name="int" | "float" | "bool" as name):
             return Constraint(pattern=name)
-        case ListT() | RecordT():
+        case Prim(name="str", max_len=int() as most):
+            return Constraint(max_chars=most)
+        case OptionalT(item=Prim() | EnumT()):
+            return None  # `none` or a scalar's text: no JSON to constrain; validated
+        case ListT() | RecordT() | OptionalT() | UnionT():
             return Constraint(json_schema=json_schema(t))
     return None
 
@@ -166,6 +187,9 @@ async def run_call(
             pending += to_text(select(values[segment.input], segment.path))
         elif isinstance(segment, Ref):
             pending += to_text(select(outputs[segment.output], segment.path))
+        elif isinstance(segment, System):
+            turns.append(system_turn(pending, model.chat))
+            pending = ""
         else:
             spec = _with_inputs(call, specs[segment.output], values)
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
@@ -174,8 +198,9 @@ async def run_call(
             seeding = _seeding(spec, seed, place)
             if seeding[0] is not None:
                 stats.seeds[spec.name] = seeding[0]
+            choices = _choices(call, spec, values)
             value, text = await _generate(
-                call, spec, turns, model, backend, stats, priority, shared_tokens, seeding
+                call, spec, turns, model, backend, stats, priority, shared_tokens, seeding, choices
             )
             outputs[spec.name] = value
             turns.append(Turn(role="assistant", text=text))
@@ -229,6 +254,24 @@ def _cut_off(call: LLMCall, spec: OutputSpec, max_tokens: int, error: str) -> Ca
     )
 
 
+def system_turn(text: str, chat: bool) -> Turn:
+    """The system section as a turn: a chat model's system message; for a completion
+    model, the leading text, set off from the rest by a blank line."""
+    return Turn(role="system", text=text.strip() if chat else text.strip() + "\n\n")
+
+
+def _choices(call: LLMCall, spec: OutputSpec, values: dict[str, Any]) -> list[str] | None:
+    """The strings an output with `choices=` must be one of, from its input's value."""
+    if spec.choices is None:
+        return None
+    choices = list(dict.fromkeys(values[spec.choices]))
+    if not choices:
+        raise CallFailed(
+            f"{call.function}(): output '{spec.name}' has no choices: '{spec.choices}' is empty"
+        )
+    return choices
+
+
 def _seeding(spec: OutputSpec, seed: RunSeed | None, place: Place) -> tuple[int | None, bool]:
     """The output's seed, and whether it was drawn at random (greedy outputs need none:
     a seed would only split the response cache)."""
@@ -251,11 +294,13 @@ async def _generate(
     priority: float,
     shared_tokens: int,
     seeding: tuple[int | None, bool],
+    choices: list[str] | None = None,
 ) -> tuple[Any, str]:
     stop = spec.stop
     if stop is None:
         # A base model rambles on; without a stop it ends its answer at a blank line.
-        stop = ["\n\n"] if not model.chat and spec.type == Prim(name="str") else []
+        plain = isinstance(spec.type, Prim) and spec.type.name == "str" and choices is None
+        stop = ["\n\n"] if not model.chat and plain else []
     request = GenerationRequest(
         model=model.name,
         turns=turns,
@@ -264,7 +309,7 @@ async def _generate(
         temperature=spec.temperature or 0.0,
         seed=seeding[0],
         random_seed=seeding[1],
-        constraint=constraint_for(spec.type),
+        constraint=constraint_for(spec.type, choices),
         group=stats.group,
         shared_tokens=shared_tokens,
         priority=priority,
@@ -276,6 +321,8 @@ async def _generate(
         stats.add(generation)
         text = generation.text if not model.chat else generation.text.strip()
         try:
+            if choices is not None:
+                return parse_choice(choices, text), text
             return parse_output(spec.type, text), text
         except InvalidValue as err:
             error = str(err)
@@ -285,7 +332,9 @@ async def _generate(
             stats.validation_retries += 1
             lead_in = turns[-1].text.rsplit("\n", 1)[-1] if not model.chat else ""
             feedback = (
-                f"That answer is not valid: {error}. Reply with only {describe_type(spec.type)}."
+                f"That answer is not valid: {error}. Reply with only "
+                + ("exactly one of: " + ", ".join(choices) if choices else describe_type(spec.type))
+                + "."
             )
             request = request.model_copy(
                 update={

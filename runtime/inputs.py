@@ -69,7 +69,7 @@ def value_from_text(who: str, t: Type | None, text: str) -> Any:
     """An input written as text (`-i NAME=VALUE`, a CSV cell): the text itself for `str`
     and enum inputs (and unknown names, reported later), JSON for the others. Problems
     are InvalidValue, naming `who`."""
-    if t is None or t == Prim(name="str") or isinstance(t, EnumT):
+    if t is None or isinstance(t, EnumT) or isinstance(t, Prim) and t.name == "str":
         return text
     try:
         return parse_json(text)

@@ -244,10 +244,15 @@ class Scheduler:
         raise AssertionError(f"unknown node kind {node.kind}")
 
     async def _llm(self, node: LLMNode, args: list[Any], place: Place) -> Any:
-        """Run a call on its model; if that model keeps failing, on the next one that
-        qualifies (the optimizer's fallbacks), and say so in the call's stats."""
+        """Run a call on its model (its route's, for the value it has); if that model
+        keeps failing, on the next one that qualifies (the optimizer's fallbacks), and say
+        so in the call's stats."""
         priority = self.plan.priorities.get(node.id, 0.0)
         models = [node.call.model, *self.plan.fallbacks.get(node.id, [])]
+        route = self.plan.routes.get(node.id)
+        if route is not None:  # this value's model first; the call's own next
+            chosen = route.model_for(args[node.call.params.index(route.input)], models[0])
+            models = list(dict.fromkeys([chosen, *models]))
         group = self._groups.get(node.id)
         previous: CallStats | None = None
         for i, name in enumerate(models):

@@ -336,7 +336,9 @@ def check_plan(plan: Plan, *, priced: bool = False, reached: bool = True) -> Non
 
 
 def _called(plan: Plan) -> set[str]:
-    return {node.call.model for node in plan.calls()}
+    names = {node.call.model for node in plan.calls()}
+    names.update(name for route in plan.routes.values() for name in route.models.values())
+    return names
 
 
 def _printable(plan: Plan, result: RunResult) -> RunResult:

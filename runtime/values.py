@@ -9,11 +9,23 @@ import re
 import sys
 from enum import Enum
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import FiniteFloat, TypeAdapter, ValidationError, create_model
+from pydantic import ConfigDict, Field, FiniteFloat, TypeAdapter, ValidationError, create_model
 
-from llmflow.compiler.types import FLOAT, AnyT, EnumT, ListT, Prim, RecordT, Type, json_schema
+from llmflow.compiler.types import (
+    FLOAT,
+    AnyT,
+    EnumT,
+    ListT,
+    OptionalT,
+    Prim,
+    RecordT,
+    Type,
+    UnionT,
+    json_schema,
+    unbounded,
+)
 from llmflow.errors import LLMFlowError
 from llmflow.runtime.secrets import clip
 
@@ -32,8 +44,12 @@ class InvalidValue(LLMFlowError):
 @lru_cache(maxsize=512)
 def _python_type(t: Type) -> Any:
     match t:
+        case Prim(name="str", max_len=int() as most):
+            return Annotated[str, Field(max_length=most)]
         case Prim(name=name):
             return {"str": str, "int": int, "float": FiniteFloat, "bool": bool}[name]
+        case ListT(item=item, max_items=int() as most):
+            return Annotated[list[_python_type(item)], Field(max_length=most)]  # type: ignore[misc]
         case ListT(item=item):
             return list[_python_type(item)]  # type: ignore[misc]
         case EnumT(members=members):
@@ -41,7 +57,22 @@ def _python_type(t: Type) -> Any:
         case RecordT(name=name, fields=fields):
             safe = re.sub(r"\W", "_", name)
             return create_model(safe, **{f: (_python_type(ft), ...) for f, ft in fields})  # type: ignore[call-overload]
+        case OptionalT(item=item):
+            return _python_type(item) | None
+        case UnionT(options=options):
+            # A plain (smart-mode) union: pydantic picks the option the data fits best;
+            # records reject fields they do not declare, so the cases stay apart.
+            return Union[tuple(_union_option(o) for o in options)]  # noqa: UP007
     return Any
+
+
+def _union_option(t: Type) -> Any:
+    """A record as a union's option rejects fields it does not declare."""
+    if not isinstance(t, RecordT):
+        return _python_type(t)
+    fields = {f: (_python_type(ft), ...) for f, ft in t.fields}
+    safe = re.sub(r"\W", "_", t.name)
+    return create_model(safe, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
 
 
 @lru_cache(maxsize=512)
@@ -200,6 +231,8 @@ def parse_output(t: Type, text: str) -> Any:
     server's JSON can carry one) becomes U+FFFD: the value must be writable as UTF-8."""
     text = _SURROGATE.sub("\ufffd", text.strip())
     match t:
+        case Prim(name="str", max_len=int() as most) if len(text) > most:
+            raise InvalidValue(f"the text has {len(text)} characters, more than {most}")
         case Prim(name="str") | AnyT():
             return text
         case Prim(name="int"):
@@ -221,9 +254,20 @@ def parse_output(t: Type, text: str) -> Any:
             raise InvalidValue(f"expected true or false, got {_quote(text)}")
         case EnumT(members=members):
             return _enum_member(members, text)
+        case OptionalT(item=item):
+            if _first_word(text) in ("", "null", "none") and not re.search(r"[\[{\d]", text):
+                return None
+            return parse_output(item, text)
+        case UnionT(options=options) if all(isinstance(o, EnumT) for o in options):
+            members = tuple(m for o in options if isinstance(o, EnumT) for m in o.members)
+            return _enum_member(members, text)
     data = _extract_json(text)
+    if data is None and isinstance(t, UnionT):
+        members = tuple(m for o in t.options if isinstance(o, EnumT) for m in o.members)
+        if members:
+            return _enum_member(members, text)
     if data is None:
-        if isinstance(t, ListT) and t.item in (Prim(name="str"),):
+        if isinstance(t, ListT) and unbounded(t.item) == Prim(name="str"):
             items = [
                 re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip() for line in text.splitlines()
             ]
@@ -236,6 +280,11 @@ def parse_output(t: Type, text: str) -> Any:
     if isinstance(t, ListT) and isinstance(t.item, EnumT) and isinstance(data, list):
         data = [_enum_member(t.item.members, str(x)) for x in data]
     return validate(t, data, strict=False)
+
+
+def parse_choice(choices: list[str], text: str) -> str:
+    """Model text → one of an output's run-time `choices=`, as leniently as an enum."""
+    return _enum_member(tuple(choices), _SURROGATE.sub("\ufffd", text.strip()))
 
 
 def _enum_member(members: tuple[str, ...], text: str) -> str:
@@ -286,6 +335,11 @@ def describe_type(t: Type) -> str:
             return "true or false"
         case EnumT(members=members):
             return "exactly one of: " + ", ".join(members)
-        case ListT() | RecordT():
+        case UnionT(options=options) if all(isinstance(o, EnumT) for o in options):
+            members = [m for o in options if isinstance(o, EnumT) for m in o.members]
+            return "exactly one of: " + ", ".join(members)
+        case ListT() | RecordT() | OptionalT() | UnionT():
             return "JSON matching this schema: " + json.dumps(json_schema(t))
+        case Prim(name="str", max_len=int() as most):
+            return f"text of at most {most} characters"
     return "text"

@@ -33,6 +33,7 @@ from llmflow.compiler.types import (
     assignable,
 )
 from llmflow.errors import LLMFlowError
+from llmflow.stdlib import tokenizers
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,40 @@ def _extremum_type(args: list[Type]) -> Type | str:
     return "expects two numbers or two strings"
 
 
+def _vote(items: list[Any]) -> Any:
+    """The most common item; on a tie, the one that first appears earliest (so the same
+    samples always give the same answer). Records and lists compare by value."""
+    if not items:
+        raise BuiltinError("vote() of an empty list")
+    counts: dict[str, list[Any]] = {}
+    for item in items:
+        key = json.dumps(item, sort_keys=True)
+        counts.setdefault(key, [0, item])[0] += 1
+    best = max(counts.values(), key=lambda entry: entry[0])  # max keeps the first of ties
+    return best[1]
+
+
+def _best_of(items: list[Any], scores: list[Any]) -> Any:
+    """The item with the highest score; on a tie, the earliest."""
+    if not items:
+        raise BuiltinError("best_of() of an empty list")
+    if len(items) != len(scores):
+        raise BuiltinError(f"best_of(): {len(items)} items but {len(scores)} scores")
+    best = max(range(len(items)), key=lambda i: scores[i])
+    return items[best]
+
+
+def _best_of_type(args: list[Type]) -> Type | str:
+    scores = args[1]
+    if not (
+        isinstance(scores, AnyT)
+        or isinstance(scores, ListT)
+        and (isinstance(scores.item, AnyT) or scores.item in (INT, FLOAT))
+    ):
+        return f"expects a list of numbers as scores, got {scores}"
+    return _list_item(args[:1])
+
+
 def chunk(text: str, size: int, overlap: int = 0) -> list[str]:
     """Cut text into pieces of at most `size` characters, at paragraph, line or word
     boundaries where possible, so that no chunk starts mid-word."""
@@ -298,6 +333,8 @@ def to_text(value: Any) -> str:
     """A value as text, in prompts and in `str()`: lists one item a line, records as JSON."""
     if isinstance(value, str):
         return value
+    if value is None:  # an optional without a value
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
@@ -429,6 +466,32 @@ BUILTINS: dict[str, Builtin] = {
             "Cut text into pieces of at most `size` characters at natural boundaries.",
         ),
         Builtin(
+            "count_tokens",
+            (Param("text", STR), Param("model", STR, "default")),
+            _fixed(INT),
+            tokenizers.count_tokens,
+            "Tokens of text on an embedded model's tokenizer.",
+        ),
+        Builtin(
+            "chunk_tokens",
+            (
+                Param("text", STR),
+                Param("size", INT),
+                Param("overlap", INT, 0),
+                Param("model", STR, "default"),
+            ),
+            _fixed(ListT(item=STR)),
+            tokenizers.chunk_tokens,
+            "Cut text into pieces of at most `size` tokens.",
+        ),
+        Builtin(
+            "truncate_tokens",
+            (Param("text", STR), Param("size", INT), Param("model", STR, "default")),
+            _fixed(STR),
+            tokenizers.truncate_tokens,
+            "The start of text that fits in `size` tokens.",
+        ),
+        Builtin(
             "format",
             (Param("template", STR),),
             _fixed(STR),
@@ -504,6 +567,22 @@ BUILTINS: dict[str, Builtin] = {
             _flatten_type,
             _flatten,
             "Concatenate a list of lists.",
+        ),
+        Builtin(
+            "vote",
+            (Param("items", None),),
+            _list_item,
+            _vote,
+            "The most common item of a list (majority vote); a tie goes to the item that "
+            "appears first.",
+        ),
+        Builtin(
+            "best_of",
+            (Param("items", None), Param("scores", None)),
+            _best_of_type,
+            _best_of,
+            "The item with the highest score (scores: a list of numbers, one per item); a "
+            "tie goes to the earliest.",
         ),
         Builtin(
             "max",

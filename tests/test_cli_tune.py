@@ -143,3 +143,74 @@ def test_a_metric_given_on_the_command_line_is_tuned_on(
     args = ["--data", "rows.jsonl", "--metric", "sentiment=exact", "--target", "0.9"]
     assert tune(*args, "--json", "-q", "--no-write") == 0
     assert json.loads(capsys.readouterr().out)["chosen"]["assignment"] == {"classify": "echo"}
+
+
+ROUTED = '''
+model yes = scripted("yes", reply="positive")
+model echo = scripted("echo", price_in=100, price_out=100)
+
+enum Sentiment { positive, negative }
+enum Topic { films, food }
+
+fn classify(topic: Topic, review: str) -> sentiment: Sentiment
+"""
+About {{topic}}:
+{{review}}
+{{sentiment}}
+"""
+
+flow main(topic: Topic, review: str) -> sentiment: Sentiment {
+    sentiment = classify(topic, review)
+}
+
+eval dev(data = "rows.jsonl") {
+    sentiment: exact
+}
+'''
+# yes is right on every films review and on half the food ones; echo is right on all, dearly.
+
+
+@pytest.fixture
+def routed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prog.llmflow").write_text(ROUTED)
+    with (tmp_path / "rows.jsonl").open("w") as rows:
+        for i in range(40):
+            topic = "films" if i < 20 else "food"
+            s = "positive" if topic == "films" or i % 2 else "negative"
+            row = {"id": f"r{i}", "topic": topic, "review": s, "expected": {"sentiment": s}}
+            rows.write(json.dumps(row) + "\n")
+    return tmp_path
+
+
+def test_a_profile_by_category_makes_calls_route_by_their_input(
+    routed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tune --by writes scores per value; a floor then routes each call by its topic:
+    films on the cheap model, food on the dear one, cheaper than all-dear and as good."""
+    assert tune("--by", "topic", "--target", "0.95", "-q") == 0
+    profile = json.loads((routed / "prog.profile.json").read_text())
+    by_value = profile["functions"]["classify"]["echo"]["categories"]
+    assert by_value["input"] == "topic" and by_value["scores"]["food"]["mean"] == 1.0
+    baseline = profile["baseline"]["categories"]["scores"]
+    assert baseline["films"]["mean"] == 1.0 and baseline["food"]["mean"] < 1.0
+
+    assert main(["plan", "prog.llmflow", "--min-quality", "0.95", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    (node,) = [n for n in plan["graph"]["nodes"] if n["kind"] == "llm"]
+    assert node["call"]["model"] == "yes"
+    assert plan["routes"] == {
+        node["id"]: {"input": "topic", "models": {"food": "echo"}, "shares": {"food": 0.5}}
+    }
+    assert main(["plan", "prog.llmflow", "--min-quality", "0.95", "--explain"]) == 0
+    assert "routes by topic: 1 value → echo (food); the rest on yes" in capsys.readouterr().out
+
+    def evaluated(*args: str) -> dict[str, object]:
+        assert main(["eval", "prog.llmflow", "--json", "-q", "--no-cache", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    routed_report = evaluated("--min-quality", "0.95")
+    dear = evaluated("--models", "echo")
+    assert routed_report["scores"]["sentiment"]["score"] == 1.0  # type: ignore[index]
+    assert routed_report["total"]["models"] == ["yes", "echo"]  # type: ignore[index]
+    assert 0 < routed_report["total"]["dollars"] < dear["total"]["dollars"]  # type: ignore[index,operator]

@@ -13,7 +13,7 @@ calls with long common prefixes next to each other, so grouping compares neighbo
 from __future__ import annotations
 
 from llmflow.compiler.ir import Plan, PrefixGroup
-from llmflow.compiler.optimizer.prompts import Part, Shapes, common_tokens
+from llmflow.compiler.optimizer.prompts import SYSTEM_END, SYSTEM_START, Part, Shapes, common_tokens
 from llmflow.compiler.optimizer.working import own
 from llmflow.compiler.prefix_reuse import GROUP_MIN_TOKENS
 
@@ -80,6 +80,8 @@ def _preview(prefix: list[Part], names: dict[str, str], limit: int = 48) -> str:
     for part in prefix:
         if isinstance(part, str):
             text += part
+        elif part in (SYSTEM_START, SYSTEM_END):
+            text += " | " if part == SYSTEM_END else ""
         else:
             node, *path = part.key.split(".")
             text += "{" + ".".join([names.get(node, node), *path]) + "}"

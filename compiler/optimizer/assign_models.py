@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import networkx as nx
 
 from llmflow.compiler import prices
-from llmflow.compiler.ir import LLMNode, Plan
+from llmflow.compiler.ir import InputNode, LLMNode, Param, Plan, Route
 from llmflow.compiler.optimizer import costs
 from llmflow.compiler.optimizer.prompts import Shape, Shapes
 from llmflow.compiler.optimizer.working import own
@@ -144,6 +144,7 @@ def assign_models(
     least estimated end-to-end score the assignment may have (needs a profile)."""
     plan = own(plan, RULE)
     plan.fallbacks = {}
+    plan.routes = {}
     for node in plan.calls():  # what a previous run assigned: decided again
         if node.call is not None and not node.call.pinned:
             node.call.model = plan.default_model
@@ -206,10 +207,14 @@ def assign_models(
     ]
     spend = sum(choices[c][i].dollars for c, i in enumerate(picked))
     items = _measured_items(calls, choices)
+    routes: dict[str, Route] = {}
+    estimated: float | None = None
     if evidence is not None and evidence.baseline is not None and items:
         over = plan.budget is not None and spend > plan.budget
         if min_quality is not None or over:
-            _solve_measured(plan, calls, choices, picked, items, evidence, min_quality)
+            routes, estimated = _solve_measured(
+                plan, calls, choices, picked, items, evidence, min_quality
+            )
     elif plan.budget is not None and spend > plan.budget:
         cheapest = sum(min(o.dollars for o in opts) for opts in choices)
         if cheapest <= plan.budget:
@@ -238,11 +243,27 @@ def assign_models(
         if others and not node.call.pinned:
             plan.fallbacks[node.id] = [o.model for o in others]
             reason += f"; falls back to {', '.join(plan.fallbacks[node.id])}"
+        route = routes.get(node.id)
+        if route is not None:
+            plan.routes[node.id] = route
+            reason += "; " + _shown_route(route, chosen.model)
         plan.explain(RULE, f"{node.label} → {chosen.model}{moved}: {reason}", node.id)
     if evidence is not None and evidence.baseline is not None and items:
-        _explain_estimate(plan, calls, choices, picked, evidence, min_quality)
+        _explain_estimate(plan, calls, choices, picked, evidence, min_quality, estimated)
         _explain_categories(plan, calls, choices, picked, evidence)
     return plan
+
+
+def _shown_route(route: Route, default: str) -> str:
+    by_model: dict[str, list[str]] = {}
+    for value, name in sorted(route.models.items()):
+        by_model.setdefault(name, []).append(value)
+    parts = [
+        f"{len(values)} value{'s' if len(values) != 1 else ''} → {name} "
+        f"({', '.join(values[:3])}{', …' if len(values) > 3 else ''})"
+        for name, values in sorted(by_model.items())
+    ]
+    return f"routes by {route.input}: {'; '.join(parts)}; the rest on {default}"
 
 
 def _importance(plan: Plan, calls: Sequence[LLMNode]) -> list[float]:
@@ -330,10 +351,14 @@ def _solve_measured(
     items: dict[str, list[int]],
     evidence: Evidence,
     min_quality: float | None,
-) -> None:
+) -> tuple[dict[str, Route], float | None]:
     """Choose a model per measured function: the cheapest (fastest under `latency`)
     reaching `min_quality`, or the best estimated score within the budget. The other
-    calls take their cheapest option and the rest of the budget is the functions'."""
+    calls take their cheapest option and the rest of the budget is the functions'.
+
+    A function measured per value of a flow input that its calls take directly chooses
+    per value (`_by_value`): the returned routes (call node id → Route) and the estimated
+    score of the whole choice (None when nothing was chosen here)."""
     assert evidence.baseline is not None
     measured = {c for cs in items.values() for c in cs}
     for c in range(len(calls)):
@@ -359,7 +384,7 @@ def _solve_measured(
             names.append(fn)
             models.append([o.model for o in ordered])
     if not names:
-        return
+        return {}, None
 
     def total(fn_index: int, model: str, what: str) -> float:
         return sum(
@@ -367,13 +392,31 @@ def _solve_measured(
             for c in items[names[fn_index]]
         )
 
-    dollars = [[total(f, m, "dollars") for m in ms] for f, ms in enumerate(models)]
-    seconds = [[total(f, m, "seconds") for m in ms] for f, ms in enumerate(models)]
     base = evidence.baseline.mean
-    values = [
-        [(evidence.score_of(fn, m) or evidence.baseline).mean - base for m in ms]
-        for fn, ms in zip(names, models, strict=True)
-    ]
+    # One item per function, or per (function, value) where it routes: the knapsack's.
+    owner: list[tuple[int, str | None]] = []
+    dollars: list[list[float]] = []
+    seconds: list[list[float]] = []
+    values: list[list[float]] = []
+    splits: dict[int, tuple[dict[str, str], dict[str, float]]] = {}
+    for f, (fn, ms) in enumerate(zip(names, models, strict=True)):
+        fn_dollars = [total(f, m, "dollars") for m in ms]
+        fn_seconds = [total(f, m, "seconds") for m in ms]
+        gains = [(evidence.score_of(fn, m) or evidence.baseline).mean - base for m in ms]
+        split = _by_value(plan, [calls[c] for c in items[fn]], ms, evidence)
+        if split is None:
+            owner.append((f, None))
+            dollars.append(fn_dollars)
+            seconds.append(fn_seconds)
+            values.append(gains)
+            continue
+        params, shares, per_value = split
+        splits[f] = (params, shares)
+        for value, share in shares.items():
+            owner.append((f, value))
+            dollars.append([share * d for d in fn_dollars])
+            seconds.append([share * t for t in fn_seconds])
+            values.append([share * g for g in per_value[value]])
     fixed = sum(choices[c][picked[c]].dollars for c in range(len(calls)) if c not in measured)
     pick: list[int] | None = None
     if min_quality is not None and plan.objective != "quality":
@@ -387,8 +430,8 @@ def _solve_measured(
                 f"{best:.3f}; taking the best measured models",
             )
             pick = [
-                max(range(len(v)), key=lambda i, v=v: (v[i], -dollars[f][i]))
-                for f, v in enumerate(values)
+                max(range(len(v)), key=lambda i, v=v, k=k: (v[i], -dollars[k][i]))
+                for k, v in enumerate(values)
             ]
         else:
             pick, how = found
@@ -396,10 +439,10 @@ def _solve_measured(
             plan.explain(RULE, f"{what} assignment estimated at or above {min_quality:g} ({how})")
     if plan.budget is not None:
         current = pick or [
-            _position(models[f], choices[items[fn][0]][picked[items[fn][0]]].model)
-            for f, fn in enumerate(names)
+            _position(models[f], choices[items[names[f]][0]][picked[items[names[f]][0]]].model)
+            for f, _ in owner
         ]
-        spent = fixed + sum(dollars[f][i] for f, i in enumerate(current))
+        spent = fixed + sum(dollars[k][i] for k, i in enumerate(current))
         if spent > plan.budget + 1e-12:
             if pick is not None and min_quality is not None:
                 plan.explain(
@@ -419,10 +462,10 @@ def _solve_measured(
             else:
                 opts = [
                     [
-                        Option(m, dollars[f][i], seconds[f][i], values[f][i], True)
-                        for i, m in enumerate(ms)
+                        Option(m, dollars[k][i], seconds[k][i], values[k][i], True)
+                        for i, m in enumerate(models[f])
                     ]
-                    for f, ms in enumerate(models)
+                    for k, (f, _) in enumerate(owner)
                 ]
                 pick, how = solve_budget(opts, values, left)
                 plan.explain(
@@ -430,10 +473,83 @@ def _solve_measured(
                     f"best estimated score within the budget of ${plan.budget:.4f} ({how})",
                 )
     if pick is None:
-        return
+        return {}, None
+    chosen: dict[int, dict[str | None, str]] = {}
+    for k, (f, value) in enumerate(owner):
+        chosen.setdefault(f, {})[value] = models[f][pick[k]]
+    routes: dict[str, Route] = {}
     for f, fn in enumerate(names):
+        per_value = chosen[f]
+        model = per_value.get(None)
+        others: dict[str, str] = {}
+        if f in splits:  # the model most rows take; the others by value
+            params, shares = splits[f]
+            weight = {m: sum(shares[v] for v, n in per_value.items() if n == m) for m in models[f]}
+            model = max(models[f], key=lambda m: (weight[m], -models[f].index(m)))
+            others = {v: m for v, m in per_value.items() if v is not None and m != model}
+        assert model is not None
         for c in items[fn]:
-            picked[c] = next(i for i, o in enumerate(choices[c]) if o.model == models[f][pick[f]])
+            picked[c] = next(i for i, o in enumerate(choices[c]) if o.model == model)
+            if others:
+                routes[calls[c].id] = Route(
+                    input=params[calls[c].id],
+                    models=others,
+                    shares={v: shares[v] for v in others},
+                )
+    return routes, base + sum(values[k][i] for k, i in enumerate(pick))
+
+
+def _by_value(
+    plan: Plan, calls: Sequence[LLMNode], models: list[str], evidence: Evidence
+) -> tuple[dict[str, str], dict[str, float], dict[str, list[float]]] | None:
+    """Where every one of `models` was measured per value of one flow input and every
+    call takes that input as it is: the parameter carrying it per call id, each value's
+    share of the measured rows, and each value's gain over the baseline per model (the
+    function's overall gain for a value a model was not measured on). None otherwise."""
+    base = evidence.baseline_categories
+    assert evidence.baseline is not None
+    if base is None or not calls or any(n.call.pinned for n in calls):
+        return None
+    fn = calls[0].call.function
+    scores = [evidence.category_scores(fn, m, base.input) for m in models]
+    if any(s is None for s in scores):
+        return None
+    params: dict[str, str] = {}
+    for node in calls:
+        param = _param_of(plan, node, base.input)
+        if param is None:
+            plan.explain(
+                RULE,
+                f"{node.label}: measured by {base.input}, but it does not take the flow's "
+                f"{base.input} as it is: one model for all its calls",
+                node.id,
+            )
+            return None
+        params[node.id] = param
+    rows = sum(score.n for score in base.scores.values())
+    shares = {v: score.n / rows for v, score in sorted(base.scores.items())}
+    per_value: dict[str, list[float]] = {}
+    for value, baseline in sorted(base.scores.items()):
+        gains = []
+        for m, by_value in zip(models, scores, strict=True):
+            overall = (evidence.score_of(fn, m) or evidence.baseline).mean - evidence.baseline.mean
+            measured = by_value.get(value) if by_value is not None else None
+            gains.append(overall if measured is None else measured.mean - baseline.mean)
+        per_value[value] = gains
+    return params, shares, per_value
+
+
+def _param_of(plan: Plan, node: LLMNode, flow_input: str) -> str | None:
+    """The call's parameter that receives the flow's input `flow_input` unchanged (calls
+    of the top graph only: a value inside a map or branch is not the row's)."""
+    graph = plan.graph
+    if node.id not in graph.g:
+        return None
+    for param, arg in zip(node.call.params, node.args, strict=True):
+        source = graph.node(arg)
+        if isinstance(source, InputNode) and source.binding == Param(name=flow_input):
+            return param
+    return None
 
 
 def _position(models: list[str], model: str) -> int:
@@ -447,11 +563,13 @@ def _explain_estimate(
     picked: list[int],
     evidence: Evidence,
     min_quality: float | None,
+    estimated: float | None,
 ) -> None:
+    """`estimated`: the solver's own estimate, which counts routed calls per value."""
     assert evidence.baseline is not None
     assignment = {n.call.function: choices[c][picked[c]].model for c, n in enumerate(calls)}
     measured = sorted(fn for fn, m in assignment.items() if evidence.score_of(fn, m) is not None)
-    estimate = evidence.estimate(assignment)
+    estimate = estimated if estimated is not None else evidence.estimate(assignment)
     assert estimate is not None
     unmeasured = len(assignment) - len(measured)
     rest = (
@@ -475,13 +593,13 @@ def _explain_categories(
     picked: list[int],
     evidence: Evidence,
 ) -> None:
-    """Where a function's scores per value of an enum input say another of its measured
-    models is better for some values, say which (Composition of Experts' map): the plan
-    gives each call one model, so the map is advice until calls route by category."""
+    """Where a function's scores per value of an input say another of its measured
+    models is better for some values and its calls do not route by it (no floor or
+    budget asked for one), say which (Composition of Experts' map)."""
     done: set[str] = set()
     for c, node in enumerate(calls):
         fn = node.call.function
-        if fn in done:
+        if fn in done or node.id in plan.routes:
             continue
         done.add(fn)
         chosen = choices[c][picked[c]].model
@@ -506,7 +624,7 @@ def _explain_categories(
             plan.explain(
                 RULE,
                 f"{node.label}: by {source}, measured better elsewhere for {routes} "
-                f"(the rest on {chosen}); calls do not route by category yet",
+                f"(the rest on {chosen}); --min-quality or --budget routes calls by it",
                 node.id,
             )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmflow.compiler import prices
-from llmflow.compiler.ir import Generate, LLMCall, LLMNode, Read, Ref, Text
+from llmflow.compiler.ir import Generate, LLMCall, LLMNode, Read, Ref, System, Text
 from llmflow.compiler.models import ModelSpec, Timing
 from llmflow.compiler.optimizer.prompts import Shape
 from llmflow.compiler.types import ListT, RecordT
@@ -50,6 +50,8 @@ def written_as_chat_turn(call: LLMCall) -> bool:
             on_line = bool(line[-1].strip()) if len(line) > 1 else on_line or bool(line[0].strip())
         elif isinstance(segment, Read | Ref):
             on_line = True
+        elif isinstance(segment, System):
+            on_line = False  # the user's turn starts after the system section
         elif isinstance(segment, Generate):
             if not on_line:
                 return True

@@ -24,23 +24,24 @@ def estimate(plan: Plan) -> Plan:
     groups = {call: group for group in plan.groups for call in group.calls}
     for node in plan.calls():
         shape = shapes[node.id]
-        model = plan.models[node.call.model]
         group = groups.get(node.id)
-        cached = 0.0
-        if group is not None:
-            # Every instance but the group's first reads the shared prefix again.
-            share = max(0.0, 1.0 - 1.0 / group.instances)
-            shared = min(group.prefix_tokens, shape.input_tokens)
-            cached = prefix_reuse.cached_tokens_expected(model, shared) * share
-        cost = costs.call_cost(model, shape, cached)
         est = Estimate(
             instances=shape.instances,
             input_tokens=shape.instances * shape.input_tokens,
-            cached_tokens=cost.cached_tokens,
             output_tokens=shape.instances * shape.output_tokens,
-            dollars=cost.dollars,
-            seconds=cost.seconds,
         )
+        for name, weight in _models_of(plan, node.id, node.call.model):
+            model = plan.models[name]
+            cached = 0.0
+            if group is not None and group.model == name:
+                # Every instance but the group's first reads the shared prefix again.
+                share = max(0.0, 1.0 - 1.0 / group.instances)
+                shared = min(group.prefix_tokens, shape.input_tokens)
+                cached = prefix_reuse.cached_tokens_expected(model, shared) * share
+            cost = costs.call_cost(model, shape, cached)
+            est.cached_tokens += weight * cost.cached_tokens
+            est.dollars += weight * cost.dollars
+            est.seconds += weight * cost.seconds
         plan.estimates[node.id] = est
         total.instances += est.instances
         total.add(est)
@@ -75,3 +76,17 @@ def estimate(plan: Plan) -> Plan:
                 + ": counted as fresh prompt tokens",
             )
     return plan
+
+
+def _models_of(plan: Plan, node_id: str, own_model: str) -> list[tuple[str, float]]:
+    """The models a call runs on and the share of its instances each is expected to
+    take: a routed call's by the measured shares of its values, the rest on its own."""
+    route = plan.routes.get(node_id)
+    if route is None:
+        return [(own_model, 1.0)]
+    weights: dict[str, float] = {}
+    for value, name in route.models.items():
+        weights[name] = weights.get(name, 0.0) + route.shares.get(value, 0.0)
+    rest = max(0.0, 1.0 - sum(weights.values()))
+    weights[own_model] = weights.get(own_model, 0.0) + rest
+    return [(name, w) for name, w in weights.items() if w > 0]

@@ -15,7 +15,7 @@ from typing import Any
 from llmflow.compiler import ir
 from llmflow.compiler import tokens as estimate_tokens
 from llmflow.compiler.ir import Graph, IRNode, LLMNode, LoopNode, MapNode, OutputSpec, Plan
-from llmflow.compiler.types import EnumT, ListT, Prim, RecordT, Type
+from llmflow.compiler.types import EnumT, ListT, OptionalT, Prim, RecordT, Type, UnionT
 from llmflow.stdlib.builtins import select, to_text
 
 DEFAULT_MAP_ITEMS = 4
@@ -30,12 +30,20 @@ def tokens(text: str) -> float:
 def typical_tokens(t: Type) -> float:
     """Size of a value of this type not known at plan time."""
     match t:
+        case Prim(name="str", max_len=int() as most):
+            return min(200.0, most / 3)
         case Prim(name="str"):
             return 200.0
+        case ListT(item=item, max_items=int() as most):
+            return min(DEFAULT_MAP_ITEMS, most) * (typical_tokens(item) + 2)
         case ListT(item=item):
             return DEFAULT_MAP_ITEMS * (typical_tokens(item) + 2)
         case RecordT(fields=fields):
             return sum(typical_tokens(ft) + 4 for _, ft in fields)
+        case OptionalT(item=item):
+            return typical_tokens(item)
+        case UnionT(options=options):
+            return max(typical_tokens(o) for o in options)
     return 2.0
 
 
@@ -72,6 +80,12 @@ class Ref:
 
 
 Part = str | Ref
+
+SYSTEM_START = Ref("<system>", 0.0, False)
+SYSTEM_END = Ref("</system>", 0.0, False)
+"""Where a prompt's system section starts and ends: a prompt shares a prefix with another
+across them only if both have a system section there (a chat template wraps the system
+turn in tokens of its own; a completion model's system text ends in a blank line)."""
 
 
 @dataclass
@@ -234,6 +248,8 @@ class Shapes:
         in_prefix = True
         input_tokens = output_tokens = 0.0
         generated = 0
+        if any(isinstance(segment, ir.System) for segment in call.segments):
+            prefix.append(SYSTEM_START)
         for segment in call.segments:
             part: Part | None = None
             if isinstance(segment, ir.Text):
@@ -246,6 +262,8 @@ class Shapes:
                     expected_output_tokens(specs[segment.output], known),
                     True,
                 )
+            elif isinstance(segment, ir.System):
+                part = SYSTEM_END
             else:
                 in_prefix = False
                 spec = specs[segment.output]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from llmflow.errors import LLMFlowError
 
@@ -34,6 +34,17 @@ class Constraint(BaseModel):
     choices: list[str] | None = None
     json_schema: dict[str, Any] | None = None
     pattern: Literal["int", "float", "bool"] | None = None
+    max_chars: int | None = None
+    """Text of at most this many characters (a `str[max=N]` output)."""
+
+    @model_serializer(mode="wrap")
+    def _without_max_chars(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Left out when absent: response cache and cassette keys of requests without it
+        stay what they were."""
+        data: dict[str, Any] = handler(self)
+        if self.max_chars is None:
+            data.pop("max_chars", None)
+        return data
 
 
 class GenerationRequest(BaseModel):

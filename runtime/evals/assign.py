@@ -53,4 +53,5 @@ def with_pins(plan: Plan, assignment: Mapping[str, str]) -> Plan:
     changed = {n.id for n in pinned.calls() if n.call.function in assignment}
     pinned.groups = [g for g in pinned.groups if not changed & set(g.calls)]
     pinned.fallbacks = {k: v for k, v in pinned.fallbacks.items() if k not in changed}
+    pinned.routes = {k: v for k, v in pinned.routes.items() if k not in changed}
     return pinned

@@ -190,6 +190,7 @@ class RayExecutor:
         plan = self.plan
         used = {node.call.model for node in plan.calls()}
         used.update(name for fallbacks in plan.fallbacks.values() for name in fallbacks)
+        used.update(name for route in plan.routes.values() for name in route.models.values())
         for name in sorted(used):
             limits = plan.models[name].limits
             if limits.rpm or limits.tpm or limits.concurrency:

@@ -684,6 +684,8 @@ def test_branch_only_name_gets_a_hint(diagnostics: Diags) -> None:
         flow main(n: int) -> out: str {
             if n > 0 {
                 only = "a"
+            } else {
+                other = "b"
             }
             out = only
         }

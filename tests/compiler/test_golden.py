@@ -64,6 +64,9 @@ REQUIRED = {
     "eval_judge_errors",
     "eval_declaration_errors",
     "eval_syntax_error",
+    "const_errors",
+    "system_section_errors",
+    "sample_errors",
 }
 
 

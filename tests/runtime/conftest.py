@@ -37,8 +37,14 @@ def llama_server() -> Iterator[str]:
     except BackendError as error:
         pytest.skip(str(error))
     port = free_port()
+    # The server loads its model as the embedded backend does: without repacked weights
+    # (no_weight_repacking: they crash multi-token decodes on some AMX machines).
+    serve = (
+        "import runpy; from llmflow.runtime.backends.local.loading import no_weight_repacking\n"
+        "with no_weight_repacking(): runpy.run_module('llama_cpp.server', run_name='__main__')"
+    )
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+        sys.executable, "-c", serve, "--model", str(model),
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
         "--n_threads", "1", "--verbose", "False",
     ]  # fmt: skip

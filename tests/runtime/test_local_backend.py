@@ -887,3 +887,24 @@ def test_a_record_cut_off_at_max_tokens_says_so_with_the_embedded_model(tmp_path
     assert "output 'a' (Animal) was cut off at max_tokens=3 (finish reason: length)" in str(
         caught.value
     )
+
+
+@needs_smollm2
+def test_models_load_without_repacked_weights_and_decode_a_prompt_at_once() -> None:
+    """llama.cpp built natively on a Xeon with AMX (AMX_INT8 in its system info) puts
+    the weights in its AMX extra buffer type, and decoding more than one token at once
+    with them segfaults in ggml_backend_amx_mul_mat. The backend loads without extra
+    buffer types; the decode of a whole prompt would crash this test otherwise."""
+    from llmflow.runtime.backends.local.loading import _load, _Model
+
+    model = _Model(resolve("chat", "local", "smollm2-135m"), state_limit=0)
+    llm = _load(model)
+    try:
+        assert llm.model_params.use_extra_bufts is False
+        assert llama_cpp.llama_model_default_params().use_extra_bufts is True  # restored
+        tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8)
+        assert len(tokens) > 64
+        llm.eval(tokens)
+        assert llm.n_tokens == len(tokens)
+    finally:
+        llm.close()

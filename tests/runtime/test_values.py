@@ -12,11 +12,23 @@ from typing import Any
 
 import pytest
 
-from llmflow.compiler.types import ANY, FLOAT, INT, STR, EnumT, ListT, RecordT
+from llmflow.compiler.types import (
+    ANY,
+    FLOAT,
+    INT,
+    STR,
+    EnumT,
+    ListT,
+    OptionalT,
+    Prim,
+    RecordT,
+    UnionT,
+)
 from llmflow.runtime.values import (
     MAX_DEPTH,
     InvalidValue,
     check_json,
+    parse_choice,
     parse_json,
     parse_output,
     validate,
@@ -162,3 +174,64 @@ def test_a_lone_surrogate_in_model_text_becomes_a_replacement_character() -> Non
     assert parse_output(STR, "a\ud800b") == "a\ufffdb"
     assert written(parse_output(ANY, "\udcff")) == "\ufffd"
     assert parse_output(STR, "\U0001f600") == "\U0001f600"
+
+
+def test_bounds_are_checked_on_inputs_and_model_output() -> None:
+    bounded = ListT(item=Prim(name="str", max_len=3), max_items=2)
+    assert validate(bounded, ["ab", "c"]) == ["ab", "c"]
+    with pytest.raises(InvalidValue, match="at most 2 items"):
+        parse_output(bounded, '["a", "b", "c"]')
+    with pytest.raises(InvalidValue, match="at most 3 characters"):
+        validate(bounded, ["abcd"])
+    with pytest.raises(InvalidValue, match="more than 5"):
+        parse_output(Prim(name="str", max_len=5), "too long a text")
+
+
+def test_a_union_of_records_takes_the_one_the_data_fits() -> None:
+    email = RecordT(name="Email", fields=(("address", STR),))
+    phone = RecordT(name="Phone", fields=(("number", STR),))
+    union = UnionT(options=(email, phone))
+    assert parse_output(union, 'It is {"number": "555"}') == {"number": "555"}
+    assert validate(union, {"address": "a@b"}) == {"address": "a@b"}
+    with pytest.raises(InvalidValue, match="Extra inputs"):
+        validate(union, {"address": "a@b", "number": "555"})
+
+
+def test_a_union_of_enums_reads_any_member() -> None:
+    union = UnionT(
+        options=(EnumT(name="A", members=("yes", "no")), EnumT(name="B", members=("maybe",)))
+    )
+    assert parse_output(union, "Maybe.") == "maybe"
+    assert parse_output(union, "no") == "no"
+
+
+def test_an_optional_reads_none_or_a_value() -> None:
+    assert validate(OptionalT(item=INT), None) is None
+    assert parse_output(OptionalT(item=INT), "null") is None
+    assert parse_output(OptionalT(item=INT), "about 3") == 3
+    with pytest.raises(InvalidValue):
+        validate(OptionalT(item=INT), "x")
+
+
+def test_run_time_choices_read_leniently_and_reject_others() -> None:
+    assert parse_choice(["billing", "shipping"], "Billing.") == "billing"
+    with pytest.raises(InvalidValue, match="expected one of billing, shipping"):
+        parse_choice(["billing", "shipping"], "sales")
+
+
+def test_the_retry_message_describes_the_new_types() -> None:
+    from llmflow.runtime.values import describe_type
+
+    assert describe_type(Prim(name="str", max_len=9)) == "text of at most 9 characters"
+    assert describe_type(OptionalT(item=ListT(item=INT))).startswith("JSON matching")
+    union = UnionT(options=(EnumT(name="A", members=("a",)), EnumT(name="B", members=("b",))))
+    assert describe_type(union) == "exactly one of: a, b"
+
+
+def test_a_bounded_str_input_is_its_text_and_is_checked_for_length() -> None:
+    from llmflow.runtime.inputs import value_from_text
+
+    bounded = Prim(name="str", max_len=5)
+    assert value_from_text("-i name", bounded, "Jane") == "Jane"
+    with pytest.raises(InvalidValue, match="at most 5 characters"):
+        validate(bounded, value_from_text("-i name", bounded, "Jane Doe"))

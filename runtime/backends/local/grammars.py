@@ -43,4 +43,6 @@ def _grammar_source(constraint: Constraint) -> str | None:
             return None
     if constraint.pattern is not None:
         return _PATTERN_GRAMMARS[constraint.pattern]
+    if constraint.max_chars is not None:
+        return f"root ::= [^\\x00]{{0,{constraint.max_chars}}}"
     return None

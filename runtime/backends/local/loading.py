@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -42,6 +43,27 @@ llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
 
 _LOAD_LOCK = threading.Lock()
 """Loading swaps `sys.stderr` process-wide, so two loads must not overlap."""
+
+
+@contextlib.contextmanager
+def no_weight_repacking() -> Iterator[None]:
+    """Load without llama.cpp's extra buffer types (weights repacked for AMX and other
+    CPU kernels): on Xeons with AMX in this sandbox, decoding a batch of more than one
+    token with repacked weights segfaults. `Llama` takes no such option, so its default
+    model parameters are patched for the load (under `_LOAD_LOCK`)."""
+    module = llama_cpp.llama_cpp  # what `Llama.__init__` calls
+    default = module.llama_model_default_params
+
+    def params() -> llama_cpp.llama_model_params:
+        chosen = default()
+        chosen.use_extra_bufts = False
+        return chosen
+
+    module.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = default
 
 
 @dataclass
@@ -93,6 +115,7 @@ def _load(model: _Model) -> Llama:
             _LOAD_LOCK,
             open(os.devnull, "w") as devnull,
             contextlib.redirect_stderr(devnull),
+            no_weight_repacking(),
         ):
             llm = Llama(
                 model_path=str(path), n_ctx=int(n_ctx), n_threads=os.cpu_count(), verbose=True

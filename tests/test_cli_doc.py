@@ -1,0 +1,115 @@
+"""`llmflow doc`: signatures and docs of the standard library and the builtins, read from
+their source (the `#` block directly above a declaration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmflow.cli import main
+from llmflow.cli_doc import all_entries, describe
+from llmflow.compiler.modules import stdlib_modules
+from llmflow.stdlib.builtins import BUILTINS
+
+
+def doc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["doc", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_doc_lists_the_modules(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = doc(capsys)
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines() if line and not line.startswith("`")]
+    assert names == ["builtins", *stdlib_modules()]
+    assert "rank       Rank a list by pairwise comparison" in out
+
+
+def test_doc_of_a_module_lists_its_declarations(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = doc(capsys, "rank")
+    assert code == 0
+    assert out.startswith("module rank\n  Rank a list by pairwise comparison")
+    assert "  enum PairChoice { first, second }\n      Which of two items" in out
+    assert (
+        "  flow rank(items: list[str], criterion: str) -> ranked: list[str], wins: list[int]" in out
+    )
+
+
+def test_doc_of_a_name_shows_its_signature_doc_and_place(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = doc(capsys, "classify.classify")
+    assert code == 0
+    first, where = out.splitlines()[:2]
+    assert first.startswith("flow classify(text: str, labels: list[str], instructions: str = ")
+    assert first.endswith("-> label: str, reason: str, valid: bool")
+    assert where == "    (flow, stdlib/classify.llmflow:24)"
+    assert "    Classify `text` into one of `labels`" in out
+
+
+def test_doc_of_a_decorated_function_shows_the_decorator(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = doc(capsys, "answer_math")
+    assert out.startswith("@needs(reasoning >= 0.1)\nfn answer_math(question: str) -> answer: str")
+    assert "An answer to a math question" in out
+
+
+def test_doc_of_a_builtin_uses_its_type_rule_and_docstring(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = doc(capsys, "chunk_tokens")
+    assert out.startswith(
+        'chunk_tokens(text: str, size: int, overlap: int = 0, model: str = "default") '
+        "-> list[str]\n    (builtin, builtins)"
+    )
+    assert "paragraph, line, sentence or word boundaries" in out  # from the docstring
+    _, out, _ = doc(capsys, "join")
+    assert out.startswith('join(items, sep: str = "\\n") -> str')
+    _, out, _ = doc(capsys, "format")
+    assert out.startswith("format(template: str, name=value, …) -> str")
+
+
+def test_every_builtin_and_stdlib_declaration_has_a_doc() -> None:
+    assert {e.name for e in all_entries() if e.kind == "builtin"} == set(BUILTINS)
+    assert [e.name for e in all_entries() if not e.doc] == []
+
+
+def test_an_unknown_name_is_an_error_with_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = doc(capsys, "chunk_token")
+    assert code == 1 and out == ""
+    assert err == (
+        "error: no module, declaration or builtin named 'chunk_token': "
+        "did you mean 'chunk_tokens'?\n"
+    )
+    code, _, err = doc(capsys, "rank.prefer_not")
+    assert code == 1 and "named 'rank.prefer_not'" in err
+
+
+def test_doc_of_a_program_file_follows_the_convention(tmp_path: Path) -> None:
+    program = tmp_path / "lib.llmflow"
+    program.write_text(
+        "# A module of mine.\n"
+        "\n"
+        "# Not a doc: a blank line separates it.\n"
+        "\n"
+        "enum Mood { calm, busy }\n"
+        "\n"
+        "# Double a number.\n"
+        "# Twice as much.\n"
+        "flow double(n: int = 2) -> m: int {\n"
+        "    m = n * 2\n"
+        "}\n"
+    )
+    text = describe(str(program))
+    assert text.splitlines() == [
+        f"module {program}",
+        "  A module of mine.",
+        "",
+        "  enum Mood { calm, busy }",
+        "",
+        "  flow double(n: int = 2) -> m: int",
+        "      Double a number.",
+    ]
