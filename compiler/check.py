@@ -50,6 +50,8 @@ from llmflow.stdlib.builtins import BUILTINS, Builtin
 
 OUTPUT_OPTIONS = {"max_tokens", "stop", "temperature", "seed", "format", "choices"}
 MAX_SEED = 2**63 - 1
+OPTION_INPUT_TYPES = {"max_tokens": ("int",), "temperature": ("int", "float"), "seed": ("int",)}
+"""The options a function's input can give, and the input types each takes."""
 # Model options are each backend kind's settings: see compiler/resolve.py.
 RESERVED = frozenset(
     [
@@ -1042,7 +1044,13 @@ class Checker:
             if key == "choices":
                 self._check_choices(opt, inputs or {}, out)
                 continue
+            if isinstance(opt.value, ast.Name) and self._const_sym(opt.value.id) is None:
+                self._check_option_input(key, opt.value, inputs or {})
+                continue
+            reported = len(self.diags)
             value = self._const_value(opt.value)
+            if len(self.diags) > reported:
+                continue  # not a constant: one error for one mistake
             if key == "format" and value is not True:
                 self.error(
                     "type",
@@ -1073,6 +1081,34 @@ class Checker:
                 isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
             ):
                 self.error("type", f"seed must be an integer from 0 to {MAX_SEED}", opt.value.span)
+
+    def _check_option_input(self, key: str, name: ast.Name, inputs: dict[str, Type]) -> None:
+        """`max_tokens=n`, `temperature=t`, `seed=s`: a number the call is given (its
+        range is checked when the call runs, where the value is known)."""
+        wanted = OPTION_INPUT_TYPES.get(key)
+        if wanted is None:
+            self.error(
+                "type",
+                f"{key} must be a constant",
+                name.span,
+                hint="only max_tokens, temperature and seed can come from an input",
+            )
+            return
+        t = inputs.get(name.id)
+        if t is None:
+            self.error(
+                "unknown-name",
+                f"unknown variable '{name.id}'",
+                name.span,
+                label="not an input of this function",
+                hint=did_you_mean(name.id, inputs) or f"write a number or add an input '{name.id}'",
+            )
+        elif not isinstance(t, AnyT) and str(t) not in wanted:
+            self.error(
+                "type",
+                f"{key} must be {' or '.join(wanted)}, but '{name.id}' is {t}",
+                name.span,
+            )
 
     def _check_choices(self, opt: ast.Keyword, inputs: dict[str, Type], out: Type) -> None:
         """`choices=options`: the output is one of an input's strings, known at run time."""
@@ -1786,6 +1822,13 @@ class Checker:
             self.error("type", f"cannot add {lt} and {rt}", e.span, hint=hint)
             return ANY
         if is_numeric(lt) and is_numeric(rt):
+            if e.op in ("/", "//", "%") and _is_zero(e.right):
+                self.error(
+                    "type",
+                    f"`{e.op}` divides by zero",
+                    e.span,
+                    hint="every run fails here; divide by a number other than 0",
+                )
             return FLOAT if e.op == "/" or FLOAT in (lt, rt) else INT
         self.error("type", f"`{e.op}` needs numbers, not {lt} and {rt}", e.span)
         return ANY
@@ -2091,3 +2134,13 @@ def _list_depth(t: Type) -> int:
     while isinstance(t, ListT):
         t, depth = t.item, depth + 1
     return depth
+
+
+def _is_zero(e: ast.Expr) -> bool:
+    """A constant 0 (or 0.0) divisor: known to fail before anything runs."""
+    return (
+        isinstance(e, ast.Const)
+        and isinstance(e.value, int | float)
+        and not isinstance(e.value, bool)
+        and e.value == 0
+    )

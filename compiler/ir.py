@@ -130,13 +130,19 @@ class OutputSpec(BaseModel):
     stop: list[str] | None = None
     temperature: float | None = None
     seed: int | None = None
+    from_inputs: dict[str, str] = Field(default_factory=dict)
+    """Numeric options given by one of the function's inputs (`max_tokens=n`): option →
+    input name, read when the call runs."""
     choices: str | None = None
     """`choices=options`: the input whose strings (known at run time) the output is one of."""
 
     @model_serializer(mode="wrap")
-    def _without_choices(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Left out when absent, so template hashes (profiles) stay what they were."""
+    def _without_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`from_inputs` and `choices` left out when unused, so cache keys and template
+        hashes (profiles) stay what they were."""
         data: dict[str, Any] = handler(self)
+        if not self.from_inputs:
+            data.pop("from_inputs", None)
         if self.choices is None:
             data.pop("choices", None)
         return data

@@ -703,7 +703,17 @@ class Lowerer:
             elif any(s.name == head for s in specs):
                 segments.append(Ref(output=head, path=path))
             else:
-                options = {kw.name.name: _option(kw.value, self.checked) for kw in part.options}
+                inputs = {  # options an input gives: names, not constants
+                    kw.name.name: kw.value.id
+                    for kw in part.options
+                    if isinstance(kw.value, ast.Name) and not self.checked.const_value(kw.value)[0]
+                }
+                options = {
+                    kw.name.name: _const_value(kw.value, self.checked)
+                    for kw in part.options
+                    if kw.name.name not in inputs
+                }
+                from_inputs = {k: v for k, v in inputs.items() if k != "choices"}
                 stop = options.get("stop")
                 if options.get("format"):
                     segments.append(Text(text=format_instructions(outputs[head])))
@@ -715,7 +725,8 @@ class Lowerer:
                         stop=[stop] if isinstance(stop, str) else stop,
                         temperature=options.get("temperature"),
                         seed=options.get("seed"),
-                        choices=options.get("choices"),
+                        from_inputs=from_inputs,
+                        choices=inputs.get("choices"),
                     )
                 )
                 segments.append(Generate(output=head))
@@ -761,13 +772,6 @@ class _Once:
 
 def _record_field(t: Type, name: str) -> Type:
     return t.field(name) or ANY if isinstance(t, RecordT) else ANY
-
-
-def _option(expr: ast.Expr, checked: Checked) -> Any:
-    """An output option's value: a constant's, or the name of the input it reads."""
-    if isinstance(expr, ast.Name) and not checked.const_value(expr)[0]:
-        return expr.id
-    return _const_value(expr, checked)
 
 
 def _const_value(expr: ast.Expr, checked: Checked) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from llmflow.compiler.ir import LLMCall, OutputSpec, Read, Ref, System, Text
-from llmflow.compiler.models import ModelSpec
+from llmflow.compiler.models import MAX_OPTION_NUMBER, ModelSpec
 from llmflow.compiler.types import (
     AnyT,
     EnumT,
@@ -191,7 +191,7 @@ async def run_call(
             turns.append(system_turn(pending, model.chat))
             pending = ""
         else:
-            spec = specs[segment.output]
+            spec = _with_inputs(call, specs[segment.output], values)
             prompt = pending.strip() if model.chat else pending.rstrip(" ")
             turns.append(Turn(role="user", text=prompt))
             pending = ""
@@ -209,6 +209,49 @@ async def run_call(
     if len(call.outputs) == 1:
         return outputs[call.outputs[0].name]
     return outputs
+
+
+OPTION_RANGES = {
+    "max_tokens": (1, MAX_OPTION_NUMBER, "a positive integer"),
+    "temperature": (0, 2, "a number from 0 to 2"),
+    "seed": (0, 2**63 - 1, "an integer from 0 to 2**63-1"),
+}
+
+
+def _with_inputs(call: LLMCall, spec: OutputSpec, values: dict[str, Any]) -> OutputSpec:
+    """The output's options with those an input gives (`max_tokens=n`) filled in, each
+    checked here because only now is its value known."""
+    if not spec.from_inputs:
+        return spec
+    update: dict[str, Any] = {}
+    for option, name in spec.from_inputs.items():
+        value = values[name]
+        low, high, what = OPTION_RANGES[option]
+        whole = option != "temperature"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (whole and not isinstance(value, int))
+            or not low <= value <= high
+        ):
+            raise CallFailed(
+                f"{call.function}(): output '{spec.name}': {option}={name} must be {what}, "
+                f"but '{name}' is {value!r}"
+            )
+        update[option] = value
+    return spec.model_copy(update=update)
+
+
+def _cut_off(call: LLMCall, spec: OutputSpec, max_tokens: int, error: str) -> CallFailed:
+    """The model stopped at the token cap mid-answer: asking again with the same cap would
+    cut it again, so say which cap to raise rather than "not a valid ..."."""
+    kind = "text" if isinstance(spec.type, AnyT) else str(spec.type)
+    how = f"{{{{{spec.name} | max_tokens=...}}}}"
+    return CallFailed(
+        f"{call.function}(): output '{spec.name}' ({kind}) was cut off at "
+        f"max_tokens={max_tokens} (finish reason: length) before it was complete ({error}); "
+        f"raise max_tokens: {how}"
+    )
 
 
 def system_turn(text: str, chat: bool) -> Turn:
@@ -283,6 +326,8 @@ async def _generate(
             return parse_output(spec.type, text), text
         except InvalidValue as err:
             error = str(err)
+        if generation.finish_reason == "length":
+            raise _cut_off(call, spec, request.max_tokens, error)
         if attempt + 1 < ATTEMPTS:
             stats.validation_retries += 1
             lead_in = turns[-1].text.rsplit("\n", 1)[-1] if not model.chat else ""

@@ -28,6 +28,7 @@ from llmflow.compiler.types import (
     EnumT,
     ListT,
     Prim,
+    RecordT,
     Type,
     assignable,
 )
@@ -168,6 +169,38 @@ def _list_item(args: list[Type]) -> Type | str:
     if not isinstance(args[0], ListT):
         return f"expects a list, got {args[0]}"
     return args[0].item
+
+
+def _enumerate_type(args: list[Type]) -> Type | str:
+    """A list of records `{index: int, item: T}`: named fields read better in a map body
+    (`map e in enumerate(xs): f(e.index, e.item)`) than positions of a 2-list, which
+    could not hold an int and a T in one typed list anyway."""
+    item = _list_item(args)
+    if isinstance(item, str):
+        return item
+    return ListT(item=RecordT(name=f"Indexed[{item}]", fields=(("index", INT), ("item", item))))
+
+
+def _zip_type(args: list[Type]) -> Type | str:
+    """A list of records `{first: A, second: B}`, one per position of two lists."""
+    items = [_list_item([a]) for a in args]
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            return f"{item} ({'first' if i == 0 else 'second'} argument)"
+    a, b = items
+    return ListT(item=RecordT(name=f"Pair[{a}, {b}]", fields=(("first", a), ("second", b))))
+
+
+def _enumerate(items: list[Any]) -> list[dict[str, Any]]:
+    check_size("enumerate()", [items, items])
+    return [{"index": i, "item": item} for i, item in enumerate(items)]
+
+
+def _zip(a: list[Any], b: list[Any]) -> list[dict[str, Any]]:
+    if len(a) != len(b):
+        raise ValueError(f"the lists have different lengths ({len(a)} and {len(b)})")
+    check_size("zip()", [a, b, a])
+    return [{"first": x, "second": y} for x, y in zip(a, b, strict=True)]
 
 
 def _same_list(args: list[Type]) -> Type | str:
@@ -515,6 +548,20 @@ BUILTINS: dict[str, Builtin] = {
             "The first n items of a list.",
         ),
         Builtin(
+            "enumerate",
+            (Param("items", None),),
+            _enumerate_type,
+            _enumerate,
+            "Each item with its position: a list of {index, item} records (index from 0).",
+        ),
+        Builtin(
+            "zip",
+            (Param("a", None), Param("b", None)),
+            _zip_type,
+            _zip,
+            "Two lists of one length, side by side: a list of {first, second} records.",
+        ),
+        Builtin(
             "flatten",
             (Param("lists", None),),
             _flatten_type,
@@ -560,6 +607,7 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "-": operator.sub,
     "*": operator.mul,
     "/": operator.truediv,
+    "//": operator.floordiv,
     "%": operator.mod,
     "==": operator.eq,
     "!=": operator.ne,
@@ -609,7 +657,7 @@ def evaluate(op: str, value: Any, args: list[Any]) -> Any:
 
 
 def _operator(op: str, a: Any, b: Any) -> Any:
-    if op in ("/", "%") and b == 0:
+    if op in ("/", "//", "%") and b == 0:
         raise BuiltinError("division by zero")
     if op == "*":
         sequence, count = (a, b) if isinstance(b, int) else (b, a)

@@ -14,7 +14,10 @@ RULE = "common-call elimination"
 
 def _deterministic(node: IRNode) -> bool:
     if isinstance(node, LLMNode):
-        return all(not o.temperature for o in node.call.outputs)
+        # A temperature an input gives may be above 0: such a call may sample, so it stays.
+        return all(
+            not o.temperature and "temperature" not in o.from_inputs for o in node.call.outputs
+        )
     # Externs may have side effects or read the world; inputs are bound per graph.
     return node.kind in ("const", "builtin")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from llmflow.compiler import prefix_reuse
 from llmflow.compiler.ir import Estimate, Plan
 from llmflow.compiler.optimizer import costs
-from llmflow.compiler.optimizer.prompts import Shapes
+from llmflow.compiler.optimizer.prompts import DEFAULT_INPUT_MAX_TOKENS, Shapes
 from llmflow.compiler.optimizer.working import own
 
 RULE = "estimates"
@@ -52,6 +52,15 @@ def estimate(plan: Plan) -> Plan:
         f"(~{total.cached_tokens:.0f} from reused prefixes), ~{total.output_tokens:.0f} "
         f"output tokens, ${total.dollars:.4f}, ~{total.seconds:.1f}s of model time",
     )
+    labels = {node.id: node.label for node in plan.calls()}
+    for node_id, options in shapes.assumed.items():
+        plan.explain(
+            RULE,
+            f"{labels[node_id]}: "
+            f"{', '.join(options)} not known before running; estimates assume "
+            f"{DEFAULT_INPUT_MAX_TOKENS} tokens (give `llmflow plan` the input for exact figures)",
+            node_id,
+        )
     for group in plan.groups:
         model = plan.models[group.model]
         least = prefix_reuse.min_tokens(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from llmflow.compiler import ir
 from llmflow.compiler import tokens as estimate_tokens
@@ -46,10 +47,20 @@ def typical_tokens(t: Type) -> float:
     return 2.0
 
 
-def expected_output_tokens(spec: OutputSpec) -> float:
-    """Output length used in estimates: its max_tokens if set, else a typical length."""
+DEFAULT_INPUT_MAX_TOKENS = 256
+"""The output length assumed for `max_tokens=n` when `n` is not known at plan time."""
+
+
+def expected_output_tokens(spec: OutputSpec, known: dict[str, Any] | None = None) -> float:
+    """Output length used in estimates: its max_tokens if set (`known`, for one an input
+    gives: its value by input name when known at plan time, else a stated default), else
+    a typical length."""
     if spec.max_tokens is not None:
         return float(spec.max_tokens)
+    if "max_tokens" in spec.from_inputs:
+        value = (known or {}).get(spec.from_inputs["max_tokens"])
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        return float(value) if ok else float(DEFAULT_INPUT_MAX_TOKENS)
     match spec.type:
         case Prim(name="str"):
             return 256.0
@@ -139,6 +150,12 @@ class Shapes:
         self.shapes: dict[str, Shape] = {}
         self.item_tokens: dict[str, float] = {}
         """Average size of the items of a list known at plan time, by `item` input node."""
+        self.item_values: dict[str, list[Any]] = {}
+        """Every value an `item` input node takes over all instances of its body, when the
+        list is known: a nested map over a known list of lists then runs exactly as often."""
+        self.assumed: dict[str, list[str]] = {}
+        """By call node: `max_tokens=NAME` options whose input is not known at plan time
+        (estimated at DEFAULT_INPUT_MAX_TOKENS)."""
         self._walk(plan.graph)
 
     def __getitem__(self, node_id: str) -> Shape:
@@ -166,10 +183,11 @@ class Shapes:
                 if isinstance(node, LLMNode):
                     self.shapes[node.id] = self._shape(graph, node, outer, varies, instances)
                 for key, body in node.bodies.items():
-                    items = self.plan.known.get(node.args[0]) if node.args else None
+                    items = self._known_list(node.args[0], outer) if node.args else None
                     for inp in body.inputs:
                         binding = body.node(inp).binding  # type: ignore[union-attr]
                         if isinstance(binding, ir.Item) and isinstance(items, list) and items:
+                            self.item_values[inp] = items
                             self.item_tokens[inp] = sum(tokens(to_text(i)) for i in items) / len(
                                 items
                             )
@@ -178,13 +196,35 @@ class Shapes:
                             outer[inp] = outer.get(source, source)
                             if source in varies:
                                 varies.add(inp)
-                    inner.append((body, instances * self._repeats(node, key)))
+                    per = self._per_instance(node, outer, items)
+                    inner.append((body, instances * self._repeats(node, key, per)))
             stack.extend(reversed(inner))
 
-    def _repeats(self, node: IRNode, key: str) -> float:
+    def _known_list(self, source: str, outer: dict[str, str]) -> Any:
+        """The list a map runs over if known: a value known at plan time, or (inside an
+        outer map over a known list) the items of that list taken all together."""
+        key = outer.get(source, source)
+        if key in self.plan.known:
+            return self.plan.known[key]
+        values = self.item_values.get(key)
+        if values and all(isinstance(v, list) for v in values):
+            return [item for v in values for item in v]
+        return None
+
+    def _per_instance(self, node: IRNode, outer: dict[str, str], items: Any) -> float | None:
+        """How many items the list has in one instance of the node's graph: the average
+        over the outer map's items when it is one of them, which times the outer count
+        is the exact total."""
+        if not isinstance(items, list) or not node.args:
+            return None
+        key = outer.get(node.args[0], node.args[0])
+        if key in self.plan.known:
+            return float(len(items))
+        return len(items) / len(self.item_values[key])
+
+    def _repeats(self, node: IRNode, key: str, per_instance: float | None) -> float:
         if isinstance(node, MapNode) or (isinstance(node, LoopNode) and node.loop_max is None):
-            items = self.plan.known.get(node.args[0])
-            return float(len(items)) if isinstance(items, list) else float(DEFAULT_MAP_ITEMS)
+            return float(DEFAULT_MAP_ITEMS) if per_instance is None else per_instance
         if isinstance(node, LoopNode):
             return float(node.loop_max or 1)
         return 0.5 if key in ("then", "else") else 1.0
@@ -195,6 +235,15 @@ class Shapes:
         call = node.call
         sources = dict(zip(call.params, node.args, strict=True))
         specs = {o.name: o for o in call.outputs}
+        known = {
+            name: self.plan.known[outer.get(source, source)]
+            for name, source in sources.items()
+            if outer.get(source, source) in self.plan.known
+        }
+        for name, source in sources.items():
+            values = self.item_values.get(outer.get(source, source))
+            if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                known[name] = sum(values) / len(values)  # an item: its average over the list
         prefix: list[Part] = []
         in_prefix = True
         input_tokens = output_tokens = 0.0
@@ -210,14 +259,18 @@ class Shapes:
             elif isinstance(segment, ir.Ref):
                 part = Ref(
                     f"{node.id}.{segment.output}",
-                    expected_output_tokens(specs[segment.output]),
+                    expected_output_tokens(specs[segment.output], known),
                     True,
                 )
             elif isinstance(segment, ir.System):
                 part = SYSTEM_END
             else:
                 in_prefix = False
-                out = expected_output_tokens(specs[segment.output])
+                spec = specs[segment.output]
+                out = expected_output_tokens(spec, known)
+                name = spec.from_inputs.get("max_tokens")
+                if name is not None and name not in known:
+                    self.assumed.setdefault(node.id, []).append(f"{spec.name} | max_tokens={name}")
                 output_tokens += out
                 generated += 1
                 if generated == len(specs):

@@ -927,3 +927,39 @@ def test_a_list_type_built_up_through_names_is_held_to_the_nesting_limit(
     found = summary(diagnostics(source))
     assert found[0] == ("limit", "the type of this value nests lists more than 64 deep", 66, 11)
     assert {kind for kind, *_ in found} == {"limit"}
+
+
+def test_integer_division_of_ints_is_an_int_and_of_a_float_a_float(tmp_path) -> None:
+    import textwrap
+
+    import llmflow
+
+    path = tmp_path / "div.llmflow"
+    path.write_text(
+        textwrap.dedent("""
+        flow main(n: int, x: float) -> a: int, b: float, c: int {
+            a = n // 2
+            b = x // 2
+            c = n % 2
+        }
+        """)
+    )
+    assert llmflow.run(path, {"n": 7, "x": 7.5}) == {"a": 3, "b": 3.0, "c": 1}
+
+
+def test_enumerate_and_zip_records_read_by_field_in_a_map(tmp_path) -> None:
+    import textwrap
+
+    import llmflow
+
+    path = tmp_path / "en.llmflow"
+    path.write_text(
+        textwrap.dedent("""
+        flow main(xs: list[str], ns: list[int]) -> a: list[str], b: list[int] {
+            a = map e in enumerate(xs): str(e.index) + ". " + e.item
+            b = map p in zip(ns, xs): p.first * len(p.second)
+        }
+        """)
+    )
+    outputs = llmflow.run(path, {"xs": ["a", "bb"], "ns": [3, 4]})
+    assert outputs == {"a": ["0. a", "1. bb"], "b": [3, 8]}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import textwrap
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 from unittest.mock import patch
 
 import pytest
 
+import llmflow
 from llmflow.compiler import prefix_reuse
 from llmflow.compiler.catalog import resolve
 from llmflow.compiler.models import LOCAL_MODELS
@@ -859,6 +862,31 @@ def test_a_choice_is_spelled_out_only_when_decoding_could_give_nothing_else() ->
     assert rest("tech", kinds, limit=7) is None  # 2 + 5 tokens might reach the limit
     assert rest("tech", kinds, limit=8) == b"nical"
     assert rest("tech", []) is None  # not a choice
+
+
+def test_a_record_cut_off_at_max_tokens_says_so_with_the_embedded_model(tmp_path: Path) -> None:
+    """The embedded engine reports finish reason `length` like a server does, so a JSON
+    answer stopped at its cap reads as cut off, not as a generic invalid value."""
+    program = tmp_path / "cut.llmflow"
+    program.write_text(
+        textwrap.dedent('''
+        record Animal { name: str, legs: int, sound: str }
+
+        fn describe(animal: str) -> a: Animal
+        """
+        Describe a {{animal}} as JSON. {{a | max_tokens=3}}
+        """
+
+        flow main(animal: str) -> a: Animal {
+            a = describe(animal)
+        }
+        ''')
+    )
+    with pytest.raises(llmflow.errors.LLMFlowError) as caught:
+        llmflow.run(program, {"animal": "cat"})
+    assert "output 'a' (Animal) was cut off at max_tokens=3 (finish reason: length)" in str(
+        caught.value
+    )
 
 
 @needs_smollm2

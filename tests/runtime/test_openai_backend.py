@@ -689,3 +689,66 @@ def test_plain_http_servers_get_a_client_without_certificates() -> None:
     asyncio.run(client.aclose())
     assert openai_backend._plain_http_client("https://api.openai.com/v1") is None
     assert openai_backend._plain_http_client(None) is None
+
+
+# --- options from inputs, and answers cut off at max_tokens --------------------------
+
+
+def _sized_program(tmp_path: Path, url: str, output: str) -> Path:
+    program = tmp_path / "sized.llmflow"
+    program.write_text(
+        textwrap.dedent(f"""
+        model srv = openai_compatible("m", base_url="{url}", price_in=0, price_out=0)
+
+        record Body {{ legs: int }}
+
+        fn describe(animal: str, n: int) -> {output}
+        \"\"\"
+        How many legs has a {{{{animal}}}}? {{{{body | max_tokens=n}}}}
+        \"\"\"
+
+        flow main(animal: str, n: int) -> legs: {output.split(": ")[1]} {{
+            legs = describe(animal, n)
+        }}
+        """)
+    )
+    return program
+
+
+def _cut(seen: Seen) -> Reply:
+    """A JSON answer stopped at the token cap, as a server sends it."""
+    reply = chat_reply('{"legs": ')
+    reply.body["choices"][0]["finish_reason"] = "length"
+    return reply
+
+
+def test_max_tokens_from_an_input_is_sent(scripted_server: ScriptedServer, tmp_path: Path) -> None:
+    scripted_server.reply = lambda seen: chat_reply('{"legs": 4}')
+    program = _sized_program(tmp_path, scripted_server.url, "body: Body")
+    outputs = llmflow.run(program, {"animal": "cat", "n": 37})
+    assert outputs["legs"] == {"legs": 4}
+    assert [s.body["max_tokens"] for s in scripted_server.seen] == [37]
+
+
+def test_a_structured_answer_cut_off_at_max_tokens_says_to_raise_it(
+    scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    scripted_server.reply = _cut
+    program = _sized_program(tmp_path, scripted_server.url, "body: Body")
+    with pytest.raises(llmflow.errors.LLMFlowError) as caught:
+        llmflow.run(program, {"animal": "cat", "n": 5})
+    message = str(caught.value)
+    assert "output 'body' (Body) was cut off at max_tokens=5 (finish reason: length)" in message
+    assert "raise max_tokens" in message
+    assert len(scripted_server.seen) == 1  # the same cap would cut it again: no retry
+
+
+def test_an_input_out_of_an_options_range_fails_that_call_before_sending(
+    scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    program = _sized_program(tmp_path, scripted_server.url, "body: Body")
+    with pytest.raises(llmflow.errors.LLMFlowError) as caught:
+        llmflow.run(program, {"animal": "cat", "n": 0})
+    assert "max_tokens=n must be a positive integer, but 'n' is 0" in str(caught.value)
+    assert "sized.llmflow:" in str(caught.value)  # at the call's position
+    assert scripted_server.seen == []

@@ -130,3 +130,46 @@ def test_measure_stops_counting_early() -> None:
     shared = ["y" * 1000] * 1000
     size, _ = measure([shared] * 1000, limit=5_000)
     assert 5_000 < size < 10_000
+
+
+@pytest.mark.parametrize(
+    ("op", "a", "b", "expected"),
+    [("//", 7, 2, 3), ("//", -7, 2, -4), ("%", -7, 2, 1), ("//", 7.5, 2, 3.0)],
+)
+def test_integer_division_and_remainder_round_down(op: str, a: Any, b: Any, expected: Any) -> None:
+    result = evaluate(op, None, [a, b])
+    assert result == expected and type(result) is type(expected)
+
+
+@pytest.mark.parametrize("op", ["/", "//", "%"])
+def test_division_by_zero_is_a_builtin_error(op: str) -> None:
+    with pytest.raises(BuiltinError, match="division by zero"):
+        evaluate(op, None, [7, 0])
+
+
+def test_enumerate_pairs_each_item_with_its_index() -> None:
+    assert call("enumerate", ["a", "b"]) == [{"index": 0, "item": "a"}, {"index": 1, "item": "b"}]
+    assert call("enumerate", []) == []
+
+
+def test_zip_puts_two_lists_side_by_side_and_refuses_different_lengths() -> None:
+    assert call("zip", [1, 2], ["a", "b"]) == [
+        {"first": 1, "second": "a"},
+        {"first": 2, "second": "b"},
+    ]
+    with pytest.raises(BuiltinError, match=r"different lengths \(2 and 1\)"):
+        call("zip", [1, 2], ["a"])
+
+
+def test_enumerate_and_zip_types_name_their_fields() -> None:
+    from llmflow.compiler.types import INT, STR, ListT, RecordT
+    from llmflow.stdlib.builtins import BUILTINS
+
+    indexed = BUILTINS["enumerate"].result([ListT(item=STR)])
+    fields = (("index", INT), ("item", STR))
+    assert indexed == ListT(item=RecordT(name="Indexed[str]", fields=fields))
+    pair = BUILTINS["zip"].result([ListT(item=INT), ListT(item=STR)])
+    assert isinstance(pair, ListT) and isinstance(pair.item, RecordT)
+    assert pair.item.fields == (("first", INT), ("second", STR))
+    refused = BUILTINS["zip"].result([ListT(item=INT), STR])
+    assert refused == "expects a list, got str (second argument)"

@@ -296,3 +296,118 @@ def test_work_a_run_may_skip_is_not_a_plan_time_error(make: Make) -> None:
     )
     known = [n for n in plan.graph.nodes if n.id in plan.known]
     assert [n.op for n in known if isinstance(n, BuiltinNode)] == ["<"]
+
+
+LABEL_FN = '''
+fn label(x: str) -> tag: str
+"""
+Tag {{x}}: {{tag | max_tokens=4}}
+"""
+'''
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        ([["a", "b", "c", "d", "e"], ["f", "g", "h", "i", "j"]], 10),
+        ([["a", "b", "c"], ["d"], []], 4),
+        ([[]], 0),
+    ],
+)
+def test_a_nested_map_over_a_known_list_counts_its_calls_exactly(
+    make: Make, groups: list[list[str]], expected: int
+) -> None:
+    plan = make(
+        LABEL_FN
+        + """
+    flow main(groups: list[list[str]]) -> out: list[list[str]] {
+        out = map g in groups: map x in g: label(x)
+    }
+    """,
+        inputs={"groups": groups},
+    )
+    assert plan.total.instances == expected
+
+
+def test_three_nested_maps_over_known_lists_count_exactly(make: Make) -> None:
+    plan = make(
+        LABEL_FN
+        + """
+    flow main(xs: list[list[list[str]]], hs: list[str]) -> out: list[list[list[list[str]]]] {
+        out = map g in xs: map h in hs: map p in g: map x in p: label(x)
+    }
+    """,
+        inputs={"xs": [[["a", "b"], ["c"]], [["d", "e", "f"]]], "hs": ["1", "2"]},
+    )
+    assert plan.total.instances == (3 + 3) * 2
+
+
+def test_a_nested_map_over_an_unknown_list_assumes_a_size_per_level(make: Make) -> None:
+    plan = make(
+        LABEL_FN
+        + """
+    flow main(groups: list[list[str]]) -> out: list[list[str]] {
+        out = map g in groups: map x in g: label(x)
+    }
+    """
+    )
+    assert plan.total.instances == 16
+
+
+SIZED_FN = '''
+fn ask(q: str, n: int) -> a: str
+"""
+{{q}} {{a | max_tokens=n}}
+"""
+'''
+
+
+def test_max_tokens_from_a_known_input_is_the_estimated_output_length(make: Make) -> None:
+    source = (
+        SIZED_FN
+        + """
+    flow main(q: str, n: int) -> a: str {
+        a = ask(q, n)
+    }
+    """
+    )
+    assert make(source, inputs={"n": 7}).total.output_tokens == 7
+    from llmflow.compiler.optimizer.prompts import DEFAULT_INPUT_MAX_TOKENS
+
+    unknown = make(source)
+    assert unknown.total.output_tokens == DEFAULT_INPUT_MAX_TOKENS
+    assert any(
+        f"max_tokens=n not known before running; estimates assume {DEFAULT_INPUT_MAX_TOKENS}" in m
+        for m in said(unknown, "estimates")
+    )
+
+
+def test_max_tokens_from_a_map_item_uses_each_known_value(make: Make) -> None:
+    plan = make(
+        SIZED_FN
+        + """
+    flow main(ns: list[int]) -> a: list[str] {
+        a = map n in ns: ask("Hi", n)
+    }
+    """,
+        inputs={"ns": [5, 9, 1]},
+    )
+    assert plan.total.instances == 3
+    assert plan.total.output_tokens == 5 + 9 + 1
+
+
+def test_calls_whose_temperature_an_input_gives_are_not_merged(make: Make) -> None:
+    plan = make(
+        '''
+    fn poem(topic: str, t: float) -> p: str
+    """
+    A poem on {{topic}}: {{p | max_tokens=20, temperature=t}}
+    """
+
+    flow main(topic: str, t: float) -> a: str, b: str {
+        a = poem(topic, t)
+        b = poem(topic, t)
+    }
+    '''
+    )
+    assert calls(plan) == ["poem", "poem"]
