@@ -231,6 +231,7 @@ def _kind_and_name(decl: ast.Decl) -> tuple[str, str]:
         "RecordDecl": "record",
         "ModelDecl": "model",
         "EvalDecl": "eval",
+        "ConstDecl": "constant",
     }
     return kinds[type(decl).__name__], decl.name.name  # type: ignore[union-attr]
 
