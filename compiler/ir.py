@@ -564,6 +564,15 @@ class Plan(BaseModel):
     def calls(self) -> list[LLMNode]:
         return [n for n in self.graph.walk() if isinstance(n, LLMNode)]
 
+    def models_used(self, fallbacks: bool = False) -> set[str]:
+        """The models a run calls: each call's and its routes'; with `fallbacks`, also
+        those that may take a failing call over."""
+        names = {node.call.model for node in self.calls()}
+        names.update(name for route in self.routes.values() for name in route.models.values())
+        if fallbacks:
+            names.update(name for taking_over in self.fallbacks.values() for name in taking_over)
+        return names
+
     def to_json(self) -> dict[str, Any]:
         return {
             "flow": self.flow,

@@ -271,7 +271,7 @@ class Session:
     def _pool(self, plan: Plan) -> _Pool:
         """The pool that serves the plan's models, created (and its hosted clients
         opened) if none does yet."""
-        used = _called(plan)
+        used = plan.models_used()
         if self.cassette is not None and not self.cassette.sends:
             if not self._pools:  # replaying: no backend, no model loaded, nothing sent
                 self._pools.append(_Pool(OfflineBackend(), {}))
@@ -328,17 +328,9 @@ def check_plan(plan: Plan, *, priced: bool = False, reached: bool = True) -> Non
     without); with the router's backends (`reached`), the key and address of every
     hosted model it calls (BackendError). Uses no resource."""
     if priced:
-        names = _called(plan)
-        names.update(name for fallbacks in plan.fallbacks.values() for name in fallbacks)
-        check_priced(plan.models[name] for name in sorted(names))
+        check_priced(plan.models[name] for name in sorted(plan.models_used(fallbacks=True)))
     if reached:
-        Router(registry.anchored(plan.models, Path(plan.base_dir))).check(_called(plan))
-
-
-def _called(plan: Plan) -> set[str]:
-    names = {node.call.model for node in plan.calls()}
-    names.update(name for route in plan.routes.values() for name in route.models.values())
-    return names
+        Router(registry.anchored(plan.models, Path(plan.base_dir))).check(plan.models_used())
 
 
 def _printable(plan: Plan, result: RunResult) -> RunResult:

@@ -188,10 +188,7 @@ class RayExecutor:
                 settings.budget, settings.spent + replayed, settings.unanswered
             )
         plan = self.plan
-        used = {node.call.model for node in plan.calls()}
-        used.update(name for fallbacks in plan.fallbacks.values() for name in fallbacks)
-        used.update(name for route in plan.routes.values() for name in route.models.values())
-        for name in sorted(used):
+        for name in sorted(plan.models_used(fallbacks=True)):
             limits = plan.models[name].limits
             if limits.rpm or limits.tpm or limits.concurrency:
                 named = ray.remote(LimitsActor).options(
