@@ -528,13 +528,16 @@ def _by_value(
         params[node.id] = param
     rows = sum(score.n for score in base.scores.values())
     shares = {v: score.n / rows for v, score in sorted(base.scores.items())}
+    overall = [
+        (evidence.score_of(fn, m) or evidence.baseline).mean - evidence.baseline.mean
+        for m in models
+    ]
     per_value: dict[str, list[float]] = {}
     for value, baseline in sorted(base.scores.items()):
         gains = []
-        for m, by_value in zip(models, scores, strict=True):
-            overall = (evidence.score_of(fn, m) or evidence.baseline).mean - evidence.baseline.mean
+        for gain, by_value in zip(overall, scores, strict=True):
             measured = by_value.get(value) if by_value is not None else None
-            gains.append(overall if measured is None else measured.mean - baseline.mean)
+            gains.append(gain if measured is None else measured.mean - baseline.mean)
         per_value[value] = gains
     return params, shares, per_value
 
