@@ -208,6 +208,9 @@ class BuiltinNode(_Node):
     names: list[str] | None = None
     """op "record": its field names, in argument order. A named builtin: the keyword
     names of its last arguments."""
+    bound: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments the optimizer fixed: a token builtin's tokenizer, where the
+    program named none (`choose_tokenizers`)."""
 
     @property
     def static(self) -> Any:

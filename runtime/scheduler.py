@@ -386,6 +386,6 @@ def _ports(args: list[Any]) -> dict[Binding, Any]:
 
 def _builtin(node: BuiltinNode, args: list[Any]) -> Any:
     try:
-        return evaluate(node.op, node.static, args)
+        return evaluate(node.op, node.static, args, node.bound)
     except BuiltinError as err:
         raise NodeFailed(node, str(err)) from None

@@ -467,7 +467,7 @@ BUILTINS: dict[str, Builtin] = {
         ),
         Builtin(
             "count_tokens",
-            (Param("text", STR), Param("model", STR, "default")),
+            (Param("text", STR), Param("model", STR, tokenizers.ASSIGNED)),
             _fixed(INT),
             tokenizers.count_tokens,
             "Tokens of text on an embedded model's tokenizer.",
@@ -478,7 +478,7 @@ BUILTINS: dict[str, Builtin] = {
                 Param("text", STR),
                 Param("size", INT),
                 Param("overlap", INT, 0),
-                Param("model", STR, "default"),
+                Param("model", STR, tokenizers.ASSIGNED),
             ),
             _fixed(ListT(item=STR)),
             tokenizers.chunk_tokens,
@@ -486,7 +486,7 @@ BUILTINS: dict[str, Builtin] = {
         ),
         Builtin(
             "truncate_tokens",
-            (Param("text", STR), Param("size", INT), Param("model", STR, "default")),
+            (Param("text", STR), Param("size", INT), Param("model", STR, tokenizers.ASSIGNED)),
             _fixed(STR),
             tokenizers.truncate_tokens,
             "The start of text that fits in `size` tokens.",
@@ -620,9 +620,10 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def evaluate(op: str, value: Any, args: list[Any]) -> Any:
+def evaluate(op: str, value: Any, args: list[Any], bound: dict[str, Any] | None = None) -> Any:
     """Compute a `builtin` node: an operator, a field access, a record or list, or a
-    named builtin (`value` holds a field name, record fields, or keyword names)."""
+    named builtin (`value` holds a field name, record fields, or keyword names; `bound`
+    keyword arguments the optimizer fixed)."""
     if op == "field":
         return args[0][value]
     if op == "record":
@@ -646,6 +647,10 @@ def evaluate(op: str, value: Any, args: list[Any]) -> Any:
     keywords = value or []
     positional = args[: len(args) - len(keywords)]
     named = dict(zip(keywords, args[len(positional) :], strict=True))
+    if bound:  # by name, over what the arguments say
+        named.update(zip((p.name for p in BUILTINS[op].params), positional, strict=False))
+        named.update(bound)
+        positional = []
     try:
         return _check_result(f"{op}()", BUILTINS[op].impl(*positional, **named))
     except LimitError:

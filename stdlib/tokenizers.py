@@ -22,6 +22,10 @@ from llmflow.compiler.models import DEFAULT_MODEL_ID, LOCAL_MODELS
 _LOCK = threading.Lock()
 _VOCABS: dict[str, Any] = {}
 _BOUNDARIES = ("\n\n", "\n", ". ", " ")
+ASSIGNED = "assigned"
+"""The `model` the builtins take when the program names none: the tokenizer of the model
+the calls reading the result run on, bound by the optimizer (`choose_tokenizers`); the
+default model's where nothing is bound (`-O0`)."""
 MAX_CHARS_PER_TOKEN = 32
 """A window of this many characters per token always holds `size` tokens of text (a token
 of a real vocabulary is rarely longer than 16 characters)."""
@@ -41,11 +45,11 @@ atexit.register(_close)
 
 def _vocab(model: str) -> Any:
     """The vocabulary-only Llama of an embedded model, loaded once."""
-    model_id = DEFAULT_MODEL_ID if model == "default" else model
+    model_id = DEFAULT_MODEL_ID if model in ("default", ASSIGNED) else model
     if model_id not in LOCAL_MODELS:
         raise ValueError(
             f"no tokenizer for '{model}': name an embedded model "
-            f"({', '.join(['default', *LOCAL_MODELS])})"
+            f"({', '.join(['assigned', 'default', *LOCAL_MODELS])})"
         )
     with _LOCK:
         if model_id not in _VOCABS:
@@ -61,7 +65,7 @@ def _vocab(model: str) -> Any:
         return _VOCABS[model_id]
 
 
-def tokenize(text: str, model: str = "default") -> list[int]:
+def tokenize(text: str, model: str = ASSIGNED) -> list[int]:
     """The tokens of `text` on `model` (no beginning-of-text token)."""
     if not text:
         return []
@@ -76,13 +80,13 @@ def _prefix_chars(text: str, tokens: list[int], model: str) -> int:
     return min(len(spelled), len(text))
 
 
-def count_tokens(text: str, model: str = "default") -> int:
+def count_tokens(text: str, model: str = ASSIGNED) -> int:
     """How many tokens `text` is on an embedded model's tokenizer (`model`: an embedded
     model id, or `default`), without a beginning-of-text token."""
     return len(tokenize(text, model))
 
 
-def truncate_tokens(text: str, size: int, model: str = "default") -> str:
+def truncate_tokens(text: str, size: int, model: str = ASSIGNED) -> str:
     """The longest start of `text` of at most `size` tokens, cut at a word boundary
     where one lies in its second half."""
     if size < 0:
@@ -109,7 +113,7 @@ def _fit(text: str, size: int, model: str, tokens: list[int]) -> str:
     return piece
 
 
-def chunk_tokens(text: str, size: int, overlap: int = 0, model: str = "default") -> list[str]:
+def chunk_tokens(text: str, size: int, overlap: int = 0, model: str = ASSIGNED) -> list[str]:
     """Cut text into pieces of at most `size` tokens, at paragraph, line, sentence or
     word boundaries where possible; consecutive pieces share about `overlap` tokens."""
     from llmflow.stdlib.builtins import MAX_ITEMS, LimitError

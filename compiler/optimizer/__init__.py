@@ -21,6 +21,7 @@ from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.ir import Plan
 from llmflow.compiler.optimizer.analyze_prefixes import analyze_prefixes
 from llmflow.compiler.optimizer.assign_models import assign_models
+from llmflow.compiler.optimizer.choose_tokenizers import choose_tokenizers
 from llmflow.compiler.optimizer.eliminate_common_calls import eliminate_common_calls
 from llmflow.compiler.optimizer.eliminate_dead import eliminate_dead
 from llmflow.compiler.optimizer.estimate import estimate
@@ -36,6 +37,7 @@ RULES: tuple[Rule, ...] = (
     eliminate_dead,
     evaluate_known,
     assign_models,
+    choose_tokenizers,
     analyze_prefixes,
     estimate,
     prioritize,

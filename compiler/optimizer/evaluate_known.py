@@ -37,7 +37,7 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
         elif isinstance(node, BuiltinNode) and all(a in plan.known for a in node.args):
             try:
                 plan.known[node.id] = evaluate(
-                    node.op, node.static, [plan.known[a] for a in node.args]
+                    node.op, node.static, [plan.known[a] for a in node.args], node.bound
                 )
             except LimitError as err:
                 if node.id not in surely:

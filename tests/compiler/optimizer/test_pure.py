@@ -52,8 +52,10 @@ Document:
 Summarize the document. {{s | max_tokens=40}}
 """
 
-flow main(doc: str, questions: list[str]) -> answers: list[str], a: str, b: str, c: str {
+flow main(doc: str, questions: list[str]) -> answers: list[str], a: str, b: str, c: str,
+        parts: list[str] {
     answers = map q in questions: ask(doc, q)
+    parts = map piece in chunk_tokens(doc, 50): summary(piece)
     a = summary(upper(doc))
     b = summary(upper(doc))
     if len(doc) > 10 {
