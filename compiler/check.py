@@ -17,6 +17,7 @@ import networkx as nx
 
 from llmflow.compiler import ast, catalog, resolve
 from llmflow.compiler import config as config_file
+from llmflow.compiler.branch_nexts import shown
 from llmflow.compiler.check_evals import check_eval
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
 from llmflow.compiler.evalspec import EvalSpec
@@ -1442,7 +1443,26 @@ class Checker:
                     target.name, target.span, check_next, reads=lambda d=d: [*reads(), d]
                 )
                 continue
+            if target.name != shown(target.name):
+                compute = self._carried_next(target, compute, scope)
             self._define(scope, target, compute, reads)
+
+    def _carried_next(
+        self, target: ast.Ident, compute: Callable[[], Type], scope: _Scope
+    ) -> Callable[[], Type]:
+        """A carried variable's next value given in a branch (`compiler/branch_nexts.py`):
+        checked against the carried type where the branch assigns it."""
+        name = shown(target.name)
+
+        def check() -> Type:
+            got = compute()
+            carried = scope.find(name)
+            want = self._force(carried) if carried is not None else got
+            if not assignable(got, want):
+                self.error("type", f"'{name}' is carried as {want} but assigned {got}", target.span)
+            return want
+
+        return check
 
     def _collect_if(self, stmt: ast.If, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
         """An if, and the ifs of its else-if chain one after the other: a chain of any

@@ -27,6 +27,7 @@ from lark.parsers.lalr_analysis import Reduce
 from lark.parsers.lalr_parser_state import ParseConf, ParserState
 
 from llmflow.compiler import ast
+from llmflow.compiler.branch_nexts import lift_branch_nexts
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, quote
 from llmflow.compiler.heap import gc_paused
 from llmflow.stdlib.builtins import MAX_INT_DIGITS
@@ -69,6 +70,8 @@ def _parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]
         for decl in chunk_decls:
             too_deep = _too_deep(decl)
             if too_deep is None:
+                if isinstance(decl, ast.FlowDecl):
+                    decl = lift_branch_nexts(decl)
                 decls.append(decl)
                 continue
             diags.append(too_deep)
