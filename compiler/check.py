@@ -1806,7 +1806,20 @@ class Checker:
                     return ANY
                 self.checked.enum_values[id(e)] = e.attr.name
                 return enum
-        return self._field(self.expr(e.value, scope), e.attr)
+        value = self.expr(e.value, scope)
+        if isinstance(e.value, ast.Call) and not isinstance(value, AnyT):
+            decl = getattr(self.checked.callees.get(id(e.value)), "decl", None)
+            outputs = getattr(decl, "outputs", None) or []
+            if len(outputs) == 1 and outputs[0].name.name == e.attr.name:
+                self.error(
+                    "type",
+                    f"{e.value.func.name}() has one output, '{e.attr.name}': its call is "
+                    "that value, with no fields to select",
+                    e.attr.span,
+                    hint=f"drop .{e.attr.name}: {e.value.func.name}(...) is the {value} itself",
+                )
+                return value
+        return self._field(value, e.attr)
 
     def _binop(self, e: ast.BinOp, lt: Type, rt: Type) -> Type:
         if e.op in ("and", "or"):
