@@ -284,6 +284,14 @@ class EvalDecl(Node):
     metrics: list[EvalMetric] = Field(default_factory=list)
 
 
+class FnPin(Node):
+    """`@model(big) fn argue_for`: decorators for a semantic function an imported module
+    declares, given by the program that uses it."""
+
+    name: Ident
+    decorators: list[Decorator] = Field(default_factory=list)
+
+
 class ConstDecl(Node):
     """`const STYLE = \"\"\"...\"\"\"`: a module-level literal, importable like a function."""
 
@@ -298,6 +306,7 @@ Decl = (
     | EnumDecl
     | RecordDecl
     | FnDecl
+    | FnPin
     | ExternDecl
     | FlowDecl
     | EvalDecl

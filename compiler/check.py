@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -379,6 +380,7 @@ class Checker:
                     self._check_extern(decl)
                 elif isinstance(decl, ast.FlowDecl):
                     self._check_flow(decl)
+        self._check_pins()
         if not self._check_flow_cycles():
             self._check_inlined_depth()
         self._check_evals()
@@ -860,8 +862,68 @@ class Checker:
                     hint="mark the flow output that needs it",
                 )
 
+    def _check_pins(self) -> None:
+        """`@model(big) fn argue_for`: decorators a module gives a function it imports,
+        applied over the function's own (after them, so the program that uses a library
+        decides). Every caller in the program sees them: a pin is per function."""
+        first: dict[int, ast.FnPin] = {}
+        for name, module in self.program.modules.items():
+            self.module = name
+            for decl in module.decls:
+                if isinstance(decl, ast.FnPin):
+                    self._check_pin(decl, first)
+        self.module = self.program.main
+
+    def _check_pin(self, pin: ast.FnPin, first: dict[int, ast.FnPin]) -> None:
+        fn = pin.name.name
+        sym = self._lookup(fn)
+        if fn in self.broken:
+            return
+        if sym is None:
+            names = [
+                n for n, s in self.checked.symbols[self.module].items() if isinstance(s, FnSym)
+            ]
+            self.error(
+                "unknown-name",
+                f"unknown function '{fn}'",
+                pin.name.span,
+                hint=did_you_mean(fn, names)
+                or "`fn NAME` without a signature decorates a function of an imported module",
+            )
+            return
+        if sym.module == self.module:
+            line = sym.decl.name.span.line  # type: ignore[union-attr]
+            self.error(
+                "declaration",
+                f"'{fn}' is declared in this module: decorate its declaration",
+                pin.name.span,
+                hint=f"put the decorators on the line above fn {fn}(…) on line {line}",
+            )
+            return
+        if not pin.decorators:
+            self.error(
+                "declaration",
+                f"fn {fn} without a signature gives it decorators, but it has none",
+                pin.span,
+                hint=f"write @model(NAME) fn {fn}, or declare it with a signature and a template",
+            )
+            return
+        if id(sym) in first:
+            earlier = first[id(sym)].span
+            self.error(
+                "declaration",
+                f"'{fn}' is decorated twice",
+                pin.name.span,
+                hint=f"first in {Path(earlier.file).name} on line {earlier.line}",
+            )
+            return
+        first[id(sym)] = pin
+        if isinstance(sym, FnSym) and any(d.name.name == "needs" for d in pin.decorators):
+            sym.needs = {}  # the program's @needs replace the library's
+        self._check_decorators(pin, sym)
+
     def _check_decorators(
-        self, decl: ast.FnDecl | ast.ExternDecl | ast.FlowDecl, sym: Symbol
+        self, decl: ast.FnDecl | ast.ExternDecl | ast.FlowDecl | ast.FnPin, sym: Symbol
     ) -> None:
         for dec in decl.decorators:
             name = dec.name.name

@@ -692,6 +692,11 @@ class _Builder:
         )
 
     @_spanned
+    def fn_pin(self, span: ast.Span, children: list) -> ast.FnPin:
+        *decorators, name = children
+        return ast.FnPin(span=span, name=self._ident(name), decorators=decorators)
+
+    @_spanned
     def extern_decl(self, span: ast.Span, children: list) -> ast.ExternDecl:
         *decorators, name, params, returns, target = children
         single = isinstance(returns, ast.TypeRef)
