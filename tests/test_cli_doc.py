@@ -63,7 +63,7 @@ def test_doc_of_a_builtin_uses_its_type_rule_and_docstring(
 ) -> None:
     _, out, _ = doc(capsys, "chunk_tokens")
     assert out.startswith(
-        'chunk_tokens(text: str, size: int, overlap: int = 0, model: str = "default") '
+        'chunk_tokens(text: str, size: int, overlap: int = 0, model: str = "assigned") '
         "-> list[str]\n    (builtin, builtins)"
     )
     assert "paragraph, line, sentence or word boundaries" in out  # from the docstring
