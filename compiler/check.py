@@ -20,7 +20,7 @@ from llmflow.compiler import ast, catalog, resolve
 from llmflow.compiler import config as config_file
 from llmflow.compiler.branch_nexts import shown
 from llmflow.compiler.check_evals import check_eval
-from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
+from llmflow.compiler.diagnostics import Diagnostic, Kind, did_you_mean, sort_key
 from llmflow.compiler.evalspec import EvalSpec
 from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.heap import gc_paused
@@ -87,6 +87,8 @@ RESERVED = frozenset(
 MAX_SAMPLES = 100
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
 DECORATORS = ("model", "needs")
+PERF_GOALS = ("latency", "throughput")
+"""What a flow output may ask for (`-> @latency answer: str`): docs/optimizer.md, prioritize."""
 
 
 # ---- symbols ----------------------------------------------------------------------------
@@ -345,7 +347,7 @@ class Checker:
         """Declarations with syntax errors: their uses are not reported again."""
 
     def error(
-        self, kind: str, message: str, span: ast.Span | None, label: str = "", hint: str = ""
+        self, kind: Kind, message: str, span: ast.Span | None, label: str = "", hint: str = ""
     ) -> None:
         self.diags.append(Diagnostic(kind=kind, message=message, span=span, label=label, hint=hint))
 
@@ -841,13 +843,12 @@ class Checker:
                     o.name.span,
                     hint="inputs and outputs need distinct names",
                 )
-            if o.perf is not None and o.perf.name not in ("latency", "throughput"):
+            if o.perf is not None and o.perf.name not in PERF_GOALS:
                 self.error(
                     "unknown-name",
                     f"unknown performance goal '@{o.perf.name}'",
                     o.perf.span,
-                    hint=did_you_mean(o.perf.name, ["latency", "throughput"])
-                    or "write @latency or @throughput",
+                    hint=did_you_mean(o.perf.name, PERF_GOALS) or "write @latency or @throughput",
                 )
             out.append((o.name.name, self.resolve_type(o.type)))
         return out

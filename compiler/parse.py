@@ -1082,6 +1082,8 @@ def parse_template(
 
 _TAG = re.compile(r"\{%[ \t]*([A-Za-z_]\w*)[ \t]*%\}", re.ASCII)
 """A block tag: one word between `{%` and `%}` (other `{% ... %}` text stays text)."""
+BLOCK_TAGS = ("system", "end")
+"""The block tags a template may hold: `{% system %}...{% end %}` at its start."""
 SYSTEM_HINT = "write the system message first: {% system %}You are terse.{% end %}"
 
 
@@ -1100,8 +1102,8 @@ def _sections(
     opened: tuple[int, ast.Span] | None = None
     seen_system: ast.Span | None = None
     for at, word, where in tags:
-        if word not in ("system", "end"):
-            close = did_you_mean(word, ["system", "end"])
+        if word not in BLOCK_TAGS:
+            close = did_you_mean(word, BLOCK_TAGS)
             error(
                 f"unknown template block '{{% {word} %}}'",
                 where,
