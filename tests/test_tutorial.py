@@ -155,7 +155,7 @@ def test_the_reference_marks_its_blocks_with_marks_it_knows() -> None:
         known = {"runnable", "rendered"} | {m for m in b.marks if re.match(r"(file|error)=", m)}
         assert set(b.marks) <= known, f"language.md:{b.line}: unknown marks {b.marks}"
         if "rendered" in b.marks:
-            assert any(after is b for _, after in _errors()), (
+            assert any(after == b for _, after in _errors()), (
                 f"language.md:{b.line}: a rendered error that follows no error block"
             )
 
