@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lark import Lark, Token, Tree
 
-from llmflow.compiler.check import DECORATORS, OUTPUT_OPTIONS, PERF_GOALS
+from llmflow.compiler.check import DECORATORS, OUTPUT_OPTIONS, PERF_GOALS, RESERVED
 from llmflow.compiler.diagnostics import Kind
 from llmflow.compiler.parse import BLOCK_TAGS
 from llmflow.stdlib.builtins import BUILTINS
@@ -166,6 +166,20 @@ def test_every_construct_of_the_grammar_has_a_runnable_example() -> None:
     assert not missing, (
         f"constructs of compiler/grammar.lark no ```llmflow runnable block of "
         f"docs/language.md uses: {', '.join(missing)}"
+    )
+
+
+def test_the_keywords_of_the_reference_are_the_grammars_and_are_reserved() -> None:
+    words = {
+        str(t.pattern.value)
+        for t in _parser().terminals
+        if t.pattern.type == "str" and re.fullmatch(r"[a-z]+", t.pattern.value)
+    }
+    text = LANGUAGE.read_text()
+    listed = text[text.index("### Keywords") :].split("```")[1].split()
+    assert set(listed) == words, f"§2 Keywords lists {sorted(set(listed) ^ words)} wrongly"
+    assert words == RESERVED, (
+        f"keywords not reserved (or reserved words that are not): {sorted(words ^ RESERVED)}"
     )
 
 
