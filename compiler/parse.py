@@ -303,6 +303,13 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
         )
     if message.startswith("unterminated template"):
         hint = 'end the template with """ on a line of its own'
+    before = text.split("\n")[line - 1][: col - 1] if 0 < line <= text.count("\n") + 1 else ""
+    if (
+        isinstance(err, UnexpectedToken)
+        and err.token.type == "COMP_OP"
+        and re.search(r"[<>]|==|!=", before)
+    ):
+        hint = "comparisons do not chain: write a < b and b < c"
     written = text.split("\n")[line - 1] if 0 < line <= text.count("\n") + 1 else ""
     if re.match(r"\s*@model\(\s*[\w.]+-", written):
         hint = (
