@@ -826,6 +826,8 @@ class Checker:
                 return True
             case ast.Attr():
                 return id(expr) in self.checked.enum_values
+            case ast.Name(id=name):
+                return self._const_sym(name) is not None
         return False
 
     def _outputs(
@@ -1175,24 +1177,43 @@ class Checker:
             )
 
     def _check_choices(self, opt: ast.Keyword, inputs: dict[str, Type], out: Type) -> None:
-        """`choices=options`: the output is one of an input's strings, known at run time."""
+        """`choices=options`: the output is one of an input's strings, known at run time,
+        or of a constant list of strings (`choices=COLORS`, `choices=["red", "blue"]`)."""
         name = opt.value.id if isinstance(opt.value, ast.Name) else None
-        if name is None or name not in inputs:
+        if name is not None and name in inputs:
+            t = inputs[name]
+            if not (
+                isinstance(t, ListT) and assignable(t.item, STR) and not isinstance(t.item, AnyT)
+            ):
+                self.error(
+                    "type",
+                    f"choices needs a list[str], but '{name}' is {t}",
+                    opt.value.span,
+                    hint=f"declare {name}: list[str]",
+                )
+        elif isinstance(opt.value, ast.ListExpr) or (
+            name is not None and self._const_sym(name) is not None
+        ):
+            reported = len(self.diags)
+            value = self._const_value(opt.value)
+            if len(self.diags) > reported:
+                return
+            if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+                self.error(
+                    "type",
+                    "choices needs a non-empty list of strings",
+                    opt.value.span,
+                    hint='write choices=["red", "green"], or an input: choices=options',
+                )
+                return
+        else:
             self.error(
                 "type",
-                "choices takes an input of this function",
+                "choices takes a list of strings: an input of this function or a constant",
                 opt.value.span,
                 hint="declare a parameter options: list[str] and write choices=options",
             )
             return
-        t = inputs[name]
-        if not (isinstance(t, ListT) and assignable(t.item, STR) and not isinstance(t.item, AnyT)):
-            self.error(
-                "type",
-                f"choices needs a list[str], but '{name}' is {t}",
-                opt.value.span,
-                hint=f"declare {name}: list[str]",
-            )
         if not assignable(out, STR) or isinstance(out, EnumT):
             self.error(
                 "type",

@@ -133,8 +133,9 @@ class OutputSpec(BaseModel):
     from_inputs: dict[str, str] = Field(default_factory=dict)
     """Numeric options given by one of the function's inputs (`max_tokens=n`): option →
     input name, read when the call runs."""
-    choices: str | None = None
-    """`choices=options`: the input whose strings (known at run time) the output is one of."""
+    choices: str | list[str] | None = None
+    """`choices=options`: the input whose strings (known at run time) the output is one
+    of; or the strings themselves, from a constant (`choices=COLORS`)."""
 
     @model_serializer(mode="wrap")
     def _without_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

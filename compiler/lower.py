@@ -726,7 +726,7 @@ class Lowerer:
                         temperature=options.get("temperature"),
                         seed=options.get("seed"),
                         from_inputs=from_inputs,
-                        choices=inputs.get("choices"),
+                        choices=inputs.get("choices") or options.get("choices"),
                     )
                 )
                 segments.append(Generate(output=head))
