@@ -32,6 +32,7 @@ from llmflow.compiler.types import (
     BOOL,
     FLOAT,
     INT,
+    OUTPUTS,
     PRIMS,
     STR,
     AnyT,
@@ -103,7 +104,7 @@ class Signature:
     def result(self, name: str) -> Type:
         if len(self.outputs) == 1:
             return self.outputs[0][1]
-        return RecordT(name=f"{name} outputs", fields=tuple(self.outputs))
+        return RecordT(name=f"{name}{OUTPUTS}", fields=tuple(self.outputs))
 
 
 @dataclass

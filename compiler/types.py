@@ -136,6 +136,10 @@ def unbounded(t: Type) -> Type:
     return t
 
 
+OUTPUTS = " outputs"
+"""The name of the record a call of a function with several outputs gives: `judge outputs`."""
+
+
 def assignable(src: Type, dst: Type) -> bool:
     """May a value of type `src` be used where `dst` is expected?"""
     src, dst = unbounded(src), unbounded(dst)
@@ -154,6 +158,13 @@ def assignable(src: Type, dst: Type) -> bool:
         return True
     if isinstance(src, ListT) and isinstance(dst, ListT):
         return assignable(src.item, dst.item)
+    if isinstance(src, RecordT) and isinstance(dst, RecordT) and src.name.endswith(OUTPUTS):
+        # A call's outputs fit a record declared with the same fields: both are a JSON
+        # object at run time, and `results: list[Judged]` is how a flow names them.
+        fields, wanted = dict(src.fields), dict(dst.fields)
+        return fields.keys() == wanted.keys() and all(
+            assignable(fields[name], t) for name, t in wanted.items()
+        )
     return False
 
 

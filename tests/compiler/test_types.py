@@ -105,3 +105,15 @@ def test_bounds_shrink_the_typical_size_of_a_value() -> None:
     assert typical_tokens(ListT(item=STR, max_items=2)) < typical_tokens(ListT(item=STR))
     assert typical_tokens(Prim(name="str", max_len=30)) == 10
     assert typical_tokens(OptionalT(item=INT)) == typical_tokens(INT)
+
+
+def test_a_calls_outputs_fit_a_record_with_the_same_fields() -> None:
+    judged = RecordT(name="Judged", fields=(("reason", STR), ("score", FLOAT)))
+    outputs = RecordT(name="judge outputs", fields=(("score", INT), ("reason", STR)))
+    assert assignable(outputs, judged)  # any order; int fits float
+    assert assignable(ListT(item=outputs), ListT(item=judged))
+    assert not assignable(judged, outputs)  # a declared record is not a call's outputs
+    fewer = RecordT(name="judge outputs", fields=(("reason", STR),))
+    assert not assignable(fewer, judged)
+    other = RecordT(name="Other", fields=(("score", INT), ("reason", STR)))
+    assert not assignable(other, judged)  # declared records stay nominal
