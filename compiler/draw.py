@@ -673,7 +673,8 @@ class _Drawer:
     def _count_text(self, node: IRNode) -> str:
         if node.kind == "loop" and node.loop_max is not None:
             return f"≤ {node.loop_max} times"
-        length = self.plan.known_length(node.args[0]) if node.args else None
+        graph = self.graph_of.get(node.id)
+        length = self.plan.known_length(node.args[0], graph) if node.args else None
         if length is not None:
             return f"×{length}"
         if self.plan.estimates:  # what the optimizer assumed for a list it did not know

@@ -539,16 +539,18 @@ class Plan(BaseModel):
     """The program's `eval` blocks of this flow (docs/evals.md): what `llmflow eval`
     runs. Not what a run does: a dataset run's plan digest leaves them out."""
 
-    def known_length(self, node_id: str) -> int | None:
-        """How many items a top-level list has before running: its known value's, or, for
-        a map's results (a sample's), the length of the list it maps over."""
+    def known_length(self, node_id: str, graph: Graph | None = None) -> int | None:
+        """How many items a list of `graph` (the plan's own by default) has before
+        running: its known value's, or, for a map's results (a sample's), the length of
+        the list it maps over."""
+        graph = graph or self.graph
         while True:
             value = self.known.get(node_id)
             if isinstance(value, list):
                 return len(value)
-            if node_id not in self.graph.g:
+            if node_id not in graph.g:
                 return None
-            node = self.graph.node(node_id)
+            node = graph.node(node_id)
             if not isinstance(node, MapNode) or not node.args:
                 return None
             node_id = node.args[0]
@@ -840,9 +842,8 @@ def _check_references(plan: Plan) -> None:
             raise _fail(
                 f"node {n.id} runs on {n.call.model!r}, not one of the plan's models", "graph"
             )
-    for key in plan.known:
-        if key not in plan.graph.g:
-            raise _fail(f"{key!r} is not a node of the top graph", "known", key)
+    for key in plan.known:  # a body's constants are known too
+        node(key, "known", key)
     for i, group in enumerate(plan.groups):
         model(group.model, "groups", i, "model")
         for j, call in enumerate(group.calls):

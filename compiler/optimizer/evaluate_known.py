@@ -28,7 +28,7 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
     for spec in plan.inputs:
         if spec.name not in inputs and not spec.required:
             inputs[spec.name] = spec.default
-    for node in plan.graph.nodes:
+    for node in plan.graph.walk():  # ids are unique in a plan: bodies' constants too
         if isinstance(node, InputNode):
             if isinstance(node.binding, Param) and node.binding.name in inputs:
                 plan.known[node.id] = inputs[node.binding.name]
@@ -49,21 +49,24 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
         elif isinstance(node, MapNode) and node.args[0] in plan.known:
             items = plan.known[node.args[0]]
             plan.explain(RULE, f"{node.label} runs {len(items)} items", node.id)
-    unknown = [n for n in plan.graph.nodes if n.kind == "map" and n.args[0] not in plan.known]
-    for node in unknown:
-        length = plan.known_length(node.args[0])
-        if length is not None:
-            source = plan.graph.node(node.args[0]).label
-            plan.explain(
-                RULE, f"{node.label} runs {length} items, one per result of {source}", node.id
-            )
-            continue
-        plan.explain(
-            RULE,
-            f"{node.label}: list not known before running; estimates assume "
-            f"{DEFAULT_MAP_ITEMS} items (give `llmflow plan` the inputs for exact figures)",
-            node.id,
-        )
+    for graph in plan.graph.graphs():
+        for node in graph.nodes:
+            if node.kind != "map" or node.args[0] in plan.known:
+                continue
+            length = plan.known_length(node.args[0], graph)
+            if length is not None:
+                source = graph.node(node.args[0]).label
+                plan.explain(
+                    RULE, f"{node.label} runs {length} items, one per result of {source}", node.id
+                )
+            elif graph is plan.graph:  # a nested map's list may be an outer known list's item
+                plan.explain(
+                    RULE,
+                    f"{node.label}: list not known before running; estimates assume "
+                    f"{DEFAULT_MAP_ITEMS} items (give `llmflow plan` the inputs for exact "
+                    "figures)",
+                    node.id,
+                )
     return plan
 
 

@@ -153,6 +153,8 @@ class Shapes:
         self.item_values: dict[str, list[Any]] = {}
         """Every value an `item` input node takes over all instances of its body, when the
         list is known: a nested map over a known list of lists then runs exactly as often."""
+        self.owner: dict[str, Graph] = {}
+        """The graph each node is in."""
         self.assumed: dict[str, list[str]] = {}
         """By call node: `max_tokens=NAME` options whose input is not known at plan time
         (estimated at DEFAULT_INPUT_MAX_TOKENS)."""
@@ -172,6 +174,7 @@ class Shapes:
         while stack:
             graph, instances = stack.pop()
             for node in graph.nodes:
+                self.owner[node.id] = graph
                 if any(a in varies for a in node.args):
                     varies.add(node.id)
                 if isinstance(node, ir.InputNode) and isinstance(
@@ -218,8 +221,8 @@ class Shapes:
         if not node.args:
             return None
         key = outer.get(node.args[0], node.args[0])
-        if not isinstance(items, list):
-            length = self.plan.known_length(key)  # a map over a sample's results
+        if not isinstance(items, list):  # a map over a sample's results
+            length = self.plan.known_length(key, self.owner.get(key))
             return None if length is None else float(length)
         if key in self.plan.known:
             return float(len(items))

@@ -177,3 +177,28 @@ flow main(q: str) -> xs: list[str], f: str {
     data = p.to_json()
     assert '"kind": "system"' in json.dumps(data)
     assert Plan.from_json(json.dumps(data)).to_json() == data
+
+
+def test_a_sample_and_a_map_over_it_inside_a_loop_count_exactly(
+    plan: Callable[..., Plan],
+) -> None:
+    p = optimize(
+        plan(
+            SOLVE
+            + """
+fn rate(q: str, a: str) -> score: int
+\"\"\"{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}\"\"\"
+
+flow main(q: str) -> path: str {
+    repeat at most 2 with path = "" {
+        ideas = sample 3: solve(q + path)
+        scores = map i in ideas: rate(q, i)
+        path = path + best_of(ideas, scores)
+    }
+}
+"""
+        )
+    )
+    assert p.total is not None and p.total.instances == 12  # 2 × (3 samples + 3 ratings)
+    said = [d.message for d in p.decisions]
+    assert "map i in ideas runs 3 items, one per result of sample 3: solve" in said
