@@ -85,6 +85,12 @@ RESERVED = frozenset(
     ]
 )
 MAX_SAMPLES = 100
+PYTHON_CONSTANTS = {
+    "True": "did you mean true? write true/false",
+    "False": "did you mean false? write true/false",
+    "None": "llmflow has no None: a value that may be missing has an optional type (T?)",
+}
+"""Python's constants written in a flow, and what llmflow writes instead."""
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
 DECORATORS = ("model", "needs")
 PERF_GOALS = ("latency", "throughput")
@@ -1848,7 +1854,8 @@ class Checker:
             "unknown-name",
             f"unknown variable '{e.id}'",
             e.span,
-            hint=scope.hint_for(e.id, self._explained)
+            hint=PYTHON_CONSTANTS.get(e.id)
+            or scope.hint_for(e.id, self._explained)
             or did_you_mean(e.id, [*scope.names(), *self._const_names()]),
         )
         return ANY
@@ -2029,6 +2036,17 @@ class Checker:
                 return ANY
             return result
         if name in self.broken:
+            return ANY
+        sym = self._lookup(name)
+        if isinstance(sym, TypeSym) and isinstance(sym.decl, ast.EnumDecl):
+            first = sym.decl.members[0].name if sym.decl.members else "member"
+            self.error(
+                "type",
+                f"'{name}' is an enum, not a function",
+                e.func.span,
+                hint=f"an enum value is a literal ({name}.{first}), an input or a model's "
+                "output; to turn text into one, declare an fn whose output is the enum",
+            )
             return ANY
         callables = [
             n

@@ -311,6 +311,9 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
     ):
         hint = "comparisons do not chain: write a < b and b < c"
     written = text.split("\n")[line - 1] if 0 < line <= text.count("\n") + 1 else ""
+    habit = _python_habit(err, text, written, col)
+    if habit is not None:
+        message, col, width, hint = habit
     if re.match(r"\s*@model\(\s*[\w.]+-", written):
         hint = (
             "@model(...) names a declared model: declare it first, "
@@ -318,6 +321,65 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
         )
     span = ast.Span(file=file, line=line, col=col, end_line=line, end_col=col + width)
     return Diagnostic(kind="syntax", message=message, span=span, hint=hint)
+
+
+_TERNARY = re.compile(r"\s*(.+?)\s*=\s*(.+?)\s+if\s+(.+?)\s+else\s+(.+?)\s*$")
+_FIRST_OUTPUT = re.compile(r"->\s*([A-Za-z_]\w*)\s*:")
+
+
+def _python_habit(
+    err: UnexpectedInput, text: str, written: str, col: int
+) -> tuple[str, int, int, str] | None:
+    """A syntax error that is Python written in llmflow (`elif`, `return`, `a if c else b`,
+    `+=`, 'single quotes'): the mistake named, and what to write, as (message, column,
+    width, hint); None for any other syntax error."""
+    before = written[: col - 1]
+    if isinstance(err, UnexpectedCharacters) and text[err.pos_in_stream] == "'":
+        quoted = re.match(r"'([^'\n]*)'", text[err.pos_in_stream :])
+        shown = json.dumps(quoted.group(1)) if quoted else '"..."'
+        width = len(quoted.group(0)) if quoted else 1
+        return "strings use double quotes", col, width, f"write {shown}"
+    compound = re.match(r"([-+*/%])=", written[col - 1 :])
+    if compound:
+        op = compound.group(1)
+        target = re.search(r"(\w+)\s*$", before)
+        name = target.group(1) if target else "x"
+        value = written[col + 1 :].strip() or "..."
+        return (
+            f"llmflow has no `{op}=`",
+            col,
+            2,
+            f"flow variables are assigned once: in a loop, carry {name} with `with` and "
+            f"write {name} = {name} {op} {value}, e.g. "
+            f"for x in xs with {name} = 0 {{ {name} = {name} {op} x }}",
+        )
+    if not isinstance(err, UnexpectedToken):
+        return None
+    elif_at = re.search(r"\belif\s*$", before)
+    if elif_at:
+        return "llmflow has no `elif`", elif_at.start() + 1, 4, "write `else if`: } else if ... {"
+    return_at = re.match(r"\s*return\b", before)
+    if return_at:
+        output = _FIRST_OUTPUT.search(text)
+        name = output.group(1) if output else "out"
+        value = written[return_at.end() :].strip() or "..."
+        return (
+            "flows have no `return`",
+            return_at.end() - 5,
+            6,
+            f"assign each output of the flow by name: {name} = {value}",
+        )
+    ternary = _TERNARY.match(written)
+    if str(err.token) == "else" and ternary and "{" not in written:
+        target, yes, cond, no = ternary.groups()
+        if_col = written.index(" if ", len(target)) + 2
+        return (
+            "llmflow has no `x if c else y` expression",
+            if_col,
+            2,
+            f"write an if statement: if {cond} {{ {target} = {yes} }} else {{ {target} = {no} }}",
+        )
+    return None
 
 
 def _end_position(text: str) -> tuple[int, int]:
