@@ -835,8 +835,12 @@ class Checker:
         return False
 
     def _outputs(
-        self, outputs: list[ast.Output], params: list[tuple[str, Type, ast.Expr | None]]
+        self,
+        outputs: list[ast.Output],
+        params: list[tuple[str, Type, ast.Expr | None]],
+        generated: bool = False,
     ) -> list[tuple[str, Type]]:
+        """Outputs' names and types (`generated`: an fn's, written by the model)."""
         out: list[tuple[str, Type]] = []
         for o in outputs:
             if any(o.name.name == n for n, _ in out):
@@ -847,7 +851,9 @@ class Checker:
                     "declaration",
                     f"'{o.name.name}' is both an input and an output",
                     o.name.span,
-                    hint="inputs and outputs need distinct names",
+                    hint="inputs and outputs need distinct names: rename the output, e.g. "
+                    f"-> revised: {self._quiet_type(o.type)}"
+                    + (", and generate {{revised}}" if generated else ""),
                 )
             if o.perf is not None and o.perf.name not in PERF_GOALS:
                 self.error(
@@ -1006,7 +1012,7 @@ class Checker:
         sym = self._lookup(decl.name.name)
         assert isinstance(sym, FnSym)
         params = self._params(decl.params)
-        outputs = self._outputs(decl.outputs, params)
+        outputs = self._outputs(decl.outputs, params, generated=True)
         sym.sig = Signature(params, outputs)
         self._check_decorators(decl, sym)
         self._no_perf(decl.outputs)
@@ -1048,7 +1054,8 @@ class Checker:
                 continue
             t = inputs[head.name] if head.name in inputs else outs[head.name]
             what = "an input" if head.name in inputs else "already generated"
-            if part.options:
+            # A name both input and output is one error, at its declaration.
+            if part.options and not (head.name in inputs and head.name in outs):
                 self.error(
                     "template",
                     "options apply where an output is generated",
