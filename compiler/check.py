@@ -1486,6 +1486,12 @@ class Checker:
                             hint="unpack the outputs of a function with several outputs",
                         )
                     return ANY
+                names = [n for n, _ in t.fields]
+                wrote = [target.name for target in stmt.targets]
+                if wrote != names and sorted(wrote) == sorted(names):
+                    if i == 0:
+                        self._destructured_out_of_order(stmt, names)
+                    return ANY
                 return t.fields[i][1]
 
         for i, target in enumerate(stmt.targets):
@@ -1522,6 +1528,28 @@ class Checker:
             if target.name != shown(target.name):
                 compute = self._carried_next(target, compute, scope)
             self._define(scope, target, compute, reads)
+
+    def _destructured_out_of_order(self, stmt: ast.Assign, names: list[str]) -> None:
+        """`category, reason = classify(t)` where classify's outputs are (reason, category):
+        names bind by position, not by name, so say the order (and nothing about types)."""
+        wrote = ", ".join(t.name for t in stmt.targets)
+        order = ", ".join(names)
+        callee = stmt.value.func.name if isinstance(stmt.value, ast.Call) else ""
+        shown_call = f"{callee}(...)" if callee else "the value"
+        whose = f"{callee}'s" if callee else "its"
+        first, last = stmt.targets[0].span, stmt.targets[-1].span
+        self.error(
+            "type",
+            f"{wrote} = {shown_call} takes {whose} outputs in order: ({order})",
+            ast.Span(
+                file=first.file,
+                line=first.line,
+                col=first.col,
+                end_line=last.end_line,
+                end_col=last.end_col,
+            ),
+            hint=f"names take the outputs by position: write {order} = {shown_call}",
+        )
 
     def _carried_next(
         self, target: ast.Ident, compute: Callable[[], Type], scope: _Scope
