@@ -9,6 +9,7 @@ being computed is a dependency cycle.
 from __future__ import annotations
 
 import inspect
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1529,6 +1530,41 @@ class Checker:
                 compute = self._carried_next(target, compute, scope)
             self._define(scope, target, compute, reads)
 
+    def _check_format_fields(self, e: ast.Call) -> None:
+        """A constant format string's fields, checked now rather than when the flow runs:
+        each `{name}` needs a keyword; JSON-like text needs its braces doubled."""
+        template = self.checked.bound_args[id(e)][0]
+        text: Any = None
+        if isinstance(template, ast.Const):
+            text = template.value
+        elif isinstance(template, ast.Name):
+            text = self.checked.const_values.get(id(template))
+        if not isinstance(text, str):
+            return
+        braces = 'a literal brace is written {{ or }}, e.g. format("{{\\"n\\": {n}}}", n=1)'
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        except ValueError as err:
+            self.error("type", f"malformed format string: {err}", template.span, hint=braces)
+            return
+        given = {kw.name.name for kw in e.kwargs}
+        for name in dict.fromkeys(fields):
+            if not name.isidentifier():
+                self.error(
+                    "type",
+                    f"format string has a field {{{name}}} that is not a name",
+                    template.span,
+                    hint=braces,
+                )
+            elif name not in given:
+                self.error(
+                    "type",
+                    f"format() has no value for field {{{name}}}",
+                    template.span,
+                    hint=f"pass it as a keyword: format(..., {name}=...), or write "
+                    f"{{{{{name}}}}} for the text {{{name}}}",
+                )
+
     def _destructured_out_of_order(self, stmt: ast.Assign, names: list[str]) -> None:
         """`category, reason = classify(t)` where classify's outputs are (reason, category):
         names bind by position, not by name, so say the order (and nothing about types)."""
@@ -2063,6 +2099,8 @@ class Checker:
             ok = self._bind(e, name, params, variadic=builtin.variadic)
             if not ok:
                 return ANY
+            if name == "format":
+                self._check_format_fields(e)
             bound = self.checked.bound_args[id(e)]
             types = [self.checked.types[id(a)] if a is not None else ANY for a in bound]
             result = builtin.result(types)
