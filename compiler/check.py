@@ -264,6 +264,13 @@ class _Def:
     reads: Callable[[], list[_Def]] | None = None
     """The definitions `compute` forces, in the order it forces them: `_force` computes
     those first, with its own stack, so a chain of any length is no deep recursion."""
+    value: ast.Expr | None = None
+    """The expression assigned (`x = value`), when the definition is one."""
+    scope: _Scope | None = None
+    """The scope `value` is read in."""
+    origin: tuple[ast.Span, str] | None = None
+    """Where and why an optional value may hold none, when that is not `value` itself
+    (an if without else; the branch of an if that assigns an optional)."""
 
 
 class _Scope:
@@ -1311,11 +1318,14 @@ class Checker:
                 continue
             got = self._force(d)
             if not assignable(got, t):
+                where, why = d.span, OPTIONAL_FROM_IF
+                if isinstance(got, OptionalT) and not isinstance(t, OptionalT):
+                    where, why = self._why_optional(d)
                 self.error(
                     "type",
                     f"output '{name}' is declared {t} but assigned {got}",
-                    d.span,
-                    hint=_optional_hint(got, t),
+                    where,
+                    hint=_optional_hint(got, t, why),
                 )
         self._finish(scope, deferred)
         self.current_flow = None
@@ -1528,7 +1538,23 @@ class Checker:
                 continue
             if target.name != shown(target.name):
                 compute = self._carried_next(target, compute, scope)
-            self._define(scope, target, compute, reads)
+            defined = self._define(scope, target, compute, reads)
+            if defined is not None and len(stmt.targets) == 1:
+                defined.value, defined.scope = stmt.value, scope
+
+    def _why_optional(self, d: _Def) -> tuple[ast.Span, str]:
+        """Where a definition's optional value comes from, and why it may hold none."""
+        if d.origin is not None:
+            return d.origin
+        t = self._force(d)
+        if isinstance(d.value, ast.Name):
+            read = d.scope.find(d.value.id) if d.scope is not None else None
+            if read is not None and read.origin is not None:  # `out = said`, said from an if
+                return d.value.span, read.origin[1]
+            return d.value.span, f"'{d.value.id}' is {t}"
+        if d.value is not None:
+            return d.value.span, f"this value is {t}"
+        return d.span, f"'{d.name}' is {t}"
 
     def _check_format_fields(self, e: ast.Call) -> None:
         """A constant format string's fields, checked now rather than when the flow runs:
@@ -1654,18 +1680,24 @@ class Checker:
                 # No else: after the if, the name holds the then branch's value or none.
                 absent.append(name)
                 exports.append(name)
-                self._define(
+                maybe = self._define(
                     scope,
                     ast.Ident(name=name, span=d.span),
                     lambda a=d: optional(self._force(a)),
                     lambda a=d: [*self._reads(stmt.cond, scope), a],
                 )
+                if maybe is not None:
+                    maybe.origin = (d.span, OPTIONAL_FROM_IF)
                 continue
             if other is None:
                 scope.branch_only[name] = stmt.span
                 continue
 
-            def join(a: _Def = d, b: _Def = other, name: str = name) -> Type:
+            joined_def: list[_Def] = []
+
+            def join(
+                a: _Def = d, b: _Def = other, name: str = name, out: list[_Def] = joined_def
+            ) -> Type:
                 ta, tb = self._force(a), self._force(b)
                 joined = unify(ta, tb)
                 if joined is None:
@@ -1673,17 +1705,21 @@ class Checker:
                         "type", f"'{name}' is {ta} in one branch and {tb} in the other", b.span
                     )
                     return ANY
+                if isinstance(joined, OptionalT) and out:
+                    out[0].origin = self._why_optional(a if isinstance(ta, OptionalT) else b)
                 return joined
 
             exports.append(name)
             # The if is lowered as a whole: what its condition reads comes first (a
             # condition reading a name the if assigns is a cycle).
-            self._define(
+            both = self._define(
                 scope,
                 ast.Ident(name=name, span=d.span),
                 join,
                 lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
             )
+            if both is not None:
+                joined_def.append(both)
         if absent:
             self.checked.if_absent[id(stmt)] = absent
         for name in else_scope.defs:
@@ -2301,17 +2337,19 @@ def _literal(expr: ast.Expr) -> Any:
     raise AssertionError(f"not a literal: {expr!r}")
 
 
-def _optional_hint(got: Type, want: Type) -> str:
+OPTIONAL_FROM_IF = "an if without else assigned it"
+
+
+def _optional_hint(got: Type, want: Type, why: str = OPTIONAL_FROM_IF) -> str:
     """Why an optional does not fit, and what to do instead."""
     if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
         return ""
     if isinstance(want, AnyT):  # an operand
-        return (
-            f"{got} may hold no value (an if without else assigned it); "
-            "assign it in an else branch too"
-        )
+        return f"{got} may hold no value ({why}); assign it in an else branch too"
+    if why != OPTIONAL_FROM_IF:
+        return f"{got} may hold no value ({why}); declare where it goes as {got} too"
     return (
-        f"{got} may hold no value (an if without else assigned it); declare where it "
+        f"{got} may hold no value ({why}); declare where it "
         f"goes as {got} too, or assign it in an else branch"
     )
 
