@@ -1149,8 +1149,21 @@ def parse_template(
     return template, diags
 
 
-_TAG = re.compile(r"\{%[ \t]*([A-Za-z_]\w*)[ \t]*%\}", re.ASCII)
-"""A block tag: one word between `{%` and `%}` (other `{% ... %}` text stays text)."""
+_TAG = re.compile(r"\{%-?[ \t]*([^\n]*?)[ \t]*-?%\}")
+"""A block tag: the text between `{%` and `%}` on one line (`{% system %}`, or a Jinja
+tag such as `{% for d in demos %}`, which is an error, not text sent to the model)."""
+JINJA_TAGS = frozenset(
+    "for endfor if elif else endif set endset macro endmacro block endblock include "  # noqa: SIM905
+    "extends import from with endwith filter endfilter call endcall raw endraw".split()
+)
+"""Jinja's statement words: a template using them expects loops and conditionals."""
+_JINJA_NAMES = re.compile(r"^(?:for|set|with)\s+([\w\s,()]+?)\s*(?:\bin\b|=|$)")
+"""The names a Jinja `for`/`set`/`with` tag binds (placeholders reading them would
+otherwise each be an unknown variable)."""
+JINJA_HINT = (
+    "build the text in the flow and pass it in, e.g. "
+    'join([format("Text: {t}", t=d.text) for d in demos], "\n")'
+)
 BLOCK_TAGS = ("system", "end")
 """The block tags a template may hold: `{% system %}...{% end %}` at its start."""
 SYSTEM_HINT = "write the system message first: {% system %}You are terse.{% end %}"
@@ -1170,8 +1183,22 @@ def _sections(
     rest_from = 0
     opened: tuple[int, ast.Span] | None = None
     seen_system: ast.Span | None = None
+    jinja_seen = False
+    jinja_names: set[str] = set()
     for at, word, where in tags:
-        if word not in BLOCK_TAGS:
+        first = word.split(maxsplit=1)[0] if word.strip() else ""
+        if first in JINJA_TAGS:
+            bound = _JINJA_NAMES.match(word)
+            if bound:
+                jinja_names.update(re.findall(r"[A-Za-z_]\w*", bound.group(1)))
+            if not jinja_seen:  # the other tags of the loop are the same mistake
+                error(
+                    f"templates have no loops or conditionals: '{{% {word} %}}'",
+                    where,
+                    hint=JINJA_HINT,
+                )
+            jinja_seen = True
+        elif word not in BLOCK_TAGS:
             close = did_you_mean(word, BLOCK_TAGS)
             error(
                 f"unknown template block '{{% {word} %}}'",
@@ -1203,6 +1230,14 @@ def _sections(
             ):
                 system, rest_from = parts[opened[0] : at], at
             opened = None
+    if jinja_names:
+        parts = [
+            ast.TemplateText(span=p.span, text="")
+            if isinstance(p, ast.Placeholder) and p.path and p.path[0].name in jinja_names
+            else p
+            for p in parts
+        ]
+        template = template.model_copy(update={"parts": parts})
     if opened is not None:
         error(
             "the system section is never closed",
