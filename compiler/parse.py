@@ -1164,6 +1164,9 @@ JINJA_HINT = (
     "build the text in the flow and pass it in, e.g. "
     'join([format("Text: {t}", t=d.text) for d in demos], "\n")'
 )
+JINJA_IF_HINT = (
+    'choose the text in the flow and pass it in: if c { part = "..." } else { part = "" }'
+)
 BLOCK_TAGS = ("system", "end")
 """The block tags a template may hold: `{% system %}...{% end %}` at its start."""
 SYSTEM_HINT = "write the system message first: {% system %}You are terse.{% end %}"
@@ -1195,7 +1198,7 @@ def _sections(
                 error(
                     f"templates have no loops or conditionals: '{{% {word} %}}'",
                     where,
-                    hint=JINJA_HINT,
+                    hint=JINJA_IF_HINT if first in ("if", "elif", "else", "endif") else JINJA_HINT,
                 )
             jinja_seen = True
         elif word not in BLOCK_TAGS:
