@@ -9,6 +9,7 @@ being computed is a dependency cycle.
 from __future__ import annotations
 
 import inspect
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,12 @@ RESERVED = frozenset(
     ]
 )
 MAX_SAMPLES = 100
+PYTHON_CONSTANTS = {
+    "True": "did you mean true? write true/false",
+    "False": "did you mean false? write true/false",
+    "None": "llmflow has no None: a value that may be missing has an optional type (T?)",
+}
+"""Python's constants written in a flow, and what llmflow writes instead."""
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
 DECORATORS = ("model", "needs")
 PERF_GOALS = ("latency", "throughput")
@@ -258,6 +265,13 @@ class _Def:
     reads: Callable[[], list[_Def]] | None = None
     """The definitions `compute` forces, in the order it forces them: `_force` computes
     those first, with its own stack, so a chain of any length is no deep recursion."""
+    value: ast.Expr | None = None
+    """The expression assigned (`x = value`), when the definition is one."""
+    scope: _Scope | None = None
+    """The scope `value` is read in."""
+    origin: tuple[ast.Span, str] | None = None
+    """Where and why an optional value may hold none, when that is not `value` itself
+    (an if without else; the branch of an if that assigns an optional)."""
 
 
 class _Scope:
@@ -832,8 +846,12 @@ class Checker:
         return False
 
     def _outputs(
-        self, outputs: list[ast.Output], params: list[tuple[str, Type, ast.Expr | None]]
+        self,
+        outputs: list[ast.Output],
+        params: list[tuple[str, Type, ast.Expr | None]],
+        generated: bool = False,
     ) -> list[tuple[str, Type]]:
+        """Outputs' names and types (`generated`: an fn's, written by the model)."""
         out: list[tuple[str, Type]] = []
         for o in outputs:
             if any(o.name.name == n for n, _ in out):
@@ -844,7 +862,9 @@ class Checker:
                     "declaration",
                     f"'{o.name.name}' is both an input and an output",
                     o.name.span,
-                    hint="inputs and outputs need distinct names",
+                    hint="inputs and outputs need distinct names: rename the output, e.g. "
+                    f"-> revised: {self._quiet_type(o.type)}"
+                    + (", and generate {{revised}}" if generated else ""),
                 )
             if o.perf is not None and o.perf.name not in PERF_GOALS:
                 self.error(
@@ -1003,7 +1023,7 @@ class Checker:
         sym = self._lookup(decl.name.name)
         assert isinstance(sym, FnSym)
         params = self._params(decl.params)
-        outputs = self._outputs(decl.outputs, params)
+        outputs = self._outputs(decl.outputs, params, generated=True)
         sym.sig = Signature(params, outputs)
         self._check_decorators(decl, sym)
         self._no_perf(decl.outputs)
@@ -1045,7 +1065,8 @@ class Checker:
                 continue
             t = inputs[head.name] if head.name in inputs else outs[head.name]
             what = "an input" if head.name in inputs else "already generated"
-            if part.options:
+            # A name both input and output is one error, at its declaration.
+            if part.options and not (head.name in inputs and head.name in outs):
                 self.error(
                     "template",
                     "options apply where an output is generated",
@@ -1319,11 +1340,14 @@ class Checker:
                 continue
             got = self._force(d)
             if not assignable(got, t):
+                where, why = d.span, OPTIONAL_FROM_IF
+                if isinstance(got, OptionalT) and not isinstance(t, OptionalT):
+                    where, why = self._why_optional(d)
                 self.error(
                     "type",
                     f"output '{name}' is declared {t} but assigned {got}",
-                    d.span,
-                    hint=_optional_hint(got, t),
+                    where,
+                    hint=_optional_hint(got, t, why),
                 )
         self._finish(scope, deferred)
         self.current_flow = None
@@ -1495,6 +1519,12 @@ class Checker:
                             hint="unpack the outputs of a function with several outputs",
                         )
                     return ANY
+                names = [n for n, _ in t.fields]
+                wrote = [target.name for target in stmt.targets]
+                if wrote != names and sorted(wrote) == sorted(names):
+                    if i == 0:
+                        self._destructured_out_of_order(stmt, names)
+                    return ANY
                 return t.fields[i][1]
 
         for i, target in enumerate(stmt.targets):
@@ -1530,7 +1560,80 @@ class Checker:
                 continue
             if target.name != shown(target.name):
                 compute = self._carried_next(target, compute, scope)
-            self._define(scope, target, compute, reads)
+            defined = self._define(scope, target, compute, reads)
+            if defined is not None and len(stmt.targets) == 1:
+                defined.value, defined.scope = stmt.value, scope
+
+    def _why_optional(self, d: _Def) -> tuple[ast.Span, str]:
+        """Where a definition's optional value comes from, and why it may hold none."""
+        if d.origin is not None:
+            return d.origin
+        t = self._force(d)
+        if isinstance(d.value, ast.Name):
+            read = d.scope.find(d.value.id) if d.scope is not None else None
+            if read is not None and read.origin is not None:  # `out = said`, said from an if
+                return d.value.span, read.origin[1]
+            return d.value.span, f"'{d.value.id}' is {t}"
+        if d.value is not None:
+            return d.value.span, f"this value is {t}"
+        return d.span, f"'{d.name}' is {t}"
+
+    def _check_format_fields(self, e: ast.Call) -> None:
+        """A constant format string's fields, checked now rather than when the flow runs:
+        each `{name}` needs a keyword; JSON-like text needs its braces doubled."""
+        template = self.checked.bound_args[id(e)][0]
+        text: Any = None
+        if isinstance(template, ast.Const):
+            text = template.value
+        elif isinstance(template, ast.Name):
+            text = self.checked.const_values.get(id(template))
+        if not isinstance(text, str):
+            return
+        braces = 'a literal brace is written {{ or }}, e.g. format("{{\\"n\\": {n}}}", n=1)'
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        except ValueError as err:
+            self.error("type", f"malformed format string: {err}", template.span, hint=braces)
+            return
+        given = {kw.name.name for kw in e.kwargs}
+        for name in dict.fromkeys(fields):
+            if not name.isidentifier():
+                self.error(
+                    "type",
+                    f"format string has a field {{{name}}} that is not a name",
+                    template.span,
+                    hint=braces,
+                )
+            elif name not in given:
+                self.error(
+                    "type",
+                    f"format() has no value for field {{{name}}}",
+                    template.span,
+                    hint=f"pass it as a keyword: format(..., {name}=...), or write "
+                    f"{{{{{name}}}}} for the text {{{name}}}",
+                )
+
+    def _destructured_out_of_order(self, stmt: ast.Assign, names: list[str]) -> None:
+        """`category, reason = classify(t)` where classify's outputs are (reason, category):
+        names bind by position, not by name, so say the order (and nothing about types)."""
+        wrote = ", ".join(t.name for t in stmt.targets)
+        order = ", ".join(names)
+        callee = stmt.value.func.name if isinstance(stmt.value, ast.Call) else ""
+        shown_call = f"{callee}(...)" if callee else "the value"
+        whose = f"{callee}'s" if callee else "its"
+        first, last = stmt.targets[0].span, stmt.targets[-1].span
+        self.error(
+            "type",
+            f"{wrote} = {shown_call} takes {whose} outputs in order: ({order})",
+            ast.Span(
+                file=first.file,
+                line=first.line,
+                col=first.col,
+                end_line=last.end_line,
+                end_col=last.end_col,
+            ),
+            hint=f"names take the outputs by position: write {order} = {shown_call}",
+        )
 
     def _carried_next(
         self, target: ast.Ident, compute: Callable[[], Type], scope: _Scope
@@ -1599,18 +1702,24 @@ class Checker:
                 # No else: after the if, the name holds the then branch's value or none.
                 absent.append(name)
                 exports.append(name)
-                self._define(
+                maybe = self._define(
                     scope,
                     ast.Ident(name=name, span=d.span),
                     lambda a=d: optional(self._force(a)),
                     lambda a=d: [*self._reads(stmt.cond, scope), a],
                 )
+                if maybe is not None:
+                    maybe.origin = (d.span, OPTIONAL_FROM_IF)
                 continue
             if other is None:
                 scope.branch_only[name] = stmt.span
                 continue
 
-            def join(a: _Def = d, b: _Def = other, name: str = name) -> Type:
+            joined_def: list[_Def] = []
+
+            def join(
+                a: _Def = d, b: _Def = other, name: str = name, out: list[_Def] = joined_def
+            ) -> Type:
                 ta, tb = self._force(a), self._force(b)
                 joined = unify(ta, tb)
                 if joined is None:
@@ -1618,17 +1727,21 @@ class Checker:
                         "type", f"'{name}' is {ta} in one branch and {tb} in the other", b.span
                     )
                     return ANY
+                if isinstance(joined, OptionalT) and out:
+                    out[0].origin = self._why_optional(a if isinstance(ta, OptionalT) else b)
                 return joined
 
             exports.append(name)
             # The if is lowered as a whole: what its condition reads comes first (a
             # condition reading a name the if assigns is a cycle).
-            self._define(
+            both = self._define(
                 scope,
                 ast.Ident(name=name, span=d.span),
                 join,
                 lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
             )
+            if both is not None:
+                joined_def.append(both)
         if absent:
             self.checked.if_absent[id(stmt)] = absent
         for name in else_scope.defs:
@@ -1870,7 +1983,8 @@ class Checker:
             "unknown-name",
             f"unknown variable '{e.id}'",
             e.span,
-            hint=scope.hint_for(e.id, self._explained)
+            hint=PYTHON_CONSTANTS.get(e.id)
+            or scope.hint_for(e.id, self._explained)
             or did_you_mean(e.id, [*scope.names(), *self._const_names()]),
         )
         return ANY
@@ -2043,6 +2157,8 @@ class Checker:
             ok = self._bind(e, name, params, variadic=builtin.variadic)
             if not ok:
                 return ANY
+            if name == "format":
+                self._check_format_fields(e)
             bound = self.checked.bound_args[id(e)]
             types = [self.checked.types[id(a)] if a is not None else ANY for a in bound]
             result = builtin.result(types)
@@ -2051,6 +2167,17 @@ class Checker:
                 return ANY
             return result
         if name in self.broken:
+            return ANY
+        sym = self._lookup(name)
+        if isinstance(sym, TypeSym) and isinstance(sym.decl, ast.EnumDecl):
+            first = sym.decl.members[0].name if sym.decl.members else "member"
+            self.error(
+                "type",
+                f"'{name}' is an enum, not a function",
+                e.func.span,
+                hint=f"an enum value is a literal ({name}.{first}), an input or a model's "
+                "output; to turn text into one, declare an fn whose output is the enum",
+            )
             return ANY
         callables = [
             n
@@ -2232,17 +2359,19 @@ def _literal(expr: ast.Expr) -> Any:
     raise AssertionError(f"not a literal: {expr!r}")
 
 
-def _optional_hint(got: Type, want: Type) -> str:
+OPTIONAL_FROM_IF = "an if without else assigned it"
+
+
+def _optional_hint(got: Type, want: Type, why: str = OPTIONAL_FROM_IF) -> str:
     """Why an optional does not fit, and what to do instead."""
     if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
         return ""
     if isinstance(want, AnyT):  # an operand
-        return (
-            f"{got} may hold no value (an if without else assigned it); "
-            "assign it in an else branch too"
-        )
+        return f"{got} may hold no value ({why}); assign it in an else branch too"
+    if why != OPTIONAL_FROM_IF:
+        return f"{got} may hold no value ({why}); declare where it goes as {got} too"
     return (
-        f"{got} may hold no value (an if without else assigned it); declare where it "
+        f"{got} may hold no value ({why}); declare where it "
         f"goes as {got} too, or assign it in an else branch"
     )
 
