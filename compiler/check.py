@@ -87,6 +87,9 @@ RESERVED = frozenset(
 )
 MAX_SAMPLES = 100
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
+SAMPLE_TEMPERATURE = 0.7
+"""The temperature `sample n: f(x)` draws with, for outputs that set none (greedy
+decoding would give n copies of one answer)."""
 DECORATORS = ("model", "needs")
 PERF_GOALS = ("latency", "throughput")
 """What a flow output may ask for (`-> @latency answer: str`): docs/optimizer.md, prioritize."""
@@ -346,6 +349,9 @@ class Checker:
         """Ifs whose branch-only names were reported where they are used."""
         self.broken = {name for m in program.modules.values() for name in m.broken}
         """Declarations with syntax errors: their uses are not reported again."""
+        self._sampled: list[tuple[ast.SampleExpr, FnSym, int]] = []
+        """Each `sample n: f(x)` of an fn, with n: checked for greedy outputs once every
+        fn's options are (`_check_greedy_samples`)."""
 
     def error(
         self, kind: Kind, message: str, span: ast.Span | None, label: str = "", hint: str = ""
@@ -386,6 +392,7 @@ class Checker:
         self._check_pins()
         if not self._check_flow_cycles():
             self._check_inlined_depth()
+        self._check_greedy_samples()
         self._check_evals()
         self.diags.sort(key=sort_key)
         return self.checked, self.diags
@@ -2016,7 +2023,47 @@ class Checker:
                     hint="write sample 5: solve(q), where solve is an fn",
                 )
             self.checked.sample_counts.pop(id(e), None)
+        elif id(e) in self.checked.sample_counts:
+            sym = self.checked.callee(e.body)
+            assert isinstance(sym, FnSym)
+            self._sampled.append((e, sym, self.checked.sample_counts[id(e)]))
         return ListT(item=t)
+
+    def _check_greedy_samples(self) -> None:
+        """`sample n: f(x)` where every output of f says `temperature=0`: n greedy answers
+        to one prompt are n copies of one answer."""
+        for e, sym, count in self._sampled:
+            if count < 2 or not self._all_greedy(sym.decl):
+                continue
+            name = sym.decl.name.name
+            self.error(
+                "type",
+                f"{count} samples at temperature 0 are {count} copies of one answer",
+                e.body.span,
+                label=f"every output of '{name}' sets temperature=0",
+                hint=f"drop temperature=0 from '{name}' (samples then draw at "
+                f"{SAMPLE_TEMPERATURE}), set it above 0, or call {name} once",
+            )
+
+    def _all_greedy(self, decl: ast.FnDecl) -> bool:
+        """Whether every output an fn generates has `temperature=0` (a constant 0, written
+        or a const's) where it is generated."""
+        outputs = {o.name.name for o in decl.outputs}
+        greedy: dict[str, bool] = {}
+        for part in decl.template.parts:
+            if not isinstance(part, ast.Placeholder) or not part.path:
+                continue
+            head = part.path[0].name
+            if head in outputs and head not in greedy:
+                greedy[head] = any(
+                    opt.name.name == "temperature" and self._is_zero(opt.value)
+                    for opt in part.options
+                )
+        return bool(greedy) and all(greedy.values())
+
+    def _is_zero(self, e: ast.Expr) -> bool:
+        value = e.value if isinstance(e, ast.Const) else self.checked.const_values.get(id(e))
+        return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
 
     def _call(self, e: ast.Call, scope: _Scope) -> Type:
         name = e.func.name

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from llmflow.compiler import ast
-from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym
+from llmflow.compiler.check import (
+    SAMPLE_TEMPERATURE,
+    Checked,
+    ExternSym,
+    FlowSym,
+    FnSym,
+    TypeSym,
+)
 from llmflow.compiler.evalspec import EvalSpec, FieldsMetric, JudgeMetric, Metric
 from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.ir import (
@@ -52,10 +59,6 @@ from llmflow.compiler.types import (
     unify,
 )
 from llmflow.stdlib.builtins import Builtin, to_text
-
-SAMPLE_TEMPERATURE = 0.7
-"""The temperature `sample n: f(x)` draws with, for outputs that set none (greedy
-decoding would give n copies of one answer)."""
 
 
 class _Env:
@@ -563,7 +566,9 @@ class Lowerer:
         call = graph.node(value)
         assert isinstance(call, LLMNode), "the checker lets only fn calls be sampled"
         outputs = [
-            o if o.temperature else o.model_copy(update={"temperature": SAMPLE_TEMPERATURE})
+            o
+            if o.temperature is not None or "temperature" in o.from_inputs
+            else o.model_copy(update={"temperature": SAMPLE_TEMPERATURE})
             for o in call.call.outputs
         ]
         call.call = call.call.model_copy(update={"outputs": outputs})

@@ -67,6 +67,7 @@ REQUIRED = {
     "const_errors",
     "system_section_errors",
     "sample_errors",
+    "sample_greedy",
 }
 
 

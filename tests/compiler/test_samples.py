@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmflow.compiler import compile_file
+from llmflow.compiler.check import SAMPLE_TEMPERATURE
 from llmflow.compiler.diagnostics import Diagnostic
 from llmflow.compiler.ir import ConstNode, LLMNode, MapNode, Plan
-from llmflow.compiler.lower import SAMPLE_TEMPERATURE
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import STR, ListT
 
@@ -51,6 +51,28 @@ flow main(q: str) -> xs: list[str], ys: list[str] {
     assert call.call.outputs[0].temperature == SAMPLE_TEMPERATURE
     (hot,) = [n for n in maps["sample 3: hot"].body.nodes if isinstance(n, LLMNode)]
     assert hot.call.outputs[0].temperature == 1.3  # an output's own temperature is kept
+
+
+def test_an_output_that_says_temperature_0_stays_greedy_in_a_sample(
+    plan: Callable[..., Plan],
+) -> None:
+    """Only outputs that set no temperature draw at SAMPLE_TEMPERATURE: a greedy follow-up
+    of a sampled answer stays greedy (it differs anyway: its prompt holds the sample)."""
+    p = plan(
+        """
+fn explain(q: str) -> a: str, why: str
+\"\"\"
+{{q}} {{a}} Why? {{why | temperature=0}}
+\"\"\"
+
+flow main(q: str) -> n: int {
+    xs = sample 3: explain(q)
+    n = len(xs)
+}
+"""
+    )
+    (call,) = [n for n in p.calls()]
+    assert [o.temperature for o in call.call.outputs] == [SAMPLE_TEMPERATURE, 0]
 
 
 def test_samples_count_in_estimates_and_share_one_prefix_group(
