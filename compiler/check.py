@@ -201,6 +201,9 @@ class Checked:
     """id(name or placeholder) → the value of the module constant it reads."""
     sample_counts: dict[int, int] = field(default_factory=dict)
     """id(sample expression) → how many samples it draws."""
+    loop_counts: dict[int, int] = field(default_factory=dict)
+    """id(`repeat` statement) → its bound, when the program fixes it (a number, a const);
+    a `repeat at most n` over an int value is absent (its count is read at run time)."""
 
     # What lowering reads: typed answers about one node of a checked program, where a
     # miss is a bug in the checker (so an assertion), never a silent `any`.
@@ -1695,6 +1698,7 @@ class Checker:
                 init,
                 lambda b=binding: [
                     *(self._reads(stmt.iterable, scope) if stmt.iterable is not None else []),
+                    *(self._reads(stmt.max_iters, scope) if stmt.max_iters is not None else []),
                     *self._reads(b.value, scope),
                 ],
             )
@@ -1729,12 +1733,9 @@ class Checker:
                     reads=lambda: self._reads(iterable, scope),
                 ),
             )
-        elif stmt.max_iters is not None and stmt.max_iters < 1:
-            self.error("type", "`at most` needs a count of 1 or more", stmt.span)
-        elif stmt.max_iters is not None and stmt.max_iters > MAX_OPTION_NUMBER:
-            self.error(
-                "limit", f"`at most` count is too large: at most {MAX_OPTION_NUMBER:,}", stmt.span
-            )
+        elif stmt.max_iters is not None:
+            count = stmt.max_iters
+            deferred.append(lambda: self._check_count(stmt, count, scope))
         for name, inner in carried.items():
             self._add(body, name, inner)
         nexts: dict[str, ast.Assign] = {}
@@ -1755,6 +1756,39 @@ class Checker:
 
             body_deferred.append(check_until)
         deferred.append(lambda: self._finish(body, body_deferred))
+
+    def _check_count(self, stmt: ast.Loop, count: ast.Const | ast.Name, scope: _Scope) -> None:
+        """`repeat at most N`: a number or a const of 1 or more (kept as the loop's fixed
+        count), or an int value of the flow, read when the loop starts."""
+        t = self.expr(count, scope)
+        known, value = (
+            (True, count.value) if isinstance(count, ast.Const) else self.checked.const_value(count)
+        )
+        what = f"'{count.id}'" if isinstance(count, ast.Name) else "the count"
+        if isinstance(t, AnyT) and not known:
+            return  # reported where it was made (an unknown name, a broken value)
+        if t != INT:
+            self.error(
+                "type",
+                f"`at most` needs an int, but {what} is {t}",
+                count.span,
+                hint="write a number, an int const, or an int value: repeat at most rounds ...",
+            )
+        elif not known:
+            return  # checked when the loop starts
+        elif value < 1:
+            self.error(
+                "type",
+                "`at most` needs a count of 1 or more",
+                count.span,
+                label="" if isinstance(count, ast.Const) else f"{count.id} = {value}",
+            )
+        elif value > MAX_OPTION_NUMBER:
+            self.error(
+                "limit", f"`at most` count is too large: at most {MAX_OPTION_NUMBER:,}", count.span
+            )
+        else:
+            self.checked.loop_counts[id(stmt)] = value
 
     # -- expressions
 

@@ -68,6 +68,7 @@ REQUIRED = {
     "system_section_errors",
     "sample_errors",
     "sample_greedy",
+    "repeat_count_errors",
 }
 
 
