@@ -384,6 +384,24 @@ def test_a_repeat_count_from_an_input_is_used_when_known(make: Make) -> None:
     )
 
 
+def test_a_map_over_a_constant_inside_a_loop_counts_exactly(make: Make) -> None:
+    """A constant in a loop's body is the same every iteration: `sample 3` and a map
+    over `range(2)` there run exactly that often per iteration."""
+    plan = make(
+        LABEL_FN.replace("{{tag | max_tokens=4}}", "{{tag | max_tokens=4, temperature=0.8}}")
+        + """
+    flow main(x: str) -> out: str {
+        repeat at most 2 with out = x {
+            tags = sample 3: label(out)
+            more = map i in range(2): label(str(i))
+            out = join(tags + more)
+        }
+    }
+    """
+    )
+    assert plan.total.instances == 2 * (3 + 2)
+
+
 SIZED_FN = '''
 fn ask(q: str, n: int) -> a: str
 """
