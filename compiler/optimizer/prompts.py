@@ -145,7 +145,7 @@ def _common_length(a: str, b: str) -> int:
     return low
 
 
-def _constants(plan: Plan) -> dict[str, Any]:
+def constants(plan: Plan) -> dict[str, Any]:
     """Every constant of the plan's subgraphs, and the builtins computed from them alone
     (the top graph's are in `plan.known` already)."""
     values: dict[str, Any] = {}
@@ -178,7 +178,7 @@ class Shapes:
         self.assumed: dict[str, list[str]] = {}
         """By call node: `max_tokens=NAME` options whose input is not known at plan time
         (estimated at DEFAULT_INPUT_MAX_TOKENS)."""
-        self.consts = _constants(plan)
+        self.consts = constants(plan)
         """Values made of constants alone, inside subgraphs too (`plan.known` holds the
         top graph's): a `sample 3` or a `map` over `range(3)` in a loop runs that often."""
         self._walk(plan.graph)

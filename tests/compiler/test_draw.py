@@ -434,6 +434,19 @@ def test_a_repeat_over_an_int_value_shows_its_bound(make: Make) -> None:
         assert 'label="  rounds"' in edge_line(source, rounds, repeat.id)
 
 
+def test_a_map_over_a_constant_inside_a_loop_shows_its_count(make: Make) -> None:
+    """`sample 3` in a loop's body runs 3 items each iteration: drawn as ×3, as estimated,
+    not as an assumed count."""
+    program = LOOP.replace(
+        'shorter = refine(shorter, "Make it shorter.")',
+        'tries = sample 3: refine(shorter, "Make it shorter.")\n        shorter = first(tries)',
+    )
+    plan = make(program, inputs={"pieces": ["a", "b"]})
+    (sample,) = [n for n in plan.graph.walk() if n.label == "sample 3: refine"]
+    label = node_lines(draw(plan).source)[sample.id][0]
+    assert "×3" in label and "assumed" not in label
+
+
 def test_inputs_outputs_and_builtins_look_different(make: Make) -> None:
     source = '''
     fn shout(text: str) -> loud: str
