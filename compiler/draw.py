@@ -44,7 +44,7 @@ from llmflow.compiler.ir import (
 )
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer.prioritize import critical_path
-from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS, constants
+from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
 from llmflow.compiler.picture import (
     CRITICAL,
     FONT,
@@ -176,8 +176,6 @@ class _Drawer:
         self._fold_deep(plan.graph)
         self._index(plan.graph, [plan.graph])
         self.names = {n.id: n.var or n.label for n in plan.graph.walk()}
-        self.known = {**constants(plan), **plan.known}
-        """What the plan knows of a value, inside subgraphs too (as the estimates)."""
         # Nodes folded into an edge or a label, and the text of folded conditions.
         self.absorbed: set[str] = set()
         self.conditions: dict[str, tuple[str, list[Leaf]]] = {}
@@ -679,7 +677,7 @@ class _Drawer:
         if isinstance(node, LoopNode) and node.count_arg:
             source = self._outer_any(node.args[0])
             name = self.names.get(source, "n")
-            count = self.known.get(source)
+            count = self.plan.known.get(source)
             if isinstance(count, int) and not isinstance(count, bool):
                 return f"≤ {count} times ({name})"
             if self.plan.estimates:  # what the optimizer assumed for a count it did not know
@@ -689,9 +687,6 @@ class _Drawer:
         length = self.plan.known_length(node.args[0], graph) if node.args else None
         if length is not None:
             return f"×{length}"
-        items = self.known.get(self._outer_any(node.args[0])) if node.args else None
-        if isinstance(items, list):  # a constant inside a subgraph
-            return f"×{len(items)}"
         if self.plan.estimates:  # what the optimizer assumed for a list it did not know
             return f"×{DEFAULT_MAP_ITEMS} (assumed)"
         return "× ? (not known)"

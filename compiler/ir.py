@@ -565,8 +565,8 @@ class Plan(BaseModel):
             if node_id not in graph.g:
                 return None
             node = graph.node(node_id)
-            if not isinstance(node, MapNode) or not node.args:
-                return None
+            if not isinstance(node, MapNode) or not node.args or "where" in node.body.outputs:
+                return None  # a filtered map's results are fewer
             node_id = node.args[0]
 
     def copy(self) -> Plan:

@@ -16,7 +16,7 @@ from llmflow.compiler import ir
 from llmflow.compiler import tokens as estimate_tokens
 from llmflow.compiler.ir import Graph, IRNode, LLMNode, LoopNode, MapNode, OutputSpec, Plan
 from llmflow.compiler.types import EnumT, ListT, OptionalT, Prim, RecordT, Type, UnionT
-from llmflow.stdlib.builtins import BuiltinError, evaluate, select, to_text
+from llmflow.stdlib.builtins import select, to_text
 
 DEFAULT_MAP_ITEMS = 4
 """Items assumed for a map over a list not known at plan time."""
@@ -145,23 +145,6 @@ def _common_length(a: str, b: str) -> int:
     return low
 
 
-def constants(plan: Plan) -> dict[str, Any]:
-    """Every constant of the plan's subgraphs, and the builtins computed from them alone
-    (the top graph's are in `plan.known` already)."""
-    values: dict[str, Any] = {}
-    for node in plan.graph.walk():
-        if isinstance(node, ir.ConstNode):
-            values[node.id] = node.value
-        elif isinstance(node, ir.BuiltinNode) and node.args and all(a in values for a in node.args):
-            try:
-                values[node.id] = evaluate(
-                    node.op, node.static, [values[a] for a in node.args], node.bound
-                )
-            except (BuiltinError, TypeError, KeyError):
-                continue
-    return values
-
-
 class Shapes:
     """The shape of every call in a plan, computed once per optimizer run."""
 
@@ -178,9 +161,6 @@ class Shapes:
         self.assumed: dict[str, list[str]] = {}
         """By call node: `max_tokens=NAME` options whose input is not known at plan time
         (estimated at DEFAULT_INPUT_MAX_TOKENS)."""
-        self.consts = constants(plan)
-        """Values made of constants alone, inside subgraphs too (`plan.known` holds the
-        top graph's): a `sample 3` or a `map` over `range(3)` in a loop runs that often."""
         self._walk(plan.graph)
 
     def __getitem__(self, node_id: str) -> Shape:
@@ -236,8 +216,6 @@ class Shapes:
         key = outer.get(source, source)
         if key in self.plan.known:
             return self.plan.known[key]
-        if key in self.consts:
-            return self.consts[key]
         values = self.item_values.get(key)
         if values and all(isinstance(v, list) for v in values):
             return [item for v in values for item in v]
@@ -253,7 +231,7 @@ class Shapes:
         if not isinstance(items, list):  # a map over a sample's results
             length = self.plan.known_length(key, self.owner.get(key))
             return None if length is None else float(length)
-        if key in self.plan.known or key in self.consts:
+        if key in self.plan.known:
             return float(len(items))
         return len(items) / len(self.item_values[key])
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from llmflow.compiler import compile_file
 from llmflow.compiler.check import SAMPLE_TEMPERATURE
 from llmflow.compiler.diagnostics import Diagnostic
+from llmflow.compiler.draw import draw
 from llmflow.compiler.ir import ConstNode, LLMNode, MapNode, Plan
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import STR, ListT
@@ -119,6 +120,61 @@ flow main(q: str) -> scores: list[int] {
     assert not any("estimates assume" in m for m in said)
     scores = next(n for n in p.graph.nodes if isinstance(n, MapNode) and "sample" not in n.label)
     assert p.known_length(scores.id) == 5 and p.known_length(scores.args[0]) == 5
+
+
+def test_inside_a_loop_a_map_over_samples_runs_once_per_sample_but_a_filter_may_drop(
+    plan: Callable[..., Plan],
+) -> None:
+    """In a loop's body too; the results of a filtered comprehension are not counted as
+    many as its list (how many pass is not known)."""
+    p = optimize(
+        plan(
+            SOLVE
+            + """
+fn judge(q: str, a: str) -> score: int
+\"\"\"{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}\"\"\"
+
+fn again(q: str, a: str) -> score: int
+\"\"\"{{q}} {{a}} Again, from 1 to 9: {{score | max_tokens=2}}\"\"\"
+
+flow main(q: str) -> best: int {
+    repeat at most 2 with best = 0 {
+        answers = sample 3: solve(q)
+        scores = [judge(q, a) for a in answers]
+        kept = [a for a in answers if len(a) > 2]
+        rescored = [again(q, a) for a in kept]
+        best = max(best, len(scores) + len(rescored))
+    }
+}
+"""
+        )
+    )
+    counts = {n.label: p.estimates[n.id].instances for n in p.calls()}
+    assert counts == {"solve": 6, "judge": 6, "again": 8}  # again: 4 assumed per iteration
+    (loop,) = [n for n in p.graph.nodes if n.kind == "loop"]
+    source = draw(p).source
+    (judged,) = [
+        n
+        for n in loop.body.nodes
+        if isinstance(n, MapNode) and any(c.label == "judge" for c in n.body.nodes)
+    ]
+    assert "×3" in source.split(f"{judged.id} [")[1].split("\n")[0]
+
+
+def test_a_filtered_list_of_samples_has_no_known_length(plan: Callable[..., Plan]) -> None:
+    p = optimize(
+        plan(
+            SOLVE
+            + """
+flow main(q: str) -> kept: list[str] {
+    answers = sample 5: solve(q)
+    kept = [a for a in answers if len(a) > 2]
+}
+"""
+        )
+    )
+    kept = next(n for n in p.graph.nodes if isinstance(n, MapNode) and "sample" not in n.label)
+    assert p.known_length(kept.args[0]) == 5 and p.known_length(kept.id) is None
 
 
 def test_samples_of_a_greedy_call_are_not_merged_with_it(plan: Callable[..., Plan]) -> None:
