@@ -94,6 +94,9 @@ PYTHON_CONSTANTS = {
 }
 """Python's constants written in a flow, and what llmflow writes instead."""
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
+SAMPLE_TEMPERATURE = 0.7
+"""The temperature `sample n: f(x)` draws with, for outputs that set none (greedy
+decoding would give n copies of one answer)."""
 DECORATORS = ("model", "needs")
 PERF_GOALS = ("latency", "throughput")
 """What a flow output may ask for (`-> @latency answer: str`): docs/optimizer.md, prioritize."""
@@ -205,6 +208,9 @@ class Checked:
     """id(name or placeholder) → the value of the module constant it reads."""
     sample_counts: dict[int, int] = field(default_factory=dict)
     """id(sample expression) → how many samples it draws."""
+    loop_counts: dict[int, int] = field(default_factory=dict)
+    """id(`repeat` statement) → its bound, when the program fixes it (a number, a const);
+    a `repeat at most n` over an int value is absent (its count is read at run time)."""
 
     # What lowering reads: typed answers about one node of a checked program, where a
     # miss is a bug in the checker (so an assertion), never a silent `any`.
@@ -360,6 +366,9 @@ class Checker:
         """Ifs whose branch-only names were reported where they are used."""
         self.broken = {name for m in program.modules.values() for name in m.broken}
         """Declarations with syntax errors: their uses are not reported again."""
+        self._sampled: list[tuple[ast.SampleExpr, FnSym, int]] = []
+        """Each `sample n: f(x)` of an fn, with n: checked for greedy outputs once every
+        fn's options are (`_check_greedy_samples`)."""
 
     def error(
         self, kind: Kind, message: str, span: ast.Span | None, label: str = "", hint: str = ""
@@ -400,6 +409,7 @@ class Checker:
         self._check_pins()
         if not self._check_flow_cycles():
             self._check_inlined_depth()
+        self._check_greedy_samples()
         self._check_evals()
         self.diags.sort(key=sort_key)
         return self.checked, self.diags
@@ -1801,6 +1811,7 @@ class Checker:
                 init,
                 lambda b=binding: [
                     *(self._reads(stmt.iterable, scope) if stmt.iterable is not None else []),
+                    *(self._reads(stmt.max_iters, scope) if stmt.max_iters is not None else []),
                     *self._reads(b.value, scope),
                 ],
             )
@@ -1835,12 +1846,9 @@ class Checker:
                     reads=lambda: self._reads(iterable, scope),
                 ),
             )
-        elif stmt.max_iters is not None and stmt.max_iters < 1:
-            self.error("type", "`at most` needs a count of 1 or more", stmt.span)
-        elif stmt.max_iters is not None and stmt.max_iters > MAX_OPTION_NUMBER:
-            self.error(
-                "limit", f"`at most` count is too large: at most {MAX_OPTION_NUMBER:,}", stmt.span
-            )
+        elif stmt.max_iters is not None:
+            count = stmt.max_iters
+            deferred.append(lambda: self._check_count(stmt, count, scope))
         for name, inner in carried.items():
             self._add(body, name, inner)
         nexts: dict[str, ast.Assign] = {}
@@ -1861,6 +1869,39 @@ class Checker:
 
             body_deferred.append(check_until)
         deferred.append(lambda: self._finish(body, body_deferred))
+
+    def _check_count(self, stmt: ast.Loop, count: ast.Const | ast.Name, scope: _Scope) -> None:
+        """`repeat at most N`: a number or a const of 1 or more (kept as the loop's fixed
+        count), or an int value of the flow, read when the loop starts."""
+        t = self.expr(count, scope)
+        known, value = (
+            (True, count.value) if isinstance(count, ast.Const) else self.checked.const_value(count)
+        )
+        what = f"'{count.id}'" if isinstance(count, ast.Name) else "the count"
+        if isinstance(t, AnyT) and not known:
+            return  # reported where it was made (an unknown name, a broken value)
+        if t != INT:
+            self.error(
+                "type",
+                f"`at most` needs an int, but {what} is {t}",
+                count.span,
+                hint="write a number, an int const, or an int value: repeat at most rounds ...",
+            )
+        elif not known:
+            return  # checked when the loop starts
+        elif value < 1:
+            self.error(
+                "type",
+                "`at most` needs a count of 1 or more",
+                count.span,
+                label="" if isinstance(count, ast.Const) else f"{count.id} = {value}",
+            )
+        elif value > MAX_OPTION_NUMBER:
+            self.error(
+                "limit", f"`at most` count is too large: at most {MAX_OPTION_NUMBER:,}", count.span
+            )
+        else:
+            self.checked.loop_counts[id(stmt)] = value
 
     # -- expressions
 
@@ -2130,7 +2171,47 @@ class Checker:
                     hint="write sample 5: solve(q), where solve is an fn",
                 )
             self.checked.sample_counts.pop(id(e), None)
+        elif id(e) in self.checked.sample_counts:
+            sym = self.checked.callee(e.body)
+            assert isinstance(sym, FnSym)
+            self._sampled.append((e, sym, self.checked.sample_counts[id(e)]))
         return ListT(item=t)
+
+    def _check_greedy_samples(self) -> None:
+        """`sample n: f(x)` where every output of f says `temperature=0`: n greedy answers
+        to one prompt are n copies of one answer."""
+        for e, sym, count in self._sampled:
+            if count < 2 or not self._all_greedy(sym.decl):
+                continue
+            name = sym.decl.name.name
+            self.error(
+                "type",
+                f"{count} samples at temperature 0 are {count} copies of one answer",
+                e.body.span,
+                label=f"every output of '{name}' sets temperature=0",
+                hint=f"drop temperature=0 from '{name}' (samples then draw at "
+                f"{SAMPLE_TEMPERATURE}), set it above 0, or call {name} once",
+            )
+
+    def _all_greedy(self, decl: ast.FnDecl) -> bool:
+        """Whether every output an fn generates has `temperature=0` (a constant 0, written
+        or a const's) where it is generated."""
+        outputs = {o.name.name for o in decl.outputs}
+        greedy: dict[str, bool] = {}
+        for part in decl.template.parts:
+            if not isinstance(part, ast.Placeholder) or not part.path:
+                continue
+            head = part.path[0].name
+            if head in outputs and head not in greedy:
+                greedy[head] = any(
+                    opt.name.name == "temperature" and self._is_zero(opt.value)
+                    for opt in part.options
+                )
+        return bool(greedy) and all(greedy.values())
+
+    def _is_zero(self, e: ast.Expr) -> bool:
+        value = e.value if isinstance(e, ast.Const) else self.checked.const_values.get(id(e))
+        return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
 
     def _call(self, e: ast.Call, scope: _Scope) -> Type:
         name = e.func.name

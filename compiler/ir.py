@@ -262,9 +262,23 @@ class LoopNode(_Node):
     """Outputs each carried variable's value after an iteration, by its name, and
     "until" (a keyword, so never a variable) if the loop has a stop condition."""
     loop_max: int | None = None
-    """The iteration bound (None: once per item of the list it runs over)."""
+    """The iteration bound the program fixes (None: once per item of the list it runs
+    over, or a bound read at run time)."""
+    count_arg: bool = False
+    """`repeat at most n` over an int value: args[0] is n, read as the loop starts."""
     carried: list[str] = Field(default_factory=list)
-    """The names of its loop-carried variables, in argument order after the list."""
+    """The names of its loop-carried variables, in argument order after the list or
+    the count."""
+
+    @property
+    def over_list(self) -> bool:
+        """A `for` loop: args[0] is the list it runs over, once per item."""
+        return self.loop_max is None and not self.count_arg
+
+    @property
+    def first_carried(self) -> int:
+        """The argument index of the first carried value (after the list or the count)."""
+        return 1 if self.loop_max is None else 0
 
     @property
     def bodies(self) -> dict[str, Graph]:
@@ -551,8 +565,8 @@ class Plan(BaseModel):
             if node_id not in graph.g:
                 return None
             node = graph.node(node_id)
-            if not isinstance(node, MapNode) or not node.args:
-                return None
+            if not isinstance(node, MapNode) or not node.args or "where" in node.body.outputs:
+                return None  # a filtered map's results are fewer
             node_id = node.args[0]
 
     def copy(self) -> Plan:

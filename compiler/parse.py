@@ -841,9 +841,12 @@ class _Builder:
     @_spanned
     def repeat_stmt(self, span: ast.Span, children: list) -> ast.Loop:
         count, carried, body, until = children
-        return ast.Loop(
-            span=span, max_iters=self._int(count), carried=carried or [], body=body, until=until
+        bound: ast.Const | ast.Name = (
+            self._const(count, self._int(count))
+            if count.type == "INT"
+            else ast.Name(span=self._token_span(count), id=count[0])
         )
+        return ast.Loop(span=span, max_iters=bound, carried=carried or [], body=body, until=until)
 
     @_spanned
     def for_stmt(self, span: ast.Span, children: list) -> ast.Loop:

@@ -10,9 +10,9 @@ from typing import Any
 
 from llmflow.compiler.ast import Span
 from llmflow.compiler.diagnostics import Diagnostic
-from llmflow.compiler.ir import BuiltinNode, ConstNode, InputNode, MapNode, Param, Plan
+from llmflow.compiler.ir import BuiltinNode, ConstNode, InputNode, LoopNode, MapNode, Param, Plan
 from llmflow.compiler.modules import UnreadableSource, read_source
-from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
+from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
 from llmflow.compiler.optimizer.working import own
 from llmflow.errors import CompileError
 from llmflow.stdlib.builtins import BuiltinError, LimitError, evaluate
@@ -49,6 +49,9 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
         elif isinstance(node, MapNode) and node.args[0] in plan.known:
             items = plan.known[node.args[0]]
             plan.explain(RULE, f"{node.label} runs {len(items)} items", node.id)
+        elif isinstance(node, LoopNode) and node.count_arg and node.args[0] in plan.known:
+            count = plan.known[node.args[0]]
+            plan.explain(RULE, f"{node.label} runs at most {count} times", node.id)
     for graph in plan.graph.graphs():
         for node in graph.nodes:
             if node.kind != "map" or node.args[0] in plan.known:
@@ -67,6 +70,14 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
                     "figures)",
                     node.id,
                 )
+    for node in plan.graph.nodes:
+        if isinstance(node, LoopNode) and node.count_arg and node.args[0] not in plan.known:
+            plan.explain(
+                RULE,
+                f"{node.label}: count not known before running; estimates assume "
+                f"{DEFAULT_REPEATS} iterations (give `llmflow plan` the inputs for exact figures)",
+                node.id,
+            )
     return plan
 
 

@@ -20,6 +20,9 @@ from llmflow.stdlib.builtins import select, to_text
 
 DEFAULT_MAP_ITEMS = 4
 """Items assumed for a map over a list not known at plan time."""
+DEFAULT_REPEATS = 4
+"""Iterations assumed for `repeat at most n` when n is not known at plan time (a loop
+with a fixed bound is counted at its bound: `until` may stop it sooner)."""
 
 
 def tokens(text: str) -> float:
@@ -199,7 +202,11 @@ class Shapes:
                             outer[inp] = outer.get(source, source)
                             if source in varies:
                                 varies.add(inp)
-                    per = self._per_instance(node, outer, items)
+                    per = (
+                        self.known_count(node, outer)
+                        if isinstance(node, LoopNode) and node.count_arg
+                        else self._per_instance(node, outer, items)
+                    )
                     inner.append((body, instances * self._repeats(node, key, per)))
             stack.extend(reversed(inner))
 
@@ -228,9 +235,20 @@ class Shapes:
             return float(len(items))
         return len(items) / len(self.item_values[key])
 
+    def known_count(self, node: LoopNode, outer: dict[str, str]) -> float | None:
+        """The count a `repeat at most n` reads, if known at plan time: its value, or
+        (inside an outer map over known ints) their average."""
+        key = outer.get(node.args[0], node.args[0])
+        values = [self.plan.known[key]] if key in self.plan.known else self.item_values.get(key)
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return None
+        return max(0.0, sum(values) / len(values))
+
     def _repeats(self, node: IRNode, key: str, per_instance: float | None) -> float:
-        if isinstance(node, MapNode) or (isinstance(node, LoopNode) and node.loop_max is None):
+        if isinstance(node, MapNode) or (isinstance(node, LoopNode) and node.over_list):
             return float(DEFAULT_MAP_ITEMS) if per_instance is None else per_instance
+        if isinstance(node, LoopNode) and node.count_arg:
+            return float(DEFAULT_REPEATS) if per_instance is None else per_instance
         if isinstance(node, LoopNode):
             return float(node.loop_max or 1)
         return 0.5 if key in ("then", "else") else 1.0

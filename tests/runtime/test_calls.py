@@ -78,7 +78,7 @@ def test_the_system_section_is_the_system_turn_or_the_leading_text(
 def test_an_openai_chat_model_gets_it_as_messages_0(compile_source: Callable[..., Plan]) -> None:
     turns = turns_by_function(compile_source(SYSTEM), {"q": "France"})["chat"]
     spec = resolve("gpt", "openai", "gpt-4o-mini")
-    params = _params(spec, GenerationRequest(model="gpt", turns=turns), legacy_schema=False)
+    params = _params(spec, GenerationRequest(model="gpt", turns=turns), None, legacy_schema=False)
     assert params["messages"][0] == {
         "role": "system",
         "content": "Answer in one word. Topic: France.",
