@@ -368,3 +368,20 @@ def test_plan_and_models_mask_a_url_password_written_in_the_program(
         assert "Zb1Cd3" not in out
         if "--json" in command:  # the options are there, masked inside their strings
             assert "http://u:[redacted]@host/v1" in out and json.loads(out)
+
+
+@pytest.mark.model
+def test_prompts_prints_each_prompt_and_answer_with_secrets_masked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMFLOW_TEST_TOKEN", "hunter2-hunter2")
+    args = ["run", "examples/hello.llmflow", "-i", "name=Ada hunter2-hunter2", "--prompts"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "── greet on default (" in err and "──\n[user]\nWrite a one-sentence" in err
+    assert "greeting for Ada [redacted]." in err and "hunter2-hunter2" not in err
+    assert "\n[answer]\n" in err
+    assert main(args) == 0  # asked again: the answer comes from the response cache
+    assert "── greet on default (cache) ──" in capsys.readouterr().err
+    assert main(args[:-1]) == 0
+    assert "[user]" not in capsys.readouterr().err  # only when asked for
