@@ -535,7 +535,7 @@ def _run(args: argparse.Namespace) -> int:
             _warn(str(problem))
         finally:
             run_dir.unlock()
-        sys.stderr.write(f"\nresume: llmflow run {args.program} --resume {run_dir.id}\n")
+        sys.stderr.write(f"\n{_resume_line(args.program, run_dir)}\n")
         if isinstance(err, _Terminated):
             sys.stderr.write("terminated\n")
             return 143
@@ -565,9 +565,14 @@ def _run(args: argparse.Namespace) -> int:
         _print_outputs(result.outputs, len(plan.outputs))
     if result.failures:
         _report_failures(plan, result, budget)
-        sys.stderr.write(f"resume: llmflow run {args.program} --resume {run_dir.id}\n")
+        sys.stderr.write(_resume_line(args.program, run_dir) + "\n")
         return 1
     return 0
+
+
+def _resume_line(program: str, run_dir: RunDir) -> str:
+    """How to go on from a stopped or failed run (worded so it reads as no output)."""
+    return f"to resume, keeping the finished calls: llmflow run {program} --resume {run_dir.id}"
 
 
 async def _run_in(
