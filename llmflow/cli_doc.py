@@ -163,8 +163,11 @@ def _builtin_entry(builtin: Builtin) -> Entry:
         params.append(text)
     if builtin.variadic:
         params.append("name=value, …")
-    result = builtin.result([p.type or ANY for p in builtin.params])
-    shown = "T" if isinstance(result, str) or result == ANY else str(result)
+    if builtin.shown:
+        forms = "\n".join(builtin.name + form for form in builtin.shown)
+    else:
+        result = builtin.result([p.type or ANY for p in builtin.params])
+        forms = f"{builtin.name}({', '.join(params)}) -> {result}"
     doc = builtin.doc
     extra = getattr(builtin.impl, "__doc__", None)
     if extra and getattr(builtin.impl, "__module__", "").startswith("llmflow"):
@@ -174,7 +177,7 @@ def _builtin_entry(builtin: Builtin) -> Entry:
     return Entry(
         name=builtin.name,
         kind="builtin",
-        signature=f"{builtin.name}({', '.join(params)}) -> {shown}",
+        signature=forms,
         doc=doc,
         where=BUILTINS_MODULE,
     )

@@ -73,6 +73,25 @@ def test_doc_of_a_builtin_uses_its_type_rule_and_docstring(
     assert out.startswith("format(template: str, name=value, …) -> str")
 
 
+def test_doc_of_a_generic_builtin_names_its_type_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, start in [
+        ("take", "take(items: list[T], n: int) -> list[T]\n"),
+        ("flatten", "flatten(lists: list[list[T]]) -> list[T]\n"),
+        ("first", "first(items: list[T]) -> T\n"),
+        ("sum", "sum(items: list[int]) -> int\nsum(items: list[float]) -> float\n"),
+        (
+            "max",
+            "max(a: list[T]) -> T  (T: int, float or str; an empty list fails)\nmax(a: T, b: T)",
+        ),
+    ]:
+        _, out, _ = doc(capsys, name)
+        assert out.startswith(start)
+    builtins = [e.signature for e in all_entries() if e.kind == "builtin"]
+    assert not [s for s in builtins if "-> any" in s or "-> T" in s and "[T" not in s]
+
+
 def test_every_builtin_and_stdlib_declaration_has_a_doc() -> None:
     assert {e.name for e in all_entries() if e.kind == "builtin"} == set(BUILTINS)
     assert [e.name for e in all_entries() if not e.doc] == []
