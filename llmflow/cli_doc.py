@@ -12,6 +12,7 @@ Python implementation when that says more.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,10 +266,25 @@ def _uncomment(line: str) -> str:
     return text[1:] if text.startswith(" ") else text
 
 
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.")
+
+
 def _first_sentence(doc: str) -> str:
+    """The summary line of a doc: up to the first full stop that ends a sentence, not
+    one inside quotes or backticks (`one "1. item" a line`), after a bare number or
+    another dot (`3.`, `0 .. n-1`), or of an abbreviation (`e.g.`)."""
     flat = " ".join(doc.split())
-    end = flat.find(". ")
-    return flat if end < 0 else flat[: end + 1]
+    for found in _SENTENCE_END.finditer(flat):
+        end = found.start()
+        before, head = flat[end - 1 : end], flat[: end + 1]
+        word = flat[:end].rsplit(" ", 1)[-1]
+        if not before or before in ". " or word.isdigit():  # `0 ..`, a numbering `3.`
+            continue
+        if head.count('"') % 2 or head.count("`") % 2 or head.endswith(_ABBREVIATIONS):
+            continue
+        return head
+    return flat
 
 
 def _indent(text: str, prefix: str = "  ") -> str:

@@ -329,8 +329,7 @@ def _drop(items: list[Any], n: int) -> list[Any]:
 
 
 def _vote(items: list[Any]) -> Any:
-    """The most common item; on a tie, the one that first appears earliest (so the same
-    samples always give the same answer). Records and lists compare by value."""
+    """Records and lists compare by value; an empty list fails."""
     if not items:
         raise EmptyListError("vote() of an empty list")
     counts: dict[str, list[Any]] = {}
@@ -342,7 +341,7 @@ def _vote(items: list[Any]) -> Any:
 
 
 def _best_of(items: list[Any], scores: list[Any]) -> Any:
-    """The item with the highest score; on a tie, the earliest."""
+    """Fails on an empty list, or if there is not one score per item."""
     if not items:
         raise EmptyListError("best_of() of an empty list")
     if len(items) != len(scores):
@@ -690,8 +689,8 @@ BUILTINS: dict[str, Builtin] = {
             (Param("items", None),),
             _list_item,
             _vote,
-            "The most common item of a list (majority vote); a tie goes to the item that "
-            "appears first.",
+            "The most common item of a list (majority vote); a tie goes to the tied item "
+            "that appears first, so the same samples always give the same answer.",
             shown=("(items: list[T]) -> T",),
         ),
         Builtin(

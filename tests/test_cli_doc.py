@@ -133,3 +133,33 @@ def test_doc_of_a_program_file_follows_the_convention(tmp_path: Path) -> None:
         "  flow double(n: int = 2) -> m: int",
         "      Double a number.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("doc", "summary"),
+    [
+        (
+            'The items as a list: one "1. item" line each. More.',
+            'The items as a list: one "1. item" line each.',
+        ),
+        ("The integers 0 .. n-1. More.", "The integers 0 .. n-1."),
+        ("Version 3. Then more.", "Version 3. Then more."),
+        ("Pick one, e.g. the first. More.", "Pick one, e.g. the first."),
+        ("Run `a. b` now! Later.", "Run `a. b` now!"),
+        ("No end", "No end"),
+    ],
+)
+def test_a_summary_ends_at_the_end_of_a_sentence(doc: str, summary: str) -> None:
+    from llmflow.cli_doc import _first_sentence
+
+    assert _first_sentence(doc) == summary
+
+
+def test_builtin_docs_do_not_repeat_themselves(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("vote", "best_of", "range"):
+        _, out, _ = doc(capsys, name)
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        assert len(lines) == len(set(lines))
+        assert " .." not in lines[-1] or lines[-1].endswith("n-1.")
+    _, out, _ = doc(capsys, "text")
+    assert 'one "1. item" line each.' in out
