@@ -2241,7 +2241,8 @@ class Checker:
             if name == "format":
                 self._check_format_fields(e)
             bound = self.checked.bound_args[id(e)]
-            types = [self.checked.types[id(a)] if a is not None else ANY for a in bound]
+            # None for an argument left out: `max(xs)` and `max(a, b)` are two forms
+            types = [self.checked.types[id(a)] if a is not None else None for a in bound]
             result = builtin.result(types)
             if isinstance(result, str):
                 self.error("type", f"{name}() {result}", e.span)

@@ -50,6 +50,7 @@ from llmflow.compiler.ir import (
 from llmflow.compiler.ir import Carried as CarriedBinding
 from llmflow.compiler.types import (
     ANY,
+    CHOICES_INTRO,
     INT,
     ListT,
     RecordT,
@@ -739,7 +740,11 @@ class Lowerer:
                 }
                 from_inputs = {k: v for k, v in inputs.items() if k != "choices"}
                 stop = options.get("stop")
-                if options.get("format"):
+                if options.get("format") and "choices" in inputs:  # listed at run time
+                    segments.append(Text(text=CHOICES_INTRO))
+                    segments.append(Read(input=inputs["choices"]))
+                    segments.append(Text(text="\n"))
+                elif options.get("format"):
                     segments.append(Text(text=format_instructions(outputs[head])))
                 specs.append(
                     OutputSpec(

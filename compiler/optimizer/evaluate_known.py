@@ -15,7 +15,7 @@ from llmflow.compiler.modules import UnreadableSource, read_source
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
 from llmflow.compiler.optimizer.working import own
 from llmflow.errors import CompileError
-from llmflow.stdlib.builtins import BuiltinError, LimitError, evaluate
+from llmflow.stdlib.builtins import BuiltinError, EmptyListError, LimitError, evaluate
 
 RULE = "known values"
 
@@ -39,10 +39,11 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
                 plan.known[node.id] = evaluate(
                     node.op, node.static, [plan.known[a] for a in node.args], node.bound
                 )
-            except LimitError as err:
+            except (LimitError, EmptyListError) as err:
                 if node.id not in surely:
                     continue
-                diag = Diagnostic(kind="limit", message=str(err), span=node.span)
+                kind = "limit" if isinstance(err, LimitError) else "run"
+                diag = Diagnostic(kind=kind, message=str(err), span=node.span)
                 raise CompileError([diag], _source_of(node.span)) from None
             except (BuiltinError, TypeError, KeyError):
                 continue

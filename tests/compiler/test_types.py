@@ -101,6 +101,17 @@ def test_format_instructions_say_how_to_answer() -> None:
     )
 
 
+def test_format_instructions_of_an_enum_list_its_members_not_json() -> None:
+    from llmflow.compiler.types import CHOICES_INTRO, UnionT
+
+    mood = EnumT(name="Mood", members=("up", "down"), descriptions=("happy", ""))
+    assert format_instructions(mood) == CHOICES_INTRO + "- up: happy\n- down\n"
+    plain = EnumT(name="Side", members=("left", "right"))
+    both = UnionT(options=(mood, plain))
+    assert format_instructions(both) == CHOICES_INTRO + "- up: happy\n- down\n- left\n- right\n"
+    assert "JSON" not in format_instructions(plain).replace("no JSON", "")
+
+
 def test_bounds_shrink_the_typical_size_of_a_value() -> None:
     assert typical_tokens(ListT(item=STR, max_items=2)) < typical_tokens(ListT(item=STR))
     assert typical_tokens(Prim(name="str", max_len=30)) == 10
