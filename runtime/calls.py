@@ -242,6 +242,12 @@ def _with_inputs(call: LLMCall, spec: OutputSpec, values: dict[str, Any]) -> Out
     return spec.model_copy(update=update)
 
 
+def _is_number(t: Type) -> bool:
+    """An int or float output: one cut off at max_tokens still parses, as a wrong number."""
+    t = t.item if isinstance(t, OptionalT) else t
+    return isinstance(t, Prim) and t.name in ("int", "float")
+
+
 def _cut_off(call: LLMCall, spec: OutputSpec, max_tokens: int, error: str) -> CallFailed:
     """The model stopped at the token cap mid-answer: asking again with the same cap would
     cut it again, so say which cap to raise rather than "not a valid ..."."""
@@ -324,7 +330,13 @@ async def _generate(
         try:
             if choices is not None:
                 return parse_choice(choices, text), text
-            return parse_output(spec.type, text), text
+            value = parse_output(spec.type, text)
+            # A number our default cap cut is likely wrong; one the program capped is
+            # what it asked for (`{{score | max_tokens=2}}`).
+            capped = spec.max_tokens is not None
+            if generation.finish_reason != "length" or capped or not _is_number(spec.type):
+                return value, text
+            error = f"{text.strip()!r} may be the start of a longer number"
         except InvalidValue as err:
             error = str(err)
         if generation.finish_reason == "length":

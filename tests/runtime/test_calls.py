@@ -272,3 +272,36 @@ def test_format_lists_the_members_of_an_enum_and_the_choices_without_json(
     assert "JSON in this format" not in prompts[0]
     assert prompts[1].endswith(f"Which team? {intro}\n- billing\n- search")
     assert result.outputs["team"] == "billing"
+
+
+NUMBERS = '''
+fn count(q: str) -> n: int, m: int
+"""{{q}} First: {{n}} Second, in two tokens: {{m | max_tokens=2}}"""
+
+flow main(q: str) -> n: int, m: int {
+    n, m = count(q)
+}
+'''
+
+
+def test_a_number_cut_off_at_the_default_cap_fails_one_the_program_capped_is_kept(
+    compile_source: Callable[..., Plan],
+) -> None:
+    from llmflow.runtime.backends.base import Generation
+
+    plan = compile_source(NUMBERS)
+
+    def cut(request: GenerationRequest) -> Generation:
+        return Generation(text="3400000111111111"[: request.max_tokens], finish_reason="length")
+
+    result = asyncio.run(llmflow.run_async(plan, {"q": "3 + 4?"}, backend=ScriptedBackend(cut)))
+    (failure,) = result.failures
+    assert "output 'n' (int) was cut off at max_tokens=16" in str(failure)
+    assert "'3400000111111111' may be the start of a longer number" in str(failure)
+
+    def whole(request: GenerationRequest) -> Generation:
+        done = request.max_tokens == 16  # n ends by itself; m fills its two tokens
+        return Generation(text="7" if done else "12", finish_reason="stop" if done else "length")
+
+    result = asyncio.run(llmflow.run_async(plan, {"q": "3 + 4?"}, backend=ScriptedBackend(whole)))
+    assert result.ok and result.outputs == {"n": 7, "m": 12}
