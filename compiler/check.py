@@ -30,6 +30,7 @@ from llmflow.compiler.types import (
     BOOL,
     FLOAT,
     INT,
+    NONE,
     PRIMS,
     STR,
     AnyT,
@@ -77,6 +78,7 @@ RESERVED = frozenset(
         "not",
         "true",
         "false",
+        "none",
         "eval",
         "const",
         "sample",
@@ -560,6 +562,15 @@ class Checker:
         if decl.name.name in RESERVED:
             self.error("declaration", f"'{decl.name.name}' is a reserved word", decl.name.span)
         t = self.expr(decl.value, _Scope())
+        if isinstance(decl.value, ast.Const) and decl.value.value is None:
+            self.error(
+                "type",
+                "a constant cannot be none",
+                decl.value.span,
+                hint="a constant always has a value; for an input that may have none, "
+                "declare a parameter `p: str? = none`",
+            )
+            return
         if not self._is_constant(decl.value) or isinstance(decl.value, ast.Attr):
             self.error(
                 "type",
@@ -807,6 +818,7 @@ class Checker:
                         "type",
                         f"default value of '{p.name.name}' is {value_type}, not {t}",
                         p.default.span,
+                        hint=_optional_hint(value_type, t),
                     )
             out.append((p.name.name, t, p.default))
         return out
@@ -1163,8 +1175,8 @@ class Checker:
             )
             return ANY
         hint = (
-            f"{t} may hold no value, so it has no fields to read; "
-            "assign it in an else branch too, or pass it on whole"
+            f"{t} may be none, so it has no fields to read; read them inside "
+            "`if x != none { … }` (x a name holding it), or pass it on whole"
             if isinstance(t, OptionalT)
             else ""
         )
@@ -1678,6 +1690,8 @@ class Checker:
 
     def _expr(self, e: ast.Expr, scope: _Scope) -> Type:
         match e:
+            case ast.Const(value=None):
+                return NONE
             case ast.Const(value=bool()):
                 return BOOL
             case ast.Const(value=int()):
@@ -1789,6 +1803,8 @@ class Checker:
         return self._field(self.expr(e.value, scope), e.attr)
 
     def _binop(self, e: ast.BinOp, lt: Type, rt: Type) -> Type:
+        if e.op == "??":
+            return self._coalesce(e, lt, rt)
         if e.op in ("and", "or"):
             for side, t in ((e.left, lt), (e.right, rt)):
                 if not assignable(t, BOOL):
@@ -1797,14 +1813,20 @@ class Checker:
         if e.op in ("==", "!="):
             self._check_enum_literal(lt, e.right)
             self._check_enum_literal(rt, e.left)
+            if self._never_none(e, lt, rt):
+                return BOOL
+            li, ri = _present(lt), _present(rt)
             if unify(lt, rt) is None and not (
-                isinstance(lt, EnumT) and rt == STR or isinstance(rt, EnumT) and lt == STR
+                isinstance(li, EnumT) and ri == STR or isinstance(ri, EnumT) and li == STR
             ):
                 self.error("type", f"cannot compare {lt} with {rt}", e.span)
             return BOOL
         if e.op in ("<", "<=", ">", ">="):
             if not (is_numeric(lt) and is_numeric(rt) or lt == rt == STR):
-                self.error("type", f"cannot order {lt} and {rt}", e.span)
+                hint = _optional_hint(lt, ANY, self._text(e.left)) or _optional_hint(
+                    rt, ANY, self._text(e.right)
+                )
+                self.error("type", f"cannot order {lt} and {rt}", e.span, hint=hint)
             return BOOL
         if isinstance(lt, AnyT) or isinstance(rt, AnyT):
             return ANY
@@ -1818,7 +1840,11 @@ class Checker:
             if is_numeric(lt) and is_numeric(rt):
                 return FLOAT if FLOAT in (lt, rt) else INT
             hint = "convert with str(...) first" if STR in (lt, rt) else ""
-            hint = _optional_hint(lt, ANY) or _optional_hint(rt, ANY) or hint
+            hint = (
+                _optional_hint(lt, ANY, self._text(e.left))
+                or _optional_hint(rt, ANY, self._text(e.right))
+                or hint
+            )
             self.error("type", f"cannot add {lt} and {rt}", e.span, hint=hint)
             return ANY
         if is_numeric(lt) and is_numeric(rt):
@@ -1830,10 +1856,68 @@ class Checker:
                     hint="every run fails here; divide by a number other than 0",
                 )
             return FLOAT if e.op == "/" or FLOAT in (lt, rt) else INT
-        self.error("type", f"`{e.op}` needs numbers, not {lt} and {rt}", e.span)
+        hint = _optional_hint(lt, ANY, self._text(e.left)) or _optional_hint(
+            rt, ANY, self._text(e.right)
+        )
+        self.error("type", f"`{e.op}` needs numbers, not {lt} and {rt}", e.span, hint=hint)
         return ANY
 
+    def _coalesce(self, e: ast.BinOp, lt: Type, rt: Type) -> Type:
+        """`x ?? y`: `T? ?? T` is a T, `T? ?? T?` a T?; a left side that is never none
+        makes the default dead code, an error."""
+        if isinstance(lt, AnyT):
+            return ANY
+        if not isinstance(lt, OptionalT):
+            self.error(
+                "type",
+                f"`??` needs an optional on its left, not {lt}",
+                e.left.span,
+                hint=f"{self._text(e.left)} is never none; drop `?? {self._text(e.right)}`",
+            )
+            return lt
+        if isinstance(rt, AnyT):
+            return ANY
+        inner = rt.item if isinstance(rt, OptionalT) else rt
+        joined = unify(lt.item, inner) if lt != NONE else inner
+        if joined is None:
+            self.error(
+                "type",
+                f"the default of `??` is {rt}, but the value is {lt}",
+                e.right.span,
+                hint=f"give a default of type {lt.item}",
+            )
+            return ANY
+        return optional(joined) if isinstance(rt, OptionalT) else joined
+
+    def _never_none(self, e: ast.BinOp, lt: Type, rt: Type) -> bool:
+        """`x == none` where x is no optional: always false (`!=`: true), an error.
+        True when it was reported."""
+        for vt, ot in ((lt, rt), (rt, lt)):
+            if ot == NONE and not isinstance(vt, OptionalT | AnyT):
+                always = "false" if e.op == "==" else "true"
+                self.error(
+                    "type",
+                    f"cannot compare {vt} with none: a {vt} is never none",
+                    e.span,
+                    hint=f"this is always {always}; only an optional ({vt}?) can be none",
+                )
+                return True
+        return False
+
+    def _text(self, e: ast.Expr) -> str:
+        """The source text of a short one-line expression, for a hint; else `…`."""
+        span = e.span
+        source = self.program.sources.get(span.file)
+        if source is None or span.line != span.end_line:
+            return "…"
+        lines = source.split("\n", span.line)
+        if span.line > len(lines):
+            return "…"
+        text = lines[span.line - 1][span.col - 1 : span.end_col - 1]
+        return text if 0 < len(text) <= 30 else "…"
+
     def _check_enum_literal(self, t: Type, other: ast.Expr) -> None:
+        t = _present(t)
         if (
             isinstance(t, EnumT)
             and isinstance(other, ast.Const)
@@ -2022,7 +2106,7 @@ class Checker:
                     arg.span,
                     hint="convert with str(...)"
                     if ptype == STR and isinstance(got, Prim)
-                    else _optional_hint(got, ptype),
+                    else _optional_hint(got, ptype, self._text(arg)),
                 )
                 ok = False
         self.checked.bound_args[id(e)] = bound
@@ -2114,19 +2198,29 @@ def _literal(expr: ast.Expr) -> Any:
     raise AssertionError(f"not a literal: {expr!r}")
 
 
-def _optional_hint(got: Type, want: Type) -> str:
-    """Why an optional does not fit, and what to do instead."""
+def _optional_hint(got: Type, want: Type, text: str = "…") -> str:
+    """Why an optional does not fit, and what to do instead. `text` is the source of the
+    optional (`…` when unknown or long)."""
     if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
         return ""
-    if isinstance(want, AnyT):  # an operand
+    if got == NONE:
         return (
-            f"{got} may hold no value (an if without else assigned it); "
-            "assign it in an else branch too"
+            f"none fits only an optional: declare where it goes as {want}?"
+            if not isinstance(want, AnyT)
+            else "none is no value to compute with"
         )
-    return (
-        f"{got} may hold no value (an if without else assigned it); declare where it "
-        f"goes as {got} too, or assign it in an else branch"
-    )
+    name = text if text.isidentifier() else "x"
+    test = f"test it with `if {name} != none {{ … }}`"
+    if isinstance(want, AnyT):  # an operand: `??` binds less tightly than arithmetic
+        default = f"give a default with `({text} ?? …)`" if text != "…" else "give a default"
+        return f"{got} may be none: {default}, or {test}"
+    default = f"give a default with `{text} ?? …`" if text != "…" else "give a default with `??`"
+    return f"{got} may be none: {default}, {test}, or declare where it goes as {got} too"
+
+
+def _present(t: Type) -> Type:
+    """The type of an optional's value when it has one (`T` of `T?`)."""
+    return t.item if isinstance(t, OptionalT) else t
 
 
 def _list_depth(t: Type) -> int:

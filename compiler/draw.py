@@ -66,7 +66,7 @@ INPUT_EDGE = "#9AA8B8"
 EXIT = "<exit>"
 """Stands for "leaves its subgraph" in the edge chains used to find critical edges."""
 
-_BINARY = {"+", "-", "*", "/", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or"}
+_BINARY = {"+", "-", "*", "/", "//", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or", "??"}
 DRAW_DEPTH = 12
 """Subgraphs nested deeper than this (a long else-if chain) are not drawn: the compound
 node there is one box that says so. This also bounds the drawer's recursion."""

@@ -186,7 +186,11 @@ class Lowerer:
         return self.add(
             env,
             kind="const",
-            label=repr(value) if not isinstance(value, str) else _short(value),
+            label=_short(value)
+            if isinstance(value, str)
+            else "none"
+            if value is None
+            else repr(value),
             type=type_,
             value=value,
             span=span,

@@ -145,6 +145,11 @@ def long_sum(n: int) -> str:
     return _main(_out(f"len(a){terms}"))
 
 
+def long_coalesce(n: int) -> str:
+    terms = "".join(" ?? m" if i % 20 else "\n        ?? m" for i in range(n))
+    return _main(_out(f"m{terms} ?? len(a)"), params="a: str, m: int? = none")
+
+
 def else_if_chain(n: int) -> str:
     parts = [f'    if a == "{i}" {{\n        out = "{i}"\n    }} else ' for i in range(n)]
     return _main("".join(parts) + "{\n        out = echo(a)\n    }\n")
@@ -230,6 +235,7 @@ SHAPES: dict[str, tuple[Callable[[int], str], bool, int]] = {
     # name: (program of size n, must check and plan, largest size)
     "chain_assign": (chain_assign, True, 10_000),
     "long_sum": (long_sum, True, 10_000),
+    "long_coalesce": (long_coalesce, True, 10_000),
     "else_if_chain": (else_if_chain, True, 3_000),  # 10,000: tests/compiler/test_deep.py
     "many_calls": (many_calls, True, 3_000),
     "many_decls": (many_decls, True, 3_000),
@@ -291,6 +297,9 @@ HAZARDS = (
     'int("x")',
     'int("")',
     "99999999999999999999 - -99999999999999999999",
+    "none ?? first([])",
+    "none ?? len(range(10000000000))",
+    "[none, 1][0] ?? 99999999999999999999",
 )
 TEMPLATE_JUNK = (
     "{{",
@@ -597,7 +606,8 @@ def deep_inside(rng: random.Random, b: Build) -> str:
 
 KEYWORDS = {
     "if", "else", "for", "in", "with", "until", "repeat", "at", "most", "map", "and", "or",
-    "not", "true", "false", "flow", "fn", "model", "import", "extern", "enum", "record",
+    "not", "true", "false", "none", "flow", "fn", "model", "import", "extern", "enum",
+    "record",
 }  # fmt: skip
 
 

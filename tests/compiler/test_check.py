@@ -963,3 +963,66 @@ def test_enumerate_and_zip_records_read_by_field_in_a_map(tmp_path) -> None:
     )
     outputs = llmflow.run(path, {"xs": ["a", "bb"], "ns": [3, 4]})
     assert outputs == {"a": ["0. a", "1. bb"], "b": [3, 8]}
+
+
+def test_none_and_the_default_operator_have_the_types_of_optionals(checked: Check) -> None:
+    result = checked(
+        """
+        fn nickname(text: str) -> nick: str?
+        \"\"\"
+        The nickname in {{text}}: {{nick}}
+        \"\"\"
+
+        flow main(text: str, n: int? = none, m: int? = none) -> a: str, b: int? {
+            a = nickname(text) ?? "anon"
+            b = n ?? m
+            c = n ?? 2.5
+            d = [n, none]
+            e = none
+            f = n == none
+            g = (n ?? 0) + 1
+            h = n ?? m ?? 0
+        }
+        """
+    )
+    assert flow_types(result, "main") == {
+        "a": "str",
+        "b": "int?",
+        "c": "float",
+        "d": "list[int?]",
+        "e": "none",
+        "f": "bool",
+        "g": "int",
+        "h": "int",
+    }
+
+
+def test_an_optional_compares_with_a_plain_value_and_an_enum_member(diagnostics: Diags) -> None:
+    found = summary(
+        diagnostics(
+            """
+            enum Verdict { yes, no }
+
+            flow main(v: Verdict? = none, s: str? = none) -> a: bool, b: bool, c: bool {
+                a = v == "yes"
+                b = s == "x"
+                c = v != "maybe"
+            }
+            """
+        )
+    )
+    assert found == [("type", "'maybe' is not a member of Verdict", 6, 14)]
+
+
+def test_the_default_operator_skips_its_right_side_when_the_left_has_a_value(tmp_path) -> None:
+    import llmflow
+
+    path = tmp_path / "default.llmflow"
+    path.write_text(
+        "flow main(xs: list[str], first_x: str? = none) -> out: str {\n"
+        "    out = first_x ?? xs[0]\n"  # xs[0] fails on [] when it runs
+        "}\n"
+    )
+    assert llmflow.run(path, {"xs": [], "first_x": "given"}) == {"out": "given"}
+    assert llmflow.run(path, {"xs": ["a"]}) == {"out": "a"}
+    assert llmflow.run(path, {"xs": ["a"], "first_x": None}) == {"out": "a"}

@@ -173,3 +173,12 @@ def test_enumerate_and_zip_types_name_their_fields() -> None:
     assert pair.item.fields == (("first", INT), ("second", STR))
     refused = BUILTINS["zip"].result([ListT(item=INT), STR])
     assert refused == "expects a list, got str (second argument)"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"), [(None, 2, 2), (0, 2, 0), ("", "x", ""), (False, True, False)]
+)
+def test_the_default_operator_replaces_only_none(a: Any, b: Any, expected: Any) -> None:
+    """`??` is about no value, not falsy values: 0, "" and false are kept."""
+    result = evaluate("??", None, [a, b])
+    assert result == expected and type(result) is type(expected)
