@@ -255,6 +255,8 @@ class _Def:
     reads: Callable[[], list[_Def]] | None = None
     """The definitions `compute` forces, in the order it forces them: `_force` computes
     those first, with its own stack, so a chain of any length is no deep recursion."""
+    narrowed: bool = False
+    """A variable as a branch that tested it against none sees it (`span`: the test)."""
 
 
 class _Scope:
@@ -267,6 +269,9 @@ class _Scope:
         self.nexts: dict[str, _Def] = {}
         """A loop body: each carried variable's value for the next iteration, checked
         against its declared type with the other definitions, but no name anyone reads."""
+        self.narrowed: dict[str, _Def] = {}
+        """A branch that runs only when a variable is not none (`if x != none`): the
+        variable as its present type, in place of the definition outside."""
         self._version: list[int] = parent._version if parent is not None else [0]
         """Bumped by every definition in the scope tree: `find`'s cache is kept until then."""
         self._found: dict[str, tuple[int, _Def | None]] = {}
@@ -274,6 +279,10 @@ class _Scope:
     def add(self, name: str, d: _Def) -> None:
         self._version[0] += 1
         self.defs[name] = d
+
+    def narrow(self, name: str, d: _Def) -> None:
+        self._version[0] += 1
+        self.narrowed[name] = d
 
     def find(self, name: str) -> _Def | None:
         """The definition a name refers to here. Cached in every scope on the way up, so
@@ -292,7 +301,11 @@ class _Scope:
                 break
             passed.append(scope)
             scope = scope.parent
-        for s in passed:
+        # Below a branch that narrows the variable found, the name is the narrowed one
+        # (only a variable: a constant or a function is not narrowed).
+        for s in reversed(passed):
+            if found is not None and name in s.narrowed:
+                found = s.narrowed[name]
             s._found[name] = (version, found)
         return found
 
@@ -1149,7 +1162,7 @@ class Checker:
                 hint="declare the output as str; an enum already has its choices",
             )
 
-    def _field(self, t: Type, sel: ast.Ident) -> Type:
+    def _field(self, t: Type, sel: ast.Ident, value: ast.Expr | None = None) -> Type:
         if isinstance(t, AnyT):
             return ANY
         if isinstance(t, RecordT):
@@ -1174,9 +1187,12 @@ class Checker:
                 hint="a field of a union is one that each of its records has, with one type",
             )
             return ANY
+        name = value.id if isinstance(value, ast.Name) else "x"
         hint = (
             f"{t} may be none, so it has no fields to read; read them inside "
-            "`if x != none { … }` (x a name holding it), or pass it on whole"
+            f"`if {name} != none {{ … }}` (that test alone narrows it"
+            + (", x a name holding the value)" if name == "x" else ")")
+            + ", or pass it on whole"
             if isinstance(t, OptionalT)
             else ""
         )
@@ -1462,6 +1478,7 @@ class Checker:
         chain: list[tuple[ast.If, _Scope, _Scope, _Scope]] = []
         while True:
             then_scope, else_scope = _Scope(scope), _Scope(scope)
+            self._narrow(stmt.cond, scope, then_scope, else_scope)
             self._collect_in(stmt.then, then_scope, deferred)
             chain.append((stmt, scope, then_scope, else_scope))
             if not (len(stmt.orelse) == 1 and isinstance(stmt.orelse[0], ast.If)):
@@ -1473,6 +1490,28 @@ class Checker:
             if i > 0:
                 self._leave(else_scope)
             self._join_if(stmt, scope, then_scope, else_scope, deferred)
+
+    def _narrow(
+        self, cond: ast.Expr, scope: _Scope, then_scope: _Scope, else_scope: _Scope
+    ) -> None:
+        """`if x != none`: in the then branch, x is its present type (`T` of `T?`); `if x ==
+        none`: in the else branch (and the else-if chain that is all of it)."""
+        found = narrowing(cond)
+        if found is None:
+            return
+        name, in_then = found
+
+        def outer() -> _Def | None:
+            return scope.find(name)
+
+        def present() -> Type:
+            d = outer()
+            return _present(self._force(d)) if d is not None else ANY
+
+        narrowed = _Def(
+            name, cond.span, present, reads=lambda: [d] if (d := outer()) else [], narrowed=True
+        )
+        (then_scope if in_then else else_scope).narrow(name, narrowed)
 
     def _join_if(
         self,
@@ -1684,7 +1723,7 @@ class Checker:
             chain.append(chain[-1].left)  # type: ignore[arg-type]
         left = self.expr(chain[-1].left, scope)
         for op in reversed(chain):
-            left = self._binop(op, left, self.expr(op.right, scope))
+            left = self._binop(op, left, self.expr(op.right, scope), scope)
             self.checked.types[id(op)] = left
         return left
 
@@ -1800,9 +1839,9 @@ class Checker:
                     return ANY
                 self.checked.enum_values[id(e)] = e.attr.name
                 return enum
-        return self._field(self.expr(e.value, scope), e.attr)
+        return self._field(self.expr(e.value, scope), e.attr, e.value)
 
-    def _binop(self, e: ast.BinOp, lt: Type, rt: Type) -> Type:
+    def _binop(self, e: ast.BinOp, lt: Type, rt: Type, scope: _Scope) -> Type:
         if e.op == "??":
             return self._coalesce(e, lt, rt)
         if e.op in ("and", "or"):
@@ -1813,7 +1852,7 @@ class Checker:
         if e.op in ("==", "!="):
             self._check_enum_literal(lt, e.right)
             self._check_enum_literal(rt, e.left)
-            if self._never_none(e, lt, rt):
+            if self._never_none(e, lt, rt, scope):
                 return BOOL
             li, ri = _present(lt), _present(rt)
             if unify(lt, rt) is None and not (
@@ -1889,17 +1928,24 @@ class Checker:
             return ANY
         return optional(joined) if isinstance(rt, OptionalT) else joined
 
-    def _never_none(self, e: ast.BinOp, lt: Type, rt: Type) -> bool:
+    def _never_none(self, e: ast.BinOp, lt: Type, rt: Type, scope: _Scope) -> bool:
         """`x == none` where x is no optional: always false (`!=`: true), an error.
         True when it was reported."""
-        for vt, ot in ((lt, rt), (rt, lt)):
+        for value, vt, ot in ((e.left, lt, rt), (e.right, rt, lt)):
             if ot == NONE and not isinstance(vt, OptionalT | AnyT):
                 always = "false" if e.op == "==" else "true"
+                d = scope.find(value.id) if isinstance(value, ast.Name) else None
+                hint = (
+                    f"this is always {always}: '{d.name}' has a value here, "
+                    f"the if on line {d.span.line} tested it"
+                    if d is not None and d.narrowed
+                    else f"this is always {always}; only an optional ({vt}?) can be none"
+                )
                 self.error(
                     "type",
                     f"cannot compare {vt} with none: a {vt} is never none",
                     e.span,
-                    hint=f"this is always {always}; only an optional ({vt}?) can be none",
+                    hint=hint,
                 )
                 return True
         return False
@@ -2216,6 +2262,18 @@ def _optional_hint(got: Type, want: Type, text: str = "…") -> str:
         return f"{got} may be none: {default}, or {test}"
     default = f"give a default with `{text} ?? …`" if text != "…" else "give a default with `??`"
     return f"{got} may be none: {default}, {test}, or declare where it goes as {got} too"
+
+
+def narrowing(cond: ast.Expr) -> tuple[str, bool] | None:
+    """The variable an if's condition tests against none, and whether its then branch is
+    the one where it has a value (`x != none`, `none != x`) or its else branch (`x ==
+    none`). Only a plain name, compared on its own: `x != none and ...` narrows nothing."""
+    if not isinstance(cond, ast.BinOp) or cond.op not in ("==", "!="):
+        return None
+    for a, b in ((cond.left, cond.right), (cond.right, cond.left)):
+        if isinstance(a, ast.Name) and isinstance(b, ast.Const) and b.value is None:
+            return a.id, cond.op == "!="
+    return None
 
 
 def _present(t: Type) -> Type:

@@ -11,7 +11,7 @@ import pytest
 from llmflow.compiler import ast, check_file
 from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym
 from llmflow.compiler.diagnostics import Diagnostic
-from llmflow.compiler.types import BOOL, FLOAT, INT, STR, EnumT, ListT, RecordT
+from llmflow.compiler.types import BOOL, FLOAT, INT, STR, EnumT, ListT, OptionalT, RecordT
 from llmflow.errors import CompileError
 
 Diags = Callable[..., list[Diagnostic]]
@@ -1026,3 +1026,108 @@ def test_the_default_operator_skips_its_right_side_when_the_left_has_a_value(tmp
     assert llmflow.run(path, {"xs": [], "first_x": "given"}) == {"out": "given"}
     assert llmflow.run(path, {"xs": ["a"]}) == {"out": "a"}
     assert llmflow.run(path, {"xs": ["a"], "first_x": None}) == {"out": "a"}
+
+
+def test_an_if_that_tests_a_name_against_none_narrows_it_in_one_branch(checked: Check) -> None:
+    result = checked(
+        """
+        record Person { name: str, age: int }
+
+        fn greet(name: str) -> text: str
+        \"\"\"
+        Greet {{name}}: {{text}}
+        \"\"\"
+
+        flow main(p: Person? = none, nick: str? = none) -> a: str, b: str, c: int?, d: str {
+            if p != none {
+                a = greet(p.name)
+            } else {
+                a = "nobody"
+            }
+            if nick == none {
+                b = "no nick"
+            } else if len(nick) > 3 {
+                b = upper(nick)
+            } else {
+                b = nick + "!"
+            }
+            if none != p {
+                c = p.age + len(greet(p.name))
+            }
+            if p != none {
+                d = [x + p.name for x in ["a", "b"]][0]
+            } else {
+                d = ""
+            }
+        }
+        """
+    )
+    assert result.flow("main").sig.outputs == [("a", STR), ("b", STR), ("c", INT_OPT), ("d", STR)]
+
+
+INT_OPT = OptionalT(item=INT)
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "col"),
+    [
+        # the branch where it may be none
+        ('if p == none { n = p.name } else { n = "" }', "Person? has no fields", 26),
+        ('if p != none { n = "" } else { n = p.name }', "Person? has no fields", 42),
+        # after the if
+        ("if p != none { m = 1 } else { m = 2 }\n    n = p.name", "Person? has no fields", 11),
+        # only a comparison on its own narrows
+        ('if p != none and p.age > 3 { n = "" } else { n = "x" }', "Person? has no fields", 24),
+        ('if not (p == none) { n = p.name } else { n = "" }', "Person? has no fields", 32),
+    ],
+)
+def test_narrowing_holds_only_where_the_test_decides(
+    diagnostics: Diags, body: str, message: str, col: int
+) -> None:
+    source = (
+        "record Person { name: str, age: int }\n"
+        "flow main(p: Person? = none) -> n: str {\n"
+        f"    {body}\n"
+        "}\n"
+    )
+    found = summary(diagnostics(source))
+    assert [(m, c) for _, m, _, c in found] == [(message, col)], found
+
+
+def test_a_narrowed_name_cannot_be_tested_again(diagnostics: Diags) -> None:
+    found = summary(
+        diagnostics(
+            """
+            flow main(s: str? = none) -> n: int {
+                if s != none {
+                    if s == none {
+                        n = 0
+                    } else {
+                        n = len(s)
+                    }
+                } else {
+                    n = -1
+                }
+            }
+            """
+        )
+    )
+    assert found == [("type", "cannot compare str with none: a str is never none", 3, 12)]
+
+
+def test_narrowed_branches_run_with_the_value_or_without_it(tmp_path) -> None:
+    import llmflow
+
+    path = tmp_path / "narrow.llmflow"
+    path.write_text(
+        "record Person { name: str }\n"
+        "flow main(p: Person? = none) -> hello: str {\n"
+        "    if p == none {\n"
+        '        hello = "hello, stranger"\n'
+        "    } else {\n"
+        '        hello = "hello, " + p.name\n'
+        "    }\n"
+        "}\n"
+    )
+    assert llmflow.run(path, {}) == {"hello": "hello, stranger"}
+    assert llmflow.run(path, {"p": {"name": "Ann"}}) == {"hello": "hello, Ann"}

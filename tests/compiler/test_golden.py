@@ -30,6 +30,7 @@ PROGRAMS = sorted(p.stem for p in GOLDEN.glob("*.llmflow"))
 REQUIRED = {
     "syntax_errors",
     "none_errors",
+    "narrowing_limits",
     "malformed_placeholder",
     "template_unknown_variable",
     "unknown_option",
