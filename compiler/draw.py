@@ -586,6 +586,8 @@ class _Drawer:
             return f"{len(value)} item{'s' if len(value) != 1 else ''}"
         if isinstance(value, str):
             return f"{len(value):,} chars" if len(value) > 24 else repr(value)
+        if value is None:
+            return "none"
         return shorten(repr(value), 24)
 
     def _call_attrs(self, node: LLMNode, critical: bool) -> dict[str, str]:
