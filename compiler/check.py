@@ -2059,7 +2059,12 @@ class Checker:
             types = [self.checked.types[id(a)] if a is not None else ANY for a in bound]
             result = builtin.result(types)
             if isinstance(result, str):
-                self.error("type", f"{name}() {result}", e.span)
+                hints = (
+                    _optional_hint(t, ANY, self._text(a), operand=False)
+                    for a, t in zip(bound, types, strict=True)
+                    if a is not None
+                )
+                self.error("type", f"{name}() {result}", e.span, hint=next(filter(None, hints), ""))
                 return ANY
             return result
         if name in self.broken:
@@ -2244,9 +2249,10 @@ def _literal(expr: ast.Expr) -> Any:
     raise AssertionError(f"not a literal: {expr!r}")
 
 
-def _optional_hint(got: Type, want: Type, text: str = "…") -> str:
+def _optional_hint(got: Type, want: Type, text: str = "…", operand: bool = True) -> str:
     """Why an optional does not fit, and what to do instead. `text` is the source of the
-    optional (`…` when unknown or long)."""
+    optional (`…` when unknown or long); `want` is ANY for an operand (of an operator
+    unless not `operand`: an argument of a builtin)."""
     if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
         return ""
     if got == NONE:
@@ -2258,7 +2264,8 @@ def _optional_hint(got: Type, want: Type, text: str = "…") -> str:
     name = text if text.isidentifier() else "x"
     test = f"test it with `if {name} != none {{ … }}`"
     if isinstance(want, AnyT):  # an operand: `??` binds less tightly than arithmetic
-        default = f"give a default with `({text} ?? …)`" if text != "…" else "give a default"
+        shown = f"({text} ?? …)" if operand else f"{text} ?? …"
+        default = f"give a default with `{shown}`" if text != "…" else "give a default"
         return f"{got} may be none: {default}, or {test}"
     default = f"give a default with `{text} ?? …`" if text != "…" else "give a default with `??`"
     return f"{got} may be none: {default}, {test}, or declare where it goes as {got} too"
