@@ -1189,13 +1189,19 @@ class Checker:
             return ANY
         name = value.id if isinstance(value, ast.Name) else "x"
         hint = (
-            f"{t} may be none, so it has no fields to read; read them inside "
-            f"`if {name} != none {{ … }}` (that test alone narrows it"
-            + (", x a name holding the value)" if name == "x" else ")")
-            + ", or pass it on whole"
+            f"{t} may be none, so it has no fields to read; read them where a test found "
+            f"a value: `if {name} != none {{ … }}`, `{name} != none and …`"
+            + (" (x a name holding it)" if name == "x" else "")
+            + "; or pass it on whole"
             if isinstance(t, OptionalT)
             else ""
         )
+        if isinstance(t, OptionalT) and isinstance(value, ast.Attr):
+            field = value.attr.name
+            hint = (
+                f"{t} may be none, so it has no fields to read; a test narrows only a name: "
+                f"write `{field} = {self._text(value)}`, then `if {field} != none {{ … }}`"
+            )
         self.error("type", f"{t} has no fields", sel.span, hint=hint)
         return ANY
 
@@ -1463,6 +1469,11 @@ class Checker:
                             "type",
                             f"'{target.name}' is carried as {want} but assigned {got}",
                             target.span,
+                            hint="a value carried from `none` is always none; carry an "
+                            f"optional instead: an input `start: {_present(got)}? = none`, "
+                            f"then `with {target.name} = start`"
+                            if want == NONE
+                            else "",
                         )
                     return want
 
@@ -1496,10 +1507,13 @@ class Checker:
     ) -> None:
         """`if x != none`: in the then branch, x is its present type (`T` of `T?`); `if x ==
         none`: in the else branch (and the else-if chain that is all of it)."""
-        found = narrowing(cond)
-        if found is None:
-            return
-        name, in_then = found
+        for name, in_then in narrowing(cond):
+            (then_scope if in_then else else_scope).narrow(
+                name, self._narrowed(name, scope, cond.span)
+            )
+
+    def _narrowed(self, name: str, scope: _Scope, test: ast.Span) -> _Def:
+        """Variable `name` of `scope` as a place sees it where it is known not to be none."""
 
         def outer() -> _Def | None:
             return scope.find(name)
@@ -1508,10 +1522,19 @@ class Checker:
             d = outer()
             return _present(self._force(d)) if d is not None else ANY
 
-        narrowed = _Def(
-            name, cond.span, present, reads=lambda: [d] if (d := outer()) else [], narrowed=True
-        )
-        (then_scope if in_then else else_scope).narrow(name, narrowed)
+        return _Def(name, test, present, reads=lambda: [d] if (d := outer()) else [], narrowed=True)
+
+    def _narrowed_scope(
+        self, tests: list[tuple[str, bool]], want: bool, scope: _Scope, test: ast.Span
+    ) -> _Scope:
+        """`scope`, with the names `tests` finds not none when the test is `want`."""
+        names = {name for name, in_then in tests if in_then == want}
+        if not names:
+            return scope
+        inner = _Scope(scope)
+        for name in sorted(names):
+            inner.narrow(name, self._narrowed(name, scope, test))
+        return inner
 
     def _join_if(
         self,
@@ -1722,8 +1745,25 @@ class Checker:
         while isinstance(chain[-1].left, ast.BinOp):
             chain.append(chain[-1].left)  # type: ignore[arg-type]
         left = self.expr(chain[-1].left, scope)
+        # `x != none and x.age > 3`: the right side of `and` runs only when its left side is
+        # true, so there x has a value (`x == none or ...`: when it is false). The tests of
+        # a run of one of them add up along the chain.
+        tests: list[tuple[str, bool]] = []
+        run = ""
+        narrowed: tuple[int, _Scope] = (-1, scope)  # for how many tests, the scope made
         for op in reversed(chain):
-            left = self._binop(op, left, self.expr(op.right, scope), scope)
+            right_scope = scope
+            if op.op in ("and", "or"):
+                if run != op.op:
+                    tests, run, narrowed = narrowing(op.left), op.op, (-1, scope)
+                if narrowed[0] != len(tests):
+                    want = op.op == "and"
+                    narrowed = (len(tests), self._narrowed_scope(tests, want, scope, op.span))
+                right_scope = narrowed[1]
+                tests.extend(narrowing(op.right))
+            else:
+                run = ""
+            left = self._binop(op, left, self.expr(op.right, right_scope), scope)
             self.checked.types[id(op)] = left
         return left
 
@@ -1987,11 +2027,14 @@ class Checker:
             item = ANY
         inner = _Scope(scope)
         inner.defs[e.var.name] = _Def(e.var.name, e.var.span, lambda: item, type=item)
+        body = inner
         if e.where is not None:
             wt = self.expr(e.where, inner)
             if not assignable(wt, BOOL):
                 self.error("type", f"filter condition is {wt}, not bool", e.where.span)
-        return ListT(item=self.expr(e.body, inner))
+            # the body is computed only for items the filter keeps
+            body = self._narrowed_scope(narrowing(e.where), True, inner, e.where.span)
+        return ListT(item=self.expr(e.body, body))
 
     def _sample(self, e: ast.SampleExpr, scope: _Scope) -> Type:
         """`sample n: f(x)`: n a positive int constant, f a semantic function."""
@@ -2271,10 +2314,29 @@ def _optional_hint(got: Type, want: Type, text: str = "…", operand: bool = Tru
     return f"{got} may be none: {default}, {test}, or declare where it goes as {got} too"
 
 
-def narrowing(cond: ast.Expr) -> tuple[str, bool] | None:
-    """The variable an if's condition tests against none, and whether its then branch is
-    the one where it has a value (`x != none`, `none != x`) or its else branch (`x ==
-    none`). Only a plain name, compared on its own: `x != none and ...` narrows nothing."""
+def narrowing(cond: ast.Expr) -> list[tuple[str, bool]]:
+    """The variables a condition tests against none, each with whether it has a value
+    when the condition is true (`x != none`, `none != x`, and each such test of an `and`
+    chain) or when it is false (`x == none`, and each of an `or` chain). Only plain names:
+    `r.email != none` tests no variable."""
+    tested = _tested(cond)
+    if tested is not None:
+        return [tested]
+    if not (isinstance(cond, ast.BinOp) and cond.op in ("and", "or")):
+        return []
+    found: list[tuple[str, bool]] = []
+    stack: list[ast.Expr] = [cond]
+    while stack:  # the operands of a run of `and` (or of `or`), in any grouping
+        e = stack.pop()
+        if isinstance(e, ast.BinOp) and e.op == cond.op:
+            stack += [e.right, e.left]
+        elif (t := _tested(e)) is not None and t[1] == (cond.op == "and"):
+            found.append(t)
+    return found
+
+
+def _tested(cond: ast.Expr) -> tuple[str, bool] | None:
+    """`x != none` is (x, True), `x == none` is (x, False)."""
     if not isinstance(cond, ast.BinOp) or cond.op not in ("==", "!="):
         return None
     for a, b in ((cond.left, cond.right), (cond.right, cond.left)):

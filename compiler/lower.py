@@ -343,14 +343,12 @@ class Lowerer:
         while True:
             cond = self.expr(stmt.cond, env)
             then_env = _Env(Graph(), env, first_port=1)
-            narrowed = narrowing(stmt.cond)
-            if narrowed is not None and narrowed[1]:
-                then_env.narrowed.add(narrowed[0])
+            tests = narrowing(stmt.cond)
+            then_env.narrowed.update(name for name, in_then in tests if in_then)
             self.collect(stmt.then, then_env)
             then_env.graph.outputs = {name: then_env.get(name) for name in self.exports(stmt)}
             else_env = _Env(Graph(), env, first_port=1 + len(then_env.captures))
-            if narrowed is not None and not narrowed[1]:
-                else_env.narrowed.add(narrowed[0])
+            else_env.narrowed.update(name for name, in_then in tests if not in_then)
             self.collect(stmt.orelse, else_env)
             links.append((stmt, env, cond, then_env, else_env))
             link = _chained(stmt)

@@ -144,6 +144,8 @@ def assignable(src: Type, dst: Type) -> bool:
     src, dst = unbounded(src), unbounded(dst)
     if isinstance(src, AnyT) or isinstance(dst, AnyT) or src == dst:
         return True
+    if dst == NONE:  # what is always none (a loop value carried from `none`) stays none
+        return False
     if isinstance(dst, OptionalT):
         return assignable(src.item if isinstance(src, OptionalT) else src, dst.item)
     if isinstance(src, OptionalT):

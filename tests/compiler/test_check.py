@@ -1076,9 +1076,12 @@ INT_OPT = OptionalT(item=INT)
         ('if p != none { n = "" } else { n = p.name }', "Person? has no fields", 42),
         # after the if
         ("if p != none { m = 1 } else { m = 2 }\n    n = p.name", "Person? has no fields", 11),
-        # only a comparison on its own narrows
-        ('if p != none and p.age > 3 { n = "" } else { n = "x" }', "Person? has no fields", 24),
+        # only where the test found a value
+        ('if p != none or p.age > 3 { n = "" } else { n = "x" }', "Person? has no fields", 23),
+        ('if p != none and p.age > 3 { n = "" } else { n = p.name }', "Person? has no fields", 56),
+        ('if p == none or p.age > 3 { n = p.name } else { n = "" }', "Person? has no fields", 39),
         ('if not (p == none) { n = p.name } else { n = "" }', "Person? has no fields", 32),
+        ("n = [p.name for q in [p] if q != none][0]", "Person? has no fields", 12),
     ],
 )
 def test_narrowing_holds_only_where_the_test_decides(
@@ -1131,3 +1134,45 @@ def test_narrowed_branches_run_with_the_value_or_without_it(tmp_path) -> None:
     )
     assert llmflow.run(path, {}) == {"hello": "hello, stranger"}
     assert llmflow.run(path, {"p": {"name": "Ann"}}) == {"hello": "hello, Ann"}
+
+
+def test_narrowed_operands_and_filters_are_computed_only_for_values(tmp_path) -> None:
+    import llmflow
+
+    path = tmp_path / "narrow.llmflow"
+    path.write_text(
+        "record Person { name: str, age: int }\n"
+        "flow main(p: Person? = none, ps: list[Person?]) -> adult: bool, names: list[str] {\n"
+        "    adult = p != none and p.age > 17\n"
+        "    names = [x.name for x in ps if x != none]\n"
+        "}\n"
+    )
+    ann = {"name": "Ann", "age": 30}
+    assert llmflow.run(path, {"ps": [None, ann, None]}) == {"adult": False, "names": ["Ann"]}
+    assert llmflow.run(path, {"p": ann, "ps": []}) == {"adult": True, "names": []}
+
+
+def test_and_or_and_filters_narrow_where_their_test_found_a_value(checked: Check) -> None:
+    result = checked(
+        """
+        record Person { name: str, age: int }
+
+        flow main(p: Person? = none, q: Person? = none, ps: list[Person?])
+            -> a: bool, b: bool, c: str, d: str, names: list[str] {
+            a = p != none and p.age > 17
+            b = p == none or p.age > 17 and p.name != ""
+            if p != none and q != none and p.age > q.age {
+                c = p.name + q.name
+            } else {
+                c = ""
+            }
+            if p == none or q == none {
+                d = ""
+            } else {
+                d = p.name + q.name
+            }
+            names = [x.name for x in ps if x != none and x.age > 3]
+        }
+        """
+    )
+    assert result.flow("main").sig.outputs[-1] == ("names", ListT(item=STR))

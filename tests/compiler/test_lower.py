@@ -826,3 +826,20 @@ def test_a_branch_that_tests_an_optional_reads_it_with_its_present_type(plan: Ma
     assert read == {"text": STR, "hint": STR}  # in the graph outside, hint is a str?
     assert [str(n.type) for n in p.graph.nodes if n.var == "hint" and n.kind == "input"] == ["str?"]
     assert [n.type for n in orelse.nodes] == [STR]
+
+
+def test_a_branch_after_an_and_of_tests_reads_each_tested_name_present(plan: MakePlan) -> None:
+    p = plan(
+        FNS
+        + """
+        flow main(text: str?, hint: str?) -> final: str {
+            if text != none and hint != none {
+                final = improve(text, hint)
+            } else {
+                final = "nothing"
+            }
+        }
+        """
+    )
+    then = only(p.graph, "branch").bodies["then"]
+    assert {n.var: n.type for n in then.nodes if n.kind == "input"} == {"text": STR, "hint": STR}
