@@ -285,6 +285,14 @@ class EvalDecl(Node):
     metrics: list[EvalMetric] = Field(default_factory=list)
 
 
+class FnPin(Node):
+    """`@model(big) fn argue_for`: decorators for a semantic function an imported module
+    declares, given by the program that uses it."""
+
+    name: Ident
+    decorators: list[Decorator] = Field(default_factory=list)
+
+
 class ConstDecl(Node):
     """`const STYLE = \"\"\"...\"\"\"`: a module-level literal, importable like a function."""
 
@@ -299,6 +307,7 @@ Decl = (
     | EnumDecl
     | RecordDecl
     | FnDecl
+    | FnPin
     | ExternDecl
     | FlowDecl
     | EvalDecl

@@ -11,14 +11,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
 from llmflow.compiler import ast, catalog, resolve
 from llmflow.compiler import config as config_file
+from llmflow.compiler.branch_nexts import shown
 from llmflow.compiler.check_evals import check_eval
-from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, sort_key
+from llmflow.compiler.diagnostics import Diagnostic, Kind, did_you_mean, sort_key
 from llmflow.compiler.evalspec import EvalSpec
 from llmflow.compiler.externs import ExternError, load_extern
 from llmflow.compiler.heap import gc_paused
@@ -87,6 +89,8 @@ RESERVED = frozenset(
 MAX_SAMPLES = 100
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
 DECORATORS = ("model", "needs")
+PERF_GOALS = ("latency", "throughput")
+"""What a flow output may ask for (`-> @latency answer: str`): docs/optimizer.md, prioritize."""
 
 
 # ---- symbols ----------------------------------------------------------------------------
@@ -358,7 +362,7 @@ class Checker:
         """Declarations with syntax errors: their uses are not reported again."""
 
     def error(
-        self, kind: str, message: str, span: ast.Span | None, label: str = "", hint: str = ""
+        self, kind: Kind, message: str, span: ast.Span | None, label: str = "", hint: str = ""
     ) -> None:
         self.diags.append(Diagnostic(kind=kind, message=message, span=span, label=label, hint=hint))
 
@@ -393,6 +397,7 @@ class Checker:
                     self._check_extern(decl)
                 elif isinstance(decl, ast.FlowDecl):
                     self._check_flow(decl)
+        self._check_pins()
         if not self._check_flow_cycles():
             self._check_inlined_depth()
         self._check_evals()
@@ -863,13 +868,12 @@ class Checker:
                     o.name.span,
                     hint="inputs and outputs need distinct names",
                 )
-            if o.perf is not None and o.perf.name not in ("latency", "throughput"):
+            if o.perf is not None and o.perf.name not in PERF_GOALS:
                 self.error(
                     "unknown-name",
                     f"unknown performance goal '@{o.perf.name}'",
                     o.perf.span,
-                    hint=did_you_mean(o.perf.name, ["latency", "throughput"])
-                    or "write @latency or @throughput",
+                    hint=did_you_mean(o.perf.name, PERF_GOALS) or "write @latency or @throughput",
                 )
             out.append((o.name.name, self.resolve_type(o.type)))
         return out
@@ -884,8 +888,68 @@ class Checker:
                     hint="mark the flow output that needs it",
                 )
 
+    def _check_pins(self) -> None:
+        """`@model(big) fn argue_for`: decorators a module gives a function it imports,
+        applied over the function's own (after them, so the program that uses a library
+        decides). Every caller in the program sees them: a pin is per function."""
+        first: dict[int, ast.FnPin] = {}
+        for name, module in self.program.modules.items():
+            self.module = name
+            for decl in module.decls:
+                if isinstance(decl, ast.FnPin):
+                    self._check_pin(decl, first)
+        self.module = self.program.main
+
+    def _check_pin(self, pin: ast.FnPin, first: dict[int, ast.FnPin]) -> None:
+        fn = pin.name.name
+        sym = self._lookup(fn)
+        if fn in self.broken:
+            return
+        if sym is None:
+            names = [
+                n for n, s in self.checked.symbols[self.module].items() if isinstance(s, FnSym)
+            ]
+            self.error(
+                "unknown-name",
+                f"unknown function '{fn}'",
+                pin.name.span,
+                hint=did_you_mean(fn, names)
+                or "`fn NAME` without a signature decorates a function of an imported module",
+            )
+            return
+        if sym.module == self.module:
+            line = sym.decl.name.span.line  # type: ignore[union-attr]
+            self.error(
+                "declaration",
+                f"'{fn}' is declared in this module: decorate its declaration",
+                pin.name.span,
+                hint=f"put the decorators on the line above fn {fn}(…) on line {line}",
+            )
+            return
+        if not pin.decorators:
+            self.error(
+                "declaration",
+                f"fn {fn} without a signature gives it decorators, but it has none",
+                pin.span,
+                hint=f"write @model(NAME) fn {fn}, or declare it with a signature and a template",
+            )
+            return
+        if id(sym) in first:
+            earlier = first[id(sym)].span
+            self.error(
+                "declaration",
+                f"'{fn}' is decorated twice",
+                pin.name.span,
+                hint=f"first in {Path(earlier.file).name} on line {earlier.line}",
+            )
+            return
+        first[id(sym)] = pin
+        if isinstance(sym, FnSym) and any(d.name.name == "needs" for d in pin.decorators):
+            sym.needs = {}  # the program's @needs replace the library's
+        self._check_decorators(pin, sym)
+
     def _check_decorators(
-        self, decl: ast.FnDecl | ast.ExternDecl | ast.FlowDecl, sym: Symbol
+        self, decl: ast.FnDecl | ast.ExternDecl | ast.FlowDecl | ast.FnPin, sym: Symbol
     ) -> None:
         for dec in decl.decorators:
             name = dec.name.name
@@ -1481,7 +1545,26 @@ class Checker:
                     target.name, target.span, check_next, reads=lambda d=d: [*reads(), d]
                 )
                 continue
+            if target.name != shown(target.name):
+                compute = self._carried_next(target, compute, scope)
             self._define(scope, target, compute, reads)
+
+    def _carried_next(
+        self, target: ast.Ident, compute: Callable[[], Type], scope: _Scope
+    ) -> Callable[[], Type]:
+        """A carried variable's next value given in a branch (`compiler/branch_nexts.py`):
+        checked against the carried type where the branch assigns it."""
+        name = shown(target.name)
+
+        def check() -> Type:
+            got = compute()
+            carried = scope.find(name)
+            want = self._force(carried) if carried is not None else got
+            if not assignable(got, want):
+                self.error("type", f"'{name}' is carried as {want} but assigned {got}", target.span)
+            return want
+
+        return check
 
     def _collect_if(self, stmt: ast.If, scope: _Scope, deferred: list[Callable[[], None]]) -> None:
         """An if, and the ifs of its else-if chain one after the other: a chain of any
@@ -1879,7 +1962,20 @@ class Checker:
                     return ANY
                 self.checked.enum_values[id(e)] = e.attr.name
                 return enum
-        return self._field(self.expr(e.value, scope), e.attr, e.value)
+        value = self.expr(e.value, scope)
+        if isinstance(e.value, ast.Call) and not isinstance(value, AnyT):
+            decl = getattr(self.checked.callees.get(id(e.value)), "decl", None)
+            outputs = getattr(decl, "outputs", None) or []
+            if len(outputs) == 1 and outputs[0].name.name == e.attr.name:
+                self.error(
+                    "type",
+                    f"{e.value.func.name}() has one output, '{e.attr.name}': its call is "
+                    "that value, with no fields to select",
+                    e.attr.span,
+                    hint=f"drop .{e.attr.name}: {e.value.func.name}(...) is the {value} itself",
+                )
+                return value
+        return self._field(value, e.attr, e.value)
 
     def _binop(self, e: ast.BinOp, lt: Type, rt: Type, scope: _Scope) -> Type:
         if e.op == "??":

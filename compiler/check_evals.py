@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING
 
 from llmflow.compiler import ast
-from llmflow.compiler.diagnostics import did_you_mean
+from llmflow.compiler.diagnostics import Kind, did_you_mean
 from llmflow.compiler.evalspec import (
     ContainsMetric,
     EvalSpec,
@@ -160,7 +160,7 @@ class _Metrics:
         self.checker = checker
         self.flow = flow
 
-    def error(self, message: str, span: ast.Span, hint: str = "", kind: str = "eval") -> None:
+    def error(self, message: str, span: ast.Span, hint: str = "", kind: Kind = "eval") -> None:
         self.checker.error(kind, message, span, hint=hint)
 
     def metric(self, expr: ast.Expr, t: Type, what: str) -> Metric | None:

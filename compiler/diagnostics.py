@@ -16,17 +16,39 @@ import difflib
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
 from llmflow.compiler.ast import Span
 from llmflow.runtime.secrets import redact
 
+Kind = Literal[
+    "syntax",
+    "import",
+    "declaration",
+    "unknown-name",
+    "type",
+    "template",
+    "output",
+    "assign",
+    "cycle",
+    "limit",
+    "eval",
+    "extern",
+    "file",
+    "config",
+    "profile",
+    "run",
+]
+"""Every kind of error, one family of messages each: docs/language.md §13 has a row and an
+example for each (tests/test_reference.py holds the reference to that)."""
+
 
 class Diagnostic(BaseModel):
-    kind: str
-    """A stable identifier: syntax, unknown-name, type, template, output, assign,
-    cycle, import, extern, declaration, input, file, limit."""
+    kind: Kind
+    """A stable identifier of the message's family (`Kind`): what an editor or a test
+    may branch on, where the message is for people."""
     message: str
     span: Span | None = None
     label: str = ""

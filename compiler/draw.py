@@ -675,9 +675,9 @@ class _Drawer:
     def _count_text(self, node: IRNode) -> str:
         if node.kind == "loop" and node.loop_max is not None:
             return f"≤ {node.loop_max} times"
-        items = self.plan.known.get(node.args[0]) if node.args else None
-        if isinstance(items, list):
-            return f"×{len(items)}"
+        length = self.plan.known_length(node.args[0]) if node.args else None
+        if length is not None:
+            return f"×{length}"
         if self.plan.estimates:  # what the optimizer assumed for a list it did not know
             return f"×{DEFAULT_MAP_ITEMS} (assumed)"
         return "× ? (not known)"

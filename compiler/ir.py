@@ -538,6 +538,20 @@ class Plan(BaseModel):
     """The program's `eval` blocks of this flow (docs/evals.md): what `llmflow eval`
     runs. Not what a run does: a dataset run's plan digest leaves them out."""
 
+    def known_length(self, node_id: str) -> int | None:
+        """How many items a top-level list has before running: its known value's, or, for
+        a map's results (a sample's), the length of the list it maps over."""
+        while True:
+            value = self.known.get(node_id)
+            if isinstance(value, list):
+                return len(value)
+            if node_id not in self.graph.g:
+                return None
+            node = self.graph.node(node_id)
+            if not isinstance(node, MapNode) or not node.args:
+                return None
+            node_id = node.args[0]
+
     def copy(self) -> Plan:
         """A plan an optimizer pass may change without changing this one: the graph is
         copied (`Graph.copy`), the optimizer's tables are new containers of the same

@@ -27,6 +27,7 @@ from lark.parsers.lalr_analysis import Reduce
 from lark.parsers.lalr_parser_state import ParseConf, ParserState
 
 from llmflow.compiler import ast
+from llmflow.compiler.branch_nexts import lift_branch_nexts
 from llmflow.compiler.diagnostics import Diagnostic, did_you_mean, quote
 from llmflow.compiler.heap import gc_paused
 from llmflow.stdlib.builtins import MAX_INT_DIGITS
@@ -58,7 +59,13 @@ def _parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]
     decls: list[ast.Decl] = []
     diags: list[Diagnostic] = []
     broken: list[str] = []
-    for first_line, chunk in _split_declarations(source):
+    chunks = _split_declarations(source)
+    misplaced = _misplaced_decorators(chunks, file)
+    for first_line, chunk in chunks:
+        if first_line in misplaced:
+            diags.extend(misplaced[first_line])
+            broken.extend(_DECL_NAME.findall(chunk)[:1])
+            continue
         builder = _Builder(file, line=first_line + 1)
         try:
             chunk_decls = _parse(chunk, "start", builder)
@@ -69,6 +76,8 @@ def _parse_module(source: str, file: str) -> tuple[ast.Module, list[Diagnostic]]
         for decl in chunk_decls:
             too_deep = _too_deep(decl)
             if too_deep is None:
+                if isinstance(decl, ast.FlowDecl):
+                    decl = lift_branch_nexts(decl)
                 decls.append(decl)
                 continue
             diags.append(too_deep)
@@ -98,6 +107,34 @@ def _split_declarations(source: str) -> list[tuple[int, str]]:
         starts.insert(0, 0)
     bounds = starts + [len(lines)]
     return [(a, "".join(lines[a:b])) for a, b in zip(bounds, bounds[1:], strict=False) if a < b]
+
+
+_SIGNATURE_ONLY = re.compile(r"(?:@.*\n\s*)*fn\s+(\w+)\s*\([^\"]*\)\s*->[^\"]*$")
+_DECORATOR_THEN_TEMPLATE = re.compile(r"((?:@[^\n]*\n\s*)+)\"\"\"")
+
+
+def _misplaced_decorators(chunks: list[tuple[int, str]], file: str) -> dict[int, list[Diagnostic]]:
+    """`fn f(...) -> o: str` then `@model(m)` then its template: the decorator was
+    written between the signature and the template. One error at the decorator (not an
+    end of file after the signature and a stray template), keyed by both chunks' lines."""
+    found: dict[int, list[Diagnostic]] = {}
+    for (line, chunk), (next_line, following) in zip(chunks, chunks[1:], strict=False):
+        signature = _SIGNATURE_ONLY.match(chunk.strip())
+        decorators = _DECORATOR_THEN_TEMPLATE.match(following)
+        if signature is None or decorators is None:
+            continue
+        first = decorators.group(1).split("\n")[0].rstrip()
+        span = ast.Span(
+            file=file, line=next_line + 1, col=1, end_line=next_line + 1, end_col=len(first) + 1
+        )
+        diag = Diagnostic(
+            kind="syntax",
+            message="a decorator goes before the function it applies to",
+            span=span,
+            hint=f"move {first} to the line above `fn {signature.group(1)}`",
+        )
+        found[line], found[next_line] = [diag], []
+    return found
 
 
 def _ends_inside_triple(line: str, in_triple: bool) -> bool:
@@ -267,6 +304,19 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
         )
     if message.startswith("unterminated template"):
         hint = 'end the template with """ on a line of its own'
+    before = text.split("\n")[line - 1][: col - 1] if 0 < line <= text.count("\n") + 1 else ""
+    if (
+        isinstance(err, UnexpectedToken)
+        and err.token.type == "COMP_OP"
+        and re.search(r"[<>]|==|!=", before)
+    ):
+        hint = "comparisons do not chain: write a < b and b < c"
+    written = text.split("\n")[line - 1] if 0 < line <= text.count("\n") + 1 else ""
+    if re.match(r"\s*@model\(\s*[\w.]+-", written):
+        hint = (
+            "@model(...) names a declared model: declare it first, "
+            'e.g. model gemma = local("gemma3-270m"), then write @model(gemma)'
+        )
     span = ast.Span(file=file, line=line, col=col, end_line=line, end_col=col + width)
     return Diagnostic(kind="syntax", message=message, span=span, hint=hint)
 
@@ -648,6 +698,11 @@ class _Builder:
             template=self._template(template),
             decorators=decorators,
         )
+
+    @_spanned
+    def fn_pin(self, span: ast.Span, children: list) -> ast.FnPin:
+        *decorators, name = children
+        return ast.FnPin(span=span, name=self._ident(name), decorators=decorators)
 
     @_spanned
     def extern_decl(self, span: ast.Span, children: list) -> ast.ExternDecl:
@@ -1039,6 +1094,8 @@ def parse_template(
 
 _TAG = re.compile(r"\{%[ \t]*([A-Za-z_]\w*)[ \t]*%\}", re.ASCII)
 """A block tag: one word between `{%` and `%}` (other `{% ... %}` text stays text)."""
+BLOCK_TAGS = ("system", "end")
+"""The block tags a template may hold: `{% system %}...{% end %}` at its start."""
 SYSTEM_HINT = "write the system message first: {% system %}You are terse.{% end %}"
 
 
@@ -1057,8 +1114,8 @@ def _sections(
     opened: tuple[int, ast.Span] | None = None
     seen_system: ast.Span | None = None
     for at, word, where in tags:
-        if word not in ("system", "end"):
-            close = did_you_mean(word, ["system", "end"])
+        if word not in BLOCK_TAGS:
+            close = did_you_mean(word, BLOCK_TAGS)
             error(
                 f"unknown template block '{{% {word} %}}'",
                 where,

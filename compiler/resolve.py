@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llmflow.compiler import catalog
 from llmflow.compiler.ast import Span
-from llmflow.compiler.diagnostics import Diagnostic, did_you_mean
+from llmflow.compiler.diagnostics import Diagnostic, Kind, did_you_mean
 from llmflow.compiler.models import ModelSettings, ModelSpec, settings_problems
 from llmflow.runtime.backends import registry
 from llmflow.runtime.backends.registry import BackendKind, ModelIdError, PluginError
@@ -51,7 +51,7 @@ class Diagnostics:
         self.where = where
         self.list: list[Diagnostic] = []
 
-    def error(self, kind: str, message: str, span: Span, hint: str = "") -> None:
+    def error(self, kind: Kind, message: str, span: Span, hint: str = "") -> None:
         kind = "config" if self.where == "config" else kind
         self.list.append(Diagnostic(kind=kind, message=message, span=span, hint=hint))
 

@@ -46,7 +46,7 @@ def test_doc_of_a_name_shows_its_signature_doc_and_place(
     first, where = out.splitlines()[:2]
     assert first.startswith("flow classify(text: str, labels: list[str], instructions: str = ")
     assert first.endswith("-> label: str, reason: str, valid: bool")
-    assert where == "    (flow, stdlib/classify.llmflow:24)"
+    assert where == "    (flow, stdlib/classify.llmflow:33)"
     assert "    Classify `text` into one of `labels`" in out
 
 
@@ -63,7 +63,7 @@ def test_doc_of_a_builtin_uses_its_type_rule_and_docstring(
 ) -> None:
     _, out, _ = doc(capsys, "chunk_tokens")
     assert out.startswith(
-        'chunk_tokens(text: str, size: int, overlap: int = 0, model: str = "default") '
+        'chunk_tokens(text: str, size: int, overlap: int = 0, model: str = "assigned") '
         "-> list[str]\n    (builtin, builtins)"
     )
     assert "paragraph, line, sentence or word boundaries" in out  # from the docstring

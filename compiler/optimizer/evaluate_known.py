@@ -58,6 +58,13 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
             plan.explain(RULE, f"{node.label} runs {len(items)} items", node.id)
     unknown = [n for n in plan.graph.nodes if n.kind == "map" and n.args[0] not in plan.known]
     for node in unknown:
+        length = plan.known_length(node.args[0])
+        if length is not None:
+            source = plan.graph.node(node.args[0]).label
+            plan.explain(
+                RULE, f"{node.label} runs {length} items, one per result of {source}", node.id
+            )
+            continue
         plan.explain(
             RULE,
             f"{node.label}: list not known before running; estimates assume "

@@ -215,9 +215,12 @@ class Shapes:
         """How many items the list has in one instance of the node's graph: the average
         over the outer map's items when it is one of them, which times the outer count
         is the exact total."""
-        if not isinstance(items, list) or not node.args:
+        if not node.args:
             return None
         key = outer.get(node.args[0], node.args[0])
+        if not isinstance(items, list):
+            length = self.plan.known_length(key)  # a map over a sample's results
+            return None if length is None else float(length)
         if key in self.plan.known:
             return float(len(items))
         return len(items) / len(self.item_values[key])

@@ -27,6 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from llmflow.compiler.diagnostics import Kind
 from llmflow.compiler.models import Capabilities, ModelSettings, ModelSpec
 from llmflow.errors import LLMFlowError
 
@@ -57,7 +58,7 @@ class ModelIdError(Exception):
     """A kind rejects a model id (`local("smollm3")`): the checker reports `message` at
     the id, with `hint`, as a diagnostic of kind `kind`."""
 
-    def __init__(self, message: str, hint: str = "", kind: str = "unknown-name") -> None:
+    def __init__(self, message: str, hint: str = "", kind: Kind = "unknown-name") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint

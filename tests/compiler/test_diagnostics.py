@@ -49,7 +49,7 @@ def under_caret(text: str) -> str:
 def test_a_long_line_is_cut_to_a_window_with_the_caret_under_the_span(col: int) -> None:
     line = "".join(chr(ord("a") + i % 26) for i in range(10_000))
     end = min(col + 3, 10_002)
-    text = render(Diagnostic(kind="t", message="m", span=at(1, col, end)), {FILE: line})
+    text = render(Diagnostic(kind="type", message="m", span=at(1, col, end)), {FILE: line})
     source, caret = shown(text)
     assert len(source) <= MAX_SHOWN_LINE + 2
     assert source.startswith("…") == (col - 1 - MAX_SHOWN_LINE // 3 > 0)
@@ -60,7 +60,7 @@ def test_a_long_line_is_cut_to_a_window_with_the_caret_under_the_span(col: int) 
 
 def test_a_span_wider_than_the_window_is_marked_to_the_window_edge() -> None:
     line = "x = " + "y" * 5_000
-    text = render(Diagnostic(kind="t", message="m", span=at(1, 5, 5_005)), {FILE: line})
+    text = render(Diagnostic(kind="type", message="m", span=at(1, 5, 5_005)), {FILE: line})
     source, caret = shown(text)
     assert source == "x = " + "y" * (MAX_SHOWN_LINE - 4) + "…"
     assert caret == "    " + "^" * (MAX_SHOWN_LINE - 4)
@@ -68,7 +68,7 @@ def test_a_span_wider_than_the_window_is_marked_to_the_window_edge() -> None:
 
 def test_tabs_and_control_characters_keep_the_caret_in_place() -> None:
     line = "\t\tx = \x1b[2J\u202e bad"
-    text = render(Diagnostic(kind="t", message="m", span=at(1, 13, 16)), {FILE: line})
+    text = render(Diagnostic(kind="type", message="m", span=at(1, 13, 16)), {FILE: line})
     source, caret = shown(text)
     assert "\x1b" not in text and "\u202e" not in text and "\t" not in source
     assert under_caret(text) == "bad"
@@ -76,14 +76,14 @@ def test_tabs_and_control_characters_keep_the_caret_in_place() -> None:
 
 def test_lines_are_counted_at_newlines_only_as_the_parser_counts_them() -> None:
     source = "a = 1\u2028b\x0cc\r\nbad here\n"
-    text = render(Diagnostic(kind="t", message="m", span=at(2, 1, 4)), {FILE: source})
+    text = render(Diagnostic(kind="type", message="m", span=at(2, 1, 4)), {FILE: source})
     assert shown(text) == ("bad here", "^^^")
 
 
 def test_a_long_message_keeps_its_start_and_end() -> None:
     name = "n" * 100_000
     text = render(
-        Diagnostic(kind="t", message=f"unknown variable '{name}' here", hint="h" * 5000),
+        Diagnostic(kind="type", message=f"unknown variable '{name}' here", hint="h" * 5000),
         {},
     )
     message, hint = text.split("\n")
@@ -156,8 +156,8 @@ def test_a_key_on_the_line_of_a_syntax_error_is_masked(
 def test_a_written_key_is_masked_on_other_lines_and_in_messages_too() -> None:
     source = f'model m = openai("x", api_key="{KEY}")\n# {KEY}\n'
     diags = [
-        Diagnostic(kind="t", message=f"unexpected name '{KEY}'", span=at(2, 3, 3 + len(KEY))),
-        Diagnostic(kind="t", message="m", hint=f"not {KEY}", label=KEY, span=at(1, 1, 6)),
+        Diagnostic(kind="type", message=f"unexpected name '{KEY}'", span=at(2, 3, 3 + len(KEY))),
+        Diagnostic(kind="type", message="m", hint=f"not {KEY}", label=KEY, span=at(1, 1, 6)),
     ]
     text = render_all(diags, {FILE: source})
     assert KEY not in text
@@ -169,7 +169,7 @@ def test_a_registered_key_is_masked_and_the_caret_stays_on_its_span() -> None:
     secrets.register(key)
     line = f"x = {key} + {key} + bad"
     span = at(1, line.index("bad") + 1, line.index("bad") + 4)
-    text = render(Diagnostic(kind="t", message=f"about {key}", span=span), {FILE: line})
+    text = render(Diagnostic(kind="type", message=f"about {key}", span=span), {FILE: line})
     assert key not in text and "s3cr3t" not in text
     assert under_caret(text) == "bad"
     assert text.splitlines()[0] == f"{FILE}:{span.line}:{span.col}: error: about {secrets.MASK}"
@@ -179,10 +179,10 @@ def test_a_key_is_masked_before_a_long_line_is_cut() -> None:
     """A key across the window's edge leaks no prefix."""
     for offset in range(0, 200, 7):
         line = "x" * offset + f'api_key="{KEY}"' + " y" * 200
-        text = render(Diagnostic(kind="t", message="m", span=at(1, 1, 2)), {FILE: line})
+        text = render(Diagnostic(kind="type", message="m", span=at(1, 1, 2)), {FILE: line})
         assert KEY[:4] not in text, offset
         text = render(
-            Diagnostic(kind="t", message="m", span=at(1, len(line) - 2, len(line))),
+            Diagnostic(kind="type", message="m", span=at(1, len(line) - 2, len(line))),
             {FILE: line},
         )
         assert KEY[:4] not in text, offset
@@ -202,7 +202,7 @@ def test_a_registered_key_across_the_window_edge_leaks_no_prefix() -> None:
     secrets.register(key)
     for offset in range(MAX_SHOWN_LINE - len(key), MAX_SHOWN_LINE + 2):
         line = "x" * offset + key + " y" * 200
-        text = render(Diagnostic(kind="t", message="m", span=at(1, 1, 2)), {FILE: line})
+        text = render(Diagnostic(kind="type", message="m", span=at(1, 1, 2)), {FILE: line})
         assert "registered" not in text, offset
         assert text.split("\n")[2].endswith("…")
 
@@ -210,7 +210,7 @@ def test_a_registered_key_across_the_window_edge_leaks_no_prefix() -> None:
 def test_many_errors_on_one_huge_line_render_in_linear_time() -> None:
     """Each shown line is masked once, not once per diagnostic (a generous bound)."""
     line = "x = " + "k" * 5_000_000
-    diags = [Diagnostic(kind="t", message="m", span=at(1, 1 + i, 2 + i)) for i in range(100)]
+    diags = [Diagnostic(kind="type", message="m", span=at(1, 1 + i, 2 + i)) for i in range(100)]
     started = time.monotonic()
     text = render_all(diags, {FILE: line})
     assert time.monotonic() - started < 20

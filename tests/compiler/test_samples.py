@@ -73,6 +73,32 @@ flow main(q: str) -> xs: list[str] {
     assert any("sample 4: solve runs 4 items" in d.message for d in p.decisions)
 
 
+def test_a_map_over_samples_runs_once_per_sample_in_estimates_and_pictures(
+    plan: Callable[..., Plan],
+) -> None:
+    p = optimize(
+        plan(
+            SOLVE
+            + """
+fn judge(q: str, a: str) -> score: int
+\"\"\"{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}\"\"\"
+
+flow main(q: str) -> scores: list[int] {
+    answers = sample 5: solve(q)
+    scores = [judge(q, a) for a in answers]
+}
+"""
+        )
+    )
+    judge = next(n for n in p.calls() if n.label == "judge")
+    assert p.estimates[judge.id].instances == 5  # not the 4 of a list not known
+    said = [d.message for d in p.decisions]
+    assert any("runs 5 items, one per result of sample 5: solve" in m for m in said)
+    assert not any("estimates assume" in m for m in said)
+    scores = next(n for n in p.graph.nodes if isinstance(n, MapNode) and "sample" not in n.label)
+    assert p.known_length(scores.id) == 5 and p.known_length(scores.args[0]) == 5
+
+
 def test_samples_of_a_greedy_call_are_not_merged_with_it(plan: Callable[..., Plan]) -> None:
     p = optimize(
         plan(
