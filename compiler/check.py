@@ -2043,11 +2043,14 @@ class Checker:
         if isinstance(lt, AnyT):
             return ANY
         if not isinstance(lt, OptionalT):
+            left, right = self._text(e.left), self._text(e.right)
+            swapped = isinstance(rt, OptionalT) and unify(rt.item, lt) is not None
             self.error(
                 "type",
                 f"`??` needs an optional on its left, not {lt}",
                 e.left.span,
-                hint=f"{self._text(e.left)} is never none; drop `?? {self._text(e.right)}`",
+                hint=f"{left} is never none; drop `?? {right}`"
+                + (f", or swap them: `{right} ?? {left}`" if swapped else ""),
             )
             return lt
         if isinstance(rt, AnyT):
