@@ -145,11 +145,6 @@ def long_sum(n: int) -> str:
     return _main(_out(f"len(a){terms}"))
 
 
-def long_coalesce(n: int) -> str:
-    terms = "".join(" ?? m" if i % 20 else "\n        ?? m" for i in range(n))
-    return _main(_out(f"m{terms} ?? len(a)"), params="a: str, m: int? = none")
-
-
 def else_if_chain(n: int) -> str:
     parts = [f'    if a == "{i}" {{\n        out = "{i}"\n    }} else ' for i in range(n)]
     return _main("".join(parts) + "{\n        out = echo(a)\n    }\n")
@@ -235,7 +230,6 @@ SHAPES: dict[str, tuple[Callable[[int], str], bool, int]] = {
     # name: (program of size n, must check and plan, largest size)
     "chain_assign": (chain_assign, True, 10_000),
     "long_sum": (long_sum, True, 10_000),
-    "long_coalesce": (long_coalesce, True, 10_000),
     "else_if_chain": (else_if_chain, True, 3_000),  # 10,000: tests/compiler/test_deep.py
     "many_calls": (many_calls, True, 3_000),
     "many_decls": (many_decls, True, 3_000),
