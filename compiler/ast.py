@@ -162,7 +162,8 @@ class Loop(Node):
 
     var: Ident | None = None
     iterable: Expr | None = None
-    max_iters: int | None = None
+    max_iters: Const | Name | None = None
+    """`repeat`'s bound: a number, or a name (a const, or an int value of the flow)."""
     carried: list[Binding] = Field(default_factory=list)
     body: list[Stmt]
     until: Expr | None = None

@@ -9,6 +9,7 @@ being computed is a dependency cycle.
 from __future__ import annotations
 
 import inspect
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from llmflow.compiler.types import (
     FLOAT,
     INT,
     NONE,
+    OUTPUTS,
     PRIMS,
     STR,
     AnyT,
@@ -87,7 +89,16 @@ RESERVED = frozenset(
     ]
 )
 MAX_SAMPLES = 100
+PYTHON_CONSTANTS = {
+    "True": "did you mean true? write true/false",
+    "False": "did you mean false? write true/false",
+    "None": "llmflow has no None: a value that may be missing has an optional type (T?)",
+}
+"""Python's constants written in a flow, and what llmflow writes instead."""
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
+SAMPLE_TEMPERATURE = 0.7
+"""The temperature `sample n: f(x)` draws with, for outputs that set none (greedy
+decoding would give n copies of one answer)."""
 DECORATORS = ("model", "needs")
 PERF_GOALS = ("latency", "throughput")
 """What a flow output may ask for (`-> @latency answer: str`): docs/optimizer.md, prioritize."""
@@ -105,7 +116,7 @@ class Signature:
     def result(self, name: str) -> Type:
         if len(self.outputs) == 1:
             return self.outputs[0][1]
-        return RecordT(name=f"{name} outputs", fields=tuple(self.outputs))
+        return RecordT(name=f"{name}{OUTPUTS}", fields=tuple(self.outputs))
 
 
 @dataclass
@@ -199,6 +210,9 @@ class Checked:
     """id(name or placeholder) → the value of the module constant it reads."""
     sample_counts: dict[int, int] = field(default_factory=dict)
     """id(sample expression) → how many samples it draws."""
+    loop_counts: dict[int, int] = field(default_factory=dict)
+    """id(`repeat` statement) → its bound, when the program fixes it (a number, a const);
+    a `repeat at most n` over an int value is absent (its count is read at run time)."""
 
     # What lowering reads: typed answers about one node of a checked program, where a
     # miss is a bug in the checker (so an assertion), never a silent `any`.
@@ -261,6 +275,13 @@ class _Def:
     those first, with its own stack, so a chain of any length is no deep recursion."""
     narrowed: bool = False
     """A variable as a branch that tested it against none sees it (`span`: the test)."""
+    value: ast.Expr | None = None
+    """The expression assigned (`x = value`), when the definition is one."""
+    scope: _Scope | None = None
+    """The scope `value` is read in."""
+    origin: tuple[ast.Span, str] | None = None
+    """Where and why an optional value may hold none, when that is not `value` itself
+    (an if without else; the branch of an if that assigns an optional)."""
 
 
 class _Scope:
@@ -360,6 +381,9 @@ class Checker:
         """Ifs whose branch-only names were reported where they are used."""
         self.broken = {name for m in program.modules.values() for name in m.broken}
         """Declarations with syntax errors: their uses are not reported again."""
+        self._sampled: list[tuple[ast.SampleExpr, FnSym, int]] = []
+        """Each `sample n: f(x)` of an fn, with n: checked for greedy outputs once every
+        fn's options are (`_check_greedy_samples`)."""
 
     def error(
         self, kind: Kind, message: str, span: ast.Span | None, label: str = "", hint: str = ""
@@ -400,6 +424,7 @@ class Checker:
         self._check_pins()
         if not self._check_flow_cycles():
             self._check_inlined_depth()
+        self._check_greedy_samples()
         self._check_evals()
         self.diags.sort(key=sort_key)
         return self.checked, self.diags
@@ -851,11 +876,17 @@ class Checker:
                 return True
             case ast.Attr():
                 return id(expr) in self.checked.enum_values
+            case ast.Name(id=name):
+                return self._const_sym(name) is not None
         return False
 
     def _outputs(
-        self, outputs: list[ast.Output], params: list[tuple[str, Type, ast.Expr | None]]
+        self,
+        outputs: list[ast.Output],
+        params: list[tuple[str, Type, ast.Expr | None]],
+        generated: bool = False,
     ) -> list[tuple[str, Type]]:
+        """Outputs' names and types (`generated`: an fn's, written by the model)."""
         out: list[tuple[str, Type]] = []
         for o in outputs:
             if any(o.name.name == n for n, _ in out):
@@ -866,7 +897,9 @@ class Checker:
                     "declaration",
                     f"'{o.name.name}' is both an input and an output",
                     o.name.span,
-                    hint="inputs and outputs need distinct names",
+                    hint="inputs and outputs need distinct names: rename the output, e.g. "
+                    f"-> revised: {self._quiet_type(o.type)}"
+                    + (", and generate {{revised}}" if generated else ""),
                 )
             if o.perf is not None and o.perf.name not in PERF_GOALS:
                 self.error(
@@ -1025,7 +1058,7 @@ class Checker:
         sym = self._lookup(decl.name.name)
         assert isinstance(sym, FnSym)
         params = self._params(decl.params)
-        outputs = self._outputs(decl.outputs, params)
+        outputs = self._outputs(decl.outputs, params, generated=True)
         sym.sig = Signature(params, outputs)
         self._check_decorators(decl, sym)
         self._no_perf(decl.outputs)
@@ -1067,7 +1100,8 @@ class Checker:
                 continue
             t = inputs[head.name] if head.name in inputs else outs[head.name]
             what = "an input" if head.name in inputs else "already generated"
-            if part.options:
+            # A name both input and output is one error, at its declaration.
+            if part.options and not (head.name in inputs and head.name in outs):
                 self.error(
                     "template",
                     "options apply where an output is generated",
@@ -1200,24 +1234,43 @@ class Checker:
             )
 
     def _check_choices(self, opt: ast.Keyword, inputs: dict[str, Type], out: Type) -> None:
-        """`choices=options`: the output is one of an input's strings, known at run time."""
+        """`choices=options`: the output is one of an input's strings, known at run time,
+        or of a constant list of strings (`choices=COLORS`, `choices=["red", "blue"]`)."""
         name = opt.value.id if isinstance(opt.value, ast.Name) else None
-        if name is None or name not in inputs:
+        if name is not None and name in inputs:
+            t = inputs[name]
+            if not (
+                isinstance(t, ListT) and assignable(t.item, STR) and not isinstance(t.item, AnyT)
+            ):
+                self.error(
+                    "type",
+                    f"choices needs a list[str], but '{name}' is {t}",
+                    opt.value.span,
+                    hint=f"declare {name}: list[str]",
+                )
+        elif isinstance(opt.value, ast.ListExpr) or (
+            name is not None and self._const_sym(name) is not None
+        ):
+            reported = len(self.diags)
+            value = self._const_value(opt.value)
+            if len(self.diags) > reported:
+                return
+            if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+                self.error(
+                    "type",
+                    "choices needs a non-empty list of strings",
+                    opt.value.span,
+                    hint='write choices=["red", "green"], or an input: choices=options',
+                )
+                return
+        else:
             self.error(
                 "type",
-                "choices takes an input of this function",
+                "choices takes a list of strings: an input of this function or a constant",
                 opt.value.span,
                 hint="declare a parameter options: list[str] and write choices=options",
             )
             return
-        t = inputs[name]
-        if not (isinstance(t, ListT) and assignable(t.item, STR) and not isinstance(t.item, AnyT)):
-            self.error(
-                "type",
-                f"choices needs a list[str], but '{name}' is {t}",
-                opt.value.span,
-                hint=f"declare {name}: list[str]",
-            )
         if not assignable(out, STR) or isinstance(out, EnumT):
             self.error(
                 "type",
@@ -1331,11 +1384,16 @@ class Checker:
                 continue
             got = self._force(d)
             if not assignable(got, t):
+                where, why = d.span, OPTIONAL_FROM_IF
+                if isinstance(got, OptionalT) and not isinstance(t, OptionalT):
+                    where, why = self._why_optional(d)
                 self.error(
                     "type",
                     f"output '{name}' is declared {t} but assigned {got}",
-                    d.span,
-                    hint=_optional_hint(got, t),
+                    where,
+                    hint=_optional_hint(
+                        got, t, self._text(d.value) if d.value is not None else "…", why=why
+                    ),
                 )
         self._finish(scope, deferred)
         self.current_flow = None
@@ -1507,6 +1565,12 @@ class Checker:
                             hint="unpack the outputs of a function with several outputs",
                         )
                     return ANY
+                names = [n for n, _ in t.fields]
+                wrote = [target.name for target in stmt.targets]
+                if wrote != names and sorted(wrote) == sorted(names):
+                    if i == 0:
+                        self._destructured_out_of_order(stmt, names)
+                    return ANY
                 return t.fields[i][1]
 
         for i, target in enumerate(stmt.targets):
@@ -1547,7 +1611,80 @@ class Checker:
                 continue
             if target.name != shown(target.name):
                 compute = self._carried_next(target, compute, scope)
-            self._define(scope, target, compute, reads)
+            defined = self._define(scope, target, compute, reads)
+            if defined is not None and len(stmt.targets) == 1:
+                defined.value, defined.scope = stmt.value, scope
+
+    def _why_optional(self, d: _Def) -> tuple[ast.Span, str]:
+        """Where a definition's optional value comes from, and why it may hold none."""
+        if d.origin is not None:
+            return d.origin
+        t = self._force(d)
+        if isinstance(d.value, ast.Name):
+            read = d.scope.find(d.value.id) if d.scope is not None else None
+            if read is not None and read.origin is not None:  # `out = said`, said from an if
+                return d.value.span, read.origin[1]
+            return d.value.span, f"'{d.value.id}' is {t}"
+        if d.value is not None:
+            return d.value.span, f"this value is {t}"
+        return d.span, f"'{d.name}' is {t}"
+
+    def _check_format_fields(self, e: ast.Call) -> None:
+        """A constant format string's fields, checked now rather than when the flow runs:
+        each `{name}` needs a keyword; JSON-like text needs its braces doubled."""
+        template = self.checked.bound_args[id(e)][0]
+        text: Any = None
+        if isinstance(template, ast.Const):
+            text = template.value
+        elif isinstance(template, ast.Name):
+            text = self.checked.const_values.get(id(template))
+        if not isinstance(text, str):
+            return
+        braces = 'a literal brace is written {{ or }}, e.g. format("{{\\"n\\": {n}}}", n=1)'
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        except ValueError as err:
+            self.error("type", f"malformed format string: {err}", template.span, hint=braces)
+            return
+        given = {kw.name.name for kw in e.kwargs}
+        for name in dict.fromkeys(fields):
+            if not name.isidentifier():
+                self.error(
+                    "type",
+                    f"format string has a field {{{name}}} that is not a name",
+                    template.span,
+                    hint=braces,
+                )
+            elif name not in given:
+                self.error(
+                    "type",
+                    f"format() has no value for field {{{name}}}",
+                    template.span,
+                    hint=f"pass it as a keyword: format(..., {name}=...), or write "
+                    f"{{{{{name}}}}} for the text {{{name}}}",
+                )
+
+    def _destructured_out_of_order(self, stmt: ast.Assign, names: list[str]) -> None:
+        """`category, reason = classify(t)` where classify's outputs are (reason, category):
+        names bind by position, not by name, so say the order (and nothing about types)."""
+        wrote = ", ".join(t.name for t in stmt.targets)
+        order = ", ".join(names)
+        callee = stmt.value.func.name if isinstance(stmt.value, ast.Call) else ""
+        shown_call = f"{callee}(...)" if callee else "the value"
+        whose = f"{callee}'s" if callee else "its"
+        first, last = stmt.targets[0].span, stmt.targets[-1].span
+        self.error(
+            "type",
+            f"{wrote} = {shown_call} takes {whose} outputs in order: ({order})",
+            ast.Span(
+                file=first.file,
+                line=first.line,
+                col=first.col,
+                end_line=last.end_line,
+                end_col=last.end_col,
+            ),
+            hint=f"names take the outputs by position: write {order} = {shown_call}",
+        )
 
     def _carried_next(
         self, target: ast.Ident, compute: Callable[[], Type], scope: _Scope
@@ -1651,18 +1788,24 @@ class Checker:
                 # No else: after the if, the name holds the then branch's value or none.
                 absent.append(name)
                 exports.append(name)
-                self._define(
+                maybe = self._define(
                     scope,
                     ast.Ident(name=name, span=d.span),
                     lambda a=d: optional(self._force(a)),
                     lambda a=d: [*self._reads(stmt.cond, scope), a],
                 )
+                if maybe is not None:
+                    maybe.origin = (d.span, OPTIONAL_FROM_IF)
                 continue
             if other is None:
                 scope.branch_only[name] = stmt.span
                 continue
 
-            def join(a: _Def = d, b: _Def = other, name: str = name) -> Type:
+            joined_def: list[_Def] = []
+
+            def join(
+                a: _Def = d, b: _Def = other, name: str = name, out: list[_Def] = joined_def
+            ) -> Type:
                 ta, tb = self._force(a), self._force(b)
                 joined = unify(ta, tb)
                 if joined is None:
@@ -1670,17 +1813,21 @@ class Checker:
                         "type", f"'{name}' is {ta} in one branch and {tb} in the other", b.span
                     )
                     return ANY
+                if isinstance(joined, OptionalT) and out:
+                    out[0].origin = self._why_optional(a if isinstance(ta, OptionalT) else b)
                 return joined
 
             exports.append(name)
             # The if is lowered as a whole: what its condition reads comes first (a
             # condition reading a name the if assigns is a cycle).
-            self._define(
+            both = self._define(
                 scope,
                 ast.Ident(name=name, span=d.span),
                 join,
                 lambda a=d, b=other: [*self._reads(stmt.cond, scope), a, b],
             )
+            if both is not None:
+                joined_def.append(both)
         if absent:
             self.checked.if_absent[id(stmt)] = absent
         for name in else_scope.defs:
@@ -1740,6 +1887,7 @@ class Checker:
                 init,
                 lambda b=binding: [
                     *(self._reads(stmt.iterable, scope) if stmt.iterable is not None else []),
+                    *(self._reads(stmt.max_iters, scope) if stmt.max_iters is not None else []),
                     *self._reads(b.value, scope),
                 ],
             )
@@ -1774,12 +1922,9 @@ class Checker:
                     reads=lambda: self._reads(iterable, scope),
                 ),
             )
-        elif stmt.max_iters is not None and stmt.max_iters < 1:
-            self.error("type", "`at most` needs a count of 1 or more", stmt.span)
-        elif stmt.max_iters is not None and stmt.max_iters > MAX_OPTION_NUMBER:
-            self.error(
-                "limit", f"`at most` count is too large: at most {MAX_OPTION_NUMBER:,}", stmt.span
-            )
+        elif stmt.max_iters is not None:
+            count = stmt.max_iters
+            deferred.append(lambda: self._check_count(stmt, count, scope))
         for name, inner in carried.items():
             self._add(body, name, inner)
         nexts: dict[str, ast.Assign] = {}
@@ -1800,6 +1945,39 @@ class Checker:
 
             body_deferred.append(check_until)
         deferred.append(lambda: self._finish(body, body_deferred))
+
+    def _check_count(self, stmt: ast.Loop, count: ast.Const | ast.Name, scope: _Scope) -> None:
+        """`repeat at most N`: a number or a const of 1 or more (kept as the loop's fixed
+        count), or an int value of the flow, read when the loop starts."""
+        t = self.expr(count, scope)
+        known, value = (
+            (True, count.value) if isinstance(count, ast.Const) else self.checked.const_value(count)
+        )
+        what = f"'{count.id}'" if isinstance(count, ast.Name) else "the count"
+        if isinstance(t, AnyT) and not known:
+            return  # reported where it was made (an unknown name, a broken value)
+        if t != INT:
+            self.error(
+                "type",
+                f"`at most` needs an int, but {what} is {t}",
+                count.span,
+                hint="write a number, an int const, or an int value: repeat at most rounds ...",
+            )
+        elif not known:
+            return  # checked when the loop starts
+        elif value < 1:
+            self.error(
+                "type",
+                "`at most` needs a count of 1 or more",
+                count.span,
+                label="" if isinstance(count, ast.Const) else f"{count.id} = {value}",
+            )
+        elif value > MAX_OPTION_NUMBER:
+            self.error(
+                "limit", f"`at most` count is too large: at most {MAX_OPTION_NUMBER:,}", count.span
+            )
+        else:
+            self.checked.loop_counts[id(stmt)] = value
 
     # -- expressions
 
@@ -1941,7 +2119,8 @@ class Checker:
             "unknown-name",
             f"unknown variable '{e.id}'",
             e.span,
-            hint=scope.hint_for(e.id, self._explained)
+            hint=PYTHON_CONSTANTS.get(e.id)
+            or scope.hint_for(e.id, self._explained)
             or did_you_mean(e.id, [*scope.names(), *self._const_names()]),
         )
         return ANY
@@ -2170,7 +2349,47 @@ class Checker:
                     hint="write sample 5: solve(q), where solve is an fn",
                 )
             self.checked.sample_counts.pop(id(e), None)
+        elif id(e) in self.checked.sample_counts:
+            sym = self.checked.callee(e.body)
+            assert isinstance(sym, FnSym)
+            self._sampled.append((e, sym, self.checked.sample_counts[id(e)]))
         return ListT(item=t)
+
+    def _check_greedy_samples(self) -> None:
+        """`sample n: f(x)` where every output of f says `temperature=0`: n greedy answers
+        to one prompt are n copies of one answer."""
+        for e, sym, count in self._sampled:
+            if count < 2 or not self._all_greedy(sym.decl):
+                continue
+            name = sym.decl.name.name
+            self.error(
+                "type",
+                f"{count} samples at temperature 0 are {count} copies of one answer",
+                e.body.span,
+                label=f"every output of '{name}' sets temperature=0",
+                hint=f"drop temperature=0 from '{name}' (samples then draw at "
+                f"{SAMPLE_TEMPERATURE}), set it above 0, or call {name} once",
+            )
+
+    def _all_greedy(self, decl: ast.FnDecl) -> bool:
+        """Whether every output an fn generates has `temperature=0` (a constant 0, written
+        or a const's) where it is generated."""
+        outputs = {o.name.name for o in decl.outputs}
+        greedy: dict[str, bool] = {}
+        for part in decl.template.parts:
+            if not isinstance(part, ast.Placeholder) or not part.path:
+                continue
+            head = part.path[0].name
+            if head in outputs and head not in greedy:
+                greedy[head] = any(
+                    opt.name.name == "temperature" and self._is_zero(opt.value)
+                    for opt in part.options
+                )
+        return bool(greedy) and all(greedy.values())
+
+    def _is_zero(self, e: ast.Expr) -> bool:
+        value = e.value if isinstance(e, ast.Const) else self.checked.const_values.get(id(e))
+        return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
 
     def _call(self, e: ast.Call, scope: _Scope) -> Type:
         name = e.func.name
@@ -2197,8 +2416,11 @@ class Checker:
             ok = self._bind(e, name, params, variadic=builtin.variadic)
             if not ok:
                 return ANY
+            if name == "format":
+                self._check_format_fields(e)
             bound = self.checked.bound_args[id(e)]
-            types = [self.checked.types[id(a)] if a is not None else ANY for a in bound]
+            # None for an argument left out: `max(xs)` and `max(a, b)` are two forms
+            types = [self.checked.types[id(a)] if a is not None else None for a in bound]
             result = builtin.result(types)
             if isinstance(result, str):
                 hints = (
@@ -2210,6 +2432,17 @@ class Checker:
                 return ANY
             return result
         if name in self.broken:
+            return ANY
+        sym = self._lookup(name)
+        if isinstance(sym, TypeSym) and isinstance(sym.decl, ast.EnumDecl):
+            first = sym.decl.members[0].name if sym.decl.members else "member"
+            self.error(
+                "type",
+                f"'{name}' is an enum, not a function",
+                e.func.span,
+                hint=f"an enum value is a literal ({name}.{first}), an input or a model's "
+                "output; to turn text into one, declare an fn whose output is the enum",
+            )
             return ANY
         callables = [
             n
@@ -2391,10 +2624,15 @@ def _literal(expr: ast.Expr) -> Any:
     raise AssertionError(f"not a literal: {expr!r}")
 
 
-def _optional_hint(got: Type, want: Type, text: str = "…", operand: bool = True) -> str:
+OPTIONAL_FROM_IF = "an if without else assigned it"
+
+
+def _optional_hint(
+    got: Type, want: Type, text: str = "…", operand: bool = True, why: str = ""
+) -> str:
     """Why an optional does not fit, and what to do instead. `text` is the source of the
     optional (`…` when unknown or long); `want` is ANY for an operand (of an operator
-    unless not `operand`: an argument of a builtin)."""
+    unless not `operand`: an argument of a builtin); `why` says where the none comes from."""
     if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
         return ""
     if got == NONE:
@@ -2403,14 +2641,15 @@ def _optional_hint(got: Type, want: Type, text: str = "…", operand: bool = Tru
             if not isinstance(want, AnyT)
             else "none is no value to compute with"
         )
+    maybe = f"{got} may be none" + (f" ({why})" if why else "")
     name = text if text.isidentifier() else "x"
     test = f"test it with `if {name} != none {{ … }}`"
     if isinstance(want, AnyT):  # an operand: `??` binds less tightly than arithmetic
         shown = f"({text} ?? …)" if operand else f"{text} ?? …"
         default = f"give a default with `{shown}`" if text != "…" else "give a default"
-        return f"{got} may be none: {default}, or {test}"
+        return f"{maybe}: {default}, or {test}"
     default = f"give a default with `{text} ?? …`" if text != "…" else "give a default with `??`"
-    return f"{got} may be none: {default}, {test}, or declare where it goes as {got} too"
+    return f"{maybe}: {default}, {test}, or declare where it goes as {got} too"
 
 
 def narrowing(cond: ast.Expr) -> list[tuple[str, bool]]:

@@ -58,8 +58,13 @@ class Diagnostic(BaseModel):
     """The file a diagnostic without a position is about (one that cannot be read)."""
 
 
+SUGGEST_CUTOFF = 0.65
+"""How alike (difflib's ratio) a name must be to be suggested: `lenght` → `len` (0.67)
+is, `sort` → `format` (0.6) is not; a far-fetched suggestion misleads more than none."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=SUGGEST_CUTOFF)
     return f"did you mean '{close[0]}'?" if close else ""
 
 

@@ -37,13 +37,14 @@ from llmflow.compiler.ir import (
     IRNode,
     Item,
     LLMNode,
+    LoopNode,
     Plan,
     Port,
     PrefixGroup,
 )
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.optimizer.prioritize import critical_path
-from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
+from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
 from llmflow.compiler.picture import (
     CRITICAL,
     FONT,
@@ -659,7 +660,7 @@ class _Drawer:
                 rows.append(font(f"if {escape(shorten(where[0], 40))}", 9))
             return {**common, "label": _rows(*rows), "shape": "box3d", "margin": "0.12,0.1"}
         title = node.label
-        if node.loop_max is None and node.args:
+        if isinstance(node, LoopNode) and node.over_list and node.args:
             title += f" in {self.names.get(self._outer_any(node.args[0]), '…')}"
         elif title.startswith("repeat"):
             title = "repeat"
@@ -673,9 +674,19 @@ class _Drawer:
         return {**common, "label": _rows(*rows), "shape": "box", "style": "rounded,filled"}
 
     def _count_text(self, node: IRNode) -> str:
-        if node.kind == "loop" and node.loop_max is not None:
+        if isinstance(node, LoopNode) and node.loop_max is not None:
             return f"≤ {node.loop_max} times"
-        length = self.plan.known_length(node.args[0]) if node.args else None
+        if isinstance(node, LoopNode) and node.count_arg:
+            source = self._outer_any(node.args[0])
+            name = self.names.get(source, "n")
+            count = self.plan.known.get(source)
+            if isinstance(count, int) and not isinstance(count, bool):
+                return f"≤ {count} times ({name})"
+            if self.plan.estimates:  # what the optimizer assumed for a count it did not know
+                return f"≤ {name} times ({DEFAULT_REPEATS} assumed)"
+            return f"≤ {name} times"
+        graph = self.graph_of.get(node.id)
+        length = self.plan.known_length(node.args[0], graph) if node.args else None
         if length is not None:
             return f"×{length}"
         if self.plan.estimates:  # what the optimizer assumed for a list it did not know
@@ -737,10 +748,10 @@ class _Drawer:
             return node.args
         if node.kind == "map":
             return node.args[:1]
-        if node.kind == "loop":
+        if isinstance(node, LoopNode):
             body = node.bodies["body"]
             has_item = any(_is_item(body.node(i)) for i in body.inputs)
-            return node.args[: int(has_item) + len(node.carried)]
+            return node.args[: int(has_item or node.count_arg) + len(node.carried)]
         if node.kind == "branch":
             return [] if node.args[0] in self.absorbed else node.args[:1]
         return node.args

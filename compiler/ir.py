@@ -133,8 +133,9 @@ class OutputSpec(BaseModel):
     from_inputs: dict[str, str] = Field(default_factory=dict)
     """Numeric options given by one of the function's inputs (`max_tokens=n`): option →
     input name, read when the call runs."""
-    choices: str | None = None
-    """`choices=options`: the input whose strings (known at run time) the output is one of."""
+    choices: str | list[str] | None = None
+    """`choices=options`: the input whose strings (known at run time) the output is one
+    of; or the strings themselves, from a constant (`choices=COLORS`)."""
 
     @model_serializer(mode="wrap")
     def _without_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -261,9 +262,23 @@ class LoopNode(_Node):
     """Outputs each carried variable's value after an iteration, by its name, and
     "until" (a keyword, so never a variable) if the loop has a stop condition."""
     loop_max: int | None = None
-    """The iteration bound (None: once per item of the list it runs over)."""
+    """The iteration bound the program fixes (None: once per item of the list it runs
+    over, or a bound read at run time)."""
+    count_arg: bool = False
+    """`repeat at most n` over an int value: args[0] is n, read as the loop starts."""
     carried: list[str] = Field(default_factory=list)
-    """The names of its loop-carried variables, in argument order after the list."""
+    """The names of its loop-carried variables, in argument order after the list or
+    the count."""
+
+    @property
+    def over_list(self) -> bool:
+        """A `for` loop: args[0] is the list it runs over, once per item."""
+        return self.loop_max is None and not self.count_arg
+
+    @property
+    def first_carried(self) -> int:
+        """The argument index of the first carried value (after the list or the count)."""
+        return 1 if self.loop_max is None else 0
 
     @property
     def bodies(self) -> dict[str, Graph]:
@@ -538,18 +553,20 @@ class Plan(BaseModel):
     """The program's `eval` blocks of this flow (docs/evals.md): what `llmflow eval`
     runs. Not what a run does: a dataset run's plan digest leaves them out."""
 
-    def known_length(self, node_id: str) -> int | None:
-        """How many items a top-level list has before running: its known value's, or, for
-        a map's results (a sample's), the length of the list it maps over."""
+    def known_length(self, node_id: str, graph: Graph | None = None) -> int | None:
+        """How many items a list of `graph` (the plan's own by default) has before
+        running: its known value's, or, for a map's results (a sample's), the length of
+        the list it maps over."""
+        graph = graph or self.graph
         while True:
             value = self.known.get(node_id)
             if isinstance(value, list):
                 return len(value)
-            if node_id not in self.graph.g:
+            if node_id not in graph.g:
                 return None
-            node = self.graph.node(node_id)
-            if not isinstance(node, MapNode) or not node.args:
-                return None
+            node = graph.node(node_id)
+            if not isinstance(node, MapNode) or not node.args or "where" in node.body.outputs:
+                return None  # a filtered map's results are fewer
             node_id = node.args[0]
 
     def copy(self) -> Plan:
@@ -839,9 +856,8 @@ def _check_references(plan: Plan) -> None:
             raise _fail(
                 f"node {n.id} runs on {n.call.model!r}, not one of the plan's models", "graph"
             )
-    for key in plan.known:
-        if key not in plan.graph.g:
-            raise _fail(f"{key!r} is not a node of the top graph", "known", key)
+    for key in plan.known:  # a body's constants are known too
+        node(key, "known", key)
     for i, group in enumerate(plan.groups):
         model(group.model, "groups", i, "model")
         for j, call in enumerate(group.calls):

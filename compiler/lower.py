@@ -12,7 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 from llmflow.compiler import ast
-from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym, TypeSym, narrowing
+from llmflow.compiler.check import (
+    SAMPLE_TEMPERATURE,
+    Checked,
+    ExternSym,
+    FlowSym,
+    FnSym,
+    TypeSym,
+    narrowing,
+)
 from llmflow.compiler.evalspec import EvalSpec, FieldsMetric, JudgeMetric, Metric
 from llmflow.compiler.heap import gc_paused
 from llmflow.compiler.ir import (
@@ -43,6 +51,7 @@ from llmflow.compiler.ir import (
 from llmflow.compiler.ir import Carried as CarriedBinding
 from llmflow.compiler.types import (
     ANY,
+    CHOICES_INTRO,
     INT,
     ListT,
     OptionalT,
@@ -53,10 +62,6 @@ from llmflow.compiler.types import (
     unify,
 )
 from llmflow.stdlib.builtins import Builtin, to_text
-
-SAMPLE_TEMPERATURE = 0.7
-"""The temperature `sample n: f(x)` draws with, for outputs that set none (greedy
-decoding would give n copies of one answer)."""
 
 
 class _Env:
@@ -393,17 +398,28 @@ class Lowerer:
     def collect_loop(self, stmt: ast.Loop, env: _Env) -> None:
         loop = _Once(lambda: self.lower_loop(stmt, env))
         reads = [b.value for b in stmt.carried]
+        first = stmt.iterable if stmt.iterable is not None else self._count_arg(stmt)
         for binding in stmt.carried:
             name = binding.name.name
-            env.reads[name] = [stmt.iterable, *reads] if stmt.iterable is not None else reads
+            env.reads[name] = [first, *reads] if first is not None else reads
             env.thunks[name] = lambda name=name: self.field(
                 env, loop(), name, _record_field(env.graph.node(loop()).type, name), name
             )
 
+    def _count_arg(self, stmt: ast.Loop) -> ast.Name | None:
+        """The int value a `repeat at most n` reads its count from when the loop starts
+        (None: a `for` loop, or a count the program fixes)."""
+        if isinstance(stmt.max_iters, ast.Name) and id(stmt) not in self.checked.loop_counts:
+            return stmt.max_iters
+        return None
+
     def lower_loop(self, stmt: ast.Loop, env: _Env) -> str:
         args: list[str] = []
+        count = self._count_arg(stmt)
         if stmt.iterable is not None:
             args.append(self.expr(stmt.iterable, env))
+        elif count is not None:
+            args.append(self.expr(count, env))
         carried = [b.name.name for b in stmt.carried]
         types: dict[str, Type] = {}
         for b in stmt.carried:
@@ -452,7 +468,14 @@ class Lowerer:
             after.memo.update(next_ids)
             graph.outputs["until"] = self.expr(stmt.until, after)
         record = RecordT(name="loop", fields=tuple((n, types[n]) for n in carried))
-        label = f"for {stmt.var.name}" if stmt.var is not None else f"repeat ≤{stmt.max_iters}"
+        bound = stmt.max_iters
+        if stmt.var is not None:
+            label = f"for {stmt.var.name}"
+        elif isinstance(bound, ast.Name):
+            label = f"repeat ≤{bound.id}"
+        else:
+            assert bound is not None, "a loop without a list has a count"
+            label = f"repeat ≤{bound.value}"
         return self.add(
             env,
             kind="loop",
@@ -460,7 +483,8 @@ class Lowerer:
             type=record,
             args=args + body.captures,
             body=graph,
-            loop_max=stmt.max_iters,
+            loop_max=self.checked.loop_counts.get(id(stmt)),
+            count_arg=count is not None,
             carried=carried,
             span=stmt.span,
         )
@@ -578,7 +602,9 @@ class Lowerer:
         call = graph.node(value)
         assert isinstance(call, LLMNode), "the checker lets only fn calls be sampled"
         outputs = [
-            o if o.temperature else o.model_copy(update={"temperature": SAMPLE_TEMPERATURE})
+            o
+            if o.temperature is not None or "temperature" in o.from_inputs
+            else o.model_copy(update={"temperature": SAMPLE_TEMPERATURE})
             for o in call.call.outputs
         ]
         call.call = call.call.model_copy(update={"outputs": outputs})
@@ -730,7 +756,11 @@ class Lowerer:
                 }
                 from_inputs = {k: v for k, v in inputs.items() if k != "choices"}
                 stop = options.get("stop")
-                if options.get("format"):
+                if options.get("format") and "choices" in inputs:  # listed at run time
+                    segments.append(Text(text=CHOICES_INTRO))
+                    segments.append(Read(input=inputs["choices"]))
+                    segments.append(Text(text="\n"))
+                elif options.get("format"):
                     segments.append(Text(text=format_instructions(outputs[head])))
                 specs.append(
                     OutputSpec(
@@ -741,7 +771,7 @@ class Lowerer:
                         temperature=options.get("temperature"),
                         seed=options.get("seed"),
                         from_inputs=from_inputs,
-                        choices=inputs.get("choices"),
+                        choices=inputs.get("choices") or options.get("choices"),
                     )
                 )
                 segments.append(Generate(output=head))

@@ -312,6 +312,9 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
     ):
         hint = "comparisons do not chain: write a < b and b < c"
     written = text.split("\n")[line - 1] if 0 < line <= text.count("\n") + 1 else ""
+    habit = _python_habit(err, text, written, col)
+    if habit is not None:
+        message, col, width, hint = habit
     if re.match(r"\s*@model\(\s*[\w.]+-", written):
         hint = (
             "@model(...) names a declared model: declare it first, "
@@ -319,6 +322,65 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
         )
     span = ast.Span(file=file, line=line, col=col, end_line=line, end_col=col + width)
     return Diagnostic(kind="syntax", message=message, span=span, hint=hint)
+
+
+_TERNARY = re.compile(r"\s*(.+?)\s*=\s*(.+?)\s+if\s+(.+?)\s+else\s+(.+?)\s*$")
+_FIRST_OUTPUT = re.compile(r"->\s*([A-Za-z_]\w*)\s*:")
+
+
+def _python_habit(
+    err: UnexpectedInput, text: str, written: str, col: int
+) -> tuple[str, int, int, str] | None:
+    """A syntax error that is Python written in llmflow (`elif`, `return`, `a if c else b`,
+    `+=`, 'single quotes'): the mistake named, and what to write, as (message, column,
+    width, hint); None for any other syntax error."""
+    before = written[: col - 1]
+    if isinstance(err, UnexpectedCharacters) and text[err.pos_in_stream] == "'":
+        quoted = re.match(r"'([^'\n]*)'", text[err.pos_in_stream :])
+        shown = json.dumps(quoted.group(1)) if quoted else '"..."'
+        width = len(quoted.group(0)) if quoted else 1
+        return "strings use double quotes", col, width, f"write {shown}"
+    compound = re.match(r"([-+*/%])=", written[col - 1 :])
+    if compound:
+        op = compound.group(1)
+        target = re.search(r"(\w+)\s*$", before)
+        name = target.group(1) if target else "x"
+        value = written[col + 1 :].strip() or "..."
+        return (
+            f"llmflow has no `{op}=`",
+            col,
+            2,
+            f"flow variables are assigned once: in a loop, carry {name} with `with` and "
+            f"write {name} = {name} {op} {value}, e.g. "
+            f"for x in xs with {name} = 0 {{ {name} = {name} {op} x }}",
+        )
+    if not isinstance(err, UnexpectedToken):
+        return None
+    elif_at = re.search(r"\belif\s*$", before)
+    if elif_at:
+        return "llmflow has no `elif`", elif_at.start() + 1, 4, "write `else if`: } else if ... {"
+    return_at = re.match(r"\s*return\b", before)
+    if return_at:
+        output = _FIRST_OUTPUT.search(text)
+        name = output.group(1) if output else "out"
+        value = written[return_at.end() :].strip() or "..."
+        return (
+            "flows have no `return`",
+            return_at.end() - 5,
+            6,
+            f"assign each output of the flow by name: {name} = {value}",
+        )
+    ternary = _TERNARY.match(written)
+    if str(err.token) == "else" and ternary and "{" not in written:
+        target, yes, cond, no = ternary.groups()
+        if_col = written.index(" if ", len(target)) + 2
+        return (
+            "llmflow has no `x if c else y` expression",
+            if_col,
+            2,
+            f"write an if statement: if {cond} {{ {target} = {yes} }} else {{ {target} = {no} }}",
+        )
+    return None
 
 
 def _end_position(text: str) -> tuple[int, int]:
@@ -780,9 +842,12 @@ class _Builder:
     @_spanned
     def repeat_stmt(self, span: ast.Span, children: list) -> ast.Loop:
         count, carried, body, until = children
-        return ast.Loop(
-            span=span, max_iters=self._int(count), carried=carried or [], body=body, until=until
+        bound: ast.Const | ast.Name = (
+            self._const(count, self._int(count))
+            if count.type == "INT"
+            else ast.Name(span=self._token_span(count), id=count[0])
         )
+        return ast.Loop(span=span, max_iters=bound, carried=carried or [], body=body, until=until)
 
     @_spanned
     def for_stmt(self, span: ast.Span, children: list) -> ast.Loop:
@@ -1092,8 +1157,24 @@ def parse_template(
     return template, diags
 
 
-_TAG = re.compile(r"\{%[ \t]*([A-Za-z_]\w*)[ \t]*%\}", re.ASCII)
-"""A block tag: one word between `{%` and `%}` (other `{% ... %}` text stays text)."""
+_TAG = re.compile(r"\{%-?[ \t]*([^\n]*?)[ \t]*-?%\}")
+"""A block tag: the text between `{%` and `%}` on one line (`{% system %}`, or a Jinja
+tag such as `{% for d in demos %}`, which is an error, not text sent to the model)."""
+JINJA_TAGS = frozenset(
+    "for endfor if elif else endif set endset macro endmacro block endblock include "  # noqa: SIM905
+    "extends import from with endwith filter endfilter call endcall raw endraw".split()
+)
+"""Jinja's statement words: a template using them expects loops and conditionals."""
+_JINJA_NAMES = re.compile(r"^(?:for|set|with)\s+([\w\s,()]+?)\s*(?:\bin\b|=|$)")
+"""The names a Jinja `for`/`set`/`with` tag binds (placeholders reading them would
+otherwise each be an unknown variable)."""
+JINJA_HINT = (
+    "build the text in the flow and pass it in, e.g. "
+    'join([format("Text: {t}", t=d.text) for d in demos], "\n")'
+)
+JINJA_IF_HINT = (
+    'choose the text in the flow and pass it in: if c { part = "..." } else { part = "" }'
+)
 BLOCK_TAGS = ("system", "end")
 """The block tags a template may hold: `{% system %}...{% end %}` at its start."""
 SYSTEM_HINT = "write the system message first: {% system %}You are terse.{% end %}"
@@ -1113,8 +1194,22 @@ def _sections(
     rest_from = 0
     opened: tuple[int, ast.Span] | None = None
     seen_system: ast.Span | None = None
+    jinja_seen = False
+    jinja_names: set[str] = set()
     for at, word, where in tags:
-        if word not in BLOCK_TAGS:
+        first = word.split(maxsplit=1)[0] if word.strip() else ""
+        if first in JINJA_TAGS:
+            bound = _JINJA_NAMES.match(word)
+            if bound:
+                jinja_names.update(re.findall(r"[A-Za-z_]\w*", bound.group(1)))
+            if not jinja_seen:  # the other tags of the loop are the same mistake
+                error(
+                    f"templates have no loops or conditionals: '{{% {word} %}}'",
+                    where,
+                    hint=JINJA_IF_HINT if first in ("if", "elif", "else", "endif") else JINJA_HINT,
+                )
+            jinja_seen = True
+        elif word not in BLOCK_TAGS:
             close = did_you_mean(word, BLOCK_TAGS)
             error(
                 f"unknown template block '{{% {word} %}}'",
@@ -1146,6 +1241,14 @@ def _sections(
             ):
                 system, rest_from = parts[opened[0] : at], at
             opened = None
+    if jinja_names:
+        parts = [
+            ast.TemplateText(span=p.span, text="")
+            if isinstance(p, ast.Placeholder) and p.path and p.path[0].name in jinja_names
+            else p
+            for p in parts
+        ]
+        template = template.model_copy(update={"parts": parts})
     if opened is not None:
         error(
             "the system section is never closed",

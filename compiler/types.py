@@ -139,6 +139,10 @@ def unbounded(t: Type) -> Type:
     return t
 
 
+OUTPUTS = " outputs"
+"""The name of the record a call of a function with several outputs gives: `judge outputs`."""
+
+
 def assignable(src: Type, dst: Type) -> bool:
     """May a value of type `src` be used where `dst` is expected?"""
     src, dst = unbounded(src), unbounded(dst)
@@ -159,6 +163,13 @@ def assignable(src: Type, dst: Type) -> bool:
         return True
     if isinstance(src, ListT) and isinstance(dst, ListT):
         return assignable(src.item, dst.item)
+    if isinstance(src, RecordT) and isinstance(dst, RecordT) and src.name.endswith(OUTPUTS):
+        # A call's outputs fit a record declared with the same fields: both are a JSON
+        # object at run time, and `results: list[Judged]` is how a flow names them.
+        fields, wanted = dict(src.fields), dict(dst.fields)
+        return fields.keys() == wanted.keys() and all(
+            assignable(fields[name], t) for name, t in wanted.items()
+        )
     return False
 
 
@@ -262,11 +273,43 @@ def describe_format(t: Type, indent: str = "") -> str:
     return "any JSON value"
 
 
+CHOICES_INTRO = (
+    "Answer with one of these, exactly as written, and nothing else (no quotes, no JSON):\n"
+)
+"""What `{{o | format}}` says before the choices of an enum or of `choices=`: such an
+output is constrained to a bare member name, so a JSON schema would be the wrong advice."""
+
+
+def describe_choices(members: tuple[str, ...], notes: tuple[str, ...] = ()) -> str:
+    """Members one a line, each with its description (`- bug: a defect`)."""
+    lines = []
+    for i, member in enumerate(members):
+        note = notes[i] if i < len(notes) else ""
+        lines.append(f"- {member}: {note}" if note else f"- {member}")
+    return "\n".join(lines)
+
+
+def enum_members(t: Type) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The member names and descriptions of an enum or a union of enums (first wins)."""
+    options = t.options if isinstance(t, UnionT) else (t,)
+    if not all(isinstance(o, EnumT) for o in options):
+        return None
+    members: dict[str, str] = {}
+    for o in options:
+        assert isinstance(o, EnumT)
+        for i, m in enumerate(o.members):
+            members.setdefault(m, o.descriptions[i] if i < len(o.descriptions) else "")
+    return tuple(members), tuple(members.values())
+
+
 def format_instructions(t: Type) -> str:
     """What `{{o | format}}` puts in the prompt before the output: how to answer."""
     match t:
         case Prim(name="str", max_len=None) | AnyT():
             return ""
-        case Prim() | EnumT(descriptions=()):
+        case Prim():
             return f"Answer with {describe_format(t)}.\n"
+    choices = enum_members(t)
+    if choices is not None:
+        return CHOICES_INTRO + describe_choices(*choices) + "\n"
     return f"Answer with JSON in this format:\n{describe_format(t)}\n"

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from llmflow import cli_cassette, cli_dataset, cli_doc, cli_eval, cli_test, cli_tune
 from llmflow.api import Session, bind_inputs, compile, is_saved_plan, quoted_name
 from llmflow.cli_args import add_measured_options, dollars, profile_choice, seed
+from llmflow.cli_prompts import show_exchange
 from llmflow.compiler import catalog, check_file
 from llmflow.compiler import config as config_file
 from llmflow.compiler.diagnostics import render_run
@@ -110,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-cache",
         action="store_true",
         help="ask the models again even where the response cache has the answer",
+    )
+    run.add_argument(
+        "--prompts",
+        action="store_true",
+        help="print on stderr every prompt the run sends, turn by turn, and its answer",
     )
     run.add_argument(
         "--otel",
@@ -513,7 +519,10 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"run {run_dir.id}{' (resumed)' if recorded else ''}\n")
         progress = _Progress(plan, args.quiet)
         cache = None if args.no_cache else ResponseCache(runs.home() / "cache", _warn)
-        session = Session(budget=budget, cache=cache, run_dir=run_dir, otel=otel, cassette=cassette)
+        show = show_exchange(plan, sys.stderr) if args.prompts else None
+        session = Session(
+            budget=budget, cache=cache, run_dir=run_dir, otel=otel, cassette=cassette, show=show
+        )
         result = asyncio.run(_run_in(session, plan, inputs, progress, seed))
     except BaseException as err:
         # Whatever ended the run (an error of any kind, Ctrl-C, SIGTERM), its record
@@ -526,7 +535,7 @@ def _run(args: argparse.Namespace) -> int:
             _warn(str(problem))
         finally:
             run_dir.unlock()
-        sys.stderr.write(f"\nresume: llmflow run {args.program} --resume {run_dir.id}\n")
+        sys.stderr.write(f"\n{_resume_line(args.program, run_dir)}\n")
         if isinstance(err, _Terminated):
             sys.stderr.write("terminated\n")
             return 143
@@ -556,9 +565,14 @@ def _run(args: argparse.Namespace) -> int:
         _print_outputs(result.outputs, len(plan.outputs))
     if result.failures:
         _report_failures(plan, result, budget)
-        sys.stderr.write(f"resume: llmflow run {args.program} --resume {run_dir.id}\n")
+        sys.stderr.write(_resume_line(args.program, run_dir) + "\n")
         return 1
     return 0
+
+
+def _resume_line(program: str, run_dir: RunDir) -> str:
+    """How to go on from a stopped or failed run (worded so it reads as no output)."""
+    return f"to resume, keeping the finished calls: llmflow run {program} --resume {run_dir.id}"
 
 
 async def _run_in(

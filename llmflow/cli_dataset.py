@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from llmflow.api import compile, is_saved_plan
 from llmflow.cli_args import positive
+from llmflow.cli_prompts import show_exchange
 from llmflow.compiler.ir import Plan
 from llmflow.errors import LLMFlowError
 from llmflow.runtime import runs
@@ -547,6 +548,12 @@ def _executor(
     if args.executor == "ray":
         from llmflow.runtime.executors.ray import JobSettings, RayExecutor
 
+        if args.prompts:
+            raise LLMFlowError(
+                "--prompts prints what this process sends; with --executor ray the rows run "
+                "in other processes: use --executor local (with --limit) to see the prompts"
+            )
+
         settings = JobSettings.for_run(budget=budget, cache=cache)
         return RayExecutor(
             plan,
@@ -557,5 +564,6 @@ def _executor(
             seed=seed,
             run_dir=run_dir,
         )
-    session = Session(budget=budget, cache=cache, run_dir=run_dir)
+    show = show_exchange(plan, sys.stderr) if args.prompts else None
+    session = Session(budget=budget, cache=cache, run_dir=run_dir, show=show)
     return LocalExecutor(session, plan, in_flight=args.rows_in_flight, seed=seed)

@@ -12,6 +12,7 @@ Python implementation when that says more.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +164,11 @@ def _builtin_entry(builtin: Builtin) -> Entry:
         params.append(text)
     if builtin.variadic:
         params.append("name=value, …")
-    result = builtin.result([p.type or ANY for p in builtin.params])
-    shown = "T" if isinstance(result, str) or result == ANY else str(result)
+    if builtin.shown:
+        forms = "\n".join(builtin.name + form for form in builtin.shown)
+    else:
+        result = builtin.result([p.type or ANY for p in builtin.params])
+        forms = f"{builtin.name}({', '.join(params)}) -> {result}"
     doc = builtin.doc
     extra = getattr(builtin.impl, "__doc__", None)
     if extra and getattr(builtin.impl, "__module__", "").startswith("llmflow"):
@@ -174,7 +178,7 @@ def _builtin_entry(builtin: Builtin) -> Entry:
     return Entry(
         name=builtin.name,
         kind="builtin",
-        signature=f"{builtin.name}({', '.join(params)}) -> {shown}",
+        signature=forms,
         doc=doc,
         where=BUILTINS_MODULE,
     )
@@ -262,10 +266,25 @@ def _uncomment(line: str) -> str:
     return text[1:] if text.startswith(" ") else text
 
 
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.")
+
+
 def _first_sentence(doc: str) -> str:
+    """The summary line of a doc: up to the first full stop that ends a sentence, not
+    one inside quotes or backticks (`one "1. item" a line`), after a bare number or
+    another dot (`3.`, `0 .. n-1`), or of an abbreviation (`e.g.`)."""
     flat = " ".join(doc.split())
-    end = flat.find(". ")
-    return flat if end < 0 else flat[: end + 1]
+    for found in _SENTENCE_END.finditer(flat):
+        end = found.start()
+        before, head = flat[end - 1 : end], flat[: end + 1]
+        word = flat[:end].rsplit(" ", 1)[-1]
+        if not before or before in ". " or word.isdigit():  # `0 ..`, a numbering `3.`
+            continue
+        if head.count('"') % 2 or head.count("`") % 2 or head.endswith(_ABBREVIATIONS):
+            continue
+        return head
+    return flat
 
 
 def _indent(text: str, prefix: str = "  ") -> str:

@@ -264,7 +264,8 @@ def _choices(call: LLMCall, spec: OutputSpec, values: dict[str, Any]) -> list[st
     """The strings an output with `choices=` must be one of, from its input's value."""
     if spec.choices is None:
         return None
-    choices = list(dict.fromkeys(values[spec.choices]))
+    given = spec.choices if isinstance(spec.choices, list) else values[spec.choices]
+    choices = list(dict.fromkeys(given))
     if not choices:
         raise CallFailed(
             f"{call.function}(): output '{spec.name}' has no choices: '{spec.choices}' is empty"

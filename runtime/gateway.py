@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from llmflow.runtime.cassette import Cassette
 
 
+Exchange = Callable[[GenerationRequest, Generation], None]
+"""Told every request a run sends and the answer it gets (`llmflow run --prompts`)."""
+
+
 def prompt_tokens_at_most(request: GenerationRequest) -> int:
     """The most tokens a request's prompt can be on any model (`tokens.prompt_at_most`):
     what the budget reserves when the model's tokenizer is not at hand."""
@@ -70,9 +74,11 @@ class Gateway:
         limiters: dict[str, Limiter] | None = None,
         row: RowId | None = None,
         cassette: Cassette | None = None,
+        show: Exchange | None = None,
     ) -> None:
         self.backend = backend
         self.cassette = cassette
+        self.show = show
         self.models = models
         self.cache = cache
         self.journal = journal
@@ -89,8 +95,12 @@ class Gateway:
     async def generate(self, request: GenerationRequest) -> Generation:
         if self.cassette is not None:
             spec = self.models[request.model]
-            return await self.cassette.answer(spec, request, self._generate)
-        return await self._generate(request)
+            answer = await self.cassette.answer(spec, request, self._generate)
+        else:
+            answer = await self._generate(request)
+        if self.show is not None:
+            self.show(request, answer)
+        return answer
 
     async def _generate(self, request: GenerationRequest) -> Generation:
         spec = self.models[request.model]

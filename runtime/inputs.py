@@ -9,10 +9,10 @@ from typing import Any
 
 from llmflow.compiler.diagnostics import did_you_mean
 from llmflow.compiler.ir import Plan
-from llmflow.compiler.types import EnumT, Prim, Type
+from llmflow.compiler.types import EnumT, OptionalT, Prim, Type, UnionT
 from llmflow.errors import InputError
 from llmflow.runtime.secrets import clip
-from llmflow.runtime.values import InvalidValue, parse_json, validate
+from llmflow.runtime.values import InvalidValue, NotJSON, parse_json, validate
 
 
 def bind_inputs(
@@ -67,12 +67,46 @@ def quoted_name(name: object, limit: int = 60) -> str:
 
 def value_from_text(who: str, t: Type | None, text: str) -> Any:
     """An input written as text (`-i NAME=VALUE`, a CSV cell): the text itself for `str`
-    and enum inputs (and unknown names, reported later), JSON for the others. Problems
-    are InvalidValue, naming `who`."""
+    and enum inputs (and unknown names, reported later), JSON for the others. A type that
+    takes a string among other values (`str?`, a union with an enum) reads the text as
+    JSON when it is JSON of such a value (`null`, `{"name": "Al"}`), else as the string
+    itself, so `-i nickname=Al` is "Al". Problems are InvalidValue, naming `who`."""
     if t is None or isinstance(t, EnumT) or isinstance(t, Prim) and t.name == "str":
         return text
     try:
-        return parse_json(text)
+        value = parse_json(text)
     except InvalidValue as err:
+        if _takes_text(t):  # not JSON (or not a value of t): the string itself
+            return text
         shown = clip(text, 60).encode("utf-8", "backslashreplace").decode("utf-8")
+        scalar = t.item if isinstance(t, OptionalT) else t
+        if isinstance(err, NotJSON) and isinstance(scalar, Prim) and scalar.name in _SCALARS:
+            none = " (or null)" if isinstance(t, OptionalT) else ""
+            said = f"{shown!r} is not {_SCALARS[scalar.name]}{none}"
+            raise InvalidValue(f"{who} expects {t}: {said}") from None
         raise InvalidValue(f"{who} expects {t} written as JSON: {err} in {shown!r}") from None
+    if (
+        _takes_text(t)
+        and isinstance(value, str | int | float | bool)
+        and not isinstance(value, str)
+    ):
+        try:
+            validate(t, value)
+        except InvalidValue:
+            return text  # `-i nickname=42`: the string "42"
+    return value
+
+
+_SCALARS = {"int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def _takes_text(t: Type) -> bool:
+    """Whether a value of `t` may be a string (`str?`, `Color?`, `Cat | Color`)."""
+    match t:
+        case Prim(name="str") | EnumT():
+            return True
+        case OptionalT(item=item):
+            return _takes_text(item)
+        case UnionT(options=options):
+            return any(_takes_text(o) for o in options)
+    return False

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from llmflow.compiler.ir import Plan
-from llmflow.compiler.types import Prim
+from llmflow.compiler.types import OptionalT, Prim
 from llmflow.errors import InputError, LLMFlowError
 from llmflow.runtime.calls import RowId
 from llmflow.runtime.inputs import bind_inputs, quoted_name, value_from_text
@@ -166,6 +166,11 @@ def bind_rows(
             )
     columns = {name: mapping.get(name, name) for name in known if name not in constants}
     types = {spec.name: spec.type for spec in plan.inputs}
+    optional = {
+        spec.name for spec in plan.inputs if spec.required and isinstance(spec.type, OptionalT)
+    }
+    """`T?` inputs without a default: a row without the column (or with an empty cell)
+    gives them none, as a JSON null would."""
     seen: dict[RowId, int] = {}
     """Declared ids → their line (line-number ids cannot repeat: nothing kept for them)."""
     for line, fields, problem in records:
@@ -189,9 +194,13 @@ def bind_rows(
         given: dict[str, str] = {}
         for name, column in columns.items():
             if column not in fields:
+                if name in optional:
+                    values[name] = None
                 continue  # a default fills it, or bind_inputs reports it missing
             value = fields[column]
             if text and value == "" and types[name] != Prim(name="str"):
+                if name in optional:
+                    values[name] = None
                 continue  # an empty cell: the input's default, or missing
             if text:
                 try:

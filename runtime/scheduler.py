@@ -39,6 +39,7 @@ from llmflow.compiler.ir import (
     Plan,
     Port,
 )
+from llmflow.compiler.models import MAX_OPTION_NUMBER
 from llmflow.compiler.types import FLOAT, ListT, Type
 from llmflow.errors import LLMFlowError
 from llmflow.runtime.backends.base import Backend, BackendError
@@ -358,9 +359,9 @@ class Scheduler:
     async def _loop(self, frame: _Frame, node: LoopNode, args: list[Any]) -> dict[str, Any]:
         body = node.body
         ports = _ports(args)
-        has_list = node.loop_max is None
-        items = args[0] if has_list else range(node.loop_max or 0)
-        first = 1 if has_list else 0
+        has_list = node.over_list
+        items = args[0] if has_list else range(_count(node, args))
+        first = node.first_carried
         carried = dict(zip(node.carried, args[first : first + len(node.carried)], strict=True))
         for iteration, item in enumerate(items):
             bindings = {**ports, **{Carried(name=k): v for k, v in carried.items()}}
@@ -374,6 +375,19 @@ class Scheduler:
             if done.get("until"):
                 break
         return carried
+
+
+def _count(node: LoopNode, args: list[Any]) -> int:
+    """How many times a `repeat` loop may run: its fixed bound, or the int value it reads
+    (0 runs it not at all: the carried values keep their first ones)."""
+    if not node.count_arg:
+        return node.loop_max or 0
+    count = args[0]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise NodeFailed(node, f"the count must be an int of 0 or more, but it is {count!r}")
+    if count > MAX_OPTION_NUMBER:
+        raise NodeFailed(node, f"the count {count:,} is too large: at most {MAX_OPTION_NUMBER:,}")
+    return count
 
 
 def _as_declared(t: Type, value: Any) -> Any:

@@ -35,7 +35,7 @@ from llmflow.runtime.budget import Budget
 from llmflow.runtime.cache import ResponseCache
 from llmflow.runtime.calls import CallStats, RowId, RunSeed
 from llmflow.runtime.cassette import Cassette, OfflineBackend
-from llmflow.runtime.gateway import Gateway
+from llmflow.runtime.gateway import Exchange, Gateway
 from llmflow.runtime.inputs import bind_inputs
 from llmflow.runtime.journal import Journal
 from llmflow.runtime.limits import Limiter
@@ -99,7 +99,8 @@ class Session:
     address is needed; recording, the response cache is not read. Runs given no seed
     (or one drawn at random) use the cassette's, so sampled calls replay. The session
     saves what it recorded when it closes (pruning the unused entries only when it
-    closes without an error)."""
+    closes without an error). `show`: told each request sent and its answer, wherever
+    the answer came from (`llmflow run --prompts`)."""
 
     def __init__(
         self,
@@ -112,9 +113,11 @@ class Session:
         otel: TracerProvider | None = None,
         limiter_for: Callable[[str, ModelSpec], Limiter] | None = None,
         cassette: Cassette | None = None,
+        show: Exchange | None = None,
     ) -> None:
         self.backend = backend
         self.cassette = cassette
+        self.show = show
         self.budget = Budget(budget) if isinstance(budget, int | float) else budget
         self.cache = cache
         self.run_dir = run_dir
@@ -192,6 +195,7 @@ class Session:
             budget=self.budget,
             policy=self.retry,
             limiters={name: self._limiter(name, spec) for name, spec in plan.models.items()},
+            show=self.show,
         )
         spans = self._spans
 

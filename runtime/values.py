@@ -41,6 +41,10 @@ class InvalidValue(LLMFlowError):
     """Text or data that does not fit a type; the message is fed back to the model."""
 
 
+class NotJSON(InvalidValue):
+    """Input text that is not JSON at all (not one that is JSON out of range)."""
+
+
 @lru_cache(maxsize=512)
 def _python_type(t: Type) -> Any:
     match t:
@@ -92,7 +96,7 @@ def validate(t: Type, value: Any, strict: bool = True) -> Any:
         else:
             checked = _plain(_adapter(t).validate_python(value, strict=strict))
     except ValidationError as err:
-        raise InvalidValue(_describe(err)) from None
+        raise InvalidValue(_describe(t, value, err)) from None
     except OverflowError:  # float(10**400)
         raise InvalidValue("an integer this large is out of range for a float") from None
     except RecursionError:  # a list[any] nested 100k deep
@@ -200,7 +204,7 @@ def parse_json(text: str) -> Any:
     try:
         value = _INPUT_JSON.decode(text)
     except json.JSONDecodeError as err:
-        raise InvalidValue(f"{err.msg} at line {err.lineno} column {err.colno}") from None
+        raise NotJSON(f"{err.msg} at line {err.lineno} column {err.colno}") from None
     except RecursionError:
         raise InvalidValue(f"nested deeper than {MAX_DEPTH} levels") from None
     check_json(value)
@@ -217,12 +221,89 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _describe(err: ValidationError) -> str:
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "model_type": "a record (a JSON object)",
+    "dict_type": "a record (a JSON object)",
+    "model_attributes_type": "a record (a JSON object)",
+}
+
+
+def _describe(t: Type, value: Any, err: ValidationError) -> str:
+    """A validation error in our words (`item 1: expected an integer, got "a"`), not
+    pydantic's (`1: Input should be a valid integer`): the locations as items and fields,
+    the types as the language names them."""
+    union = isinstance(unbounded(t), UnionT)
     problems = []
-    for e in err.errors()[:3]:
-        where = ".".join(str(p) for p in e["loc"])
-        problems.append(f"{where + ': ' if where else ''}{e['msg']}")
+    for e in err.errors():
+        if len(problems) == 3:
+            break
+        where = _location(t, e["loc"])
+        if union and not where:
+            continue  # this option is not even the right kind of value
+        kind, ctx = e["type"], e.get("ctx") or {}
+        if kind == "missing":
+            problems.append(f"{where or 'the value'} is missing")
+            continue
+        if kind in _EXPECTED:
+            what = f"expected {_EXPECTED[kind]}, got {_shown(e['input'])}"
+        elif kind in ("literal_error", "enum"):
+            what = f"expected one of {ctx.get('expected', '')}, got {_shown(e['input'])}"
+        elif kind == "string_too_long":
+            what = f"has {len(e['input'])} characters; at most {ctx.get('max_length')}"
+        elif kind == "too_long":
+            what = f"has {ctx.get('actual_length')} items; at most {ctx.get('max_length')}"
+        elif kind == "extra_forbidden":
+            what = "is not a field of the record"
+        else:
+            what = str(e["msg"])[:1].lower() + str(e["msg"])[1:]
+        problems.append(f"{where}: {what}" if where else what)
+    if union:  # no option fits: name them all, then what kept the closest ones out
+        said = f"expected {t}, got {_shown(value)}"
+        return said + (f" ({'; '.join(problems)})" if problems else "")
     return "; ".join(problems)
+
+
+def _location(t: Type | None, loc: tuple[int | str, ...]) -> str:
+    """`item 1`, `field 'name'`, `field 'tags', item 0`: pydantic's path read along the
+    type, so the option names it adds inside a union (`P`, `literal['a','b']`) are left
+    out (they are no field)."""
+    parts = []
+    for part in loc:
+        while isinstance(t, OptionalT):
+            t = t.item
+        if isinstance(t, UnionT):
+            t = None  # this part names the option; its fields follow
+            continue
+        if isinstance(part, int):
+            parts.append(f"item {part}")
+            t = t.item if isinstance(t, ListT) else None
+        else:
+            parts.append(f"field '{part}'")
+            t = t.field(part) if isinstance(t, RecordT) else None
+    return ", ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    """A value a message quotes: a scalar as JSON (clipped), a list or record by kind
+    (it may be huge or deeply nested)."""
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return "a record"
+    try:
+        return clip(json.dumps(value, ensure_ascii=False), 40)
+    except (TypeError, ValueError):
+        return clip(repr(value), 40)
 
 
 def parse_output(t: Type, text: str) -> Any:

@@ -31,6 +31,7 @@ from llmflow.compiler.types import (
     RecordT,
     Type,
     assignable,
+    unbounded,
 )
 from llmflow.errors import LLMFlowError
 from llmflow.stdlib import tokenizers
@@ -52,12 +53,16 @@ class Param:
 class Builtin:
     name: str
     params: tuple[Param, ...]
-    result: Callable[[list[Type]], Type | str]
+    result: Callable[[list[Type | None]], Type | str]
     """Result type from argument types, or an error message."""
     impl: Callable[..., Any]
     doc: str
     variadic: bool = False
     """Accepts any further keyword arguments (format)."""
+    shown: tuple[str, ...] = ()
+    """How `llmflow doc` writes a generic builtin's signature, one line per form
+    (`take(items: list[T], n: int) -> list[T]`): its result depends on its arguments'
+    types, which the parameters alone (typed `None`, any) cannot say."""
 
 
 MAX_INT_DIGITS = 4_300
@@ -78,6 +83,11 @@ class BuiltinError(LLMFlowError):
 
 class LimitError(BuiltinError):
     """A value would exceed MAX_INT_DIGITS, MAX_ITEMS, MAX_SIZE or MAX_DEPTH."""
+
+
+class EmptyListError(BuiltinError):
+    """A builtin that needs an item got an empty list: a certain failure, so the optimizer
+    reports it at plan time when the list is known there."""
 
 
 def _limit(what: str, count: int, limit: int, unit: str) -> LimitError:
@@ -245,19 +255,83 @@ def _convert_to(target: Prim) -> Callable[[list[Type]], Type | str]:
     return result
 
 
-def _extremum_type(args: list[Type]) -> Type | str:
-    if args[0] == args[1] and args[0] in (INT, FLOAT, STR):
-        return args[0]
-    if all(t in (INT, FLOAT) for t in args):
+_ORDERED = (INT, FLOAT, STR)
+
+
+def _ordered_item(args: list[Type | None], what: str) -> Type | str:
+    """The item type of a list of numbers or strings (which compare with one another)."""
+    item = _list_item(args[:1])
+    if isinstance(item, str | AnyT):
+        return item
+    if unbounded(item) in _ORDERED:
+        return item
+    return f"expects a list of {what}, got {args[0]}"
+
+
+def _extremum_type(args: list[Type | None]) -> Type | str:
+    """`max(xs)`: the item type of a list; `max(a, b)`: of two numbers or strings."""
+    a, b = args
+    if b is None:
+        if isinstance(a, Prim):
+            return "of one value: give two values, or a list of numbers or strings"
+        return _ordered_item(args, "numbers or strings")
+    ta, tb = unbounded(a), unbounded(b)
+    if isinstance(ta, AnyT):
+        ta = tb
+    if isinstance(tb, AnyT):
+        tb = ta
+    if isinstance(ta, AnyT) or ta == tb and ta in _ORDERED:
+        return ta
+    if ta in (INT, FLOAT) and tb in (INT, FLOAT):
         return FLOAT
-    return "expects two numbers or two strings"
+    return "expects two numbers, two strings, or a list of numbers or strings"
+
+
+def _extremum(pick: Callable[..., Any], name: str) -> Callable[..., Any]:
+    def impl(a: Any, b: Any = None) -> Any:
+        if b is not None:
+            return pick(a, b)
+        if not isinstance(a, list):
+            raise BuiltinError(f"{name}() of one value: give two values, or a list")
+        if not a:
+            raise EmptyListError(f"{name}() of an empty list")
+        return pick(a)
+
+    return impl
+
+
+def _sum_type(args: list[Type | None]) -> Type | str:
+    item = _list_item(args[:1])
+    if isinstance(item, str | AnyT):
+        return item
+    if item in (INT, FLOAT):
+        return item
+    return f"expects a list of numbers (int or float), got {args[0]}"
+
+
+def _sum(items: list[Any]) -> Any:
+    """0 for an empty list (of either type: 0 is also a float)."""
+    return sum(items)
+
+
+def _sort_type(args: list[Type | None]) -> Type | str:
+    item = _ordered_item(args, "numbers or strings")
+    return item if isinstance(item, str) else args[0]
+
+
+def _sort(items: list[Any], reverse: bool = False) -> list[Any]:
+    return sorted(items, reverse=reverse)
+
+
+def _drop(items: list[Any], n: int) -> list[Any]:
+    """All but the first n items (`take`'s complement: take(xs, n) + drop(xs, n) == xs)."""
+    return items[n:]
 
 
 def _vote(items: list[Any]) -> Any:
-    """The most common item; on a tie, the one that first appears earliest (so the same
-    samples always give the same answer). Records and lists compare by value."""
+    """Records and lists compare by value; an empty list fails."""
     if not items:
-        raise BuiltinError("vote() of an empty list")
+        raise EmptyListError("vote() of an empty list")
     counts: dict[str, list[Any]] = {}
     for item in items:
         key = json.dumps(item, sort_keys=True)
@@ -267,9 +341,9 @@ def _vote(items: list[Any]) -> Any:
 
 
 def _best_of(items: list[Any], scores: list[Any]) -> Any:
-    """The item with the highest score; on a tie, the earliest."""
+    """Fails on an empty list, or if there is not one score per item."""
     if not items:
-        raise BuiltinError("best_of() of an empty list")
+        raise EmptyListError("best_of() of an empty list")
     if len(items) != len(scores):
         raise BuiltinError(f"best_of(): {len(items)} items but {len(scores)} scores")
     best = max(range(len(items)), key=lambda i: scores[i])
@@ -440,10 +514,22 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
+EXTREMUM_FORMS = (
+    "(a: list[T]) -> T  (T: int, float or str; an empty list fails)",
+    "(a: T, b: T) -> T  (two ints, two floats or two strs; an int and a float give float)",
+)
+
 BUILTINS: dict[str, Builtin] = {
     b.name: b
     for b in [
-        Builtin("len", (Param("value", None),), _len_type, len, "Length of a string or list."),
+        Builtin(
+            "len",
+            (Param("value", None),),
+            _len_type,
+            len,
+            "Length of a string or list.",
+            shown=("(value: str | list[T]) -> int",),
+        ),
         Builtin(
             "join",
             (Param("items", None), Param("sep", STR, "\n")),
@@ -532,6 +618,7 @@ BUILTINS: dict[str, Builtin] = {
             _list_item,
             lambda items: items[0],
             "The first item of a list.",
+            shown=("(items: list[T]) -> T",),
         ),
         Builtin(
             "last",
@@ -539,6 +626,7 @@ BUILTINS: dict[str, Builtin] = {
             _list_item,
             lambda items: items[-1],
             "The last item of a list.",
+            shown=("(items: list[T]) -> T",),
         ),
         Builtin(
             "take",
@@ -546,6 +634,31 @@ BUILTINS: dict[str, Builtin] = {
             _same_list,
             lambda items, n: items[:n],
             "The first n items of a list.",
+            shown=("(items: list[T], n: int) -> list[T]",),
+        ),
+        Builtin(
+            "drop",
+            (Param("items", None), Param("n", INT)),
+            _same_list,
+            _drop,
+            "The items of a list after the first n.",
+            shown=("(items: list[T], n: int) -> list[T]",),
+        ),
+        Builtin(
+            "sort",
+            (Param("items", None), Param("reverse", BOOL, False)),
+            _sort_type,
+            _sort,
+            "A list of numbers or strings in ascending order (descending with reverse=true).",
+            shown=("(items: list[T], reverse: bool = false) -> list[T]  (T: int, float or str)",),
+        ),
+        Builtin(
+            "sum",
+            (Param("items", None),),
+            _sum_type,
+            _sum,
+            "The sum of a list of numbers.",
+            shown=("(items: list[int]) -> int", "(items: list[float]) -> float"),
         ),
         Builtin(
             "enumerate",
@@ -553,6 +666,7 @@ BUILTINS: dict[str, Builtin] = {
             _enumerate_type,
             _enumerate,
             "Each item with its position: a list of {index, item} records (index from 0).",
+            shown=("(items: list[T]) -> list[{index: int, item: T}]",),
         ),
         Builtin(
             "zip",
@@ -560,6 +674,7 @@ BUILTINS: dict[str, Builtin] = {
             _zip_type,
             _zip,
             "Two lists of one length, side by side: a list of {first, second} records.",
+            shown=("(a: list[A], b: list[B]) -> list[{first: A, second: B}]",),
         ),
         Builtin(
             "flatten",
@@ -567,14 +682,16 @@ BUILTINS: dict[str, Builtin] = {
             _flatten_type,
             _flatten,
             "Concatenate a list of lists.",
+            shown=("(lists: list[list[T]]) -> list[T]",),
         ),
         Builtin(
             "vote",
             (Param("items", None),),
             _list_item,
             _vote,
-            "The most common item of a list (majority vote); a tie goes to the item that "
-            "appears first.",
+            "The most common item of a list (majority vote); a tie goes to the tied item "
+            "that appears first, so the same samples always give the same answer.",
+            shown=("(items: list[T]) -> T",),
         ),
         Builtin(
             "best_of",
@@ -583,20 +700,23 @@ BUILTINS: dict[str, Builtin] = {
             _best_of,
             "The item with the highest score (scores: a list of numbers, one per item); a "
             "tie goes to the earliest.",
+            shown=("(items: list[T], scores: list[int] | list[float]) -> T",),
         ),
         Builtin(
             "max",
-            (Param("a", None), Param("b", None)),
+            (Param("a", None), Param("b", None, None)),
             _extremum_type,
-            max,
-            "The larger of two numbers.",
+            _extremum(max, "max"),
+            "The largest item of a list, or the larger of two values (numbers or strings).",
+            shown=EXTREMUM_FORMS,
         ),
         Builtin(
             "min",
-            (Param("a", None), Param("b", None)),
+            (Param("a", None), Param("b", None, None)),
             _extremum_type,
-            min,
-            "The smaller of two numbers.",
+            _extremum(min, "min"),
+            "The smallest item of a list, or the smaller of two values (numbers or strings).",
+            shown=EXTREMUM_FORMS,
         ),
     ]
 }

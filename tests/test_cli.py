@@ -368,3 +368,68 @@ def test_plan_and_models_mask_a_url_password_written_in_the_program(
         assert "Zb1Cd3" not in out
         if "--json" in command:  # the options are there, masked inside their strings
             assert "http://u:[redacted]@host/v1" in out and json.loads(out)
+
+
+@pytest.mark.model
+def test_prompts_prints_each_prompt_and_answer_with_secrets_masked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMFLOW_TEST_TOKEN", "hunter2-hunter2")
+    args = ["run", "examples/hello.llmflow", "-i", "name=Ada hunter2-hunter2", "--prompts"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "── greet on default (" in err and "──\n[user]\nWrite a one-sentence" in err
+    assert "greeting for Ada [redacted]." in err and "hunter2-hunter2" not in err
+    assert "\n[answer]\n" in err
+    assert main(args) == 0  # asked again: the answer comes from the response cache
+    assert "── greet on default (cache) ──" in capsys.readouterr().err
+    assert main(args[:-1]) == 0
+    assert "[user]" not in capsys.readouterr().err  # only when asked for
+
+
+OPTIONAL_INPUTS = """
+enum Color { red, green }
+flow main(nickname: str?, color: Color?, age: int?) -> name: str?, shade: Color?, years: int? {
+    name = nickname
+    shade = color
+    years = age
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        (["nickname=Al", "color=red", "age=3"], {"name": "Al", "shade": "red", "years": 3}),
+        (["nickname=42", "color=null", "age=null"], {"name": "42", "shade": None, "years": None}),
+        (['nickname="Al"', "color=green", "age=7"], {"name": "Al", "shade": "green", "years": 7}),
+    ],
+)
+def test_a_str_optional_input_takes_plain_text(
+    tmp_path: Path,
+    llmflow_home: Path,
+    pairs: list[str],
+    expected: dict,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    program = tmp_path / "opt.llmflow"
+    program.write_text(OPTIONAL_INPUTS)
+    args = ["run", str(program), "--json", "-q"]
+    for pair in pairs:
+        args += ["-i", pair]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == expected
+
+
+def test_input_errors_are_in_our_words_not_pydantics(
+    tmp_path: Path, llmflow_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "opt.llmflow"
+    program.write_text(OPTIONAL_INPUTS.replace("age: int?", "age: int?, xs: list[int]"))
+    args = ["run", str(program), "-i", "nickname=Al", "-i", "color=blue", "-i", "age=old"]
+    assert main([*args, "-i", 'xs=[1, "a"]']) == 1
+    err = capsys.readouterr().err
+    assert "input 'age' expects int?: 'old' is not an integer (or null)" in err
+    assert "input 'color' expects Color?: expected one of 'red' or 'green', got \"blue\"" in err
+    assert "input 'xs' expects list[int]: item 1: expected an integer, got \"a\"" in err
+    assert "Input should" not in err

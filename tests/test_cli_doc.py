@@ -73,6 +73,25 @@ def test_doc_of_a_builtin_uses_its_type_rule_and_docstring(
     assert out.startswith("format(template: str, name=value, …) -> str")
 
 
+def test_doc_of_a_generic_builtin_names_its_type_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, start in [
+        ("take", "take(items: list[T], n: int) -> list[T]\n"),
+        ("flatten", "flatten(lists: list[list[T]]) -> list[T]\n"),
+        ("first", "first(items: list[T]) -> T\n"),
+        ("sum", "sum(items: list[int]) -> int\nsum(items: list[float]) -> float\n"),
+        (
+            "max",
+            "max(a: list[T]) -> T  (T: int, float or str; an empty list fails)\nmax(a: T, b: T)",
+        ),
+    ]:
+        _, out, _ = doc(capsys, name)
+        assert out.startswith(start)
+    builtins = [e.signature for e in all_entries() if e.kind == "builtin"]
+    assert not [s for s in builtins if "-> any" in s or "-> T" in s and "[T" not in s]
+
+
 def test_every_builtin_and_stdlib_declaration_has_a_doc() -> None:
     assert {e.name for e in all_entries() if e.kind == "builtin"} == set(BUILTINS)
     assert [e.name for e in all_entries() if not e.doc] == []
@@ -114,3 +133,33 @@ def test_doc_of_a_program_file_follows_the_convention(tmp_path: Path) -> None:
         "  flow double(n: int = 2) -> m: int",
         "      Double a number.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("doc", "summary"),
+    [
+        (
+            'The items as a list: one "1. item" line each. More.',
+            'The items as a list: one "1. item" line each.',
+        ),
+        ("The integers 0 .. n-1. More.", "The integers 0 .. n-1."),
+        ("Version 3. Then more.", "Version 3. Then more."),
+        ("Pick one, e.g. the first. More.", "Pick one, e.g. the first."),
+        ("Run `a. b` now! Later.", "Run `a. b` now!"),
+        ("No end", "No end"),
+    ],
+)
+def test_a_summary_ends_at_the_end_of_a_sentence(doc: str, summary: str) -> None:
+    from llmflow.cli_doc import _first_sentence
+
+    assert _first_sentence(doc) == summary
+
+
+def test_builtin_docs_do_not_repeat_themselves(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("vote", "best_of", "range"):
+        _, out, _ = doc(capsys, name)
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        assert len(lines) == len(set(lines))
+        assert " .." not in lines[-1] or lines[-1].endswith("n-1.")
+    _, out, _ = doc(capsys, "text")
+    assert 'one "1. item" line each.' in out

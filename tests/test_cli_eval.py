@@ -139,7 +139,9 @@ def test_bad_rows_are_shown_with_file_and_line(
     err = capsys.readouterr().err
     assert "rows.jsonl:2: not JSON at column 2" in err
     assert "rows.jsonl:3: no expected value for output 'sentiment'" in err
-    assert "rows.jsonl:4: expected['sentiment']: Input should be 'positive' or 'negative'" in err
+    assert (
+        "rows.jsonl:4: expected['sentiment']: expected one of 'positive' or 'negative', got" in err
+    )
     assert re.search(r"1\.000 \[0\.21, 1\.00\] n=1", err), err
 
 

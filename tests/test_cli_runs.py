@@ -507,7 +507,9 @@ def test_a_terminated_run_is_recorded_as_stopped_and_resumes(
         _, err = first.communicate(timeout=60)
         assert first.returncode == code, err
         (run,) = runs()
-        assert f"resume: llmflow run {path} --resume {run.name}" in err
+        assert (
+            f"to resume, keeping the finished calls: llmflow run {path} --resume {run.name}" in err
+        )
         assert json.loads((run / "run.json").read_text())["status"] == "stopped"
         assert "Traceback" not in err
 

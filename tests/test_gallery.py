@@ -12,9 +12,11 @@ import pytest
 
 import llmflow
 from llmflow.cli import main
+from llmflow.runtime.backends.scripted import ScriptedBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "examples/data/lighthouse.txt").read_text()
+TREE = ROOT / "examples/tree_of_thought.llmflow"
 PASSAGES = json.loads((ROOT / "examples/data/passages.json").read_text())
 
 SAMPLES: dict[str, dict[str, object]] = {
@@ -91,6 +93,46 @@ def test_fewshot_classify_shares_the_examples(capsys: pytest.CaptureFixture[str]
     assert len(data["outputs"]["topics"]) == 2
     assert set(data["outputs"]["topics"]) <= {"sports", "business", "science", "politics"}
     assert data["stats"]["default"]["reused_prompt_tokens"] > 50  # the examples, once
+
+
+@pytest.mark.model
+def test_code_review_agents_write_test_and_review(capsys: pytest.CaptureFixture[str]) -> None:
+    """The three agents on the embedded model, each answer cut to a few tokens."""
+    spec = SAMPLES["code_review_agents"]["spec"]
+    out = run(capsys, "code_review_agents", "-i", f"spec={spec}", "-i", "limit=8")
+    assert out["code"].strip() and out["tests"].strip() and out["comments"].strip()
+    assert out["verdict"] in ("approve", "request_changes")
+
+
+@pytest.mark.model
+def test_tree_of_thought_extends_the_path_by_the_best_step(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One level: BREADTH sampled steps, each scored, the best one appended."""
+    question = SAMPLES["tree_of_thought"]["question"]
+    inputs = ["-i", f"question={question}", "-i", "depth=1", "-i", "limit=8"]
+    out = run(capsys, "tree_of_thought", *inputs)
+    assert out["path"].startswith("(start) ") and out["path"] != "(start) "
+    assert out["answer"].strip()
+
+
+def test_tree_of_thought_cannot_be_zero_wide_nor_negatively_deep(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """BREADTH is a sample count, so 0 is a compile error; a negative `depth` fails the
+    loop before any call, with the count it was given."""
+    source = TREE.read_text()
+    narrow = tmp_path / "narrow.llmflow"
+    narrow.write_text(source.replace("const BREADTH = 3", "const BREADTH = 0"))
+    assert main(["check", str(narrow)]) == 1
+    assert "the number of samples must be a positive integer constant" in capsys.readouterr().err
+    backend = ScriptedBackend(lambda request: "7")
+    with pytest.raises(llmflow.RunError) as caught:
+        llmflow.run(
+            ROOT / "examples/tree_of_thought.llmflow", {"question": "q", "depth": -1}, backend
+        )
+    assert "repeat ≤depth: the count must be an int of 0 or more, but it is -1" in str(caught.value)
+    assert backend.served == []
 
 
 @pytest.mark.model

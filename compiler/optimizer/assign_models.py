@@ -302,7 +302,7 @@ def _reason(plan: Plan, node: LLMNode, options: list[Option], chosen: Option) ->
         what = f"cheapest (${chosen.dollars:.6f}) of {scope}"
     if node.call.needs:
         what += f" for {_needs(node)}"
-    evidence = f"score {chosen.measured}" if chosen.measured is not None else "declared"
+    evidence = f"score {chosen.measured}" if chosen.measured is not None else "not measured"
     return f"{what} ({evidence})"
 
 

@@ -144,7 +144,7 @@ def _binds(node: InputNode, holder: Any, ports: list[int]) -> bool:
     if isinstance(binding, Port):
         return binding.index in ports
     if isinstance(binding, Item):
-        return 0 in ports and holder.kind in ("map", "loop")
+        return 0 in ports and (holder.kind == "map" or (holder.kind == "loop" and holder.over_list))
     if isinstance(binding, Carried) and isinstance(holder, LoopNode):
-        return 1 + holder.carried.index(binding.name) in ports
+        return holder.first_carried + holder.carried.index(binding.name) in ports
     return False

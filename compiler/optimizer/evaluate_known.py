@@ -10,12 +10,19 @@ from typing import Any
 
 from llmflow.compiler.ast import Span
 from llmflow.compiler.diagnostics import Diagnostic
-from llmflow.compiler.ir import BuiltinNode, ConstNode, InputNode, MapNode, Param, Plan
+from llmflow.compiler.ir import BuiltinNode, ConstNode, InputNode, LoopNode, MapNode, Param, Plan
 from llmflow.compiler.modules import UnreadableSource, read_source
-from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS
+from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
 from llmflow.compiler.optimizer.working import own
 from llmflow.errors import CompileError
-from llmflow.stdlib.builtins import SHORT_CIRCUIT, BuiltinError, LimitError, decides, evaluate
+from llmflow.stdlib.builtins import (
+    SHORT_CIRCUIT,
+    BuiltinError,
+    EmptyListError,
+    LimitError,
+    decides,
+    evaluate,
+)
 
 RULE = "known values"
 
@@ -28,7 +35,7 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
     for spec in plan.inputs:
         if spec.name not in inputs and not spec.required:
             inputs[spec.name] = spec.default
-    for node in plan.graph.nodes:
+    for node in plan.graph.walk():  # ids are unique in a plan: bodies' constants too
         if isinstance(node, InputNode):
             if isinstance(node.binding, Param) and node.binding.name in inputs:
                 plan.known[node.id] = inputs[node.binding.name]
@@ -46,31 +53,46 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
                 plan.known[node.id] = evaluate(
                     node.op, node.static, [plan.known[a] for a in node.args], node.bound
                 )
-            except LimitError as err:
+            except (LimitError, EmptyListError) as err:
                 if node.id not in surely:
                     continue
-                diag = Diagnostic(kind="limit", message=str(err), span=node.span)
+                kind = "limit" if isinstance(err, LimitError) else "run"
+                diag = Diagnostic(kind=kind, message=str(err), span=node.span)
                 raise CompileError([diag], _source_of(node.span)) from None
             except (BuiltinError, TypeError, KeyError):
                 continue
         elif isinstance(node, MapNode) and node.args[0] in plan.known:
             items = plan.known[node.args[0]]
             plan.explain(RULE, f"{node.label} runs {len(items)} items", node.id)
-    unknown = [n for n in plan.graph.nodes if n.kind == "map" and n.args[0] not in plan.known]
-    for node in unknown:
-        length = plan.known_length(node.args[0])
-        if length is not None:
-            source = plan.graph.node(node.args[0]).label
+        elif isinstance(node, LoopNode) and node.count_arg and node.args[0] in plan.known:
+            count = plan.known[node.args[0]]
+            plan.explain(RULE, f"{node.label} runs at most {count} times", node.id)
+    for graph in plan.graph.graphs():
+        for node in graph.nodes:
+            if node.kind != "map" or node.args[0] in plan.known:
+                continue
+            length = plan.known_length(node.args[0], graph)
+            if length is not None:
+                source = graph.node(node.args[0]).label
+                plan.explain(
+                    RULE, f"{node.label} runs {length} items, one per result of {source}", node.id
+                )
+            elif graph is plan.graph:  # a nested map's list may be an outer known list's item
+                plan.explain(
+                    RULE,
+                    f"{node.label}: list not known before running; estimates assume "
+                    f"{DEFAULT_MAP_ITEMS} items (give `llmflow plan` the inputs for exact "
+                    "figures)",
+                    node.id,
+                )
+    for node in plan.graph.nodes:
+        if isinstance(node, LoopNode) and node.count_arg and node.args[0] not in plan.known:
             plan.explain(
-                RULE, f"{node.label} runs {length} items, one per result of {source}", node.id
+                RULE,
+                f"{node.label}: count not known before running; estimates assume "
+                f"{DEFAULT_REPEATS} iterations (give `llmflow plan` the inputs for exact figures)",
+                node.id,
             )
-            continue
-        plan.explain(
-            RULE,
-            f"{node.label}: list not known before running; estimates assume "
-            f"{DEFAULT_MAP_ITEMS} items (give `llmflow plan` the inputs for exact figures)",
-            node.id,
-        )
     return plan
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import networkx as nx
 
 from llmflow.compiler.ir import Graph, IRNode, LLMNode, LoopNode, Plan
+from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
 from llmflow.compiler.optimizer.working import own
 
 RULE = "scheduling priorities"
@@ -71,15 +72,27 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
                     out[node.id] = max(inner.values())
                 else:
                     body = node.bodies["body"]
-                    loop_max = node.loop_max if isinstance(node, LoopNode) else None
-                    items = plan.known.get(node.args[0]) if loop_max is None else None
-                    count = len(items) if isinstance(items, list) else (loop_max or 4)
+                    count = _iterations(plan, node)
                     parallel = node.kind == "map" and not serial[id(body)]
                     out[node.id] = inner["body"] * (1 if parallel else count)
             else:
                 out[node.id] = 0.0
         longest[id(graph)] = max(_remaining(graph, out).values(), default=0.0)
     return longest[id(top)]
+
+
+def _iterations(plan: Plan, node: IRNode) -> float:
+    """How many times a map or loop runs its body: its list's length or its count when
+    known (a fixed bound, a value known at plan time), else the estimates' defaults."""
+    if isinstance(node, LoopNode) and node.loop_max is not None:
+        return float(node.loop_max)
+    known = plan.known.get(node.args[0])
+    if isinstance(node, LoopNode) and node.count_arg:
+        if isinstance(known, int) and not isinstance(known, bool):
+            return float(max(known, 0))
+        return float(DEFAULT_REPEATS)
+    length = plan.known_length(node.args[0])
+    return float(length) if length is not None else float(DEFAULT_MAP_ITEMS)
 
 
 def _remaining(graph: Graph, durations: dict[str, float]) -> dict[str, float]:

@@ -20,6 +20,9 @@ from llmflow.stdlib.builtins import select, to_text
 
 DEFAULT_MAP_ITEMS = 4
 """Items assumed for a map over a list not known at plan time."""
+DEFAULT_REPEATS = 4
+"""Iterations assumed for `repeat at most n` when n is not known at plan time (a loop
+with a fixed bound is counted at its bound: `until` may stop it sooner)."""
 
 
 def tokens(text: str) -> float:
@@ -153,6 +156,8 @@ class Shapes:
         self.item_values: dict[str, list[Any]] = {}
         """Every value an `item` input node takes over all instances of its body, when the
         list is known: a nested map over a known list of lists then runs exactly as often."""
+        self.owner: dict[str, Graph] = {}
+        """The graph each node is in."""
         self.assumed: dict[str, list[str]] = {}
         """By call node: `max_tokens=NAME` options whose input is not known at plan time
         (estimated at DEFAULT_INPUT_MAX_TOKENS)."""
@@ -172,6 +177,7 @@ class Shapes:
         while stack:
             graph, instances = stack.pop()
             for node in graph.nodes:
+                self.owner[node.id] = graph
                 if any(a in varies for a in node.args):
                     varies.add(node.id)
                 if isinstance(node, ir.InputNode) and isinstance(
@@ -196,7 +202,11 @@ class Shapes:
                             outer[inp] = outer.get(source, source)
                             if source in varies:
                                 varies.add(inp)
-                    per = self._per_instance(node, outer, items)
+                    per = (
+                        self.known_count(node, outer)
+                        if isinstance(node, LoopNode) and node.count_arg
+                        else self._per_instance(node, outer, items)
+                    )
                     inner.append((body, instances * self._repeats(node, key, per)))
             stack.extend(reversed(inner))
 
@@ -218,16 +228,27 @@ class Shapes:
         if not node.args:
             return None
         key = outer.get(node.args[0], node.args[0])
-        if not isinstance(items, list):
-            length = self.plan.known_length(key)  # a map over a sample's results
+        if not isinstance(items, list):  # a map over a sample's results
+            length = self.plan.known_length(key, self.owner.get(key))
             return None if length is None else float(length)
         if key in self.plan.known:
             return float(len(items))
         return len(items) / len(self.item_values[key])
 
+    def known_count(self, node: LoopNode, outer: dict[str, str]) -> float | None:
+        """The count a `repeat at most n` reads, if known at plan time: its value, or
+        (inside an outer map over known ints) their average."""
+        key = outer.get(node.args[0], node.args[0])
+        values = [self.plan.known[key]] if key in self.plan.known else self.item_values.get(key)
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return None
+        return max(0.0, sum(values) / len(values))
+
     def _repeats(self, node: IRNode, key: str, per_instance: float | None) -> float:
-        if isinstance(node, MapNode) or (isinstance(node, LoopNode) and node.loop_max is None):
+        if isinstance(node, MapNode) or (isinstance(node, LoopNode) and node.over_list):
             return float(DEFAULT_MAP_ITEMS) if per_instance is None else per_instance
+        if isinstance(node, LoopNode) and node.count_arg:
+            return float(DEFAULT_REPEATS) if per_instance is None else per_instance
         if isinstance(node, LoopNode):
             return float(node.loop_max or 1)
         return 0.5 if key in ("then", "else") else 1.0

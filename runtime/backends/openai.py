@@ -22,6 +22,7 @@ import os
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -30,7 +31,12 @@ from openai import AsyncOpenAI
 from llmflow.compiler.models import ModelSpec
 from llmflow.compiler.prefix_reuse import worth_warming
 from llmflow.runtime import secrets
-from llmflow.runtime.backends.base import BackendError, Generation, GenerationRequest
+from llmflow.runtime.backends.base import (
+    BackendError,
+    Constraint,
+    Generation,
+    GenerationRequest,
+)
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds a request may take unless its model sets `timeout`."""
@@ -165,7 +171,8 @@ class OpenAIBackend:
 
     async def _send(self, spec: ModelSpec, request: GenerationRequest) -> Generation:
         client, key = self._client(spec)
-        params = _params(spec, request, legacy_schema=key in self._legacy_schema)
+        asked = shape(spec, request.constraint)
+        params = _params(spec, request, asked, legacy_schema=key in self._legacy_schema)
         started = time.perf_counter()
         try:
             try:
@@ -175,13 +182,13 @@ class OpenAIBackend:
                     raise
                 # This server only knows the older JSON mode: ask it that way from now on.
                 self._legacy_schema.add(key)
-                params = _params(spec, request, legacy_schema=True)
+                params = _params(spec, request, asked, legacy_schema=True)
                 response = await _create(client, spec, params)
         except Exception as error:
             raise _backend_error(spec, error, _address(client, key), params["timeout"]) from None
         seconds = time.perf_counter() - started
         try:
-            return _generation(spec, response, request.stop, seconds)
+            return _generation(spec, response, request.stop, seconds, asked)
         except (AttributeError, LookupError, TypeError, ValueError):
             raise BackendError(
                 secrets.redact(
@@ -214,7 +221,9 @@ async def _create(client: AsyncOpenAI, spec: ModelSpec, params: dict[str, Any]) 
     return json.loads(raw)
 
 
-def _params(spec: ModelSpec, request: GenerationRequest, legacy_schema: bool) -> dict[str, Any]:
+def _params(
+    spec: ModelSpec, request: GenerationRequest, asked: Shape | None, legacy_schema: bool
+) -> dict[str, Any]:
     """The request's keyword arguments for the SDK.
 
     Chat models get the turns as messages; completion models their concatenated text
@@ -241,17 +250,71 @@ def _params(spec: ModelSpec, request: GenerationRequest, legacy_schema: bool) ->
     params["max_completion_tokens" if hosted else "max_tokens"] = request.max_tokens
     if hosted and request.group is not None:
         params["prompt_cache_key"] = f"llmflow-{request.group}"
-    schema = request.constraint.json_schema if request.constraint else None
-    if schema is not None and spec.supports_schema:
+    if asked is not None:
         if legacy_schema:
-            params["response_format"] = {"type": "json_object", "schema": schema}
-        elif schema.get("type") == "object" or not hosted:  # OpenAI wants an object root
-            strict = strict_schema(schema)
+            params["response_format"] = {"type": "json_object", "schema": asked.schema}
+        else:
+            strict = strict_schema(asked.schema)
             params["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "output", "schema": schema, "strict": strict},
+                "json_schema": {"name": "output", "schema": asked.schema, "strict": strict},
             }
     return params
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The JSON an answer is asked for: `schema` as sent; `wrapped`: inside a one-field
+    object (OpenAI wants an object at the root); `choice`: a string `enum` made of the
+    constraint's choices. `read` turns the answer back into the text the caller parses."""
+
+    schema: dict[str, Any]
+    wrapped: bool = False
+    choice: bool = False
+
+    def read(self, text: str) -> str:
+        """A wrapped value unwrapped (as JSON), a choice without its JSON quotes. Text
+        that is not the JSON asked for stays as it is, for the caller's validation."""
+        if not (self.wrapped or self.choice):
+            return text
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        if self.wrapped:
+            if not isinstance(value, dict) or WRAP not in value:
+                return text
+            value = value[WRAP]
+        if self.choice:
+            return value if isinstance(value, str) else text
+        return json.dumps(value, ensure_ascii=False)
+
+
+WRAP = "value"
+"""The field a non-object schema is wrapped in for OpenAI."""
+
+
+def shape(spec: ModelSpec, constraint: Constraint | None) -> Shape | None:
+    """What to ask a model's server for, if it takes schemas: the constraint's JSON
+    schema, or for choices (an enum's members, `choices=`) a string `enum` of them, so
+    that the server decodes only those."""
+    if constraint is None or not spec.supports_schema:
+        return None
+    if constraint.choices:
+        found = Shape({"type": "string", "enum": list(constraint.choices)}, choice=True)
+    elif constraint.json_schema is not None:
+        found = Shape(constraint.json_schema)
+    else:
+        return None
+    if spec.backend != "openai" or found.schema.get("type") == "object":
+        return found
+    wrapper = {
+        "type": "object",
+        "properties": {WRAP: found.schema},
+        "required": [WRAP],
+        "additionalProperties": False,
+    }
+    return Shape(wrapper, wrapped=True, choice=found.choice)
 
 
 def _schema_rejected(spec: ModelSpec, params: dict[str, Any], error: openai.APIStatusError) -> bool:
@@ -266,7 +329,9 @@ def _schema_rejected(spec: ModelSpec, params: dict[str, Any], error: openai.APIS
     )
 
 
-def _generation(spec: ModelSpec, response: Any, stop: list[str], seconds: float) -> Generation:
+def _generation(
+    spec: ModelSpec, response: Any, stop: list[str], seconds: float, asked: Shape | None
+) -> Generation:
     """Read a response's JSON body; a part missing or of the wrong kind raises
     AttributeError, LookupError, TypeError or ValueError (the caller reports a malformed
     response)."""
@@ -281,6 +346,8 @@ def _generation(spec: ModelSpec, response: Any, stop: list[str], seconds: float)
         text = choice.get("text") or ""
     if not isinstance(text, str):
         raise TypeError("the generated text is not a string")
+    if asked is not None:
+        text = asked.read(text)
     finish_reason = choice.get("finish_reason")
     for sequence in stop[MAX_STOP:]:  # those OpenAI could not take
         if sequence and sequence in text:

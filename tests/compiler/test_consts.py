@@ -172,3 +172,51 @@ flow main(x: str) -> y: str {
 """
     )
     assert p.models["m"].settings["rpm"] == 30
+
+
+def test_choices_from_a_constant_or_a_literal_list_are_fixed_in_the_call(
+    plan: Callable[..., Plan],
+) -> None:
+    p = plan(
+        STYLE
+        + '''
+fn pick(thing: str) -> a: str, b: str
+"""
+What is {{thing}}? {{a | choices=WORDS}} or {{b | choices=["x", "y"]}}
+"""
+
+flow main(thing: str) -> a: str, b: str {
+    a, b = pick(thing)
+}
+'''
+    )
+    outputs = {o.name: o.choices for o in llm(p).call.outputs}
+    assert outputs == {"a": ["alpha", "beta"], "b": ["x", "y"]}
+
+
+def test_a_parameter_default_may_be_a_constant(plan: Callable[..., Plan]) -> None:
+    p = plan(
+        STYLE
+        + """
+flow main(n: int = LIMIT, words: list[str] = WORDS) -> out: int {
+    out = n + len(words)
+}
+"""
+    )
+    defaults = {spec.name: spec.default for spec in p.inputs}
+    assert defaults == {"n": 12, "words": ["alpha", "beta"]}
+
+
+def test_choices_need_strings(diagnostics: Callable[..., list[Diagnostic]]) -> None:
+    diags = diagnostics(
+        STYLE
+        + '''
+fn pick(thing: str) -> a: str
+"""{{thing}} {{a | choices=LIMIT}}"""
+
+flow main(thing: str) -> a: str {
+    a = pick(thing)
+}
+'''
+    )
+    assert [d.message for d in diags] == ["choices needs a non-empty list of strings"]

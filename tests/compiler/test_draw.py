@@ -415,6 +415,38 @@ def test_loops_are_clusters_with_their_bounds_and_next_values(make: Make) -> Non
         assert "(next)" in back and "dashed" in back and "constraint=false" in back
 
 
+def test_a_repeat_over_an_int_value_shows_its_bound(make: Make) -> None:
+    """The count's value when the plan knows it, else its name and what was assumed; the
+    count comes in as an edge from the value it reads."""
+    program = LOOP.replace("repeat at most 3", "repeat at most rounds").replace(
+        "flow main(pieces: list[str])", "flow main(pieces: list[str], rounds: int)"
+    )
+    for inputs, shown in (
+        ({"rounds": 2}, "≤ 2 times (rounds)"),
+        ({}, "≤ rounds times (4 assumed)"),
+    ):
+        plan = make(program, inputs=inputs)
+        source = draw(plan).source
+        repeat = [n for n in plan.graph.nodes if n.kind == "loop"][1]
+        assert shown in node_lines(source)[repeat.id][0]
+        assert "↻ repeat<" in node_lines(source)[repeat.id][0]
+        rounds = plan.graph.inputs[1]
+        assert 'label="  rounds"' in edge_line(source, rounds, repeat.id)
+
+
+def test_a_map_over_a_constant_inside_a_loop_shows_its_count(make: Make) -> None:
+    """`sample 3` in a loop's body runs 3 items each iteration: drawn as ×3, as estimated,
+    not as an assumed count."""
+    program = LOOP.replace(
+        'shorter = refine(shorter, "Make it shorter.")',
+        'tries = sample 3: refine(shorter, "Make it shorter.")\n        shorter = first(tries)',
+    )
+    plan = make(program, inputs={"pieces": ["a", "b"]})
+    (sample,) = [n for n in plan.graph.walk() if n.label == "sample 3: refine"]
+    label = node_lines(draw(plan).source)[sample.id][0]
+    assert "×3" in label and "assumed" not in label
+
+
 def test_inputs_outputs_and_builtins_look_different(make: Make) -> None:
     source = '''
     fn shout(text: str) -> loud: str

@@ -69,6 +69,8 @@ REQUIRED = {
     "const_errors",
     "system_section_errors",
     "sample_errors",
+    "sample_greedy",
+    "repeat_count_errors",
 }
 
 

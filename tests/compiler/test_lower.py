@@ -17,6 +17,7 @@ from llmflow.compiler.ir import (
     Graph,
     IRNode,
     Item,
+    LoopNode,
     OutputSpec,
     Plan,
     Port,
@@ -278,6 +279,37 @@ def test_repeat_loop_node(plan: MakePlan) -> None:
     assert len(until_nodes) == 3
     draft = output_producer(p, "draft")
     assert (draft.op, draft.field, draft.args) == ("field", "draft", [loop.id])
+
+
+def test_repeat_bounds_from_a_const_and_from_an_int_value(plan: MakePlan) -> None:
+    """A const bound is fixed like a number; an int value is the loop's first argument,
+    read when the loop starts."""
+    p = plan(
+        FNS
+        + """
+        const ROUNDS = 2
+
+        flow main(start: str, hint: str, rounds: int) -> a: str, b: str {
+            repeat at most ROUNDS with a = start {
+                a = improve(a, hint)
+            }
+            repeat at most rounds with b = start {
+                b = improve(b, hint)
+            }
+        }
+        """
+    )
+    assert_well_formed(p.graph)
+    fixed, counted = by_kind(p.graph, "loop")
+    start, hint, rounds = p.graph.inputs
+    assert isinstance(fixed, LoopNode) and isinstance(counted, LoopNode)
+    assert (fixed.label, fixed.loop_max, fixed.count_arg) == ("repeat ≤ROUNDS", 2, False)
+    assert fixed.args == [start, hint] and fixed.first_carried == 0
+    assert (counted.label, counted.loop_max, counted.count_arg) == ("repeat ≤rounds", None, True)
+    assert counted.args == [rounds, start, hint] and counted.first_carried == 1
+    assert not counted.over_list
+    carried, captured = (counted.body.node(i) for i in counted.body.inputs[:2])
+    assert (carried.binding, captured.binding) == (Carried(name="b"), Port(index=2))
 
 
 def test_for_loop_node(plan: MakePlan) -> None:

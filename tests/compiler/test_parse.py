@@ -370,7 +370,7 @@ flow f(start: str) -> draft: str {
 def test_repeat_with_carried_values_and_until() -> None:
     (stmt,) = body_of(LOOP)
     assert isinstance(stmt, ast.Loop)
-    assert stmt.max_iters == 3
+    assert isinstance(stmt.max_iters, ast.Const) and stmt.max_iters.value == 3
     assert stmt.var is None and stmt.iterable is None
     assert [(b.name.name, sexpr(b.value)) for b in stmt.carried] == [("draft", "start"), ("n", "0")]
     assert len(stmt.body) == 2
@@ -382,7 +382,15 @@ def test_repeat_with_carried_values_and_until() -> None:
 def test_repeat_without_carry_or_until() -> None:
     (stmt,) = body_of('flow f() -> a: str {\n    repeat at most 1 {\n    }\n    a = ""\n}\n')[:1]
     assert isinstance(stmt, ast.Loop)
-    assert (stmt.max_iters, stmt.carried, stmt.body, stmt.until) == (1, [], [], None)
+    assert isinstance(stmt.max_iters, ast.Const) and stmt.max_iters.value == 1
+    assert (stmt.carried, stmt.body, stmt.until) == ([], [], None)
+
+
+def test_repeat_at_most_a_name() -> None:
+    source = 'flow f(n: int) -> a: str {\n    repeat at most n with a = "" {\n    }\n}\n'
+    (stmt,) = body_of(source)
+    assert isinstance(stmt, ast.Loop) and isinstance(stmt.max_iters, ast.Name)
+    assert stmt.max_iters.id == "n" and pos(stmt.max_iters) == (2, 20, 2, 21)
 
 
 def test_for_loop_with_carried_value() -> None:

@@ -279,8 +279,8 @@ def test_dangling_ids(good: dict[str, Any]) -> None:
         "'n0' is not a node of the plan" in error(bad)
     )
     bad = copy.deepcopy(good)
-    bad["known"]["n0"] = 1
-    assert error(bad) == "plan JSON: known.n0: 'n0' is not a node of the top graph"
+    bad["known"]["n999"] = 1
+    assert error(bad) == "plan JSON: known.n999: 'n999' is not a node of the plan"
     bad = copy.deepcopy(good)
     bad["default_model"] = "nobody"
     assert "'nobody' is not one of the plan's models" in error(bad)

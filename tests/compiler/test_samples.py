@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmflow.compiler import compile_file
+from llmflow.compiler.check import SAMPLE_TEMPERATURE
 from llmflow.compiler.diagnostics import Diagnostic
+from llmflow.compiler.draw import draw
 from llmflow.compiler.ir import ConstNode, LLMNode, MapNode, Plan
-from llmflow.compiler.lower import SAMPLE_TEMPERATURE
 from llmflow.compiler.optimizer import optimize
 from llmflow.compiler.types import STR, ListT
 
@@ -51,6 +52,28 @@ flow main(q: str) -> xs: list[str], ys: list[str] {
     assert call.call.outputs[0].temperature == SAMPLE_TEMPERATURE
     (hot,) = [n for n in maps["sample 3: hot"].body.nodes if isinstance(n, LLMNode)]
     assert hot.call.outputs[0].temperature == 1.3  # an output's own temperature is kept
+
+
+def test_an_output_that_says_temperature_0_stays_greedy_in_a_sample(
+    plan: Callable[..., Plan],
+) -> None:
+    """Only outputs that set no temperature draw at SAMPLE_TEMPERATURE: a greedy follow-up
+    of a sampled answer stays greedy (it differs anyway: its prompt holds the sample)."""
+    p = plan(
+        """
+fn explain(q: str) -> a: str, why: str
+\"\"\"
+{{q}} {{a}} Why? {{why | temperature=0}}
+\"\"\"
+
+flow main(q: str) -> n: int {
+    xs = sample 3: explain(q)
+    n = len(xs)
+}
+"""
+    )
+    (call,) = [n for n in p.calls()]
+    assert [o.temperature for o in call.call.outputs] == [SAMPLE_TEMPERATURE, 0]
 
 
 def test_samples_count_in_estimates_and_share_one_prefix_group(
@@ -97,6 +120,61 @@ flow main(q: str) -> scores: list[int] {
     assert not any("estimates assume" in m for m in said)
     scores = next(n for n in p.graph.nodes if isinstance(n, MapNode) and "sample" not in n.label)
     assert p.known_length(scores.id) == 5 and p.known_length(scores.args[0]) == 5
+
+
+def test_inside_a_loop_a_map_over_samples_runs_once_per_sample_but_a_filter_may_drop(
+    plan: Callable[..., Plan],
+) -> None:
+    """In a loop's body too; the results of a filtered comprehension are not counted as
+    many as its list (how many pass is not known)."""
+    p = optimize(
+        plan(
+            SOLVE
+            + """
+fn judge(q: str, a: str) -> score: int
+\"\"\"{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}\"\"\"
+
+fn again(q: str, a: str) -> score: int
+\"\"\"{{q}} {{a}} Again, from 1 to 9: {{score | max_tokens=2}}\"\"\"
+
+flow main(q: str) -> best: int {
+    repeat at most 2 with best = 0 {
+        answers = sample 3: solve(q)
+        scores = [judge(q, a) for a in answers]
+        kept = [a for a in answers if len(a) > 2]
+        rescored = [again(q, a) for a in kept]
+        best = max(best, len(scores) + len(rescored))
+    }
+}
+"""
+        )
+    )
+    counts = {n.label: p.estimates[n.id].instances for n in p.calls()}
+    assert counts == {"solve": 6, "judge": 6, "again": 8}  # again: 4 assumed per iteration
+    (loop,) = [n for n in p.graph.nodes if n.kind == "loop"]
+    source = draw(p).source
+    (judged,) = [
+        n
+        for n in loop.body.nodes
+        if isinstance(n, MapNode) and any(c.label == "judge" for c in n.body.nodes)
+    ]
+    assert "×3" in source.split(f"{judged.id} [")[1].split("\n")[0]
+
+
+def test_a_filtered_list_of_samples_has_no_known_length(plan: Callable[..., Plan]) -> None:
+    p = optimize(
+        plan(
+            SOLVE
+            + """
+flow main(q: str) -> kept: list[str] {
+    answers = sample 5: solve(q)
+    kept = [a for a in answers if len(a) > 2]
+}
+"""
+        )
+    )
+    kept = next(n for n in p.graph.nodes if isinstance(n, MapNode) and "sample" not in n.label)
+    assert p.known_length(kept.args[0]) == 5 and p.known_length(kept.id) is None
 
 
 def test_samples_of_a_greedy_call_are_not_merged_with_it(plan: Callable[..., Plan]) -> None:
@@ -177,3 +255,28 @@ flow main(q: str) -> xs: list[str], f: str {
     data = p.to_json()
     assert '"kind": "system"' in json.dumps(data)
     assert Plan.from_json(json.dumps(data)).to_json() == data
+
+
+def test_a_sample_and_a_map_over_it_inside_a_loop_count_exactly(
+    plan: Callable[..., Plan],
+) -> None:
+    p = optimize(
+        plan(
+            SOLVE
+            + """
+fn rate(q: str, a: str) -> score: int
+\"\"\"{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}\"\"\"
+
+flow main(q: str) -> path: str {
+    repeat at most 2 with path = "" {
+        ideas = sample 3: solve(q + path)
+        scores = map i in ideas: rate(q, i)
+        path = path + best_of(ideas, scores)
+    }
+}
+"""
+        )
+    )
+    assert p.total is not None and p.total.instances == 12  # 2 × (3 samples + 3 ratings)
+    said = [d.message for d in p.decisions]
+    assert "map i in ideas runs 3 items, one per result of sample 3: solve" in said

@@ -55,7 +55,7 @@ def test_a_template_without_a_section_lowers_as_before(plan: Callable[..., Plan]
     p = plan(
         '''
 fn f(q: str) -> a: str
-"""Jinja {% for x in xs %} stays text: {{q}} {{a}}"""
+"""Plain text: {{q}} {{a}}"""
 
 flow main(q: str) -> a: str {
     a = f(q)
@@ -75,6 +75,7 @@ flow main(q: str) -> a: str {
         ("{% system %}x {{a}}", "the system section is never closed"),
         ("{{q}}{% end %}{{a}}", "'{% end %}' closes no section"),
         ("{% System %}x{{a}}", "unknown template block '{% System %}'"),
+        ("{% for x in xs %}{{x}}{% endfor %}{{a}}", "templates have no loops or conditionals"),
     ],
 )
 def test_misplaced_sections_are_errors(template: str, message: str) -> None:

@@ -101,7 +101,30 @@ def test_format_instructions_say_how_to_answer() -> None:
     )
 
 
+def test_format_instructions_of_an_enum_list_its_members_not_json() -> None:
+    from llmflow.compiler.types import CHOICES_INTRO, UnionT
+
+    mood = EnumT(name="Mood", members=("up", "down"), descriptions=("happy", ""))
+    assert format_instructions(mood) == CHOICES_INTRO + "- up: happy\n- down\n"
+    plain = EnumT(name="Side", members=("left", "right"))
+    both = UnionT(options=(mood, plain))
+    assert format_instructions(both) == CHOICES_INTRO + "- up: happy\n- down\n- left\n- right\n"
+    assert "JSON" not in format_instructions(plain).replace("no JSON", "")
+
+
 def test_bounds_shrink_the_typical_size_of_a_value() -> None:
     assert typical_tokens(ListT(item=STR, max_items=2)) < typical_tokens(ListT(item=STR))
     assert typical_tokens(Prim(name="str", max_len=30)) == 10
     assert typical_tokens(OptionalT(item=INT)) == typical_tokens(INT)
+
+
+def test_a_calls_outputs_fit_a_record_with_the_same_fields() -> None:
+    judged = RecordT(name="Judged", fields=(("reason", STR), ("score", FLOAT)))
+    outputs = RecordT(name="judge outputs", fields=(("score", INT), ("reason", STR)))
+    assert assignable(outputs, judged)  # any order; int fits float
+    assert assignable(ListT(item=outputs), ListT(item=judged))
+    assert not assignable(judged, outputs)  # a declared record is not a call's outputs
+    fewer = RecordT(name="judge outputs", fields=(("reason", STR),))
+    assert not assignable(fewer, judged)
+    other = RecordT(name="Other", fields=(("score", INT), ("reason", STR)))
+    assert not assignable(other, judged)  # declared records stay nominal

@@ -78,7 +78,7 @@ def test_the_system_section_is_the_system_turn_or_the_leading_text(
 def test_an_openai_chat_model_gets_it_as_messages_0(compile_source: Callable[..., Plan]) -> None:
     turns = turns_by_function(compile_source(SYSTEM), {"q": "France"})["chat"]
     spec = resolve("gpt", "openai", "gpt-4o-mini")
-    params = _params(spec, GenerationRequest(model="gpt", turns=turns), legacy_schema=False)
+    params = _params(spec, GenerationRequest(model="gpt", turns=turns), None, legacy_schema=False)
     assert params["messages"][0] == {
         "role": "system",
         "content": "Answer in one word. Topic: France.",
@@ -232,3 +232,43 @@ def test_a_resumed_run_finds_each_sample_in_its_journal(
     again = asyncio.run(llmflow.run_async(plan, {"q": "x"}, replay, run_dir=run_dir, seed=9))
     assert again.outputs == first.outputs
     assert replay.served == [] and sum(c.journal_hits for c in again.calls) == 5
+
+
+FORMAT_CHOICES = '''
+enum Kind { bug "a defect in the product", feature, question "asks how to do something" }
+
+fn classify(ticket: str) -> kind: Kind
+"""
+Ticket: {{ticket}}
+{{kind | format}}
+"""
+
+fn pick(ticket: str, teams: list[str]) -> team: str
+"""
+Ticket: {{ticket}}
+Which team? {{team | choices=teams, format}}
+"""
+
+flow main(ticket: str, teams: list[str]) -> kind: Kind, team: str {
+    kind = classify(ticket)
+    team = pick(ticket, teams)
+}
+'''
+
+
+def test_format_lists_the_members_of_an_enum_and_the_choices_without_json(
+    compile_source: Callable[..., Plan],
+) -> None:
+    backend = ScriptedBackend(lambda r: "billing" if "team" in r.turns[-1].text else "bug")
+    inputs = {"ticket": "It crashes", "teams": ["billing", "search"]}
+    result = asyncio.run(llmflow.run_async(compile_source(FORMAT_CHOICES), inputs, backend=backend))
+    assert result.ok, result.failures
+    prompts = [r.request.turns[-1].text for r in backend.served]
+    intro = "Answer with one of these, exactly as written, and nothing else (no quotes, no JSON):"
+    assert f"Ticket: It crashes\n{intro}\n" in prompts[0]
+    assert prompts[0].endswith(
+        "- bug: a defect in the product\n- feature\n- question: asks how to do something"
+    )
+    assert "JSON in this format" not in prompts[0]
+    assert prompts[1].endswith(f"Which team? {intro}\n- billing\n- search")
+    assert result.outputs["team"] == "billing"

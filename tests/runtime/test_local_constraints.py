@@ -46,6 +46,31 @@ def test_a_bounded_string_is_a_grammar_llama_cpp_reads() -> None:
     LlamaGrammar.from_string(source, verbose=False)
 
 
+def test_numbers_have_at_most_18_digits_in_a_grammar_llama_cpp_reads() -> None:
+    for pattern in ("int", "float"):
+        source = _grammar_source(Constraint(pattern=pattern))
+        assert source is not None and "[0-9]{1,18}" in source and "+" not in source[:20]
+        LlamaGrammar.from_string(source, verbose=False)
+
+
+@needs_smollm2
+def test_an_int_output_stops_after_18_digits() -> None:
+    """Unbounded, SmolLM2 answers "What is 3+4?" with digits until max_tokens."""
+    backend = LocalBackend({"chat": resolve("chat", "local", "smollm2-135m")})
+    request = GenerationRequest(
+        model="chat",
+        turns=[Turn(role="user", text="What is 3+4? Answer:")],
+        max_tokens=40,
+        constraint=Constraint(pattern="int"),
+    )
+    try:
+        generation = asyncio.run(backend.generate(request))
+    finally:
+        asyncio.run(backend.aclose())
+    digits = generation.text.strip().lstrip("-")
+    assert digits.isdigit() and len(digits) <= 18
+
+
 @needs_smollm2
 def test_a_list_bound_stops_the_model_at_that_many_items() -> None:
     """Unbounded, SmolLM2 repeats skills ("LinusDocker", ...) until max_tokens; with

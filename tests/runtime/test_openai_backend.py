@@ -251,6 +251,54 @@ def test_multi_output_program_runs(llama_server: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.model
+def test_choices_are_sent_as_an_enum_and_decoded_to_one(
+    llama_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An enum output and a `choices=` output reach the server as a JSON-schema `enum`
+    (llama-cpp-python's server takes it in its older json_object form and decodes only
+    those strings), and the JSON string it answers is read as the choice."""
+    exchanges: list[tuple[dict[str, Any], str]] = []
+    real = openai_backend._create
+
+    async def recording(client: Any, spec: ModelSpec, params: dict[str, Any]) -> Any:
+        response = await real(client, spec, params)
+        exchanges.append((params, response["choices"][0]["message"]["content"]))
+        return response
+
+    monkeypatch.setattr(openai_backend, "_create", recording)
+    program = tmp_path / "pick.llmflow"
+    program.write_text(
+        textwrap.dedent(f"""
+        model srv = openai_compatible("smollm2", base_url="{llama_server}",
+                                      supports_schema=true, price_in=0, price_out=0)
+
+        enum Mood {{ happy, sad }}
+
+        fn pick(text: str, teams: list[str]) -> mood: Mood, team: str
+        \"\"\"
+        Message: {{{{text}}}}
+        Mood: {{{{mood}}}}
+        Team: {{{{team | choices=teams}}}}
+        \"\"\"
+
+        flow main(text: str, teams: list[str]) -> mood: Mood, team: str {{
+            mood, team = pick(text, teams)
+        }}
+        """)
+    )
+    teams = ["billing desk", "sales"]
+    outputs = llmflow.run(program, {"text": "My invoice is wrong!", "teams": teams})
+    assert outputs["mood"] in {"happy", "sad"} and outputs["team"] in teams
+    sent = [params["response_format"] for params, _ in exchanges]
+    assert {"type": "json_object", "schema": {"type": "string", "enum": ["happy", "sad"]}} in sent
+    assert {"type": "json_object", "schema": {"type": "string", "enum": teams}} in sent
+    answered = [
+        json.loads(text) for params, text in exchanges if "schema" in params["response_format"]
+    ]
+    assert answered == [outputs["mood"], outputs["team"]]  # JSON strings, decoded
+
+
+@pytest.mark.model
 def test_client_errors_are_final(llama_server: str) -> None:
     wrong_path = failure(model(llama_server.removesuffix("/v1") + "/nope/v1"), ask("hi"))
     assert (wrong_path.status, wrong_path.retryable) == (404, False)
@@ -578,13 +626,19 @@ def test_strict_schema() -> None:
 def test_response_format_sent(
     scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """OpenAI wants an object root: a list or a choice is asked for inside a one-field
+    object, and the answer comes back without it."""
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+    answers = {"a": '{"name": "Ann", "age": 3}', "b": '{"value": ["x", "y"]}'}
+    answers["c"] = '{"value": "say \\"no\\""}'
+    scripted_server.reply = lambda seen: chat_reply(answers[seen.body["messages"][0]["content"]])
     spec = model(scripted_server.url, "openai", supports_schema=True)
     listing = {"type": "array", "items": {"type": "string"}}
-    generate(
+    record, items, choice = generate(
         spec,
         ask("a", constraint=Constraint(json_schema=PERSON)),
-        ask("b", constraint=Constraint(json_schema=listing)),  # OpenAI needs an object root
+        ask("b", constraint=Constraint(json_schema=listing)),
+        ask("c", constraint=Constraint(choices=["yes", 'say "no"'])),
     )
     formats = {
         seen.body["messages"][0]["content"]: seen.body.get("response_format")
@@ -594,7 +648,35 @@ def test_response_format_sent(
         "type": "json_schema",
         "json_schema": {"name": "output", "schema": PERSON, "strict": True},
     }
-    assert formats["b"] is None
+    wrapped = {"type": "object", "required": ["value"], "additionalProperties": False}
+    assert formats["b"]["json_schema"]["schema"] == wrapped | {"properties": {"value": listing}}
+    enum = {"type": "string", "enum": ["yes", 'say "no"']}
+    assert formats["c"]["json_schema"] == {
+        "name": "output",
+        "schema": wrapped | {"properties": {"value": enum}},
+        "strict": True,
+    }
+    assert (record.text, items.text, choice.text) == (answers["a"], '["x", "y"]', 'say "no"')
+
+
+def test_choices_go_as_an_enum_to_compatible_servers(scripted_server: ScriptedServer) -> None:
+    """A compatible server gets the `enum` at the root; the JSON string it answers is read
+    as the choice. Without `supports_schema` nothing is sent and the text is the answer."""
+    scripted_server.reply = lambda seen: chat_reply('"billing"')
+    request = ask("team?", constraint=Constraint(choices=["billing", "sales"]))
+    (answer,) = generate(model(scripted_server.url, supports_schema=True), request)
+    (plain,) = generate(model(scripted_server.url), request)
+    with_schema, without = (seen.body.get("response_format") for seen in scripted_server.seen)
+    assert with_schema == {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "output",
+            "schema": {"type": "string", "enum": ["billing", "sales"]},
+            "strict": True,
+        },
+    }
+    assert without is None
+    assert (answer.text, plain.text) == ("billing", '"billing"')
 
 
 def test_templates_lower_to_turns(scripted_server: ScriptedServer, tmp_path: Path) -> None:

@@ -302,7 +302,7 @@ def test_csv_empty_cells_are_defaults_and_an_empty_str_is_empty(tmp_path: Path, 
 @pytest.mark.parametrize(
     ("record", "expected"),
     [
-        ("a,x,[]", "column 'n' expects int written as JSON"),
+        ("a,x,[]", "column 'n' expects int: 'x' is not an integer"),
         ("a,1,b", "column 'tags' expects list[str] written as JSON"),
         ("a,1", "2 fields where the header has 3"),
         ("a,1,[],extra", "4 fields where the header has 3"),
@@ -609,3 +609,35 @@ def test_count_rows_counts_what_read_rows_reads_and_never_blocks(
     monkeypatch.setattr(rows_module, "MAX_ROW_BYTES", 64)
     assert count_rows(put(tmp_path, "long.csv", 'name\n"open\n' + "x\n" * 100)) is None
     assert count_rows(put(tmp_path, "long.jsonl", "x" * 1000 + "\n{}\n")) == 2
+
+
+OPTIONAL = """
+model m = scripted("x", reply="ok")
+enum Color { red, green }
+fn f(name: str) -> out: str
+\"\"\"Hi {{name}}: {{out}}\"\"\"
+flow main(name: str, nickname: str?, age: int?, color: Color? = Color.red) -> out: str {
+    out = f(name)
+}
+"""
+
+
+def test_a_missing_optional_column_or_empty_cell_is_none(
+    tmp_path: Path, compile_source: Callable[..., Plan], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    plan = compile_source(OPTIONAL)
+    rows = read(put(tmp_path, "rows.jsonl", jsonl({"name": "a"}, {"name": "b", "age": 3})), plan)
+    assert [r.inputs for r in rows] == [
+        {"name": "a", "nickname": None, "age": None, "color": "red"},  # a default still wins
+        {"name": "b", "nickname": None, "age": 3, "color": "red"},
+    ]
+    path = put(tmp_path, "rows.csv", "name,nickname,age\na,,\nb,Bo,4\nc,42,x\n")
+    rows = read(path, plan)
+    assert [r.inputs for r in rows[:2]] == [
+        {"name": "a", "nickname": None, "age": None, "color": "red"},
+        {"name": "b", "nickname": "Bo", "age": 4, "color": "red"},  # the text, for a str?
+    ]
+    assert (
+        rows[2].problem == "rows.csv:4: column 'age' expects int?: 'x' is not an integer (or null)"
+    )

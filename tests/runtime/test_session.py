@@ -197,3 +197,28 @@ def test_plans_that_declare_a_model_differently_get_backends_of_their_own(
             return len(one.log), len(two.log)
 
     assert asyncio.run(main()) == (2, 1)
+
+
+def test_show_is_told_every_request_and_where_its_answer_came_from(
+    compile_source: Callable[..., Plan], tmp_path: Path
+) -> None:
+    from llmflow.runtime.cache import ResponseCache
+
+    plan = compile_source(LIMITED)
+    seen: list[tuple[str, str, str]] = []
+
+    def show(request: GenerationRequest, answer: Generation) -> None:
+        seen.append((request.turns[-1].text, answer.text, answer.source))
+
+    async def main() -> None:
+        cache = ResponseCache(tmp_path / "cache")
+        try:
+            backend = ScriptedBackend(lambda r: "hi")
+            async with llmflow.Session(backend=backend, cache=cache, show=show) as session:
+                for _ in range(2):
+                    assert (await session.run(plan, {"x": "a"})).ok
+        finally:
+            cache.close()
+
+    asyncio.run(main())
+    assert seen == [("Say a:", "hi", "model"), ("Say a:", "hi", "cache")]

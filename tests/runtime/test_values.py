@@ -58,13 +58,17 @@ def written(value: Any) -> Any:
         (FLOAT, math.inf, "finite number"),
         (FLOAT, -math.inf, "finite number"),
         (FLOAT, 10**400, "out of range for a float"),
-        (ListT(item=FLOAT), [1.0, math.nan], "1: Input should be a finite number"),
-        (POINT, {"x": math.inf, "label": "a"}, "x: Input should be a finite number"),
+        (ListT(item=FLOAT), [1.0, math.nan], "item 1: expected a finite number, got NaN"),
+        (POINT, {"x": math.inf, "label": "a"}, "field 'x': expected a finite number, got Infinity"),
         (INT, 10 ** (DIGITS + 10), f"more than {DIGITS} digits"),
         (STR, "ok\ud800", r"lone surrogate \('\\ud800'\) at character 2"),
         (ListT(item=STR), ["a", "\udcff"], "1: a lone surrogate"),
         (POINT, {"x": 1.0, "label": "\udfff"}, "label: a lone surrogate"),
-        (ListT(item=ListT(item=INT)), nested(100_000), "0.0: Input should be a valid integer"),
+        (
+            ListT(item=ListT(item=INT)),
+            nested(100_000),
+            "item 0, item 0: expected an integer, got a list of 1",
+        ),
     ],
     ids=lambda case: case[:30] if isinstance(case, str) else type(case).__name__,
 )
@@ -155,7 +159,7 @@ def test_input_json_keeps_surrogate_pairs_and_big_but_printable_numbers() -> Non
         (INT, "9" * 5000, "too long"),
         (ListT(item=FLOAT), "[1.5, NaN]", "NaN is not JSON"),
         (ListT(item=FLOAT), '{"values": [Infinity]}', "Infinity is not JSON"),
-        (POINT, '{"x": "inf", "label": "a"}', "x: Input should be a finite number"),
+        (POINT, '{"x": "inf", "label": "a"}', "field 'x': expected a finite number, got \"inf\""),
         (ListT(item=INT), "[" * 100_000, "nested deeper"),
         (ListT(item=INT), "[" + "9" * 5000 + "]", "too long"),
         (ListT(item=STR), '["\\ud800"]', "lone surrogate"),
@@ -179,9 +183,9 @@ def test_a_lone_surrogate_in_model_text_becomes_a_replacement_character() -> Non
 def test_bounds_are_checked_on_inputs_and_model_output() -> None:
     bounded = ListT(item=Prim(name="str", max_len=3), max_items=2)
     assert validate(bounded, ["ab", "c"]) == ["ab", "c"]
-    with pytest.raises(InvalidValue, match="at most 2 items"):
+    with pytest.raises(InvalidValue, match="has 3 items; at most 2"):
         parse_output(bounded, '["a", "b", "c"]')
-    with pytest.raises(InvalidValue, match="at most 3 characters"):
+    with pytest.raises(InvalidValue, match="item 0: has 4 characters; at most 3"):
         validate(bounded, ["abcd"])
     with pytest.raises(InvalidValue, match="more than 5"):
         parse_output(Prim(name="str", max_len=5), "too long a text")
@@ -193,7 +197,10 @@ def test_a_union_of_records_takes_the_one_the_data_fits() -> None:
     union = UnionT(options=(email, phone))
     assert parse_output(union, 'It is {"number": "555"}') == {"number": "555"}
     assert validate(union, {"address": "a@b"}) == {"address": "a@b"}
-    with pytest.raises(InvalidValue, match="Extra inputs"):
+    with pytest.raises(
+        InvalidValue,
+        match="expected Email \\| Phone, got a record \\(.*is not a field of the record",
+    ):
         validate(union, {"address": "a@b", "number": "555"})
 
 
@@ -233,5 +240,5 @@ def test_a_bounded_str_input_is_its_text_and_is_checked_for_length() -> None:
 
     bounded = Prim(name="str", max_len=5)
     assert value_from_text("-i name", bounded, "Jane") == "Jane"
-    with pytest.raises(InvalidValue, match="at most 5 characters"):
+    with pytest.raises(InvalidValue, match="characters; at most 5"):
         validate(bounded, value_from_text("-i name", bounded, "Jane Doe"))

@@ -175,6 +175,49 @@ def test_enumerate_and_zip_types_name_their_fields() -> None:
     assert refused == "expects a list, got str (second argument)"
 
 
+def test_sum_max_min_sort_and_drop_over_lists() -> None:
+    assert call("sum", [3, 1, 2]) == 6
+    assert call("sum", [1.5, 2]) == 3.5
+    assert call("sum", []) == 0
+    assert call("max", [3, 1, 2]) == 3
+    assert call("min", ["b", "a"]) == "a"
+    assert call("max", 3, 4) == 4  # the two-value form still works
+    assert call("min", 2.5, 1) == 1
+    assert call("sort", [3, 1, 2]) == [1, 2, 3]
+    assert call("sort", ["b", "c", "a"], reverse=True) == ["c", "b", "a"]
+    xs = [1, 2, 3, 4]
+    for n in (-5, -1, 0, 2, 9):
+        assert call("take", xs, n) + call("drop", xs, n) == xs
+    assert call("drop", xs, 1) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("name", ["max", "min", "vote", "best_of"])
+def test_a_builtin_that_needs_an_item_refuses_an_empty_list(name: str) -> None:
+    from llmflow.stdlib.builtins import EmptyListError
+
+    args: list[Any] = [[], []] if name == "best_of" else [[]]
+    with pytest.raises(EmptyListError, match=rf"{name}\(\) of an empty list"):
+        call(name, *args)
+
+
+def test_list_builtins_are_typed_by_their_items() -> None:
+    from llmflow.compiler.types import ANY, FLOAT, INT, STR, ListT, Prim
+    from llmflow.stdlib.builtins import BUILTINS
+
+    ints, floats, strs = ListT(item=INT), ListT(item=FLOAT), ListT(item=STR)
+    assert BUILTINS["sum"].result([ints]) == INT
+    assert BUILTINS["sum"].result([floats]) == FLOAT
+    assert BUILTINS["sum"].result([strs]).startswith("expects a list of numbers")
+    assert BUILTINS["max"].result([ints, None]) == INT
+    assert BUILTINS["min"].result([ListT(item=Prim(name="str", max_len=5)), None]).name == "str"
+    assert BUILTINS["max"].result([INT, FLOAT]) == FLOAT
+    assert BUILTINS["max"].result([INT, ANY]) == INT
+    assert BUILTINS["max"].result([INT, None]).startswith("of one value")
+    assert BUILTINS["sort"].result([strs, None]) == strs
+    bounded = ListT(item=INT, max_items=3)
+    assert BUILTINS["drop"].result([bounded, INT]) == bounded
+
+
 @pytest.mark.parametrize(
     ("a", "b", "expected"), [(None, 2, 2), (0, 2, 0), ("", "x", ""), (False, True, False)]
 )

@@ -49,7 +49,7 @@ def test_their_types_are_the_items_type() -> None:
 def test_every_declaration_of_the_module_is_documented_by_the_comments_above_it() -> None:
     lines = (STDLIB / "consistency.llmflow").read_text().splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith(("const ", "fn ", "flow "))]
-    assert len(starts) == 4
+    assert len(starts) == 5
     assert all(lines[i - 1].startswith("# ") for i in starts)
 
 
@@ -72,13 +72,32 @@ def test_consistent_answer_votes_over_five_distinct_samples(
         assert request.turns[0].role == "system" and "step by step" in request.turns[0].text
         assert request.seed is not None
         if request.max_tokens == 16:  # the answer after the reasoning
-            return " 12 " if request.seed % 4 else " 13"
+            return [" 12 ", "12.", " Twelve", "13", "TWELVE!"][request.seed % 5]
         return "Add them."
 
     backend = ScriptedBackend(reply)
     result = asyncio.run(llmflow.run_async(plan, {"q": "7 + 5?"}, backend=backend, seed=3))
     assert result.ok, result.failures
     answers = result.outputs["answers"]
-    assert len(answers) == 5 and set(answers) <= {"12", "13"}
-    assert result.outputs["answer"] == max(answers, key=answers.count)
+    assert len(answers) == 5 and set(answers) <= {"12", "12.", "Twelve", "13", "TWELVE!"}
+    keys = [a.lower().strip(".!") for a in answers]
+    winner = max(keys, key=keys.count)  # ties: Python's max keeps the first, as vote does
+    assert result.outputs["answer"] == answers[keys.index(winner)]  # as its first sample wrote it
     assert len({s.request.seed for s in backend.served}) == 10  # two outputs of five samples
+
+
+def test_answers_are_compared_without_case_space_or_punctuation(
+    compile_source: Callable[..., Plan],
+) -> None:
+    plan = compile_source(
+        """
+    import consistency
+
+    flow main(answers: list[str]) -> keys: list[str] {
+        keys = [answer_key(a) for a in answers]
+    }
+    """
+    )
+    given = [" Paris.", "PARIS!", '"paris"', "Paris, France"]
+    keys = llmflow.run(plan, {"answers": given})["keys"]
+    assert keys == ["paris", "paris", "paris", "paris france"]

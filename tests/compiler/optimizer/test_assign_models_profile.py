@@ -99,7 +99,7 @@ def test_explain_says_measured_or_declared(tmp_path: Path) -> None:
     a_line = next(m for m in lines.values() if m.startswith("a → "))
     c_line = next(m for m in lines.values() if m.startswith("c → "))
     assert "of 3 measured models (score 0.60 ± 0.02 on 200 rows)" in a_line
-    assert c_line.endswith("(declared); falls back to mid, best") or "(declared)" in c_line
+    assert c_line.endswith("(not measured); falls back to mid, best") or "(not measured)" in c_line
     assert any(m.startswith("estimated score 0.600") for m in messages(out))
 
 
@@ -177,7 +177,7 @@ def test_a_changed_template_makes_exactly_its_entries_stale(tmp_path: Path) -> N
     )
     assert any("templates changed since it was measured" in m for m in stale)
     line = next(m for m in messages(out) if m.startswith("a → "))
-    assert "(declared)" in line  # a's entries are not used
+    assert "(not measured)" in line  # a's entries are not used
     line = next(m for m in messages(out) if m.startswith("b → "))
     assert "score 0.85" in line  # b's still are
 

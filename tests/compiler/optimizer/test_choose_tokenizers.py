@@ -127,6 +127,25 @@ def test_through_a_loop_a_branch_and_other_builtins(tmp_path: Path) -> None:
     ) in said(plan)
 
 
+@pytest.mark.parametrize("bound", ["3", "rounds"])
+def test_through_the_carried_value_of_a_repeat(tmp_path: Path, bound: str) -> None:
+    """A repeat's carried values start at its first argument (after the count it reads,
+    if any): the piece carried in reaches the smol call (not the default, gemma)."""
+    plan = compiled(
+        tmp_path,
+        f"""
+        flow main(text: str, rounds: int) -> out: str {{
+            repeat at most {bound} with out = first(chunk_tokens(text, 20)) {{
+                out = on_smol(out)
+            }}
+        }}
+        """,
+    )
+    assert {n.op: n.bound.get("model") for n in token_nodes(plan)} == {
+        "chunk_tokens": "smollm2-135m"
+    }
+
+
 @pytest.mark.parametrize(
     ("readers", "why"),
     [

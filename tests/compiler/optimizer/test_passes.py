@@ -11,6 +11,7 @@ import pytest
 import llmflow
 from llmflow.compiler.ir import BuiltinNode, Plan
 from llmflow.compiler.optimizer import optimize
+from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
 from llmflow.errors import CompileError
 
 Make = Callable[..., Plan]
@@ -374,6 +375,53 @@ def test_a_nested_map_over_an_unknown_list_assumes_a_size_per_level(make: Make) 
     """
     )
     assert plan.total.instances == 16
+
+
+REPEATS = """
+flow polish(x: str, n: int) -> out: str {
+    repeat at most n with out = x {
+        out = label(out)
+    }
+}
+
+flow main(x: str, n: int, ns: list[int]) -> once: str, each: list[str] {
+    once = polish(x, n)
+    each = map k in ns: polish(x, k)
+}
+"""
+
+
+def test_a_repeat_count_from_an_input_is_used_when_known(make: Make) -> None:
+    """`repeat at most n`: n calls when n is given to the plan (in a map over known
+    counts, their sum), else DEFAULT_REPEATS, and the decisions say which."""
+    plan = make(LABEL_FN + REPEATS, inputs={"n": 3, "ns": [0, 1, 5]})
+    assert plan.total.instances == 3 + (0 + 1 + 5)
+    assert any("repeat ≤n runs at most 3 times" in m for m in said(plan, "known values"))
+    unknown = make(LABEL_FN + REPEATS)
+    assert unknown.total.instances == DEFAULT_REPEATS + DEFAULT_MAP_ITEMS * DEFAULT_REPEATS
+    assert any(
+        f"repeat ≤n: count not known before running; estimates assume {DEFAULT_REPEATS} "
+        "iterations" in m
+        for m in said(unknown, "known values")
+    )
+
+
+def test_a_map_over_a_constant_inside_a_loop_counts_exactly(make: Make) -> None:
+    """A constant in a loop's body is the same every iteration: `sample 3` and a map
+    over `range(2)` there run exactly that often per iteration."""
+    plan = make(
+        LABEL_FN.replace("{{tag | max_tokens=4}}", "{{tag | max_tokens=4, temperature=0.8}}")
+        + """
+    flow main(x: str) -> out: str {
+        repeat at most 2 with out = x {
+            tags = sample 3: label(out)
+            more = map i in range(2): label(str(i))
+            out = join(tags + more)
+        }
+    }
+    """
+    )
+    assert plan.total.instances == 2 * (3 + 2)
 
 
 SIZED_FN = '''
