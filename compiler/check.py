@@ -92,7 +92,7 @@ MAX_SAMPLES = 100
 PYTHON_CONSTANTS = {
     "True": "did you mean true? write true/false",
     "False": "did you mean false? write true/false",
-    "None": "llmflow has no None: a value that may be missing has an optional type (T?)",
+    "None": "did you mean none? write none (a value of an optional type T?)",
 }
 """Python's constants written in a flow, and what llmflow writes instead."""
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
