@@ -56,7 +56,8 @@ class Name(Node):
 
 
 class Const(Node):
-    value: str | bool | int | float
+    value: str | bool | int | float | None
+    """None is the `none` literal."""
 
 
 class ListExpr(Node):

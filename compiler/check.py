@@ -33,6 +33,7 @@ from llmflow.compiler.types import (
     BOOL,
     FLOAT,
     INT,
+    NONE,
     OUTPUTS,
     PRIMS,
     STR,
@@ -81,6 +82,7 @@ RESERVED = frozenset(
         "not",
         "true",
         "false",
+        "none",
         "eval",
         "const",
         "sample",
@@ -90,7 +92,7 @@ MAX_SAMPLES = 100
 PYTHON_CONSTANTS = {
     "True": "did you mean true? write true/false",
     "False": "did you mean false? write true/false",
-    "None": "llmflow has no None: a value that may be missing has an optional type (T?)",
+    "None": "did you mean none? write none (a value of an optional type T?)",
 }
 """Python's constants written in a flow, and what llmflow writes instead."""
 """The most samples one `sample n: f(x)` draws (each is a model call)."""
@@ -271,6 +273,8 @@ class _Def:
     reads: Callable[[], list[_Def]] | None = None
     """The definitions `compute` forces, in the order it forces them: `_force` computes
     those first, with its own stack, so a chain of any length is no deep recursion."""
+    narrowed: bool = False
+    """A variable as a branch that tested it against none sees it (`span`: the test)."""
     value: ast.Expr | None = None
     """The expression assigned (`x = value`), when the definition is one."""
     scope: _Scope | None = None
@@ -290,6 +294,9 @@ class _Scope:
         self.nexts: dict[str, _Def] = {}
         """A loop body: each carried variable's value for the next iteration, checked
         against its declared type with the other definitions, but no name anyone reads."""
+        self.narrowed: dict[str, _Def] = {}
+        """A branch that runs only when a variable is not none (`if x != none`): the
+        variable as its present type, in place of the definition outside."""
         self._version: list[int] = parent._version if parent is not None else [0]
         """Bumped by every definition in the scope tree: `find`'s cache is kept until then."""
         self._found: dict[str, tuple[int, _Def | None]] = {}
@@ -297,6 +304,10 @@ class _Scope:
     def add(self, name: str, d: _Def) -> None:
         self._version[0] += 1
         self.defs[name] = d
+
+    def narrow(self, name: str, d: _Def) -> None:
+        self._version[0] += 1
+        self.narrowed[name] = d
 
     def find(self, name: str) -> _Def | None:
         """The definition a name refers to here. Cached in every scope on the way up, so
@@ -315,7 +326,11 @@ class _Scope:
                 break
             passed.append(scope)
             scope = scope.parent
-        for s in passed:
+        # Below a branch that narrows the variable found, the name is the narrowed one
+        # (only a variable: a constant or a function is not narrowed).
+        for s in reversed(passed):
+            if found is not None and name in s.narrowed:
+                found = s.narrowed[name]
             s._found[name] = (version, found)
         return found
 
@@ -590,6 +605,15 @@ class Checker:
         if decl.name.name in RESERVED:
             self.error("declaration", f"'{decl.name.name}' is a reserved word", decl.name.span)
         t = self.expr(decl.value, _Scope())
+        if isinstance(decl.value, ast.Const) and decl.value.value is None:
+            self.error(
+                "type",
+                "a constant cannot be none",
+                decl.value.span,
+                hint="a constant always has a value; for an input that may have none, "
+                "declare a parameter `p: str? = none`",
+            )
+            return
         if not self._is_constant(decl.value) or isinstance(decl.value, ast.Attr):
             self.error(
                 "type",
@@ -837,6 +861,7 @@ class Checker:
                         "type",
                         f"default value of '{p.name.name}' is {value_type}, not {t}",
                         p.default.span,
+                        hint=_optional_hint(value_type, t),
                     )
             out.append((p.name.name, t, p.default))
         return out
@@ -1254,7 +1279,7 @@ class Checker:
                 hint="declare the output as str; an enum already has its choices",
             )
 
-    def _field(self, t: Type, sel: ast.Ident) -> Type:
+    def _field(self, t: Type, sel: ast.Ident, value: ast.Expr | None = None) -> Type:
         if isinstance(t, AnyT):
             return ANY
         if isinstance(t, RecordT):
@@ -1279,12 +1304,21 @@ class Checker:
                 hint="a field of a union is one that each of its records has, with one type",
             )
             return ANY
+        name = value.id if isinstance(value, ast.Name) else "x"
         hint = (
-            f"{t} may hold no value, so it has no fields to read; "
-            "assign it in an else branch too, or pass it on whole"
+            f"{t} may be none, so it has no fields to read; read them where a test found "
+            f"a value: `if {name} != none {{ … }}`, `{name} != none and …`"
+            + (" (x a name holding it)" if name == "x" else "")
+            + "; or pass it on whole"
             if isinstance(t, OptionalT)
             else ""
         )
+        if isinstance(t, OptionalT) and isinstance(value, ast.Attr):
+            field = value.attr.name
+            hint = (
+                f"{t} may be none, so it has no fields to read; a test narrows only a name: "
+                f"write `{field} = {self._text(value)}`, then `if {field} != none {{ … }}`"
+            )
         self.error("type", f"{t} has no fields", sel.span, hint=hint)
         return ANY
 
@@ -1357,7 +1391,9 @@ class Checker:
                     "type",
                     f"output '{name}' is declared {t} but assigned {got}",
                     where,
-                    hint=_optional_hint(got, t, why),
+                    hint=_optional_hint(
+                        got, t, self._text(d.value) if d.value is not None else "…", why=why
+                    ),
                 )
         self._finish(scope, deferred)
         self.current_flow = None
@@ -1561,6 +1597,11 @@ class Checker:
                             "type",
                             f"'{target.name}' is carried as {want} but assigned {got}",
                             target.span,
+                            hint="a value carried from `none` is always none; carry an "
+                            f"optional instead: an input `start: {_present(got)}? = none`, "
+                            f"then `with {target.name} = start`"
+                            if want == NONE
+                            else "",
                         )
                     return want
 
@@ -1668,6 +1709,7 @@ class Checker:
         chain: list[tuple[ast.If, _Scope, _Scope, _Scope]] = []
         while True:
             then_scope, else_scope = _Scope(scope), _Scope(scope)
+            self._narrow(stmt.cond, scope, then_scope, else_scope)
             self._collect_in(stmt.then, then_scope, deferred)
             chain.append((stmt, scope, then_scope, else_scope))
             if not (len(stmt.orelse) == 1 and isinstance(stmt.orelse[0], ast.If)):
@@ -1679,6 +1721,40 @@ class Checker:
             if i > 0:
                 self._leave(else_scope)
             self._join_if(stmt, scope, then_scope, else_scope, deferred)
+
+    def _narrow(
+        self, cond: ast.Expr, scope: _Scope, then_scope: _Scope, else_scope: _Scope
+    ) -> None:
+        """`if x != none`: in the then branch, x is its present type (`T` of `T?`); `if x ==
+        none`: in the else branch (and the else-if chain that is all of it)."""
+        for name, in_then in narrowing(cond):
+            (then_scope if in_then else else_scope).narrow(
+                name, self._narrowed(name, scope, cond.span)
+            )
+
+    def _narrowed(self, name: str, scope: _Scope, test: ast.Span) -> _Def:
+        """Variable `name` of `scope` as a place sees it where it is known not to be none."""
+
+        def outer() -> _Def | None:
+            return scope.find(name)
+
+        def present() -> Type:
+            d = outer()
+            return _present(self._force(d)) if d is not None else ANY
+
+        return _Def(name, test, present, reads=lambda: [d] if (d := outer()) else [], narrowed=True)
+
+    def _narrowed_scope(
+        self, tests: list[tuple[str, bool]], want: bool, scope: _Scope, test: ast.Span
+    ) -> _Scope:
+        """`scope`, with the names `tests` finds not none when the test is `want`."""
+        names = {name for name, in_then in tests if in_then == want}
+        if not names:
+            return scope
+        inner = _Scope(scope)
+        for name in sorted(names):
+            inner.narrow(name, self._narrowed(name, scope, test))
+        return inner
 
     def _join_if(
         self,
@@ -1930,13 +2006,32 @@ class Checker:
         while isinstance(chain[-1].left, ast.BinOp):
             chain.append(chain[-1].left)  # type: ignore[arg-type]
         left = self.expr(chain[-1].left, scope)
+        # `x != none and x.age > 3`: the right side of `and` runs only when its left side is
+        # true, so there x has a value (`x == none or ...`: when it is false). The tests of
+        # a run of one of them add up along the chain.
+        tests: list[tuple[str, bool]] = []
+        run = ""
+        narrowed: tuple[int, _Scope] = (-1, scope)  # for how many tests, the scope made
         for op in reversed(chain):
-            left = self._binop(op, left, self.expr(op.right, scope))
+            right_scope = scope
+            if op.op in ("and", "or"):
+                if run != op.op:
+                    tests, run, narrowed = narrowing(op.left), op.op, (-1, scope)
+                if narrowed[0] != len(tests):
+                    want = op.op == "and"
+                    narrowed = (len(tests), self._narrowed_scope(tests, want, scope, op.span))
+                right_scope = narrowed[1]
+                tests.extend(narrowing(op.right))
+            else:
+                run = ""
+            left = self._binop(op, left, self.expr(op.right, right_scope), scope)
             self.checked.types[id(op)] = left
         return left
 
     def _expr(self, e: ast.Expr, scope: _Scope) -> Type:
         match e:
+            case ast.Const(value=None):
+                return NONE
             case ast.Const(value=bool()):
                 return BOOL
             case ast.Const(value=int()):
@@ -2059,9 +2154,11 @@ class Checker:
                     hint=f"drop .{e.attr.name}: {e.value.func.name}(...) is the {value} itself",
                 )
                 return value
-        return self._field(value, e.attr)
+        return self._field(value, e.attr, e.value)
 
-    def _binop(self, e: ast.BinOp, lt: Type, rt: Type) -> Type:
+    def _binop(self, e: ast.BinOp, lt: Type, rt: Type, scope: _Scope) -> Type:
+        if e.op == "??":
+            return self._coalesce(e, lt, rt)
         if e.op in ("and", "or"):
             for side, t in ((e.left, lt), (e.right, rt)):
                 if not assignable(t, BOOL):
@@ -2070,14 +2167,20 @@ class Checker:
         if e.op in ("==", "!="):
             self._check_enum_literal(lt, e.right)
             self._check_enum_literal(rt, e.left)
+            if self._never_none(e, lt, rt, scope):
+                return BOOL
+            li, ri = _present(lt), _present(rt)
             if unify(lt, rt) is None and not (
-                isinstance(lt, EnumT) and rt == STR or isinstance(rt, EnumT) and lt == STR
+                isinstance(li, EnumT) and ri == STR or isinstance(ri, EnumT) and li == STR
             ):
                 self.error("type", f"cannot compare {lt} with {rt}", e.span)
             return BOOL
         if e.op in ("<", "<=", ">", ">="):
             if not (is_numeric(lt) and is_numeric(rt) or lt == rt == STR):
-                self.error("type", f"cannot order {lt} and {rt}", e.span)
+                hint = _optional_hint(lt, ANY, self._text(e.left)) or _optional_hint(
+                    rt, ANY, self._text(e.right)
+                )
+                self.error("type", f"cannot order {lt} and {rt}", e.span, hint=hint)
             return BOOL
         if isinstance(lt, AnyT) or isinstance(rt, AnyT):
             return ANY
@@ -2091,7 +2194,11 @@ class Checker:
             if is_numeric(lt) and is_numeric(rt):
                 return FLOAT if FLOAT in (lt, rt) else INT
             hint = "convert with str(...) first" if STR in (lt, rt) else ""
-            hint = _optional_hint(lt, ANY) or _optional_hint(rt, ANY) or hint
+            hint = (
+                _optional_hint(lt, ANY, self._text(e.left))
+                or _optional_hint(rt, ANY, self._text(e.right))
+                or hint
+            )
             self.error("type", f"cannot add {lt} and {rt}", e.span, hint=hint)
             return ANY
         if is_numeric(lt) and is_numeric(rt):
@@ -2103,10 +2210,78 @@ class Checker:
                     hint="every run fails here; divide by a number other than 0",
                 )
             return FLOAT if e.op == "/" or FLOAT in (lt, rt) else INT
-        self.error("type", f"`{e.op}` needs numbers, not {lt} and {rt}", e.span)
+        hint = _optional_hint(lt, ANY, self._text(e.left)) or _optional_hint(
+            rt, ANY, self._text(e.right)
+        )
+        self.error("type", f"`{e.op}` needs numbers, not {lt} and {rt}", e.span, hint=hint)
         return ANY
 
+    def _coalesce(self, e: ast.BinOp, lt: Type, rt: Type) -> Type:
+        """`x ?? y`: `T? ?? T` is a T, `T? ?? T?` a T?; a left side that is never none
+        makes the default dead code, an error."""
+        if isinstance(lt, AnyT):
+            return ANY
+        if not isinstance(lt, OptionalT):
+            left, right = self._text(e.left), self._text(e.right)
+            swapped = isinstance(rt, OptionalT) and unify(rt.item, lt) is not None
+            self.error(
+                "type",
+                f"`??` needs an optional on its left, not {lt}",
+                e.left.span,
+                hint=f"{left} is never none; drop `?? {right}`"
+                + (f", or swap them: `{right} ?? {left}`" if swapped else ""),
+            )
+            return lt
+        if isinstance(rt, AnyT):
+            return ANY
+        inner = rt.item if isinstance(rt, OptionalT) else rt
+        joined = unify(lt.item, inner) if lt != NONE else inner
+        if joined is None:
+            self.error(
+                "type",
+                f"the default of `??` is {rt}, but the value is {lt}",
+                e.right.span,
+                hint=f"give a default of type {lt.item}",
+            )
+            return ANY
+        return optional(joined) if isinstance(rt, OptionalT) else joined
+
+    def _never_none(self, e: ast.BinOp, lt: Type, rt: Type, scope: _Scope) -> bool:
+        """`x == none` where x is no optional: always false (`!=`: true), an error.
+        True when it was reported."""
+        for value, vt, ot in ((e.left, lt, rt), (e.right, rt, lt)):
+            if ot == NONE and not isinstance(vt, OptionalT | AnyT):
+                always = "false" if e.op == "==" else "true"
+                d = scope.find(value.id) if isinstance(value, ast.Name) else None
+                hint = (
+                    f"this is always {always}: '{d.name}' has a value here, "
+                    f"the if on line {d.span.line} tested it"
+                    if d is not None and d.narrowed
+                    else f"this is always {always}; only an optional ({vt}?) can be none"
+                )
+                self.error(
+                    "type",
+                    f"cannot compare {vt} with none: a {vt} is never none",
+                    e.span,
+                    hint=hint,
+                )
+                return True
+        return False
+
+    def _text(self, e: ast.Expr) -> str:
+        """The source text of a short one-line expression, for a hint; else `…`."""
+        span = e.span
+        source = self.program.sources.get(span.file)
+        if source is None or span.line != span.end_line:
+            return "…"
+        lines = source.split("\n", span.line)
+        if span.line > len(lines):
+            return "…"
+        text = lines[span.line - 1][span.col - 1 : span.end_col - 1]
+        return text if 0 < len(text) <= 30 else "…"
+
     def _check_enum_literal(self, t: Type, other: ast.Expr) -> None:
+        t = _present(t)
         if (
             isinstance(t, EnumT)
             and isinstance(other, ast.Const)
@@ -2130,11 +2305,14 @@ class Checker:
             item = ANY
         inner = _Scope(scope)
         inner.defs[e.var.name] = _Def(e.var.name, e.var.span, lambda: item, type=item)
+        body = inner
         if e.where is not None:
             wt = self.expr(e.where, inner)
             if not assignable(wt, BOOL):
                 self.error("type", f"filter condition is {wt}, not bool", e.where.span)
-        return ListT(item=self.expr(e.body, inner))
+            # the body is computed only for items the filter keeps
+            body = self._narrowed_scope(narrowing(e.where), True, inner, e.where.span)
+        return ListT(item=self.expr(e.body, body))
 
     def _sample(self, e: ast.SampleExpr, scope: _Scope) -> Type:
         """`sample n: f(x)`: n a positive int constant, f a semantic function."""
@@ -2245,7 +2423,12 @@ class Checker:
             types = [self.checked.types[id(a)] if a is not None else None for a in bound]
             result = builtin.result(types)
             if isinstance(result, str):
-                self.error("type", f"{name}() {result}", e.span)
+                hints = (
+                    _optional_hint(t, ANY, self._text(a), operand=False)
+                    for a, t in zip(bound, types, strict=True)
+                    if a is not None
+                )
+                self.error("type", f"{name}() {result}", e.span, hint=next(filter(None, hints), ""))
                 return ANY
             return result
         if name in self.broken:
@@ -2349,7 +2532,7 @@ class Checker:
                     arg.span,
                     hint="convert with str(...)"
                     if ptype == STR and isinstance(got, Prim)
-                    else _optional_hint(got, ptype),
+                    else _optional_hint(got, ptype, self._text(arg)),
                 )
                 ok = False
         self.checked.bound_args[id(e)] = bound
@@ -2444,18 +2627,65 @@ def _literal(expr: ast.Expr) -> Any:
 OPTIONAL_FROM_IF = "an if without else assigned it"
 
 
-def _optional_hint(got: Type, want: Type, why: str = OPTIONAL_FROM_IF) -> str:
-    """Why an optional does not fit, and what to do instead."""
+def _optional_hint(
+    got: Type, want: Type, text: str = "…", operand: bool = True, why: str = ""
+) -> str:
+    """Why an optional does not fit, and what to do instead. `text` is the source of the
+    optional (`…` when unknown or long); `want` is ANY for an operand (of an operator
+    unless not `operand`: an argument of a builtin); `why` says where the none comes from."""
     if not isinstance(got, OptionalT) or isinstance(want, OptionalT):
         return ""
-    if isinstance(want, AnyT):  # an operand
-        return f"{got} may hold no value ({why}); assign it in an else branch too"
-    if why != OPTIONAL_FROM_IF:
-        return f"{got} may hold no value ({why}); declare where it goes as {got} too"
-    return (
-        f"{got} may hold no value ({why}); declare where it "
-        f"goes as {got} too, or assign it in an else branch"
-    )
+    if got == NONE:
+        return (
+            f"none fits only an optional: declare where it goes as {want}?"
+            if not isinstance(want, AnyT)
+            else "none is no value to compute with"
+        )
+    maybe = f"{got} may be none" + (f" ({why})" if why else "")
+    name = text if text.isidentifier() else "x"
+    test = f"test it with `if {name} != none {{ … }}`"
+    if isinstance(want, AnyT):  # an operand: `??` binds less tightly than arithmetic
+        shown = f"({text} ?? …)" if operand else f"{text} ?? …"
+        default = f"give a default with `{shown}`" if text != "…" else "give a default"
+        return f"{maybe}: {default}, or {test}"
+    default = f"give a default with `{text} ?? …`" if text != "…" else "give a default with `??`"
+    return f"{maybe}: {default}, {test}, or declare where it goes as {got} too"
+
+
+def narrowing(cond: ast.Expr) -> list[tuple[str, bool]]:
+    """The variables a condition tests against none, each with whether it has a value
+    when the condition is true (`x != none`, `none != x`, and each such test of an `and`
+    chain) or when it is false (`x == none`, and each of an `or` chain). Only plain names:
+    `r.email != none` tests no variable."""
+    tested = _tested(cond)
+    if tested is not None:
+        return [tested]
+    if not (isinstance(cond, ast.BinOp) and cond.op in ("and", "or")):
+        return []
+    found: list[tuple[str, bool]] = []
+    stack: list[ast.Expr] = [cond]
+    while stack:  # the operands of a run of `and` (or of `or`), in any grouping
+        e = stack.pop()
+        if isinstance(e, ast.BinOp) and e.op == cond.op:
+            stack += [e.right, e.left]
+        elif (t := _tested(e)) is not None and t[1] == (cond.op == "and"):
+            found.append(t)
+    return found
+
+
+def _tested(cond: ast.Expr) -> tuple[str, bool] | None:
+    """`x != none` is (x, True), `x == none` is (x, False)."""
+    if not isinstance(cond, ast.BinOp) or cond.op not in ("==", "!="):
+        return None
+    for a, b in ((cond.left, cond.right), (cond.right, cond.left)):
+        if isinstance(a, ast.Name) and isinstance(b, ast.Const) and b.value is None:
+            return a.id, cond.op == "!="
+    return None
+
+
+def _present(t: Type) -> Type:
+    """The type of an optional's value when it has one (`T` of `T?`)."""
+    return t.item if isinstance(t, OptionalT) else t
 
 
 def _list_depth(t: Type) -> int:

@@ -67,7 +67,7 @@ INPUT_EDGE = "#9AA8B8"
 EXIT = "<exit>"
 """Stands for "leaves its subgraph" in the edge chains used to find critical edges."""
 
-_BINARY = {"+", "-", "*", "/", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or"}
+_BINARY = {"+", "-", "*", "/", "//", "%", "==", "!=", "<", "<=", ">", ">=", "and", "or", "??"}
 DRAW_DEPTH = 12
 """Subgraphs nested deeper than this (a long else-if chain) are not drawn: the compound
 node there is one box that says so. This also bounds the drawer's recursion."""
@@ -587,6 +587,8 @@ class _Drawer:
             return f"{len(value)} item{'s' if len(value) != 1 else ''}"
         if isinstance(value, str):
             return f"{len(value):,} chars" if len(value) > 24 else repr(value)
+        if value is None:
+            return "none"
         return shorten(repr(value), 24)
 
     def _call_attrs(self, node: LLMNode, critical: bool) -> dict[str, str]:

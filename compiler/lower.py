@@ -19,6 +19,7 @@ from llmflow.compiler.check import (
     FlowSym,
     FnSym,
     TypeSym,
+    narrowing,
 )
 from llmflow.compiler.evalspec import EvalSpec, FieldsMetric, JudgeMetric, Metric
 from llmflow.compiler.heap import gc_paused
@@ -53,6 +54,7 @@ from llmflow.compiler.types import (
     CHOICES_INTRO,
     INT,
     ListT,
+    OptionalT,
     RecordT,
     Type,
     format_instructions,
@@ -84,7 +86,10 @@ class _Env:
         self.first_port = first_port
         self.captures: list[str] = []
         """Producers in the parent graph this subgraph reads, in port order."""
-        self._capture_nodes: dict[str, str] = {}
+        self._capture_nodes: dict[tuple[str, bool], str] = {}
+        self.narrowed: set[str] = set()
+        """Variables this branch reads only when they are not none (`if x != none`): their
+        values come in with their present types (T of T?)."""
         assert parent is not None or new_id is not None, "a root scope needs an id source"
         self.new_id: Callable[[], str] = new_id or parent.new_id  # type: ignore[union-attr]
 
@@ -102,7 +107,7 @@ class _Env:
         for inner in reversed(passed):
             assert inner.parent is not None
             if inner.parent.graph is not inner.graph:
-                value = inner.capture(value)
+                value = inner.capture(value, present=name in inner.narrowed)
             inner.memo[name] = value
         return value
 
@@ -144,23 +149,27 @@ class _Env:
                     out.append((env, name.id))
         return out
 
-    def capture(self, outer: str) -> str:
-        if outer not in self._capture_nodes:
+    def capture(self, outer: str, present: bool = False) -> str:
+        """An input node of this graph for a producer of the parent's (`present`: typed as
+        the value an optional has, in a branch that runs only when it has one)."""
+        key = (outer, present)
+        if key not in self._capture_nodes:
             assert self.parent is not None
             producer = self.parent.graph.node(outer)
             port = self.first_port + len(self.captures)
             self.captures.append(outer)
+            t = producer.type
             node = self.graph.add(
                 InputNode(
                     id=self.new_id(),
                     label=producer.var or producer.label,
-                    type=producer.type,
+                    type=t.item if present and isinstance(t, OptionalT) else t,
                     var=producer.var,
                     binding=Port(index=port),
                 )
             )
-            self._capture_nodes[outer] = node.id
-        return self._capture_nodes[outer]
+            self._capture_nodes[key] = node.id
+        return self._capture_nodes[key]
 
 
 def _chained(stmt: ast.If) -> ast.If | None:
@@ -190,7 +199,11 @@ class Lowerer:
         return self.add(
             env,
             kind="const",
-            label=repr(value) if not isinstance(value, str) else _short(value),
+            label=_short(value)
+            if isinstance(value, str)
+            else "none"
+            if value is None
+            else repr(value),
             type=type_,
             value=value,
             span=span,
@@ -335,9 +348,12 @@ class Lowerer:
         while True:
             cond = self.expr(stmt.cond, env)
             then_env = _Env(Graph(), env, first_port=1)
+            tests = narrowing(stmt.cond)
+            then_env.narrowed.update(name for name, in_then in tests if in_then)
             self.collect(stmt.then, then_env)
             then_env.graph.outputs = {name: then_env.get(name) for name in self.exports(stmt)}
             else_env = _Env(Graph(), env, first_port=1 + len(then_env.captures))
+            else_env.narrowed.update(name for name, in_then in tests if not in_then)
             self.collect(stmt.orelse, else_env)
             links.append((stmt, env, cond, then_env, else_env))
             link = _chained(stmt)

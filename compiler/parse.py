@@ -244,6 +244,7 @@ _TOKEN_NAMES = {
     "FLOAT": "a number",
     "COMP_OP": "a comparison",
     "MUL_OP": "an operator",
+    "COALESCE": "'??'",
     "$END": "end of file",
 }
 _TOKEN_NOUNS = {
@@ -1012,6 +1013,10 @@ class _Builder:
     @_spanned
     def false(self, span: ast.Span, children: list) -> ast.Const:
         return ast.Const(span=span, value=False)
+
+    @_spanned
+    def none(self, span: ast.Span, children: list) -> ast.Const:
+        return ast.Const(span=span, value=None)
 
     # templates
     def _template(self, token: _Tok) -> ast.Template:

@@ -72,13 +72,14 @@ class RecordT(_Type):
 
 
 class OptionalT(_Type):
-    """`T?`: a T or nothing (an `if` without `else` yields one)."""
+    """`T?`: a T or nothing (an `if` without `else` yields one). `none` is an optional of
+    `any`: it fits every `T?` (NONE below)."""
 
     kind: Literal["optional"] = "optional"
     item: Type
 
     def __str__(self) -> str:
-        return f"{self.item}?"
+        return "none" if isinstance(self.item, AnyT) else f"{self.item}?"
 
 
 class UnionT(_Type):
@@ -121,6 +122,8 @@ FLOAT = Prim(name="float")
 BOOL = Prim(name="bool")
 ANY = AnyT()
 PRIMS = {"str": STR, "int": INT, "float": FLOAT, "bool": BOOL}
+NONE = OptionalT(item=ANY)
+"""The type of the `none` literal: fits every optional, and no other type."""
 
 
 def unbounded(t: Type) -> Type:
@@ -145,6 +148,8 @@ def assignable(src: Type, dst: Type) -> bool:
     src, dst = unbounded(src), unbounded(dst)
     if isinstance(src, AnyT) or isinstance(dst, AnyT) or src == dst:
         return True
+    if dst == NONE:  # what is always none (a loop value carried from `none`) stays none
+        return False
     if isinstance(dst, OptionalT):
         return assignable(src.item if isinstance(src, OptionalT) else src, dst.item)
     if isinstance(src, OptionalT):
@@ -170,6 +175,8 @@ def assignable(src: Type, dst: Type) -> bool:
 
 def unify(a: Type, b: Type) -> Type | None:
     """The type of a value that is either `a` or `b` (list items, branch results)."""
+    if a == NONE or b == NONE:  # `none` and a T: a T?
+        return optional(b if a == NONE else a)
     if assignable(a, b) and not isinstance(b, AnyT):
         return b
     if assignable(b, a):

@@ -258,7 +258,7 @@ def _constant(value: object) -> str:
         return '"' + value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') + '"'
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return "none" if value is None else str(value)
 
 
 def _uncomment(line: str) -> str:

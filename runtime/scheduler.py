@@ -47,7 +47,14 @@ from llmflow.runtime.budget import BudgetExceeded
 from llmflow.runtime.calls import CallFailed, CallStats, Place, RunSeed, run_call
 from llmflow.runtime.retry import RetriesExhausted
 from llmflow.runtime.values import InvalidValue, validate
-from llmflow.stdlib.builtins import BuiltinError, LimitError, check_size, evaluate
+from llmflow.stdlib.builtins import (
+    SHORT_CIRCUIT,
+    BuiltinError,
+    LimitError,
+    check_size,
+    decides,
+    evaluate,
+)
 
 Event = Callable[[str, IRNode, dict[str, Any]], None]
 """Progress callback: ("start" | "done" | "failed" | "fallback" | "expand", node, details).
@@ -173,11 +180,12 @@ class Scheduler:
         return task
 
     async def _node(self, frame: _Frame, node: IRNode) -> Any:
-        if isinstance(node, BuiltinNode) and node.op in ("and", "or"):
-            # Short-circuit: `len(xs) > 0 and xs[0] == "a"` must not index an empty list.
+        if isinstance(node, BuiltinNode) and node.op in SHORT_CIRCUIT:
+            # Short-circuit: `len(xs) > 0 and xs[0] == "a"` must not index an empty list,
+            # and `email ?? extract(text)` asks the model only when there is no email.
             left = await self._get(frame, node.args[0])
             self._read(frame, node.args[:1])
-            if bool(left) == (node.op == "or"):
+            if decides(node.op, left):
                 return left
             right = await self._get(frame, node.args[1])
             self._read(frame, node.args[1:])

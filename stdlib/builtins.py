@@ -737,7 +737,18 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
     "and": lambda a, b: a and b,
     "or": lambda a, b: a or b,
+    "??": lambda a, b: b if a is None else a,
 }
+
+SHORT_CIRCUIT = frozenset({"and", "or", "??"})
+"""Operators whose right operand is computed only when the left one does not decide."""
+
+
+def decides(op: str, left: Any) -> bool:
+    """Does the left operand of a short-circuit operator give its result on its own?"""
+    if op == "??":
+        return left is not None
+    return bool(left) == (op == "or")
 
 
 def evaluate(op: str, value: Any, args: list[Any], bound: dict[str, Any] | None = None) -> Any:

@@ -291,6 +291,9 @@ HAZARDS = (
     'int("x")',
     'int("")',
     "99999999999999999999 - -99999999999999999999",
+    "none ?? first([])",
+    "none ?? len(range(10000000000))",
+    "[none, 1][0] ?? 99999999999999999999",
 )
 TEMPLATE_JUNK = (
     "{{",
@@ -597,7 +600,8 @@ def deep_inside(rng: random.Random, b: Build) -> str:
 
 KEYWORDS = {
     "if", "else", "for", "in", "with", "until", "repeat", "at", "most", "map", "and", "or",
-    "not", "true", "false", "flow", "fn", "model", "import", "extern", "enum", "record",
+    "not", "true", "false", "none", "flow", "fn", "model", "import", "extern", "enum",
+    "record",
 }  # fmt: skip
 
 

@@ -15,7 +15,14 @@ from llmflow.compiler.modules import UnreadableSource, read_source
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
 from llmflow.compiler.optimizer.working import own
 from llmflow.errors import CompileError
-from llmflow.stdlib.builtins import BuiltinError, EmptyListError, LimitError, evaluate
+from llmflow.stdlib.builtins import (
+    SHORT_CIRCUIT,
+    BuiltinError,
+    EmptyListError,
+    LimitError,
+    decides,
+    evaluate,
+)
 
 RULE = "known values"
 
@@ -34,6 +41,13 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
                 plan.known[node.id] = inputs[node.binding.name]
         elif isinstance(node, ConstNode):
             plan.known[node.id] = node.value
+        elif (
+            isinstance(node, BuiltinNode)
+            and node.op in SHORT_CIRCUIT
+            and node.args[0] in plan.known
+            and decides(node.op, plan.known[node.args[0]])
+        ):  # `nick ?? ask(text)` with a nick given: known, whatever the right side is
+            plan.known[node.id] = plan.known[node.args[0]]
         elif isinstance(node, BuiltinNode) and all(a in plan.known for a in node.args):
             try:
                 plan.known[node.id] = evaluate(
@@ -84,12 +98,12 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
 
 def _surely_run(plan: Plan) -> set[str]:
     """Top-level nodes every run computes: what the outputs read, but not the right side
-    of `and`/`or` (short-circuited) nor what only a map, branch or loop passes on."""
+    of `and`, `or` and `??` (short-circuited) nor what only a map, branch or loop passes on."""
     surely = set(plan.graph.outputs.values())
     for node in reversed(plan.graph.nodes):
         if node.id in surely:
             conditional = bool(node.bodies) or (
-                isinstance(node, BuiltinNode) and node.op in ("and", "or")
+                isinstance(node, BuiltinNode) and node.op in SHORT_CIRCUIT
             )
             surely.update(node.args[:1] if conditional else node.args)
     return surely

@@ -11,7 +11,7 @@ import pytest
 from llmflow.compiler import ast, check_file
 from llmflow.compiler.check import Checked, ExternSym, FlowSym, FnSym
 from llmflow.compiler.diagnostics import Diagnostic
-from llmflow.compiler.types import BOOL, FLOAT, INT, STR, EnumT, ListT, RecordT
+from llmflow.compiler.types import BOOL, FLOAT, INT, STR, EnumT, ListT, OptionalT, RecordT
 from llmflow.errors import CompileError
 
 Diags = Callable[..., list[Diagnostic]]
@@ -963,3 +963,216 @@ def test_enumerate_and_zip_records_read_by_field_in_a_map(tmp_path) -> None:
     )
     outputs = llmflow.run(path, {"xs": ["a", "bb"], "ns": [3, 4]})
     assert outputs == {"a": ["0. a", "1. bb"], "b": [3, 8]}
+
+
+def test_none_and_the_default_operator_have_the_types_of_optionals(checked: Check) -> None:
+    result = checked(
+        """
+        fn nickname(text: str) -> nick: str?
+        \"\"\"
+        The nickname in {{text}}: {{nick}}
+        \"\"\"
+
+        flow main(text: str, n: int? = none, m: int? = none) -> a: str, b: int? {
+            a = nickname(text) ?? "anon"
+            b = n ?? m
+            c = n ?? 2.5
+            d = [n, none]
+            e = none
+            f = n == none
+            g = (n ?? 0) + 1
+            h = n ?? m ?? 0
+        }
+        """
+    )
+    assert flow_types(result, "main") == {
+        "a": "str",
+        "b": "int?",
+        "c": "float",
+        "d": "list[int?]",
+        "e": "none",
+        "f": "bool",
+        "g": "int",
+        "h": "int",
+    }
+
+
+def test_an_optional_compares_with_a_plain_value_and_an_enum_member(diagnostics: Diags) -> None:
+    found = summary(
+        diagnostics(
+            """
+            enum Verdict { yes, no }
+
+            flow main(v: Verdict? = none, s: str? = none) -> a: bool, b: bool, c: bool {
+                a = v == "yes"
+                b = s == "x"
+                c = v != "maybe"
+            }
+            """
+        )
+    )
+    assert found == [("type", "'maybe' is not a member of Verdict", 6, 14)]
+
+
+def test_the_default_operator_skips_its_right_side_when_the_left_has_a_value(tmp_path) -> None:
+    import llmflow
+
+    path = tmp_path / "default.llmflow"
+    path.write_text(
+        "flow main(xs: list[str], first_x: str? = none) -> out: str {\n"
+        "    out = first_x ?? xs[0]\n"  # xs[0] fails on [] when it runs
+        "}\n"
+    )
+    assert llmflow.run(path, {"xs": [], "first_x": "given"}) == {"out": "given"}
+    assert llmflow.run(path, {"xs": ["a"]}) == {"out": "a"}
+    assert llmflow.run(path, {"xs": ["a"], "first_x": None}) == {"out": "a"}
+
+
+def test_an_if_that_tests_a_name_against_none_narrows_it_in_one_branch(checked: Check) -> None:
+    result = checked(
+        """
+        record Person { name: str, age: int }
+
+        fn greet(name: str) -> text: str
+        \"\"\"
+        Greet {{name}}: {{text}}
+        \"\"\"
+
+        flow main(p: Person? = none, nick: str? = none) -> a: str, b: str, c: int?, d: str {
+            if p != none {
+                a = greet(p.name)
+            } else {
+                a = "nobody"
+            }
+            if nick == none {
+                b = "no nick"
+            } else if len(nick) > 3 {
+                b = upper(nick)
+            } else {
+                b = nick + "!"
+            }
+            if none != p {
+                c = p.age + len(greet(p.name))
+            }
+            if p != none {
+                d = [x + p.name for x in ["a", "b"]][0]
+            } else {
+                d = ""
+            }
+        }
+        """
+    )
+    assert result.flow("main").sig.outputs == [("a", STR), ("b", STR), ("c", INT_OPT), ("d", STR)]
+
+
+INT_OPT = OptionalT(item=INT)
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "col"),
+    [
+        # the branch where it may be none
+        ('if p == none { n = p.name } else { n = "" }', "Person? has no fields", 26),
+        ('if p != none { n = "" } else { n = p.name }', "Person? has no fields", 42),
+        # after the if
+        ("if p != none { m = 1 } else { m = 2 }\n    n = p.name", "Person? has no fields", 11),
+        # only where the test found a value
+        ('if p != none or p.age > 3 { n = "" } else { n = "x" }', "Person? has no fields", 23),
+        ('if p != none and p.age > 3 { n = "" } else { n = p.name }', "Person? has no fields", 56),
+        ('if p == none or p.age > 3 { n = p.name } else { n = "" }', "Person? has no fields", 39),
+        ('if not (p == none) { n = p.name } else { n = "" }', "Person? has no fields", 32),
+        ("n = [p.name for q in [p] if q != none][0]", "Person? has no fields", 12),
+    ],
+)
+def test_narrowing_holds_only_where_the_test_decides(
+    diagnostics: Diags, body: str, message: str, col: int
+) -> None:
+    source = (
+        "record Person { name: str, age: int }\n"
+        "flow main(p: Person? = none) -> n: str {\n"
+        f"    {body}\n"
+        "}\n"
+    )
+    found = summary(diagnostics(source))
+    assert [(m, c) for _, m, _, c in found] == [(message, col)], found
+
+
+def test_a_narrowed_name_cannot_be_tested_again(diagnostics: Diags) -> None:
+    found = summary(
+        diagnostics(
+            """
+            flow main(s: str? = none) -> n: int {
+                if s != none {
+                    if s == none {
+                        n = 0
+                    } else {
+                        n = len(s)
+                    }
+                } else {
+                    n = -1
+                }
+            }
+            """
+        )
+    )
+    assert found == [("type", "cannot compare str with none: a str is never none", 3, 12)]
+
+
+def test_narrowed_branches_run_with_the_value_or_without_it(tmp_path) -> None:
+    import llmflow
+
+    path = tmp_path / "narrow.llmflow"
+    path.write_text(
+        "record Person { name: str }\n"
+        "flow main(p: Person? = none) -> hello: str {\n"
+        "    if p == none {\n"
+        '        hello = "hello, stranger"\n'
+        "    } else {\n"
+        '        hello = "hello, " + p.name\n'
+        "    }\n"
+        "}\n"
+    )
+    assert llmflow.run(path, {}) == {"hello": "hello, stranger"}
+    assert llmflow.run(path, {"p": {"name": "Ann"}}) == {"hello": "hello, Ann"}
+
+
+def test_narrowed_operands_and_filters_are_computed_only_for_values(tmp_path) -> None:
+    import llmflow
+
+    path = tmp_path / "narrow.llmflow"
+    path.write_text(
+        "record Person { name: str, age: int }\n"
+        "flow main(p: Person? = none, ps: list[Person?]) -> adult: bool, names: list[str] {\n"
+        "    adult = p != none and p.age > 17\n"
+        "    names = [x.name for x in ps if x != none]\n"
+        "}\n"
+    )
+    ann = {"name": "Ann", "age": 30}
+    assert llmflow.run(path, {"ps": [None, ann, None]}) == {"adult": False, "names": ["Ann"]}
+    assert llmflow.run(path, {"p": ann, "ps": []}) == {"adult": True, "names": []}
+
+
+def test_and_or_and_filters_narrow_where_their_test_found_a_value(checked: Check) -> None:
+    result = checked(
+        """
+        record Person { name: str, age: int }
+
+        flow main(p: Person? = none, q: Person? = none, ps: list[Person?])
+            -> a: bool, b: bool, c: str, d: str, names: list[str] {
+            a = p != none and p.age > 17
+            b = p == none or p.age > 17 and p.name != ""
+            if p != none and q != none and p.age > q.age {
+                c = p.name + q.name
+            } else {
+                c = ""
+            }
+            if p == none or q == none {
+                d = ""
+            } else {
+                d = p.name + q.name
+            }
+            names = [x.name for x in ps if x != none and x.age > 3]
+        }
+        """
+    )
+    assert result.flow("main").sig.outputs[-1] == ("names", ListT(item=STR))

@@ -44,6 +44,11 @@ def long_sum(n: int) -> str:
     return f"flow main(x: int) -> out: int {{\n    out = {' + '.join(['x'] * n)}\n}}\n"
 
 
+def long_default(n: int) -> str:
+    chain = " ?? ".join(f"x{i % 3}" for i in range(n))
+    return f"flow main(x0: int?, x1: int?, x2: int?) -> out: int {{\n    out = {chain} ?? 7\n}}\n"
+
+
 def else_if_chain(n: int) -> str:
     arms = " else ".join(f"if x == {i} {{\n        out = {i}\n    }}" for i in range(n))
     return f"flow main(x: int) -> out: int {{\n    {arms} else {{\n        out = -1\n    }}\n}}\n"
@@ -145,6 +150,12 @@ def test_a_chain_of_10000_calls_runs_end_to_end(program: Callable[[str], Path]) 
 def test_a_sum_of_10000_terms(program: Callable[[str], Path]) -> None:
     plan = every_stage(program(long_sum(N)), inputs={"x": 3})
     assert output_value(plan) == 3 * N
+
+
+def test_a_default_chain_of_10000_terms(program: Callable[[str], Path]) -> None:
+    plan = every_stage(program(long_default(N)), inputs={"x0": None, "x1": None, "x2": 5})
+    assert output_value(plan) == 5
+    assert run(plan, {"x0": None, "x1": None, "x2": None}).outputs == {"out": 7}
 
 
 def test_an_else_if_chain_of_10000_branches(

@@ -617,3 +617,15 @@ def test_what_is_free_comes_from_the_backend_capabilities(make: Make) -> None:
     label = node_lines(draw(plan).source)[call_id(plan, "hi")][0]
     assert "free" in label and "unknown" not in label
     assert "unknown" not in title(plan)
+
+
+def test_an_input_known_to_be_none_says_none(make: Make) -> None:
+    source = """
+    flow main(nick: str? = none) -> out: str {
+        out = nick ?? "anon"
+    }
+    """
+    plan = make(source)
+    (nick,) = [n for n in plan.graph.nodes if n.kind == "input"]
+    label = node_lines(draw(plan).source)[nick.id][0]
+    assert ">none<" in label and "None" not in label

@@ -29,6 +29,8 @@ PROGRAMS = sorted(p.stem for p in GOLDEN.glob("*.llmflow"))
 # Each error kind the checker reports has a golden file; a file going missing should fail.
 REQUIRED = {
     "syntax_errors",
+    "none_errors",
+    "narrowing_limits",
     "malformed_placeholder",
     "template_unknown_variable",
     "unknown_option",

@@ -834,3 +834,44 @@ def test_the_checker_hands_lowering_its_scope_facts(checked: Callable[..., Check
     assert facts.callee.name == "len" and facts.args == [loop.body[0].value.right.args[0]]  # type: ignore[attr-defined]
     with pytest.raises(AssertionError, match="the checker did not type"):
         c.type_of(ast.Name(id="stray", span=if_stmt.span))
+
+
+def test_a_branch_that_tests_an_optional_reads_it_with_its_present_type(plan: MakePlan) -> None:
+    p = plan(
+        FNS
+        + """
+        flow main(text: str, hint: str? = none) -> final: str, again: str? {
+            if hint != none {
+                final = improve(text, hint)
+            } else {
+                final = text
+            }
+            again = hint
+        }
+        """
+    )
+    assert_well_formed(p.graph)
+    branch = only(p.graph, "branch")
+    assert branch.type == RecordT(name="if", fields=(("final", STR),))
+    then, orelse = branch.bodies["then"], branch.bodies["else"]
+    read = {n.var: n.type for n in then.nodes if n.kind == "input"}
+    assert read == {"text": STR, "hint": STR}  # in the graph outside, hint is a str?
+    assert [str(n.type) for n in p.graph.nodes if n.var == "hint" and n.kind == "input"] == ["str?"]
+    assert [n.type for n in orelse.nodes] == [STR]
+
+
+def test_a_branch_after_an_and_of_tests_reads_each_tested_name_present(plan: MakePlan) -> None:
+    p = plan(
+        FNS
+        + """
+        flow main(text: str?, hint: str?) -> final: str {
+            if text != none and hint != none {
+                final = improve(text, hint)
+            } else {
+                final = "nothing"
+            }
+        }
+        """
+    )
+    then = only(p.graph, "branch").bodies["then"]
+    assert {n.var: n.type for n in then.nodes if n.kind == "input"} == {"text": STR, "hint": STR}

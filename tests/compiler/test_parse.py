@@ -451,6 +451,13 @@ def test_statements_keep_source_order() -> None:
         ("a <= b", "(a <= b)"),
         ("a >= b", "(a >= b)"),
         ("a < b", "(a < b)"),
+        ("a ?? b", "(a ?? b)"),
+        ("a ?? b ?? c", "((a ?? b) ?? c)"),
+        ("a ?? b + c", "(a ?? (b + c))"),
+        ("a + b ?? c", "((a + b) ?? c)"),
+        ("a ?? b == c", "((a ?? b) == c)"),
+        ("a != none and b", "((a != None) and b)"),
+        ("not a ?? b", "(not (a ?? b))"),
     ],
 )
 def test_operator_precedence(text: str, shape: str) -> None:
@@ -472,6 +479,7 @@ def test_comparisons_do_not_chain() -> None:
         ("4.5", 4.5),
         ("true", True),
         ("false", False),
+        ("none", None),
         ('"""multi\nline"""', "multi\nline"),
     ],
 )

@@ -736,7 +736,7 @@ model chat = local("smollm2-135m")
 
 enum Kind { question_about_a_bill, report_of_a_broken_device, request_for_a_new_password }
 
-fn sort(ticket: str) -> kind: Kind
+fn sort_ticket(ticket: str) -> kind: Kind
 \"\"\"Sort each support ticket by its kind.
 
 Ticket: Why is my invoice for March twice as high as the one for February?
@@ -752,7 +752,7 @@ Ticket: {{ticket}}
 Kind: {{kind}}\"\"\"
 
 flow main(ticket: str) -> kind: Kind {
-    kind = sort(ticket)
+    kind = sort_ticket(ticket)
 }
 """
 TICKETS = (

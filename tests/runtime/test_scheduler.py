@@ -319,6 +319,27 @@ def test_and_or_short_circuit(compile_source):
     assert result.outputs == {"first_is_a": False, "empty_or_a": True}
 
 
+def test_a_default_asks_the_model_only_when_the_value_is_none(compile_source):
+    plan = compile_source(
+        """
+    fn nickname(name: str?, text: str) -> nick: str
+    \"\"\"Name: {{name}}. Text: {{text}}. Nickname: {{nick}}\"\"\"
+
+    flow main(text: str, given: str? = none) -> nick: str, guess: str {
+        nick = given ?? nickname(none, text)
+        guess = nickname(given, text)
+    }
+    """
+    )
+    backend = ScriptedBackend(lambda r: "Bo")
+    assert run(plan, {"text": "t", "given": "Al"}, backend).outputs == {"nick": "Al", "guess": "Bo"}
+    assert [last_user(s.request) for s in backend.served] == ["Name: Al. Text: t. Nickname:"]
+    backend = ScriptedBackend(lambda r: "Bo")
+    assert run(plan, {"text": "t"}, backend).outputs == {"nick": "Bo", "guess": "Bo"}
+    # none renders as `none` in a prompt
+    assert [last_user(s.request) for s in backend.served] == ["Name: none. Text: t. Nickname:"] * 2
+
+
 def test_extern_with_one_named_output_returns_a_dict(compile_source):
     plan = compile_source("""
     extern fn named_single(text: str) -> length: int = "extern_tools:named_single"

@@ -216,3 +216,12 @@ def test_list_builtins_are_typed_by_their_items() -> None:
     assert BUILTINS["sort"].result([strs, None]) == strs
     bounded = ListT(item=INT, max_items=3)
     assert BUILTINS["drop"].result([bounded, INT]) == bounded
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"), [(None, 2, 2), (0, 2, 0), ("", "x", ""), (False, True, False)]
+)
+def test_the_default_operator_replaces_only_none(a: Any, b: Any, expected: Any) -> None:
+    """`??` is about no value, not falsy values: 0, "" and false are kept."""
+    result = evaluate("??", None, [a, b])
+    assert result == expected and type(result) is type(expected)

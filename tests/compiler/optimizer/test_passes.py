@@ -296,7 +296,29 @@ def test_work_a_run_may_skip_is_not_a_plan_time_error(make: Make) -> None:
         """
     )
     known = [n for n in plan.graph.nodes if n.id in plan.known]
-    assert [n.op for n in known if isinstance(n, BuiltinNode)] == ["<"]
+    # `n < 100` is false, so the `and` is too: known without its right side.
+    assert [n.op for n in known if isinstance(n, BuiltinNode)] == ["<", "and"]
+    assert [plan.known[n.id] for n in known if isinstance(n, BuiltinNode)] == [False, False]
+
+
+def test_a_default_is_known_when_the_optional_is_given_or_known_none(make: Make) -> None:
+    source = """
+        flow main(xs: list[int], n: int? = none) -> a: int, b: int {
+            a = n ?? len(xs)
+            b = n ?? 7
+        }
+        """
+
+    def values(plan: Plan) -> list[str]:
+        return [plan.graph.node(plan.graph.outputs[name]).args[0] for name in ("a", "b")]
+
+    plan = make(source, inputs={"n": 3})
+    assert [plan.known.get(v) for v in values(plan)] == [3, 3]
+    plan = make(source)  # n is none, its default: b is 7, a waits for xs
+    a, b = values(plan)
+    assert a not in plan.known and plan.known[b] == 7
+    [work] = [n for n in plan.graph.nodes if isinstance(n, BuiltinNode) and n.op == "len"]
+    assert work.id not in plan.known
 
 
 LABEL_FN = '''
