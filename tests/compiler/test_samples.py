@@ -31,6 +31,11 @@ fn hot(q: str) -> a: str
 """{{{{q}}}} {{{{a | temperature=1.3}}}}"""
 '''
 
+RATE = '''
+fn rate(q: str, a: str) -> score: int
+"""{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}"""
+'''
+
 
 def test_a_sample_is_a_map_over_range_n_with_a_sampled_call(plan: Callable[..., Plan]) -> None:
     p = plan(
@@ -102,19 +107,17 @@ def test_a_map_over_samples_runs_once_per_sample_in_estimates_and_pictures(
     p = optimize(
         plan(
             SOLVE
+            + RATE
             + """
-fn judge(q: str, a: str) -> score: int
-\"\"\"{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}\"\"\"
-
 flow main(q: str) -> scores: list[int] {
     answers = sample 5: solve(q)
-    scores = [judge(q, a) for a in answers]
+    scores = [rate(q, a) for a in answers]
 }
 """
         )
     )
-    judge = next(n for n in p.calls() if n.label == "judge")
-    assert p.estimates[judge.id].instances == 5  # not the 4 of a list not known
+    rate = next(n for n in p.calls() if n.label == "rate")
+    assert p.estimates[rate.id].instances == 5  # not the 4 of a list not known
     said = [d.message for d in p.decisions]
     assert any("runs 5 items, one per result of sample 5: solve" in m for m in said)
     assert not any("estimates assume" in m for m in said)
@@ -130,17 +133,15 @@ def test_inside_a_loop_a_map_over_samples_runs_once_per_sample_but_a_filter_may_
     p = optimize(
         plan(
             SOLVE
+            + RATE
             + """
-fn judge(q: str, a: str) -> score: int
-\"\"\"{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}\"\"\"
-
 fn again(q: str, a: str) -> score: int
 \"\"\"{{q}} {{a}} Again, from 1 to 9: {{score | max_tokens=2}}\"\"\"
 
 flow main(q: str) -> best: int {
     repeat at most 2 with best = 0 {
         answers = sample 3: solve(q)
-        scores = [judge(q, a) for a in answers]
+        scores = [rate(q, a) for a in answers]
         kept = [a for a in answers if len(a) > 2]
         rescored = [again(q, a) for a in kept]
         best = max(best, len(scores) + len(rescored))
@@ -150,13 +151,13 @@ flow main(q: str) -> best: int {
         )
     )
     counts = {n.label: p.estimates[n.id].instances for n in p.calls()}
-    assert counts == {"solve": 6, "judge": 6, "again": 8}  # again: 4 assumed per iteration
+    assert counts == {"solve": 6, "rate": 6, "again": 8}  # again: 4 assumed per iteration
     (loop,) = [n for n in p.graph.nodes if n.kind == "loop"]
     source = draw(p).source
     (judged,) = [
         n
         for n in loop.body.nodes
-        if isinstance(n, MapNode) and any(c.label == "judge" for c in n.body.nodes)
+        if isinstance(n, MapNode) and any(c.label == "rate" for c in n.body.nodes)
     ]
     assert "×3" in source.split(f"{judged.id} [")[1].split("\n")[0]
 
@@ -263,10 +264,8 @@ def test_a_sample_and_a_map_over_it_inside_a_loop_count_exactly(
     p = optimize(
         plan(
             SOLVE
+            + RATE
             + """
-fn rate(q: str, a: str) -> score: int
-\"\"\"{{q}} {{a}} Score it from 1 to 9: {{score | max_tokens=2}}\"\"\"
-
 flow main(q: str) -> path: str {
     repeat at most 2 with path = "" {
         ideas = sample 3: solve(q + path)
