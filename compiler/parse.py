@@ -304,14 +304,16 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
         )
     if message.startswith("unterminated template"):
         hint = 'end the template with """ on a line of its own'
-    before = text.split("\n")[line - 1][: col - 1] if 0 < line <= text.count("\n") + 1 else ""
+    lines = text.split("\n")
+    written = lines[line - 1] if 0 < line <= len(lines) else ""
+    if len(written) > _HABIT_LINE:  # a generated line: no guessing at what was meant
+        written = ""
     if (
         isinstance(err, UnexpectedToken)
         and err.token.type == "COMP_OP"
-        and re.search(r"[<>]|==|!=", before)
+        and re.search(r"[<>]|==|!=", written[: col - 1])
     ):
         hint = "comparisons do not chain: write a < b and b < c"
-    written = text.split("\n")[line - 1] if 0 < line <= text.count("\n") + 1 else ""
     habit = _python_habit(err, text, written, col)
     if habit is not None:
         message, col, width, hint = habit
@@ -324,6 +326,9 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
     return Diagnostic(kind="syntax", message=message, span=span, hint=hint)
 
 
+_HABIT_LINE = 2_000
+"""The longest line read for the hints that guess a habit (`_python_habit`): their
+patterns backtrack, and a hand-written line is far shorter."""
 _TERNARY = re.compile(r"\s*(.+?)\s*=\s*(.+?)\s+if\s+(.+?)\s+else\s+(.+?)\s*$")
 _FIRST_OUTPUT = re.compile(r"->\s*([A-Za-z_]\w*)\s*:")
 
