@@ -49,7 +49,7 @@ def _walk(stmts: list[ast.Stmt], carried: frozenset[str], depth: int) -> list[as
                 new = [stmt.model_copy(update={"body": body})]
         elif isinstance(stmt, ast.If):
             new = _lift(stmt, carried, depth)
-        changed = changed or new != [stmt] or new[0] is not stmt
+        changed = changed or len(new) != 1 or new[0] is not stmt
         out.extend(new)
     return out if changed else stmts
 

@@ -89,13 +89,13 @@ RESERVED = frozenset(
     ]
 )
 MAX_SAMPLES = 100
+"""The most samples one `sample n: f(x)` draws (each is a model call)."""
 PYTHON_CONSTANTS = {
     "True": "did you mean true? write true/false",
     "False": "did you mean false? write true/false",
     "None": "did you mean none? write none (a value of an optional type T?)",
 }
 """Python's constants written in a flow, and what llmflow writes instead."""
-"""The most samples one `sample n: f(x)` draws (each is a model call)."""
 SAMPLE_TEMPERATURE = 0.7
 """The temperature `sample n: f(x)` draws with, for outputs that set none (greedy
 decoding would give n copies of one answer)."""
@@ -935,9 +935,9 @@ class Checker:
 
     def _check_pin(self, pin: ast.FnPin, first: dict[int, ast.FnPin]) -> None:
         fn = pin.name.name
-        sym = self._lookup(fn)
         if fn in self.broken:
             return
+        sym = self._lookup(fn)
         if sym is None:
             names = [
                 n for n, s in self.checked.symbols[self.module].items() if isinstance(s, FnSym)
@@ -950,8 +950,8 @@ class Checker:
                 or "`fn NAME` without a signature decorates a function of an imported module",
             )
             return
-        if sym.module == self.module:
-            line = sym.decl.name.span.line  # type: ignore[union-attr]
+        if sym.module == self.module and isinstance(sym, FnSym):
+            line = sym.decl.name.span.line
             self.error(
                 "declaration",
                 f"'{fn}' is declared in this module: decorate its declaration",
@@ -1308,7 +1308,7 @@ class Checker:
         hint = (
             f"{t} may be none, so it has no fields to read; read them where a test found "
             f"a value: `if {name} != none {{ … }}`, `{name} != none and …`"
-            + (" (x a name holding it)" if name == "x" else "")
+            + (" (x a name holding it)" if not isinstance(value, ast.Name) else "")
             + "; or pass it on whole"
             if isinstance(t, OptionalT)
             else ""
@@ -1498,7 +1498,7 @@ class Checker:
         if existing is not None:
             self.error(
                 "assign",
-                f"variable '{name.name}' is assigned twice",
+                f"variable '{shown(name.name)}' is assigned twice",
                 name.span,
                 hint=f"first assigned on line {existing.span.line}; flow variables hold one value "
                 "(a loop carries changing values with `with`)",
@@ -1810,7 +1810,9 @@ class Checker:
                 joined = unify(ta, tb)
                 if joined is None:
                     self.error(
-                        "type", f"'{name}' is {ta} in one branch and {tb} in the other", b.span
+                        "type",
+                        f"'{shown(name)}' is {ta} in one branch and {tb} in the other",
+                        b.span,
                     )
                     return ANY
                 if isinstance(joined, OptionalT) and out:
@@ -2255,7 +2257,7 @@ class Checker:
                 d = scope.find(value.id) if isinstance(value, ast.Name) else None
                 hint = (
                     f"this is always {always}: '{d.name}' has a value here, "
-                    f"the if on line {d.span.line} tested it"
+                    f"a test on line {d.span.line} found it"
                     if d is not None and d.narrowed
                     else f"this is always {always}; only an optional ({vt}?) can be none"
                 )
@@ -2645,8 +2647,8 @@ def _optional_hint(
     name = text if text.isidentifier() else "x"
     test = f"test it with `if {name} != none {{ … }}`"
     if isinstance(want, AnyT):  # an operand: `??` binds less tightly than arithmetic
-        shown = f"({text} ?? …)" if operand else f"{text} ?? …"
-        default = f"give a default with `{shown}`" if text != "…" else "give a default"
+        example = f"({text} ?? …)" if operand else f"{text} ?? …"
+        default = f"give a default with `{example}`" if text != "…" else "give a default"
         return f"{maybe}: {default}, or {test}"
     default = f"give a default with `{text} ?? …`" if text != "…" else "give a default with `??`"
     return f"{maybe}: {default}, {test}, or declare where it goes as {got} too"

@@ -57,6 +57,7 @@ from llmflow.compiler.types import (
     OptionalT,
     RecordT,
     Type,
+    describe_choices,
     format_instructions,
     optional,
     unify,
@@ -760,6 +761,9 @@ class Lowerer:
                     segments.append(Text(text=CHOICES_INTRO))
                     segments.append(Read(input=inputs["choices"]))
                     segments.append(Text(text="\n"))
+                elif options.get("format") and isinstance(options.get("choices"), list):
+                    listed = describe_choices(tuple(options["choices"]))
+                    segments.append(Text(text=CHOICES_INTRO + listed + "\n"))
                 elif options.get("format"):
                     segments.append(Text(text=format_instructions(outputs[head])))
                 specs.append(

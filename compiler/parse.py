@@ -119,6 +119,8 @@ def _misplaced_decorators(chunks: list[tuple[int, str]], file: str) -> dict[int,
     end of file after the signature and a stray template), keyed by both chunks' lines."""
     found: dict[int, list[Diagnostic]] = {}
     for (line, chunk), (next_line, following) in zip(chunks, chunks[1:], strict=False):
+        if len(chunk) > _HABIT_LINE:  # a signature alone is one short line or two
+            continue
         signature = _SIGNATURE_ONLY.match(chunk.strip())
         decorators = _DECORATOR_THEN_TEMPLATE.match(following)
         if signature is None or decorators is None:
@@ -375,8 +377,8 @@ def _python_habit(
             6,
             f"assign each output of the flow by name: {name} = {value}",
         )
-    ternary = _TERNARY.match(written)
-    if str(err.token) == "else" and ternary and "{" not in written:
+    ternary = _TERNARY.match(written) if str(err.token) == "else" and "{" not in written else None
+    if ternary:
         target, yes, cond, no = ternary.groups()
         if_col = written.index(" if ", len(target)) + 2
         return (

@@ -156,19 +156,20 @@ def signature(decl: ast.Decl, lines: list[str]) -> str:
 
 
 def _builtin_entry(builtin: Builtin) -> Entry:
-    params = []
-    for p in builtin.params:
-        text = p.name if p.type is None else f"{p.name}: {p.type}"
-        if not p.required:
-            text += f" = {_constant(p.default)}"
-        params.append(text)
-    if builtin.variadic:
-        params.append("name=value, …")
     if builtin.shown:
         forms = "\n".join(builtin.name + form for form in builtin.shown)
     else:
+        params = []
+        for p in builtin.params:
+            text = p.name if p.type is None else f"{p.name}: {p.type}"
+            if not p.required:
+                text += f" = {_constant(p.default)}"
+            params.append(text)
+        if builtin.variadic:
+            params.append("name=value, …")
         result = builtin.result([p.type or ANY for p in builtin.params])
-        forms = f"{builtin.name}({', '.join(params)}) -> {result}"
+        returns = "T" if isinstance(result, str) or result == ANY else str(result)
+        forms = f"{builtin.name}({', '.join(params)}) -> {returns}"
     doc = builtin.doc
     extra = getattr(builtin.impl, "__doc__", None)
     if extra and getattr(builtin.impl, "__module__", "").startswith("llmflow"):

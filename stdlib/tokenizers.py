@@ -4,9 +4,11 @@ with a real model's tokenizer, not guessed from characters, because a context wi
 
 The tokenizer is an embedded model's vocabulary, loaded alone (llama.cpp `vocab_only`:
 about 0.2 s, no weights), once per process. The builtins take the model as a constant
-string (an embedded model id, or `default`), so they stay plain functions of their
-arguments: the checker types them, the optimizer computes them at plan time from known
-inputs, and the scheduler at run time, all through `builtins.evaluate`.
+string (an embedded model id, `default`, or `assigned`, which the optimizer's
+`choose_tokenizers` pass binds to the model the result's readers run on), so they stay
+plain functions of their arguments: the checker types them, the optimizer computes them
+at plan time from known inputs, and the scheduler at run time, all through
+`builtins.evaluate`.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def _prefix_chars(text: str, tokens: list[int], model: str) -> int:
 
 def count_tokens(text: str, model: str = ASSIGNED) -> int:
     """How many tokens `text` is on an embedded model's tokenizer (`model`: an embedded
-    model id, or `default`), without a beginning-of-text token."""
+    model id, `default`, or `assigned`: the default model's when nothing bound it), without
+    a beginning-of-text token."""
     return len(tokenize(text, model))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmflow.compiler.ast import Span
-from llmflow.compiler.diagnostics import Diagnostic
+from llmflow.compiler.diagnostics import Diagnostic, Kind
 from llmflow.compiler.ir import BuiltinNode, ConstNode, InputNode, LoopNode, MapNode, Param, Plan
 from llmflow.compiler.modules import UnreadableSource, read_source
 from llmflow.compiler.optimizer.prompts import DEFAULT_MAP_ITEMS, DEFAULT_REPEATS
@@ -56,7 +56,7 @@ def evaluate_known(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
             except (LimitError, EmptyListError) as err:
                 if node.id not in surely:
                     continue
-                kind = "limit" if isinstance(err, LimitError) else "run"
+                kind: Kind = "limit" if isinstance(err, LimitError) else "run"
                 diag = Diagnostic(kind=kind, message=str(err), span=node.span)
                 raise CompileError([diag], _source_of(node.span)) from None
             except (BuiltinError, TypeError, KeyError):

@@ -72,7 +72,7 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
                     out[node.id] = max(inner.values())
                 else:
                     body = node.bodies["body"]
-                    count = _iterations(plan, node)
+                    count = _iterations(plan, node, graph)
                     parallel = node.kind == "map" and not serial[id(body)]
                     out[node.id] = inner["body"] * (1 if parallel else count)
             else:
@@ -81,7 +81,7 @@ def _durations(plan: Plan, top: Graph, out: dict[str, float]) -> float:
     return longest[id(top)]
 
 
-def _iterations(plan: Plan, node: IRNode) -> float:
+def _iterations(plan: Plan, node: IRNode, graph: Graph) -> float:
     """How many times a map or loop runs its body: its list's length or its count when
     known (a fixed bound, a value known at plan time), else the estimates' defaults."""
     if isinstance(node, LoopNode) and node.loop_max is not None:
@@ -91,7 +91,7 @@ def _iterations(plan: Plan, node: IRNode) -> float:
         if isinstance(known, int) and not isinstance(known, bool):
             return float(max(known, 0))
         return float(DEFAULT_REPEATS)
-    length = plan.known_length(node.args[0])
+    length = plan.known_length(node.args[0], graph)
     return float(length) if length is not None else float(DEFAULT_MAP_ITEMS)
 
 

@@ -279,7 +279,7 @@ class Shape:
             return text
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
             return text
         if self.wrapped:
             if not isinstance(value, dict) or WRAP not in value:
@@ -298,8 +298,8 @@ def shape(spec: ModelSpec, constraint: Constraint | None) -> Shape | None:
     """What to ask a model's server for, if it takes schemas: the constraint's JSON
     schema, or for choices (an enum's members, `choices=`) a string `enum` of them, so
     that the server decodes only those."""
-    if constraint is None or not spec.supports_schema:
-        return None
+    if constraint is None or not spec.supports_schema or not spec.chat:
+        return None  # a completion request carries no response_format
     if constraint.choices:
         found = Shape({"type": "string", "enum": list(constraint.choices)}, choice=True)
     elif constraint.json_schema is not None:

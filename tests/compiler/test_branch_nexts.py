@@ -134,3 +134,21 @@ def test_outside_a_loop_an_if_is_unchanged_and_the_rewrite_is_idempotent() -> No
     assert [t.name for s in branch.orelse for t in s.targets] == ["acc (next)"]  # keeps acc
     assert after.targets[0].name == "acc" and after.value.id == "acc (next)"
     assert shown("acc (next 2)") == "acc"
+
+
+def test_errors_name_the_variable_as_written_not_its_next_value(
+    diagnostics: Callable[..., list[Diagnostic]],
+) -> None:
+    diags = diagnostics(
+        """
+        flow main(xs: list[int]) -> best: int {
+            for x in xs with best = 0 {
+                if x > best {
+                    best = x
+                    best = x + 1
+                }
+            }
+        }
+        """
+    )
+    assert [d.message for d in diags] == ["variable 'best' is assigned twice"]

@@ -220,3 +220,19 @@ flow main(thing: str) -> a: str {
 '''
     )
     assert [d.message for d in diags] == ["choices needs a non-empty list of strings"]
+
+
+def test_format_lists_constant_choices_in_the_prompt(plan: Callable[..., Plan]) -> None:
+    p = plan(
+        STYLE
+        + '''
+fn pick(thing: str) -> a: str
+"""What is {{thing}}? {{a | choices=WORDS, format}}"""
+
+flow main(thing: str) -> a: str {
+    a = pick(thing)
+}
+'''
+    )
+    text = "".join(s.text for s in llm(p).call.segments if isinstance(s, Text))
+    assert "Answer with one of these" in text and "- alpha\n- beta" in text

@@ -11,14 +11,14 @@ from llmflow.runtime.backends.base import Constraint
 
 logger = logging.getLogger(__name__)
 
-MAX_INT_DIGITS = 18
+MAX_OUTPUT_DIGITS = 18
 """Digits an `int` output may have: every such number fits an int64, and a small model
 that would write digits until max_tokens (`3400000111111111…` for "3+4?") must stop."""
 
 _PATTERN_GRAMMARS = {
-    "int": f'root ::= "-"? [0-9]{{1,{MAX_INT_DIGITS}}}',
+    "int": f'root ::= "-"? [0-9]{{1,{MAX_OUTPUT_DIGITS}}}',
     "float": (
-        f'root ::= "-"? [0-9]{{1,{MAX_INT_DIGITS}}} ("." [0-9]{{1,{MAX_INT_DIGITS}}})? '
+        f'root ::= "-"? [0-9]{{1,{MAX_OUTPUT_DIGITS}}} ("." [0-9]{{1,{MAX_OUTPUT_DIGITS}}})? '
         "([eE] [-+]? [0-9]{1,3})?"
     ),
     "bool": 'root ::= "true" | "false"',
