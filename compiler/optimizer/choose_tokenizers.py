@@ -60,11 +60,12 @@ def choose_tokenizers(plan: Plan, inputs: dict[str, Any] | None = None) -> Plan:
 
 def _choose(plan: Plan, readers: list[str], default: str) -> tuple[str, str]:
     """The tokenizer for a result these models read, and why, for the plan to say."""
-    tokenizers = {_tokenizer(plan, name) for name in readers}
-    hosted = [name for name in readers if _tokenizer(plan, name) is None]
+    of = {name: _tokenizer(plan, name) for name in readers}
+    hosted = [name for name, tokenizer in of.items() if tokenizer is None]
     goes = f"its result goes to calls on {_names(readers)}"
-    if len(tokenizers) == 1 and not hosted:
-        chosen = tokenizers.pop() or default
+    if len(set(of.values())) == 1 and not hosted:
+        chosen = of[readers[0]]
+        assert chosen is not None
         return chosen, f"{chosen}'s tokens: {goes}"
     if hosted:
         why = f"{_names(hosted)} {'has' if len(hosted) == 1 else 'have'} no tokenizer here"

@@ -126,20 +126,20 @@ def test_loop_carries_values_and_stops_at_until(compile_source):
     assert result.outputs == {"text": "hi!!!", "rounds": 3}
 
 
-@pytest.mark.parametrize(("rounds", "text"), [(3, "hi!!!"), (1, "hi!"), (0, "hi")])
-def test_a_repeat_runs_at_most_the_count_it_reads(compile_source, rounds, text):
-    """`repeat at most rounds`: the count is read when the loop starts; 0 runs no
-    iteration, so the carried value keeps its first one."""
-    plan = compile_source(
-        ECHO
-        + """
+REPEAT_ROUNDS = """
     flow main(seed: str, rounds: int) -> text: str {
         repeat at most rounds with text = seed {
             text = echo(text)
         }
     }
     """
-    )
+
+
+@pytest.mark.parametrize(("rounds", "text"), [(3, "hi!!!"), (1, "hi!"), (0, "hi")])
+def test_a_repeat_runs_at_most_the_count_it_reads(compile_source, rounds, text):
+    """`repeat at most rounds`: the count is read when the loop starts; 0 runs no
+    iteration, so the carried value keeps its first one."""
+    plan = compile_source(ECHO + REPEAT_ROUNDS)
     backend = ScriptedBackend(lambda r: last_user(r).replace("Echo ", "").rstrip(":") + "!")
     result = run(plan, {"seed": "hi", "rounds": rounds}, backend)
     assert result.outputs == {"text": text}
@@ -147,16 +147,7 @@ def test_a_repeat_runs_at_most_the_count_it_reads(compile_source, rounds, text):
 
 
 def test_a_negative_repeat_count_fails_the_loop(compile_source):
-    plan = compile_source(
-        ECHO
-        + """
-    flow main(seed: str, rounds: int) -> text: str {
-        repeat at most rounds with text = seed {
-            text = echo(text)
-        }
-    }
-    """
-    )
+    plan = compile_source(ECHO + REPEAT_ROUNDS)
     backend = ScriptedBackend(lambda r: "x")
     result = run(plan, {"seed": "hi", "rounds": -1}, backend)
     (failure,) = result.failures
